@@ -1,0 +1,1 @@
+"""The gRPC face: servicer, conversion, auth, and the error-to-status mapping."""

@@ -1,0 +1,147 @@
+"""Proto <-> domain conversion for the gRPC face; structural checks of requests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from gateway.api.status import failure_to_status
+from gateway.errors import FieldViolation, InvalidArgument
+from gateway.jobs import Job, JobInput, JobOutput, JobState, Result, Segment, Transcript, TranscriptionInput
+from gateway.store.base import JobFilter
+from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
+from gateway_client._types import json_value
+
+__all__ = [
+    "encode_watch_job",
+    "encode_watch_jobs_job",
+    "filter_from_proto",
+    "heartbeat_bytes",
+    "job_to_proto",
+    "result_into",
+    "submit_from_proto",
+]
+
+_TASKS = {
+    pb.TRANSCRIPTION_TASK_UNSPECIFIED: "",
+    pb.TRANSCRIPTION_TASK_TRANSCRIBE: "transcribe",
+    pb.TRANSCRIPTION_TASK_TRANSLATE: "translate",
+}
+
+
+def _timestamp(value: float) -> timestamp_pb2.Timestamp:
+    seconds = int(value)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=int(round((value - seconds) * 1e9)) % 1_000_000_000)
+
+
+def _segment(segment: Segment) -> pb.Segment:
+    return pb.Segment(
+        start=segment.start,
+        end=segment.end,
+        text=segment.text,
+        avg_logprob=segment.avg_logprob,
+        no_speech_prob=segment.no_speech_prob,
+        words=[pb.Word(start=w.start, end=w.end, word=w.word, probability=w.probability) for w in segment.words],
+    )
+
+
+def job_to_proto(job: Job, with_segments: bool = True) -> pb.Job:
+    message = pb.Job(
+        id=job.id,
+        route=job.route,
+        state=int(job.state),  # type: ignore[arg-type]
+        revision=job.revision,
+        progress=job.progress,
+        create_time=_timestamp(job.created),
+        labels=dict(job.labels),
+        queue_position=job.queue_position,
+        request_id=job.request_id,
+    )
+    if job.started is not None:
+        message.start_time.CopyFrom(_timestamp(job.started))
+    if job.finished is not None:
+        message.finish_time.CopyFrom(_timestamp(job.finished))
+    if job.expires is not None:
+        message.expire_time.CopyFrom(_timestamp(job.expires))
+    if job.error is not None:
+        message.error.CopyFrom(failure_to_status(job.error))
+    if with_segments and job.segments:
+        message.segments.extend(_segment(s) for s in job.segments)
+    return message
+
+
+def encode_watch_job(job: Job) -> bytes:
+    return pb.WatchResponse(job=job_to_proto(job)).SerializeToString()
+
+
+def encode_watch_jobs_job(job: Job) -> bytes:
+    return pb.WatchJobsResponse(job=job_to_proto(job, with_segments=False)).SerializeToString()
+
+
+def heartbeat_bytes(revision: int, now: float, jobs_stream: bool = False) -> bytes:
+    beat = pb.Heartbeat(time=_timestamp(now), revision=revision)
+    response = pb.WatchJobsResponse(heartbeat=beat) if jobs_stream else pb.WatchResponse(heartbeat=beat)
+    return response.SerializeToString()
+
+
+def submit_from_proto(request: pb.SubmitRequest) -> tuple[str, JobInput, dict[str, str], str]:
+    """(route, input, labels, request_id); structural problems raise InvalidArgument."""
+    kind = request.WhichOneof("input")
+    violations = []
+    if not request.route:
+        violations.append(FieldViolation("route", "required: the route that runs the job"))
+    job_input = JobInput()
+    if kind is None:
+        violations.append(FieldViolation("input", "set inputs (JSON) or transcription"))
+    elif kind == "inputs":
+        job_input = JobInput(inputs=json_value(json_format.MessageToDict(request.inputs)))
+    else:
+        t = request.transcription
+        if t.task not in _TASKS:
+            violations.append(FieldViolation("transcription.task", f"unknown task {t.task}"))
+        job_input = JobInput(
+            transcription=TranscriptionInput(
+                audio=t.audio,
+                language=t.language,
+                task=_TASKS.get(t.task, ""),
+                beam_size=t.beam_size,
+                word_timestamps=t.word_timestamps,
+                vad_filter=t.vad_filter if t.HasField("vad_filter") else None,
+            )
+        )
+    if violations:
+        raise InvalidArgument.fields(*violations)
+    return request.route, job_input, dict(request.labels), request.request_id
+
+
+def filter_from_proto(states: Iterable[int], route: str, labels: Mapping[str, str]) -> JobFilter:
+    parsed = set()
+    for value in states:
+        try:
+            parsed.add(JobState(value))
+        except ValueError:
+            raise InvalidArgument.fields(FieldViolation("states", f"unknown state {value}")) from None
+    return JobFilter(frozenset(parsed), route, dict(labels))
+
+
+def _value(value: Any) -> struct_pb2.Value:
+    message = struct_pb2.Value()
+    json_format.ParseDict(value, message)
+    return message
+
+
+def result_into(response: pb.FetchResponse, result: Result | None) -> None:
+    if isinstance(result, Transcript):
+        response.transcript.CopyFrom(
+            pb.Transcript(
+                text=result.text,
+                segments=[_segment(s) for s in result.segments],
+                language=result.language,
+                language_probability=result.language_probability,
+                duration=result.duration,
+            )
+        )
+    elif isinstance(result, JobOutput):
+        response.output.CopyFrom(_value(result.value))

@@ -1,0 +1,184 @@
+"""The gRPC face: thin handlers that convert, authorise, call the job service, and map errors.
+
+Handlers are registered by hand (not through the generated ``add_..._to_server``) for two reasons:
+stream responses may be pre-serialized bytes, so a revision fanned out to a thousand watchers is
+encoded once; and request bytes are checked (size, well-formedness) before parsing, so oversized or
+malformed requests get an ErrorInfo like every other error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from gateway.api.auth import Authenticator
+from gateway.api.convert import (
+    encode_watch_job,
+    encode_watch_jobs_job,
+    filter_from_proto,
+    heartbeat_bytes,
+    job_to_proto,
+    result_into,
+    submit_from_proto,
+)
+from gateway.api.status import abort
+from gateway.errors import Code, GatewayError, InvalidArgument, ResourceExhausted, Unavailable
+from gateway.hub import HubClosed, JobEvent
+from gateway.service import JobService
+from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
+
+__all__ = ["SERVICE_NAME", "GatewayServicer"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
+_WATCH = "watch"
+_WATCH_JOBS = "watch_jobs"
+
+
+class _Rejected:
+    """What the deserializer hands over instead of a request it refused."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: GatewayError) -> None:
+        self.error = error
+
+
+def _serialize(message: Any) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def _deserializer(cls: Any, limit: int) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        if len(data) > limit:
+            return _Rejected(ResourceExhausted(
+                f"the request is {len(data)} bytes, over the limit of {limit}",
+                reason="REQUEST_TOO_LARGE",
+                metadata={"limit_bytes": str(limit), "size_bytes": str(len(data))},
+            ))
+        try:
+            return cls.FromString(data)
+        except (DecodeError, RecursionError, ValueError) as exc:
+            return _Rejected(InvalidArgument(f"the request could not be parsed: {exc}", reason="MALFORMED_REQUEST"))
+    return parse
+
+
+def _internal(exc: BaseException) -> GatewayError:
+    log.exception("unexpected error", exc_info=exc)
+    return GatewayError("internal error; see the server log", "INTERNAL", Code.INTERNAL)
+
+
+class GatewayServicer:
+    def __init__(self, service: JobService, auth: Authenticator, max_receive_bytes: int) -> None:
+        self.service = service
+        self.auth = auth
+        self.max_receive_bytes = max_receive_bytes
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _tenant(self, request: Any, context: grpc.aio.ServicerContext) -> str:
+        if isinstance(request, _Rejected):
+            raise request.error
+        return self.auth.tenant_from_metadata(context.invocation_metadata())
+
+    def _unary(self, method: Callable[[Any, str, Any], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await method(request, self._tenant(request, context), context)
+            except GatewayError as exc:
+                await abort(context, exc)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped, logged
+                await abort(context, _internal(exc))
+
+        return handler
+
+    def _stream(self, method: Callable[[Any, str, Any], AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in method(request, self._tenant(request, context), context):
+                    yield item
+            except GatewayError as exc:
+                await abort(context, exc)
+            except HubClosed:
+                await abort(context, Unavailable("the gateway is shutting down; resume the stream", reason="SHUTTING_DOWN"))
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped, logged
+                await abort(context, _internal(exc))
+
+        return handler
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(fn: Any, req: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(fn), request_deserializer=_deserializer(req, self.max_receive_bytes),
+                response_serializer=_serialize,
+            )
+
+        def stream(fn: Any, req: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(fn), request_deserializer=_deserializer(req, self.max_receive_bytes),
+                response_serializer=_serialize,
+            )
+
+        handlers = {
+            "Submit": unary(self.submit, pb.SubmitRequest),
+            "Get": unary(self.get, pb.GetRequest),
+            "Watch": stream(self.watch, pb.WatchRequest),
+            "Fetch": unary(self.fetch, pb.FetchRequest),
+            "Cancel": unary(self.cancel, pb.CancelRequest),
+            "Delete": unary(self.delete, pb.DeleteRequest),
+            "List": unary(self.list, pb.ListRequest),
+            "WatchJobs": stream(self.watch_jobs, pb.WatchJobsRequest),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+    # -- the RPCs --------------------------------------------------------------------------------
+
+    async def submit(self, request: pb.SubmitRequest, tenant: str, context: Any) -> pb.SubmitResponse:
+        route, job_input, labels, request_id = submit_from_proto(request)
+        job, existing = await self.service.submit(tenant, route, job_input, labels, request_id)
+        return pb.SubmitResponse(job=job_to_proto(job), existing=existing)
+
+    async def get(self, request: pb.GetRequest, tenant: str, context: Any) -> pb.GetResponse:
+        return pb.GetResponse(job=job_to_proto(await self.service.get(tenant, request.job_id)))
+
+    async def watch(self, request: pb.WatchRequest, tenant: str, context: Any) -> AsyncIterator[bytes]:
+        async for item in self.service.watch(tenant, request.job_id, request.after_revision):
+            if isinstance(item, JobEvent):
+                yield item.encoded(_WATCH, encode_watch_job)
+            else:
+                yield heartbeat_bytes(item.revision, item.time)
+
+    async def fetch(self, request: pb.FetchRequest, tenant: str, context: Any) -> pb.FetchResponse:
+        job, result = await self.service.fetch(tenant, request.job_id, request.wait)
+        response = pb.FetchResponse(job=job_to_proto(job, with_segments=False))
+        result_into(response, result)
+        return response
+
+    async def cancel(self, request: pb.CancelRequest, tenant: str, context: Any) -> pb.CancelResponse:
+        return pb.CancelResponse(job=job_to_proto(await self.service.cancel(tenant, request.job_id)))
+
+    async def delete(self, request: pb.DeleteRequest, tenant: str, context: Any) -> pb.DeleteResponse:
+        await self.service.delete(tenant, request.job_id)
+        return pb.DeleteResponse()
+
+    async def list(self, request: pb.ListRequest, tenant: str, context: Any) -> pb.ListResponse:
+        flt = filter_from_proto(request.states, request.route, request.labels)
+        jobs, token = await self.service.list(tenant, flt, request.page_size, request.page_token)
+        return pb.ListResponse(jobs=[job_to_proto(j, with_segments=False) for j in jobs], next_page_token=token)
+
+    async def watch_jobs(self, request: pb.WatchJobsRequest, tenant: str, context: Any) -> AsyncIterator[bytes]:
+        flt = filter_from_proto(request.states, request.route, request.labels)
+        async for item in self.service.watch_jobs(tenant, flt):
+            if isinstance(item, JobEvent):
+                yield item.encoded(_WATCH_JOBS, encode_watch_jobs_job)
+            else:
+                yield heartbeat_bytes(item.revision, item.time, jobs_stream=True)

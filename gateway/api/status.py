@@ -1,0 +1,57 @@
+"""The one place where gateway errors become gRPC statuses with rich details.
+
+Every error leaves as a google.rpc.Status in the ``grpc-status-details-bin`` trailer, holding an
+ErrorInfo (domain ``gateway.v1``, a stable reason, metadata), plus BadRequest field violations for
+invalid requests and RetryInfo when a retry later can succeed (a full queue).
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from gateway.errors import DOMAIN, Code, GatewayError
+from gateway.jobs import JobFailure
+
+__all__ = ["abort", "failure_to_status", "to_status"]
+
+
+def _error_info(reason: str, metadata: dict[str, str]) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
+
+
+def to_status(error: GatewayError) -> status_pb2.Status:
+    status = status_pb2.Status(code=int(error.code), message=error.message)
+    status.details.add().Pack(_error_info(error.reason, {k: str(v) for k, v in error.metadata.items()}))
+    if error.field_violations:
+        bad = error_details_pb2.BadRequest()
+        for violation in error.field_violations:
+            bad.field_violations.add(field=violation.field, description=violation.description)
+        status.details.add().Pack(bad)
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(error.retry_after * 1000))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return status
+
+
+def failure_to_status(failure: JobFailure) -> status_pb2.Status:
+    """Why a job failed, as the Job.error field carries it."""
+    status = status_pb2.Status(code=int(failure.code), message=failure.message)
+    status.details.add().Pack(_error_info(failure.reason, dict(failure.metadata)))
+    return status
+
+
+_GRPC_CODES = {int(c.value[0]): c for c in grpc.StatusCode}
+assert all(int(c) in _GRPC_CODES for c in Code) and code_pb2.UNAUTHENTICATED == Code.UNAUTHENTICATED
+
+
+async def abort(context: grpc.aio.ServicerContext, error: GatewayError) -> None:
+    """Ends the RPC with the error's status; raises (as context.abort does)."""
+    status = to_status(error)
+    await context.abort(
+        _GRPC_CODES[int(error.code)],
+        status.message,
+        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+    )

@@ -1,0 +1,25 @@
+"""Backends, one module each behind the :class:`~gateway.backends.base.Backend` protocol."""
+
+from __future__ import annotations
+
+from gateway.backends.base import Backend, JobContext, ReadyState
+from gateway.settings import RouteSettings
+
+__all__ = ["Backend", "JobContext", "ReadyState", "create_backend"]
+
+
+def create_backend(settings: RouteSettings) -> Backend:
+    """The backend for a route's settings. Heavy imports (faster-whisper, aiohttp) happen only here."""
+    if settings.backend == "echo":
+        from gateway.backends.echo import EchoBackend
+
+        return EchoBackend(settings)
+    if settings.backend == "whisper":
+        from gateway.backends.whisper import WhisperBackend
+
+        return WhisperBackend(settings)
+    if settings.backend == "octoai":
+        from gateway.backends.octoai import OctoAIBackend
+
+        return OctoAIBackend(settings)
+    raise ValueError(f"unknown backend {settings.backend!r}")

@@ -1,0 +1,100 @@
+"""The contract between the job machinery and a backend (echo, whisper, octoai).
+
+A backend never sees gRPC or HTTP: it validates a :class:`JobInput` at Submit time, and runs one job
+given a :class:`JobContext`, through which it reports progress and partial segments, keeps a
+checkpoint that survives a restart (an upstream job's poll URL), and learns of cancellation.
+
+Cancellation: the runner cancels the task running ``run()``. An async backend just lets the
+``CancelledError`` through; a backend running work in a thread sets its stop flag, waits for the
+thread to stop at its next check, then re-raises, so the worker is free for the next job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from gateway.jobs import Job, JobInput, Result, Segment
+
+__all__ = ["Backend", "HealthListener", "JobContext", "ReadyState"]
+
+HealthListener = Callable[[bool], None]
+
+
+class JobContext:
+    """What a running job may do. Safe to use from the event loop; ``*_threadsafe`` from threads."""
+
+    def __init__(
+        self,
+        job: Job,
+        job_input: JobInput,
+        checkpoint: Mapping[str, Any] | None,
+        report: Callable[[float | None, Sequence[Segment]], Awaitable[None]],
+        save_checkpoint: Callable[[Mapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        self.job = job
+        self.input = job_input
+        self.checkpoint = checkpoint
+        self._report = report
+        self._save_checkpoint = save_checkpoint
+        self.stop = threading.Event()  # set when the job is cancelled or the server stops
+        self._loop = asyncio.get_running_loop()
+
+    async def report(self, progress: float | None = None, segments: Sequence[Segment] = ()) -> None:
+        """Publishes a new revision with this progress (clamped to [0, 1]) and these new segments."""
+        if progress is not None:
+            progress = min(1.0, max(0.0, progress))
+        await self._report(progress, tuple(segments))
+
+    def report_threadsafe(self, progress: float | None = None, segments: Sequence[Segment] = ()) -> None:
+        """From a worker thread: publishes and waits until the revision is stored (backpressure)."""
+        asyncio.run_coroutine_threadsafe(self.report(progress, segments), self._loop).result()
+
+    async def save_checkpoint(self, checkpoint: Mapping[str, Any]) -> None:
+        """Stores state that a restarted gateway hands back in ``checkpoint`` (no new revision)."""
+        self.checkpoint = dict(checkpoint)
+        await self._save_checkpoint(self.checkpoint)
+
+
+class ReadyState:
+    """Readiness with listeners: the route's grpc health status follows it."""
+
+    def __init__(self) -> None:
+        self._ready = False
+        self._listeners: list[HealthListener] = []
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def set(self, ready: bool) -> None:
+        if ready != self._ready:
+            self._ready = ready
+            for listener in list(self._listeners):
+                listener(ready)
+
+    def listen(self, listener: HealthListener) -> None:
+        self._listeners.append(listener)
+        listener(self._ready)
+
+
+class Backend(Protocol):
+    """One backend instance serves one route."""
+
+    readiness: ReadyState
+
+    async def start(self) -> None:
+        """Loads and warms up; readiness turns True when jobs can run."""
+        ...
+
+    async def close(self) -> None: ...
+
+    def validate(self, job_input: JobInput) -> JobInput:
+        """Cheap checks at Submit (raise InvalidArgument with field violations); may normalise."""
+        ...
+
+    async def run(self, ctx: JobContext) -> Result:
+        """Runs one job. Raise JobError to fail it with a reason."""
+        ...

@@ -1,0 +1,99 @@
+"""`gateway serve`: runs the gateway.
+
+    gateway serve [--listen HOST:PORT] [--http-listen HOST:PORT] [--data-dir DIR] [--config FILE]
+
+Once serving it prints one JSON line on stdout with the bound addresses (useful with port 0):
+``{"event": "serving", "grpc": "127.0.0.1:50051", "http": "127.0.0.1:8080"}``. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from gateway import __version__
+from gateway.http import parse_address
+from gateway.server import Gateway
+from gateway.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_json:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+
+
+async def _serve(settings: Settings) -> None:
+    import signal
+
+    loop = asyncio.get_running_loop()
+    async with Gateway(settings) as gateway:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, gateway.request_stop)
+        grpc_host, _ = parse_address(settings.listen)
+        line = {"event": "serving", "grpc": f"{grpc_host}:{gateway.grpc_port}"}
+        if gateway.http_port:
+            http_host, _ = parse_address(settings.http_listen)
+            line["http"] = f"{http_host}:{gateway.http_port}"
+        print(json.dumps(line), flush=True)
+        await gateway.wait_for_stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="A streaming gRPC gateway for asynchronous inference.")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the gateway (gRPC default 127.0.0.1:50051)")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:50051)")
+    serve.add_argument("--http-listen", metavar="HOST:PORT", help="HTTP address (default 127.0.0.1:8080; '' for none)")
+    serve.add_argument("--data-dir", metavar="DIR", type=Path, help="where the SQLite store lives (default ./data)")
+    serve.add_argument("--config", metavar="FILE", type=Path, help="a TOML configuration file")
+    serve.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_settings(
+            args.config, listen=args.listen, http_listen=args.http_listen, data_dir=args.data_dir,
+            log_level=args.log_level,
+        )
+    except (ValidationError, FileNotFoundError, ValueError) as exc:
+        print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings)
+    try:
+        asyncio.run(_serve(settings))
+    except OSError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

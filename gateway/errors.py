@@ -1,0 +1,140 @@
+"""The one error root of the gateway.
+
+Every error the gateway raises on purpose is a :class:`GatewayError`: a canonical status code (the
+google.rpc.Code numbering, shared by gRPC and the HTTP facade), a stable machine-readable reason
+(ErrorInfo.reason), a human message, and optional details. The faces (gRPC in
+``gateway.api.status``, HTTP in ``gateway.http``) map it to the wire in exactly one place each.
+
+    GatewayError
+    ├── InvalidArgument        INVALID_ARGUMENT   bad request fields (field violations)
+    ├── NotFound               NOT_FOUND          unknown, expired or foreign job; unknown route
+    ├── AlreadyExists          ALREADY_EXISTS     request_id reused with a different request
+    ├── FailedPrecondition     FAILED_PRECONDITION  e.g. Fetch before the job is done
+    ├── ResourceExhausted      RESOURCE_EXHAUSTED queue full (with retry_after), payload too large
+    ├── Unauthenticated        UNAUTHENTICATED    missing or unknown bearer token
+    ├── Unavailable            UNAVAILABLE        shutting down, backend not ready: a retry can fix it
+    └── JobError               (any code)         why a job FAILED: raised by backends
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DOMAIN",
+    "AlreadyExists",
+    "Code",
+    "FailedPrecondition",
+    "FieldViolation",
+    "GatewayError",
+    "InvalidArgument",
+    "JobError",
+    "NotFound",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+]
+
+DOMAIN = "gateway.v1"
+
+
+class Code(enum.IntEnum):
+    """Canonical status codes (google.rpc.Code)."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+@dataclass(eq=False)
+class GatewayError(Exception):
+    """An error with a status code and a stable reason."""
+
+    message: str
+    reason: str = "ERROR"
+    code: Code = Code.UNKNOWN
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    field_violations: Sequence[FieldViolation] = ()
+    retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return f"{self.code.name} {self.reason}: {self.message}"
+
+
+def _kind(code: Code, default_reason: str) -> type[GatewayError]:
+    class _Error(GatewayError):
+        def __init__(self, message: str, reason: str = default_reason, **kwargs: object) -> None:
+            super().__init__(message, reason, code, **kwargs)  # type: ignore[arg-type]
+
+    return _Error
+
+
+class InvalidArgument(_kind(Code.INVALID_ARGUMENT, "INVALID_REQUEST")):  # type: ignore[misc]
+    """The request is malformed; ``field_violations`` says where."""
+
+    @classmethod
+    def fields(cls, *violations: FieldViolation, reason: str = "INVALID_REQUEST") -> InvalidArgument:
+        text = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        return cls(text or "invalid request", reason, field_violations=tuple(violations))
+
+
+class NotFound(_kind(Code.NOT_FOUND, "JOB_NOT_FOUND")):  # type: ignore[misc]
+    pass
+
+
+class AlreadyExists(_kind(Code.ALREADY_EXISTS, "REQUEST_ID_CONFLICT")):  # type: ignore[misc]
+    pass
+
+
+class FailedPrecondition(_kind(Code.FAILED_PRECONDITION, "FAILED_PRECONDITION")):  # type: ignore[misc]
+    pass
+
+
+class ResourceExhausted(_kind(Code.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED")):  # type: ignore[misc]
+    pass
+
+
+class Unauthenticated(_kind(Code.UNAUTHENTICATED, "INVALID_TOKEN")):  # type: ignore[misc]
+    pass
+
+
+class Unavailable(_kind(Code.UNAVAILABLE, "UNAVAILABLE")):  # type: ignore[misc]
+    pass
+
+
+class JobError(GatewayError):
+    """Raised by a backend: the job ends FAILED with this code, reason and message."""
+
+    def __init__(
+        self,
+        message: str,
+        reason: str = "JOB_FAILED",
+        code: Code = Code.UNKNOWN,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason, code, dict(metadata or {}))

@@ -1,0 +1,213 @@
+"""The in-process event hub: fans each committed revision out to the job's watchers.
+
+Each job being watched has one :class:`JobChannel`: a short ring of its latest revisions, shared by
+all its watchers, and the futures of the watchers waiting for the next one. Publishing appends to the
+ring and wakes the waiters; nothing is copied per watcher, and each revision's wire form is computed
+once (``JobEvent.encoded``) and sent to every stream as the same bytes.
+
+A watcher that falls behind (its stream is flow-controlled by a slow client) slows nobody: it simply
+reads the ring later. If the ring has moved past it, it skips to the latest snapshot, which is never
+past the terminal revision because the terminal revision is the last one a job publishes. Memory per
+job is bounded by the ring, whatever the watchers do.
+
+Dashboards subscribe per tenant (:class:`TenantSubscription`): pending updates are coalesced per job,
+so a slow dashboard holds at most one pending snapshot per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from gateway.jobs import Job
+from gateway.store.base import JobFilter
+
+__all__ = ["EventHub", "HubClosed", "JobChannel", "JobEvent", "TenantSubscription"]
+
+RING_SIZE = 64
+TENANT_BACKLOG = 10_000
+
+
+class HubClosed(Exception):
+    """The server is shutting down: streams end so clients resume elsewhere."""
+
+
+class JobEvent:
+    """One committed revision, with its wire encodings cached (computed once, shared by streams)."""
+
+    __slots__ = ("_encoded", "job")
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self._encoded: dict[Any, bytes] = {}
+
+    def encoded(self, key: Any, encode: Callable[[Job], bytes]) -> bytes:
+        data = self._encoded.get(key)
+        if data is None:
+            data = self._encoded[key] = encode(self.job)
+        return data
+
+
+class _Waitable:
+    __slots__ = ("_closed", "_waiters")
+
+    def __init__(self) -> None:
+        # A dict, not a list: a waiter that times out removes itself in O(1), and wake order is kept.
+        self._waiters: dict[asyncio.Future[None], None] = {}
+        self._closed = False
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    async def _wait(self, timeout: float) -> bool:
+        """Waits for the next wake-up; False on timeout."""
+        if self._closed:
+            raise HubClosed
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[fut] = None
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            return False
+        finally:
+            if not fut.done():
+                fut.cancel()
+                self._waiters.pop(fut, None)
+        if self._closed:
+            raise HubClosed
+        return True
+
+
+class JobChannel(_Waitable):
+    __slots__ = ("events", "job_id", "refs")
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.events: deque[JobEvent] = deque(maxlen=RING_SIZE)
+        self.refs = 0
+
+    def publish(self, event: JobEvent) -> None:
+        self.events.append(event)
+        self._wake()
+
+    def after(self, revision: int) -> list[JobEvent]:
+        """The events after ``revision``: all of them, or only the latest if the ring moved past."""
+        events = self.events
+        if not events or events[-1].job.revision <= revision:
+            return []
+        if events[0].job.revision > revision + 1:
+            return [events[-1]]  # skipped ahead: the latest snapshot carries everything
+        return [e for e in events if e.job.revision > revision]
+
+    async def next_after(self, revision: int, timeout: float) -> list[JobEvent] | None:
+        """The events after ``revision``, waiting up to ``timeout`` for one; None on timeout."""
+        events = self.after(revision)
+        while not events:
+            if not await self._wait(timeout):
+                return None
+            events = self.after(revision)
+        return events
+
+
+class TenantSubscription(_Waitable):
+    """Every change of a tenant's jobs matching a filter, coalesced per job while undelivered."""
+
+    __slots__ = ("_pending", "dropped", "filter", "tenant")
+
+    def __init__(self, tenant: str, flt: JobFilter) -> None:
+        super().__init__()
+        self.tenant = tenant
+        self.filter = flt
+        self._pending: OrderedDict[str, JobEvent] = OrderedDict()
+        self.dropped = 0
+
+    def offer(self, event: JobEvent) -> None:
+        if not self.filter.matches(event.job):
+            return
+        pending = self._pending
+        pending[event.job.id] = event
+        pending.move_to_end(event.job.id)
+        if len(pending) > TENANT_BACKLOG:
+            pending.popitem(last=False)
+            self.dropped += 1
+        self._wake()
+
+    async def next(self, timeout: float) -> list[JobEvent] | None:
+        while not self._pending:
+            if not await self._wait(timeout):
+                return None
+        events = list(self._pending.values())
+        self._pending.clear()
+        return events
+
+
+class EventHub:
+    def __init__(self) -> None:
+        self._channels: dict[str, JobChannel] = {}
+        self._tenants: dict[str, set[TenantSubscription]] = {}
+        self.closed = False
+
+    def publish(self, event: JobEvent) -> None:
+        job = event.job
+        channel = self._channels.get(job.id)
+        subs = self._tenants.get(job.tenant)
+        if channel is not None:
+            channel.publish(event)
+        if subs:
+            for sub in subs:
+                sub.offer(event)
+
+    @contextmanager
+    def watch(self, job_id: str) -> Iterator[JobChannel]:
+        """Subscribes to a job's revisions. Subscribe before reading the snapshot, so nothing is missed."""
+        if self.closed:
+            raise HubClosed
+        channel = self._channels.get(job_id)
+        if channel is None:
+            channel = self._channels[job_id] = JobChannel(job_id)
+        channel.refs += 1
+        try:
+            yield channel
+        finally:
+            channel.refs -= 1
+            if channel.refs == 0 and self._channels.get(job_id) is channel:
+                del self._channels[job_id]
+
+    @contextmanager
+    def watch_tenant(self, tenant: str, flt: JobFilter) -> Iterator[TenantSubscription]:
+        if self.closed:
+            raise HubClosed
+        sub = TenantSubscription(tenant, flt)
+        self._tenants.setdefault(tenant, set()).add(sub)
+        try:
+            yield sub
+        finally:
+            subs = self._tenants.get(tenant)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._tenants[tenant]
+
+    def watcher_count(self) -> int:
+        return sum(c.refs for c in self._channels.values()) + sum(len(s) for s in self._tenants.values())
+
+    def close(self) -> None:
+        """Ends every stream (they raise HubClosed): used on shutdown."""
+        self.closed = True
+        for channel in self._channels.values():
+            channel.close()
+        for subs in self._tenants.values():
+            for sub in subs:
+                sub.close()

@@ -1,0 +1,251 @@
+"""The job model: states, the state machine, immutable job snapshots, inputs and results.
+
+A :class:`Job` is one revision of a job, frozen: every change makes a new snapshot with the revision
+plus one, so a snapshot can be shared by the store, the hub and every watcher without copying.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from gateway.errors import Code
+
+__all__ = [
+    "ACTIVE_STATES",
+    "TERMINAL_STATES",
+    "Clock",
+    "IllegalTransition",
+    "Job",
+    "JobFailure",
+    "JobInput",
+    "JobOutput",
+    "JobState",
+    "Result",
+    "Segment",
+    "SystemClock",
+    "Transcript",
+    "TranscriptionInput",
+    "Word",
+    "check_transition",
+    "new_job_id",
+]
+
+
+class JobState(enum.IntEnum):
+    """The lifecycle; the numbers are the proto enum's."""
+
+    QUEUED = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
+
+# The only transitions there are. Staying in a state (a progress update) is not a transition.
+_NEXT: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A bug: something tried a transition the state machine forbids."""
+
+
+def check_transition(current: JobState, new: JobState) -> None:
+    if new is current:
+        if current.terminal:
+            raise IllegalTransition(f"a {current.name} job cannot change")
+        return
+    if new not in _NEXT[current]:
+        raise IllegalTransition(f"{current.name} -> {new.name}")
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+def new_job_id(now: float) -> str:
+    """32 hex characters: 12 of milliseconds since the epoch (so ids sort by creation), 20 random."""
+    return f"{int(now * 1000):012x}{secrets.token_hex(10)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+    words: tuple[Word, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Segment:
+        words = tuple(Word(**w) for w in data.get("words") or ())
+        return cls(
+            start=data["start"],
+            end=data["end"],
+            text=data["text"],
+            avg_logprob=data.get("avg_logprob", 0.0),
+            no_speech_prob=data.get("no_speech_prob", 0.0),
+            words=words,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailure:
+    """Why a job ended FAILED (or, with code CANCELLED, that it was cancelled)."""
+
+    code: Code
+    reason: str
+    message: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": int(self.code), "reason": self.reason, "message": self.message, "metadata": dict(self.metadata)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobFailure:
+        return cls(Code(data["code"]), data["reason"], data["message"], dict(data.get("metadata") or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    tenant: str
+    route: str
+    state: JobState
+    revision: int
+    created: float
+    progress: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    expires: float | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    error: JobFailure | None = None
+    segments: tuple[Segment, ...] = ()
+    queue_position: int = 0
+    request_id: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionInput:
+    """The typed request of a whisper route."""
+
+    audio: bytes
+    language: str = ""
+    task: str = "transcribe"
+    beam_size: int = 0
+    word_timestamps: bool = False
+    vad_filter: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobInput:
+    """What a job runs on: free JSON inputs, or a typed transcription request."""
+
+    inputs: Mapping[str, Any] | None = None
+    transcription: TranscriptionInput | None = None
+
+    def encode(self) -> bytes:
+        """A stable byte form: a JSON header line, then the raw audio (kept to resume the job)."""
+        header: dict[str, Any] = {"inputs": self.inputs}
+        audio = b""
+        if self.transcription is not None:
+            options = asdict(self.transcription)
+            audio = options.pop("audio")
+            header["transcription"] = options
+        return json.dumps(header, sort_keys=True, separators=(",", ":")).encode() + b"\n" + audio
+
+    @classmethod
+    def decode(cls, data: bytes) -> JobInput:
+        header_bytes, _, audio = data.partition(b"\n")
+        header = json.loads(header_bytes)
+        transcription = None
+        if header.get("transcription") is not None:
+            transcription = TranscriptionInput(audio=audio, **header["transcription"])
+        return cls(inputs=header.get("inputs"), transcription=transcription)
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    text: str
+    segments: tuple[Segment, ...]
+    language: str
+    duration: float
+    language_probability: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutput:
+    """The JSON output of echo and upstream routes."""
+
+    value: Any
+
+
+Result = Transcript | JobOutput
+
+
+def encode_result(result: Result) -> str:
+    if isinstance(result, Transcript):
+        body: dict[str, Any] = {
+            "kind": "transcript",
+            "text": result.text,
+            "segments": [s.to_dict() for s in result.segments],
+            "language": result.language,
+            "language_probability": result.language_probability,
+            "duration": result.duration,
+        }
+    else:
+        body = {"kind": "output", "value": result.value}
+    return json.dumps(body, separators=(",", ":"))
+
+
+def decode_result(text: str) -> Result:
+    body = json.loads(text)
+    if body["kind"] == "transcript":
+        return Transcript(
+            text=body["text"],
+            segments=tuple(Segment.from_dict(s) for s in body["segments"]),
+            language=body["language"],
+            duration=body["duration"],
+            language_probability=body.get("language_probability", 0.0),
+        )
+    return JobOutput(body["value"])
+

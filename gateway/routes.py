@@ -1,0 +1,295 @@
+"""A route: a bounded queue of job ids and the workers that run them on the route's backend.
+
+The queue and the workers are separate on purpose: a worker takes one job id at a time from the
+queue and drives it through the job service; a batching worker (several queued jobs in one GPU call)
+can take a different shape without touching the queue, the admission control or the service.
+
+Admission control: a slot is reserved before the job is stored, so the queue never grows past
+``max_queue``; a full queue answers RESOURCE_EXHAUSTED with a retry delay estimated from recent job
+durations. Queue positions are refreshed at most once a second, for the first jobs of the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import TYPE_CHECKING
+
+from gateway.backends.base import Backend, JobContext
+from gateway.errors import Code, GatewayError, ResourceExhausted
+from gateway.jobs import JobFailure
+from gateway.settings import RouteSettings
+
+if TYPE_CHECKING:
+    from gateway.service import JobService
+
+__all__ = ["JobQueue", "QueueClosed", "RouteRunner"]
+
+log = logging.getLogger(__name__)
+
+POSITION_REFRESH_SECONDS = 1.0
+POSITION_WINDOW = 256
+
+
+class QueueClosed(Exception):
+    pass
+
+
+class JobQueue:
+    """FIFO of job ids with reservations, removal (cancel) and positions."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: deque[str] = deque()
+        self._reserved = 0
+        self._getters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def reserve(self) -> bool:
+        if len(self._items) + self._reserved >= self.maxsize:
+            return False
+        self._reserved += 1
+        return True
+
+    def release(self) -> None:
+        self._reserved -= 1
+
+    def put(self, job_id: str, reserved: bool = True, front: bool = False) -> None:
+        if reserved:
+            self._reserved -= 1
+        if front:
+            self._items.appendleft(job_id)
+        else:
+            self._items.append(job_id)
+        while self._getters:
+            getter = self._getters.popleft()
+            if not getter.done():
+                getter.set_result(None)
+                break
+
+    async def get(self) -> str:
+        while not self._items:
+            if self._closed:
+                raise QueueClosed
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except asyncio.CancelledError:
+                # Pass a wake-up we may have consumed on to another getter.
+                if getter.done() and not getter.cancelled() and self._items:
+                    self.put(self._items.popleft(), reserved=False, front=True)
+                raise
+        return self._items.popleft()
+
+    def remove(self, job_id: str) -> bool:
+        try:
+            self._items.remove(job_id)
+        except ValueError:
+            return False
+        return True
+
+    def position(self, job_id: str) -> int:
+        for index, item in enumerate(self._items):
+            if item == job_id:
+                return index + 1
+        return 0
+
+    def close(self) -> None:
+        self._closed = True
+        for getter in self._getters:
+            if not getter.done():
+                getter.set_result(None)
+        self._getters.clear()
+
+
+@dataclass(eq=False)
+class _Running:
+    job_id: str
+    task: asyncio.Task[object] | None = None
+    ctx: JobContext | None = None
+    cancel_requested: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+class RouteRunner:
+    def __init__(self, name: str, settings: RouteSettings, backend: Backend, service: JobService) -> None:
+        self.name = name
+        self.settings = settings
+        self.backend = backend
+        self.service = service
+        self.queue = JobQueue(settings.max_queue)
+        self._running: dict[str, _Running] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._positions_dirty = False
+        self._mean_duration: float | None = None
+
+    @property
+    def readiness(self) -> object:
+        return self.backend.readiness
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Starts the backend (loading, warm-up) in the background, then the workers."""
+        self._tasks.append(asyncio.create_task(self._start(), name=f"route-{self.name}-start"))
+        self._tasks.append(asyncio.create_task(self._refresh_positions(), name=f"route-{self.name}-positions"))
+
+    async def _start(self) -> None:
+        try:
+            await self.backend.start()
+        except Exception:
+            log.exception("route %s: backend failed to start; its jobs stay queued", self.name)
+            return
+        for i in range(self.settings.workers):
+            self._workers.append(asyncio.create_task(self._work(), name=f"route-{self.name}-worker-{i}"))
+
+    async def stop(self, drain: float) -> None:
+        """Takes no new job, lets running ones finish for ``drain`` seconds, then interrupts the rest
+        (they stay RUNNING in the store and resume at the next start)."""
+        self.queue.close()
+        if self._workers:
+            _done, pending = await asyncio.wait(self._workers, timeout=drain)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.backend.close()
+
+    # -- admission and queue ---------------------------------------------------------------------
+
+    def reserve(self) -> None:
+        if not self.queue.reserve():
+            raise ResourceExhausted(
+                f"route {self.name!r} has {len(self.queue)} jobs waiting, its limit; retry later",
+                reason="QUEUE_FULL",
+                metadata={"route": self.name, "max_queue": str(self.queue.maxsize)},
+                retry_after=self._retry_after(),
+            )
+
+    def _retry_after(self) -> float:
+        mean = self._mean_duration if self._mean_duration is not None else 5.0
+        return max(1.0, min(300.0, mean * len(self.queue) / self.settings.workers))
+
+    def release(self) -> None:
+        self.queue.release()
+
+    def enqueue(self, job_id: str, reserved: bool = True, front: bool = False) -> None:
+        self.queue.put(job_id, reserved=reserved, front=front)
+        if front:
+            self._positions_dirty = True
+
+    def position(self, job_id: str) -> int:
+        return self.queue.position(job_id)
+
+    def cancel(self, job_id: str) -> str:
+        """'queued' if it was waiting (and is removed), 'running' if it is asked to stop, else ''."""
+        if self.queue.remove(job_id):
+            self._positions_dirty = True
+            return "queued"
+        running = self._running.get(job_id)
+        if running is None:
+            return ""
+        running.cancel_requested = True
+        if running.ctx is not None:
+            running.ctx.stop.set()
+        if running.task is not None:
+            running.task.cancel()
+        return "running"
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                job_id = await self.queue.get()
+            except QueueClosed:
+                return
+            running = self._running[job_id] = _Running(job_id)
+            self._positions_dirty = True
+            try:
+                await self._execute(running)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - e.g. the store failed: keep the worker alive
+                log.exception("route %s: job %s could not be run", self.name, job_id)
+            finally:
+                del self._running[job_id]
+
+    async def _execute(self, running: _Running) -> None:
+        service = self.service
+        job_id = running.job_id
+        begun = await service.begin(job_id)
+        if begun is None:
+            return
+        job, job_input, checkpoint = begun
+        if running.cancel_requested:
+            await service.cancelled(job_id)
+            return
+
+        async def report(progress: float | None, segments: tuple) -> None:  # type: ignore[type-arg]
+            await service.report(job_id, progress, segments)
+
+        async def save_checkpoint(data: object) -> None:
+            await service.save_checkpoint(job_id, data)  # type: ignore[arg-type]
+
+        ctx = running.ctx = JobContext(job, job_input, checkpoint, report, save_checkpoint)
+        task = running.task = asyncio.create_task(self.backend.run(ctx), name=f"job-{job_id}")  # type: ignore[arg-type]
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # The server is stopping: interrupt the job, leave it RUNNING to resume later.
+                ctx.stop.set()
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(task, timeout=5)
+                raise
+            await service.cancelled(job_id)
+            return
+        except GatewayError as exc:
+            await service.fail(job_id, JobFailure(exc.code, exc.reason, exc.message, dict(exc.metadata)))
+        except Exception as exc:  # noqa: BLE001 - a backend bug fails its job, not the server
+            log.exception("route %s: job %s crashed", self.name, job_id)
+            await service.fail(job_id, JobFailure(Code.INTERNAL, "BACKEND_ERROR", f"{type(exc).__name__}: {exc}"))
+        else:
+            if running.cancel_requested:
+                await service.cancelled(job_id)
+            else:
+                await service.succeed(job_id, result)
+        finally:
+            elapsed = time.monotonic() - running.started
+            mean = self._mean_duration
+            self._mean_duration = elapsed if mean is None else 0.8 * mean + 0.2 * elapsed
+
+    async def _refresh_positions(self) -> None:
+        while True:
+            await asyncio.sleep(POSITION_REFRESH_SECONDS)
+            if not self._positions_dirty:
+                continue
+            self._positions_dirty = False
+            positions = [(job_id, i + 1) for i, job_id in enumerate(islice(self.queue, POSITION_WINDOW))]
+            try:
+                await self.service.set_queue_positions(positions)
+            except Exception:  # noqa: BLE001 - positions are advisory
+                log.exception("route %s: refreshing queue positions failed", self.name)

@@ -1,0 +1,179 @@
+"""The bootstrap: builds every part from the settings, starts them in order, stops them in reverse.
+
+    async with Gateway(settings) as gw:     # store, hub, service, routes, gRPC, HTTP, sweeper
+        print(gw.grpc_port)
+        await gw.wait_for_stop()            # SIGTERM / SIGINT
+
+Shutdown (SIGTERM), in order: health NOT_SERVING and Submit refused (UNAVAILABLE, retryable), the
+routes stop taking jobs and let running ones finish for ``shutdown_grace_seconds`` (the rest stay
+RUNNING in the store and resume at the next start), watch streams end with UNAVAILABLE so clients
+resume them elsewhere, then ``server.stop(grace)`` and the store closes. Kubernetes'
+terminationGracePeriodSeconds must be longer than shutdown_grace_seconds plus a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.api.auth import Authenticator
+from gateway.api.servicer import SERVICE_NAME, GatewayServicer
+from gateway.backends import create_backend
+from gateway.hub import EventHub
+from gateway.jobs import Clock, SystemClock
+from gateway.routes import RouteRunner
+from gateway.service import JobService
+from gateway.settings import Settings
+from gateway.store import SqliteStore, Store
+
+__all__ = ["Gateway", "create_server", "health_name"]
+
+log = logging.getLogger(__name__)
+
+# Requests up to this much over max_receive_bytes still reach the gateway, which refuses them with an
+# ErrorInfo (REQUEST_TOO_LARGE); beyond it gRPC itself refuses them (RESOURCE_EXHAUSTED, no details).
+RECEIVE_HEADROOM = 4 * 1024 * 1024
+FINAL_GRACE_SECONDS = 2.0
+
+
+def health_name(route: str) -> str:
+    """The grpc.health.v1 service name of a route: SERVING once its backend is loaded and warm."""
+    return f"route/{route}"
+
+
+def create_server(settings: Settings, address: str | None = None) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with the gateway's channel options, bound; (server, port)."""
+    ms = lambda seconds: int(seconds * 1000)  # noqa: E731
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", settings.max_receive_bytes + RECEIVE_HEADROOM),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.keepalive_time_ms", ms(settings.keepalive_time_seconds)),
+        ("grpc.keepalive_timeout_ms", ms(settings.keepalive_timeout_seconds)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_connection_age_ms", ms(settings.max_connection_age_seconds)),
+        ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace_seconds)),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    port = server.add_insecure_port(address or settings.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {address or settings.listen}")
+    return server, port
+
+
+class Gateway:
+    """One running gateway. Use as an async context manager."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None, store: Store | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.store: Store = store or SqliteStore(settings.data_dir / "gateway.sqlite3", settings.sqlite_synchronous)
+        self.hub = EventHub()
+        self.service = JobService(settings, self.store, self.hub, self.clock)
+        self.health = health.aio.HealthServicer()
+        self.grpc_server: grpc.aio.Server | None = None
+        self.grpc_port = 0
+        self.http: Any = None
+        self.http_port = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = asyncio.Event()
+        self._stopped = False
+        self._serving: dict[str, bool] = {}
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        settings = self.settings
+        await self.store.open()
+        for name, route_settings in settings.routes.items():
+            runner = RouteRunner(name, route_settings, create_backend(route_settings), self.service)
+            self.service.routes[name] = runner
+            await self._set_health(health_name(name), False)
+            runner.backend.readiness.listen(self._health_listener(name))
+        await self.service.resume()
+        for runner in self.service.routes.values():
+            await runner.start()
+        self._tasks.append(asyncio.create_task(self.service.sweep_forever(), name="sweeper"))
+
+        server, self.grpc_port = create_server(settings)
+        auth = Authenticator(settings.auth)
+        server.add_generic_rpc_handlers((GatewayServicer(self.service, auth, settings.max_receive_bytes).handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        await server.start()
+        self.grpc_server = server
+        await self._set_health(health.OVERALL_HEALTH, True)
+        await self._set_health(SERVICE_NAME, True)
+        if settings.http_listen:
+            from gateway.http import HttpFace
+
+            self.http = HttpFace(settings, self.service, auth, self.serving)
+            self.http_port = await self.http.start(settings.http_listen)
+        log.info(
+            "gateway serving gRPC on port %d%s; routes: %s", self.grpc_port,
+            f", HTTP on port {self.http_port}" if self.http else "", ", ".join(settings.routes),
+        )
+
+    def serving(self, name: str) -> bool:
+        """Whether a grpc.health.v1 name ("" overall, health_name(route)) is SERVING."""
+        return self._serving.get(name, False) and not self._stopping.is_set()
+
+    async def _set_health(self, name: str, ready: bool) -> None:
+        self._serving[name] = ready
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set(name, status)
+
+    def _health_listener(self, route: str) -> Callable[[bool], None]:
+        def listener(ready: bool) -> None:
+            if self._stopped or self._stopping.is_set():
+                return
+            task = asyncio.get_running_loop().create_task(self._set_health(health_name(route), ready))
+            self._tasks.append(task)
+            task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+        return listener
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_for_stop(self) -> None:
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopping.set()
+        self._stopped = True
+        log.info("gateway stopping: draining for up to %.0f s", self.settings.shutdown_grace_seconds)
+        self.service.accepting = False
+        await self.health.enter_graceful_shutdown()
+        await asyncio.gather(
+            *(r.stop(self.settings.shutdown_grace_seconds) for r in self.service.routes.values()),
+            return_exceptions=True,
+        )
+        self.hub.close()
+        if self.http is not None:
+            await self.http.stop()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(FINAL_GRACE_SECONDS)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+        log.info("gateway stopped")
+

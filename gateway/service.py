@@ -1,0 +1,489 @@
+"""The job service: the state machine, idempotency, retention, and the order of every change.
+
+Every change of a job goes through here, in three steps: compute the next snapshot synchronously
+from the job's head (so two concurrent changes can never take the same revision), store it (the
+store's writer commits in order), and, in the commit callback, publish it to the hub. Watchers thus
+see each revision once, in order, and only once it is durable.
+
+In memory, per active (QUEUED or RUNNING) job: its head (the latest snapshot handed to the store)
+and its latest committed event (what readers see). Finished jobs are read from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gateway.errors import (
+    AlreadyExists,
+    Code,
+    FailedPrecondition,
+    FieldViolation,
+    GatewayError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from gateway.hub import EventHub, JobEvent
+from gateway.jobs import (
+    Clock,
+    Job,
+    JobFailure,
+    JobInput,
+    JobState,
+    Result,
+    Segment,
+    check_transition,
+    new_job_id,
+)
+from gateway.routes import RouteRunner
+from gateway.settings import ROUTE_NAME, Settings
+from gateway.store.base import JobFilter, Store
+
+__all__ = ["Heartbeat", "JobService"]
+
+log = logging.getLogger(__name__)
+
+CANCEL_WAIT_SECONDS = 2.0
+DELETE_WAIT_SECONDS = 10.0
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 50
+SMALL_INPUT_BYTES = 64 * 1024  # inputs up to this size stay in memory until the job starts
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    revision: int
+    time: float
+
+
+class JobService:
+    def __init__(self, settings: Settings, store: Store, hub: EventHub, clock: Clock) -> None:
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.clock = clock
+        self.routes: dict[str, RouteRunner] = {}
+        self._heads: dict[str, Job] = {}
+        self._committed: dict[str, JobEvent] = {}
+        self._inputs: dict[str, JobInput] = {}
+        self._checkpoints: dict[str, Mapping[str, Any] | None] = {}
+        self.accepting = True
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    def _next(self, job_id: str, **changes: Any) -> Job | None:
+        """The job's next snapshot, made the head at once; None if the job is no longer active."""
+        head = self._heads.get(job_id)
+        if head is None:
+            return None
+        check_transition(head.state, changes.get("state", head.state))
+        job = replace(head, revision=head.revision + 1, **changes)
+        if job.terminal:
+            del self._heads[job_id]
+            self._inputs.pop(job_id, None)
+            self._checkpoints.pop(job_id, None)
+        else:
+            self._heads[job_id] = job
+        return job
+
+    def _committed_cb(self, job: Job) -> Any:
+        def on_commit(_: object) -> None:
+            event = JobEvent(job)
+            if job.terminal:
+                self._committed.pop(job.id, None)
+            elif job.id in self._heads:
+                self._committed[job.id] = event
+            self.hub.publish(event)
+
+        return on_commit
+
+    async def _save(
+        self, job: Job, new_segments: Sequence[Segment] = (), result: Result | None = None, count_attempt: bool = False
+    ) -> None:
+        await self.store.save_revision(job, new_segments, result, self._committed_cb(job), count_attempt)
+
+    def _finish(self, job_id: str, state: JobState, **changes: Any) -> Job | None:
+        now = self.clock.now()
+        return self._next(
+            job_id, state=state, finished=now, expires=now + self.settings.retention_seconds, **changes
+        )
+
+    # -- submit ----------------------------------------------------------------------------------
+
+    def route(self, name: str) -> RouteRunner:
+        runner = self.routes.get(name)
+        if runner is None:
+            raise NotFound(
+                f"no route named {name!r}; routes: {', '.join(sorted(self.routes))}",
+                reason="ROUTE_NOT_FOUND",
+                metadata={"route": name},
+            )
+        return runner
+
+    @staticmethod
+    def _request_hash(route: str, job_input: JobInput, labels: Mapping[str, str]) -> str:
+        digest = hashlib.sha256(route.encode())
+        digest.update(b"\0" + job_input.encode() + b"\0")
+        digest.update(json.dumps(sorted(labels.items())).encode())
+        return digest.hexdigest()
+
+    async def submit(
+        self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str
+    ) -> tuple[Job, bool]:
+        """Stores a new job and queues it; answers (job, existing)."""
+        if not self.accepting:
+            raise Unavailable("the gateway is shutting down; retry on another replica", reason="SHUTTING_DOWN")
+        _check_submission(route, labels, request_id)
+        runner = self.route(route)
+        job_input = runner.backend.validate(job_input)
+        request_hash = self._request_hash(route, job_input, labels) if request_id else ""
+        runner.reserve()
+        now = self.clock.now()
+        job = Job(
+            id=new_job_id(now),
+            tenant=tenant,
+            route=route,
+            state=JobState.QUEUED,
+            revision=1,
+            created=now,
+            labels=dict(labels),
+            queue_position=len(runner.queue) + 1,
+            request_id=request_id,
+        )
+        payload = job_input.encode()
+
+        def on_commit(outcome: Any) -> None:
+            if not outcome.created:
+                return
+            self._heads[job.id] = job
+            event = self._committed[job.id] = JobEvent(job)
+            if len(payload) <= SMALL_INPUT_BYTES:
+                self._inputs[job.id] = job_input
+            self.hub.publish(event)
+            runner.enqueue(job.id)
+
+        try:
+            outcome = await self.store.create_job(job, request_hash, payload, on_commit)
+        except BaseException:
+            runner.release()
+            raise
+        if outcome.created:
+            return job, False
+        runner.release()
+        if outcome.request_hash != request_hash:
+            raise AlreadyExists(
+                f"request_id {request_id!r} was used for a different request (job {outcome.job.id})",
+                reason="REQUEST_ID_CONFLICT",
+                metadata={"request_id": request_id, "job_id": outcome.job.id},
+            )
+        current = self._committed.get(outcome.job.id)
+        return (current.job if current else outcome.job), True
+
+    # -- running (called by route runners) -------------------------------------------------------
+
+    async def begin(self, job_id: str) -> tuple[Job, JobInput, Mapping[str, Any] | None] | None:
+        """Moves a dequeued job to RUNNING; answers what the backend needs, or None if it is gone."""
+        head = self._heads.get(job_id)
+        if head is None:
+            return None
+        if head.state is JobState.QUEUED:
+            job = self._next(job_id, state=JobState.RUNNING, started=self.clock.now(), queue_position=0)
+            assert job is not None
+            await self._save(job, count_attempt=True)
+        else:  # resumed after a restart: it was RUNNING already
+            attempts = await self.store.start_attempt(job_id)
+            if attempts > self.settings.max_attempts:
+                await self.fail(job_id, JobFailure(
+                    Code.ABORTED, "TOO_MANY_ATTEMPTS",
+                    f"the job was interrupted {attempts - 1} times (the gateway stopped while it ran); given up",
+                ))
+                return None
+            job = head
+        job_input = self._inputs.pop(job_id, None)
+        if job_input is None:
+            payload = await self.store.get_payload(job_id)
+            if payload is None:
+                await self.fail(job_id, JobFailure(Code.DATA_LOSS, "INPUT_LOST", "the job's inputs are gone"))
+                return None
+            job_input = JobInput.decode(payload)
+        head = self._heads.get(job_id)
+        if head is None:
+            return None
+        return head, job_input, self._checkpoints.pop(job_id, None)
+
+    async def report(self, job_id: str, progress: float | None, segments: Sequence[Segment]) -> None:
+        head = self._heads.get(job_id)
+        if head is None:
+            return
+        changes: dict[str, Any] = {}
+        if progress is not None:
+            changes["progress"] = progress
+        if segments:
+            changes["segments"] = head.segments + tuple(segments)
+        job = self._next(job_id, **changes)
+        if job is not None:
+            await self._save(job, new_segments=segments)
+
+    async def succeed(self, job_id: str, result: Result) -> None:
+        job = self._finish(job_id, JobState.SUCCEEDED, progress=1.0)
+        if job is not None:
+            await self._save(job, result=result)
+
+    async def fail(self, job_id: str, failure: JobFailure) -> None:
+        job = self._finish(job_id, JobState.FAILED, error=failure)
+        if job is not None:
+            log.info("job %s failed: %s %s: %s", job_id, failure.code.name, failure.reason, failure.message)
+            await self._save(job)
+
+    async def cancelled(self, job_id: str) -> None:
+        failure = JobFailure(Code.CANCELLED, "CANCELLED", "the job was cancelled")
+        job = self._finish(job_id, JobState.CANCELLED, error=failure, queue_position=0)
+        if job is not None:
+            await self._save(job)
+
+    async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None:
+        if job_id in self._heads:
+            await self.store.save_checkpoint(job_id, checkpoint)
+
+    async def set_queue_positions(self, positions: Sequence[tuple[str, int]]) -> None:
+        saves = []
+        for job_id, position in positions:
+            head = self._heads.get(job_id)
+            if head is not None and head.state is JobState.QUEUED and head.queue_position != position:
+                job = self._next(job_id, queue_position=position)
+                if job is not None:
+                    saves.append(self._save(job))
+        if saves:
+            await asyncio.gather(*saves)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def _event(self, tenant: str, job_id: str) -> JobEvent:
+        """The job's latest committed snapshot, scoped to the tenant; NotFound otherwise."""
+        event = self._committed.get(job_id)
+        if event is None:
+            job = await self.store.get_job(job_id) if job_id else None
+            event = JobEvent(job) if job is not None else None
+        now = self.clock.now()
+        if event is None or event.job.tenant != tenant:
+            if job_id and await self.store.tombstone(job_id, now) == tenant:
+                raise NotFound(f"job {job_id} has expired", reason="JOB_EXPIRED", metadata={"job_id": job_id})
+            raise NotFound(f"no job {job_id!r}", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
+        expires = event.job.expires
+        if expires is not None and expires <= now:
+            raise NotFound(f"job {job_id} has expired", reason="JOB_EXPIRED", metadata={"job_id": job_id})
+        return event
+
+    async def get(self, tenant: str, job_id: str) -> Job:
+        return (await self._event(tenant, job_id)).job
+
+    async def watch(self, tenant: str, job_id: str, after_revision: int = 0) -> AsyncIterator[JobEvent | Heartbeat]:
+        """The Watch contract: snapshot (or the revisions after ``after_revision``), each change once
+        and in order, heartbeats while idle, the terminal revision last."""
+        if after_revision < 0:
+            raise InvalidArgument.fields(FieldViolation("after_revision", "must not be negative"))
+        heartbeat = self.settings.heartbeat_seconds
+        with self.hub.watch(job_id) as channel:
+            snapshot = await self._event(tenant, job_id)
+            current = snapshot.job.revision
+            if after_revision > current:
+                raise GatewayError(
+                    f"after_revision {after_revision} is ahead of the job's revision {current}",
+                    "REVISION_AHEAD", Code.OUT_OF_RANGE, {"revision": str(current)},
+                )
+            last, done = after_revision, False
+            if after_revision == 0:
+                yield snapshot
+                last, done = current, snapshot.job.terminal
+            elif after_revision < current:
+                # The store may already hold revisions newer than the snapshot: send them all.
+                for job in await self.store.revisions_after(job_id, after_revision):
+                    yield JobEvent(job)
+                    last, done = job.revision, job.terminal
+            else:
+                done = snapshot.job.terminal
+            if done:
+                return
+            while True:
+                events = await channel.next_after(last, heartbeat)
+                if events is None:
+                    yield Heartbeat(last, self.clock.now())
+                    continue
+                for event in events:
+                    yield event
+                    last = event.job.revision
+                    if event.job.terminal:
+                        return
+
+    async def _until_done(self, tenant: str, job_id: str, timeout: float | None) -> Job:
+        """Waits for the job to end (up to ``timeout``); answers its latest snapshot."""
+        latest: Job | None = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                async for item in self.watch(tenant, job_id):
+                    if isinstance(item, JobEvent):
+                        latest = item.job
+        return latest if latest is not None else await self.get(tenant, job_id)
+
+    async def fetch(self, tenant: str, job_id: str, wait: bool = False) -> tuple[Job, Result | None]:
+        job = await self.get(tenant, job_id)
+        if not job.terminal:
+            if not wait:
+                raise FailedPrecondition(
+                    f"job {job_id} is {job.state.name}; fetch it once it is done, or wait",
+                    reason="JOB_NOT_DONE",
+                    metadata={"job_id": job_id, "state": job.state.name},
+                )
+            job = await self._until_done(tenant, job_id, None)
+        result = await self.store.get_result(job_id) if job.state is JobState.SUCCEEDED else None
+        return job, result
+
+    # -- cancel, delete, list --------------------------------------------------------------------
+
+    async def cancel(self, tenant: str, job_id: str) -> Job:
+        job = await self.get(tenant, job_id)
+        if job.terminal:
+            return job
+        runner = self.routes.get(job.route)
+        where = runner.cancel(job_id) if runner is not None else ""
+        if where != "running":
+            await self.cancelled(job_id)
+        return await self._until_done(tenant, job_id, CANCEL_WAIT_SECONDS)
+
+    async def delete(self, tenant: str, job_id: str) -> None:
+        job = await self.get(tenant, job_id)
+        if not job.terminal:
+            runner = self.routes.get(job.route)
+            if runner is not None and runner.cancel(job_id) == "running":
+                await self._until_done(tenant, job_id, DELETE_WAIT_SECONDS)
+            await self.cancelled(job_id)
+        self._heads.pop(job_id, None)
+        self._committed.pop(job_id, None)
+        await self.store.delete(job_id)
+
+    async def list(
+        self, tenant: str, flt: JobFilter, page_size: int, page_token: str
+    ) -> tuple[list[Job], str]:
+        if page_size < 0:
+            raise InvalidArgument.fields(FieldViolation("page_size", "must not be negative"))
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        digest = hashlib.sha256(
+            json.dumps([sorted(int(s) for s in flt.states), flt.route, sorted(flt.labels.items())]).encode()
+        ).hexdigest()[:16]
+        before = None
+        if page_token:
+            before = _decode_token(page_token, digest)
+        jobs = await self.store.list_jobs(tenant, flt, before, size + 1, self.clock.now())
+        token = ""
+        if len(jobs) > size:
+            jobs = jobs[:size]
+            raw = json.dumps({"b": jobs[-1].id, "f": digest}).encode()
+            token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return [self._committed[j.id].job if j.id in self._committed else j for j in jobs], token
+
+    async def watch_jobs(self, tenant: str, flt: JobFilter) -> AsyncIterator[JobEvent | Heartbeat]:
+        """Every change of the tenant's jobs: the active ones first, then each change."""
+        heartbeat = self.settings.heartbeat_seconds
+        with self.hub.watch_tenant(tenant, flt) as sub:
+            sent: dict[str, int] = {}
+            for event in list(self._committed.values()):
+                if event.job.tenant == tenant and flt.matches(event.job):
+                    sent[event.job.id] = event.job.revision
+                    yield event
+            while True:
+                events = await sub.next(heartbeat)
+                if events is None:
+                    sent.clear()
+                    yield Heartbeat(0, self.clock.now())
+                    continue
+                for event in events:
+                    if sent.get(event.job.id, 0) >= event.job.revision:
+                        continue
+                    yield event
+
+    # -- startup and retention -------------------------------------------------------------------
+
+    async def resume(self) -> int:
+        """Re-queues the jobs that were QUEUED or RUNNING when the process stopped."""
+        pending = await self.store.unfinished()
+        pending.sort(key=lambda r: (r.job.state is not JobState.RUNNING, r.job.id))
+        for item in pending:
+            job = item.job
+            self._heads[job.id] = job
+            self._committed[job.id] = JobEvent(job)
+            runner = self.routes.get(job.route)
+            if runner is None:
+                await self.fail(job.id, JobFailure(
+                    Code.FAILED_PRECONDITION, "ROUTE_NOT_CONFIGURED",
+                    f"route {job.route!r} is no longer configured",
+                ))
+                continue
+            self._checkpoints[job.id] = item.checkpoint
+            runner.enqueue(job.id, reserved=False)
+        if pending:
+            log.info("resumed %d unfinished jobs", len(pending))
+        return len(pending)
+
+    async def sweep(self) -> int:
+        now = self.clock.now()
+        expired = await self.store.sweep(now, now + self.settings.retention_seconds)
+        return len(expired)
+
+    async def sweep_forever(self) -> None:
+        while True:
+            try:
+                swept = await self.sweep()
+                if swept:
+                    log.info("swept %d expired jobs", swept)
+            except Exception:  # noqa: BLE001 - try again next round
+                log.exception("sweeping expired jobs failed")
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+
+
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
+_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+MAX_LABELS = 64
+MAX_LABEL_VALUE = 256
+
+
+def _check_submission(route: str, labels: Mapping[str, str], request_id: str) -> None:
+    violations = []
+    if not ROUTE_NAME.match(route):
+        violations.append(FieldViolation("route", "lowercase letters, digits, '-' and '_', at most 63"))
+    if len(labels) > MAX_LABELS:
+        violations.append(FieldViolation("labels", f"at most {MAX_LABELS} labels"))
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key):
+            violations.append(FieldViolation(f"labels[{key!r}]", "keys: 1 to 63 of A-Z a-z 0-9 _ . - /"))
+        elif len(value) > MAX_LABEL_VALUE or not value.isprintable():
+            violations.append(FieldViolation(f"labels[{key!r}]", f"values: up to {MAX_LABEL_VALUE} printable characters"))
+    if request_id and not _REQUEST_ID.match(request_id):
+        violations.append(FieldViolation("request_id", "1 to 128 printable ASCII characters, no spaces"))
+    if violations:
+        raise InvalidArgument.fields(*violations)
+
+
+def _decode_token(token: str, digest: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        before, token_digest = data["b"], data["f"]
+        if not isinstance(before, str) or not isinstance(token_digest, str):
+            raise ValueError
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument.fields(FieldViolation("page_token", "not a token from this List"), reason="INVALID_PAGE_TOKEN") from None
+    if token_digest != digest:
+        raise InvalidArgument.fields(
+            FieldViolation("page_token", "the filters changed since the token was issued"), reason="INVALID_PAGE_TOKEN"
+        )
+    return before

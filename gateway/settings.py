@@ -1,0 +1,170 @@
+"""All configuration, in one pydantic-settings class, built once in ``main()`` and passed down.
+
+Sources, strongest first: command-line flags, environment variables (``GATEWAY_`` prefix, ``__``
+between nested names, e.g. ``GATEWAY_AUTH__ENABLED=true``; a whole table as JSON, e.g.
+``GATEWAY_ROUTES='{"echo": {"backend": "echo"}}'``), the TOML file given by ``--config``, defaults.
+
+Routes are ``[routes.<name>]`` tables with ``backend = "..."`` plus that backend's keys. Without a
+``[routes]`` table the routes are ``echo`` and ``whisper``; with one, exactly those it names.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+__all__ = [
+    "AuthSettings",
+    "EchoRoute",
+    "OctoAIRoute",
+    "RouteSettings",
+    "Settings",
+    "WhisperRoute",
+    "load_settings",
+]
+
+MiB = 1024 * 1024
+ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Route(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_queue: int = Field(1000, ge=1, description="Jobs waiting beyond this are refused (RESOURCE_EXHAUSTED).")
+    workers: int = Field(1, ge=1, description="Jobs run at once.")
+
+
+class EchoRoute(_Route):
+    """The built-in diagnostic: inputs delay_ms, steps, fail_with; the result echoes the inputs."""
+
+    backend: Literal["echo"] = "echo"
+    workers: int = Field(1024, ge=1, description="Echo jobs only sleep, so many run at once.")
+    max_queue: int = 100_000
+
+
+class WhisperRoute(_Route):
+    """The co-located faster-whisper engine."""
+
+    backend: Literal["whisper"] = "whisper"
+    model: str = Field("", description="A CTranslate2 model directory, or a hub name; empty: the bundled tiny.en.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when CTranslate2 sees a GPU.")
+    compute_type: str = Field("auto", description="auto: int8 on CPU, float16 on GPU.")
+    cpu_threads: int = Field(0, ge=0, description="Threads per worker; 0: the cores this process may use.")
+    workers: int = Field(1, ge=1, description="Jobs transcribed at once, each with its own model replica.")
+    beam_size: int = Field(5, ge=1, le=20, description="Default beam size when a request gives none.")
+    vad_filter: bool = Field(True, description="Skip silence (avoids Whisper's hallucinations on it).")
+    language: str = Field("", description="Default language; empty: detected (tiny.en: English).")
+    batched: bool = Field(False, description="Use BatchedInferencePipeline (throughput on GPUs).")
+    batch_size: int = Field(8, ge=1, le=256)
+    max_queue: int = Field(64, ge=1)
+    max_audio_bytes: int = Field(25 * MiB, ge=1)
+    max_audio_seconds: float = Field(4 * 3600.0, gt=0)
+    warmup: bool = Field(True, description="Run one tiny transcription before reporting SERVING.")
+
+
+class OctoAIRoute(_Route):
+    """An upstream endpoint speaking OctoAI's async protocol, polled once on everyone's behalf."""
+
+    backend: Literal["octoai"] = "octoai"
+    endpoint: str = Field(..., description="https://.../predict")
+    healthcheck: str = Field("", description="https://.../healthcheck; empty: none.")
+    token_env: str = Field("OCTOAI_TOKEN", description="The environment variable holding the bearer token.")
+    workers: int = Field(1000, ge=1, description="Jobs in flight upstream at once.")
+    max_queue: int = 10_000
+    max_concurrent_requests: int = Field(32, ge=1, description="Upstream HTTP requests in flight at once.")
+    poll_initial_seconds: float = Field(0.25, gt=0, description="First poll interval.")
+    poll_max_seconds: float = Field(5.0, gt=0, description="Poll interval cap (backoff with jitter).")
+    poll_backoff: float = Field(1.5, ge=1.0)
+    deadline_seconds: float = Field(3600.0, gt=0, description="A job not completed by then ends FAILED.")
+    request_timeout_seconds: float = Field(60.0, gt=0, description="One HTTP request.")
+    max_retries: int = Field(8, ge=0, description="Retries of one request on 5xx, 429, timeouts, resets.")
+    retry_initial_seconds: float = Field(0.5, gt=0)
+    retry_max_seconds: float = Field(30.0, gt=0)
+    health_interval_seconds: float = Field(10.0, gt=0)
+    max_input_bytes: int = Field(10 * 1000 * 1000, ge=1, description="OctoAI's own limit was 10 MB.")
+
+
+RouteSettings = Annotated[EchoRoute | WhisperRoute | OctoAIRoute, Field(discriminator="backend")]
+
+
+def _default_routes() -> dict[str, Any]:
+    return {"echo": EchoRoute(), "whisper": WhisperRoute()}
+
+
+class AuthSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Off for local use; on in the Kubernetes manifests.")
+    tokens: dict[str, str] = Field(default_factory=dict, description="Bearer token -> tenant.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid")
+
+    listen: str = Field("127.0.0.1:50051", description="gRPC address, HOST:PORT (port 0: any free port).")
+    http_listen: str = Field("127.0.0.1:8080", description="HTTP address (OctoAI facade, health); empty: off.")
+    data_dir: Path = Field(Path("data"), description="Where the SQLite store lives.")
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL", description="NORMAL survives a process crash (kill -9); FULL also a power loss."
+    )
+    retention_seconds: float = Field(24 * 3600.0, gt=0, description="How long a finished job is kept.")
+    sweep_interval_seconds: float = Field(60.0, gt=0, description="How often expired jobs are deleted.")
+    heartbeat_seconds: float = Field(10.0, gt=0, description="Watch heartbeat interval while idle.")
+    max_receive_bytes: int = Field(32 * MiB, ge=1024, description="Largest request accepted.")
+    keepalive_time_seconds: float = Field(30.0, gt=0)
+    keepalive_timeout_seconds: float = Field(10.0, gt=0)
+    max_connection_age_seconds: float = Field(
+        1800.0, gt=0, description="Connections are recycled after this, so load balancers can rebalance."
+    )
+    max_connection_age_grace_seconds: float = Field(
+        300.0, ge=0, description="Streams still open that long after are cut; clients resume them."
+    )
+    shutdown_grace_seconds: float = Field(10.0, ge=0, description="Drain time on SIGTERM.")
+    max_attempts: int = Field(3, ge=1, description="Runs of one job across restarts before it FAILS.")
+    log_level: str = "INFO"
+    log_json: bool = False
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    routes: dict[str, RouteSettings] = Field(default_factory=_default_routes)
+
+    @field_validator("routes")
+    @classmethod
+    def _route_names(cls, routes: dict[str, Any]) -> dict[str, Any]:
+        for name in routes:
+            if not ROUTE_NAME.match(name):
+                raise ValueError(f"route name {name!r}: lowercase letters, digits, '-' and '_', at most 63")
+        return routes
+
+    @field_validator("listen", "http_listen")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value and not re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]*):\d{1,5}$", value):
+            raise ValueError(f"{value!r}: expected HOST:PORT")
+        return value
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Builds the settings: overrides (flags) > environment > the TOML file > defaults."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if config_file is None:
+        return Settings(**overrides)
+    if not config_file.is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file)
+            return (init_settings, env_settings, toml, file_secret_settings)
+
+    return _FromFile(**overrides)

@@ -1,0 +1,100 @@
+"""The store's contract: durable jobs, their revisions, results, inputs and backend checkpoints.
+
+The job service is the only caller. Writes are acknowledged only once durable; ``on_commit`` runs on
+the event loop right after the commit, in commit order, which is how the service publishes each
+revision to watchers exactly once and in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.jobs import Job, JobState, Result, Segment
+
+__all__ = ["CreateOutcome", "JobFilter", "ResumableJob", "Store"]
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOutcome:
+    job: Job
+    created: bool
+    request_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    states: frozenset[JobState] = frozenset()
+    route: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, job: Job) -> bool:
+        if self.states and job.state not in self.states:
+            return False
+        if self.route and job.route != self.route:
+            return False
+        return all(job.labels.get(k) == v for k, v in self.labels.items())
+
+
+@dataclass(frozen=True, slots=True)
+class ResumableJob:
+    """A job that was QUEUED or RUNNING when the process stopped."""
+
+    job: Job
+    attempts: int
+    checkpoint: Mapping[str, Any] | None
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create_job(
+        self, job: Job, request_hash: str, payload: bytes, on_commit: Callable[[Any], None] | None = None
+    ) -> CreateOutcome:
+        """Inserts the job at revision 1, or answers the job already stored under its request_id."""
+        ...
+
+    async def save_revision(
+        self,
+        job: Job,
+        new_segments: Sequence[Segment] = (),
+        result: Result | None = None,
+        on_commit: Callable[[Any], None] | None = None,
+        count_attempt: bool = False,
+    ) -> None:
+        """Stores the job's next revision; a terminal one also drops the job's inputs and checkpoint.
+        ``count_attempt`` counts one more run of the job in the same write."""
+        ...
+
+    async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None: ...
+
+    async def start_attempt(self, job_id: str) -> int:
+        """Counts one more run of the job (durably, before it runs); returns the count."""
+        ...
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def revisions_after(self, job_id: str, after: int) -> list[Job]: ...
+
+    async def get_result(self, job_id: str) -> Result | None: ...
+
+    async def get_payload(self, job_id: str) -> bytes | None: ...
+
+    async def list_jobs(
+        self, tenant: str, flt: JobFilter, before_id: str | None, limit: int, now: float
+    ) -> list[Job]: ...
+
+    async def unfinished(self) -> list[ResumableJob]: ...
+
+    async def delete(self, job_id: str, tombstone_until: float | None = None) -> None: ...
+
+    async def sweep(self, now: float, tombstone_until: float) -> list[Job]:
+        """Deletes the jobs expired by ``now``, leaving tombstones; answers what it deleted."""
+        ...
+
+    async def tombstone(self, job_id: str, now: float) -> str | None:
+        """The tenant of a job that expired or was deleted recently, else None."""
+        ...

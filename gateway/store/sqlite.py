@@ -1,0 +1,480 @@
+"""The embedded store: one SQLite file in WAL mode, written by one thread with group commit.
+
+Writes from the event loop go into a queue; the writer thread drains whatever has gathered into one
+transaction, commits, then hands every outcome back to the loop in one callback, where each write's
+``on_commit`` runs in order before its awaiting caller resumes. Concurrent Submits thus share a commit,
+and nobody is answered before their write is durable. Reads run on a small thread pool with
+connections of their own (WAL lets them read beside the writer). Nothing here blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.jobs import Job, JobFailure, JobState, Result, Segment, decode_result, encode_result
+from gateway.store.base import CreateOutcome, JobFilter, ResumableJob
+
+__all__ = ["SqliteStore"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    route TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    progress REAL NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    expires REAL,
+    labels TEXT NOT NULL,
+    error TEXT,
+    queue_position INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    segment_count INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    checkpoint TEXT
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_request ON jobs (tenant, request_id) WHERE request_id != '';
+CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, id);
+CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires) WHERE expires IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_active ON jobs (state) WHERE state IN (1, 2);
+CREATE TABLE IF NOT EXISTS revisions (
+    job_id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    progress REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    expires REAL,
+    error TEXT,
+    queue_position INTEGER NOT NULL,
+    segment_count INTEGER NOT NULL,
+    PRIMARY KEY (job_id, revision)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS segments (
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS results (job_id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS payloads (job_id TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tombstones (job_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, until REAL NOT NULL);
+"""
+
+_JOB_COLUMNS = (
+    "id, tenant, route, state, revision, progress, created, started, finished, expires, labels, error, "
+    "queue_position, request_id, request_hash, segment_count, attempts, checkpoint"
+)
+_MAX_BATCH = 1024
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _error_json(error: JobFailure | None) -> str | None:
+    return None if error is None else _dumps(error.to_dict())
+
+
+@dataclass(slots=True)
+class _Write:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    on_commit: Callable[[Any], None] | None
+
+
+class SqliteStore:
+    """The embedded default store. Use as ``async with SqliteStore(path) as store``."""
+
+    def __init__(self, path: Path, synchronous: str = "NORMAL", readers: int = 2) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._readers = readers
+        self._writes: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        return conn
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        conn.executescript(_SCHEMA)
+        self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="sqlite-read")
+        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="sqlite-write", daemon=True)
+        self._writer.start()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writes.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # -- the writer thread -----------------------------------------------------------------------
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                first = self._writes.get()
+                if first is None:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        item = self._writes.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._commit_batch(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
+        outcomes: list[tuple[_Write, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                outcomes.append((write, write.fn(conn), None))
+            conn.execute("COMMIT")
+        except Exception:
+            # Rare: one write failed. Undo the batch and run each write in its own transaction, so
+            # that only the failing one reports an error.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            outcomes = []
+            for write in batch:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    result = write.fn(conn)
+                    conn.execute("COMMIT")
+                    outcomes.append((write, result, None))
+                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    outcomes.append((write, None, exc))
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(_deliver, outcomes)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], T], on_commit: Callable[[Any], None] | None = None) -> asyncio.Future[T]:
+        if self._writer is None:
+            raise RuntimeError("store is closed")
+        assert self._loop is not None
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._writes.put(_Write(fn, future, on_commit))
+        return future
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._loop is not None and self._pool is not None
+        return await self._loop.run_in_executor(self._pool, lambda: fn(self._reader()))
+
+    # -- rows <-> jobs ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _segments(conn: sqlite3.Connection, job_id: str, count: int) -> tuple[Segment, ...]:
+        if count <= 0:
+            return ()
+        rows = conn.execute(
+            "SELECT data FROM segments WHERE job_id = ? AND idx < ? ORDER BY idx", (job_id, count)
+        ).fetchall()
+        return tuple(Segment.from_dict(json.loads(r[0])) for r in rows)
+
+    def _job_from_row(self, conn: sqlite3.Connection, row: Sequence[Any], with_segments: bool = True) -> Job:
+        (job_id, tenant, route, state, revision, progress, created, started, finished, expires, labels, error,
+         queue_position, request_id, _hash, segment_count, _attempts, _checkpoint) = row
+        return Job(
+            id=job_id,
+            tenant=tenant,
+            route=route,
+            state=JobState(state),
+            revision=revision,
+            progress=progress,
+            created=created,
+            started=started,
+            finished=finished,
+            expires=expires,
+            labels=json.loads(labels),
+            error=JobFailure.from_dict(json.loads(error)) if error else None,
+            segments=self._segments(conn, job_id, segment_count) if with_segments else (),
+            queue_position=queue_position,
+            request_id=request_id,
+        )
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def create_job(
+        self, job: Job, request_hash: str, payload: bytes, on_commit: Callable[[Any], None] | None = None
+    ) -> CreateOutcome:
+        def write(conn: sqlite3.Connection) -> CreateOutcome:
+            if job.request_id:
+                row = conn.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND request_id = ?",
+                    (job.tenant, job.request_id),
+                ).fetchone()
+                if row is not None:
+                    expires = row[9]
+                    if expires is None or expires > job.created:
+                        return CreateOutcome(self._job_from_row(conn, row), False, row[14])
+                    self._delete(conn, row[0])  # expired but not swept yet: the key is free again
+            conn.execute(
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (job.id, job.tenant, job.route, int(job.state), job.revision, job.progress, job.created,
+                 job.started, job.finished, job.expires, _dumps(dict(job.labels)), _error_json(job.error),
+                 job.queue_position, job.request_id, request_hash, 0, 0, None),
+            )
+            self._insert_revision(conn, job, 0)
+            conn.execute("INSERT INTO payloads (job_id, data) VALUES (?, ?)", (job.id, payload))
+            return CreateOutcome(job, True, request_hash)
+
+        outcome: CreateOutcome = await self._submit(write, on_commit)
+        return outcome
+
+    @staticmethod
+    def _insert_revision(conn: sqlite3.Connection, job: Job, segment_count: int) -> None:
+        conn.execute(
+            "INSERT INTO revisions (job_id, revision, state, progress, started, finished, expires, error, "
+            "queue_position, segment_count) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (job.id, job.revision, int(job.state), job.progress, job.started, job.finished, job.expires,
+             _error_json(job.error), job.queue_position, segment_count),
+        )
+
+    async def save_revision(
+        self,
+        job: Job,
+        new_segments: Sequence[Segment] = (),
+        result: Result | None = None,
+        on_commit: Callable[[Any], None] | None = None,
+        count_attempt: bool = False,
+    ) -> None:
+        count = len(job.segments)
+        first = count - len(new_segments)
+        attempt = 1 if count_attempt else 0
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET state = ?, revision = ?, progress = ?, started = ?, finished = ?, expires = ?, "
+                "error = ?, queue_position = ?, segment_count = ?, attempts = attempts + ? WHERE id = ?",
+                (int(job.state), job.revision, job.progress, job.started, job.finished, job.expires,
+                 _error_json(job.error), job.queue_position, count, attempt, job.id),
+            )
+            self._insert_revision(conn, job, count)
+            if new_segments:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO segments (job_id, idx, data) VALUES (?, ?, ?)",
+                    [(job.id, first + i, _dumps(s.to_dict())) for i, s in enumerate(new_segments)],
+                )
+            if result is not None:
+                conn.execute("INSERT OR REPLACE INTO results (job_id, data) VALUES (?, ?)", (job.id, encode_result(result)))
+            if job.terminal:
+                conn.execute("DELETE FROM payloads WHERE job_id = ?", (job.id,))
+                conn.execute("UPDATE jobs SET checkpoint = NULL WHERE id = ?", (job.id,))
+
+        await self._submit(write, on_commit)
+
+    async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None:
+        data = _dumps(dict(checkpoint))
+        await self._submit(lambda conn: conn.execute("UPDATE jobs SET checkpoint = ? WHERE id = ?", (data, job_id)))
+
+    async def start_attempt(self, job_id: str) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            conn.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?", (job_id,))
+            row = conn.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return int(row[0]) if row else 0
+
+        attempts: int = await self._submit(write)
+        return attempts
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, job_id: str) -> None:
+        for table, column in (("jobs", "id"), ("revisions", "job_id"), ("segments", "job_id"),
+                              ("results", "job_id"), ("payloads", "job_id")):
+            conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
+
+    async def delete(self, job_id: str, tombstone_until: float | None = None) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            if tombstone_until is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO tombstones (job_id, tenant, until) SELECT id, tenant, ? FROM jobs WHERE id = ?",
+                    (tombstone_until, job_id),
+                )
+            self._delete(conn, job_id)
+
+        await self._submit(write)
+
+    async def sweep(self, now: float, tombstone_until: float) -> list[Job]:
+        def write(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE expires IS NOT NULL AND expires <= ? LIMIT 5000", (now,)
+            ).fetchall()
+            expired = [self._job_from_row(conn, row, with_segments=False) for row in rows]
+            for job in expired:
+                conn.execute(
+                    "INSERT OR REPLACE INTO tombstones (job_id, tenant, until) VALUES (?, ?, ?)",
+                    (job.id, job.tenant, tombstone_until),
+                )
+                self._delete(conn, job.id)
+            conn.execute("DELETE FROM tombstones WHERE until <= ?", (now,))
+            return expired
+
+        swept: list[Job] = await self._submit(write)
+        return swept
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job | None:
+        def read(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else self._job_from_row(conn, row)
+
+        return await self._read(read)
+
+    async def revisions_after(self, job_id: str, after: int) -> list[Job]:
+        def read(conn: sqlite3.Connection) -> list[Job]:
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return []
+            base = self._job_from_row(conn, row)
+            revs = conn.execute(
+                "SELECT revision, state, progress, started, finished, expires, error, queue_position, segment_count "
+                "FROM revisions WHERE job_id = ? AND revision > ? ORDER BY revision",
+                (job_id, after),
+            ).fetchall()
+            jobs = []
+            for revision, state, progress, started, finished, expires, error, queue_position, count in revs:
+                jobs.append(
+                    Job(
+                        id=base.id, tenant=base.tenant, route=base.route, state=JobState(state), revision=revision,
+                        created=base.created, progress=progress, started=started, finished=finished,
+                        expires=expires, labels=base.labels,
+                        error=JobFailure.from_dict(json.loads(error)) if error else None,
+                        segments=base.segments[:count], queue_position=queue_position, request_id=base.request_id,
+                    )
+                )
+            return jobs
+
+        return await self._read(read)
+
+    async def get_result(self, job_id: str) -> Result | None:
+        def read(conn: sqlite3.Connection) -> Result | None:
+            row = conn.execute("SELECT data FROM results WHERE job_id = ?", (job_id,)).fetchone()
+            return None if row is None else decode_result(row[0])
+
+        return await self._read(read)
+
+    async def get_payload(self, job_id: str) -> bytes | None:
+        def read(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT data FROM payloads WHERE job_id = ?", (job_id,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._read(read)
+
+    async def list_jobs(self, tenant: str, flt: JobFilter, before_id: str | None, limit: int, now: float) -> list[Job]:
+        sql = [f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND (expires IS NULL OR expires > ?)"]
+        args: list[Any] = [tenant, now]
+        if before_id:
+            sql.append("AND id < ?")
+            args.append(before_id)
+        if flt.states:
+            sql.append(f"AND state IN ({','.join('?' * len(flt.states))})")
+            args.extend(sorted(int(s) for s in flt.states))
+        if flt.route:
+            sql.append("AND route = ?")
+            args.append(flt.route)
+        for key, value in sorted(flt.labels.items()):
+            sql.append("AND json_extract(labels, ?) = ?")
+            args.extend((f'$."{key}"', value))
+        sql.append("ORDER BY id DESC LIMIT ?")
+        args.append(limit)
+        query = " ".join(sql)
+
+        def read(conn: sqlite3.Connection) -> list[Job]:
+            return [self._job_from_row(conn, row, with_segments=False) for row in conn.execute(query, args)]
+
+        return await self._read(read)
+
+    async def unfinished(self) -> list[ResumableJob]:
+        def read(conn: sqlite3.Connection) -> list[ResumableJob]:
+            rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN (1, 2) ORDER BY id").fetchall()
+            return [
+                ResumableJob(self._job_from_row(conn, row), row[16], json.loads(row[17]) if row[17] else None)
+                for row in rows
+            ]
+
+        return await self._read(read)
+
+    async def tombstone(self, job_id: str, now: float) -> str | None:
+        def read(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT tenant FROM tombstones WHERE job_id = ? AND until > ?", (job_id, now)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read(read)
+
+
+def _deliver(outcomes: list[tuple[_Write, Any, BaseException | None]]) -> None:
+    """On the loop: run each committed write's on_commit in order, then wake its caller."""
+    for write, result, exc in outcomes:
+        if exc is None and write.on_commit is not None:
+            try:
+                write.on_commit(result)
+            except Exception:  # noqa: BLE001 - a publisher bug must not lose the write's answer
+                log.exception("on_commit callback failed")
+        if write.future.cancelled():
+            continue
+        if exc is None:
+            write.future.set_result(result)
+        else:
+            write.future.set_exception(exc)
