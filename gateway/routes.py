@@ -22,7 +22,7 @@ from itertools import islice
 from typing import TYPE_CHECKING
 
 from gateway.backends.base import Backend, JobContext
-from gateway.errors import Code, GatewayError, ResourceExhausted
+from gateway.errors import Code, FailedPrecondition, GatewayError, ResourceExhausted
 from gateway.jobs import JobFailure
 from gateway.settings import RouteSettings
 
@@ -136,6 +136,7 @@ class RouteRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._positions_dirty = False
         self._mean_duration: float | None = None
+        self.start_error: str | None = None
 
     @property
     def readiness(self) -> object:
@@ -151,8 +152,14 @@ class RouteRunner:
     async def _start(self) -> None:
         try:
             await self.backend.start()
-        except Exception:
-            log.exception("route %s: backend failed to start; its jobs stay queued", self.name)
+        except Exception as exc:  # noqa: BLE001 - the route fails, the server goes on
+            log.exception("route %s: backend failed to start", self.name)
+            self.start_error = f"{type(exc).__name__}: {exc}"
+            while len(self.queue):
+                job_id = await self.queue.get()
+                await self.service.fail(job_id, JobFailure(
+                    Code.FAILED_PRECONDITION, "ROUTE_FAILED", f"route {self.name!r} failed to start: {self.start_error}"
+                ))
             return
         for i in range(self.settings.workers):
             self._workers.append(asyncio.create_task(self._work(), name=f"route-{self.name}-worker-{i}"))
@@ -174,6 +181,11 @@ class RouteRunner:
     # -- admission and queue ---------------------------------------------------------------------
 
     def reserve(self) -> None:
+        if self.start_error is not None:
+            raise FailedPrecondition(
+                f"route {self.name!r} failed to start: {self.start_error}", reason="ROUTE_FAILED",
+                metadata={"route": self.name},
+            )
         if not self.queue.reserve():
             raise ResourceExhausted(
                 f"route {self.name!r} has {len(self.queue)} jobs waiting, its limit; retry later",

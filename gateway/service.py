@@ -145,7 +145,7 @@ class JobService:
             raise Unavailable("the gateway is shutting down; retry on another replica", reason="SHUTTING_DOWN")
         _check_submission(route, labels, request_id)
         runner = self.route(route)
-        job_input = runner.backend.validate(job_input)
+        job_input = await runner.backend.validate(job_input)
         request_hash = self._request_hash(route, job_input, labels) if request_id else ""
         runner.reserve()
         now = self.clock.now()

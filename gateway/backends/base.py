@@ -91,7 +91,7 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
-    def validate(self, job_input: JobInput) -> JobInput:
+    async def validate(self, job_input: JobInput) -> JobInput:
         """Cheap checks at Submit (raise InvalidArgument with field violations); may normalise."""
         ...
 

@@ -48,7 +48,7 @@ class EchoBackend:
     async def close(self) -> None:
         self.readiness.set(False)
 
-    def validate(self, job_input: JobInput) -> JobInput:
+    async def validate(self, job_input: JobInput) -> JobInput:
         if job_input.transcription is not None:
             raise InvalidArgument.fields(FieldViolation("transcription", "the echo route takes JSON inputs"))
         inputs = dict(job_input.inputs or {})

