@@ -1,0 +1,109 @@
+"""Crashes and restarts: kill -9 loses nothing; SIGTERM drains; client futures ride through both."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from gateway_client import Client, GatewayError, JobFailedError, JobState, Output, Transcript
+from tests.conftest import FIXTURES, ServerProcess
+from tests.test_whisper import word_error_rate
+
+ONE_WORKER = '[routes.echo]\nbackend = "echo"\nworkers = 1\n'
+
+
+def _wait_state(client: Client, job_id: str, state: JobState, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get(job_id).state is not state:
+        assert time.monotonic() < deadline, f"{job_id} never reached {state}"
+        time.sleep(0.05)
+
+
+def test_kill9_keeps_results_and_resumes_queued_and_running_jobs(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server(ONE_WORKER)
+    with Client(server.target) as client:
+        finished = client.submit("echo", {"n": 1})
+        assert finished.result(timeout=10) == Output({"n": 1})
+        running = client.submit("echo", {"delay_ms": 3000, "steps": 30, "n": 2})
+        queued = client.submit("echo", {"delay_ms": 100, "n": 3})
+        _wait_state(client, running.job_id, JobState.RUNNING)
+        time.sleep(0.5)
+        progress_before = client.get(running.job_id).progress
+        assert progress_before > 0
+        seen: list[int] = []
+        running.add_update_callback(lambda job: seen.append(job.revision))
+
+        server.kill()
+        time.sleep(0.5)
+        assert not running.done() and not queued.done()
+        server.start()
+
+        # The futures created before the crash complete by themselves: their streams resume.
+        assert running.result(timeout=30) == Output({"delay_ms": 3000, "steps": 30, "n": 2})
+        assert queued.result(timeout=30) == Output({"delay_ms": 100, "n": 3})
+        assert client.fetch(finished.job_id) == Output({"n": 1})
+        assert seen == sorted(set(seen))  # no revision twice, none out of order
+        # The resumed echo job went on from where it was, not from zero.
+        assert all(j.progress >= progress_before for j in client.watch(running.job_id, after_revision=seen[0]))
+
+
+def test_kill9_mid_transcription_resumes_after_the_last_segment(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server('[routes.whisper]\nbackend = "whisper"\n')
+    server.wait_serving("route/whisper")
+    with Client(server.target) as client:
+        future = client.transcribe(FIXTURES / "long.ogg")
+        for job in client.watch(future.job_id):
+            if len(job.segments) >= 3:
+                break
+        server.kill()
+        server.start()
+        result = future.result(timeout=300)
+    assert isinstance(result, Transcript)
+    assert word_error_rate((FIXTURES / "long.txt").read_text(), result.text) < 0.1
+    starts = [s.start for s in result.segments]
+    assert starts == sorted(starts)  # nothing transcribed twice
+    assert 52 < result.duration < 53.5
+
+
+def test_sigterm_drains_and_streams_resume_after_restart(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server('shutdown_grace_seconds = 1.0\n' + ONE_WORKER)
+    with Client(server.target) as client:
+        short = client.submit("echo", {"delay_ms": 300})
+        long = client.submit("echo", {"delay_ms": 4000, "steps": 40})
+        _wait_state(client, short.job_id, JobState.RUNNING)
+        started = time.monotonic()
+        assert server.stop() == 0  # graceful exit
+        assert time.monotonic() - started < 10
+        assert short.done() and short.result() == Output({"delay_ms": 300})  # finished within the drain
+        assert not long.done()
+        server.start()
+        assert long.result(timeout=30) == Output({"delay_ms": 4000, "steps": 40})
+
+
+def test_a_job_that_keeps_killing_the_gateway_is_given_up(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server("max_attempts = 1\n" + ONE_WORKER)
+    with Client(server.target) as client:
+        future = client.submit("echo", {"delay_ms": 10_000})
+        _wait_state(client, future.job_id, JobState.RUNNING)
+        server.kill()
+        server.start()
+        with pytest.raises(JobFailedError) as failed:
+            future.result(timeout=30)
+        assert failed.value.reason == "TOO_MANY_ATTEMPTS"
+
+
+def test_submit_is_refused_while_shutting_down(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server('shutdown_grace_seconds = 3.0\n' + ONE_WORKER)
+    with Client(server.target) as client:
+        client.submit("echo", {"delay_ms": 2500})
+        time.sleep(0.2)
+        assert server.proc is not None
+        server.proc.send_signal(15)
+        time.sleep(0.5)
+        assert server.health() != 1  # NOT_SERVING while draining
+        with pytest.raises(GatewayError) as refused:
+            client.submit_job("echo", {})
+        assert refused.value.code is grpc.StatusCode.UNAVAILABLE
+    server.proc.wait(30)
