@@ -1,7 +1,5 @@
-"""The HTTP face (aiohttp): liveness and readiness for plain HTTP probes.
-
-The OctoAI-compatible facade mounts its routes here too (``gateway.facade``).
-"""
+"""The HTTP face (aiohttp): the OctoAI-compatible facade (``gateway.facade``), and liveness and
+readiness for plain HTTP probes (``/healthz``, ``/readyz``)."""
 
 from __future__ import annotations
 
@@ -11,6 +9,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway.api.auth import Authenticator
+from gateway.facade import Facade
 from gateway.service import JobService
 from gateway.settings import Settings
 
@@ -35,6 +34,7 @@ class HttpFace:
         self.app = web.Application(client_max_size=settings.max_receive_bytes)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
+        Facade(settings, service, auth, serving).mount(self.app)
         self._runner: web.AppRunner | None = None
 
     async def _healthz(self, request: web.Request) -> web.Response:

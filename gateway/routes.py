@@ -29,12 +29,17 @@ from gateway.settings import RouteSettings
 if TYPE_CHECKING:
     from gateway.service import JobService
 
-__all__ = ["JobQueue", "QueueClosed", "RouteRunner"]
+__all__ = ["JobQueue", "QueueClosed", "RouteRunner", "health_name"]
 
 log = logging.getLogger(__name__)
 
 POSITION_REFRESH_SECONDS = 1.0
 POSITION_WINDOW = 256
+
+
+def health_name(route: str) -> str:
+    """The grpc.health.v1 service name of a route: SERVING once its backend is loaded and warm."""
+    return f"route/{route}"
 
 
 class QueueClosed(Exception):
@@ -250,7 +255,7 @@ class RouteRunner:
     async def _execute(self, running: _Running) -> None:
         service = self.service
         job_id = running.job_id
-        begun = await service.begin(job_id)
+        begun = await service.begin(job_id, defer_running=self.backend.reports_start)
         if begun is None:
             return
         job, job_input, checkpoint = begun
@@ -264,7 +269,10 @@ class RouteRunner:
         async def save_checkpoint(data: object) -> None:
             await service.save_checkpoint(job_id, data)  # type: ignore[arg-type]
 
-        ctx = running.ctx = JobContext(job, job_input, checkpoint, report, save_checkpoint)
+        async def started() -> None:
+            await service.started(job_id)
+
+        ctx = running.ctx = JobContext(job, job_input, checkpoint, report, save_checkpoint, started)
         task = running.task = asyncio.create_task(self.backend.run(ctx), name=f"job-{job_id}")  # type: ignore[arg-type]
         try:
             result = await task

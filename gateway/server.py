@@ -27,7 +27,7 @@ from gateway.api.servicer import SERVICE_NAME, GatewayServicer
 from gateway.backends import create_backend
 from gateway.hub import EventHub
 from gateway.jobs import Clock, SystemClock
-from gateway.routes import RouteRunner
+from gateway.routes import RouteRunner, health_name
 from gateway.service import JobService
 from gateway.settings import Settings
 from gateway.store import SqliteStore, Store
@@ -40,11 +40,6 @@ log = logging.getLogger(__name__)
 # ErrorInfo (REQUEST_TOO_LARGE); beyond it gRPC itself refuses them (RESOURCE_EXHAUSTED, no details).
 RECEIVE_HEADROOM = 4 * 1024 * 1024
 FINAL_GRACE_SECONDS = 2.0
-
-
-def health_name(route: str) -> str:
-    """The grpc.health.v1 service name of a route: SERVING once its backend is loaded and warm."""
-    return f"route/{route}"
 
 
 def create_server(settings: Settings, address: str | None = None) -> tuple[grpc.aio.Server, int]:

@@ -191,24 +191,30 @@ class JobService:
 
     # -- running (called by route runners) -------------------------------------------------------
 
-    async def begin(self, job_id: str) -> tuple[Job, JobInput, Mapping[str, Any] | None] | None:
-        """Moves a dequeued job to RUNNING; answers what the backend needs, or None if it is gone."""
+    async def begin(
+        self, job_id: str, defer_running: bool = False
+    ) -> tuple[Job, JobInput, Mapping[str, Any] | None] | None:
+        """Moves a dequeued job to RUNNING (or, with ``defer_running``, leaves it QUEUED until the
+        backend says it started); answers what the backend needs, or None if it is gone."""
         head = self._heads.get(job_id)
         if head is None:
             return None
-        if head.state is JobState.QUEUED:
+        if head.state is JobState.QUEUED and not defer_running:
             job = self._next(job_id, state=JobState.RUNNING, started=self.clock.now(), queue_position=0)
             assert job is not None
             await self._save(job, count_attempt=True)
-        else:  # resumed after a restart: it was RUNNING already
+        else:  # resumed after a restart, or waiting upstream: count the attempt
             attempts = await self.store.start_attempt(job_id)
-            if attempts > self.settings.max_attempts:
+            if attempts > self.settings.max_attempts and not defer_running:  # upstream jobs only re-poll
                 await self.fail(job_id, JobFailure(
                     Code.ABORTED, "TOO_MANY_ATTEMPTS",
                     f"the job was interrupted {attempts - 1} times (the gateway stopped while it ran); given up",
                 ))
                 return None
-            job = head
+            if head.state is JobState.QUEUED and head.queue_position:
+                moved = self._next(job_id, queue_position=0)  # out of our queue, waiting upstream
+                if moved is not None:
+                    await self._save(moved)
         job_input = self._inputs.pop(job_id, None)
         if job_input is None:
             payload = await self.store.get_payload(job_id)
@@ -220,6 +226,13 @@ class JobService:
         if head is None:
             return None
         return head, job_input, self._checkpoints.pop(job_id, None)
+
+    async def started(self, job_id: str) -> None:
+        head = self._heads.get(job_id)
+        if head is not None and head.state is JobState.QUEUED:
+            job = self._next(job_id, state=JobState.RUNNING, started=self.clock.now(), queue_position=0)
+            if job is not None:
+                await self._save(job)
 
     async def report(self, job_id: str, progress: float | None, segments: Sequence[Segment]) -> None:
         head = self._heads.get(job_id)
@@ -235,6 +248,7 @@ class JobService:
             await self._save(job, new_segments=segments)
 
     async def succeed(self, job_id: str, result: Result) -> None:
+        await self.started(job_id)  # a job only ends SUCCEEDED from RUNNING
         job = self._finish(job_id, JobState.SUCCEEDED, progress=1.0)
         if job is not None:
             await self._save(job, result=result)

@@ -10,11 +10,12 @@ Routes are ``[routes.<name>]`` tables with ``backend = "..."`` plus that backend
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 __all__ = [
@@ -73,6 +74,7 @@ class OctoAIRoute(_Route):
     endpoint: str = Field(..., description="https://.../predict")
     healthcheck: str = Field("", description="https://.../healthcheck; empty: none.")
     token_env: str = Field("OCTOAI_TOKEN", description="The environment variable holding the bearer token.")
+    token: SecretStr | None = Field(None, description="The bearer token; default: the value of token_env.")
     workers: int = Field(1000, ge=1, description="Jobs in flight upstream at once.")
     max_queue: int = 10_000
     max_concurrent_requests: int = Field(32, ge=1, description="Upstream HTTP requests in flight at once.")
@@ -86,6 +88,19 @@ class OctoAIRoute(_Route):
     retry_max_seconds: float = Field(30.0, gt=0)
     health_interval_seconds: float = Field(10.0, gt=0)
     max_input_bytes: int = Field(10 * 1000 * 1000, ge=1, description="OctoAI's own limit was 10 MB.")
+
+    @model_validator(mode="after")
+    def _token_from_env(self) -> OctoAIRoute:
+        if self.token is None and os.environ.get(self.token_env):
+            self.token = SecretStr(os.environ[self.token_env])
+        return self
+
+    @field_validator("endpoint", "healthcheck")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r}: expected an http(s) URL")
+        return value
 
 
 RouteSettings = Annotated[EchoRoute | WhisperRoute | OctoAIRoute, Field(discriminator="backend")]
@@ -125,6 +140,9 @@ class Settings(BaseSettings):
     )
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="Drain time on SIGTERM.")
     max_attempts: int = Field(3, ge=1, description="Runs of one job across restarts before it FAILS.")
+    public_url: str = Field(
+        "", description="The facade's external base URL for poll/response URLs (behind a proxy); default: the request's."
+    )
     log_level: str = "INFO"
     log_json: bool = False
     auth: AuthSettings = Field(default_factory=AuthSettings)

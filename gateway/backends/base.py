@@ -33,12 +33,14 @@ class JobContext:
         checkpoint: Mapping[str, Any] | None,
         report: Callable[[float | None, Sequence[Segment]], Awaitable[None]],
         save_checkpoint: Callable[[Mapping[str, Any]], Awaitable[None]],
+        started: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.job = job
         self.input = job_input
         self.checkpoint = checkpoint
         self._report = report
         self._save_checkpoint = save_checkpoint
+        self._started = started
         self.stop = threading.Event()  # set when the job is cancelled or the server stops
         self._loop = asyncio.get_running_loop()
 
@@ -51,6 +53,11 @@ class JobContext:
     def report_threadsafe(self, progress: float | None = None, segments: Sequence[Segment] = ()) -> None:
         """From a worker thread: publishes and waits until the revision is stored (backpressure)."""
         asyncio.run_coroutine_threadsafe(self.report(progress, segments), self._loop).result()
+
+    async def started(self) -> None:
+        """For backends with ``reports_start``: the job really started (QUEUED -> RUNNING)."""
+        if self._started is not None:
+            await self._started()
 
     async def save_checkpoint(self, checkpoint: Mapping[str, Any]) -> None:
         """Stores state that a restarted gateway hands back in ``checkpoint`` (no new revision)."""
@@ -81,9 +88,14 @@ class ReadyState:
 
 
 class Backend(Protocol):
-    """One backend instance serves one route."""
+    """One backend instance serves one route.
+
+    A backend whose jobs wait somewhere else first (an upstream queue) sets ``reports_start``: its
+    jobs then stay QUEUED when a worker takes them, until the backend calls ``ctx.started()``.
+    """
 
     readiness: ReadyState
+    reports_start: bool
 
     async def start(self) -> None:
         """Loads and warms up; readiness turns True when jobs can run."""

@@ -41,6 +41,7 @@ class EchoBackend:
     def __init__(self, settings: EchoRoute) -> None:
         self.settings = settings
         self.readiness = ReadyState()
+        self.reports_start = False
 
     async def start(self) -> None:
         self.readiness.set(True)

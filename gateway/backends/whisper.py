@@ -198,6 +198,7 @@ class WhisperBackend:
     def __init__(self, settings: WhisperRoute) -> None:
         self.settings = settings
         self.readiness = ReadyState()
+        self.reports_start = False
         self.engine = WhisperEngine(settings)
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="whisper")
         self._decode_pool = ThreadPoolExecutor(1, thread_name_prefix="audio-decode")

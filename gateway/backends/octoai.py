@@ -1,0 +1,255 @@
+"""The ``octoai`` backend: an upstream endpoint speaking OctoAI's async protocol, polled once for all.
+
+    POST endpoint (X-OctoAI-Async: 1, JSON inputs) -> {"response_id", "poll_url"}
+    GET poll_url -> {"status": "pending" | "running" | "completed", "response_url"}
+    GET response_url -> the output JSON: the job's result
+
+One poll loop per job, however many watch it; the interval starts short and backs off with jitter to
+a cap, and a Retry-After header is honoured. Every request (the POST, the polls, the result fetch) is
+retried with backoff on 5xx, 429, timeouts and connection resets; all go through one aiohttp session
+per route with a bounded number of requests in flight across its jobs. The protocol has no "failed"
+status, so failure is detected: a 4xx, a result that keeps failing, or a job that does not complete
+before the route's deadline ends FAILED with a reason.
+
+The response id and poll URL are checkpointed as soon as the POST answers, so a restarted gateway
+resumes polling and never POSTs a job twice. (If it stopped during the POST itself, it cannot know
+whether the upstream took the job; it fails the job with UPSTREAM_SUBMIT_INTERRUPTED rather than risk
+running it twice.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from gateway import __version__
+from gateway.backends.base import JobContext, ReadyState
+from gateway.errors import Code, FieldViolation, InvalidArgument, JobError
+from gateway.jobs import JobInput, JobOutput, Result
+from gateway.settings import OctoAIRoute
+
+__all__ = ["OctoAIBackend", "UpstreamError"]
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_TASKS = {"": "transcribe", "transcribe": "transcribe", "translate": "translate"}
+
+
+class UpstreamError(JobError):
+    pass
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _short(body: bytes) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    return text[:300] + ("…" if len(text) > 300 else "")
+
+
+class OctoAIBackend:
+    def __init__(self, settings: OctoAIRoute) -> None:
+        self.settings = settings
+        self.readiness = ReadyState()
+        self.reports_start = True  # jobs stay QUEUED while the upstream says "pending"
+        self._session: aiohttp.ClientSession | None = None
+        self._slots = asyncio.Semaphore(settings.max_concurrent_requests)
+        self._health_task: asyncio.Task[None] | None = None
+        self.requests = 0  # upstream requests sent, for metrics and benchmarks
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        connector = aiohttp.TCPConnector(limit=s.max_concurrent_requests, limit_per_host=s.max_concurrent_requests)
+        headers = {"User-Agent": f"inference-gateway/{__version__}", "Accept": "application/json"}
+        if s.token is not None:
+            headers["Authorization"] = f"Bearer {s.token.get_secret_value()}"
+        self._session = aiohttp.ClientSession(connector=connector, headers=headers)
+        if s.healthcheck:
+            self._health_task = asyncio.create_task(self._watch_health(), name="octoai-health")
+        else:
+            self.readiness.set(True)
+
+    async def close(self) -> None:
+        self.readiness.set(False)
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _watch_health(self) -> None:
+        """200 from the healthcheck URL: SERVING; 5xx (a cold start), errors: NOT_SERVING."""
+        assert self._session is not None
+        while True:
+            try:
+                async with self._session.get(
+                    self.settings.healthcheck, timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout_seconds)
+                ) as response:
+                    await response.read()
+                    ready = response.status == 200
+                    if not ready and response.status < 500:
+                        log.warning("octoai: healthcheck %s answered %d", self.settings.healthcheck, response.status)
+            except (aiohttp.ClientError, TimeoutError):
+                ready = False
+            self.readiness.set(ready)
+            await asyncio.sleep(self.settings.health_interval_seconds if ready else min(2.0, self.settings.health_interval_seconds))
+
+    # -- Submit ----------------------------------------------------------------------------------
+
+    async def validate(self, job_input: JobInput) -> JobInput:
+        if job_input.transcription is not None:  # a typed request, sent as the Whisper template's inputs
+            t = job_input.transcription
+            inputs: dict[str, Any] = {"audio": base64.b64encode(t.audio).decode(), "task": _TASKS.get(t.task, t.task)}
+            if t.language:
+                inputs["language"] = t.language
+            job_input = JobInput(inputs=inputs)
+        size = len(json.dumps(job_input.inputs or {}, separators=(",", ":")))
+        if size > self.settings.max_input_bytes:
+            raise InvalidArgument.fields(
+                FieldViolation("inputs", f"{size} bytes of JSON, over the upstream's limit of {self.settings.max_input_bytes}"),
+                reason="INPUT_TOO_LARGE",
+            )
+        return job_input
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def run(self, ctx: JobContext) -> Result:
+        s = self.settings
+        checkpoint = dict(ctx.checkpoint or {})
+        if not checkpoint.get("poll_url"):
+            if checkpoint.get("posting"):
+                raise UpstreamError(
+                    "the gateway stopped while submitting the job upstream, so it cannot know whether the upstream "
+                    "has it; it was not submitted again. Resubmit it if needed.",
+                    "UPSTREAM_SUBMIT_INTERRUPTED", Code.ABORTED,
+                )
+            submitted_at = time.time()
+            await ctx.save_checkpoint({"posting": True, "submitted_at": submitted_at})
+            body = await self._call("POST", s.endpoint, "submit", json_body=ctx.input.inputs or {},
+                                    headers={"X-OctoAI-Async": "1"})
+            poll_url, response_id = body.get("poll_url"), body.get("response_id")
+            if not isinstance(poll_url, str) or not poll_url.startswith(("http://", "https://")):
+                raise UpstreamError(f"the upstream's answer to the submission has no poll_url: {_short(json.dumps(body).encode())}",
+                                    "UPSTREAM_PROTOCOL_ERROR", Code.INTERNAL)
+            checkpoint = {"poll_url": poll_url, "response_id": str(response_id or ""),
+                          "submitted_at": submitted_at}
+            await ctx.save_checkpoint(checkpoint)
+        response_url = await self._poll(ctx, checkpoint)
+        await ctx.started()
+        output = await self._call("GET", response_url, "result")
+        return JobOutput(output)
+
+    async def _poll(self, ctx: JobContext, checkpoint: Mapping[str, Any]) -> str:
+        s = self.settings
+        deadline = float(checkpoint["submitted_at"]) + s.deadline_seconds
+        interval = s.poll_initial_seconds
+        status = "pending"
+        while True:
+            body, headers = await self._call("GET", checkpoint["poll_url"], "poll", with_headers=True)
+            status = body.get("status")
+            if status == "completed":
+                response_url = body.get("response_url")
+                if not isinstance(response_url, str) or not response_url:
+                    raise UpstreamError("the upstream completed the job without a response_url",
+                                        "UPSTREAM_PROTOCOL_ERROR", Code.INTERNAL)
+                return response_url
+            if status == "running":
+                await ctx.started()
+            elif status != "pending":
+                raise UpstreamError(f"the upstream answered an unknown status: {_short(json.dumps(body).encode())}",
+                                    "UPSTREAM_PROTOCOL_ERROR", Code.INTERNAL, {"status": str(status)})
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise UpstreamError(
+                    f"the upstream did not complete the job within {s.deadline_seconds:.0f} s (last status: {status})",
+                    "UPSTREAM_DEADLINE_EXCEEDED", Code.DEADLINE_EXCEEDED, {"last_status": status},
+                )
+            wait = _retry_after(headers.get("Retry-After"))
+            if wait is None:
+                wait = interval * (0.8 + 0.4 * random.random())
+                interval = min(s.poll_max_seconds, interval * s.poll_backoff)
+            await asyncio.sleep(min(wait, remaining, s.retry_max_seconds))
+
+    async def _call(self, method: str, url: str, what: str, json_body: Any = None,
+                    headers: Mapping[str, str] | None = None, with_headers: bool = False) -> Any:
+        """One logical request with retries; answers the JSON body (and headers, if asked)."""
+        s = self.settings
+        assert self._session is not None
+        delay = s.retry_initial_seconds
+        last = ""
+        for attempt in range(s.max_retries + 1):
+            retry_after: float | None = None
+            try:
+                async with self._slots:
+                    self.requests += 1
+                    async with self._session.request(
+                        method, url, json=json_body, headers=headers,
+                        timeout=aiohttp.ClientTimeout(total=s.request_timeout_seconds),
+                    ) as response:
+                        raw = await response.read()
+                        status, response_headers = response.status, response.headers
+                if status < 400:
+                    try:
+                        body = json.loads(raw) if raw else {}
+                    except ValueError:
+                        raise UpstreamError(f"the upstream's {what} answer is not JSON: {_short(raw)}",
+                                            "UPSTREAM_PROTOCOL_ERROR", Code.INTERNAL) from None
+                    if what != "result" and not isinstance(body, dict):
+                        raise UpstreamError(f"the upstream's {what} answer is not a JSON object",
+                                            "UPSTREAM_PROTOCOL_ERROR", Code.INTERNAL)
+                    return (body, response_headers) if with_headers else body
+                request_id = response_headers.get("X-User-Request-ID", "")
+                last = f"HTTP {status}" + (f" (request {request_id})" if request_id else "") + f": {_short(raw)}"
+                if status not in _RETRY_STATUSES:
+                    raise self._refused(what, status, last)
+                retry_after = _retry_after(response_headers.get("Retry-After"))
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if attempt == s.max_retries:
+                break
+            wait = retry_after if retry_after is not None else delay * (0.5 + random.random())
+            log.info("octoai: %s %s failed (%s); retry %d in %.1f s", what, url, last, attempt + 1, wait)
+            await asyncio.sleep(min(wait, s.retry_max_seconds))
+            delay = min(s.retry_max_seconds, delay * 2)
+        raise UpstreamError(
+            f"the upstream {what} kept failing ({s.max_retries + 1} attempts); last: {last}",
+            "UPSTREAM_UNAVAILABLE", Code.UNAVAILABLE, {"step": what},
+        )
+
+    @staticmethod
+    def _refused(what: str, status: int, detail: str) -> UpstreamError:
+        if status in (401, 403):
+            return UpstreamError(f"the upstream refused our credentials on {what}: {detail}",
+                                 "UPSTREAM_UNAUTHORIZED", Code.PERMISSION_DENIED, {"status": str(status), "step": what})
+        if status in (404, 410):
+            return UpstreamError(f"the upstream does not know this job any more ({what}): {detail}",
+                                 "UPSTREAM_NOT_FOUND", Code.NOT_FOUND, {"status": str(status), "step": what})
+        if status == 413:
+            return UpstreamError(f"the upstream refused the inputs as too large: {detail}",
+                                 "UPSTREAM_INPUT_TOO_LARGE", Code.INVALID_ARGUMENT, {"status": str(status), "step": what})
+        return UpstreamError(f"the upstream refused the {what}: {detail}",
+                             "UPSTREAM_REJECTED", Code.FAILED_PRECONDITION, {"status": str(status), "step": what})

@@ -1,0 +1,181 @@
+"""The OctoAI-compatible HTTP facade: code written for the OctoAI SDK runs unchanged but for the URL.
+
+    POST /<route>/predict            X-OctoAI-Async: 1 -> 201 {"response_id", "poll_url"}
+                                     without it         -> 200 the output (waits for the job)
+    GET  /v1/requests/<id>           -> {"status": "pending" | "running" | "completed", "response_url"}
+                                        a failed or cancelled job: an error status with a JSON reason,
+                                        so the SDK raises instead of polling forever
+    GET  /v1/responses/<id>          -> the output
+    GET  /<route>/healthcheck        -> 200 when the route is SERVING, 503 while it warms up
+
+Jobs are the gateway's own: the same tenants (bearer tokens), retention, and gRPC Watch/Fetch by id.
+The whisper route answers in the OctoAI Whisper template's shape:
+``{"prediction_time_ms", "transcription", "response": {"segments": [...], "word_segments": [...]}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api.auth import Authenticator
+from gateway.errors import Code, GatewayError, InvalidArgument, NotFound
+from gateway.jobs import Job, JobInput, JobOutput, JobState, Result, Transcript
+from gateway.routes import health_name
+from gateway.service import JobService
+from gateway.settings import Settings, WhisperRoute
+
+__all__ = ["Facade", "http_status"]
+
+_HTTP_STATUS = {
+    Code.CANCELLED: 409,
+    Code.UNKNOWN: 500,
+    Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.PERMISSION_DENIED: 403,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.FAILED_PRECONDITION: 409,
+    Code.ABORTED: 409,
+    Code.OUT_OF_RANGE: 400,
+    Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.DATA_LOSS: 500,
+    Code.UNAUTHENTICATED: 401,
+}
+_STATUS = {JobState.QUEUED: "pending", JobState.RUNNING: "running", JobState.SUCCEEDED: "completed"}
+
+
+def http_status(code: Code) -> int:
+    return _HTTP_STATUS.get(code, 500)
+
+
+def _error_body(code: Code, reason: str, message: str, job_id: str = "", **extra: Any) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code.name, "reason": reason, "message": message}
+    if job_id:
+        error["job_id"] = job_id
+    return {"status": "failed" if job_id else "error", "error": error, **extra}
+
+
+def _json(body: Any, status: int = 200, job_id: str = "", headers: dict[str, str] | None = None) -> web.Response:
+    all_headers = dict(headers or {})
+    if job_id:
+        all_headers["X-User-Request-ID"] = job_id  # the OctoAI SDK quotes it in its error messages
+    return web.json_response(body, status=status, headers=all_headers, dumps=lambda v: json.dumps(v, separators=(",", ":")))
+
+
+def whisper_template(job: Job, transcript: Transcript) -> dict[str, Any]:
+    """The OctoAI Whisper template's output shape."""
+    segments, word_segments = [], []
+    for s in transcript.segments:
+        words = [{"word": w.word.strip(), "start": w.start, "end": w.end, "score": round(w.probability, 3),
+                  "speaker": None} for w in s.words]
+        word_segments.extend(words)
+        segments.append({"start": s.start, "end": s.end, "text": s.text, "words": words, "speaker": None,
+                         "avg_logprob": s.avg_logprob, "no_speech_prob": s.no_speech_prob})
+    elapsed = (job.finished - job.started) if job.finished is not None and job.started is not None else 0.0
+    return {
+        "prediction_time_ms": round(elapsed * 1000, 1),
+        "transcription": "".join(s.text for s in transcript.segments),
+        "response": {"segments": segments, "word_segments": word_segments, "language": transcript.language},
+    }
+
+
+class Facade:
+    """Mounts the OctoAI-compatible routes on an aiohttp application."""
+
+    def __init__(self, settings: Settings, service: JobService, auth: Authenticator,
+                 serving: Callable[[str], bool]) -> None:
+        self.settings = settings
+        self.service = service
+        self.auth = auth
+        self.serving = serving
+
+    def mount(self, app: web.Application) -> None:
+        app.router.add_post("/{route}/predict", self._guard(self.predict))
+        app.router.add_get("/{route}/healthcheck", self._guard(self.healthcheck, authenticate=False))
+        app.router.add_get("/v1/requests/{job_id}", self._guard(self.request_status))
+        app.router.add_get("/v1/responses/{job_id}", self._guard(self.response))
+
+    def _guard(self, handler: Callable[[web.Request, str], Awaitable[web.Response]],
+               authenticate: bool = True) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """Authenticates, then maps gateway errors to JSON error answers (the facade's one mapping)."""
+        async def guarded(request: web.Request) -> web.Response:
+            try:
+                tenant = self.auth.tenant_for(request.headers.get("Authorization")) if authenticate else ""
+                return await handler(request, tenant)
+            except GatewayError as exc:
+                body = _error_body(exc.code, exc.reason, exc.message)
+                headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+                return _json(body, http_status(exc.code), headers=headers)
+
+        return guarded
+
+    def _base(self, request: web.Request) -> str:
+        return self.settings.public_url.rstrip("/") or str(request.url.origin())
+
+    async def predict(self, request: web.Request, tenant: str) -> web.Response:
+        route = request.match_info["route"]
+        self.service.route(route)  # 404 ROUTE_NOT_FOUND before reading a large body
+        try:
+            inputs = await request.json(loads=json.loads)
+        except web.HTTPRequestEntityTooLarge:
+            raise GatewayError(f"the body is over the limit of {self.settings.max_receive_bytes} bytes",
+                               "REQUEST_TOO_LARGE", Code.RESOURCE_EXHAUSTED) from None
+        except ValueError:
+            raise InvalidArgument("the body must be JSON inputs", reason="MALFORMED_REQUEST") from None
+        if not isinstance(inputs, dict):
+            raise InvalidArgument("the body must be a JSON object of inputs", reason="MALFORMED_REQUEST")
+        if isinstance(self.settings.routes[route], WhisperRoute):
+            inputs.setdefault("word_timestamps", True)  # the template's segments carry words
+        job, _ = await self.service.submit(tenant, route, JobInput(inputs=inputs), {"via": "octoai-facade"}, "")
+        if request.headers.get("X-OctoAI-Async", "").strip() in ("1", "true", "True"):
+            body = {"response_id": job.id, "poll_url": f"{self._base(request)}/v1/requests/{job.id}"}
+            return _json(body, 201, job.id)
+        job, result = await self.service.fetch(tenant, job.id, wait=True)
+        return self._output(job, result)
+
+    async def request_status(self, request: web.Request, tenant: str) -> web.Response:
+        job = await self.service.get(tenant, request.match_info["job_id"])
+        if job.state in (JobState.FAILED, JobState.CANCELLED):
+            return self._failed(job)
+        body: dict[str, Any] = {"status": _STATUS[job.state], "response_id": job.id}
+        if job.state is JobState.SUCCEEDED:
+            body["response_url"] = f"{self._base(request)}/v1/responses/{job.id}"
+        return _json(body, 200, job.id)
+
+    async def response(self, request: web.Request, tenant: str) -> web.Response:
+        job_id = request.match_info["job_id"]
+        job = await self.service.get(tenant, job_id)
+        if not job.terminal:
+            raise NotFound(f"job {job_id} has no response yet: it is {_STATUS[job.state]}", reason="JOB_NOT_DONE",
+                           metadata={"job_id": job_id})
+        job, result = await self.service.fetch(tenant, job_id)
+        return self._output(job, result)
+
+    async def healthcheck(self, request: web.Request, tenant: str) -> web.Response:
+        route = request.match_info["route"]
+        self.service.route(route)
+        ready = self.serving(health_name(route))
+        return _json({"status": "ok" if ready else "warming up"}, 200 if ready else 503)
+
+    def _output(self, job: Job, result: Result | None) -> web.Response:
+        if job.state is not JobState.SUCCEEDED:
+            return self._failed(job)
+        if isinstance(result, Transcript):
+            return _json(whisper_template(job, result), 200, job.id)
+        assert isinstance(result, JobOutput)
+        return _json(result.value, 200, job.id)
+
+    def _failed(self, job: Job) -> web.Response:
+        error = job.error
+        code = error.code if error is not None else Code.UNKNOWN
+        reason = error.reason if error is not None else "JOB_FAILED"
+        message = error.message if error is not None else "the job failed"
+        body = _error_body(code, reason, message, job.id)
+        return _json(body, http_status(code) if job.state is JobState.FAILED else 409, job.id)
