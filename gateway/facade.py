@@ -51,8 +51,11 @@ _HTTP_STATUS = {
 _STATUS = {JobState.QUEUED: "pending", JobState.RUNNING: "running", JobState.SUCCEEDED: "completed"}
 
 
-def http_status(code: Code) -> int:
-    return _HTTP_STATUS.get(code, 500)
+_REASON_STATUS = {"REQUEST_TOO_LARGE": 413, "AUDIO_TOO_LARGE": 413, "INPUT_TOO_LARGE": 413}
+
+
+def http_status(code: Code, reason: str = "") -> int:
+    return _REASON_STATUS.get(reason) or _HTTP_STATUS.get(code, 500)
 
 
 def _error_body(code: Code, reason: str, message: str, job_id: str = "", **extra: Any) -> dict[str, Any]:
@@ -112,7 +115,7 @@ class Facade:
             except GatewayError as exc:
                 body = _error_body(exc.code, exc.reason, exc.message)
                 headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
-                return _json(body, http_status(exc.code), headers=headers)
+                return _json(body, http_status(exc.code, exc.reason), headers=headers)
 
         return guarded
 
@@ -178,4 +181,4 @@ class Facade:
         reason = error.reason if error is not None else "JOB_FAILED"
         message = error.message if error is not None else "the job failed"
         body = _error_body(code, reason, message, job.id)
-        return _json(body, http_status(code) if job.state is JobState.FAILED else 409, job.id)
+        return _json(body, http_status(code, reason) if job.state is JobState.FAILED else 409, job.id)

@@ -1,0 +1,132 @@
+"""The OctoAI-compatible facade: the seed's snippet, with the real octoai-sdk 0.2.0, against the gateway."""
+
+from __future__ import annotations
+
+import json
+import struct
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway_client import Client, JobState, Transcript
+from tests.conftest import FIXTURES, ServerProcess
+from tests.octoai_sdk import run_sdk_snippet
+
+SENTENCE = "She sells seashells by the seashore"
+CONFIG = '[routes.echo]\nbackend = "echo"\n[routes.whisper]\nbackend = "whisper"\n'
+AUTH = '[auth]\nenabled = true\n[auth.tokens]\nalpha-token = "alpha"\nbeta-token = "beta"\n'
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("facade"), CONFIG).start()
+    process.wait_serving("route/whisper")
+    yield process
+    process.stop()
+
+
+def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+         raw: bytes | None = None) -> tuple[int, Any, dict[str, str]]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json",
+                                                                             **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.load(response), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error), dict(error.headers)
+
+
+def test_seed_snippet_runs_unchanged_but_for_the_url(server: ServerProcess) -> None:
+    out = run_sdk_snippet(f"{server.http_url}/whisper", FIXTURES / "seashells.wav")
+    assert "error" not in out, out
+    assert out["health_status"] == 200
+    result = out["result"]
+    assert SENTENCE in result["response"]["segments"][0]["text"]  # the seed's own check
+    assert result["transcription"].strip() == SENTENCE + "."
+    assert result["prediction_time_ms"] > 0
+    words = result["response"]["segments"][0]["words"]
+    assert [w["word"] for w in words][:3] == ["She", "sells", "seashells"] and {"start", "end", "score"} <= set(words[0])
+    assert SENTENCE in out["infer"]["response"]["segments"][0]["text"]  # the synchronous infer() too
+    # The facade's jobs are the gateway's own: the same id over gRPC.
+    job_id = out["future"]["response_id"]
+    assert out["future"]["poll_url"] == f"{server.http_url}/v1/requests/{job_id}"
+    with Client(server.target) as client:
+        job = client.get(job_id)
+        assert job.state is JobState.SUCCEEDED and job.labels == {"via": "octoai-facade"}
+        transcript = client.fetch(job_id)
+        assert isinstance(transcript, Transcript) and transcript.text == SENTENCE + "."
+
+
+def test_a_failed_job_makes_the_sdk_raise_instead_of_spinning(server: ServerProcess, tmp_path: Path) -> None:
+    mislabelled = bytearray((FIXTURES / "seashells.wav").read_bytes())
+    mislabelled[20:22] = struct.pack("<H", 0x0055)  # says MP3, holds PCM: the job fails while decoding
+    audio = tmp_path / "bad.wav"
+    audio.write_bytes(bytes(mislabelled))
+    out = run_sdk_snippet(f"{server.http_url}/whisper", audio, steps=("async",))
+    assert out["error"]["step"] == "is_future_ready"  # the poll raised: no endless loop
+    assert out["error"]["type"] == "OctoAIClientError"
+    assert "AUDIO_DECODE_FAILED" in out["error"]["message"]
+
+
+def test_status_and_errors_over_plain_http(server: ServerProcess) -> None:
+    base = server.http_url
+    status, body, headers = http("POST", f"{base}/echo/predict", {"delay_ms": 400}, {"X-OctoAI-Async": "1"})
+    assert status == 201 and body["poll_url"].endswith(f"/v1/requests/{body['response_id']}")
+    assert headers["X-User-Request-ID"] == body["response_id"]
+    status, polled, _ = http("GET", body["poll_url"])
+    assert status == 200 and polled["status"] in ("pending", "running")
+    status, early, _ = http("GET", f"{base}/v1/responses/{body['response_id']}")
+    assert status == 404 and early["error"]["reason"] == "JOB_NOT_DONE"
+    status, echoed, _ = http("POST", f"{base}/echo/predict", {"x": [1, 2]})  # synchronous: waits
+    assert status == 200 and echoed == {"x": [1, 2]}
+    status, failed, _ = http("POST", f"{base}/echo/predict", {"fail_with": "boom"}, {"X-OctoAI-Async": "1"})
+    with Client(server.target) as client:
+        client.fetch_job(failed["response_id"], wait=True, timeout=10)
+    status, polled, _ = http("GET", failed["poll_url"])
+    assert status == 500 and polled["error"]["reason"] == "ECHO_FAILURE" and polled["error"]["message"] == "boom"
+    assert http("POST", f"{base}/nope/predict", {})[1]["error"]["reason"] == "ROUTE_NOT_FOUND"
+    status, bad, _ = http("POST", f"{base}/echo/predict", raw=b"{not json")
+    assert status == 400 and bad["error"]["reason"] == "MALFORMED_REQUEST"
+    status, invalid, _ = http("POST", f"{base}/whisper/predict", {"audio": "@@@"})
+    assert status == 400 and invalid["error"]["reason"] == "AUDIO_NOT_BASE64"
+    assert http("GET", f"{base}/v1/requests/{'0' * 32}")[0] == 404
+    assert http("GET", f"{base}/whisper/healthcheck")[0] == 200
+
+
+def test_body_limit(make_server) -> None:  # type: ignore[no-untyped-def]
+    small: ServerProcess = make_server('max_receive_bytes = 2048\n[routes.echo]\nbackend = "echo"\n')
+    status, body, _ = http("POST", f"{small.http_url}/echo/predict", {"blob": "x" * 5000})
+    assert status == 413 and body["error"]["reason"] == "REQUEST_TOO_LARGE"
+
+
+def test_healthcheck_is_503_while_a_route_cannot_serve(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    broken: ServerProcess = make_server(f'[routes.whisper]\nbackend = "whisper"\nmodel = "{tmp_path}/none"\n')
+    status, body, _ = http("GET", f"{broken.http_url}/whisper/healthcheck")
+    assert status == 503
+
+
+def test_tokens_and_tenants_on_the_facade(make_server) -> None:  # type: ignore[no-untyped-def]
+    secured: ServerProcess = make_server(AUTH + '[routes.echo]\nbackend = "echo"\n')
+    base = secured.http_url
+    status, body, _ = http("POST", f"{base}/echo/predict", {"a": 1}, {"X-OctoAI-Async": "1"})
+    assert status == 401 and body["error"]["reason"] == "MISSING_TOKEN"
+    assert http("POST", f"{base}/echo/predict", {}, {"Authorization": "Bearer nope"})[1]["error"]["reason"] == "INVALID_TOKEN"
+    alpha = {"Authorization": "Bearer alpha-token"}
+    status, body, _ = http("POST", f"{base}/echo/predict", {"a": 1}, {"X-OctoAI-Async": "1", **alpha})
+    assert status == 201
+    assert http("GET", body["poll_url"], headers={"Authorization": "Bearer beta-token"})[0] == 404
+    with Client(secured.target, token="alpha-token") as client:
+        client.fetch_job(body["response_id"], wait=True, timeout=10)
+    status, polled, _ = http("GET", body["poll_url"], headers=alpha)
+    assert status == 200 and polled["status"] == "completed"
+    assert http("GET", polled["response_url"], headers=alpha)[1] == {"a": 1}
+    # The SDK with the right token, through the environment as users set it.
+    out = run_sdk_snippet(f"{base}/echo", FIXTURES / "seashells.wav", token="alpha-token", steps=("async",))
+    assert "error" not in out and out["result"]["task"] == "transcribe"
+    refused = run_sdk_snippet(f"{base}/echo", FIXTURES / "seashells.wav", steps=("async",))
+    assert refused["error"]["type"] == "OctoAIClientError"
