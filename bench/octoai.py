@@ -1,0 +1,151 @@
+"""Section ``octoai``: the gateway polling an upstream once for everyone, against the seed's 1 s loop.
+
+An upstream job (the faithful fake of tests/fake_octoai.py, in this process) stays pending, then
+running, then completes. W parties want its result:
+- the seed's way: one POSTs it (``infer_async``), and each of the W loops
+  ``while not is_future_ready(f): time.sleep(1)`` then ``get_future_result(f)`` (the same HTTP requests
+  as octoai-sdk: GET poll_url, then GET poll_url + GET response_url);
+- the gateway's way: one Submit to an ``octoai`` route, W Watch streams on the job.
+Reported for W = 1 and W = 100: upstream requests per job (POST + polls + result fetches, counted by
+the upstream) and the notification delay (from the moment the upstream job completed to each party
+learning of it; the median and the worst over parties and rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.harness import GatewayServer, Row
+
+NAME = "octoai"
+
+
+@dataclass(frozen=True)
+class Config:
+    rounds: int = 3
+    pending_s: float = 3.0
+    running_s: float = 2.0
+    watchers: tuple[int, ...] = (1, 100)
+
+
+FULL = Config()
+QUICK = Config(rounds=1, pending_s=1.0, running_s=0.5)
+
+
+def _log(message: str) -> None:
+    print(f"[octoai] {message}", file=sys.stderr, flush=True)
+
+
+def _completed_at(fake: Any, upstream_id: str) -> float:
+    job = fake.jobs[upstream_id]
+    return float(job.created + job.pending_seconds + job.running_seconds)
+
+
+def _requests(fake: Any, upstream_id: str, posts: int = 1) -> int:
+    return posts + fake.stats.polls[upstream_id] + fake.stats.result_fetches[upstream_id]
+
+
+async def _seed_loop(fake: Any, watchers: int) -> tuple[int, list[float]]:
+    """The seed's snippet, W times over one future: requests for the job, and each party's delay."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(headers={"Content-Type": "application/json"}) as session:
+        async with session.post(f"{fake.url}/predict", json={"seed": True}, headers={"X-OctoAI-Async": "1"}) as r:
+            future = await r.json()
+        poll_url = future["poll_url"]
+
+        async def party() -> float:
+            while True:  # while not client.is_future_ready(future): time.sleep(1)
+                async with session.get(poll_url) as r:
+                    if (await r.json())["status"] == "completed":
+                        break
+                await asyncio.sleep(1.0)
+            async with session.get(poll_url) as r:  # client.get_future_result(future)
+                response_url = (await r.json())["response_url"]
+            async with session.get(response_url) as r:
+                await r.json()
+            return time.monotonic()
+
+        done = await asyncio.gather(*(party() for _ in range(watchers)))
+    upstream_id = future["response_id"]
+    completed = _completed_at(fake, upstream_id)
+    return _requests(fake, upstream_id), [t - completed for t in done]
+
+
+async def _gateway(fake: Any, target: str, watchers: int) -> tuple[int, list[float]]:
+    import grpc
+
+    from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
+    from gateway_client._proto.gateway.v1 import gateway_pb2_grpc as pb_grpc
+
+    before = set(fake.jobs)
+    channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, watchers // 25))]
+    try:
+        stubs = [pb_grpc.GatewayServiceStub(c) for c in channels]
+        request = pb.SubmitRequest(route="upstream")
+        request.inputs.update({"gateway": True})
+        job = (await stubs[0].Submit(request)).job
+
+        async def party(i: int) -> float:
+            async for response in stubs[i % len(stubs)].Watch(pb.WatchRequest(job_id=job.id)):
+                if response.HasField("job") and response.job.state == pb.JOB_STATE_SUCCEEDED:
+                    return time.monotonic()
+            raise RuntimeError("the stream ended before the job succeeded")
+
+        done = await asyncio.gather(*(party(i) for i in range(watchers)))
+    finally:
+        for channel in channels:
+            await channel.close()
+    (upstream_id,) = set(fake.jobs) - before
+    completed = _completed_at(fake, upstream_id)
+    return _requests(fake, upstream_id), [t - completed for t in done]
+
+
+async def _run(cfg: Config) -> list[Row]:
+    sys.path.insert(0, str(__import__("bench.harness").harness.ROOT))
+    from tests.fake_octoai import FakeOctoAI
+
+    rows: list[Row] = []
+    async with FakeOctoAI(pending_seconds=cfg.pending_s, running_seconds=cfg.running_s) as fake:
+        config = f'[routes.upstream]\nbackend = "octoai"\nendpoint = "{fake.url}/predict"\n'
+        with GatewayServer(config) as gateway:
+            for watchers in cfg.watchers:
+                figures: dict[str, dict[str, list[float]]] = {
+                    "gateway": {"requests": [], "delay": []}, "seed": {"requests": [], "delay": []},
+                }
+                for _ in range(cfg.rounds):
+                    for name in ("gateway", "seed"):
+                        if name == "gateway":
+                            requests, delays = await _gateway(fake, gateway.target, watchers)
+                        else:
+                            requests, delays = await _seed_loop(fake, watchers)
+                        figures[name]["requests"].append(requests)
+                        figures[name]["delay"].extend(delays)
+                        _log(f"{watchers} watchers, {name}: {requests} requests, "
+                             f"delay median {statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms")
+                gw, seed = figures["gateway"], figures["seed"]
+                rows.append(Row(
+                    f"upstream requests per job, {watchers} watcher{'s' if watchers > 1 else ''}", "requests",
+                    statistics.median(gw["requests"]), statistics.median(seed["requests"]),
+                    raw={"gateway": gw["requests"], "seed_loop": seed["requests"]},
+                ))
+                rows.append(Row(
+                    f"notification delay (median), {watchers} watcher{'s' if watchers > 1 else ''}", "ms",
+                    statistics.median(gw["delay"]) * 1000, statistics.median(seed["delay"]) * 1000,
+                    note=f"worst: gateway {max(gw['delay']) * 1000:.0f} ms, 1 s loop {max(seed['delay']) * 1000:.0f} ms",
+                    raw={"gateway_s": gw["delay"], "seed_loop_s": seed["delay"]},
+                ))
+    return rows
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    cfg = QUICK if args.quick else FULL
+    _log(f"upstream job: pending {cfg.pending_s} s, running {cfg.running_s} s; "
+         f"gateway route defaults (poll 0.2 s backing off to 1 s)")
+    return asyncio.run(_run(cfg))

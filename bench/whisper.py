@@ -1,0 +1,191 @@
+"""Section ``whisper``: the whisper route against the bare faster-whisper engine, same model, settings, run.
+
+1. Latency: one job at a time, from the Submit call to the receipt of the terminal revision on the
+   Watch stream, against the bare engine decoding and transcribing the same file in this process
+   (same model: the bundled tiny.en; same settings: int8 on the CPU, threads = the cores, beam 5,
+   VAD on). Rounds alternate. Goal: the gateway adds at most 5% (ratio <= 1.05).
+2. Throughput: several jobs submitted at once (a mix of short and long clips), from the first Submit to
+   the last terminal revision, against the bare engine transcribing the same clips one after another
+   (what one engine on these cores can do). Reported as real-time factors (seconds of audio per second).
+
+The gateway runs as its own process with only the whisper route; the bare engine is loaded in this
+process, and waits idle while the gateway works (and the other way round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import multiprocessing
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from bench.harness import ROOT, GatewayServer, Row, median
+
+NAME = "whisper"
+FIXTURES = ROOT / "tests" / "fixtures"
+CONFIG = '[routes.whisper]\nbackend = "whisper"\n'
+LATENCY_GOAL = 1.05
+
+
+@dataclass(frozen=True)
+class Config:
+    rounds: int = 5
+    clips: tuple[str, ...] = ("long.ogg",) * 2 + ("seashells.wav", "seashells_44k_stereo.wav") * 3
+    throughput_rounds: int = 2
+
+
+FULL = Config()
+QUICK = Config(rounds=1, clips=("seashells.wav", "long.ogg"), throughput_rounds=1)
+
+
+def _log(message: str) -> None:
+    print(f"[whisper] {message}", file=sys.stderr, flush=True)
+
+
+def _duration(data: bytes) -> float:
+    from gateway.backends.audio import SAMPLE_RATE, decode
+
+    return decode(data, 1e9).size / SAMPLE_RATE
+
+
+def _bare_worker(conn: Connection) -> None:
+    """The bare engine's process: faster-whisper as the route configures it by default, no gateway."""
+    from faster_whisper import WhisperModel
+    from faster_whisper.audio import decode_audio
+
+    from gateway.backends.whisper import WhisperEngine
+    from gateway.settings import WhisperRoute
+
+    config = WhisperEngine(WhisperRoute()).config  # the route's own resolution of 'auto'
+    model = WhisperModel(config.model, device=config.device, compute_type=config.compute_type,
+                         cpu_threads=config.cpu_threads)
+    conn.send(repr(config))
+    while (data := conn.recv()) is not None:
+        samples = decode_audio(io.BytesIO(data), sampling_rate=16000)
+        segments, _ = model.transcribe(samples, beam_size=5, vad_filter=True)
+        conn.send("".join(s.text for s in segments))
+
+
+class BareEngine:
+    """The bare engine in a process of its own, like the gateway's (no shared GIL or event loop)."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._proc = context.Process(target=_bare_worker, args=(child,), daemon=True)
+        self._proc.start()
+        self.config = self._conn.recv()
+
+    def transcribe(self, data: bytes) -> str:
+        self._conn.send(data)
+        return str(self._conn.recv())
+
+    def close(self) -> None:
+        self._conn.send(None)
+        self._proc.join(10)
+
+
+def _gateway_one(client: object, data: bytes) -> float:
+    from gateway_client import Client
+
+    assert isinstance(client, Client)
+    started = time.perf_counter()
+    job, _ = client.submit_job("whisper", audio=data)
+    for update in client.watch(job.id, after_revision=job.revision):
+        if update.done:  # type: ignore[union-attr]
+            break
+    return time.perf_counter() - started
+
+
+def _gateway_many(client: object, clips: list[bytes]) -> float:
+    from gateway_client import Client
+
+    assert isinstance(client, Client)
+    started = time.perf_counter()
+    futures = [client.transcribe(data) for data in clips]
+    done = threading.Event()
+    remaining = [len(futures)]
+
+    def finished(_: object) -> None:
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            done.set()
+
+    for future in futures:
+        future.add_done_callback(finished)
+    done.wait(600)
+    elapsed = time.perf_counter() - started
+    for future in futures:
+        future.result(0)
+    return elapsed
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    from gateway_client import Client
+
+    cfg = QUICK if args.quick else FULL
+    long_clip = (FIXTURES / "long.ogg").read_bytes()
+    short_clip = (FIXTURES / "seashells.wav").read_bytes()
+    clips = [(FIXTURES / name).read_bytes() for name in cfg.clips]
+    audio_seconds = {id(c): _duration(c) for c in {id(c): c for c in [long_clip, short_clip, *clips]}.values()}
+    total_audio = sum(_duration(c) for c in clips)
+
+    rows: list[Row] = []
+    bare = BareEngine()
+    _log(f"bare engine: {bare.config}")
+    with GatewayServer(CONFIG) as gateway, contextlib.closing(bare):
+        _wait_serving(gateway.target)
+        with Client(gateway.target) as client:
+            bare.transcribe(short_clip)  # warm both before timing
+            _gateway_one(client, short_clip)
+            for label, data in (("long (52.6 s)", long_clip), ("short (2.5 s)", short_clip)):
+                gw_times, bare_times = [], []
+                for _ in range(cfg.rounds):
+                    gw_times.append(_gateway_one(client, data))
+                    started = time.perf_counter()
+                    bare.transcribe(data)
+                    bare_times.append(time.perf_counter() - started)
+                gw, base = median(gw_times), median(bare_times)
+                assert gw is not None and base is not None
+                seconds = audio_seconds[id(data)]
+                rows.append(Row(
+                    f"latency, {label}", "s", gw, base, goal=f"<= {LATENCY_GOAL}x bare",
+                    met=gw / base <= LATENCY_GOAL,
+                    note=f"x real time: gateway {seconds / gw:.1f}, bare {seconds / base:.1f}",
+                    raw={"gateway_s": gw_times, "bare_s": bare_times, "audio_s": seconds},
+                ))
+                _log(f"{label}: gateway {gw:.3f} s, bare {base:.3f} s")
+            gw_many, bare_many = [], []
+            for _ in range(cfg.throughput_rounds):
+                gw_many.append(_gateway_many(client, clips))
+                started = time.perf_counter()
+                for data in clips:
+                    bare.transcribe(data)
+                bare_many.append(time.perf_counter() - started)
+            gw_t, bare_t = median(gw_many), median(bare_many)
+            assert gw_t is not None and bare_t is not None
+            rows.append(Row(
+                f"throughput, {len(clips)} jobs at once", "x real time", total_audio / gw_t, total_audio / bare_t,
+                note=f"{total_audio:.0f} s of audio; gateway {gw_t:.2f} s, bare one after another {bare_t:.2f} s",
+                raw={"gateway_s": gw_many, "bare_s": bare_many, "audio_s": total_audio},
+            ))
+    return rows
+
+
+def _wait_serving(target: str, timeout: float = 120.0) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while stub.Check(health_pb2.HealthCheckRequest(service="route/whisper"), timeout=5).status != 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the whisper route never became SERVING")
+            time.sleep(0.1)
+
