@@ -81,9 +81,9 @@ class _Waitable:
         except TimeoutError:
             return False
         finally:
+            self._waiters.pop(fut, None)  # a timed-out waiter leaves nothing behind
             if not fut.done():
                 fut.cancel()
-                self._waiters.pop(fut, None)
         if self._closed:
             raise HubClosed
         return True

@@ -31,6 +31,7 @@ from gateway.errors import (
     GatewayError,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from gateway.hub import EventHub, JobEvent
@@ -147,7 +148,14 @@ class JobService:
         runner = self.route(route)
         job_input = await runner.backend.validate(job_input)
         request_hash = self._request_hash(route, job_input, labels) if request_id else ""
-        runner.reserve()
+        try:
+            runner.reserve()
+        except ResourceExhausted:
+            # A retried Submit of a job already accepted answers that job, even with the queue full.
+            found = await self.store.find_request(tenant, request_id, self.clock.now()) if request_id else None
+            if found is None:
+                raise
+            return self._existing(found[0], found[1], request_id, request_hash), True
         now = self.clock.now()
         job = Job(
             id=new_job_id(now),
@@ -180,14 +188,18 @@ class JobService:
         if outcome.created:
             return job, False
         runner.release()
-        if outcome.request_hash != request_hash:
+        return self._existing(outcome.job, outcome.request_hash, request_id, request_hash), True
+
+    def _existing(self, job: Job, stored_hash: str, request_id: str, request_hash: str) -> Job:
+        """The job already stored under this request_id, if the request is the same one."""
+        if stored_hash != request_hash:
             raise AlreadyExists(
-                f"request_id {request_id!r} was used for a different request (job {outcome.job.id})",
+                f"request_id {request_id!r} was used for a different request (job {job.id})",
                 reason="REQUEST_ID_CONFLICT",
-                metadata={"request_id": request_id, "job_id": outcome.job.id},
+                metadata={"request_id": request_id, "job_id": job.id},
             )
-        current = self._committed.get(outcome.job.id)
-        return (current.job if current else outcome.job), True
+        current = self._committed.get(job.id)
+        return current.job if current else job
 
     # -- running (called by route runners) -------------------------------------------------------
 
@@ -472,16 +484,16 @@ MAX_LABEL_VALUE = 256
 
 def _check_submission(route: str, labels: Mapping[str, str], request_id: str) -> None:
     violations = []
-    if not ROUTE_NAME.match(route):
+    if not ROUTE_NAME.fullmatch(route):
         violations.append(FieldViolation("route", "lowercase letters, digits, '-' and '_', at most 63"))
     if len(labels) > MAX_LABELS:
         violations.append(FieldViolation("labels", f"at most {MAX_LABELS} labels"))
     for key, value in labels.items():
-        if not _LABEL_KEY.match(key):
+        if not _LABEL_KEY.fullmatch(key):
             violations.append(FieldViolation(f"labels[{key!r}]", "keys: 1 to 63 of A-Z a-z 0-9 _ . - /"))
         elif len(value) > MAX_LABEL_VALUE or not value.isprintable():
             violations.append(FieldViolation(f"labels[{key!r}]", f"values: up to {MAX_LABEL_VALUE} printable characters"))
-    if request_id and not _REQUEST_ID.match(request_id):
+    if request_id and not _REQUEST_ID.fullmatch(request_id):
         violations.append(FieldViolation("request_id", "1 to 128 printable ASCII characters, no spaces"))
     if violations:
         raise InvalidArgument.fields(*violations)

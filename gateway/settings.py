@@ -154,14 +154,14 @@ class Settings(BaseSettings):
     @classmethod
     def _route_names(cls, routes: dict[str, Any]) -> dict[str, Any]:
         for name in routes:
-            if not ROUTE_NAME.match(name):
+            if not ROUTE_NAME.fullmatch(name):
                 raise ValueError(f"route name {name!r}: lowercase letters, digits, '-' and '_', at most 63")
         return routes
 
     @field_validator("listen", "http_listen")
     @classmethod
     def _address(cls, value: str) -> str:
-        if value and not re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]*):\d{1,5}$", value):
+        if value and not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]\s]*):\d{1,5}", value):
             raise ValueError(f"{value!r}: expected HOST:PORT")
         return value
 

@@ -96,7 +96,12 @@ def submit_from_proto(request: pb.SubmitRequest) -> tuple[str, JobInput, dict[st
     if kind is None:
         violations.append(FieldViolation("input", "set inputs (JSON) or transcription"))
     elif kind == "inputs":
-        job_input = JobInput(inputs=json_value(json_format.MessageToDict(request.inputs)))
+        try:
+            inputs = json_format.MessageToDict(request.inputs)
+        except ValueError:  # NaN or Infinity: JSON has no such numbers
+            violations.append(FieldViolation("inputs", "numbers must be finite (no NaN or Infinity)"))
+        else:
+            job_input = JobInput(inputs=json_value(inputs))
     else:
         t = request.transcription
         if t.task not in _TASKS:

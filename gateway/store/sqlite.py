@@ -382,6 +382,16 @@ class SqliteStore:
 
         return await self._read(read)
 
+    async def find_request(self, tenant: str, request_id: str, now: float) -> tuple[Job, str] | None:
+        def read(conn: sqlite3.Connection) -> tuple[Job, str] | None:
+            row = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND request_id = ? AND (expires IS NULL OR expires > ?)",
+                (tenant, request_id, now),
+            ).fetchone()
+            return None if row is None else (self._job_from_row(conn, row), str(row[14]))
+
+        return await self._read(read)
+
     async def revisions_after(self, job_id: str, after: int) -> list[Job]:
         def read(conn: sqlite3.Connection) -> list[Job]:
             row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -1,0 +1,58 @@
+"""The generated code is current, the proto is lint-clean, and the clients cover every RPC."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+
+import pytest
+
+from gateway_client import AsyncClient, Client
+from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
+from gateway_client._proto.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from tests.conftest import ROOT
+
+BUF = ROOT / "tests" / "node" / "node_modules" / ".bin" / "buf"
+RPCS = [m.name for m in pb.DESCRIPTOR.services_by_name["GatewayService"].methods]
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def test_generated_stubs_are_current() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_buf_lint() -> None:
+    if not BUF.exists():
+        pytest.fail(f"{BUF} is missing: run `make install` (npm ci in tests/node)")
+    done = subprocess.run([str(BUF), "lint"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_snake_case() -> None:
+    assert [snake(n) for n in ("Submit", "WatchJobs", "List", "Get")] == ["submit", "watch_jobs", "list", "get"]
+
+
+def test_the_service_has_the_rpcs_we_know() -> None:
+    assert RPCS == ["Submit", "Get", "Watch", "Fetch", "Cancel", "Delete", "List", "WatchJobs"]
+
+
+@pytest.mark.parametrize("client", [AsyncClient, Client], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("rpc", RPCS)
+def test_the_clients_cover_every_rpc(client: type, rpc: str) -> None:
+    method = getattr(client, snake(rpc), None)
+    assert method is not None and callable(method), f"{client.__name__} has no {snake(rpc)}() for {rpc}"
+    if client is AsyncClient:
+        assert inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method)
+
+
+def test_the_generated_stub_has_every_rpc() -> None:
+    stub_methods = {name for name, _ in inspect.getmembers(pb_grpc.GatewayServiceServicer, inspect.isfunction)}
+    assert set(RPCS) <= stub_methods
+

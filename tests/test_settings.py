@@ -1,0 +1,206 @@
+"""Settings: defaults, the TOML file, environment variables, flags, and what is refused."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.settings import EchoRoute, OctoAIRoute, Settings, WhisperRoute, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No GATEWAY_* variable of the caller's shell leaks into these tests."""
+    for name in list(os.environ):
+        if name.upper().startswith("GATEWAY_"):
+            monkeypatch.delenv(name)
+    yield
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    settings = load_settings()
+    assert settings.listen == "127.0.0.1:50051"
+    assert settings.http_listen == "127.0.0.1:8080"
+    assert settings.retention_seconds == 86400
+    assert settings.data_dir == Path("data")
+    assert settings.auth.enabled is False and settings.auth.tokens == {}
+    assert list(settings.routes) == ["echo", "whisper"]
+    assert isinstance(settings.routes["echo"], EchoRoute)
+    assert isinstance(settings.routes["whisper"], WhisperRoute)
+    assert settings.routes["whisper"].max_queue == 64 and settings.routes["echo"].workers == 1024
+    assert Settings() == settings
+
+
+def test_defaults_are_not_shared_between_instances() -> None:
+    a, b = Settings(), Settings()
+    assert a.routes is not b.routes and a.auth is not b.auth
+
+
+def test_toml_file(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+listen = "0.0.0.0:6000"
+http_listen = ""
+retention_seconds = 60
+data_dir = "/var/lib/gateway"
+
+[auth]
+enabled = true
+[auth.tokens]
+tok-a = "alpha"
+
+[routes.fast]
+backend = "echo"
+workers = 3
+max_queue = 7
+
+[routes.speech]
+backend = "whisper"
+model = "tiny"
+device = "cpu"
+beam_size = 2
+
+[routes.upstream]
+backend = "octoai"
+endpoint = "https://example.invalid/predict"
+""")
+    settings = load_settings(path)
+    assert settings.listen == "0.0.0.0:6000" and settings.http_listen == ""
+    assert settings.retention_seconds == 60 and settings.data_dir == Path("/var/lib/gateway")
+    assert settings.auth.enabled and settings.auth.tokens == {"tok-a": "alpha"}
+    # A [routes] table replaces the defaults: exactly the routes it names.
+    assert list(settings.routes) == ["fast", "speech", "upstream"]
+    fast, speech, upstream = settings.routes["fast"], settings.routes["speech"], settings.routes["upstream"]
+    assert isinstance(fast, EchoRoute) and fast.workers == 3 and fast.max_queue == 7
+    assert isinstance(speech, WhisperRoute) and speech.model == "tiny" and speech.beam_size == 2
+    assert isinstance(upstream, OctoAIRoute) and upstream.endpoint.endswith("/predict")
+
+
+def test_a_routes_table_with_only_echo_drops_whisper(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, '[routes.echo]\nbackend = "echo"\n'))
+    assert list(settings.routes) == ["echo"]
+
+
+def test_toml_without_routes_keeps_the_default_routes(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "retention_seconds = 5\n"))
+    assert list(settings.routes) == ["echo", "whisper"] and settings.retention_seconds == 5
+
+
+def test_environment_overrides_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, """
+retention_seconds = 60
+listen = "127.0.0.1:7000"
+[auth]
+enabled = false
+[auth.tokens]
+tok = "tenant"
+""")
+    monkeypatch.setenv("GATEWAY_RETENTION_SECONDS", "120")
+    monkeypatch.setenv("GATEWAY_AUTH__ENABLED", "true")
+    settings = load_settings(path)
+    assert settings.retention_seconds == 120
+    assert settings.auth.enabled is True
+    assert settings.auth.tokens == {"tok": "tenant"}  # nested tables merge: the file's tokens stay
+    assert settings.listen == "127.0.0.1:7000"  # untouched by the environment
+
+
+def test_environment_without_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_RETENTION_SECONDS", "7")
+    monkeypatch.setenv("GATEWAY_AUTH__ENABLED", "1")
+    monkeypatch.setenv("GATEWAY_ROUTES", '{"solo": {"backend": "echo", "workers": 2}}')
+    settings = load_settings()
+    assert settings.retention_seconds == 7 and settings.auth.enabled
+    assert list(settings.routes) == ["solo"] and settings.routes["solo"].workers == 2
+
+
+def test_flags_override_environment_and_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, 'retention_seconds = 60\nlisten = "127.0.0.1:7000"\ndata_dir = "from-file"\n')
+    monkeypatch.setenv("GATEWAY_RETENTION_SECONDS", "120")
+    monkeypatch.setenv("GATEWAY_LISTEN", "127.0.0.1:8000")
+    settings = load_settings(path, retention_seconds=5, listen="127.0.0.1:9000", data_dir=None, log_level=None)
+    assert settings.retention_seconds == 5 and settings.listen == "127.0.0.1:9000"
+    assert settings.data_dir == Path("from-file")  # a flag left out (None) does not override
+    assert settings.log_level == "INFO"
+    no_file = load_settings(None, listen="127.0.0.1:9001")
+    assert no_file.listen == "127.0.0.1:9001" and no_file.retention_seconds == 120
+
+
+@pytest.mark.parametrize("name", ["Echo", "with space", "-lead", "_lead", "x" * 64, "dot.ted", "", "ünï"])
+def test_bad_route_names_are_refused(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path, f'[routes."{name}"]\nbackend = "echo"\n')
+    with pytest.raises(ValidationError, match="route name"):
+        load_settings(path)
+
+
+@pytest.mark.parametrize("name", ["a", "echo-2", "v1_large", "0", "x" * 63])
+def test_good_route_names(tmp_path: Path, name: str) -> None:
+    settings = load_settings(write(tmp_path, f'[routes."{name}"]\nbackend = "echo"\n'))
+    assert list(settings.routes) == [name]
+
+
+@pytest.mark.parametrize("text", [
+    "bogus = 1\n",
+    "[auth]\nenabled = true\nbogus = 1\n",
+    '[routes.echo]\nbackend = "echo"\nbogus = 1\n',
+    '[routes.echo]\nbackend = "echo"\nbeam_size = 3\n',  # a whisper key on an echo route
+    '[routes.echo]\nbackend = "nope"\n',
+    "[routes.echo]\nworkers = 2\n",  # no backend
+    '[routes.up]\nbackend = "octoai"\n',  # octoai needs an endpoint
+])
+def test_unknown_keys_and_bad_routes_are_refused(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ValidationError):
+        load_settings(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("text", [
+    "retention_seconds = 0\n",
+    "retention_seconds = -1\n",
+    'listen = "nohostport"\n',
+    'listen = "127.0.0.1:"\n',
+    'sqlite_synchronous = "OFF"\n',
+    '[routes.echo]\nbackend = "echo"\nworkers = 0\n',
+    '[routes.w]\nbackend = "whisper"\nbeam_size = 21\n',
+    '[routes.w]\nbackend = "whisper"\ndevice = "tpu"\n',
+])
+def test_out_of_range_values_are_refused(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ValidationError):
+        load_settings(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:0", "0.0.0.0:50051", "[::1]:50051", "localhost:8080", ":8080"])
+def test_good_addresses(address: str) -> None:
+    assert load_settings(listen=address).listen == address
+
+
+def test_bad_environment_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_RETENTION_SECONDS", "soon")
+    with pytest.raises(ValidationError):
+        load_settings()
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_settings(tmp_path / "absent.toml")
+
+
+def test_invalid_configuration_makes_serve_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    path = write(tmp_path, "bogus = 1\n")
+    assert main(["serve", "--config", str(path)]) == 2
+    assert "invalid configuration" in capsys.readouterr().err
+
+
+def test_a_trailing_newline_is_not_a_valid_route_name(tmp_path: Path) -> None:
+    path = write(tmp_path, '[routes."echo\\n"]\nbackend = "echo"\n')
+    with pytest.raises(ValidationError, match="route name"):
+        load_settings(path)
