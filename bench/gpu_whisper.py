@@ -103,14 +103,14 @@ def main() -> int:
                                   cpu_threads=engine.config.cpu_threads)
         bare_pipeline = BatchedInferencePipeline(bare_model) if batched else None
 
-        def bare(samples: np.ndarray) -> str:
+        def bare(samples: np.ndarray, bare_model: Any = bare_model, bare_pipeline: Any = bare_pipeline) -> str:
             if bare_pipeline is not None:
                 segments, _ = bare_pipeline.transcribe(samples, batch_size=args.batch_size, beam_size=5, vad_filter=True)
             else:
                 segments, _ = bare_model.transcribe(samples, beam_size=5, vad_filter=True)
             return "".join(s.text for s in segments).strip()
 
-        def gateway(samples: np.ndarray) -> str:
+        def gateway(samples: np.ndarray, engine: WhisperEngine = engine) -> str:
             segments, _ = engine.transcribe(samples, TranscriptionInput(audio=b""))
             return "".join(s.text for s in segments).strip()
 
@@ -145,7 +145,6 @@ def main() -> int:
         letters = re.sub(r"[^a-z]", "", checks["gateway_seashells"].lower())
         assert checks["gateway_seashells"] == SENTENCE or (batched and letters == re.sub(r"[^a-z]", "", SENTENCE.lower())), checks
         assert row["wer_gateway"] < 0.1, (row["wer_gateway"], texts["gateway"])
-        del engine, bare_model, bare_pipeline
 
     print(f"whisper engine on {args.device} {args.compute_type}, {seconds:.1f} s of speech, median of {args.rounds}")
     header = f"{'mode':<20} {'gateway s':>10} {'bare s':>8} {'ratio':>6} {'gw x RT':>8} {'bare x RT':>9} {'WER':>6} {'warm-up s':>9}"

@@ -52,7 +52,7 @@ class HttpFace:
         await site.start()
         server = site._server
         assert server is not None
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
         if self._runner is not None:

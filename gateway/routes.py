@@ -16,14 +16,14 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING
 
 from gateway.backends.base import Backend, JobContext
 from gateway.errors import Code, FailedPrecondition, GatewayError, ResourceExhausted
-from gateway.jobs import JobFailure
+from gateway.jobs import JobFailure, Segment
 from gateway.settings import RouteSettings
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ class RouteRunner:
     async def _start(self) -> None:
         try:
             await self.backend.start()
-        except Exception as exc:  # noqa: BLE001 - the route fails, the server goes on
+        except Exception as exc:
             log.exception("route %s: backend failed to start", self.name)
             self.start_error = f"{type(exc).__name__}: {exc}"
             while len(self.queue):
@@ -247,7 +247,7 @@ class RouteRunner:
                 await self._execute(running)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - e.g. the store failed: keep the worker alive
+            except Exception:
                 log.exception("route %s: job %s could not be run", self.name, job_id)
             finally:
                 del self._running[job_id]
@@ -263,7 +263,7 @@ class RouteRunner:
             await service.cancelled(job_id)
             return
 
-        async def report(progress: float | None, segments: tuple) -> None:  # type: ignore[type-arg]
+        async def report(progress: float | None, segments: Sequence[Segment]) -> None:
             await service.report(job_id, progress, segments)
 
         async def save_checkpoint(data: object) -> None:
@@ -289,7 +289,7 @@ class RouteRunner:
             return
         except GatewayError as exc:
             await service.fail(job_id, JobFailure(exc.code, exc.reason, exc.message, dict(exc.metadata)))
-        except Exception as exc:  # noqa: BLE001 - a backend bug fails its job, not the server
+        except Exception as exc:
             log.exception("route %s: job %s crashed", self.name, job_id)
             await service.fail(job_id, JobFailure(Code.INTERNAL, "BACKEND_ERROR", f"{type(exc).__name__}: {exc}"))
         else:
@@ -311,5 +311,5 @@ class RouteRunner:
             positions = [(job_id, i + 1) for i, job_id in enumerate(islice(self.queue, POSITION_WINDOW))]
             try:
                 await self.service.set_queue_positions(positions)
-            except Exception:  # noqa: BLE001 - positions are advisory
+            except Exception:
                 log.exception("route %s: refreshing queue positions failed", self.name)

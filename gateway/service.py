@@ -471,7 +471,7 @@ class JobService:
                 swept = await self.sweep()
                 if swept:
                     log.info("swept %d expired jobs", swept)
-            except Exception:  # noqa: BLE001 - try again next round
+            except Exception:
                 log.exception("sweeping expired jobs failed")
             await asyncio.sleep(self.settings.sweep_interval_seconds)
 

@@ -106,7 +106,7 @@ def test_body_limit(make_server) -> None:  # type: ignore[no-untyped-def]
 
 def test_healthcheck_is_503_while_a_route_cannot_serve(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     broken: ServerProcess = make_server(f'[routes.whisper]\nbackend = "whisper"\nmodel = "{tmp_path}/none"\n')
-    status, body, _ = http("GET", f"{broken.http_url}/whisper/healthcheck")
+    status, _body, _ = http("GET", f"{broken.http_url}/whisper/healthcheck")
     assert status == 503
 
 

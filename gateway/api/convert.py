@@ -33,7 +33,7 @@ _TASKS = {
 
 def _timestamp(value: float) -> timestamp_pb2.Timestamp:
     seconds = int(value)
-    return timestamp_pb2.Timestamp(seconds=seconds, nanos=int(round((value - seconds) * 1e9)) % 1_000_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=round((value - seconds) * 1e9) % 1_000_000_000)
 
 
 def _segment(segment: Segment) -> pb.Segment:

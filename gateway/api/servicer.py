@@ -94,7 +94,7 @@ class GatewayServicer:
                 await abort(context, exc)
             except grpc.aio.AbortError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - mapped, logged
+            except Exception as exc:
                 await abort(context, _internal(exc))
 
         return handler
@@ -110,7 +110,7 @@ class GatewayServicer:
                 await abort(context, Unavailable("the gateway is shutting down; resume the stream", reason="SHUTTING_DOWN"))
             except grpc.aio.AbortError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - mapped, logged
+            except Exception as exc:
                 await abort(context, _internal(exc))
 
         return handler

@@ -96,7 +96,7 @@ def _describe(data: bytes) -> str:
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
             return f"{container.streams.audio[0].codec_context.name} stream in this {container.format.name} file"
-    except Exception:  # noqa: BLE001 - only for a message
+    except Exception:
         return "audio"
 
 

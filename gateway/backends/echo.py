@@ -70,7 +70,7 @@ class EchoBackend:
         delay = float(inputs.get("delay_ms") or 0) / 1000.0
         steps = int(inputs.get("steps") or 0)
         if steps:
-            done = int(round(ctx.job.progress * steps))  # resumed after a restart: skip what was done
+            done = round(ctx.job.progress * steps)  # resumed after a restart: skip what was done
             for step in range(done + 1, steps + 1):
                 await asyncio.sleep(delay / steps)
                 await ctx.report(progress=step / steps)

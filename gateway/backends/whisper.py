@@ -71,7 +71,7 @@ def _cuda_available() -> bool:
         import ctranslate2
 
         return bool(ctranslate2.get_cuda_device_count() > 0)
-    except Exception:  # noqa: BLE001 - no CUDA runtime at all
+    except Exception:
         return False
 
 

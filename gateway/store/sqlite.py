@@ -191,7 +191,7 @@ class SqliteStore:
                     result = write.fn(conn)
                     conn.execute("COMMIT")
                     outcomes.append((write, result, None))
-                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                except Exception as exc:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     outcomes.append((write, None, exc))
@@ -480,7 +480,7 @@ def _deliver(outcomes: list[tuple[_Write, Any, BaseException | None]]) -> None:
         if exc is None and write.on_commit is not None:
             try:
                 write.on_commit(result)
-            except Exception:  # noqa: BLE001 - a publisher bug must not lose the write's answer
+            except Exception:
                 log.exception("on_commit callback failed")
         if write.future.cancelled():
             continue

@@ -138,11 +138,12 @@ class AsyncJobFuture:
         """Follows the Watch stream to the terminal revision, resuming whenever it is cut."""
         async for job in self._client.watch(self.job_id, after_revision=self.job.revision,
                                             resume_timeout=self._resume_timeout):
+            assert isinstance(job, Job)  # no heartbeats were asked for
             self.job = job
             for fn in list(self._update_callbacks):
                 try:
                     fn(job)
-                except Exception:  # noqa: BLE001 - a caller's callback must not stop the tracking
+                except Exception:
                     log.exception("update callback failed")
         if not self.job.done:  # the job was already done when the stream started
             self.job = await self._retrying(lambda: self._client.get(self.job_id))

@@ -154,9 +154,9 @@ async def _run(args: argparse.Namespace) -> int:
             )
             _job_line(job)
         elif command == "watch":
-            async for job in client.watch(args.job_id, after_revision=args.after_revision):
-                assert isinstance(job, Job)
-                _job_line(job)
+            async for update in client.watch(args.job_id, after_revision=args.after_revision):
+                assert isinstance(update, Job)
+                _job_line(update)
         elif command == "fetch":
             job, result = await client.fetch_job(args.job_id, wait=args.wait)
             if job.state is JobState.FAILED:
@@ -182,9 +182,9 @@ async def _run(args: argparse.Namespace) -> int:
                 async for job in client.iter_jobs(**filters):
                     _job_line(job)
         elif command == "watch-jobs":
-            async for job in client.watch_jobs(states=args.state, route=args.route or "", labels=_labels(args.label)):
-                assert isinstance(job, Job)
-                _job_line(job)
+            async for change in client.watch_jobs(states=args.state, route=args.route or "", labels=_labels(args.label)):
+                assert isinstance(change, Job)
+                _job_line(change)
         elif command == "transcribe":
             return await _transcribe(client, args)
     return 0
