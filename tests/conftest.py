@@ -132,7 +132,7 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     for server in servers:
         try:
             server.stop(timeout=20)
-        except Exception:  # noqa: BLE001
+        except Exception:
             server.kill()
 
 

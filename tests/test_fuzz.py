@@ -17,9 +17,9 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from grpc_health.v1 import health_pb2
 
 from gateway_client import Client, Output
 from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
