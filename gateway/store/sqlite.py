@@ -262,7 +262,7 @@ class SqliteStore:
         def write(conn: sqlite3.Connection) -> CreateOutcome:
             if job.request_id:
                 row = conn.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND request_id = ?",
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND request_id = ? AND request_id != ''",
                     (job.tenant, job.request_id),
                 ).fetchone()
                 if row is not None:
@@ -385,7 +385,8 @@ class SqliteStore:
     async def find_request(self, tenant: str, request_id: str, now: float) -> tuple[Job, str] | None:
         def read(conn: sqlite3.Connection) -> tuple[Job, str] | None:
             row = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND request_id = ? AND (expires IS NULL OR expires > ?)",
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND request_id = ? AND request_id != '' "
+                "AND (expires IS NULL OR expires > ?)",
                 (tenant, request_id, now),
             ).fetchone()
             return None if row is None else (self._job_from_row(conn, row), str(row[14]))
