@@ -38,7 +38,7 @@ from typing import Any
 
 from bench.harness import Row, kill_all
 
-SECTIONS: list[str] = ["core"]  # e.g. + ["whisper", "octoai"]
+SECTIONS: list[str] = ["core", "whisper", "octoai"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

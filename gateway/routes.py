@@ -12,18 +12,17 @@ durations. Queue positions are refreshed at most once a second, for the first jo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.backends.base import Backend, JobContext
 from gateway.errors import Code, FailedPrecondition, GatewayError, ResourceExhausted
-from gateway.jobs import JobFailure, Segment
+from gateway.jobs import JobFailure
 from gateway.settings import RouteSettings
 
 if TYPE_CHECKING:
@@ -123,9 +122,10 @@ class JobQueue:
 @dataclass(eq=False)
 class _Running:
     job_id: str
-    task: asyncio.Task[object] | None = None
+    task: asyncio.Task[Any] | None = None  # the worker's task, while it runs this job
     ctx: JobContext | None = None
     cancel_requested: bool = False
+    in_backend: bool = False
     started: float = field(default_factory=time.monotonic)
 
 
@@ -225,7 +225,7 @@ class RouteRunner:
         running.cancel_requested = True
         if running.ctx is not None:
             running.ctx.stop.set()
-        if running.task is not None:
+        if running.in_backend and running.task is not None:
             running.task.cancel()
         return "running"
 
@@ -263,30 +263,22 @@ class RouteRunner:
             await service.cancelled(job_id)
             return
 
-        async def report(progress: float | None, segments: Sequence[Segment]) -> None:
-            await service.report(job_id, progress, segments)
-
-        async def save_checkpoint(data: object) -> None:
-            await service.save_checkpoint(job_id, data)  # type: ignore[arg-type]
-
-        async def started() -> None:
-            await service.started(job_id)
-
-        ctx = running.ctx = JobContext(job, job_input, checkpoint, report, save_checkpoint, started)
-        task = running.task = asyncio.create_task(self.backend.run(ctx), name=f"job-{job_id}")  # type: ignore[arg-type]
+        ctx = running.ctx = JobContext(job, job_input, checkpoint, service)
+        # The backend runs in this worker's own task (no task per job); Cancel cancels this task while,
+        # and only while, it is inside backend.run, so the CancelledError always surfaces here.
+        running.task = asyncio.current_task()
         try:
-            result = await task
+            running.in_backend = True
+            try:
+                result = await self.backend.run(ctx)
+            finally:
+                running.in_backend = False
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                # The server is stopping: interrupt the job, leave it RUNNING to resume later.
-                ctx.stop.set()
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(task, timeout=5)
-                raise
-            await service.cancelled(job_id)
-            return
+            task = asyncio.current_task()
+            if running.cancel_requested and task is not None and task.uncancel() == 0:
+                await service.cancelled(job_id)  # cancelled by the caller
+                return
+            raise  # the server is stopping: the job stays RUNNING and resumes at the next start
         except GatewayError as exc:
             await service.fail(job_id, JobFailure(exc.code, exc.reason, exc.message, dict(exc.metadata)))
         except Exception as exc:

@@ -56,6 +56,11 @@ def create_server(settings: Settings, address: str | None = None) -> tuple[grpc.
         ("grpc.max_connection_age_ms", ms(settings.max_connection_age_seconds)),
         ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace_seconds)),
         ("grpc.so_reuseport", 0),
+        # New calls beyond this many waiting for the application are refused (CANCELLED); the
+        # defaults (1,000, hard 3,000) refuse a third of 10,000 watchers reconnecting at once, which
+        # is what a replica's shutdown causes by design.
+        ("grpc.server.max_pending_requests", 20_000),
+        ("grpc.server.max_pending_requests_hard_limit", 30_000),
     ]
     server = grpc.aio.server(options=options)
     port = server.add_insecure_port(address or settings.listen)

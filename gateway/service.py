@@ -19,8 +19,8 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import (
@@ -88,7 +88,7 @@ class JobService:
         if head is None:
             return None
         check_transition(head.state, changes.get("state", head.state))
-        job = replace(head, revision=head.revision + 1, **changes)
+        job = head.evolve(revision=head.revision + 1, **changes)
         if job.terminal:
             del self._heads[job_id]
             self._inputs.pop(job_id, None)
@@ -108,10 +108,13 @@ class JobService:
 
         return on_commit
 
-    async def _save(
+    def _save(
         self, job: Job, new_segments: Sequence[Segment] = (), result: Result | None = None, count_attempt: bool = False
-    ) -> None:
-        await self.store.save_revision(job, new_segments, result, self._committed_cb(job), count_attempt)
+    ) -> Awaitable[None]:
+        return self.store.save_revision(job, new_segments, result, self._committed_cb(job), count_attempt)
+
+    def _save_later(self, job: Job, count_attempt: bool = False) -> None:
+        asyncio.ensure_future(self._save(job, count_attempt=count_attempt)).add_done_callback(_log_failure)
 
     def _finish(self, job_id: str, state: JobState, **changes: Any) -> Job | None:
         now = self.clock.now()
@@ -132,9 +135,9 @@ class JobService:
         return runner
 
     @staticmethod
-    def _request_hash(route: str, job_input: JobInput, labels: Mapping[str, str]) -> str:
+    def _request_hash(route: str, payload: bytes, labels: Mapping[str, str]) -> str:
         digest = hashlib.sha256(route.encode())
-        digest.update(b"\0" + job_input.encode() + b"\0")
+        digest.update(b"\0" + payload + b"\0")
         digest.update(json.dumps(sorted(labels.items())).encode())
         return digest.hexdigest()
 
@@ -147,7 +150,8 @@ class JobService:
         _check_submission(route, labels, request_id)
         runner = self.route(route)
         job_input = await runner.backend.validate(job_input)
-        request_hash = self._request_hash(route, job_input, labels) if request_id else ""
+        payload = job_input.encode()
+        request_hash = self._request_hash(route, payload, labels) if request_id else ""
         try:
             runner.reserve()
         except ResourceExhausted:
@@ -168,7 +172,6 @@ class JobService:
             queue_position=len(runner.queue) + 1,
             request_id=request_id,
         )
-        payload = job_input.encode()
 
         def on_commit(outcome: Any) -> None:
             if not outcome.created:
@@ -214,7 +217,9 @@ class JobService:
         if head.state is JobState.QUEUED and not defer_running:
             job = self._next(job_id, state=JobState.RUNNING, started=self.clock.now(), queue_position=0)
             assert job is not None
-            await self._save(job, count_attempt=True)
+            # Not awaited: the writer commits in order, so this revision is stored (and published)
+            # before any later one of the job; if the process dies first, the job resumes as QUEUED.
+            self._save_later(job, count_attempt=True)
         else:  # resumed after a restart, or waiting upstream: count the attempt
             attempts = await self.store.start_attempt(job_id)
             if attempts > self.settings.max_attempts and not defer_running:  # upstream jobs only re-poll
@@ -474,6 +479,11 @@ class JobService:
             except Exception:
                 log.exception("sweeping expired jobs failed")
             await asyncio.sleep(self.settings.sweep_interval_seconds)
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("storing a revision failed", exc_info=future.exception())
 
 
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -12,7 +13,6 @@ from gateway.errors import FieldViolation, InvalidArgument
 from gateway.jobs import Job, JobInput, JobOutput, JobState, Result, Segment, Transcript, TranscriptionInput
 from gateway.store.base import JobFilter
 from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
-from gateway_client._types import json_value
 
 __all__ = [
     "encode_watch_job",
@@ -55,10 +55,11 @@ def job_to_proto(job: Job, with_segments: bool = True) -> pb.Job:
         revision=job.revision,
         progress=job.progress,
         create_time=_timestamp(job.created),
-        labels=dict(job.labels),
         queue_position=job.queue_position,
         request_id=job.request_id,
     )
+    if job.labels:
+        message.labels.update(job.labels)
     if job.started is not None:
         message.start_time.CopyFrom(_timestamp(job.started))
     if job.finished is not None:
@@ -97,11 +98,11 @@ def submit_from_proto(request: pb.SubmitRequest) -> tuple[str, JobInput, dict[st
         violations.append(FieldViolation("input", "set inputs (JSON) or transcription"))
     elif kind == "inputs":
         try:
-            inputs = json_format.MessageToDict(request.inputs)
+            inputs = _struct(request.inputs)
         except ValueError:  # NaN or Infinity: JSON has no such numbers
             violations.append(FieldViolation("inputs", "numbers must be finite (no NaN or Infinity)"))
         else:
-            job_input = JobInput(inputs=json_value(inputs))
+            job_input = JobInput(inputs=inputs)
     else:
         t = request.transcription
         if t.task not in _TASKS:
@@ -119,6 +120,30 @@ def submit_from_proto(request: pb.SubmitRequest) -> tuple[str, JobInput, dict[st
     if violations:
         raise InvalidArgument.fields(*violations)
     return request.route, job_input, dict(request.labels), request.request_id
+
+
+def _struct(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return {key: _plain(value) for key, value in struct.fields.items()}
+
+
+def _plain(value: struct_pb2.Value) -> Any:
+    """A Struct value as plain JSON (faster than json_format, which shows on the Submit profile);
+    whole numbers come back as ints, as the caller most likely wrote them (Struct keeps doubles)."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise ValueError("not a finite number")
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _struct(value.struct_value)
+    if kind == "list_value":
+        return [_plain(v) for v in value.list_value.values]
+    return None
 
 
 def filter_from_proto(states: Iterable[int], route: str, labels: Mapping[str, str]) -> JobFilter:

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from gateway.api.auth import Authenticator
+from gateway.api.auth import DEFAULT_TENANT, Authenticator
 from gateway.api.convert import (
     encode_watch_job,
     encode_watch_jobs_job,
@@ -84,6 +84,8 @@ class GatewayServicer:
     def _tenant(self, request: Any, context: grpc.aio.ServicerContext) -> str:
         if isinstance(request, _Rejected):
             raise request.error
+        if not self.auth.enabled:
+            return DEFAULT_TENANT
         return self.auth.tenant_from_metadata(context.invocation_metadata())
 
     def _unary(self, method: Callable[[Any, str, Any], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

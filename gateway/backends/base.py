@@ -13,42 +13,54 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from gateway.jobs import Job, JobInput, Result, Segment
 
-__all__ = ["Backend", "HealthListener", "JobContext", "ReadyState"]
+__all__ = ["Backend", "HealthListener", "JobContext", "JobLifecycle", "ReadyState"]
 
 HealthListener = Callable[[bool], None]
+
+
+class JobLifecycle(Protocol):
+    """What a running job can change (the job service implements it)."""
+
+    async def report(self, job_id: str, progress: float | None, segments: Sequence[Segment]) -> None: ...
+
+    async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None: ...
+
+    async def started(self, job_id: str) -> None: ...
 
 
 class JobContext:
     """What a running job may do. Safe to use from the event loop; ``*_threadsafe`` from threads."""
 
+    __slots__ = ("_lifecycle", "_loop", "_stop", "checkpoint", "input", "job")
+
     def __init__(
-        self,
-        job: Job,
-        job_input: JobInput,
-        checkpoint: Mapping[str, Any] | None,
-        report: Callable[[float | None, Sequence[Segment]], Awaitable[None]],
-        save_checkpoint: Callable[[Mapping[str, Any]], Awaitable[None]],
-        started: Callable[[], Awaitable[None]] | None = None,
+        self, job: Job, job_input: JobInput, checkpoint: Mapping[str, Any] | None, lifecycle: JobLifecycle
     ) -> None:
         self.job = job
         self.input = job_input
         self.checkpoint = checkpoint
-        self._report = report
-        self._save_checkpoint = save_checkpoint
-        self._started = started
-        self.stop = threading.Event()  # set when the job is cancelled or the server stops
+        self._lifecycle = lifecycle
+        self._stop: threading.Event | None = None
         self._loop = asyncio.get_running_loop()
+
+    @property
+    def stop(self) -> threading.Event:
+        """Set when the job is cancelled or the server stops: for backends that work in threads.
+        Made on first use (on the event loop), so that jobs which never look cost nothing."""
+        if self._stop is None:
+            self._stop = threading.Event()
+        return self._stop
 
     async def report(self, progress: float | None = None, segments: Sequence[Segment] = ()) -> None:
         """Publishes a new revision with this progress (clamped to [0, 1]) and these new segments."""
         if progress is not None:
             progress = min(1.0, max(0.0, progress))
-        await self._report(progress, tuple(segments))
+        await self._lifecycle.report(self.job.id, progress, tuple(segments))
 
     def report_threadsafe(self, progress: float | None = None, segments: Sequence[Segment] = ()) -> None:
         """From a worker thread: publishes and waits until the revision is stored (backpressure)."""
@@ -56,13 +68,12 @@ class JobContext:
 
     async def started(self) -> None:
         """For backends with ``reports_start``: the job really started (QUEUED -> RUNNING)."""
-        if self._started is not None:
-            await self._started()
+        await self._lifecycle.started(self.job.id)
 
     async def save_checkpoint(self, checkpoint: Mapping[str, Any]) -> None:
         """Stores state that a restarted gateway hands back in ``checkpoint`` (no new revision)."""
         self.checkpoint = dict(checkpoint)
-        await self._save_checkpoint(self.checkpoint)
+        await self._lifecycle.save_checkpoint(self.job.id, self.checkpoint)
 
 
 class ReadyState:

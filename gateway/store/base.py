@@ -7,7 +7,7 @@ revision to watchers exactly once and in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,14 +57,14 @@ class Store(Protocol):
         """Inserts the job at revision 1, or answers the job already stored under its request_id."""
         ...
 
-    async def save_revision(
+    def save_revision(
         self,
         job: Job,
         new_segments: Sequence[Segment] = (),
         result: Result | None = None,
         on_commit: Callable[[Any], None] | None = None,
         count_attempt: bool = False,
-    ) -> None:
+    ) -> Awaitable[None]:
         """Stores the job's next revision; a terminal one also drops the job's inputs and checkpoint.
         ``count_attempt`` counts one more run of the job in the same write."""
         ...

@@ -48,12 +48,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     request_hash TEXT NOT NULL,
     segment_count INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
-    checkpoint TEXT
+    checkpoint TEXT,
+    payload BLOB,  -- small inputs inline (large ones in payloads), dropped when the job ends
+    result TEXT    -- last: reading the other columns never touches its overflow pages
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_request ON jobs (tenant, request_id) WHERE request_id != '';
 CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, id);
 CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires) WHERE expires IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_active ON jobs (state) WHERE state IN (1, 2);
 CREATE TABLE IF NOT EXISTS revisions (
     job_id TEXT NOT NULL,
     revision INTEGER NOT NULL,
@@ -73,7 +74,6 @@ CREATE TABLE IF NOT EXISTS segments (
     data TEXT NOT NULL,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS results (job_id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS payloads (job_id TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS tombstones (job_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, until REAL NOT NULL);
 """
@@ -83,6 +83,9 @@ _JOB_COLUMNS = (
     "queue_position, request_id, request_hash, segment_count, attempts, checkpoint"
 )
 _MAX_BATCH = 1024
+# Inputs up to this size live in the jobs row: one statement fewer to store and to drop. Larger ones
+# (audio) get a row of their own, so that the job's updates never rewrite them.
+INLINE_PAYLOAD_BYTES = 64 * 1024
 
 
 def _dumps(value: Any) -> str:
@@ -112,6 +115,7 @@ class SqliteStore:
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._large_payloads: set[str] = set()  # jobs whose inputs are in the payloads table
 
     async def __aenter__(self) -> SqliteStore:
         await self.open()
@@ -270,14 +274,18 @@ class SqliteStore:
                     if expires is None or expires > job.created:
                         return CreateOutcome(self._job_from_row(conn, row), False, row[14])
                     self._delete(conn, row[0])  # expired but not swept yet: the key is free again
+            inline = len(payload) <= INLINE_PAYLOAD_BYTES
             conn.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO jobs ({_JOB_COLUMNS}, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (job.id, job.tenant, job.route, int(job.state), job.revision, job.progress, job.created,
-                 job.started, job.finished, job.expires, _dumps(dict(job.labels)), _error_json(job.error),
-                 job.queue_position, job.request_id, request_hash, 0, 0, None),
+                 job.started, job.finished, job.expires, _dumps(dict(job.labels)) if job.labels else "{}",
+                 _error_json(job.error), job.queue_position, job.request_id, request_hash, 0, 0, None,
+                 payload if inline else None),
             )
             self._insert_revision(conn, job, 0)
-            conn.execute("INSERT INTO payloads (job_id, data) VALUES (?, ?)", (job.id, payload))
+            if not inline:
+                conn.execute("INSERT INTO payloads (job_id, data) VALUES (?, ?)", (job.id, payload))
+                self._large_payloads.add(job.id)
             return CreateOutcome(job, True, request_hash)
 
         outcome: CreateOutcome = await self._submit(write, on_commit)
@@ -292,24 +300,28 @@ class SqliteStore:
              _error_json(job.error), job.queue_position, segment_count),
         )
 
-    async def save_revision(
+    def save_revision(
         self,
         job: Job,
         new_segments: Sequence[Segment] = (),
         result: Result | None = None,
         on_commit: Callable[[Any], None] | None = None,
         count_attempt: bool = False,
-    ) -> None:
+    ) -> asyncio.Future[None]:
         count = len(job.segments)
         first = count - len(new_segments)
         attempt = 1 if count_attempt else 0
 
         def write(conn: sqlite3.Connection) -> None:
+            result_text = None if result is None else encode_result(result)
             conn.execute(
                 "UPDATE jobs SET state = ?, revision = ?, progress = ?, started = ?, finished = ?, expires = ?, "
-                "error = ?, queue_position = ?, segment_count = ?, attempts = attempts + ? WHERE id = ?",
+                "error = ?, queue_position = ?, segment_count = ?, attempts = attempts + ?, "
+                "checkpoint = CASE WHEN ? THEN NULL ELSE checkpoint END, "
+                "payload = CASE WHEN ? THEN NULL ELSE payload END, result = COALESCE(?, result) WHERE id = ?",
                 (int(job.state), job.revision, job.progress, job.started, job.finished, job.expires,
-                 _error_json(job.error), job.queue_position, count, attempt, job.id),
+                 _error_json(job.error), job.queue_position, count, attempt, job.terminal, job.terminal, result_text,
+                 job.id),
             )
             self._insert_revision(conn, job, count)
             if new_segments:
@@ -317,13 +329,11 @@ class SqliteStore:
                     "INSERT OR REPLACE INTO segments (job_id, idx, data) VALUES (?, ?, ?)",
                     [(job.id, first + i, _dumps(s.to_dict())) for i, s in enumerate(new_segments)],
                 )
-            if result is not None:
-                conn.execute("INSERT OR REPLACE INTO results (job_id, data) VALUES (?, ?)", (job.id, encode_result(result)))
-            if job.terminal:
+            if job.terminal and job.id in self._large_payloads:
+                self._large_payloads.discard(job.id)
                 conn.execute("DELETE FROM payloads WHERE job_id = ?", (job.id,))
-                conn.execute("UPDATE jobs SET checkpoint = NULL WHERE id = ?", (job.id,))
 
-        await self._submit(write, on_commit)
+        return self._submit(write, on_commit)
 
     async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None:
         data = _dumps(dict(checkpoint))
@@ -341,7 +351,7 @@ class SqliteStore:
     @staticmethod
     def _delete(conn: sqlite3.Connection, job_id: str) -> None:
         for table, column in (("jobs", "id"), ("revisions", "job_id"), ("segments", "job_id"),
-                              ("results", "job_id"), ("payloads", "job_id")):
+                              ("payloads", "job_id")):
             conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
 
     async def delete(self, job_id: str, tombstone_until: float | None = None) -> None:
@@ -421,13 +431,16 @@ class SqliteStore:
 
     async def get_result(self, job_id: str) -> Result | None:
         def read(conn: sqlite3.Connection) -> Result | None:
-            row = conn.execute("SELECT data FROM results WHERE job_id = ?", (job_id,)).fetchone()
-            return None if row is None else decode_result(row[0])
+            row = conn.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None or row[0] is None else decode_result(row[0])
 
         return await self._read(read)
 
     async def get_payload(self, job_id: str) -> bytes | None:
         def read(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT payload FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is not None and row[0] is not None:
+                return bytes(row[0])
             row = conn.execute("SELECT data FROM payloads WHERE job_id = ?", (job_id,)).fetchone()
             return None if row is None else bytes(row[0])
 
