@@ -78,10 +78,33 @@ CREATE TABLE IF NOT EXISTS payloads (job_id TEXT PRIMARY KEY, data BLOB NOT NULL
 CREATE TABLE IF NOT EXISTS tombstones (job_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, until REAL NOT NULL);
 """
 
+_INSERT_JOB = "INSERT INTO jobs ({columns}, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, ?)"
+_UPDATE_JOB = (
+    "UPDATE jobs SET state = ?, revision = ?, progress = ?, started = ?, finished = ?, expires = ?, "
+    "error = ?, queue_position = ?, segment_count = ?, attempts = attempts + ?, "
+    "checkpoint = CASE WHEN ? THEN NULL ELSE checkpoint END, "
+    "payload = CASE WHEN ? THEN NULL ELSE payload END, result = COALESCE(?, result) WHERE id = ?"
+)
+_INSERT_REVISION = (
+    "INSERT INTO revisions (job_id, revision, state, progress, started, finished, expires, error, "
+    "queue_position, segment_count) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_SEGMENT = "INSERT OR REPLACE INTO segments (job_id, idx, data) VALUES (?, ?, ?)"
+_DELETE_PAYLOAD = "DELETE FROM payloads WHERE job_id = ?"
+
 _JOB_COLUMNS = (
     "id, tenant, route, state, revision, progress, created, started, finished, expires, labels, error, "
     "queue_position, request_id, request_hash, segment_count, attempts, checkpoint"
 )
+_INSERT_JOB = _INSERT_JOB.format(columns=_JOB_COLUMNS)
+# The writer runs a batch's plain statements kind by kind with executemany, in this order, which
+# keeps every job's own order: its row exists before it is updated, updates apply in sequence.
+_STATEMENT_ORDER = {
+    sql: i for i, sql in enumerate(
+        (_INSERT_JOB, _INSERT_PAYLOAD, _UPDATE_JOB, _INSERT_REVISION, _INSERT_SEGMENT, _DELETE_PAYLOAD)
+    )
+}
 _MAX_BATCH = 1024
 # Inputs up to this size live in the jobs row: one statement fewer to store and to drop. Larger ones
 # (audio) get a row of their own, so that the job's updates never rewrite them.
@@ -96,9 +119,27 @@ def _error_json(error: JobFailure | None) -> str | None:
     return None if error is None else _dumps(error.to_dict())
 
 
+def _revision_row(job: Job, segment_count: int) -> tuple[Any, ...]:
+    return (job.id, job.revision, int(job.state), job.progress, job.started, job.finished, job.expires,
+            _error_json(job.error), job.queue_position, segment_count)
+
+
+@dataclass(slots=True)
+class _Statements:
+    """A write made only of plain statements (no reads): batched with the others of its commit."""
+
+    statements: list[tuple[str, tuple[Any, ...]]]
+    result: Any = None
+
+    def run(self, conn: sqlite3.Connection) -> Any:
+        for sql, params in self.statements:
+            conn.execute(sql, params)
+        return self.result
+
+
 @dataclass(slots=True)
 class _Write:
-    fn: Callable[[sqlite3.Connection], Any]
+    fn: Callable[[sqlite3.Connection], Any] | _Statements
     future: asyncio.Future[Any]
     on_commit: Callable[[Any], None] | None
 
@@ -178,10 +219,25 @@ class SqliteStore:
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
         outcomes: list[tuple[_Write, Any, BaseException | None]] = []
+        pending: dict[str, list[tuple[Any, ...]]] = {}
+
+        def flush() -> None:
+            for sql in sorted(pending, key=_STATEMENT_ORDER.__getitem__):
+                conn.executemany(sql, pending[sql])
+            pending.clear()
+
         try:
             conn.execute("BEGIN IMMEDIATE")
             for write in batch:
-                outcomes.append((write, write.fn(conn), None))
+                fn = write.fn
+                if isinstance(fn, _Statements):
+                    for sql, params in fn.statements:
+                        pending.setdefault(sql, []).append(params)
+                    outcomes.append((write, fn.result, None))
+                else:
+                    flush()
+                    outcomes.append((write, fn(conn), None))
+            flush()
             conn.execute("COMMIT")
         except Exception:
             # Rare: one write failed. Undo the batch and run each write in its own transaction, so
@@ -192,7 +248,8 @@ class SqliteStore:
             for write in batch:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
-                    result = write.fn(conn)
+                    fn = write.fn
+                    result = fn.run(conn) if isinstance(fn, _Statements) else fn(conn)
                     conn.execute("COMMIT")
                     outcomes.append((write, result, None))
                 except Exception as exc:
@@ -205,7 +262,9 @@ class SqliteStore:
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
-    def _submit(self, fn: Callable[[sqlite3.Connection], T], on_commit: Callable[[Any], None] | None = None) -> asyncio.Future[T]:
+    def _submit(
+        self, fn: Callable[[sqlite3.Connection], T] | _Statements, on_commit: Callable[[Any], None] | None = None
+    ) -> asyncio.Future[T]:
         if self._writer is None:
             raise RuntimeError("store is closed")
         assert self._loop is not None
@@ -263,42 +322,37 @@ class SqliteStore:
     async def create_job(
         self, job: Job, request_hash: str, payload: bytes, on_commit: Callable[[Any], None] | None = None
     ) -> CreateOutcome:
+        inline = len(payload) <= INLINE_PAYLOAD_BYTES
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (_INSERT_JOB, (job.id, job.tenant, job.route, int(job.state), job.revision, job.progress, job.created,
+                           job.started, job.finished, job.expires, _dumps(dict(job.labels)) if job.labels else "{}",
+                           _error_json(job.error), job.queue_position, job.request_id, request_hash, 0, 0, None,
+                           payload if inline else None)),
+            (_INSERT_REVISION, _revision_row(job, 0)),
+        ]
+        if not inline:
+            statements.append((_INSERT_PAYLOAD, (job.id, payload)))
+            self._large_payloads.add(job.id)
+        insert = _Statements(statements, CreateOutcome(job, True, request_hash))
+        if not job.request_id:
+            outcome: CreateOutcome = await self._submit(insert, on_commit)
+            return outcome
+
         def write(conn: sqlite3.Connection) -> CreateOutcome:
-            if job.request_id:
-                row = conn.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND request_id = ? AND request_id != ''",
-                    (job.tenant, job.request_id),
-                ).fetchone()
-                if row is not None:
-                    expires = row[9]
-                    if expires is None or expires > job.created:
-                        return CreateOutcome(self._job_from_row(conn, row), False, row[14])
-                    self._delete(conn, row[0])  # expired but not swept yet: the key is free again
-            inline = len(payload) <= INLINE_PAYLOAD_BYTES
-            conn.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (job.id, job.tenant, job.route, int(job.state), job.revision, job.progress, job.created,
-                 job.started, job.finished, job.expires, _dumps(dict(job.labels)) if job.labels else "{}",
-                 _error_json(job.error), job.queue_position, job.request_id, request_hash, 0, 0, None,
-                 payload if inline else None),
-            )
-            self._insert_revision(conn, job, 0)
-            if not inline:
-                conn.execute("INSERT INTO payloads (job_id, data) VALUES (?, ?)", (job.id, payload))
-                self._large_payloads.add(job.id)
-            return CreateOutcome(job, True, request_hash)
+            row = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND request_id = ? AND request_id != ''",
+                (job.tenant, job.request_id),
+            ).fetchone()
+            if row is not None:
+                expires = row[9]
+                if expires is None or expires > job.created:
+                    return CreateOutcome(self._job_from_row(conn, row), False, row[14])
+                self._delete(conn, row[0])  # expired but not swept yet: the key is free again
+            created: CreateOutcome = insert.run(conn)
+            return created
 
-        outcome: CreateOutcome = await self._submit(write, on_commit)
+        outcome = await self._submit(write, on_commit)
         return outcome
-
-    @staticmethod
-    def _insert_revision(conn: sqlite3.Connection, job: Job, segment_count: int) -> None:
-        conn.execute(
-            "INSERT INTO revisions (job_id, revision, state, progress, started, finished, expires, error, "
-            "queue_position, segment_count) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (job.id, job.revision, int(job.state), job.progress, job.started, job.finished, job.expires,
-             _error_json(job.error), job.queue_position, segment_count),
-        )
 
     def save_revision(
         self,
@@ -310,30 +364,18 @@ class SqliteStore:
     ) -> asyncio.Future[None]:
         count = len(job.segments)
         first = count - len(new_segments)
-        attempt = 1 if count_attempt else 0
-
-        def write(conn: sqlite3.Connection) -> None:
-            result_text = None if result is None else encode_result(result)
-            conn.execute(
-                "UPDATE jobs SET state = ?, revision = ?, progress = ?, started = ?, finished = ?, expires = ?, "
-                "error = ?, queue_position = ?, segment_count = ?, attempts = attempts + ?, "
-                "checkpoint = CASE WHEN ? THEN NULL ELSE checkpoint END, "
-                "payload = CASE WHEN ? THEN NULL ELSE payload END, result = COALESCE(?, result) WHERE id = ?",
-                (int(job.state), job.revision, job.progress, job.started, job.finished, job.expires,
-                 _error_json(job.error), job.queue_position, count, attempt, job.terminal, job.terminal, result_text,
-                 job.id),
-            )
-            self._insert_revision(conn, job, count)
-            if new_segments:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO segments (job_id, idx, data) VALUES (?, ?, ?)",
-                    [(job.id, first + i, _dumps(s.to_dict())) for i, s in enumerate(new_segments)],
-                )
-            if job.terminal and job.id in self._large_payloads:
-                self._large_payloads.discard(job.id)
-                conn.execute("DELETE FROM payloads WHERE job_id = ?", (job.id,))
-
-        return self._submit(write, on_commit)
+        terminal = job.terminal
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (_UPDATE_JOB, (int(job.state), job.revision, job.progress, job.started, job.finished, job.expires,
+                           _error_json(job.error), job.queue_position, count, 1 if count_attempt else 0, terminal,
+                           terminal, None if result is None else encode_result(result), job.id)),
+            (_INSERT_REVISION, _revision_row(job, count)),
+        ]
+        statements += [(_INSERT_SEGMENT, (job.id, first + i, _dumps(s.to_dict()))) for i, s in enumerate(new_segments)]
+        if terminal and job.id in self._large_payloads:
+            self._large_payloads.discard(job.id)
+            statements.append((_DELETE_PAYLOAD, (job.id,)))
+        return self._submit(_Statements(statements), on_commit)
 
     async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None:
         data = _dumps(dict(checkpoint))
