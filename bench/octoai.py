@@ -1,7 +1,7 @@
 """Section ``octoai``: the gateway polling an upstream once for everyone, against the seed's 1 s loop.
 
 An upstream job (the faithful fake of tests/fake_octoai.py, in this process) stays pending, then
-running, then completes. W parties want its result:
+running, then completes; its durations are drawn per round, the same for both ways. W parties want its result:
 - the seed's way: one POSTs it (``infer_async``), and each of the W loops
   ``while not is_future_ready(f): time.sleep(1)`` then ``get_future_result(f)`` (the same HTTP requests
   as octoai-sdk: GET poll_url, then GET poll_url + GET response_url);
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import sys
 import time
@@ -28,14 +29,14 @@ NAME = "octoai"
 
 @dataclass(frozen=True)
 class Config:
-    rounds: int = 3
-    pending_s: float = 3.0
-    running_s: float = 2.0
+    rounds: int = 6
+    pending_s: tuple[float, float] = (2.0, 4.0)  # drawn per round (the same for both ways), so that a
+    running_s: tuple[float, float] = (1.0, 2.0)  # job never lasts a whole number of the loop's seconds
     watchers: tuple[int, ...] = (1, 100)
 
 
 FULL = Config()
-QUICK = Config(rounds=1, pending_s=1.0, running_s=0.5)
+QUICK = Config(rounds=1, pending_s=(1.0, 1.5), running_s=(0.3, 0.6))
 
 
 def _log(message: str) -> None:
@@ -112,7 +113,8 @@ async def _run(cfg: Config) -> list[Row]:
     from tests.fake_octoai import FakeOctoAI
 
     rows: list[Row] = []
-    async with FakeOctoAI(pending_seconds=cfg.pending_s, running_seconds=cfg.running_s) as fake:
+    rng = random.Random(42)
+    async with FakeOctoAI() as fake:
         config = f'[routes.upstream]\nbackend = "octoai"\nendpoint = "{fake.url}/predict"\n'
         with GatewayServer(config) as gateway:
             for watchers in cfg.watchers:
@@ -120,6 +122,7 @@ async def _run(cfg: Config) -> list[Row]:
                     "gateway": {"requests": [], "delay": []}, "seed": {"requests": [], "delay": []},
                 }
                 for _ in range(cfg.rounds):
+                    fake.configure(pending_seconds=rng.uniform(*cfg.pending_s), running_seconds=rng.uniform(*cfg.running_s))
                     for name in ("gateway", "seed"):
                         if name == "gateway":
                             requests, delays = await _gateway(fake, gateway.target, watchers)
@@ -146,6 +149,6 @@ async def _run(cfg: Config) -> list[Row]:
 
 def run(args: argparse.Namespace) -> list[Row]:
     cfg = QUICK if args.quick else FULL
-    _log(f"upstream job: pending {cfg.pending_s} s, running {cfg.running_s} s; "
+    _log(f"upstream jobs: pending {cfg.pending_s} s, running {cfg.running_s} s (drawn per round); "
          f"gateway route defaults (poll 0.2 s backing off to 1 s)")
     return asyncio.run(_run(cfg))

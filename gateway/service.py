@@ -54,11 +54,13 @@ __all__ = ["Heartbeat", "JobService"]
 
 log = logging.getLogger(__name__)
 
-CANCEL_WAIT_SECONDS = 2.0
+CANCEL_WAIT_SECONDS = 5.0  # Cancel answers once the job ended, or after this
 DELETE_WAIT_SECONDS = 10.0
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
-SMALL_INPUT_BYTES = 64 * 1024  # inputs up to this size stay in memory until the job starts
+# Queued jobs' inputs stay in memory too (no read when they start) within this budget; beyond it
+# they are read back from the store.
+INPUTS_IN_MEMORY_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,8 @@ class JobService:
         self.routes: dict[str, RouteRunner] = {}
         self._heads: dict[str, Job] = {}
         self._committed: dict[str, JobEvent] = {}
-        self._inputs: dict[str, JobInput] = {}
+        self._inputs: dict[str, tuple[JobInput, int]] = {}
+        self._inputs_bytes = 0
         self._checkpoints: dict[str, Mapping[str, Any] | None] = {}
         self.accepting = True
 
@@ -91,11 +94,18 @@ class JobService:
         job = head.evolve(revision=head.revision + 1, **changes)
         if job.terminal:
             del self._heads[job_id]
-            self._inputs.pop(job_id, None)
+            self._take_input(job_id)
             self._checkpoints.pop(job_id, None)
         else:
             self._heads[job_id] = job
         return job
+
+    def _take_input(self, job_id: str) -> JobInput | None:
+        kept = self._inputs.pop(job_id, None)
+        if kept is None:
+            return None
+        self._inputs_bytes -= kept[1]
+        return kept[0]
 
     def _committed_cb(self, job: Job) -> Any:
         def on_commit(_: object) -> None:
@@ -178,8 +188,9 @@ class JobService:
                 return
             self._heads[job.id] = job
             event = self._committed[job.id] = JobEvent(job)
-            if len(payload) <= SMALL_INPUT_BYTES:
-                self._inputs[job.id] = job_input
+            if self._inputs_bytes + len(payload) <= INPUTS_IN_MEMORY_BYTES:
+                self._inputs[job.id] = (job_input, len(payload))
+                self._inputs_bytes += len(payload)
             self.hub.publish(event)
             runner.enqueue(job.id)
 
@@ -232,7 +243,7 @@ class JobService:
                 moved = self._next(job_id, queue_position=0)  # out of our queue, waiting upstream
                 if moved is not None:
                     await self._save(moved)
-        job_input = self._inputs.pop(job_id, None)
+        job_input = self._take_input(job_id)
         if job_input is None:
             payload = await self.store.get_payload(job_id)
             if payload is None:

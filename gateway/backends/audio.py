@@ -22,6 +22,9 @@ __all__ = ["SAMPLE_RATE", "AudioInfo", "decode", "probe"]
 SAMPLE_RATE = 16_000
 
 logging.getLogger("libav").setLevel(logging.ERROR)
+# The header is enough to tell a readable audio file: FFmpeg's default probe analyses 5 s of
+# audio (30 ms for a 44.1 kHz stereo WAV), this analyses 0.2 s of it (4 ms).
+_PROBE_OPTIONS = {"probesize": "262144", "analyzeduration": "200000"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +45,7 @@ def probe(data: bytes, field: str, max_bytes: int, max_seconds: float) -> AudioI
     if len(data) > max_bytes:
         raise _refuse(field, "AUDIO_TOO_LARGE", f"{len(data)} bytes of audio, over this route's limit of {max_bytes}")
     try:
-        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore", options=_PROBE_OPTIONS) as container:
             streams = container.streams.audio
             if not streams:
                 raise _refuse(field, "AUDIO_NO_STREAM", f"no audio stream in this {container.format.name} data")

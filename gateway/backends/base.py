@@ -12,6 +12,8 @@ thread to stop at its next check, then re-raises, so the worker is free for the 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -19,6 +21,8 @@ from typing import Any, Protocol
 from gateway.jobs import Job, JobInput, Result, Segment
 
 __all__ = ["Backend", "HealthListener", "JobContext", "JobLifecycle", "ReadyState"]
+
+log = logging.getLogger(__name__)
 
 HealthListener = Callable[[bool], None]
 
@@ -63,8 +67,11 @@ class JobContext:
         await self._lifecycle.report(self.job.id, progress, tuple(segments))
 
     def report_threadsafe(self, progress: float | None = None, segments: Sequence[Segment] = ()) -> None:
-        """From a worker thread: publishes and waits until the revision is stored (backpressure)."""
-        asyncio.run_coroutine_threadsafe(self.report(progress, segments), self._loop).result()
+        """From a worker thread: publishes without waiting for the store, so inference never stalls.
+        Reports keep their order (the loop takes them first in, first out), and all of them are
+        applied before the job's end, which the loop learns of after them."""
+        future = asyncio.run_coroutine_threadsafe(self.report(progress, segments), self._loop)
+        future.add_done_callback(_log_report_failure)
 
     async def started(self) -> None:
         """For backends with ``reports_start``: the job really started (QUEUED -> RUNNING)."""
@@ -74,6 +81,11 @@ class JobContext:
         """Stores state that a restarted gateway hands back in ``checkpoint`` (no new revision)."""
         self.checkpoint = dict(checkpoint)
         await self._lifecycle.save_checkpoint(self.job.id, self.checkpoint)
+
+
+def _log_report_failure(future: concurrent.futures.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("publishing a job's progress failed", exc_info=future.exception())
 
 
 class ReadyState:
