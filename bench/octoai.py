@@ -29,7 +29,7 @@ NAME = "octoai"
 
 @dataclass(frozen=True)
 class Config:
-    rounds: int = 6
+    rounds: int = 10
     pending_s: tuple[float, float] = (2.0, 4.0)  # drawn per round (the same for both ways), so that a
     running_s: tuple[float, float] = (1.0, 2.0)  # job never lasts a whole number of the loop's seconds
     watchers: tuple[int, ...] = (1, 100)
@@ -150,5 +150,5 @@ async def _run(cfg: Config) -> list[Row]:
 def run(args: argparse.Namespace) -> list[Row]:
     cfg = QUICK if args.quick else FULL
     _log(f"upstream jobs: pending {cfg.pending_s} s, running {cfg.running_s} s (drawn per round); "
-         f"gateway route defaults (poll 0.2 s backing off to 1 s)")
+         f"gateway route defaults (poll 0.2 s backing off to 0.5 s)")
     return asyncio.run(_run(cfg))

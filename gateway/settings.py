@@ -80,7 +80,7 @@ class OctoAIRoute(_Route):
     max_concurrent_requests: int = Field(32, ge=1, description="Upstream HTTP requests in flight at once.")
     poll_initial_seconds: float = Field(0.2, gt=0, description="First poll interval.")
     poll_max_seconds: float = Field(
-        1.0, gt=0, description="Poll interval cap (backoff with jitter): the seed's own 1 s, but once for all watchers."
+        0.5, gt=0, description="Poll interval cap (backoff with jitter): half the seed's 1 s loop, once for all watchers."
     )
     poll_backoff: float = Field(1.5, ge=1.0)
     deadline_seconds: float = Field(3600.0, gt=0, description="A job not completed by then ends FAILED.")
