@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import re
 import struct
 import time
 import wave
@@ -14,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bench.gpu_whisper import word_error_rate
 from gateway_client import Client, GatewayError, JobCancelledError, JobFailedError, JobState, Transcript
 from tests.conftest import FIXTURES, ServerProcess, cli
 
@@ -33,20 +33,6 @@ def whisper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
     server.wait_serving("route/whisper")
     yield server
     server.stop()
-
-
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    ref, hyp = _words(reference), _words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / len(ref)
 
 
 def silence_wav(seconds: float) -> bytes:
