@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from gateway.errors import DOMAIN, Code, GatewayError
 from gateway.jobs import JobFailure
@@ -43,15 +44,11 @@ def failure_to_status(failure: JobFailure) -> status_pb2.Status:
     return status
 
 
-_GRPC_CODES = {int(c.value[0]): c for c in grpc.StatusCode}
-assert all(int(c) in _GRPC_CODES for c in Code) and code_pb2.UNAUTHENTICATED == Code.UNAUTHENTICATED
+assert {int(c.value[0]) for c in grpc.StatusCode} == {int(c) for c in Code}
+assert code_pb2.UNAUTHENTICATED == Code.UNAUTHENTICATED
 
 
 async def abort(context: grpc.aio.ServicerContext, error: GatewayError) -> None:
-    """Ends the RPC with the error's status; raises (as context.abort does)."""
-    status = to_status(error)
-    await context.abort(
-        _GRPC_CODES[int(error.code)],
-        status.message,
-        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-    )
+    """Ends the RPC with the error's status (grpcio-status puts it in grpc-status-details-bin); raises."""
+    status = rpc_status.to_status(to_status(error))
+    await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
