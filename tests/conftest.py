@@ -24,6 +24,10 @@ ECHO_CONFIG = """
 [routes.echo]
 backend = "echo"
 """
+WHISPER_CONFIG = ECHO_CONFIG + """
+[routes.whisper]
+backend = "whisper"
+"""
 
 
 class ServerProcess:
@@ -140,6 +144,15 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 def echo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One echo-only gateway shared by a module's tests."""
     server = ServerProcess(tmp_path_factory.mktemp("echo"), ECHO_CONFIG).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def whisper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One gateway with the echo and whisper routes (the default set), warm, shared by a module's tests."""
+    server = ServerProcess(tmp_path_factory.mktemp("whisper"), WHISPER_CONFIG).start()
+    server.wait_serving("route/whisper")
     yield server
     server.stop()
 

@@ -41,11 +41,15 @@ import random
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -572,6 +576,37 @@ async def _serve(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         await fake.stop()
+
+
+class FakeProcess:
+    """The fake as a subprocess (``python -m tests.fake_octoai``), driven over /_control and /_stats."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fake_octoai", "--port", "0", *args],
+                                     cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise RuntimeError(f"the fake did not start: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+        event = json.loads(line)
+        assert event["event"] == "serving"
+        self.url: str = event["url"]
+
+    def control(self, **changes: Any) -> dict[str, Any]:
+        request = urllib.request.Request(f"{self.url}/_control", data=json.dumps(changes).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.load(resp)
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/_stats", timeout=10) as resp:
+            return json.load(resp)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

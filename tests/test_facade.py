@@ -6,27 +6,15 @@ import json
 import struct
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from gateway_client import Client, JobState, Transcript
 from tests.conftest import FIXTURES, ServerProcess
 from tests.octoai_sdk import run_sdk_snippet
 
 SENTENCE = "She sells seashells by the seashore"
-CONFIG = '[routes.echo]\nbackend = "echo"\n[routes.whisper]\nbackend = "whisper"\n'
 AUTH = '[auth]\nenabled = true\n[auth.tokens]\nalpha-token = "alpha"\nbeta-token = "beta"\n'
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("facade"), CONFIG).start()
-    process.wait_serving("route/whisper")
-    yield process
-    process.stop()
 
 
 def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
@@ -41,8 +29,8 @@ def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None
         return error.code, json.load(error), dict(error.headers)
 
 
-def test_seed_snippet_runs_unchanged_but_for_the_url(server: ServerProcess) -> None:
-    out = run_sdk_snippet(f"{server.http_url}/whisper", FIXTURES / "seashells.wav")
+def test_seed_snippet_runs_unchanged_but_for_the_url(whisper_server: ServerProcess) -> None:
+    out = run_sdk_snippet(f"{whisper_server.http_url}/whisper", FIXTURES / "seashells.wav")
     assert "error" not in out, out
     assert out["health_status"] == 200
     result = out["result"]
@@ -54,27 +42,27 @@ def test_seed_snippet_runs_unchanged_but_for_the_url(server: ServerProcess) -> N
     assert SENTENCE in out["infer"]["response"]["segments"][0]["text"]  # the synchronous infer() too
     # The facade's jobs are the gateway's own: the same id over gRPC.
     job_id = out["future"]["response_id"]
-    assert out["future"]["poll_url"] == f"{server.http_url}/v1/requests/{job_id}"
-    with Client(server.target) as client:
+    assert out["future"]["poll_url"] == f"{whisper_server.http_url}/v1/requests/{job_id}"
+    with Client(whisper_server.target) as client:
         job = client.get(job_id)
         assert job.state is JobState.SUCCEEDED and job.labels == {"via": "octoai-facade"}
         transcript = client.fetch(job_id)
         assert isinstance(transcript, Transcript) and transcript.text == SENTENCE + "."
 
 
-def test_a_failed_job_makes_the_sdk_raise_instead_of_spinning(server: ServerProcess, tmp_path: Path) -> None:
+def test_a_failed_job_makes_the_sdk_raise_instead_of_spinning(whisper_server: ServerProcess, tmp_path: Path) -> None:
     mislabelled = bytearray((FIXTURES / "seashells.wav").read_bytes())
     mislabelled[20:22] = struct.pack("<H", 0x0055)  # says MP3, holds PCM: the job fails while decoding
     audio = tmp_path / "bad.wav"
     audio.write_bytes(bytes(mislabelled))
-    out = run_sdk_snippet(f"{server.http_url}/whisper", audio, steps=("async",))
+    out = run_sdk_snippet(f"{whisper_server.http_url}/whisper", audio, steps=("async",))
     assert out["error"]["step"] == "is_future_ready"  # the poll raised: no endless loop
     assert out["error"]["type"] == "OctoAIClientError"
     assert "AUDIO_DECODE_FAILED" in out["error"]["message"]
 
 
-def test_status_and_errors_over_plain_http(server: ServerProcess) -> None:
-    base = server.http_url
+def test_status_and_errors_over_plain_http(whisper_server: ServerProcess) -> None:
+    base = whisper_server.http_url
     status, body, headers = http("POST", f"{base}/echo/predict", {"delay_ms": 400}, {"X-OctoAI-Async": "1"})
     assert status == 201 and body["poll_url"].endswith(f"/v1/requests/{body['response_id']}")
     assert headers["X-User-Request-ID"] == body["response_id"]
@@ -85,7 +73,7 @@ def test_status_and_errors_over_plain_http(server: ServerProcess) -> None:
     status, echoed, _ = http("POST", f"{base}/echo/predict", {"x": [1, 2]})  # synchronous: waits
     assert status == 200 and echoed == {"x": [1, 2]}
     status, failed, _ = http("POST", f"{base}/echo/predict", {"fail_with": "boom"}, {"X-OctoAI-Async": "1"})
-    with Client(server.target) as client:
+    with Client(whisper_server.target) as client:
         client.fetch_job(failed["response_id"], wait=True, timeout=10)
     status, polled, _ = http("GET", failed["poll_url"])
     assert status == 500 and polled["error"]["reason"] == "ECHO_FAILURE" and polled["error"]["message"] == "boom"

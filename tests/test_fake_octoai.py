@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fake_octoai import MAX_BODY_BYTES, REQUEST_ID_HEADER, FakeOctoAI, Faults, whisper_output
+from tests.fake_octoai import MAX_BODY_BYTES, REQUEST_ID_HEADER, FakeOctoAI, FakeProcess, Faults, whisper_output
 from tests.octoai_sdk import run_sdk_snippet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,35 +29,6 @@ SEASHELLS = "She sells seashells by the seashore"
 # ---------------------------------------------------------------------------------------------------------------
 # The fake as a subprocess, driven through /_control, and the real SDK against it
 # ---------------------------------------------------------------------------------------------------------------
-
-class FakeProcess:
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fake_octoai", "--port", "0", *args],
-                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()  # type: ignore[union-attr]
-        if not line:
-            raise RuntimeError(f"the fake did not start: {self.proc.stderr.read()}")  # type: ignore[union-attr]
-        event = json.loads(line)
-        assert event["event"] == "serving"
-        self.url: str = event["url"]
-
-    def control(self, **changes: Any) -> dict[str, Any]:
-        request = urllib.request.Request(f"{self.url}/_control", data=json.dumps(changes).encode(), method="POST")
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return json.load(resp)
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.url}/_stats", timeout=10) as resp:
-            return json.load(resp)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
 
 @pytest.fixture(scope="module")
 def fake_proc() -> Iterator[FakeProcess]:

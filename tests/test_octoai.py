@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,43 +11,17 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from gateway_client import Client, JobFailedError, JobState, Output
-from tests.conftest import FIXTURES, ROOT, ServerProcess
+from tests.conftest import FIXTURES, ServerProcess
+from tests.fake_octoai import FakeProcess
 
 TOKEN = "upstream-secret"
 
 
-class FakeUpstream:
-    """tests/fake_octoai.py as a subprocess, driven over its /_control and /_stats endpoints."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_octoai", "--port", "0", *args],
-            stdout=subprocess.PIPE, text=True, cwd=ROOT,
-        )
-        assert self.proc.stdout is not None
-        self.url = json.loads(self.proc.stdout.readline())["url"]
-
-    def control(self, **changes: Any) -> dict[str, Any]:
-        request = urllib.request.Request(
-            f"{self.url}/_control", data=json.dumps(changes).encode(), headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.url}/_stats", timeout=10) as response:
-            return json.load(response)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 @pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream("--token", TOKEN, "--pending-seconds", "0.4", "--running-seconds", "0.4")
+def upstream() -> Iterator[FakeProcess]:
+    fake = FakeProcess("--token", TOKEN, "--pending-seconds", "0.4", "--running-seconds", "0.4")
     yield fake
-    fake.close()
+    fake.stop()
 
 
 def config(url: str, **extra: Any) -> str:
@@ -65,14 +35,14 @@ def config(url: str, **extra: Any) -> str:
 
 
 @pytest.fixture
-def gateway(make_server, upstream: FakeUpstream):  # type: ignore[no-untyped-def]
+def gateway(make_server, upstream: FakeProcess):  # type: ignore[no-untyped-def]
     def start(**extra: Any) -> ServerProcess:
         return make_server(config(upstream.url, **extra), env={"UPSTREAM_TOKEN": TOKEN})
 
     return start
 
 
-def test_upstream_job_pending_running_completed(gateway, upstream: FakeUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_upstream_job_pending_running_completed(gateway, upstream: FakeProcess) -> None:  # type: ignore[no-untyped-def]
     server = gateway()
     server.wait_serving("route/upstream", timeout=20)
     with Client(server.target) as client:
@@ -88,7 +58,7 @@ def test_upstream_job_pending_running_completed(gateway, upstream: FakeUpstream)
     assert any(agent.startswith("inference-gateway/") for agent in stats["user_agents"])
 
 
-def test_typed_transcription_request_is_sent_as_template_inputs(gateway, upstream: FakeUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_typed_transcription_request_is_sent_as_template_inputs(gateway, upstream: FakeProcess) -> None:  # type: ignore[no-untyped-def]
     server = gateway()
     with Client(server.target) as client:
         result = client.transcribe(FIXTURES / "seashells.wav", route="upstream", language="en").result(timeout=30)
@@ -97,7 +67,7 @@ def test_typed_transcription_request_is_sent_as_template_inputs(gateway, upstrea
     assert 2.4 < result.value["audio_duration_s"] < 2.6  # the fake decoded our base64 WAV
 
 
-def test_jobs_succeed_under_thirty_percent_faults(gateway, upstream: FakeUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_jobs_succeed_under_thirty_percent_faults(gateway, upstream: FakeProcess) -> None:  # type: ignore[no-untyped-def]
     upstream.control(fail_rate=0.1, throttle_rate=0.1, reset_rate=0.1, retry_after=0, seed=7,
                      targets=["predict", "poll", "result"])
     server = gateway()
@@ -110,7 +80,7 @@ def test_jobs_succeed_under_thirty_percent_faults(gateway, upstream: FakeUpstrea
     assert stats["async_posts"] == 12  # and no job was submitted twice
 
 
-def test_ten_watchers_cost_no_more_polls_than_one(gateway, upstream: FakeUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_ten_watchers_cost_no_more_polls_than_one(gateway, upstream: FakeProcess) -> None:  # type: ignore[no-untyped-def]
     upstream.control(pending_seconds=1.5, running_seconds=0.5)
     server = gateway(poll_initial_seconds=0.2, poll_max_seconds=0.2)
     with Client(server.target) as client:
@@ -128,7 +98,7 @@ def test_ten_watchers_cost_no_more_polls_than_one(gateway, upstream: FakeUpstrea
     assert polls[1] <= 14  # ~2 s at 0.2 s (with jitter), not 10x that
 
 
-def test_never_completing_upstream_job_fails_at_the_deadline(gateway, upstream: FakeUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_never_completing_upstream_job_fails_at_the_deadline(gateway, upstream: FakeProcess) -> None:  # type: ignore[no-untyped-def]
     upstream.control(stuck_pending=True)
     server = gateway(deadline_seconds=1.5)
     with Client(server.target) as client:
@@ -137,7 +107,7 @@ def test_never_completing_upstream_job_fails_at_the_deadline(gateway, upstream: 
     assert failed.value.reason == "UPSTREAM_DEADLINE_EXCEEDED" and "pending" in failed.value.message
 
 
-def test_result_that_keeps_failing_fails_the_job(gateway, upstream: FakeUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_result_that_keeps_failing_fails_the_job(gateway, upstream: FakeProcess) -> None:  # type: ignore[no-untyped-def]
     upstream.control(failing_results=["*"])
     server = gateway(max_retries=3)
     with Client(server.target) as client:
@@ -147,7 +117,7 @@ def test_result_that_keeps_failing_fails_the_job(gateway, upstream: FakeUpstream
     assert upstream.stats()["total_result_fetches"] == 4
 
 
-def test_upstream_refusing_the_submission(gateway, upstream: FakeUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_upstream_refusing_the_submission(gateway, upstream: FakeProcess) -> None:  # type: ignore[no-untyped-def]
     upstream.control(post_status=422)
     server = gateway()
     with Client(server.target) as client:
@@ -157,7 +127,7 @@ def test_upstream_refusing_the_submission(gateway, upstream: FakeUpstream) -> No
     assert upstream.stats()["posts"] == 1  # a 4xx is not retried
 
 
-def test_upstream_auth_failure_is_a_clear_reason(make_server, upstream: FakeUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_upstream_auth_failure_is_a_clear_reason(make_server, upstream: FakeProcess) -> None:  # type: ignore[no-untyped-def]
     server = make_server(config(upstream.url), env={"UPSTREAM_TOKEN": "wrong-token"})
     with Client(server.target) as client:
         with pytest.raises(JobFailedError) as failed:
@@ -166,7 +136,7 @@ def test_upstream_auth_failure_is_a_clear_reason(make_server, upstream: FakeUpst
     assert "401" in failed.value.message and "credentials" in failed.value.message
 
 
-def test_kill9_mid_poll_resumes_without_a_second_post(gateway, upstream: FakeUpstream) -> None:  # type: ignore[no-untyped-def]
+def test_kill9_mid_poll_resumes_without_a_second_post(gateway, upstream: FakeProcess) -> None:  # type: ignore[no-untyped-def]
     upstream.control(pending_seconds=3.0)
     server = gateway()
     with Client(server.target) as client:
@@ -185,7 +155,7 @@ def test_kill9_mid_poll_resumes_without_a_second_post(gateway, upstream: FakeUps
 
 
 def test_route_health_follows_the_upstream_healthcheck(make_server) -> None:  # type: ignore[no-untyped-def]
-    fake = FakeUpstream("--cold-start-seconds", "2")
+    fake = FakeProcess("--cold-start-seconds", "2")
     try:
         server = make_server(config(fake.url))
         assert server.health("route/upstream") == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -196,5 +166,5 @@ def test_route_health_follows_the_upstream_healthcheck(make_server) -> None:  # 
             assert time.monotonic() < deadline
             time.sleep(0.1)
     finally:
-        fake.close()
+        fake.stop()
 

@@ -7,7 +7,6 @@ import io
 import struct
 import time
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -19,22 +18,6 @@ from tests.conftest import FIXTURES, ServerProcess, cli
 
 SEASHELLS = FIXTURES / "seashells.wav"
 SENTENCE = "She sells seashells by the seashore."
-WHISPER_CONFIG = """
-[routes.echo]
-backend = "echo"
-[routes.whisper]
-backend = "whisper"
-"""
-
-
-@pytest.fixture(scope="module")
-def whisper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("whisper"), WHISPER_CONFIG).start()
-    server.wait_serving("route/whisper")
-    yield server
-    server.stop()
-
-
 def silence_wav(seconds: float) -> bytes:
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
