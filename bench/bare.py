@@ -4,9 +4,9 @@
 
 Prints ``{"event": "serving", "grpc": "127.0.0.1:PORT"}`` once serving, like ``gateway serve``.
 
-- ``/gateway.v1.GatewayService/Submit``: answers the bytes of a fixed, realistic SubmitResponse (a
+- ``/inferencegateway.gateway.v1.GatewayService/Submit``: answers the bytes of a fixed, realistic SubmitResponse (a
   QUEUED job at revision 1) to whatever it is sent, without parsing it. Identity serializers.
-- ``/gateway.v1.GatewayService/Watch``: a fan-out group per ``job_id``. Each stream sends the group's
+- ``/inferencegateway.gateway.v1.GatewayService/Watch``: a fan-out group per ``job_id``. Each stream sends the group's
   snapshot (a RUNNING job at revision 2), awaits the group's ``asyncio.Event``, sends the group's
   final message (a SUCCEEDED job at revision 3 whose ``finish_time`` is when it was fired), and ends.
   Every message is serialized once per group and the same bytes go to every stream.
@@ -27,9 +27,9 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
 
-SERVICE = "gateway.v1.GatewayService"
+SERVICE = "inferencegateway.gateway.v1.GatewayService"
 FIRE_SERVICE = "bench.v1.Bare"
 
 

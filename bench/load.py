@@ -36,11 +36,11 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-SUBMIT = "/gateway.v1.GatewayService/Submit"
-WATCH = "/gateway.v1.GatewayService/Watch"
+SUBMIT = "/inferencegateway.gateway.v1.GatewayService/Submit"
+WATCH = "/inferencegateway.gateway.v1.GatewayService/Watch"
 FIRE = "/bench.v1.Bare/Fire"
 TERMINAL = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
 

@@ -37,7 +37,8 @@ __all__ = [
     "Unavailable",
 ]
 
-DOMAIN = "gateway.v1"
+# ErrorInfo.domain: globally unique, the service's DNS-style name (AIP-193).
+DOMAIN = "gateway.inferencegateway.dev"
 
 
 class Code(enum.IntEnum):

@@ -16,6 +16,7 @@ The whisper route answers in the OctoAI Whisper template's shape:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -140,7 +141,7 @@ class Facade:
         if request.headers.get("X-OctoAI-Async", "").strip() in ("1", "true", "True"):
             body = {"response_id": job.id, "poll_url": f"{self._base(request)}/v1/requests/{job.id}"}
             return _json(body, 201, job.id)
-        job, result = await self.service.fetch(tenant, job.id, wait=True)
+        job, result = await self.service.fetch(tenant, job.id, wait=math.inf)
         return self._output(job, result)
 
     async def request_status(self, request: web.Request, tenant: str) -> web.Response:

@@ -36,12 +36,20 @@ class HubClosed(Exception):
 
 
 class JobEvent:
-    """One committed revision, with its wire encodings cached (computed once, shared by streams)."""
+    """One committed revision, with its wire encodings cached (computed once, shared by streams).
 
-    __slots__ = ("_encoded", "job")
+    ``segments_offset`` is how many segments the job had before this revision: the revision adds
+    ``job.segments[segments_offset:]``, which is all a watcher that saw the previous revision needs.
+    ``position`` is the store's change position of the revision (0 when unknown), ordered like
+    commits: WatchJobs resumes after it.
+    """
 
-    def __init__(self, job: Job) -> None:
+    __slots__ = ("_encoded", "job", "position", "segments_offset")
+
+    def __init__(self, job: Job, segments_offset: int = 0, position: int = 0) -> None:
         self.job = job
+        self.segments_offset = segments_offset
+        self.position = position
         self._encoded: dict[Any, bytes] = {}
 
     def encoded(self, key: Any, encode: Callable[[Job], bytes]) -> bytes:
@@ -103,7 +111,8 @@ class JobChannel(_Waitable):
         self._wake()
 
     def after(self, revision: int) -> list[JobEvent]:
-        """The events after ``revision``: all of them, or only the latest if the ring moved past."""
+        """The events after ``revision``: all of them, or only the latest if the ring moved past
+        (the caller sees the gap in revisions and sends that one whole)."""
         events = self.events
         if not events or events[-1].job.revision <= revision:
             return []
@@ -158,9 +167,12 @@ class EventHub:
         self._channels: dict[str, JobChannel] = {}
         self._tenants: dict[str, set[TenantSubscription]] = {}
         self.closed = False
+        self.position = 0  # the position of the latest event published
 
     def publish(self, event: JobEvent) -> None:
         job = event.job
+        if event.position > self.position:
+            self.position = event.position
         channel = self._channels.get(job.id)
         subs = self._tenants.get(job.tenant)
         if channel is not None:

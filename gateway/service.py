@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,12 +51,13 @@ from gateway.routes import RouteRunner
 from gateway.settings import ROUTE_NAME, Settings
 from gateway.store.base import JobFilter, Store
 
-__all__ = ["Heartbeat", "JobService"]
+__all__ = ["Heartbeat", "JobService", "Update"]
 
 log = logging.getLogger(__name__)
 
-CANCEL_WAIT_SECONDS = 5.0  # Cancel answers once the job ended, or after this
-DELETE_WAIT_SECONDS = 10.0
+DELETE_WAIT_SECONDS = 10.0  # Delete with force: how long a running job gets to stop
+MAX_FETCH_WAIT_SECONDS = 3600.0
+RESUME_PAGE = 1000
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
 # Queued jobs' inputs stay in memory too (no read when they start) within this budget; beyond it
@@ -67,6 +69,25 @@ INPUTS_IN_MEMORY_BYTES = 64 * 1024 * 1024
 class Heartbeat:
     revision: int
     time: float
+    position: int = 0  # WatchJobs: the stream's change position
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One revision for a watcher: ``whole`` when it must carry every segment (the stream's first
+    message, or after a gap), else only the segments the revision added (from
+    ``event.segments_offset``)."""
+
+    event: JobEvent
+    whole: bool = False
+
+    @property
+    def job(self) -> Job:
+        return self.event.job
+
+    @property
+    def segments_offset(self) -> int:
+        return 0 if self.whole else self.event.segments_offset
 
 
 class JobService:
@@ -107,9 +128,9 @@ class JobService:
         self._inputs_bytes -= kept[1]
         return kept[0]
 
-    def _committed_cb(self, job: Job) -> Any:
-        def on_commit(_: object) -> None:
-            event = JobEvent(job)
+    def _committed_cb(self, job: Job, segments_offset: int) -> Any:
+        def on_commit(position: int) -> None:
+            event = JobEvent(job, segments_offset, position)
             if job.terminal:
                 self._committed.pop(job.id, None)
             elif job.id in self._heads:
@@ -121,7 +142,8 @@ class JobService:
     def _save(
         self, job: Job, new_segments: Sequence[Segment] = (), result: Result | None = None, count_attempt: bool = False
     ) -> Awaitable[None]:
-        return self.store.save_revision(job, new_segments, result, self._committed_cb(job), count_attempt)
+        on_commit = self._committed_cb(job, len(job.segments) - len(new_segments))
+        return self.store.save_revision(job, new_segments, result, on_commit, count_attempt)
 
     def _save_later(self, job: Job, count_attempt: bool = False) -> None:
         asyncio.ensure_future(self._save(job, count_attempt=count_attempt)).add_done_callback(_log_failure)
@@ -187,7 +209,7 @@ class JobService:
             if not outcome.created:
                 return
             self._heads[job.id] = job
-            event = self._committed[job.id] = JobEvent(job)
+            event = self._committed[job.id] = JobEvent(job, 0, outcome.position)
             if self._inputs_bytes + len(payload) <= INPUTS_IN_MEMORY_BYTES:
                 self._inputs[job.id] = (job_input, len(payload))
                 self._inputs_bytes += len(payload)
@@ -329,9 +351,10 @@ class JobService:
     async def get(self, tenant: str, job_id: str) -> Job:
         return (await self._event(tenant, job_id)).job
 
-    async def watch(self, tenant: str, job_id: str, after_revision: int = 0) -> AsyncIterator[JobEvent | Heartbeat]:
-        """The Watch contract: snapshot (or the revisions after ``after_revision``), each change once
-        and in order, heartbeats while idle, the terminal revision last."""
+    async def watch(self, tenant: str, job_id: str, after_revision: int = 0) -> AsyncIterator[Update | Heartbeat]:
+        """The Watch contract: the whole job (or the revisions after ``after_revision``), each change
+        once and in order with the segments it added, heartbeats while idle, the terminal revision
+        last."""
         if after_revision < 0:
             raise InvalidArgument.fields(FieldViolation("after_revision", "must not be negative"))
         heartbeat = self.settings.heartbeat_seconds
@@ -345,12 +368,12 @@ class JobService:
                 )
             last, done = after_revision, False
             if after_revision == 0:
-                yield snapshot
+                yield Update(snapshot, whole=True)
                 last, done = current, snapshot.job.terminal
             elif after_revision < current:
                 # The store may already hold revisions newer than the snapshot: send them all.
-                for job in await self.store.revisions_after(job_id, after_revision):
-                    yield JobEvent(job)
+                for job, offset in await self.store.revisions_after(job_id, after_revision):
+                    yield Update(JobEvent(job, offset))
                     last, done = job.revision, job.terminal
             else:
                 done = snapshot.job.terminal
@@ -362,7 +385,8 @@ class JobService:
                     yield Heartbeat(last, self.clock.now())
                     continue
                 for event in events:
-                    yield event
+                    # A gap: the ring moved past this watcher, which gets the latest revision whole.
+                    yield Update(event, whole=event.job.revision != last + 1)
                     last = event.job.revision
                     if event.job.terminal:
                         return
@@ -373,26 +397,34 @@ class JobService:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 async for item in self.watch(tenant, job_id):
-                    if isinstance(item, JobEvent):
+                    if isinstance(item, Update):
                         latest = item.job
         return latest if latest is not None else await self.get(tenant, job_id)
 
-    async def fetch(self, tenant: str, job_id: str, wait: bool = False) -> tuple[Job, Result | None]:
+    async def fetch(self, tenant: str, job_id: str, wait: float | None = None) -> tuple[Job, Result | None]:
+        """The job and its result once done. ``wait``: None answers at once (FAILED_PRECONDITION
+        while the job runs); seconds wait up to that (at most an hour, float("inf") for no limit)
+        for the job to end, then answer it as it is, without a result if it still runs."""
         job = await self.get(tenant, job_id)
         if not job.terminal:
-            if not wait:
+            if wait is None:
                 raise FailedPrecondition(
                     f"job {job_id} is {job.state.name}; fetch it once it is done, or wait",
                     reason="JOB_NOT_DONE",
                     metadata={"job_id": job_id, "state": job.state.name},
                 )
-            job = await self._until_done(tenant, job_id, None)
+            if wait < 0 or math.isnan(wait):
+                raise InvalidArgument.fields(FieldViolation("timeout", "must not be negative"))
+            limit = None if math.isinf(wait) else min(wait, MAX_FETCH_WAIT_SECONDS)
+            job = await self._until_done(tenant, job_id, limit)
         result = await self.store.get_result(job_id) if job.state is JobState.SUCCEEDED else None
         return job, result
 
     # -- cancel, delete, list --------------------------------------------------------------------
 
     async def cancel(self, tenant: str, job_id: str) -> Job:
+        """Asks the job to stop; answers at once with the job as it is then: CANCELLED if it was
+        queued, still RUNNING if its backend has been asked to stop (it ends on the stream)."""
         job = await self.get(tenant, job_id)
         if job.terminal:
             return job
@@ -400,11 +432,18 @@ class JobService:
         where = runner.cancel(job_id) if runner is not None else ""
         if where != "running":
             await self.cancelled(job_id)
-        return await self._until_done(tenant, job_id, CANCEL_WAIT_SECONDS)
+        return await self.get(tenant, job_id)
 
-    async def delete(self, tenant: str, job_id: str) -> None:
+    async def delete(self, tenant: str, job_id: str, force: bool = False) -> None:
+        """Forgets a finished job; one still active only with ``force`` (cancelled first)."""
         job = await self.get(tenant, job_id)
         if not job.terminal:
+            if not force:
+                raise FailedPrecondition(
+                    f"job {job_id} is {job.state.name}; cancel it first, or delete with force",
+                    reason="JOB_NOT_DONE",
+                    metadata={"job_id": job_id, "state": job.state.name},
+                )
             runner = self.routes.get(job.route)
             if runner is not None and runner.cancel(job_id) == "running":
                 await self._until_done(tenant, job_id, DELETE_WAIT_SECONDS)
@@ -433,30 +472,85 @@ class JobService:
             token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
         return [self._committed[j.id].job if j.id in self._committed else j for j in jobs], token
 
-    async def watch_jobs(self, tenant: str, flt: JobFilter) -> AsyncIterator[JobEvent | Heartbeat]:
-        """Every change of the tenant's jobs: the active ones first, then each change."""
+    async def watch_jobs(
+        self, tenant: str, flt: JobFilter, resume_token: str = ""
+    ) -> AsyncIterator[tuple[JobEvent, int] | Heartbeat]:
+        """Every change of the tenant's jobs: the active ones first (or, with a resume token, every
+        job changed since it), then each change; each event with the change position the stream
+        stands at after it (a Heartbeat carries it too): see resume_token().
+
+        Positions increase in commit order, and a job's latest change is what a resumed stream
+        reads back, so a watcher that saw position P has seen every job as of P or later."""
         heartbeat = self.settings.heartbeat_seconds
+        after = self._decode_resume_token(resume_token) if resume_token else None
         with self.hub.watch_tenant(tenant, flt) as sub:
             sent: dict[str, int] = {}
-            for event in list(self._committed.values()):
-                if event.job.tenant == tenant and flt.matches(event.job):
-                    sent[event.job.id] = event.job.revision
-                    yield event
+            position = self.hub.position  # everything published so far is in what follows
+            if after is None:
+                for event in list(self._committed.values()):
+                    if event.job.tenant == tenant and flt.matches(event.job):
+                        sent[event.job.id] = event.job.revision
+                        yield event, position
+            else:
+                position = max(after, 0)
+                while True:
+                    changed = await self.store.changed_since(tenant, flt, position, RESUME_PAGE, self.clock.now())
+                    for job, changed_at in changed:
+                        current = self._committed.get(job.id)
+                        if current is not None and current.job.revision > job.revision:
+                            job = current.job  # newer in memory than the row we read
+                        if sent.get(job.id, 0) < job.revision:
+                            sent[job.id] = job.revision
+                            position = max(position, changed_at)
+                            yield JobEvent(job), position
+                        position = max(position, changed_at)
+                    if len(changed) < RESUME_PAGE:
+                        break
             while True:
                 events = await sub.next(heartbeat)
+                if sub.dropped:
+                    raise Unavailable(
+                        "this stream fell too far behind; resume it with its last resume_token",
+                        reason="WATCHER_TOO_SLOW",
+                    )
                 if events is None:
                     sent.clear()
-                    yield Heartbeat(0, self.clock.now())
+                    position = max(position, self.hub.position)
+                    yield Heartbeat(0, self.clock.now(), position)
                     continue
                 for event in events:
+                    position = max(position, event.position)
                     if sent.get(event.job.id, 0) >= event.job.revision:
                         continue
-                    yield event
+                    yield event, position
+
+    def resume_token(self, position: int) -> str:
+        """The opaque WatchJobs resume token for a change position of this store."""
+        raw = json.dumps({"s": self.store.store_id, "p": position}, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def _decode_resume_token(self, token: str) -> int:
+        try:
+            data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            store_id, position = data["s"], data["p"]
+            if not isinstance(store_id, str) or not isinstance(position, int) or position < 0:
+                raise ValueError
+        except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+            raise InvalidArgument.fields(
+                FieldViolation("resume_token", "not a token from this server's WatchJobs"), reason="INVALID_RESUME_TOKEN"
+            ) from None
+        if store_id != self.store.store_id:
+            raise InvalidArgument.fields(
+                FieldViolation("resume_token", "the token belongs to other data (the store was replaced); start anew"),
+                reason="INVALID_RESUME_TOKEN",
+            )
+        return min(position, self.hub.position)
 
     # -- startup and retention -------------------------------------------------------------------
 
     async def resume(self) -> int:
         """Re-queues the jobs that were QUEUED or RUNNING when the process stopped."""
+        self.hub.position = max(self.hub.position, self.store.current_position())
         pending = await self.store.unfinished()
         pending.sort(key=lambda r: (r.job.state is not JobState.RUNNING, r.job.id))
         for item in pending:

@@ -4,9 +4,9 @@
 The only way generated code enters the tree; never edit its output by hand. `--check` regenerates
 into a temporary folder and fails if the committed files differ (the test suite runs it).
 
-The stubs live inside the client package, so protoc's absolute imports (`from gateway.v1 import
-...`) are rewritten to `gateway_client._proto.gateway.v1`: the server package is also called
-`gateway`, and a second top-level `gateway` package would shadow it.
+The stubs live inside the client package, so protoc's absolute imports (`from inferencegateway...
+import ...`) are rewritten to `gateway_client._proto.inferencegateway...`: the generated code then
+never claims a top-level package of its own.
 """
 
 from __future__ import annotations

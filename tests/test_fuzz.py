@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from gateway_client import Client, Output
-from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
 
-SUBMIT = "/gateway.v1.GatewayService/Submit"
+SUBMIT = "/inferencegateway.gateway.v1.GatewayService/Submit"
 ALLOWED = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
@@ -141,7 +141,7 @@ def submit_requests(draw: st.DrawFn) -> tuple[pb.SubmitRequest, bool]:
     elif kind == "transcription":
         transcription = pb.TranscriptionRequest(
             audio=draw(st.binary(max_size=2048)),
-            language=draw(ODD_TEXT),
+            language_code=draw(ODD_TEXT),
             task=draw(st.integers(0, 5)),
             beam_size=draw(st.integers(-(2**31), 2**31 - 1)),
             word_timestamps=draw(st.booleans()),
@@ -183,7 +183,7 @@ def check_error(error: grpc.RpcError, allowed: set[grpc.StatusCode] = ALLOWED) -
             violations.extend(bad.field_violations)
     assert len(infos) == 1, status
     reason = infos[0].reason
-    assert reason and infos[0].domain == "gateway.v1"
+    assert reason and infos[0].domain == "gateway.inferencegateway.dev"
     if code is grpc.StatusCode.NOT_FOUND:
         assert reason == "ROUTE_NOT_FOUND"
     if code is grpc.StatusCode.INVALID_ARGUMENT and reason != "MALFORMED_REQUEST":

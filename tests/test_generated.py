@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from gateway_client import AsyncClient, Client
-from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.conftest import ROOT
 
 BUF = ROOT / "tests" / "node" / "node_modules" / ".bin" / "buf"

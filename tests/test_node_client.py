@@ -37,6 +37,7 @@ def test_node_client_submits_watches_and_fetches(node: str, echo_server: ServerP
 
     # Every revision of the Watch stream, once, in order, ending with the terminal one.
     assert all(u["event"] == "job" for u in updates)
+    assert [u["done"] for u in updates] == [False] * (len(updates) - 1) + [True]
     assert [u["state"] for u in updates] == final["states"]
     states = final["states"]
     assert states[-1] == "JOB_STATE_SUCCEEDED" and "JOB_STATE_SUCCEEDED" not in states[:-1]
@@ -56,5 +57,5 @@ def test_node_client_submits_watches_and_fetches(node: str, echo_server: ServerP
     not_found = final["not_found"]
     assert not_found["code"] == 5 and not_found["code_name"] == "NOT_FOUND"
     assert not_found["trailer"] is True and not_found["status_code"] == 5
-    assert not_found["reasons"] == ["JOB_NOT_FOUND"] and not_found["domains"] == ["gateway.v1"]
-    assert not_found["metadata"] == {"job_id": "0" * 32}
+    assert not_found["reasons"] == ["JOB_NOT_FOUND"] and not_found["domains"] == ["gateway.inferencegateway.dev"]
+    assert not_found["metadata"] == {"jobId": "0" * 32}

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 
 from gateway.errors import AlreadyExists, Code, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from gateway.hub import JobEvent
 from gateway.jobs import Job, JobInput, JobOutput, JobState
 from gateway.server import Gateway
-from gateway.service import Heartbeat, JobService
+from gateway.service import Heartbeat, JobService, Update
 from gateway.settings import EchoRoute, Settings
 from gateway.store import JobFilter, SqliteStore
 
@@ -82,11 +81,11 @@ async def test_submit_run_fetch(tmp_path: Path) -> None:
         job = await submit(service, labels={"team": "a"}, delay_ms=50, steps=2, note="hi")
         assert job.state is JobState.QUEUED and job.revision == 1 and job.created == T0
         async with asyncio.timeout(10):
-            done, result = await service.fetch(TENANT, job.id, wait=True)
+            done, result = await service.fetch(TENANT, job.id, wait=60)
         assert done.state is JobState.SUCCEEDED and done.progress == 1.0 and done.revision == 5
         assert result == JobOutput({"delay_ms": 50, "steps": 2, "note": "hi"})
         assert done.finished == T0 and done.expires == T0 + gw.settings.retention_seconds
-        revisions = await gw.store.revisions_after(job.id, 0)
+        revisions = [j for j, _ in await gw.store.revisions_after(job.id, 0)]
         assert [j.revision for j in revisions] == [1, 2, 3, 4, 5]
         assert [j.state for j in revisions] == [JobState.QUEUED] + [JobState.RUNNING] * 3 + [JobState.SUCCEEDED]
 
@@ -98,7 +97,7 @@ async def test_expiry_with_the_injected_clock(tmp_path: Path) -> None:
         service = gw.service
         job = await submit(service, x=1)
         async with asyncio.timeout(10):
-            done, result = await service.fetch(TENANT, job.id, wait=True)
+            done, result = await service.fetch(TENANT, job.id, wait=60)
         assert result == JobOutput({"x": 1}) and done.expires == T0 + retention
 
         clock.advance(retention - 1)  # still retained
@@ -107,7 +106,7 @@ async def test_expiry_with_the_injected_clock(tmp_path: Path) -> None:
 
         clock.advance(1)  # expires <= now: expired, though not swept yet
         for call in (lambda: service.get(TENANT, job.id), lambda: service.fetch(TENANT, job.id),
-                     lambda: service.fetch(TENANT, job.id, wait=True), lambda: service.cancel(TENANT, job.id)):
+                     lambda: service.fetch(TENANT, job.id, wait=60), lambda: service.cancel(TENANT, job.id)):
             with pytest.raises(NotFound) as expired:
                 await call()
             assert expired.value.reason == "JOB_EXPIRED" and expired.value.code is Code.NOT_FOUND
@@ -233,11 +232,13 @@ async def test_cancel_and_delete(tmp_path: Path) -> None:
         cancelled = await service.cancel(TENANT, waiting.id)
         assert cancelled.state is JobState.CANCELLED and cancelled.error is not None
         assert cancelled.error.reason == "CANCELLED" and cancelled.error.code is Code.CANCELLED
-        stopped = await service.cancel(TENANT, run.id)
-        assert stopped.state is JobState.CANCELLED
+        # A running job: Cancel answers at once, while it still runs; it ends CANCELLED soon after.
+        asked = await service.cancel(TENANT, run.id)
+        assert asked.state is JobState.RUNNING and not asked.terminal
+        async with asyncio.timeout(10):
+            stopped, result = await service.fetch(TENANT, run.id, wait=60)
+        assert stopped.state is JobState.CANCELLED and result is None
         assert (await service.cancel(TENANT, run.id)).revision == stopped.revision  # idempotent
-        job, result = await service.fetch(TENANT, run.id)
-        assert job.state is JobState.CANCELLED and result is None
         await service.delete(TENANT, run.id)
         with pytest.raises(NotFound) as gone:
             await service.get(TENANT, run.id)
@@ -245,20 +246,20 @@ async def test_cancel_and_delete(tmp_path: Path) -> None:
         # The worker is free again.
         after = await submit(service, y=2)
         async with asyncio.timeout(10):
-            assert (await service.fetch(TENANT, after.id, wait=True))[1] == JobOutput({"y": 2})
+            assert (await service.fetch(TENANT, after.id, wait=60))[1] == JobOutput({"y": 2})
 
 
 async def test_watch_sends_every_revision_once_in_order(tmp_path: Path) -> None:
     async with running(make_settings(tmp_path, heartbeat_seconds=0.05), FakeClock()) as gw:
         service = gw.service
         job = await submit(service, delay_ms=300, steps=3)
-        seen: list[JobEvent | Heartbeat] = []
+        seen: list[Update | Heartbeat] = []
         async with asyncio.timeout(10):
             async for item in service.watch(TENANT, job.id):
                 seen.append(item)
-        revisions = [i.job.revision for i in seen if isinstance(i, JobEvent)]
+        revisions = [i.job.revision for i in seen if isinstance(i, Update)]
         assert revisions == list(range(revisions[0], 7)) and revisions[-1] == 6
-        assert isinstance(seen[-1], JobEvent) and seen[-1].job.state is JobState.SUCCEEDED
+        assert isinstance(seen[-1], Update) and seen[-1].job.state is JobState.SUCCEEDED
         # After the end: the snapshot only; after N: the stored revisions after N.
         replay = [i.job.revision async for i in service.watch(TENANT, job.id, after_revision=2)]  # type: ignore[union-attr]
         assert replay == [3, 4, 5, 6]
@@ -298,11 +299,11 @@ async def test_resume_finishes_queued_and_running_jobs(tmp_path: Path) -> None:
         service = gw.service
         async with asyncio.timeout(20):
             for job in (long, *queued):
-                done, result = await service.fetch(TENANT, job.id, wait=True)
+                done, result = await service.fetch(TENANT, job.id, wait=60)
                 assert done.state is JobState.SUCCEEDED, done
                 assert result is not None and isinstance(result, JobOutput)
         assert (await service.fetch(TENANT, long.id))[1] == JobOutput({"delay_ms": 1000, "steps": 2, "which": "long"})
-        history = await gw.store.revisions_after(long.id, 0)
+        history = [j for j, _ in await gw.store.revisions_after(long.id, 0)]
         assert [j.revision for j in history] == list(range(1, history[-1].revision + 1))
         assert history[-1].revision > before and history[-1].finished == T0 + 10
         assert await gw.store.unfinished() == []
@@ -316,7 +317,7 @@ async def test_resume_gives_up_after_max_attempts(tmp_path: Path) -> None:
         await until(lambda: _is(gw.service, job.id, JobState.RUNNING))
     async with running(settings, clock) as gw:
         async with asyncio.timeout(10):
-            done, result = await gw.service.fetch(TENANT, job.id, wait=True)
+            done, result = await gw.service.fetch(TENANT, job.id, wait=60)
         assert done.state is JobState.FAILED and result is None and done.error is not None
         assert done.error.reason == "TOO_MANY_ATTEMPTS" and done.error.code is Code.ABORTED
 

@@ -53,7 +53,7 @@ async def test_create_then_get(store: SqliteStore) -> None:
     assert await store.get_result(job.id) is None
     assert await store.get_job("0" * 32) is None
     revisions = await store.revisions_after(job.id, 0)
-    assert revisions == [job]
+    assert revisions == [(job, 0)]
 
 
 async def test_on_commit_runs_in_order_before_the_caller_resumes(store: SqliteStore) -> None:
@@ -119,11 +119,14 @@ async def test_revisions_reconstruct_segment_prefixes(store: SqliteStore) -> Non
     history.append(final)
 
     assert await store.get_job(job.id) == final
-    assert await store.revisions_after(job.id, 0) == history
+    # Each revision comes with its segments offset: how many segments the one before it had.
+    assert [j for j, _ in await store.revisions_after(job.id, 0)] == history
+    assert [o for _, o in await store.revisions_after(job.id, 0)] == [0, 0, 0, 1, 1, 3, 5]
     after3 = await store.revisions_after(job.id, 3)
-    assert [j.revision for j in after3] == list(range(4, final.revision + 1))
-    assert [len(j.segments) for j in after3] == [1, 3, 5, 5]
-    assert after3 == history[3:]
+    assert [j.revision for j, _ in after3] == list(range(4, final.revision + 1))
+    assert [len(j.segments) for j, _ in after3] == [1, 3, 5, 5]
+    assert [o for _, o in after3] == [1, 1, 3, 5]
+    assert [j for j, _ in after3] == history[3:]
     assert await store.revisions_after(job.id, final.revision) == []
     assert await store.revisions_after("nope", 0) == []
     assert await store.get_result(job.id) == transcript
@@ -152,7 +155,7 @@ async def test_failed_job_keeps_its_error(store: SqliteStore) -> None:
     stored = await store.get_job(job.id)
     assert stored is not None and stored.error == failure and stored.state is JobState.FAILED
     assert await store.get_payload(job.id) is None and await store.get_result(job.id) is None
-    assert (await store.revisions_after(job.id, 1))[0].error == failure
+    assert (await store.revisions_after(job.id, 1))[0][0].error == failure
 
 
 async def test_start_attempt_counts(store: SqliteStore) -> None:
@@ -321,7 +324,7 @@ async def test_reopen_keeps_everything(tmp_path: Path) -> None:
 
     async with SqliteStore(path) as store:
         assert await store.get_job(job.id) == progressed
-        assert await store.revisions_after(job.id, 0) == [job, running, progressed]
+        assert [j for j, _ in await store.revisions_after(job.id, 0)] == [job, running, progressed]
         assert await store.get_payload(job.id) == PAYLOAD
         assert await store.get_job(done.id) == finished
         assert await store.get_result(done.id) == JobOutput([1, 2])

@@ -12,16 +12,18 @@ from gateway.api.status import failure_to_status
 from gateway.errors import FieldViolation, InvalidArgument
 from gateway.jobs import Job, JobInput, JobOutput, JobState, Result, Segment, Transcript, TranscriptionInput
 from gateway.store.base import JobFilter
-from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 __all__ = [
-    "encode_watch_job",
     "encode_watch_jobs_job",
+    "encode_watch_update",
     "filter_from_proto",
     "heartbeat_bytes",
     "job_to_proto",
+    "jobs_heartbeat_bytes",
     "result_into",
     "submit_from_proto",
+    "with_resume_token",
 ]
 
 _TASKS = {
@@ -38,20 +40,25 @@ def _timestamp(value: float) -> timestamp_pb2.Timestamp:
 
 def _segment(segment: Segment) -> pb.Segment:
     return pb.Segment(
-        start=segment.start,
-        end=segment.end,
+        start_seconds=segment.start,
+        end_seconds=segment.end,
         text=segment.text,
         avg_logprob=segment.avg_logprob,
         no_speech_prob=segment.no_speech_prob,
-        words=[pb.Word(start=w.start, end=w.end, word=w.word, probability=w.probability) for w in segment.words],
+        words=[
+            pb.Word(start_seconds=w.start, end_seconds=w.end, word=w.word, probability=w.probability)
+            for w in segment.words
+        ],
     )
 
 
-def job_to_proto(job: Job, with_segments: bool = True) -> pb.Job:
+def job_to_proto(job: Job, with_segments: bool = True, segments_from: int = 0) -> pb.Job:
+    """The job as of its revision; ``segments_from`` leaves out the segments before that index."""
     message = pb.Job(
         id=job.id,
         route=job.route,
         state=int(job.state),  # type: ignore[arg-type]
+        done=job.terminal,
         revision=job.revision,
         progress=job.progress,
         create_time=_timestamp(job.created),
@@ -68,23 +75,34 @@ def job_to_proto(job: Job, with_segments: bool = True) -> pb.Job:
         message.expire_time.CopyFrom(_timestamp(job.expires))
     if job.error is not None:
         message.error.CopyFrom(failure_to_status(job.error))
-    if with_segments and job.segments:
-        message.segments.extend(_segment(s) for s in job.segments)
+    if with_segments and len(job.segments) > segments_from:
+        message.segments.extend(_segment(s) for s in job.segments[segments_from:])
     return message
 
 
-def encode_watch_job(job: Job) -> bytes:
-    return pb.WatchResponse(job=job_to_proto(job)).SerializeToString()
+def encode_watch_update(job: Job, segments_offset: int) -> bytes:
+    """A Watch message: the job with only its segments from ``segments_offset`` on (0: all)."""
+    update = pb.JobUpdate(job=job_to_proto(job, segments_from=segments_offset), segments_offset=segments_offset)
+    return pb.WatchResponse(update=update).SerializeToString()
 
 
 def encode_watch_jobs_job(job: Job) -> bytes:
+    """A WatchJobs message without its resume token (the stream appends it: see with_resume_token)."""
     return pb.WatchJobsResponse(job=job_to_proto(job, with_segments=False)).SerializeToString()
 
 
-def heartbeat_bytes(revision: int, now: float, jobs_stream: bool = False) -> bytes:
-    beat = pb.Heartbeat(time=_timestamp(now), revision=revision)
-    response = pb.WatchJobsResponse(heartbeat=beat) if jobs_stream else pb.WatchResponse(heartbeat=beat)
-    return response.SerializeToString()
+def with_resume_token(encoded: bytes, token: str) -> bytes:
+    """Adds the resume_token field to an encoded WatchJobsResponse: protobuf merges concatenated
+    messages, so the job's bytes, encoded once for every dashboard, are reused as they are."""
+    return encoded + pb.WatchJobsResponse(resume_token=token).SerializeToString()
+
+
+def heartbeat_bytes(revision: int, now: float) -> bytes:
+    return pb.WatchResponse(heartbeat=pb.Heartbeat(time=_timestamp(now), revision=revision)).SerializeToString()
+
+
+def jobs_heartbeat_bytes(now: float, token: str) -> bytes:
+    return pb.WatchJobsResponse(heartbeat=pb.Heartbeat(time=_timestamp(now)), resume_token=token).SerializeToString()
 
 
 def submit_from_proto(request: pb.SubmitRequest) -> tuple[str, JobInput, dict[str, str], str]:
@@ -110,7 +128,7 @@ def submit_from_proto(request: pb.SubmitRequest) -> tuple[str, JobInput, dict[st
         job_input = JobInput(
             transcription=TranscriptionInput(
                 audio=t.audio,
-                language=t.language,
+                language=t.language_code,
                 task=_TASKS.get(t.task, ""),
                 beam_size=t.beam_size,
                 word_timestamps=t.word_timestamps,
@@ -168,9 +186,9 @@ def result_into(response: pb.FetchResponse, result: Result | None) -> None:
             pb.Transcript(
                 text=result.text,
                 segments=[_segment(s) for s in result.segments],
-                language=result.language,
+                language_code=result.language,
                 language_probability=result.language_probability,
-                duration=result.duration,
+                duration_seconds=result.duration,
             )
         )
     elif isinstance(result, JobOutput):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -17,27 +18,32 @@ from google.protobuf.message import DecodeError
 
 from gateway.api.auth import DEFAULT_TENANT, Authenticator
 from gateway.api.convert import (
-    encode_watch_job,
     encode_watch_jobs_job,
+    encode_watch_update,
     filter_from_proto,
     heartbeat_bytes,
     job_to_proto,
+    jobs_heartbeat_bytes,
     result_into,
     submit_from_proto,
+    with_resume_token,
 )
 from gateway.api.status import abort
-from gateway.errors import Code, GatewayError, InvalidArgument, ResourceExhausted, Unavailable
-from gateway.hub import HubClosed, JobEvent
-from gateway.service import JobService
-from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
+from gateway.errors import Code, FieldViolation, GatewayError, InvalidArgument, ResourceExhausted, Unavailable
+from gateway.hub import HubClosed
+from gateway.service import Heartbeat, JobService, Update
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 __all__ = ["SERVICE_NAME", "GatewayServicer"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
-_WATCH = "watch"
+_WATCH_UPDATE = "watch_update"  # a revision with the segments it added
+_WATCH_WHOLE = "watch_whole"  # a revision with every segment
 _WATCH_JOBS = "watch_jobs"
+# Fetch answers this long before the call's deadline, so that "not done yet" arrives as an answer.
+_DEADLINE_MARGIN_SECONDS = 0.5
 
 
 class _Rejected:
@@ -154,13 +160,27 @@ class GatewayServicer:
 
     async def watch(self, request: pb.WatchRequest, tenant: str, context: Any) -> AsyncIterator[bytes]:
         async for item in self.service.watch(tenant, request.job_id, request.after_revision):
-            if isinstance(item, JobEvent):
-                yield item.encoded(_WATCH, encode_watch_job)
+            if isinstance(item, Update):
+                event = item.event
+                if item.whole:
+                    yield event.encoded(_WATCH_WHOLE, partial(encode_watch_update, segments_offset=0))
+                else:
+                    encode = partial(encode_watch_update, segments_offset=event.segments_offset)
+                    yield event.encoded(_WATCH_UPDATE, encode)
             else:
                 yield heartbeat_bytes(item.revision, item.time)
 
     async def fetch(self, request: pb.FetchRequest, tenant: str, context: Any) -> pb.FetchResponse:
-        job, result = await self.service.fetch(tenant, request.job_id, request.wait)
+        wait: float | None = None
+        if request.HasField("timeout"):
+            timeout = request.timeout
+            if timeout.seconds < 0 or timeout.nanos < 0:
+                raise InvalidArgument.fields(FieldViolation("timeout", "must not be negative"))
+            wait = timeout.seconds + timeout.nanos / 1e9 or None
+            remaining = context.time_remaining()
+            if wait is not None and remaining is not None:
+                wait = max(0.0, min(wait, remaining - min(_DEADLINE_MARGIN_SECONDS, remaining / 10)))
+        job, result = await self.service.fetch(tenant, request.job_id, wait)
         response = pb.FetchResponse(job=job_to_proto(job, with_segments=False))
         result_into(response, result)
         return response
@@ -169,7 +189,7 @@ class GatewayServicer:
         return pb.CancelResponse(job=job_to_proto(await self.service.cancel(tenant, request.job_id)))
 
     async def delete(self, request: pb.DeleteRequest, tenant: str, context: Any) -> pb.DeleteResponse:
-        await self.service.delete(tenant, request.job_id)
+        await self.service.delete(tenant, request.job_id, force=request.force)
         return pb.DeleteResponse()
 
     async def list(self, request: pb.ListRequest, tenant: str, context: Any) -> pb.ListResponse:
@@ -179,8 +199,10 @@ class GatewayServicer:
 
     async def watch_jobs(self, request: pb.WatchJobsRequest, tenant: str, context: Any) -> AsyncIterator[bytes]:
         flt = filter_from_proto(request.states, request.route, request.labels)
-        async for item in self.service.watch_jobs(tenant, flt):
-            if isinstance(item, JobEvent):
-                yield item.encoded(_WATCH_JOBS, encode_watch_jobs_job)
+        async for item in self.service.watch_jobs(tenant, flt, request.resume_token):
+            if isinstance(item, Heartbeat):
+                yield jobs_heartbeat_bytes(item.time, self.service.resume_token(item.position))
             else:
-                yield heartbeat_bytes(item.revision, item.time, jobs_stream=True)
+                event, position = item
+                yield with_resume_token(event.encoded(_WATCH_JOBS, encode_watch_jobs_job),
+                                        self.service.resume_token(position))

@@ -1,11 +1,14 @@
 """The one place where gateway errors become gRPC statuses with rich details.
 
 Every error leaves as a google.rpc.Status in the ``grpc-status-details-bin`` trailer, holding an
-ErrorInfo (domain ``gateway.v1``, a stable reason, metadata), plus BadRequest field violations for
+ErrorInfo (domain ``gateway.inferencegateway.dev``, a stable reason, metadata with lowerCamelCase
+keys as AIP-193 asks: the Python side writes snake_case keys, converted here), plus BadRequest field violations for
 invalid requests and RetryInfo when a retry later can succeed (a full queue).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import grpc
 from google.protobuf import duration_pb2
@@ -15,16 +18,24 @@ from grpc_status import rpc_status
 from gateway.errors import DOMAIN, Code, GatewayError
 from gateway.jobs import JobFailure
 
-__all__ = ["abort", "failure_to_status", "to_status"]
+__all__ = ["abort", "camel_key", "failure_to_status", "to_status"]
 
 
-def _error_info(reason: str, metadata: dict[str, str]) -> error_details_pb2.ErrorInfo:
-    return error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
+def camel_key(key: str) -> str:
+    """``job_id`` -> ``jobId`` (keys already in lowerCamelCase are left alone)."""
+    head, *rest = key.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _error_info(reason: str, metadata: Mapping[str, object]) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(
+        reason=reason, domain=DOMAIN, metadata={camel_key(k): str(v) for k, v in metadata.items()}
+    )
 
 
 def to_status(error: GatewayError) -> status_pb2.Status:
     status = status_pb2.Status(code=int(error.code), message=error.message)
-    status.details.add().Pack(_error_info(error.reason, {k: str(v) for k, v in error.metadata.items()}))
+    status.details.add().Pack(_error_info(error.reason, error.metadata))
     if error.field_violations:
         bad = error_details_pb2.BadRequest()
         for violation in error.field_violations:
@@ -40,7 +51,7 @@ def to_status(error: GatewayError) -> status_pb2.Status:
 def failure_to_status(failure: JobFailure) -> status_pb2.Status:
     """Why a job failed, as the Job.error field carries it."""
     status = status_pb2.Status(code=int(failure.code), message=failure.message)
-    status.details.add().Pack(_error_info(failure.reason, dict(failure.metadata)))
+    status.details.add().Pack(_error_info(failure.reason, failure.metadata))
     return status
 
 

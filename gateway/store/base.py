@@ -21,6 +21,7 @@ class CreateOutcome:
     job: Job
     created: bool
     request_hash: str
+    position: int = 0  # the change position of the new job's first revision
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,8 @@ class ResumableJob:
 
 
 class Store(Protocol):
+    store_id: str  # identifies the data a change position belongs to (resume tokens carry it)
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -66,7 +69,8 @@ class Store(Protocol):
         count_attempt: bool = False,
     ) -> Awaitable[None]:
         """Stores the job's next revision; a terminal one also drops the job's inputs and checkpoint.
-        ``count_attempt`` counts one more run of the job in the same write."""
+        ``count_attempt`` counts one more run of the job in the same write. ``on_commit`` receives
+        the revision's change position."""
         ...
 
     async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None: ...
@@ -81,7 +85,10 @@ class Store(Protocol):
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
-    async def revisions_after(self, job_id: str, after: int) -> list[Job]: ...
+    async def revisions_after(self, job_id: str, after: int) -> list[tuple[Job, int]]:
+        """Every stored revision after ``after``, each with its segments offset: how many segments
+        the revision before it had (what a watcher that saw that one already holds)."""
+        ...
 
     async def get_result(self, job_id: str) -> Result | None: ...
 
@@ -90,6 +97,18 @@ class Store(Protocol):
     async def list_jobs(
         self, tenant: str, flt: JobFilter, before_id: str | None, limit: int, now: float
     ) -> list[Job]: ...
+
+    async def changed_since(
+        self, tenant: str, flt: JobFilter, position: int, limit: int, now: float
+    ) -> list[tuple[Job, int]]:
+        """The tenant's unexpired jobs whose latest change is after ``position`` (without segments),
+        oldest change first, each with the position of that change."""
+        ...
+
+    def current_position(self) -> int:
+        """The change position of the latest write handed to the store. Positions increase in
+        commit order, so a reader that saw position P has seen every change up to P."""
+        ...
 
     async def unfinished(self) -> list[ResumableJob]: ...
 

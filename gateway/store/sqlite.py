@@ -49,12 +49,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     segment_count INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     checkpoint TEXT,
+    position INTEGER NOT NULL DEFAULT 0,  -- the change position of the latest revision (WatchJobs resumes)
     payload BLOB,  -- small inputs inline (large ones in payloads), dropped when the job ends
     result TEXT    -- last: reading the other columns never touches its overflow pages
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_request ON jobs (tenant, request_id) WHERE request_id != '';
 CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, id);
 CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires) WHERE expires IS NOT NULL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS revisions (
     job_id TEXT NOT NULL,
     revision INTEGER NOT NULL,
@@ -78,11 +80,11 @@ CREATE TABLE IF NOT EXISTS payloads (job_id TEXT PRIMARY KEY, data BLOB NOT NULL
 CREATE TABLE IF NOT EXISTS tombstones (job_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, until REAL NOT NULL);
 """
 
-_INSERT_JOB = "INSERT INTO jobs ({columns}, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_JOB = "INSERT INTO jobs ({columns}, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, ?)"
 _UPDATE_JOB = (
     "UPDATE jobs SET state = ?, revision = ?, progress = ?, started = ?, finished = ?, expires = ?, "
-    "error = ?, queue_position = ?, segment_count = ?, attempts = attempts + ?, "
+    "error = ?, queue_position = ?, segment_count = ?, attempts = attempts + ?, position = ?, "
     "checkpoint = CASE WHEN ? THEN NULL ELSE checkpoint END, "
     "payload = CASE WHEN ? THEN NULL ELSE payload END, result = COALESCE(?, result) WHERE id = ?"
 )
@@ -92,6 +94,7 @@ _INSERT_REVISION = (
 )
 _INSERT_SEGMENT = "INSERT OR REPLACE INTO segments (job_id, idx, data) VALUES (?, ?, ?)"
 _DELETE_PAYLOAD = "DELETE FROM payloads WHERE job_id = ?"
+_SAVE_POSITION = "INSERT OR REPLACE INTO meta (key, value) VALUES ('position', ?)"
 
 _JOB_COLUMNS = (
     "id, tenant, route, state, revision, progress, created, started, finished, expires, labels, error, "
@@ -142,6 +145,7 @@ class _Write:
     fn: Callable[[sqlite3.Connection], Any] | _Statements
     future: asyncio.Future[Any]
     on_commit: Callable[[Any], None] | None
+    position: int = 0  # the change position this write takes, if it changes a job
 
 
 class SqliteStore:
@@ -157,6 +161,11 @@ class SqliteStore:
         self._local = threading.local()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._large_payloads: set[str] = set()  # jobs whose inputs are in the payloads table
+        # Change positions: taken in the order writes are queued, which is the commit order (one
+        # writer, in order), so they order every job's changes as watchers see them. The highest
+        # one given out is kept in the meta table, so positions never repeat across restarts.
+        self._position = 0
+        self.store_id = ""
 
     async def __aenter__(self) -> SqliteStore:
         await self.open()
@@ -179,6 +188,15 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        if "position" not in columns:  # a data dir from before change positions
+            conn.execute("ALTER TABLE jobs ADD COLUMN position INTEGER NOT NULL DEFAULT 0")
+        conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_position ON jobs (tenant, position)")
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(8))))")
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        self.store_id = str(meta["store_id"])
+        highest = conn.execute("SELECT MAX(position) FROM jobs").fetchone()[0] or 0
+        self._position = max(int(meta.get("position", 0)), int(highest))
         self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="sqlite-read")
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="sqlite-write", daemon=True)
         self._writer.start()
@@ -226,8 +244,11 @@ class SqliteStore:
                 conn.executemany(sql, pending[sql])
             pending.clear()
 
+        position = max(w.position for w in batch)
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if position:
+                conn.execute(_SAVE_POSITION, (str(position),))
             for write in batch:
                 fn = write.fn
                 if isinstance(fn, _Statements):
@@ -256,6 +277,8 @@ class SqliteStore:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     outcomes.append((write, None, exc))
+            if position:
+                conn.execute(_SAVE_POSITION, (str(position),))
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(_deliver, outcomes)
@@ -263,14 +286,21 @@ class SqliteStore:
             pass
 
     def _submit(
-        self, fn: Callable[[sqlite3.Connection], T] | _Statements, on_commit: Callable[[Any], None] | None = None
+        self,
+        fn: Callable[[sqlite3.Connection], T] | _Statements,
+        on_commit: Callable[[Any], None] | None = None,
+        position: int = 0,
     ) -> asyncio.Future[T]:
         if self._writer is None:
             raise RuntimeError("store is closed")
         assert self._loop is not None
         future: asyncio.Future[T] = self._loop.create_future()
-        self._writes.put(_Write(fn, future, on_commit))
+        self._writes.put(_Write(fn, future, on_commit, position))
         return future
+
+    def _next_position(self) -> int:
+        self._position += 1
+        return self._position
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -323,19 +353,20 @@ class SqliteStore:
         self, job: Job, request_hash: str, payload: bytes, on_commit: Callable[[Any], None] | None = None
     ) -> CreateOutcome:
         inline = len(payload) <= INLINE_PAYLOAD_BYTES
+        position = self._next_position()
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (_INSERT_JOB, (job.id, job.tenant, job.route, int(job.state), job.revision, job.progress, job.created,
                            job.started, job.finished, job.expires, _dumps(dict(job.labels)) if job.labels else "{}",
                            _error_json(job.error), job.queue_position, job.request_id, request_hash, 0, 0, None,
-                           payload if inline else None)),
+                           position, payload if inline else None)),
             (_INSERT_REVISION, _revision_row(job, 0)),
         ]
         if not inline:
             statements.append((_INSERT_PAYLOAD, (job.id, payload)))
             self._large_payloads.add(job.id)
-        insert = _Statements(statements, CreateOutcome(job, True, request_hash))
+        insert = _Statements(statements, CreateOutcome(job, True, request_hash, position))
         if not job.request_id:
-            outcome: CreateOutcome = await self._submit(insert, on_commit)
+            outcome: CreateOutcome = await self._submit(insert, on_commit, position)
             return outcome
 
         def write(conn: sqlite3.Connection) -> CreateOutcome:
@@ -351,7 +382,7 @@ class SqliteStore:
             created: CreateOutcome = insert.run(conn)
             return created
 
-        outcome = await self._submit(write, on_commit)
+        outcome = await self._submit(write, on_commit, position)
         return outcome
 
     def save_revision(
@@ -365,17 +396,18 @@ class SqliteStore:
         count = len(job.segments)
         first = count - len(new_segments)
         terminal = job.terminal
+        position = self._next_position()
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (_UPDATE_JOB, (int(job.state), job.revision, job.progress, job.started, job.finished, job.expires,
-                           _error_json(job.error), job.queue_position, count, 1 if count_attempt else 0, terminal,
-                           terminal, None if result is None else encode_result(result), job.id)),
+                           _error_json(job.error), job.queue_position, count, 1 if count_attempt else 0, position,
+                           terminal, terminal, None if result is None else encode_result(result), job.id)),
             (_INSERT_REVISION, _revision_row(job, count)),
         ]
         statements += [(_INSERT_SEGMENT, (job.id, first + i, _dumps(s.to_dict()))) for i, s in enumerate(new_segments)]
         if terminal and job.id in self._large_payloads:
             self._large_payloads.discard(job.id)
             statements.append((_DELETE_PAYLOAD, (job.id,)))
-        return self._submit(_Statements(statements), on_commit)
+        return self._submit(_Statements(statements, position), on_commit, position)
 
     async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None:
         data = _dumps(dict(checkpoint))
@@ -445,28 +477,34 @@ class SqliteStore:
 
         return await self._read(read)
 
-    async def revisions_after(self, job_id: str, after: int) -> list[Job]:
-        def read(conn: sqlite3.Connection) -> list[Job]:
+    async def revisions_after(self, job_id: str, after: int) -> list[tuple[Job, int]]:
+        def read(conn: sqlite3.Connection) -> list[tuple[Job, int]]:
             row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return []
             base = self._job_from_row(conn, row)
             revs = conn.execute(
                 "SELECT revision, state, progress, started, finished, expires, error, queue_position, segment_count "
-                "FROM revisions WHERE job_id = ? AND revision > ? ORDER BY revision",
+                "FROM revisions WHERE job_id = ? AND revision >= ? ORDER BY revision",
                 (job_id, after),
             ).fetchall()
             jobs = []
+            offset = 0  # the segments the caller has: those of revision `after`
             for revision, state, progress, started, finished, expires, error, queue_position, count in revs:
-                jobs.append(
+                if revision == after:
+                    offset = count
+                    continue
+                jobs.append((
                     Job(
                         id=base.id, tenant=base.tenant, route=base.route, state=JobState(state), revision=revision,
                         created=base.created, progress=progress, started=started, finished=finished,
                         expires=expires, labels=base.labels,
                         error=JobFailure.from_dict(json.loads(error)) if error else None,
                         segments=base.segments[:count], queue_position=queue_position, request_id=base.request_id,
-                    )
-                )
+                    ),
+                    offset,
+                ))
+                offset = count
             return jobs
 
         return await self._read(read)
@@ -494,15 +532,7 @@ class SqliteStore:
         if before_id:
             sql.append("AND id < ?")
             args.append(before_id)
-        if flt.states:
-            sql.append(f"AND state IN ({','.join('?' * len(flt.states))})")
-            args.extend(sorted(int(s) for s in flt.states))
-        if flt.route:
-            sql.append("AND route = ?")
-            args.append(flt.route)
-        for key, value in sorted(flt.labels.items()):
-            sql.append("AND json_extract(labels, ?) = ?")
-            args.extend((f'$."{key}"', value))
+        _filter_sql(flt, sql, args)
         sql.append("ORDER BY id DESC LIMIT ?")
         args.append(limit)
         query = " ".join(sql)
@@ -511,6 +541,26 @@ class SqliteStore:
             return [self._job_from_row(conn, row, with_segments=False) for row in conn.execute(query, args)]
 
         return await self._read(read)
+
+    async def changed_since(
+        self, tenant: str, flt: JobFilter, position: int, limit: int, now: float
+    ) -> list[tuple[Job, int]]:
+        sql = [f"SELECT {_JOB_COLUMNS}, position FROM jobs WHERE tenant = ? AND position > ? "
+               "AND (expires IS NULL OR expires > ?)"]
+        args: list[Any] = [tenant, position, now]
+        _filter_sql(flt, sql, args)
+        sql.append("ORDER BY position LIMIT ?")
+        args.append(limit)
+        query = " ".join(sql)
+
+        def read(conn: sqlite3.Connection) -> list[tuple[Job, int]]:
+            return [(self._job_from_row(conn, row[:-1], with_segments=False), row[-1])
+                    for row in conn.execute(query, args)]
+
+        return await self._read(read)
+
+    def current_position(self) -> int:
+        return self._position
 
     async def unfinished(self) -> list[ResumableJob]:
         def read(conn: sqlite3.Connection) -> list[ResumableJob]:
@@ -528,6 +578,19 @@ class SqliteStore:
             return None if row is None else str(row[0])
 
         return await self._read(read)
+
+
+def _filter_sql(flt: JobFilter, sql: list[str], args: list[Any]) -> None:
+    """Appends the filter's conditions (state, route, labels) to a query on jobs."""
+    if flt.states:
+        sql.append(f"AND state IN ({','.join('?' * len(flt.states))})")
+        args.extend(sorted(int(s) for s in flt.states))
+    if flt.route:
+        sql.append("AND route = ?")
+        args.append(flt.route)
+    for key, value in sorted(flt.labels.items()):
+        sql.append("AND json_extract(labels, ?) = ?")
+        args.extend((f'$."{key}"', value))
 
 
 def _deliver(outcomes: list[tuple[_Write, Any, BaseException | None]]) -> None:

@@ -1,5 +1,5 @@
 // A Node.js client of the gateway on the real @grpc/grpc-js and @grpc/proto-loader, loading
-// proto/gateway/v1/gateway.proto at run time (no generated code), as a Node user would.
+// proto/inferencegateway/gateway/v1/gateway.proto at run time (no generated code), as a Node user would.
 //
 //   node tests/node/client.js HOST:PORT
 //
@@ -18,7 +18,7 @@ const INCLUDE_DIRS = [path.join(ROOT, "proto"), path.join(ROOT, "third_party", "
 const DEADLINE_MS = 30000;
 
 function loadService() {
-  const definition = protoLoader.loadSync("gateway/v1/gateway.proto", {
+  const definition = protoLoader.loadSync("inferencegateway/gateway/v1/gateway.proto", {
     includeDirs: INCLUDE_DIRS,
     keepCase: true,
     longs: String,
@@ -26,7 +26,7 @@ function loadService() {
     defaults: true,
     oneofs: true,
   });
-  return grpc.loadPackageDefinition(definition).gateway.v1.GatewayService;
+  return grpc.loadPackageDefinition(definition).inferencegateway.gateway.v1.GatewayService;
 }
 
 // google.rpc.Status from the googleapis copy in third_party; ErrorInfo and BadRequest as in
@@ -109,10 +109,11 @@ function watch(client, jobId) {
     const jobs = [];
     const call = client.Watch({ job_id: jobId, after_revision: 0 });
     call.on("data", (response) => {
-      if (response.event !== "job") return; // heartbeats
-      const job = response.job;
+      if (response.event !== "update") return; // heartbeats
+      const job = response.update.job;
       jobs.push(job);
-      line({ event: "job", state: job.state, revision: Number(job.revision), progress: job.progress });
+      line({ event: "job", state: job.state, done: job.done, revision: Number(job.revision), progress: job.progress });
+      if (job.done) resolve(jobs); // the terminal revision is the last; the stream ends with OK
     });
     call.on("error", reject);
     call.on("end", () => resolve(jobs));
@@ -153,7 +154,7 @@ async function main() {
     line({ event: "submitted", id: job.id, state: job.state, revision: Number(job.revision), existing: submitted.existing });
 
     const updates = await watch(client, job.id);
-    const fetched = await unary(client, "Fetch", { job_id: job.id, wait: false });
+    const fetched = await unary(client, "Fetch", { job_id: job.id });
     if (fetched.result !== "output") throw new Error(`expected an output result, got ${fetched.result}`);
 
     let notFound;

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from gateway_client._proto.gateway.v1 import gateway_pb2 as gateway_dot_v1_dot_gateway__pb2
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in gateway/v1/gateway_pb2_grpc.py depends on'
+        + ' but the generated code in inferencegateway/gateway/v1/gateway_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -28,8 +28,9 @@ if _version_not_supported:
 
 class GatewayServiceStub:
     """The job API. Every RPC is scoped to the caller's tenant (from the bearer token when auth is on);
-    another tenant's job answers NOT_FOUND. Errors carry a google.rpc.Status with an ErrorInfo
-    (domain "gateway.v1") whose reason is stable and machine-readable.
+    another tenant's job answers NOT_FOUND. Errors carry a google.rpc.Status whose details hold an
+    ErrorInfo (domain "gateway.inferencegateway.dev", a stable machine-readable reason, metadata
+    keys in lowerCamelCase) and, where waiting helps, a RetryInfo.
     """
 
     def __init__(self, channel):
@@ -39,51 +40,52 @@ class GatewayServiceStub:
             channel: A grpc.Channel.
         """
         self.Submit = channel.unary_unary(
-                '/gateway.v1.GatewayService/Submit',
-                request_serializer=gateway_dot_v1_dot_gateway__pb2.SubmitRequest.SerializeToString,
-                response_deserializer=gateway_dot_v1_dot_gateway__pb2.SubmitResponse.FromString,
+                '/inferencegateway.gateway.v1.GatewayService/Submit',
+                request_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitResponse.FromString,
                 _registered_method=True)
         self.Get = channel.unary_unary(
-                '/gateway.v1.GatewayService/Get',
-                request_serializer=gateway_dot_v1_dot_gateway__pb2.GetRequest.SerializeToString,
-                response_deserializer=gateway_dot_v1_dot_gateway__pb2.GetResponse.FromString,
+                '/inferencegateway.gateway.v1.GatewayService/Get',
+                request_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.GetRequest.SerializeToString,
+                response_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.GetResponse.FromString,
                 _registered_method=True)
         self.Watch = channel.unary_stream(
-                '/gateway.v1.GatewayService/Watch',
-                request_serializer=gateway_dot_v1_dot_gateway__pb2.WatchRequest.SerializeToString,
-                response_deserializer=gateway_dot_v1_dot_gateway__pb2.WatchResponse.FromString,
+                '/inferencegateway.gateway.v1.GatewayService/Watch',
+                request_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchRequest.SerializeToString,
+                response_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchResponse.FromString,
                 _registered_method=True)
         self.Fetch = channel.unary_unary(
-                '/gateway.v1.GatewayService/Fetch',
-                request_serializer=gateway_dot_v1_dot_gateway__pb2.FetchRequest.SerializeToString,
-                response_deserializer=gateway_dot_v1_dot_gateway__pb2.FetchResponse.FromString,
+                '/inferencegateway.gateway.v1.GatewayService/Fetch',
+                request_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.FetchRequest.SerializeToString,
+                response_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.FetchResponse.FromString,
                 _registered_method=True)
         self.Cancel = channel.unary_unary(
-                '/gateway.v1.GatewayService/Cancel',
-                request_serializer=gateway_dot_v1_dot_gateway__pb2.CancelRequest.SerializeToString,
-                response_deserializer=gateway_dot_v1_dot_gateway__pb2.CancelResponse.FromString,
+                '/inferencegateway.gateway.v1.GatewayService/Cancel',
+                request_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.CancelRequest.SerializeToString,
+                response_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.CancelResponse.FromString,
                 _registered_method=True)
         self.Delete = channel.unary_unary(
-                '/gateway.v1.GatewayService/Delete',
-                request_serializer=gateway_dot_v1_dot_gateway__pb2.DeleteRequest.SerializeToString,
-                response_deserializer=gateway_dot_v1_dot_gateway__pb2.DeleteResponse.FromString,
+                '/inferencegateway.gateway.v1.GatewayService/Delete',
+                request_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.DeleteResponse.FromString,
                 _registered_method=True)
         self.List = channel.unary_unary(
-                '/gateway.v1.GatewayService/List',
-                request_serializer=gateway_dot_v1_dot_gateway__pb2.ListRequest.SerializeToString,
-                response_deserializer=gateway_dot_v1_dot_gateway__pb2.ListResponse.FromString,
+                '/inferencegateway.gateway.v1.GatewayService/List',
+                request_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.ListRequest.SerializeToString,
+                response_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.ListResponse.FromString,
                 _registered_method=True)
         self.WatchJobs = channel.unary_stream(
-                '/gateway.v1.GatewayService/WatchJobs',
-                request_serializer=gateway_dot_v1_dot_gateway__pb2.WatchJobsRequest.SerializeToString,
-                response_deserializer=gateway_dot_v1_dot_gateway__pb2.WatchJobsResponse.FromString,
+                '/inferencegateway.gateway.v1.GatewayService/WatchJobs',
+                request_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobsRequest.SerializeToString,
+                response_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobsResponse.FromString,
                 _registered_method=True)
 
 
 class GatewayServiceServicer:
     """The job API. Every RPC is scoped to the caller's tenant (from the bearer token when auth is on);
-    another tenant's job answers NOT_FOUND. Errors carry a google.rpc.Status with an ErrorInfo
-    (domain "gateway.v1") whose reason is stable and machine-readable.
+    another tenant's job answers NOT_FOUND. Errors carry a google.rpc.Status whose details hold an
+    ErrorInfo (domain "gateway.inferencegateway.dev", a stable machine-readable reason, metadata
+    keys in lowerCamelCase) and, where waiting helps, a RetryInfo.
     """
 
     def Submit(self, request, context):
@@ -95,37 +97,41 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Get(self, request, context):
-        """The current job, without waiting.
+        """The current job, whole (every segment so far), without waiting.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Streams the job: the snapshot first (or each revision after after_revision), then every change
-        in order, heartbeats while idle, the terminal revision last; then the stream ends with OK.
+        """Streams the job: the whole job first (or each revision after after_revision), then every
+        change in order, heartbeats while idle, the terminal revision last; then the stream ends with
+        OK. Updates carry only the segments they add (see JobUpdate).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Fetch(self, request, context):
-        """The result of a finished job. FAILED_PRECONDITION (reason JOB_NOT_DONE) while it runs, unless
-        wait is set: then it blocks until the job ends or the call's deadline passes.
+        """The result of a finished job. Without a timeout, FAILED_PRECONDITION (reason JOB_NOT_DONE)
+        while the job runs; with one, waits up to it and then answers the job as it is (done false,
+        no result), as google.longrunning's WaitOperation does.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Cancel(self, request, context):
-        """Best effort: a queued job ends CANCELLED at once, a running one at its backend's next check.
+        """Asks the job to stop and answers at once with the job as it is then: a queued job is already
+        CANCELLED, a running one ends CANCELLED at its backend's next check (watch it for that).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Forgets a job now (cancelling it first if it is still running).
+        """Forgets a finished job now. A job still queued or running is FAILED_PRECONDITION
+        (JOB_NOT_DONE) unless `force` is set: then it is cancelled, and forgotten once it has stopped.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,8 +145,9 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJobs(self, request, context):
-        """Every change of every job of the caller's tenant, for dashboards: the jobs still active first,
-        then each change as it happens. Jobs are sent without segments.
+        """Every change of every job of the caller's tenant, for dashboards: the jobs still active first
+        (or, resuming, every job that changed since the resume token), then each change as it
+        happens. Jobs are sent without segments. Every message carries a resume token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,56 +158,57 @@ def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Submit': grpc.unary_unary_rpc_method_handler(
                     servicer.Submit,
-                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.SubmitRequest.FromString,
-                    response_serializer=gateway_dot_v1_dot_gateway__pb2.SubmitResponse.SerializeToString,
+                    request_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitRequest.FromString,
+                    response_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
-                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.GetRequest.FromString,
-                    response_serializer=gateway_dot_v1_dot_gateway__pb2.GetResponse.SerializeToString,
+                    request_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.GetRequest.FromString,
+                    response_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.GetResponse.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
-                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.WatchRequest.FromString,
-                    response_serializer=gateway_dot_v1_dot_gateway__pb2.WatchResponse.SerializeToString,
+                    request_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchRequest.FromString,
+                    response_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchResponse.SerializeToString,
             ),
             'Fetch': grpc.unary_unary_rpc_method_handler(
                     servicer.Fetch,
-                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.FetchRequest.FromString,
-                    response_serializer=gateway_dot_v1_dot_gateway__pb2.FetchResponse.SerializeToString,
+                    request_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.FetchRequest.FromString,
+                    response_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.FetchResponse.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
-                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.CancelRequest.FromString,
-                    response_serializer=gateway_dot_v1_dot_gateway__pb2.CancelResponse.SerializeToString,
+                    request_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.CancelRequest.FromString,
+                    response_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.CancelResponse.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
-                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.DeleteRequest.FromString,
-                    response_serializer=gateway_dot_v1_dot_gateway__pb2.DeleteResponse.SerializeToString,
+                    request_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.DeleteRequest.FromString,
+                    response_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.DeleteResponse.SerializeToString,
             ),
             'List': grpc.unary_unary_rpc_method_handler(
                     servicer.List,
-                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.ListRequest.FromString,
-                    response_serializer=gateway_dot_v1_dot_gateway__pb2.ListResponse.SerializeToString,
+                    request_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.ListRequest.FromString,
+                    response_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.ListResponse.SerializeToString,
             ),
             'WatchJobs': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJobs,
-                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.WatchJobsRequest.FromString,
-                    response_serializer=gateway_dot_v1_dot_gateway__pb2.WatchJobsResponse.SerializeToString,
+                    request_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobsRequest.FromString,
+                    response_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'gateway.v1.GatewayService', rpc_method_handlers)
+            'inferencegateway.gateway.v1.GatewayService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('gateway.v1.GatewayService', rpc_method_handlers)
+    server.add_registered_method_handlers('inferencegateway.gateway.v1.GatewayService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
 class GatewayService:
     """The job API. Every RPC is scoped to the caller's tenant (from the bearer token when auth is on);
-    another tenant's job answers NOT_FOUND. Errors carry a google.rpc.Status with an ErrorInfo
-    (domain "gateway.v1") whose reason is stable and machine-readable.
+    another tenant's job answers NOT_FOUND. Errors carry a google.rpc.Status whose details hold an
+    ErrorInfo (domain "gateway.inferencegateway.dev", a stable machine-readable reason, metadata
+    keys in lowerCamelCase) and, where waiting helps, a RetryInfo.
     """
 
     @staticmethod
@@ -217,9 +225,9 @@ class GatewayService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/gateway.v1.GatewayService/Submit',
-            gateway_dot_v1_dot_gateway__pb2.SubmitRequest.SerializeToString,
-            gateway_dot_v1_dot_gateway__pb2.SubmitResponse.FromString,
+            '/inferencegateway.gateway.v1.GatewayService/Submit',
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitRequest.SerializeToString,
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -244,9 +252,9 @@ class GatewayService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/gateway.v1.GatewayService/Get',
-            gateway_dot_v1_dot_gateway__pb2.GetRequest.SerializeToString,
-            gateway_dot_v1_dot_gateway__pb2.GetResponse.FromString,
+            '/inferencegateway.gateway.v1.GatewayService/Get',
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.GetRequest.SerializeToString,
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.GetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -271,9 +279,9 @@ class GatewayService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/gateway.v1.GatewayService/Watch',
-            gateway_dot_v1_dot_gateway__pb2.WatchRequest.SerializeToString,
-            gateway_dot_v1_dot_gateway__pb2.WatchResponse.FromString,
+            '/inferencegateway.gateway.v1.GatewayService/Watch',
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchRequest.SerializeToString,
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -298,9 +306,9 @@ class GatewayService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/gateway.v1.GatewayService/Fetch',
-            gateway_dot_v1_dot_gateway__pb2.FetchRequest.SerializeToString,
-            gateway_dot_v1_dot_gateway__pb2.FetchResponse.FromString,
+            '/inferencegateway.gateway.v1.GatewayService/Fetch',
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.FetchRequest.SerializeToString,
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.FetchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -325,9 +333,9 @@ class GatewayService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/gateway.v1.GatewayService/Cancel',
-            gateway_dot_v1_dot_gateway__pb2.CancelRequest.SerializeToString,
-            gateway_dot_v1_dot_gateway__pb2.CancelResponse.FromString,
+            '/inferencegateway.gateway.v1.GatewayService/Cancel',
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.CancelRequest.SerializeToString,
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.CancelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -352,9 +360,9 @@ class GatewayService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/gateway.v1.GatewayService/Delete',
-            gateway_dot_v1_dot_gateway__pb2.DeleteRequest.SerializeToString,
-            gateway_dot_v1_dot_gateway__pb2.DeleteResponse.FromString,
+            '/inferencegateway.gateway.v1.GatewayService/Delete',
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.DeleteRequest.SerializeToString,
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -379,9 +387,9 @@ class GatewayService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/gateway.v1.GatewayService/List',
-            gateway_dot_v1_dot_gateway__pb2.ListRequest.SerializeToString,
-            gateway_dot_v1_dot_gateway__pb2.ListResponse.FromString,
+            '/inferencegateway.gateway.v1.GatewayService/List',
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.ListRequest.SerializeToString,
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.ListResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -406,9 +414,9 @@ class GatewayService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/gateway.v1.GatewayService/WatchJobs',
-            gateway_dot_v1_dot_gateway__pb2.WatchJobsRequest.SerializeToString,
-            gateway_dot_v1_dot_gateway__pb2.WatchJobsResponse.FromString,
+            '/inferencegateway.gateway.v1.GatewayService/WatchJobs',
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobsRequest.SerializeToString,
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
