@@ -47,6 +47,7 @@ def _job(job_id: str, state: int, revision: int, now: float, finished: float | N
         job.start_time.CopyFrom(_ts(now - 0.5))
     if finished is not None:
         job.progress = 1.0
+        job.done = True
         job.finish_time.CopyFrom(_ts(finished))
         job.expire_time.CopyFrom(_ts(finished + 86400))
     return job
@@ -66,7 +67,9 @@ class _Group:
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self.event = asyncio.Event()
-        self.snapshot = pb.WatchResponse(job=_job(job_id, pb.JOB_STATE_RUNNING, 2, time.time())).SerializeToString()
+        self.snapshot = pb.WatchResponse(
+            update=pb.JobUpdate(job=_job(job_id, pb.JOB_STATE_RUNNING, 2, time.time()))
+        ).SerializeToString()
         self.final = b""
         self.refs = 0
 
@@ -100,7 +103,7 @@ class Bare:
                 continue
             now = time.time()
             group.final = pb.WatchResponse(
-                job=_job(job_id, pb.JOB_STATE_SUCCEEDED, 3, now, finished=now)
+                update=pb.JobUpdate(job=_job(job_id, pb.JOB_STATE_SUCCEEDED, 3, now, finished=now))
             ).SerializeToString()
             group.event.set()
         return b""

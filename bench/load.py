@@ -228,10 +228,10 @@ async def run_watch(spec: dict[str, Any]) -> dict[str, Any]:
             async for raw in call:
                 received = time.time()
                 message = pb.WatchResponse.FromString(raw)
-                if message.WhichOneof("event") != "job":
+                if message.WhichOneof("event") != "update":
                     heartbeats += 1
                     continue
-                job = message.job
+                job = message.update.job
                 terminal = job.state in TERMINAL
                 if first:
                     first = False

@@ -95,7 +95,7 @@ async def _gateway(fake: Any, target: str, watchers: int) -> tuple[int, list[flo
 
         async def party(i: int) -> float:
             async for response in stubs[i % len(stubs)].Watch(pb.WatchRequest(job_id=job.id)):
-                if response.HasField("job") and response.job.state == pb.JOB_STATE_SUCCEEDED:
+                if response.HasField("update") and response.update.job.state == pb.JOB_STATE_SUCCEEDED:
                     return time.monotonic()
             raise RuntimeError("the stream ended before the job succeeded")
 
