@@ -25,9 +25,9 @@ from aiohttp import web
 from gateway.api.auth import Authenticator
 from gateway.errors import Code, GatewayError, InvalidArgument, NotFound
 from gateway.jobs import Job, JobInput, JobOutput, JobState, Result, Transcript
-from gateway.routes import health_name
 from gateway.service import JobService
 from gateway.settings import Settings, WhisperRoute
+from gateway.work import health_name
 
 __all__ = ["Facade", "http_status"]
 

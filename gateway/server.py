@@ -27,10 +27,10 @@ from gateway.api.servicer import SERVICE_NAME, GatewayServicer
 from gateway.backends import create_backend
 from gateway.hub import EventHub
 from gateway.jobs import Clock, SystemClock
-from gateway.routes import RouteRunner, health_name
 from gateway.service import JobService
 from gateway.settings import Settings
 from gateway.store import SqliteStore, Store
+from gateway.work import RouteRunner, health_name
 
 __all__ = ["Gateway", "create_server", "health_name"]
 
@@ -78,6 +78,7 @@ class Gateway:
         self.store: Store = store or SqliteStore(settings.data_dir / "gateway.sqlite3", settings.sqlite_synchronous)
         self.hub = EventHub()
         self.service = JobService(settings, self.store, self.hub, self.clock)
+        self.runners: dict[str, RouteRunner] = {}
         self.health = health.aio.HealthServicer()
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port = 0
@@ -100,11 +101,11 @@ class Gateway:
         await self.store.open()
         for name, route_settings in settings.routes.items():
             runner = RouteRunner(name, route_settings, create_backend(route_settings), self.service)
-            self.service.routes[name] = runner
+            self.runners[name] = self.service.routes[name] = runner
             await self._set_health(health_name(name), False)
             runner.backend.readiness.listen(self._health_listener(name))
         await self.service.resume()
-        for runner in self.service.routes.values():
+        for runner in self.runners.values():
             await runner.start()
         self._tasks.append(asyncio.create_task(self.service.sweep_forever(), name="sweeper"))
 
@@ -163,7 +164,7 @@ class Gateway:
         self.service.accepting = False
         await self.health.enter_graceful_shutdown()
         await asyncio.gather(
-            *(r.stop(self.settings.shutdown_grace_seconds) for r in self.service.routes.values()),
+            *(r.stop(self.settings.shutdown_grace_seconds) for r in self.runners.values()),
             return_exceptions=True,
         )
         self.hub.close()

@@ -47,7 +47,7 @@ from gateway.jobs import (
     check_transition,
     new_job_id,
 )
-from gateway.routes import RouteRunner
+from gateway.lifecycle import Begun, Route
 from gateway.settings import ROUTE_NAME, Settings
 from gateway.store.base import JobFilter, Store
 
@@ -96,7 +96,7 @@ class JobService:
         self.store = store
         self.hub = hub
         self.clock = clock
-        self.routes: dict[str, RouteRunner] = {}
+        self.routes: dict[str, Route] = {}
         self._heads: dict[str, Job] = {}
         self._committed: dict[str, JobEvent] = {}
         self._inputs: dict[str, tuple[JobInput, int]] = {}
@@ -156,7 +156,7 @@ class JobService:
 
     # -- submit ----------------------------------------------------------------------------------
 
-    def route(self, name: str) -> RouteRunner:
+    def route(self, name: str) -> Route:
         runner = self.routes.get(name)
         if runner is None:
             raise NotFound(
@@ -201,7 +201,7 @@ class JobService:
             revision=1,
             created=now,
             labels=dict(labels),
-            queue_position=len(runner.queue) + 1,
+            queue_position=runner.queued() + 1,
             request_id=request_id,
         )
 
@@ -237,11 +237,9 @@ class JobService:
         current = self._committed.get(job.id)
         return current.job if current else job
 
-    # -- running (called by route runners) -------------------------------------------------------
+    # -- running: gateway.lifecycle.Lifecycle, called by route runners ----------------------------
 
-    async def begin(
-        self, job_id: str, defer_running: bool = False
-    ) -> tuple[Job, JobInput, Mapping[str, Any] | None] | None:
+    async def begin(self, job_id: str, defer_running: bool = False) -> Begun | None:
         """Moves a dequeued job to RUNNING (or, with ``defer_running``, leaves it QUEUED until the
         backend says it started); answers what the backend needs, or None if it is gone."""
         head = self._heads.get(job_id)
@@ -275,7 +273,7 @@ class JobService:
         head = self._heads.get(job_id)
         if head is None:
             return None
-        return head, job_input, self._checkpoints.pop(job_id, None)
+        return Begun(head, job_input, self._checkpoints.pop(job_id, None))
 
     async def started(self, job_id: str) -> None:
         head = self._heads.get(job_id)

@@ -1,4 +1,4 @@
-"""A route: a bounded queue of job ids and the workers that run them on the route's backend.
+"""A route's runner: a work queue of job ids and the workers that run them on the route's backend.
 
 The queue and the workers are separate on purpose: a worker takes one job id at a time from the
 queue and drives it through the job service; a batching worker (several queued jobs in one GPU call)
@@ -14,21 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.backends.base import Backend, JobContext
 from gateway.errors import Code, FailedPrecondition, GatewayError, ResourceExhausted
 from gateway.jobs import JobFailure
+from gateway.lifecycle import Lifecycle
 from gateway.settings import RouteSettings
+from gateway.work.queue import MemoryQueue, QueueClosed, WorkQueue
 
-if TYPE_CHECKING:
-    from gateway.service import JobService
-
-__all__ = ["JobQueue", "QueueClosed", "RouteRunner", "health_name"]
+__all__ = ["RouteRunner", "health_name"]
 
 log = logging.getLogger(__name__)
 
@@ -39,84 +36,6 @@ POSITION_WINDOW = 256
 def health_name(route: str) -> str:
     """The grpc.health.v1 service name of a route: SERVING once its backend is loaded and warm."""
     return f"route/{route}"
-
-
-class QueueClosed(Exception):
-    pass
-
-
-class JobQueue:
-    """FIFO of job ids with reservations, removal (cancel) and positions."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._items: deque[str] = deque()
-        self._reserved = 0
-        self._getters: deque[asyncio.Future[None]] = deque()
-        self._closed = False
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def reserve(self) -> bool:
-        if len(self._items) + self._reserved >= self.maxsize:
-            return False
-        self._reserved += 1
-        return True
-
-    def release(self) -> None:
-        self._reserved -= 1
-
-    def put(self, job_id: str, reserved: bool = True, front: bool = False) -> None:
-        if reserved:
-            self._reserved -= 1
-        if front:
-            self._items.appendleft(job_id)
-        else:
-            self._items.append(job_id)
-        while self._getters:
-            getter = self._getters.popleft()
-            if not getter.done():
-                getter.set_result(None)
-                break
-
-    async def get(self) -> str:
-        while not self._items:
-            if self._closed:
-                raise QueueClosed
-            getter = asyncio.get_running_loop().create_future()
-            self._getters.append(getter)
-            try:
-                await getter
-            except asyncio.CancelledError:
-                # Pass a wake-up we may have consumed on to another getter.
-                if getter.done() and not getter.cancelled() and self._items:
-                    self.put(self._items.popleft(), reserved=False, front=True)
-                raise
-        return self._items.popleft()
-
-    def remove(self, job_id: str) -> bool:
-        try:
-            self._items.remove(job_id)
-        except ValueError:
-            return False
-        return True
-
-    def position(self, job_id: str) -> int:
-        for index, item in enumerate(self._items):
-            if item == job_id:
-                return index + 1
-        return 0
-
-    def close(self) -> None:
-        self._closed = True
-        for getter in self._getters:
-            if not getter.done():
-                getter.set_result(None)
-        self._getters.clear()
 
 
 @dataclass(eq=False)
@@ -130,12 +49,18 @@ class _Running:
 
 
 class RouteRunner:
-    def __init__(self, name: str, settings: RouteSettings, backend: Backend, service: JobService) -> None:
+    """Implements :class:`gateway.lifecycle.Route` for the job service, and drives jobs through its
+    :class:`gateway.lifecycle.Lifecycle`."""
+
+    def __init__(
+        self, name: str, settings: RouteSettings, backend: Backend, lifecycle: Lifecycle,
+        queue: WorkQueue | None = None,
+    ) -> None:
         self.name = name
         self.settings = settings
         self.backend = backend
-        self.service = service
-        self.queue = JobQueue(settings.max_queue)
+        self.lifecycle = lifecycle
+        self.queue: WorkQueue = queue if queue is not None else MemoryQueue(settings.max_queue)
         self._running: dict[str, _Running] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -162,7 +87,7 @@ class RouteRunner:
             self.start_error = f"{type(exc).__name__}: {exc}"
             while len(self.queue):
                 job_id = await self.queue.get()
-                await self.service.fail(job_id, JobFailure(
+                await self.lifecycle.fail(job_id, JobFailure(
                     Code.FAILED_PRECONDITION, "ROUTE_FAILED", f"route {self.name!r} failed to start: {self.start_error}"
                 ))
             return
@@ -214,6 +139,9 @@ class RouteRunner:
     def position(self, job_id: str) -> int:
         return self.queue.position(job_id)
 
+    def queued(self) -> int:
+        return len(self.queue)
+
     def cancel(self, job_id: str) -> str:
         """'queued' if it was waiting (and is removed), 'running' if it is asked to stop, else ''."""
         if self.queue.remove(job_id):
@@ -253,17 +181,16 @@ class RouteRunner:
                 del self._running[job_id]
 
     async def _execute(self, running: _Running) -> None:
-        service = self.service
+        lifecycle = self.lifecycle
         job_id = running.job_id
-        begun = await service.begin(job_id, defer_running=self.backend.reports_start)
+        begun = await lifecycle.begin(job_id, defer_running=self.backend.reports_start)
         if begun is None:
             return
-        job, job_input, checkpoint = begun
         if running.cancel_requested:
-            await service.cancelled(job_id)
+            await lifecycle.cancelled(job_id)
             return
 
-        ctx = running.ctx = JobContext(job, job_input, checkpoint, service)
+        ctx = running.ctx = JobContext(begun.job, begun.input, begun.checkpoint, lifecycle)
         # The backend runs in this worker's own task (no task per job); Cancel cancels this task while,
         # and only while, it is inside backend.run, so the CancelledError always surfaces here.
         running.task = asyncio.current_task()
@@ -276,19 +203,19 @@ class RouteRunner:
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if running.cancel_requested and task is not None and task.uncancel() == 0:
-                await service.cancelled(job_id)  # cancelled by the caller
+                await lifecycle.cancelled(job_id)  # cancelled by the caller
                 return
             raise  # the server is stopping: the job stays RUNNING and resumes at the next start
         except GatewayError as exc:
-            await service.fail(job_id, JobFailure(exc.code, exc.reason, exc.message, dict(exc.metadata)))
+            await lifecycle.fail(job_id, JobFailure(exc.code, exc.reason, exc.message, dict(exc.metadata)))
         except Exception as exc:
             log.exception("route %s: job %s crashed", self.name, job_id)
-            await service.fail(job_id, JobFailure(Code.INTERNAL, "BACKEND_ERROR", f"{type(exc).__name__}: {exc}"))
+            await lifecycle.fail(job_id, JobFailure(Code.INTERNAL, "BACKEND_ERROR", f"{type(exc).__name__}: {exc}"))
         else:
             if running.cancel_requested:
-                await service.cancelled(job_id)
+                await lifecycle.cancelled(job_id)
             else:
-                await service.succeed(job_id, result)
+                await lifecycle.succeed(job_id, result)
         finally:
             elapsed = time.monotonic() - running.started
             mean = self._mean_duration
@@ -302,6 +229,6 @@ class RouteRunner:
             self._positions_dirty = False
             positions = [(job_id, i + 1) for i, job_id in enumerate(islice(self.queue, POSITION_WINDOW))]
             try:
-                await self.service.set_queue_positions(positions)
+                await self.lifecycle.set_queue_positions(positions)
             except Exception:
                 log.exception("route %s: refreshing queue positions failed", self.name)

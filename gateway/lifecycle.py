@@ -1,0 +1,71 @@
+"""The two narrow interfaces between the job service and the routes that run jobs.
+
+    JobService --(Route: validate, reserve, enqueue, cancel)--> RouteRunner (gateway.work)
+    RouteRunner --(Lifecycle: begin, started, report, succeed, fail, cancelled)--> JobService
+
+Neither side imports the other: the server builds both and hands each one to the other as these
+protocols. A runner in another process (a worker on a shared store) meets the same Lifecycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.backends.base import Backend, JobLifecycle
+from gateway.jobs import Job, JobFailure, JobInput, Result
+
+__all__ = ["Begun", "Lifecycle", "Route"]
+
+
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """A job a worker may run: the job as it starts, its input, and the checkpoint of a resumed run."""
+
+    job: Job
+    input: JobInput
+    checkpoint: Mapping[str, Any] | None
+
+
+class Lifecycle(JobLifecycle, Protocol):
+    """What a route's workers call to move a job along. Every call is a no-op for a job that is no
+    longer active (cancelled, deleted, finished by someone else)."""
+
+    async def begin(self, job_id: str, defer_running: bool = False) -> Begun | None:
+        """Takes a dequeued job: RUNNING (or, with ``defer_running``, still QUEUED until the backend
+        says it started), one more attempt counted. None if the job is gone or out of attempts."""
+        ...
+
+    async def succeed(self, job_id: str, result: Result) -> None: ...
+
+    async def fail(self, job_id: str, failure: JobFailure) -> None: ...
+
+    async def cancelled(self, job_id: str) -> None: ...
+
+    async def set_queue_positions(self, positions: Sequence[tuple[str, int]]) -> None: ...
+
+
+class Route(Protocol):
+    """What the job service needs of a route: admission, validation, the queue, cancel."""
+
+    name: str
+    backend: Backend
+
+    def reserve(self) -> None:
+        """Takes a queue slot before the job is stored (ResourceExhausted when full)."""
+        ...
+
+    def release(self) -> None:
+        """Gives back a slot whose job was not stored after all."""
+        ...
+
+    def enqueue(self, job_id: str, reserved: bool = True, front: bool = False) -> None: ...
+
+    def queued(self) -> int:
+        """How many jobs wait in the queue."""
+        ...
+
+    def cancel(self, job_id: str) -> str:
+        """'queued' if the job was waiting (and is removed), 'running' if it is asked to stop, else ''."""
+        ...
