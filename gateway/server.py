@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from gateway.api.auth import Authenticator
 from gateway.api.servicer import SERVICE_NAME, GatewayServicer
 from gateway.backends import create_backend
+from gateway.bus import EventBus, MemoryBus
 from gateway.hub import EventHub
 from gateway.jobs import Clock, SystemClock
 from gateway.service import JobService
@@ -76,8 +77,10 @@ class Gateway:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.store: Store = store or SqliteStore(settings.data_dir / "gateway.sqlite3", settings.sqlite_synchronous)
+        self.bus: EventBus = MemoryBus()
         self.hub = EventHub()
-        self.service = JobService(settings, self.store, self.hub, self.clock)
+        self._unsubscribe_hub = self.bus.subscribe(self.hub.publish)  # one subscription per process
+        self.service = JobService(settings, self.store, self.bus, self.hub, self.clock)
         self.runners: dict[str, RouteRunner] = {}
         self.health = health.aio.HealthServicer()
         self.grpc_server: grpc.aio.Server | None = None
@@ -99,6 +102,7 @@ class Gateway:
     async def start(self) -> None:
         settings = self.settings
         await self.store.open()
+        await self.bus.open()
         for name, route_settings in settings.routes.items():
             runner = RouteRunner(name, route_settings, create_backend(route_settings), self.service)
             self.runners[name] = self.service.routes[name] = runner
@@ -175,6 +179,8 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._unsubscribe_hub()
+        await self.bus.close()
         await self.store.close()
         log.info("gateway stopped")
 

@@ -2,8 +2,9 @@
 
 Every change of a job goes through here, in three steps: compute the next snapshot synchronously
 from the job's head (so two concurrent changes can never take the same revision), store it (the
-store's writer commits in order), and, in the commit callback, publish it to the hub. Watchers thus
-see each revision once, in order, and only once it is durable.
+store's writer commits in order), and, in the commit callback, publish it on the event bus, whose
+subscriber the hub fans it out to watchers. Watchers thus see each revision once, in order, and only
+once it is durable.
 
 In memory, per active (QUEUED or RUNNING) job: its head (the latest snapshot handed to the store)
 and its latest committed event (what readers see). Finished jobs are read from the store.
@@ -24,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.bus import EventBus
 from gateway.errors import (
     AlreadyExists,
     Code,
@@ -91,9 +93,10 @@ class Update:
 
 
 class JobService:
-    def __init__(self, settings: Settings, store: Store, hub: EventHub, clock: Clock) -> None:
+    def __init__(self, settings: Settings, store: Store, bus: EventBus, hub: EventHub, clock: Clock) -> None:
         self.settings = settings
         self.store = store
+        self.bus = bus  # committed revisions go out here; the hub (subscribed to it) serves watchers
         self.hub = hub
         self.clock = clock
         self.routes: dict[str, Route] = {}
@@ -135,7 +138,7 @@ class JobService:
                 self._committed.pop(job.id, None)
             elif job.id in self._heads:
                 self._committed[job.id] = event
-            self.hub.publish(event)
+            self.bus.publish(event)
 
         return on_commit
 
@@ -213,7 +216,7 @@ class JobService:
             if self._inputs_bytes + len(payload) <= INPUTS_IN_MEMORY_BYTES:
                 self._inputs[job.id] = (job_input, len(payload))
                 self._inputs_bytes += len(payload)
-            self.hub.publish(event)
+            self.bus.publish(event)
             runner.enqueue(job.id)
 
         try:
