@@ -51,7 +51,7 @@ from gateway.jobs import (
 )
 from gateway.lifecycle import Begun, Route
 from gateway.settings import ROUTE_NAME, Settings
-from gateway.store.base import JobFilter, Store
+from gateway.store.base import JobFilter, RevisionConflict, Store
 
 __all__ = ["Heartbeat", "JobService", "Update"]
 
@@ -105,6 +105,7 @@ class JobService:
         self._inputs: dict[str, tuple[JobInput, int]] = {}
         self._inputs_bytes = 0
         self._checkpoints: dict[str, Mapping[str, Any] | None] = {}
+        self._attempts: dict[str, int] = {}  # the current run of each active job (0: not run yet)
         self.accepting = True
 
     # -- changes ---------------------------------------------------------------------------------
@@ -145,8 +146,29 @@ class JobService:
     def _save(
         self, job: Job, new_segments: Sequence[Segment] = (), result: Result | None = None, count_attempt: bool = False
     ) -> Awaitable[None]:
+        """Hands the revision to the store now (so revisions reach it in order); the awaitable ends
+        once it is committed. The store checks it follows the stored revision, of this attempt."""
         on_commit = self._committed_cb(job, len(job.segments) - len(new_segments))
-        return self.store.save_revision(job, new_segments, result, on_commit, count_attempt)
+        attempt = self._attempts.get(job.id)
+        if job.terminal:
+            self._attempts.pop(job.id, None)
+        stored = self.store.save_revision(job, new_segments, result, on_commit, count_attempt, attempt)
+        return self._settle(job.id, stored)
+
+    async def _settle(self, job_id: str, stored: Awaitable[None]) -> None:
+        try:
+            await stored
+        except RevisionConflict as exc:  # another process moved the job on: it is no longer ours
+            log.warning("job %s was changed elsewhere; letting it go: %s", job_id, exc)
+            self._forget(job_id)
+
+    def _forget(self, job_id: str) -> None:
+        """Drops what this process holds of a job (deleted, or taken over elsewhere)."""
+        self._heads.pop(job_id, None)
+        self._committed.pop(job_id, None)
+        self._attempts.pop(job_id, None)
+        self._checkpoints.pop(job_id, None)
+        self._take_input(job_id)
 
     def _save_later(self, job: Job, count_attempt: bool = False) -> None:
         asyncio.ensure_future(self._save(job, count_attempt=count_attempt)).add_done_callback(_log_failure)
@@ -212,6 +234,7 @@ class JobService:
             if not outcome.created:
                 return
             self._heads[job.id] = job
+            self._attempts[job.id] = 0
             event = self._committed[job.id] = JobEvent(job, 0, outcome.position)
             if self._inputs_bytes + len(payload) <= INPUTS_IN_MEMORY_BYTES:
                 self._inputs[job.id] = (job_input, len(payload))
@@ -251,11 +274,12 @@ class JobService:
         if head.state is JobState.QUEUED and not defer_running:
             job = self._next(job_id, state=JobState.RUNNING, started=self.clock.now(), queue_position=0)
             assert job is not None
+            self._attempts[job_id] = self._attempts.get(job_id, 0) + 1
             # Not awaited: the writer commits in order, so this revision is stored (and published)
             # before any later one of the job; if the process dies first, the job resumes as QUEUED.
             self._save_later(job, count_attempt=True)
         else:  # resumed after a restart, or waiting upstream: count the attempt
-            attempts = await self.store.start_attempt(job_id)
+            attempts = self._attempts[job_id] = await self.store.start_attempt(job_id)
             if attempts > self.settings.max_attempts and not defer_running:  # upstream jobs only re-poll
                 await self.fail(job_id, JobFailure(
                     Code.ABORTED, "TOO_MANY_ATTEMPTS",
@@ -449,8 +473,7 @@ class JobService:
             if runner is not None and runner.cancel(job_id) == "running":
                 await self._until_done(tenant, job_id, DELETE_WAIT_SECONDS)
             await self.cancelled(job_id)
-        self._heads.pop(job_id, None)
-        self._committed.pop(job_id, None)
+        self._forget(job_id)
         await self.store.delete(job_id)
 
     async def list(
@@ -558,6 +581,7 @@ class JobService:
             job = item.job
             self._heads[job.id] = job
             self._committed[job.id] = JobEvent(job)
+            self._attempts[job.id] = item.attempts
             runner = self.routes.get(job.route)
             if runner is None:
                 await self.fail(job.id, JobFailure(

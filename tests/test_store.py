@@ -88,7 +88,9 @@ async def test_idempotent_create(store: SqliteStore) -> None:
 async def test_idempotency_key_is_free_again_once_the_job_expired(store: SqliteStore) -> None:
     old = make_job(request_id="k", created=T0)
     await store.create_job(old, "h", PAYLOAD)
-    done = finish(step(old, state=JobState.RUNNING, started=T0), JobState.SUCCEEDED, T0 + 1, retention=10)
+    running = step(old, state=JobState.RUNNING, started=T0)
+    await store.save_revision(running)
+    done = finish(running, JobState.SUCCEEDED, T0 + 1, retention=10)
     await store.save_revision(done, result=JobOutput(1))
     # Still retained: the old job answers.
     outcome = await store.create_job(make_job(request_id="k", created=T0 + 5), "h", PAYLOAD)

@@ -13,7 +13,12 @@ from typing import Any, Protocol
 
 from gateway.jobs import Job, JobState, Result, Segment
 
-__all__ = ["CreateOutcome", "JobFilter", "ResumableJob", "Store"]
+__all__ = ["CreateOutcome", "JobFilter", "ResumableJob", "RevisionConflict", "Store"]
+
+
+class RevisionConflict(Exception):
+    """A revision that does not follow the job's stored one (another writer got there first), or
+    written by a run (attempt) that is no longer the job's current one: refused, nothing stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +72,16 @@ class Store(Protocol):
         result: Result | None = None,
         on_commit: Callable[[Any], None] | None = None,
         count_attempt: bool = False,
+        attempt: int | None = None,
     ) -> Awaitable[None]:
         """Stores the job's next revision; a terminal one also drops the job's inputs and checkpoint.
         ``count_attempt`` counts one more run of the job in the same write. ``on_commit`` receives
-        the revision's change position."""
+        the revision's change position.
+
+        A compare-and-set: the stored job must be at ``job.revision - 1`` and, when ``attempt`` is
+        given, at that attempt (counted after ``count_attempt``); otherwise RevisionConflict, and
+        nothing is stored. So two writers can never store the same revision, and a run whose job
+        was taken over (its attempt is no longer the current one) cannot complete it."""
         ...
 
     async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None: ...

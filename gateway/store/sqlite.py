@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.jobs import Job, JobFailure, JobState, Result, Segment, decode_result, encode_result
-from gateway.store.base import CreateOutcome, JobFilter, ResumableJob
+from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict
 
 __all__ = ["SqliteStore"]
 
@@ -86,7 +86,10 @@ _UPDATE_JOB = (
     "UPDATE jobs SET state = ?, revision = ?, progress = ?, started = ?, finished = ?, expires = ?, "
     "error = ?, queue_position = ?, segment_count = ?, attempts = attempts + ?, position = ?, "
     "checkpoint = CASE WHEN ? THEN NULL ELSE checkpoint END, "
-    "payload = CASE WHEN ? THEN NULL ELSE payload END, result = COALESCE(?, result) WHERE id = ?"
+    "payload = CASE WHEN ? THEN NULL ELSE payload END, result = COALESCE(?, result) "
+    # The compare-and-set: the job is at the revision before this one, and (when the writer says
+    # which run it is) at that attempt.
+    "WHERE id = ? AND revision = ? AND (? < 0 OR attempts + ? = ?)"
 )
 _INSERT_REVISION = (
     "INSERT INTO revisions (job_id, revision, state, progress, started, finished, expires, error, "
@@ -136,7 +139,9 @@ class _Statements:
 
     def run(self, conn: sqlite3.Connection) -> Any:
         for sql, params in self.statements:
-            conn.execute(sql, params)
+            cursor = conn.execute(sql, params)
+            if sql is _UPDATE_JOB and cursor.rowcount != 1:
+                raise _conflict(conn, params)
         return self.result
 
 
@@ -241,7 +246,10 @@ class SqliteStore:
 
         def flush() -> None:
             for sql in sorted(pending, key=_STATEMENT_ORDER.__getitem__):
-                conn.executemany(sql, pending[sql])
+                cursor = conn.executemany(sql, pending[sql])
+                if sql is _UPDATE_JOB and cursor.rowcount != len(pending[sql]):
+                    # A compare-and-set failed: undo, and find the culprit write by write (below).
+                    raise RevisionConflict("a revision did not follow its job's current one")
             pending.clear()
 
         position = max(w.position for w in batch)
@@ -392,6 +400,7 @@ class SqliteStore:
         result: Result | None = None,
         on_commit: Callable[[Any], None] | None = None,
         count_attempt: bool = False,
+        attempt: int | None = None,
     ) -> asyncio.Future[None]:
         count = len(job.segments)
         first = count - len(new_segments)
@@ -400,7 +409,9 @@ class SqliteStore:
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (_UPDATE_JOB, (int(job.state), job.revision, job.progress, job.started, job.finished, job.expires,
                            _error_json(job.error), job.queue_position, count, 1 if count_attempt else 0, position,
-                           terminal, terminal, None if result is None else encode_result(result), job.id)),
+                           terminal, terminal, None if result is None else encode_result(result), job.id,
+                           job.revision - 1, -1 if attempt is None else attempt, 1 if count_attempt else 0,
+                           -1 if attempt is None else attempt)),
             (_INSERT_REVISION, _revision_row(job, count)),
         ]
         statements += [(_INSERT_SEGMENT, (job.id, first + i, _dumps(s.to_dict()))) for i, s in enumerate(new_segments)]
@@ -578,6 +589,17 @@ class SqliteStore:
             return None if row is None else str(row[0])
 
         return await self._read(read)
+
+
+def _conflict(conn: sqlite3.Connection, params: Sequence[Any]) -> RevisionConflict:
+    job_id, expected, attempt = params[14], params[15], params[16]
+    row = conn.execute("SELECT revision, attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        return RevisionConflict(f"job {job_id} is gone")
+    return RevisionConflict(
+        f"job {job_id} is at revision {row[0]} (attempt {row[1]}), not {expected}"
+        + ("" if attempt < 0 else f" (attempt {attempt})")
+    )
 
 
 def _filter_sql(flt: JobFilter, sql: list[str], args: list[Any]) -> None:

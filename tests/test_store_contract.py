@@ -1,0 +1,112 @@
+"""The store contract, run against every store (the ``any_store`` fixture's parameters): revisions
+are a compare-and-set on the job's revision and attempt, each revision comes back with its segments
+offset, and change positions order every job's changes for WatchJobs to resume from."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.jobs import JobOutput, JobState, Segment
+from gateway.store import JobFilter, RevisionConflict, SqliteStore, Store
+from tests.test_store import PAYLOAD, T0, finish, make_job, step
+
+STORES = ["sqlite"]
+
+
+@pytest.fixture(params=STORES)
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        async with SqliteStore(tmp_path / "gateway.sqlite3") as store:
+            yield store
+    else:  # pragma: no cover - a store kind listed without a fixture
+        raise AssertionError(request.param)
+
+
+async def test_a_revision_must_follow_the_stored_one(any_store: Store) -> None:
+    job = make_job()
+    await any_store.create_job(job, "", PAYLOAD)
+    running = step(job, state=JobState.RUNNING, started=T0)
+    skipping = step(running, progress=0.5)  # revision 3 while the store holds 1
+    with pytest.raises(RevisionConflict):
+        await any_store.save_revision(skipping)
+    assert await any_store.get_job(job.id) == job  # nothing stored
+    await any_store.save_revision(running)
+    with pytest.raises(RevisionConflict):
+        await any_store.save_revision(running)  # the same revision twice
+    assert [j.revision for j, _ in await any_store.revisions_after(job.id, 0)] == [1, 2]
+
+
+async def test_two_writers_of_the_same_revision_one_wins(any_store: Store) -> None:
+    job = make_job()
+    await any_store.create_job(job, "", PAYLOAD)
+    mine = step(job, state=JobState.RUNNING, started=T0)
+    theirs = finish(job, JobState.CANCELLED, T0)
+    outcomes = await asyncio.gather(any_store.save_revision(mine), any_store.save_revision(theirs),
+                                    return_exceptions=True)
+    assert sum(isinstance(o, RevisionConflict) for o in outcomes) == 1
+    assert sum(not isinstance(o, BaseException) for o in outcomes) == 1
+    stored = await any_store.get_job(job.id)
+    assert stored is not None and stored.revision == 2
+    assert len(await any_store.revisions_after(job.id, 0)) == 2
+
+
+async def test_a_run_whose_job_was_taken_over_cannot_complete_it(any_store: Store) -> None:
+    job = make_job()
+    await any_store.create_job(job, "", PAYLOAD)
+    running = step(job, state=JobState.RUNNING, started=T0)
+    await any_store.save_revision(running, count_attempt=True, attempt=1)  # run 1 starts
+    assert await any_store.start_attempt(job.id) == 2  # run 2 takes the job over
+    stale = finish(running, JobState.SUCCEEDED, T0 + 1)
+    with pytest.raises(RevisionConflict):
+        await any_store.save_revision(stale, result=JobOutput("stale"), attempt=1)
+    assert await any_store.get_result(job.id) is None
+    await any_store.save_revision(stale, result=JobOutput("current"), attempt=2)
+    assert await any_store.get_result(job.id) == JobOutput("current")
+
+
+async def test_a_conflict_fails_only_its_own_write(any_store: Store) -> None:
+    jobs = [make_job() for _ in range(5)]
+    for job in jobs:
+        await any_store.create_job(job, "", PAYLOAD)
+    writes = [step(j, state=JobState.RUNNING, started=T0) for j in jobs]
+    writes[2] = step(writes[2], progress=0.5)  # skips a revision
+    outcomes = await asyncio.gather(*(any_store.save_revision(w) for w in writes), return_exceptions=True)
+    assert [isinstance(o, RevisionConflict) for o in outcomes] == [False, False, True, False, False]
+    for job, write in zip(jobs, writes, strict=True):
+        stored = await any_store.get_job(job.id)
+        assert stored is not None and stored.revision == (1 if write is writes[2] else 2)
+
+
+async def test_revisions_come_back_with_their_segments_offsets(any_store: Store) -> None:
+    job = make_job(route="whisper")
+    await any_store.create_job(job, "", PAYLOAD)
+    current = step(job, state=JobState.RUNNING, started=T0)
+    await any_store.save_revision(current)
+    for batch in ([Segment(0, 1, "a")], [], [Segment(1, 2, "b"), Segment(2, 3, "c")]):
+        current = step(current, segments=current.segments + tuple(batch))
+        await any_store.save_revision(current, new_segments=batch)
+    history = await any_store.revisions_after(job.id, 2)
+    assert [(j.revision, len(j.segments), offset) for j, offset in history] == [(3, 1, 0), (4, 1, 1), (5, 3, 1)]
+
+
+async def test_changed_since_gives_each_job_once_at_its_latest_change(any_store: Store) -> None:
+    first, second, other = make_job(), make_job(), make_job(tenant="other")
+    for job in (first, second, other):
+        await any_store.create_job(job, "", PAYLOAD)
+    mark = any_store.current_position()
+    running = step(first, state=JobState.RUNNING, started=T0)
+    await any_store.save_revision(running)
+    await any_store.save_revision(finish(running, JobState.SUCCEEDED, T0 + 1), result=JobOutput(1))
+    await any_store.save_revision(step(other, state=JobState.RUNNING, started=T0))
+    changed = await any_store.changed_since("t", JobFilter(), mark, 100, T0)
+    assert [(j.id, j.state) for j, _ in changed] == [(first.id, JobState.SUCCEEDED)]
+    assert changed[0][1] == any_store.current_position() - 1  # the other tenant's change came last
+    assert await any_store.changed_since("t", JobFilter(), any_store.current_position(), 100, T0) == []
+    everything = await any_store.changed_since("t", JobFilter(), 0, 100, T0)
+    assert [j.id for j, _ in everything] == [second.id, first.id]  # oldest change first
+    succeeded = await any_store.changed_since("t", JobFilter(states=frozenset({JobState.SUCCEEDED})), 0, 100, T0)
+    assert [j.id for j, _ in succeeded] == [first.id]
