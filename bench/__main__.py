@@ -56,7 +56,7 @@ def format_table(name: str, rows: list[Row], quick: bool = False) -> str:
     body = [
         (
             row.name, row.unit, _number(row.gateway, row.unit), _number(row.baseline, row.unit),
-            "-" if row.ratio is None else f"{row.ratio:.2f}", row.goal or "-",
+            "-" if row.ratio is None else f"{row.ratio:.2f}" if row.ratio >= 0.1 else f"{row.ratio:.2g}", row.goal or "-",
             {True: "yes", False: "NO", None: "-"}[row.met],
         )
         for row in rows
