@@ -12,15 +12,23 @@ import pytest
 
 from gateway.jobs import JobOutput, JobState, Segment
 from gateway.store import JobFilter, RevisionConflict, SqliteStore, Store
+from gateway.store.redis import RedisStore
+from tests.redis_server import RedisProcess, redis_process  # noqa: F401 (a fixture)
+from tests.test_service import FakeClock
 from tests.test_store import PAYLOAD, T0, finish, make_job, step
 
-STORES = ["sqlite"]
+STORES = ["sqlite", "redis"]
 
 
 @pytest.fixture(params=STORES)
 async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "sqlite":
         async with SqliteStore(tmp_path / "gateway.sqlite3") as store:
+            yield store
+    elif request.param == "redis":
+        server: RedisProcess = request.getfixturevalue("redis_process")
+        server.flush()
+        async with RedisStore(server.url, clock=FakeClock(T0)) as store:
             yield store
     else:  # pragma: no cover - a store kind listed without a fixture
         raise AssertionError(request.param)

@@ -1,0 +1,530 @@
+"""The shared store: Redis (7.x) or Valkey, for several gateway replicas and worker processes.
+
+Keys (``<prefix>`` is ``gw:`` by default; one standalone Redis or a Sentinel-managed primary, not a
+Cluster: scripts touch a job's keys and the global indexes together):
+
+    <prefix>job:<id>        hash: job (JSON, without segments), rev, att, seg (segment count), pos,
+                            tenant, request_id, req_hash, expires, payload, ckpt, result
+    <prefix>revs:<id>       stream, entry id 0-<revision>: job (JSON), seg (segment count then)
+    <prefix>segs:<id>       list: the segments, in order (each once, whatever the revisions)
+    <prefix>req:<tenant>:<request_id>   string: the job id (idempotency)
+    <prefix>jobs:<tenant>   sorted set of job ids, all scores 0: by id, so by creation (List)
+    <prefix>changes:<tenant>  sorted set: job id -> position of its latest change (WatchJobs resume)
+    <prefix>active          set of the ids of QUEUED and RUNNING jobs
+    <prefix>expiring        sorted set: job id -> expiry (ms): the index entries sweep() removes
+    <prefix>tomb:<id>       string: the tenant of an expired or deleted job, until its tombstone ends
+    <prefix>position        counter: change positions, in commit order
+    <prefix>store_id        string: identifies this data (resume tokens carry it)
+
+Every revision is one Lua script: the compare-and-set on the job's revision and attempt, the job's
+head, its revision entry, its new segments, its change position and, when it ends, its expiry (Redis
+deletes a finished job at its expire time: retention is Redis expiry), all at once.
+
+Writes from one process keep their order: a single writer task sends them in pipelines, in the
+order they were handed over, and runs each one's ``on_commit`` in that order. Reads use the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from gateway.jobs import Clock, Job, JobFailure, JobState, Result, Segment, SystemClock, decode_result, encode_result
+from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict
+
+__all__ = ["RedisStore"]
+
+log = logging.getLogger(__name__)
+
+_MAX_BATCH = 512
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('EXISTS job ' .. ARGV[1]) end
+local has_request = ARGV[5] == '1'
+if has_request then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then
+    local key = ARGV[6] .. existing
+    local expires = redis.call('HGET', key, 'expires')
+    if expires and (expires == '' or tonumber(expires) > tonumber(ARGV[7])) then
+      return {0, existing, redis.call('HGET', key, 'req_hash'), 0}
+    end
+    if expires then  -- expired, not swept yet: the key is free again, and the old job goes
+      redis.call('DEL', key, ARGV[10] .. existing, ARGV[11] .. existing)
+      redis.call('ZREM', KEYS[4], existing)
+      redis.call('ZREM', KEYS[5], existing)
+      redis.call('SREM', KEYS[7], existing)
+    end
+  end
+end
+local pos = redis.call('INCR', KEYS[6])
+redis.call('HSET', KEYS[1], 'job', ARGV[2], 'rev', 1, 'att', 0, 'seg', 0, 'pos', pos, 'tenant', ARGV[8],
+           'request_id', ARGV[9], 'req_hash', ARGV[3], 'payload', ARGV[4], 'expires', '')
+redis.call('XADD', KEYS[2], '0-1', 'job', ARGV[2], 'seg', 0)
+if has_request then redis.call('SET', KEYS[3], ARGV[1]) end
+redis.call('ZADD', KEYS[4], 0, ARGV[1])
+redis.call('ZADD', KEYS[5], pos, ARGV[1])
+redis.call('SADD', KEYS[7], ARGV[1])
+return {1, ARGV[1], ARGV[3], pos}
+"""
+
+# KEYS: job, revs, segs, changes, position, active, tomb, expiring, req
+# ARGV: id, expected revision, attempt (-1: any), count attempt (0/1), revision, job JSON, segment
+#       count, terminal (0/1), result ('' none), ttl ms, tombstone ttl ms, tenant, n new segments, segments...
+_SAVE = """
+local cur = redis.call('HMGET', KEYS[1], 'rev', 'att')
+if not cur[1] then return redis.error_reply('CONFLICT job ' .. ARGV[1] .. ' is gone') end
+local att = tonumber(cur[2]) + tonumber(ARGV[4])
+if tonumber(cur[1]) ~= tonumber(ARGV[2]) or (tonumber(ARGV[3]) >= 0 and att ~= tonumber(ARGV[3])) then
+  return redis.error_reply('CONFLICT job ' .. ARGV[1] .. ' is at revision ' .. cur[1] .. ' (attempt ' .. cur[2] ..
+                           '), not ' .. ARGV[2] .. ' (attempt ' .. ARGV[3] .. ')')
+end
+local pos = redis.call('INCR', KEYS[5])
+local count = tonumber(ARGV[7])
+local n = tonumber(ARGV[13])
+redis.call('HSET', KEYS[1], 'job', ARGV[6], 'rev', ARGV[5], 'att', att, 'seg', count, 'pos', pos)
+redis.call('XADD', KEYS[2], '0-' .. ARGV[5], 'job', ARGV[6], 'seg', count)
+if n > 0 then
+  redis.call('LTRIM', KEYS[3], 0, count - n - 1)
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, 14, 13 + n))
+end
+redis.call('ZADD', KEYS[4], pos, ARGV[1])
+if ARGV[8] == '1' then
+  local ttl = tonumber(ARGV[10])
+  if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[9]) end
+  redis.call('HDEL', KEYS[1], 'payload', 'ckpt')
+  redis.call('HSET', KEYS[1], 'expires', ARGV[14 + n])
+  redis.call('SREM', KEYS[6], ARGV[1])
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
+  if redis.call('EXISTS', KEYS[9]) == 1 then redis.call('PEXPIRE', KEYS[9], ttl) end
+  redis.call('SET', KEYS[7], ARGV[12] .. '|' .. ARGV[15 + n], 'PX', tonumber(ARGV[11]))
+  redis.call('ZADD', KEYS[8], tonumber(ARGV[14 + n]) * 1000, ARGV[1])
+end
+return pos
+"""
+
+# KEYS: job, revs, segs, tomb, jobs index, changes, active, expiring; ARGV: id, tombstone ttl ms (0: none), req prefix
+_DELETE = """
+local tenant = redis.call('HGET', KEYS[1], 'tenant')
+if not tenant then return 0 end
+local request_id = redis.call('HGET', KEYS[1], 'request_id')
+if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[4], tenant .. '|' .. ARGV[4], 'PX', tonumber(ARGV[2])) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+if request_id and request_id ~= '' then
+  local req = ARGV[3] .. tenant .. ':' .. request_id
+  if redis.call('GET', req) == ARGV[1] then redis.call('DEL', req) end
+end
+redis.call('ZREM', KEYS[5] .. tenant, ARGV[1])
+redis.call('ZREM', KEYS[6] .. tenant, ARGV[1])
+redis.call('SREM', KEYS[7], ARGV[1])
+redis.call('ZREM', KEYS[8], ARGV[1])
+return 1
+"""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _job_json(job: Job) -> str:
+    return _dumps({
+        "id": job.id, "tenant": job.tenant, "route": job.route, "state": int(job.state), "revision": job.revision,
+        "created": job.created, "progress": job.progress, "started": job.started, "finished": job.finished,
+        "expires": job.expires, "labels": dict(job.labels), "error": None if job.error is None else job.error.to_dict(),
+        "queue_position": job.queue_position, "request_id": job.request_id,
+    })
+
+
+def _job_from_json(text: str | bytes, segments: tuple[Segment, ...] = ()) -> Job:
+    data = json.loads(text)
+    return Job(
+        id=data["id"], tenant=data["tenant"], route=data["route"], state=JobState(data["state"]),
+        revision=data["revision"], created=data["created"], progress=data["progress"], started=data["started"],
+        finished=data["finished"], expires=data["expires"], labels=data["labels"],
+        error=JobFailure.from_dict(data["error"]) if data["error"] else None, segments=segments,
+        queue_position=data["queue_position"], request_id=data["request_id"],
+    )
+
+
+@dataclass(slots=True)
+class _Write:
+    run: Callable[[Any], None]  # adds the write's commands to a pipeline
+    decode: Callable[[Any], Any]  # the pipeline's answer for it -> the write's result (or raises)
+    future: asyncio.Future[Any]
+    on_commit: Callable[[Any], None] | None
+
+
+class RedisStore:
+    """Use as ``async with RedisStore("redis://host:6379/0") as store``."""
+
+    def __init__(self, url: str, prefix: str = "gw:", clock: Clock | None = None, max_connections: int = 32) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.clock = clock or SystemClock()
+        self.max_connections = max_connections
+        self.store_id = ""
+        self._redis: Any = None
+        self._writes: asyncio.Queue[_Write | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._position = 0
+        self._scripts: dict[str, Any] = {}
+
+    async def __aenter__(self) -> RedisStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        import redis.asyncio as aioredis
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+        from redis.retry import Retry
+
+        # A blocking pool: a burst of reads waits for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=self.max_connections, timeout=30, health_check_interval=10,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        self._redis = aioredis.Redis(connection_pool=pool)
+        await self._redis.set(self._key("store_id"), secrets.token_hex(8), nx=True)
+        self.store_id = (await self._redis.get(self._key("store_id"))).decode()
+        self._position = int(await self._redis.get(self._key("position")) or 0)
+        await self._load_scripts()
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="redis-writer")
+
+    async def _load_scripts(self) -> None:
+        for name, source in (("create", _CREATE), ("save", _SAVE), ("delete", _DELETE)):
+            self._scripts[name] = await self._redis.script_load(source)
+
+    def _eval(self, client: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return client.evalsha(self._scripts[name], len(keys), *keys, *args)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writes.put(None)
+            await self._writer
+            self._writer = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    # -- the writer ------------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._writes.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < _MAX_BATCH and not self._writes.empty():
+                item = self._writes.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # a bug: fail the batch, keep the writer alive
+                log.exception("redis writer failed")
+                for write in batch:
+                    if not write.future.done():
+                        write.future.set_exception(exc)
+            if stop:
+                return
+
+    async def _commit(self, batch: list[_Write]) -> None:
+        try:
+            answers = await self._pipeline(batch)
+            if any(isinstance(a, NoScriptError) for a in answers):  # Redis restarted: scripts are gone
+                await self._load_scripts()
+                retry = [w for w, a in zip(batch, answers, strict=True) if isinstance(a, NoScriptError)]
+                again = iter(await self._pipeline(retry))
+                answers = [next(again) if isinstance(a, NoScriptError) else a for a in answers]
+        except Exception as exc:  # the connection failed for the whole pipeline
+            for write in batch:
+                if not write.future.done():
+                    write.future.set_exception(exc)
+            return
+        for write, answer in zip(batch, answers, strict=True):
+            try:
+                if isinstance(answer, Exception):
+                    raise answer
+                result = write.decode(answer)
+            except Exception as exc:
+                if not write.future.done():
+                    write.future.set_exception(_translate(exc))
+                continue
+            if write.on_commit is not None:
+                try:
+                    write.on_commit(result)
+                except Exception:
+                    log.exception("on_commit callback failed")
+            if not write.future.done():
+                write.future.set_result(result)
+
+    async def _pipeline(self, batch: list[_Write]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for write in batch:
+                write.run(pipe)
+            return list(await pipe.execute(raise_on_error=False))
+
+    def _submit(
+        self, run: Callable[[Any], None], decode: Callable[[Any], Any], on_commit: Callable[[Any], None] | None = None
+    ) -> asyncio.Future[Any]:
+        if self._writer is None:
+            raise RuntimeError("store is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._writes.put_nowait(_Write(run, decode, future, on_commit))
+        return future
+
+    def _seen(self, position: int) -> int:
+        self._position = max(self._position, position)
+        return position
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def create_job(
+        self, job: Job, request_hash: str, payload: bytes, on_commit: Callable[[Any], None] | None = None
+    ) -> CreateOutcome:
+        request_key = self._key("req", job.tenant, job.request_id) if job.request_id else self._key("req-none")
+        keys = [self._key("job", job.id), self._key("revs", job.id), request_key, self._key("jobs", job.tenant),
+                self._key("changes", job.tenant), self._key("position"), self._key("active")]
+        args = [job.id, _job_json(job), request_hash, payload, "1" if job.request_id else "0", self._key("job", ""),
+                repr(job.created), job.tenant, job.request_id, self._key("revs", ""), self._key("segs", "")]
+
+        def run(pipe: Any) -> None:
+            self._eval(pipe, "create", keys, args)
+
+        async def existing(job_id: str, stored_hash: str) -> CreateOutcome:
+            found = await self.get_job(job_id)
+            if found is None:  # expired meanwhile: try again, as a new job
+                return await self.create_job(job, request_hash, payload, on_commit)
+            return CreateOutcome(found, False, stored_hash)
+
+        def decode(answer: Any) -> Any:
+            created, job_id, stored_hash, position = answer
+            if int(created):
+                return CreateOutcome(job, True, request_hash, self._seen(int(position)))
+            return (job_id.decode(), stored_hash.decode() if stored_hash else "")
+
+        def commit(outcome: Any) -> None:
+            if on_commit is not None and isinstance(outcome, CreateOutcome):
+                on_commit(outcome)
+
+        result = await self._submit(run, decode, commit)
+        if isinstance(result, CreateOutcome):
+            return result
+        return await existing(*result)
+
+    def save_revision(
+        self,
+        job: Job,
+        new_segments: Sequence[Segment] = (),
+        result: Result | None = None,
+        on_commit: Callable[[Any], None] | None = None,
+        count_attempt: bool = False,
+        attempt: int | None = None,
+    ) -> Awaitable[None]:
+        terminal = job.terminal
+        now = self.clock.now()
+        expires = job.expires if job.expires is not None else now
+        ttl_ms = max(1, int((expires - now) * 1000))
+        keys = [self._key("job", job.id), self._key("revs", job.id), self._key("segs", job.id),
+                self._key("changes", job.tenant), self._key("position"), self._key("active"),
+                self._key("tomb", job.id), self._key("expiring"),
+                self._key("req", job.tenant, job.request_id) if job.request_id else self._key("req-none")]
+        segments = [_dumps(s.to_dict()) for s in new_segments]
+        args: list[Any] = [
+            job.id, job.revision - 1, -1 if attempt is None else attempt, 1 if count_attempt else 0, job.revision,
+            _job_json(job), len(job.segments), 1 if terminal else 0,
+            encode_result(result) if result is not None else "", ttl_ms, 2 * ttl_ms, job.tenant, len(segments),
+            *segments, repr(expires), repr(expires + (expires - now)),
+        ]
+
+        def run(pipe: Any) -> None:
+            self._eval(pipe, "save", keys, args)
+
+        def decode(answer: Any) -> int:
+            return self._seen(int(answer))
+
+        future: Awaitable[None] = self._submit(run, decode, on_commit)
+        return future
+
+    async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None:
+        key = self._key("job", job_id)
+        if await self._redis.exists(key):
+            await self._redis.hset(key, "ckpt", _dumps(dict(checkpoint)))
+
+    async def start_attempt(self, job_id: str) -> int:
+        key = self._key("job", job_id)
+        if not await self._redis.exists(key):
+            return 0
+        return int(await self._redis.hincrby(key, "att", 1))
+
+    async def delete(self, job_id: str, tombstone_until: float | None = None) -> None:
+        ttl = 0 if tombstone_until is None else max(1, int((tombstone_until - self.clock.now()) * 1000))
+        keys = [self._key("job", job_id), self._key("revs", job_id), self._key("segs", job_id), self._key("tomb", job_id),
+                self._key("jobs", ""), self._key("changes", ""), self._key("active"), self._key("expiring")]
+        args = [job_id, ttl, self._key("req", ""), repr(tombstone_until or 0.0)]
+        try:
+            await self._eval(self._redis, "delete", keys, args)
+        except NoScriptError:
+            await self._load_scripts()
+            await self._eval(self._redis, "delete", keys, args)
+
+    async def sweep(self, now: float, tombstone_until: float) -> list[Job]:
+        """Deletes the jobs expired by ``now`` (leaving tombstones) and what still names them.
+        Redis' own expiry (set at each job's end) deletes them too, in real time: a safety net
+        for a deployment where nobody sweeps."""
+        ids = [i.decode() for i in await self._redis.zrangebyscore(self._key("expiring"), "-inf", now * 1000,
+                                                                    start=0, num=5000)]
+        expired = [job for job in await self._jobs(ids) if job is not None]
+        for job_id in ids:
+            await self.delete(job_id, tombstone_until)
+        return expired
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def _segments(self, job_id: str, count: int) -> tuple[Segment, ...]:
+        if count <= 0:
+            return ()
+        raw = await self._redis.lrange(self._key("segs", job_id), 0, count - 1)
+        return tuple(Segment.from_dict(json.loads(r)) for r in raw)
+
+    async def _head(self, job_id: str, *fields: str) -> list[Any] | None:
+        values = await self._redis.hmget(self._key("job", job_id), "job", *fields)
+        return None if values[0] is None else values
+
+    async def get_job(self, job_id: str) -> Job | None:
+        head = await self._head(job_id, "seg")
+        if head is None:
+            return None
+        return _job_from_json(head[0], await self._segments(job_id, int(head[1])))
+
+    async def find_request(self, tenant: str, request_id: str, now: float) -> tuple[Job, str] | None:
+        job_id = await self._redis.get(self._key("req", tenant, request_id))
+        if job_id is None:
+            return None
+        head = await self._head(job_id.decode(), "seg", "req_hash")
+        if head is None:
+            return None
+        job = _job_from_json(head[0], await self._segments(job_id.decode(), int(head[1])))
+        if job.expires is not None and job.expires <= now:
+            return None
+        return job, (head[2] or b"").decode()
+
+    async def revisions_after(self, job_id: str, after: int) -> list[tuple[Job, int]]:
+        entries = await self._redis.xrange(self._key("revs", job_id), min=f"0-{max(after, 0)}", max="+")
+        if not entries:
+            return []
+        counts = [int(fields[b"seg"]) for _, fields in entries]
+        segments = await self._segments(job_id, max(counts))
+        out = []
+        offset = 0
+        for (entry_id, fields), count in zip(entries, counts, strict=True):
+            revision = int(entry_id.decode().split("-")[1])
+            if revision == after:
+                offset = count
+                continue
+            out.append((_job_from_json(fields[b"job"], segments[:count]), offset))
+            offset = count
+        return out
+
+    async def get_result(self, job_id: str) -> Result | None:
+        raw = await self._redis.hget(self._key("job", job_id), "result")
+        return None if raw is None else decode_result(raw.decode())
+
+    async def get_payload(self, job_id: str) -> bytes | None:
+        raw = await self._redis.hget(self._key("job", job_id), "payload")
+        return None if raw is None else bytes(raw)
+
+    async def _jobs(self, ids: Sequence[str]) -> list[Job | None]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self._key("job", job_id), "job")
+            raws = await pipe.execute()
+        return [None if raw is None else _job_from_json(raw) for raw in raws]
+
+    async def list_jobs(self, tenant: str, flt: JobFilter, before_id: str | None, limit: int, now: float) -> list[Job]:
+        index = self._key("jobs", tenant)
+        found: list[Job] = []
+        upper = f"({before_id}" if before_id else "+"
+        while len(found) < limit:
+            ids = [i.decode() for i in await self._redis.zrevrangebylex(index, upper, "-", start=0, num=max(limit, 50))]
+            if not ids:
+                break
+            for job in await self._jobs(ids):
+                if job is None or (job.expires is not None and job.expires <= now) or not flt.matches(job):
+                    continue
+                found.append(job)
+                if len(found) == limit:
+                    break
+            upper = f"({ids[-1]}"
+        return found
+
+    async def changed_since(
+        self, tenant: str, flt: JobFilter, position: int, limit: int, now: float
+    ) -> list[tuple[Job, int]]:
+        index = self._key("changes", tenant)
+        found: list[tuple[Job, int]] = []
+        lower = f"({position}"
+        while len(found) < limit:
+            pairs = await self._redis.zrangebyscore(index, lower, "+inf", start=0, num=max(limit, 50), withscores=True)
+            if not pairs:
+                break
+            ids = [member.decode() for member, _ in pairs]
+            for job, (_, score) in zip(await self._jobs(ids), pairs, strict=True):
+                if job is None or (job.expires is not None and job.expires <= now) or not flt.matches(job):
+                    continue
+                found.append((job, int(score)))
+                if len(found) == limit:
+                    break
+            lower = f"({int(pairs[-1][1])}"
+        return found
+
+    def current_position(self) -> int:
+        return self._position
+
+    async def unfinished(self) -> list[ResumableJob]:
+        ids = sorted(i.decode() for i in await self._redis.smembers(self._key("active")))
+        out = []
+        for job_id in ids:
+            head = await self._head(job_id, "seg", "att", "ckpt")
+            if head is None:
+                continue
+            job = _job_from_json(head[0], await self._segments(job_id, int(head[1])))
+            out.append(ResumableJob(job, int(head[2]), json.loads(head[3]) if head[3] else None))
+        return out
+
+    async def tombstone(self, job_id: str, now: float) -> str | None:
+        # Set in advance when the job ends (so Redis' own expiry leaves one too): while the job is
+        # still there, it is no tombstone.
+        raw, alive = await asyncio.gather(self._redis.get(self._key("tomb", job_id)),
+                                          self._redis.exists(self._key("job", job_id)))
+        if raw is None or alive:
+            return None
+        tenant, _, until = raw.decode().rpartition("|")
+        return tenant if float(until) > now else None
+
+
+def _translate(exc: Exception) -> Exception:
+    if str(exc).startswith("CONFLICT"):
+        return RevisionConflict(str(exc).removeprefix("CONFLICT "))
+    return exc
