@@ -1,6 +1,6 @@
 """`gateway serve`: runs the gateway.
 
-    gateway serve [--listen HOST:PORT] [--http-listen HOST:PORT] [--data-dir DIR] [--config FILE]
+    gateway serve [--listen HOST:PORT] [--http-listen HOST:PORT] [--store URL | --data-dir DIR] [--config FILE]
 
 Once serving it prints one JSON line on stdout with the bound addresses (useful with port 0):
 ``{"event": "serving", "grpc": "127.0.0.1:50051", "http": "127.0.0.1:8080"}``. Logs go to stderr.
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:50051)")
     serve.add_argument("--http-listen", metavar="HOST:PORT", help="HTTP address (default 127.0.0.1:8080; '' for none)")
     serve.add_argument("--data-dir", metavar="DIR", type=Path, help="where the SQLite store lives (default ./data)")
+    serve.add_argument("--store", metavar="URL", help="redis://HOST:PORT/DB: a shared Redis store (default: SQLite)")
     serve.add_argument("--config", metavar="FILE", type=Path, help="a TOML configuration file")
     serve.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR")
     args = parser.parse_args(argv)
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(
             args.config, listen=args.listen, http_listen=args.http_listen, data_dir=args.data_dir,
-            log_level=args.log_level,
+            store=args.store, log_level=args.log_level,
         )
     except (ValidationError, FileNotFoundError, ValueError) as exc:
         print(f"gateway: invalid configuration: {exc}", file=sys.stderr)

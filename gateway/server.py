@@ -33,7 +33,7 @@ from gateway.settings import Settings
 from gateway.store import SqliteStore, Store
 from gateway.work import RouteRunner, health_name
 
-__all__ = ["Gateway", "create_server", "health_name"]
+__all__ = ["Gateway", "create_server", "health_name", "make_store"]
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,22 @@ def create_server(settings: Settings, address: str | None = None) -> tuple[grpc.
     return server, port
 
 
+def make_store(settings: Settings, clock: Clock | None = None) -> Store:
+    """The store the settings name: Redis for a redis:// URL, else SQLite in data_dir."""
+    if settings.store:
+        from gateway.store.redis import RedisStore
+
+        return RedisStore(settings.store, clock=clock)
+    return SqliteStore(settings.data_dir / "gateway.sqlite3", settings.sqlite_synchronous)
+
+
 class Gateway:
     """One running gateway. Use as an async context manager."""
 
     def __init__(self, settings: Settings, clock: Clock | None = None, store: Store | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.store: Store = store or SqliteStore(settings.data_dir / "gateway.sqlite3", settings.sqlite_synchronous)
+        self.store: Store = store or make_store(settings, self.clock)
         self.bus: EventBus = MemoryBus()
         self.hub = EventHub()
         self._unsubscribe_hub = self.bus.subscribe(self.hub.publish)  # one subscription per process

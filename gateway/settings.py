@@ -124,6 +124,10 @@ class Settings(BaseSettings):
 
     listen: str = Field("127.0.0.1:50051", description="gRPC address, HOST:PORT (port 0: any free port).")
     http_listen: str = Field("127.0.0.1:8080", description="HTTP address (OctoAI facade, health); empty: off.")
+    store: str = Field(
+        "", description="Empty: the embedded SQLite store in data_dir. redis://HOST:PORT/DB (rediss:// for TLS): "
+        "a shared Redis or Valkey, for several replicas and workers."
+    )
     data_dir: Path = Field(Path("data"), description="Where the SQLite store lives.")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL", description="NORMAL survives a process crash (kill -9); FULL also a power loss."
@@ -157,6 +161,13 @@ class Settings(BaseSettings):
             if not ROUTE_NAME.fullmatch(name):
                 raise ValueError(f"route name {name!r}: lowercase letters, digits, '-' and '_', at most 63")
         return routes
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if value and not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError(f"{value!r}: expected empty (SQLite) or a redis:// URL")
+        return value
 
     @field_validator("listen", "http_listen")
     @classmethod

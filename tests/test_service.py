@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,13 +13,26 @@ import pytest
 
 from gateway.errors import AlreadyExists, Code, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from gateway.jobs import Job, JobInput, JobOutput, JobState
-from gateway.server import Gateway
+from gateway.server import Gateway, make_store
 from gateway.service import Heartbeat, JobService, Update
 from gateway.settings import EchoRoute, Settings
-from gateway.store import JobFilter, SqliteStore
+from gateway.store import JobFilter
 
 T0 = 1_700_000_000.0
 TENANT = "t"
+# The service tests run on SQLite; GATEWAY_TEST_STORE=redis://... runs them on a Redis store instead
+# (tests/test_service_redis.py does, on a redis-server of its own, with a fresh database per test).
+STORE_URL = os.environ.get("GATEWAY_TEST_STORE", "")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_store() -> None:
+    """On a Redis store, each test starts from an empty database (SQLite: a fresh tmp_path)."""
+    if STORE_URL:
+        import redis
+
+        with redis.Redis.from_url(STORE_URL) as client:
+            client.flushdb()
 
 
 class FakeClock:
@@ -37,7 +51,7 @@ class FakeClock:
 
 def make_settings(data_dir: Path, route: EchoRoute | None = None, **kw: Any) -> Settings:
     return Settings(
-        listen="127.0.0.1:0", http_listen="", data_dir=data_dir,
+        listen="127.0.0.1:0", http_listen="", data_dir=data_dir, store=STORE_URL,
         routes={"echo": route or EchoRoute(workers=2)}, shutdown_grace_seconds=0, **kw,
     )
 
@@ -287,7 +301,7 @@ async def test_resume_finishes_queued_and_running_jobs(tmp_path: Path) -> None:
         queued = [await submit(service, which=f"q{i}") for i in range(3)]
         # Stopped with shutdown_grace_seconds=0: the running job is interrupted, the rest never start.
 
-    async with SqliteStore(settings.data_dir / "gateway.sqlite3") as store:
+    async with make_store(settings, clock) as store:
         pending = {p.job.id: p for p in await store.unfinished()}
     assert set(pending) == {long.id, *(q.id for q in queued)}
     assert pending[long.id].job.state is JobState.RUNNING and pending[long.id].attempts == 1
@@ -329,8 +343,7 @@ async def test_resume_fails_jobs_of_a_route_no_longer_configured(tmp_path: Path)
         busy = await submit(gw.service, delay_ms=60_000)
         await until(lambda: _is(gw.service, busy.id, JobState.RUNNING))
         orphan = await submit(gw.service, z=1)
-    renamed = Settings(listen="127.0.0.1:0", http_listen="", data_dir=tmp_path, shutdown_grace_seconds=0,
-                       routes={"echo2": EchoRoute()})
+    renamed = settings.model_copy(update={"routes": {"echo2": EchoRoute()}})
     async with running(renamed, clock) as gw:
         for job_id in (busy.id, orphan.id):
             job = await gw.service.get(TENANT, job_id)

@@ -14,7 +14,7 @@ from gateway.jobs import Job, JobState, Segment
 from gateway.service import Heartbeat, JobService, Update
 from gateway.settings import EchoRoute
 from gateway.store import JobFilter
-from tests.test_service import TENANT, FakeClock, make_settings, running, state_of, submit, until
+from tests.test_service import TENANT, FakeClock, _fresh_store, make_settings, running, state_of, submit, until  # noqa: F401
 
 
 def _segments(first: int, count: int) -> list[Segment]:

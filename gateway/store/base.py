@@ -59,6 +59,10 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    async def __aenter__(self) -> Store: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
     async def create_job(
         self, job: Job, request_hash: str, payload: bytes, on_commit: Callable[[Any], None] | None = None
     ) -> CreateOutcome:

@@ -115,7 +115,11 @@ _DELETE = """
 local tenant = redis.call('HGET', KEYS[1], 'tenant')
 if not tenant then return 0 end
 local request_id = redis.call('HGET', KEYS[1], 'request_id')
-if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[4], tenant .. '|' .. ARGV[4], 'PX', tonumber(ARGV[2])) end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[4], tenant .. '|' .. ARGV[4], 'PX', tonumber(ARGV[2]))
+else
+  redis.call('DEL', KEYS[4])  -- forgotten, not expired: no tombstone, not even the one set in advance
+end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 if request_id and request_id ~= '' then
   local req = ARGV[3] .. tenant .. ':' .. request_id
