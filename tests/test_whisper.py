@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import struct
 import time
 import wave
@@ -13,7 +14,17 @@ import grpc
 import pytest
 
 from bench.gpu_whisper import word_error_rate
-from gateway_client import Client, GatewayError, JobCancelledError, JobFailedError, JobState, Transcript
+from gateway_client import (
+    NO_RETRY,
+    Client,
+    GatewayError,
+    InvalidArgumentError,
+    JobCancelledError,
+    JobFailedError,
+    JobState,
+    ResourceExhaustedError,
+    Transcript,
+)
 from tests.conftest import FIXTURES, ServerProcess, cli
 
 SEASHELLS = FIXTURES / "seashells.wav"
@@ -33,7 +44,7 @@ def test_seashells_exact(whisper_server: ServerProcess) -> None:
         result = client.transcribe(SEASHELLS).result(timeout=120)
     assert isinstance(result, Transcript)
     assert result.text == SENTENCE
-    assert result.language == "en" and 2.4 < result.duration < 2.6
+    assert result.language == "en" and 2.4 < result.duration < 2.6  # a BCP-47 code; seconds
     assert len(result.segments) == 1 and result.segments[0].text.strip() == SENTENCE
     assert result.segments[0].end <= result.duration + 0.5
 
@@ -50,8 +61,12 @@ def test_cli_transcribe_prints_the_sentence(whisper_server: ServerProcess) -> No
 def test_octoai_style_json_inputs(whisper_server: ServerProcess) -> None:
     audio = base64.b64encode(SEASHELLS.read_bytes()).decode()
     with Client(whisper_server.target) as client:
-        result = client.submit("whisper", {"audio": audio, "language": "en", "task": "transcribe"}).result(timeout=120)
+        future = client.submit("whisper", {"audio": audio, "language": "en", "task": "transcribe"}, result_type=Transcript)
+        result = future.result(timeout=120)
         assert isinstance(result, Transcript) and result.text == SENTENCE
+        # Typed as an Output (submit's default), a Transcript ends the future with a clear TypeError.
+        with pytest.raises(TypeError, match="result_type=Transcript"):
+            client.submit("whisper", {"audio": audio}).result(timeout=120)
         with pytest.raises(GatewayError) as bad:
             client.submit_job("whisper", {"audio": "not base64!!"})
         assert bad.value.code is grpc.StatusCode.INVALID_ARGUMENT and bad.value.reason == "AUDIO_NOT_BASE64"
@@ -71,7 +86,14 @@ def test_long_fixture_wer_and_growing_transcript(whisper_server: ServerProcess) 
     with Client(whisper_server.target) as client:
         job, _ = client.submit_job("whisper", audio=FIXTURES / "long.ogg")
         updates = [u for u in client.watch(job.id)]
-        result = client.fetch(job.id)
+        result = client.fetch(job.id).result
+        # Watching from a revision in the middle: the stream sends only what each later revision added,
+        # and the client still hands out the whole transcript of each revision.
+        middle = next(u for u in updates if len(u.segments) >= 3)
+        replay = list(client.watch(job.id, after_revision=middle.revision))
+        assert [(u.revision, u.segments) for u in replay] == [
+            (u.revision, u.segments) for u in updates if u.revision > middle.revision
+        ]
     assert isinstance(result, Transcript)
     assert 52 < result.duration < 53.5
     wer = word_error_rate(reference, result.text)
@@ -84,6 +106,10 @@ def test_long_fixture_wer_and_growing_transcript(whisper_server: ServerProcess) 
     assert progress == sorted(progress) and 0 < progress[0] < 0.5 and progress[-1] > 0.8
     assert updates[-1].state is JobState.SUCCEEDED and len(updates[-1].segments) == len(result.segments)
     assert [s.text for s in running[-1].segments] == [s.text for s in result.segments[: counts[-1]]]
+    # Each update carries the whole transcript so far (rebuilt from the stream's increments).
+    for earlier, later in itertools.pairwise(updates):
+        assert later.segments[: len(earlier.segments)] == earlier.segments
+    assert updates[-1].segments == result.segments
 
 
 def test_word_timestamps(whisper_server: ServerProcess) -> None:
@@ -123,7 +149,7 @@ def test_malformed_audio_is_refused_at_submit(whisper_server: ServerProcess, aud
     with Client(whisper_server.target) as client:
         with pytest.raises(GatewayError) as refused:
             client.submit_job("whisper", audio=audio)
-    assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT and isinstance(refused.value, InvalidArgumentError)
     assert refused.value.reason == reason
     assert refused.value.field_violations[0][0] == "transcription.audio"
 
@@ -141,13 +167,22 @@ def test_bad_options_are_refused(whisper_server: ServerProcess) -> None:
     with Client(whisper_server.target) as client:
         with pytest.raises(GatewayError) as french:
             client.submit_job("whisper", audio=SEASHELLS, language="fr")
-        assert french.value.field_violations[0][0] == "transcription.language"
+        assert french.value.field_violations[0][0] == "transcription.language_code"  # the proto's field name
         with pytest.raises(GatewayError) as klingon:
             client.submit_job("whisper", audio=SEASHELLS, language="xx")
         assert "unknown language" in klingon.value.field_violations[0][1]
+        with pytest.raises(GatewayError) as malformed:
+            client.submit_job("whisper", audio=SEASHELLS, language="english please")
+        assert "not a BCP-47" in malformed.value.field_violations[0][1]
         with pytest.raises(GatewayError) as beam:
             client.submit_job("whisper", audio=SEASHELLS, beam_size=99)
         assert beam.value.field_violations[0][0] == "transcription.beam_size"
+
+
+def test_a_bcp47_code_with_a_region_is_its_language(whisper_server: ServerProcess) -> None:
+    with Client(whisper_server.target) as client:
+        transcript = client.transcribe(SEASHELLS, language="en-US").result(timeout=120)
+    assert transcript.text == SENTENCE and transcript.language == "en"
 
 
 def test_cancel_mid_job_frees_the_worker(whisper_server: ServerProcess) -> None:
@@ -157,7 +192,7 @@ def test_cancel_mid_job_frees_the_worker(whisper_server: ServerProcess) -> None:
             if job.segments:
                 break
         started = time.monotonic()
-        client.cancel(future.job_id)  # waits a little for the job to end, but only a little
+        client.cancel(future.job_id)  # answers at once; the job ends CANCELLED on its stream
         with pytest.raises(JobCancelledError):
             future.result(timeout=30)
         assert time.monotonic() - started < 10  # at the next segment or window
@@ -175,8 +210,8 @@ def test_queue_full_and_queue_position(make_server) -> None:  # type: ignore[no-
             time.sleep(0.05)
         queued = client.transcribe(SEASHELLS)
         assert queued.job.state is JobState.QUEUED and queued.job.queue_position == 1
-        with pytest.raises(GatewayError) as full:
-            client.submit_job("whisper", audio=SEASHELLS)
+        with Client(server.target, retry=NO_RETRY) as impatient, pytest.raises(ResourceExhaustedError) as full:
+            impatient.submit_job("whisper", audio=SEASHELLS)
         assert full.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED and full.value.reason == "QUEUE_FULL"
         assert full.value.retry_delay is not None and full.value.retry_delay >= 1
         client.cancel(running.job_id)

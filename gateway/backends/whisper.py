@@ -20,11 +20,12 @@ import contextlib
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,15 @@ log = logging.getLogger(__name__)
 
 _JSON_KEYS = {"audio", "language", "task", "beam_size", "word_timestamps", "vad_filter", "diarize"}
 _TASKS = ("transcribe", "translate")
+
+
+_BCP47 = re.compile(r"^([A-Za-z]{2,3})(?:[-_][A-Za-z0-9]{1,8})*$")
+
+
+def _primary_subtag(code: str) -> str | None:
+    """The primary language subtag of a BCP-47 code, lowercased (``pt-BR`` -> ``pt``); None if malformed."""
+    match = _BCP47.fullmatch(code)
+    return match.group(1).lower() if match else None
 
 
 def cpu_budget() -> int:
@@ -228,10 +238,16 @@ class WhisperBackend:
         if request.language:
             from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-            if request.language not in _LANGUAGE_CODES:
-                violations.append(FieldViolation(f"{field}.language", f"unknown language code {request.language!r}"))
-            elif self.engine.model is not None and not self.engine.multilingual and request.language != "en":
-                violations.append(FieldViolation(f"{field}.language", "this route's model is English-only"))
+            where = f"{field}.language_code" if field == "transcription" else f"{field}.language"
+            primary = _primary_subtag(request.language)
+            if primary is None:
+                violations.append(FieldViolation(where, f"{request.language!r} is not a BCP-47 language code"))
+            elif primary not in _LANGUAGE_CODES:
+                violations.append(FieldViolation(where, f"unknown language {request.language!r}"))
+            elif self.engine.model is not None and not self.engine.multilingual and primary != "en":
+                violations.append(FieldViolation(where, "this route's model is English-only"))
+            else:  # Whisper knows languages, not regions or scripts: en-US is en
+                request = replace(request, language=primary)
         if request.task == "translate" and self.engine.model is not None and not self.engine.multilingual:
             violations.append(FieldViolation(f"{field}.task", "this route's model is English-only: no translation"))
         if not 0 <= request.beam_size <= 20:
