@@ -12,17 +12,22 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway_client import (
+    AlreadyExistsError,
     AsyncClient,
     Client,
+    FailedPreconditionError,
     GatewayError,
     JobCancelledError,
     JobFailedError,
     JobState,
+    NotFoundError,
     Output,
 )
-from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name  # inferencegateway.gateway.v1.GatewayService
 
 
 def test_submit_watch_fetch(echo_server: ServerProcess) -> None:
@@ -32,9 +37,10 @@ def test_submit_watch_fetch(echo_server: ServerProcess) -> None:
         result = future.result(timeout=30)
         assert result == Output({"delay_ms": 300, "steps": 3, "note": "hi"})
         assert future.done() and future.job.state is JobState.SUCCEEDED
-        assert client.fetch(future.job_id) == result
+        assert client.fetch(future.job_id).result == result
         job = client.get(future.job_id)
         assert job.labels == {"team": "a"} and job.progress == 1.0 and job.expire_time is not None
+        assert job.done and job.expire_time.tzinfo is not None  # aware datetimes, in UTC
 
 
 def test_watch_snapshot_then_every_change_in_order(echo_server: ServerProcess) -> None:
@@ -106,7 +112,8 @@ def test_errors_carry_code_and_reason(echo_server: ServerProcess) -> None:
         with pytest.raises(GatewayError) as early:
             client.fetch(running.id)
         assert early.value.code is grpc.StatusCode.FAILED_PRECONDITION and early.value.reason == "JOB_NOT_DONE"
-        assert client.fetch(running.id, wait=True, timeout=30) == Output({"delay_ms": 2000})
+        assert isinstance(early.value, FailedPreconditionError)
+        assert client.fetch(running.id, wait=30).result == Output({"delay_ms": 2000})
 
 
 def test_failed_job_reports_its_reason(echo_server: ServerProcess) -> None:
@@ -116,7 +123,7 @@ def test_failed_job_reports_its_reason(echo_server: ServerProcess) -> None:
             future.result(timeout=30)
         assert failed.value.reason == "ECHO_FAILURE" and failed.value.message == "the model fell over"
         assert future.job.state is JobState.FAILED and future.job.error is not None
-        job, result = client.fetch_job(future.job_id)
+        job, result = client.fetch(future.job_id)
         assert result is None and job.error is not None and job.error.reason == "ECHO_FAILURE"
 
 
@@ -135,11 +142,13 @@ def test_cancel_running_and_queued_jobs(make_server) -> None:  # type: ignore[no
             queued.result(timeout=10)
         assert queued.cancelled()
         started = time.monotonic()
-        job = client.cancel(running.job_id)
-        assert job.state is JobState.CANCELLED and time.monotonic() - started < 2
-        with pytest.raises(JobCancelledError):
+        job = client.cancel(running.job_id)  # answers at once: the running job ends on its stream
+        assert job.state in (JobState.RUNNING, JobState.CANCELLED) and time.monotonic() - started < 2
+        with pytest.raises(JobCancelledError) as cancelled:
             running.result(timeout=10)
-        assert job.error is not None and job.error.code is grpc.StatusCode.CANCELLED
+        ended = cancelled.value.job
+        assert ended.state is JobState.CANCELLED and ended.done and running.cancelled()
+        assert ended.error is not None and ended.error.code is grpc.StatusCode.CANCELLED
         assert client.cancel(running.job_id).state is JobState.CANCELLED  # idempotent
         # The worker is free for the next job.
         assert client.submit("echo", {"x": 1}).result(timeout=10) == Output({"x": 1})
@@ -154,7 +163,8 @@ def test_idempotent_submit(echo_server: ServerProcess) -> None:
         with pytest.raises(GatewayError) as conflict:
             client.submit_job("echo", {"a": 2}, request_id="order-42", labels={"k": "v"})
         assert conflict.value.code is grpc.StatusCode.ALREADY_EXISTS
-        assert conflict.value.reason == "REQUEST_ID_CONFLICT" and conflict.value.metadata["job_id"] == first.id
+        assert conflict.value.reason == "REQUEST_ID_CONFLICT" and conflict.value.metadata["jobId"] == first.id
+        assert isinstance(conflict.value, AlreadyExistsError)
 
 
 def test_list_filters_and_paginates(make_server) -> None:  # type: ignore[no-untyped-def]
@@ -181,13 +191,21 @@ def test_list_filters_and_paginates(make_server) -> None:  # type: ignore[no-unt
 
 def test_delete_forgets_the_job(echo_server: ServerProcess) -> None:
     with Client(echo_server.target) as client:
-        future = client.submit("echo", {"delay_ms": 10_000})
-        client.delete(future.job_id)
-        with pytest.raises(GatewayError) as gone:
-            client.get(future.job_id)
+        finished = client.submit("echo", {})
+        finished.result(timeout=10)
+        client.delete(finished.job_id)
+        with pytest.raises(NotFoundError) as gone:
+            client.get(finished.job_id)
         assert gone.value.reason == "JOB_NOT_FOUND"
+        future = client.submit("echo", {"delay_ms": 10_000})
+        with pytest.raises(FailedPreconditionError) as active:
+            client.delete(future.job_id)  # still running: only with force
+        assert active.value.reason == "JOB_NOT_DONE"
+        client.delete(future.job_id, force=True)
         with pytest.raises(GatewayError):
             future.result(timeout=10)
+        with pytest.raises(NotFoundError):
+            client.get(future.job_id)
 
 
 def test_expiry(make_server) -> None:  # type: ignore[no-untyped-def]
@@ -195,8 +213,15 @@ def test_expiry(make_server) -> None:  # type: ignore[no-untyped-def]
     with Client(server.target) as client:
         future = client.submit("echo", {"x": 1})
         future.result(timeout=10)
-        assert client.fetch(future.job_id) == Output({"x": 1})
-        time.sleep(1.6)
+        assert client.fetch(future.job_id).result == Output({"x": 1})
+        deadline = time.monotonic() + 10
+        while True:  # swept within about retention + sweep interval
+            try:
+                client.get(future.job_id)
+            except NotFoundError:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         for call in (lambda: client.fetch(future.job_id), lambda: list(client.watch(future.job_id)),
                      lambda: client.get(future.job_id)):
             with pytest.raises(GatewayError) as expired:
@@ -238,23 +263,27 @@ def test_auth_and_tenant_isolation(make_server) -> None:  # type: ignore[no-unty
 def test_watch_jobs_stream_for_dashboards(echo_server: ServerProcess) -> None:
     with Client(echo_server.target) as client:
         seen: list[tuple[str, JobState]] = []
-        stop = threading.Event()
+        opened = threading.Event()
+        marker = client.submit("echo", {"delay_ms": 60_000}, labels={"dash": "yes"})
 
         def dashboard() -> None:
             for job in client.watch_jobs(labels={"dash": "yes"}):
-                seen.append((job.id, job.state))
-                if stop.is_set() or sum(1 for _, s in seen if s.done) >= 3:
+                opened.set()  # the marker, as an active job or as a change: the stream is open
+                if job.id != marker.job_id:
+                    seen.append((job.id, job.state))
+                if sum(1 for _, s in seen if s.done) >= 3:
                     return
 
         thread = threading.Thread(target=dashboard, daemon=True)
         thread.start()
-        time.sleep(0.5)
+        assert opened.wait(10)
         futures = [client.submit("echo", {"delay_ms": 100 * i}, labels={"dash": "yes"}) for i in range(3)]
         client.submit("echo", {}, labels={"dash": "no"}).result(timeout=10)
         for f in futures:
             f.result(timeout=10)
         thread.join(timeout=10)
-        stop.set()
+        assert not thread.is_alive()
+        marker.cancel()
         ids = {f.job_id for f in futures}
         assert {job_id for job_id, _ in seen} == ids
         assert {job_id for job_id, state in seen if state is JobState.SUCCEEDED} == ids
@@ -262,7 +291,7 @@ def test_watch_jobs_stream_for_dashboards(echo_server: ServerProcess) -> None:
 
 def test_health_and_reflection(echo_server: ServerProcess) -> None:
     assert echo_server.health("") == health_pb2.HealthCheckResponse.SERVING
-    assert echo_server.health("gateway.v1.GatewayService") == health_pb2.HealthCheckResponse.SERVING
+    assert echo_server.health(SERVICE) == health_pb2.HealthCheckResponse.SERVING
     assert echo_server.health("route/echo") == health_pb2.HealthCheckResponse.SERVING
     with pytest.raises(grpc.RpcError) as unknown:
         echo_server.health("route/nope")
@@ -271,7 +300,7 @@ def test_health_and_reflection(echo_server: ServerProcess) -> None:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = {s.name for r in responses for s in r.list_services_response.service}
-    assert {"gateway.v1.GatewayService", "grpc.health.v1.Health"} <= names
+    assert {SERVICE, "grpc.health.v1.Health"} <= names
 
 
 def test_oversized_and_malformed_requests(make_server) -> None:  # type: ignore[no-untyped-def]
@@ -281,7 +310,7 @@ def test_oversized_and_malformed_requests(make_server) -> None:  # type: ignore[
             client.submit_job("echo", {"blob": "x" * 200_000})
         assert big.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED and big.value.reason == "REQUEST_TOO_LARGE"
     with grpc.insecure_channel(server.target) as channel:
-        raw = channel.unary_unary("/gateway.v1.GatewayService/Submit")
+        raw = channel.unary_unary(f"/{SERVICE}/Submit")
         with pytest.raises(grpc.RpcError) as malformed:
             raw(b"\xff\xff\xff\xff", timeout=5)
         assert malformed.value.code() is grpc.StatusCode.INVALID_ARGUMENT

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import grpc
 import pytest
 
-from gateway_client import Client, GatewayError, JobFailedError, JobState, Output, Transcript
+from gateway_client import NO_RETRY, Client, Job, JobFailedError, JobState, Output, Transcript, UnavailableError
 from tests.conftest import FIXTURES, ServerProcess
 from tests.test_whisper import word_error_rate
 
@@ -43,7 +44,7 @@ def test_kill9_keeps_results_and_resumes_queued_and_running_jobs(make_server) ->
         # The futures created before the crash complete by themselves: their streams resume.
         assert running.result(timeout=30) == Output({"delay_ms": 3000, "steps": 30, "n": 2})
         assert queued.result(timeout=30) == Output({"delay_ms": 100, "n": 3})
-        assert client.fetch(finished.job_id) == Output({"n": 1})
+        assert client.fetch(finished.job_id).result == Output({"n": 1})
         assert seen == sorted(set(seen))  # no revision twice, none out of order
         # The resumed echo job went on from where it was, not from zero.
         assert all(j.progress >= progress_before for j in client.watch(running.job_id, after_revision=seen[0]))
@@ -54,6 +55,8 @@ def test_kill9_mid_transcription_resumes_after_the_last_segment(make_server) -> 
     server.wait_serving("route/whisper")
     with Client(server.target) as client:
         future = client.transcribe(FIXTURES / "long.ogg")
+        seen: list[Job] = []
+        future.add_update_callback(seen.append)
         for job in client.watch(future.job_id):
             if len(job.segments) >= 3:
                 break
@@ -65,6 +68,13 @@ def test_kill9_mid_transcription_resumes_after_the_last_segment(make_server) -> 
     starts = [s.start for s in result.segments]
     assert starts == sorted(starts)  # nothing transcribed twice
     assert 52 < result.duration < 53.5
+    # The future's stream resumed after the last revision it saw, and rebuilt exactly the transcript:
+    # each revision's segments extend the previous ones, and the last revision's are the result's.
+    revisions = [j.revision for j in seen]
+    assert revisions == sorted(set(revisions))
+    for earlier, later in itertools.pairwise(seen):
+        assert later.segments[: len(earlier.segments)] == earlier.segments
+    assert seen[-1].done and seen[-1].segments == result.segments
 
 
 def test_sigterm_drains_and_streams_resume_after_restart(make_server) -> None:  # type: ignore[no-untyped-def]
@@ -96,14 +106,14 @@ def test_a_job_that_keeps_killing_the_gateway_is_given_up(make_server) -> None: 
 
 def test_submit_is_refused_while_shutting_down(make_server) -> None:  # type: ignore[no-untyped-def]
     server: ServerProcess = make_server('shutdown_grace_seconds = 3.0\n' + ONE_WORKER)
-    with Client(server.target) as client:
+    with Client(server.target, retry=NO_RETRY) as client:
         client.submit("echo", {"delay_ms": 2500})
         time.sleep(0.2)
         assert server.proc is not None
         server.proc.send_signal(15)
         time.sleep(0.5)
         assert server.health() != 1  # NOT_SERVING while draining
-        with pytest.raises(GatewayError) as refused:
+        with pytest.raises(UnavailableError) as refused:
             client.submit_job("echo", {})
         assert refused.value.code is grpc.StatusCode.UNAVAILABLE
     server.proc.wait(30)

@@ -46,7 +46,7 @@ def test_seed_snippet_runs_unchanged_but_for_the_url(whisper_server: ServerProce
     with Client(whisper_server.target) as client:
         job = client.get(job_id)
         assert job.state is JobState.SUCCEEDED and job.labels == {"via": "octoai-facade"}
-        transcript = client.fetch(job_id)
+        transcript = client.fetch(job_id).result
         assert isinstance(transcript, Transcript) and transcript.text == SENTENCE + "."
 
 
@@ -74,7 +74,7 @@ def test_status_and_errors_over_plain_http(whisper_server: ServerProcess) -> Non
     assert status == 200 and echoed == {"x": [1, 2]}
     status, failed, _ = http("POST", f"{base}/echo/predict", {"fail_with": "boom"}, {"X-OctoAI-Async": "1"})
     with Client(whisper_server.target) as client:
-        client.fetch_job(failed["response_id"], wait=True, timeout=10)
+        assert client.fetch(failed["response_id"], wait=10).job.done
     status, polled, _ = http("GET", failed["poll_url"])
     assert status == 500 and polled["error"]["reason"] == "ECHO_FAILURE" and polled["error"]["message"] == "boom"
     assert http("POST", f"{base}/nope/predict", {})[1]["error"]["reason"] == "ROUTE_NOT_FOUND"
@@ -109,7 +109,7 @@ def test_tokens_and_tenants_on_the_facade(make_server) -> None:  # type: ignore[
     assert status == 201
     assert http("GET", body["poll_url"], headers={"Authorization": "Bearer beta-token"})[0] == 404
     with Client(secured.target, token="alpha-token") as client:
-        client.fetch_job(body["response_id"], wait=True, timeout=10)
+        assert client.fetch(body["response_id"], wait=10).job.done
     status, polled, _ = http("GET", body["poll_url"], headers=alpha)
     assert status == 200 and polled["status"] == "completed"
     assert http("GET", polled["response_url"], headers=alpha)[1] == {"a": 1}

@@ -1,40 +1,65 @@
-"""The asyncio client, and job futures completed by the Watch stream (no polling anywhere)."""
+"""The asyncio client: one method per RPC, typed results, retries, streams that resume.
+
+What is a coroutine: every method that makes a call and answers once (``submit``, ``get``,
+``fetch``, ``cancel``, ``delete``, ``list``...) is ``async``, to ``await``; the streams are used
+with ``async for`` and no ``await``: ``watch`` and ``iter_jobs`` are async generators,
+``watch_jobs`` answers an ``AsyncJobChanges`` (an async iterator that also holds the stream's
+resume token). A stream's call starts at its first iteration. Job futures follow the same rule
+(see ``_futures``).
+
+Every RPC method takes ``timeout`` (seconds for the whole call, retries included; None: the
+client's ``timeout``; for streams None means no limit) and ``metadata`` (pairs sent after the
+client's own ``metadata`` and token).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import random
+import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, overload
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2
 
-from gateway_client._errors import GatewayError, JobCancelledError, JobFailedError, translate_errors
-from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.gateway.v1 import gateway_pb2_grpc as pb_grpc
-from gateway_client._types import Heartbeat, Job, JobState, Page, Result, result_from_proto
+from gateway_client._errors import DataLossError, DeadlineExceededError, RpcError, translate_errors
+from gateway_client._futures import AsyncJobFuture
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from gateway_client._retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, retry_floor, stream_resumable
+from gateway_client._streams import AsyncJobChanges, TranscriptBuilder
+from gateway_client._types import (
+    Fetched,
+    Heartbeat,
+    Job,
+    JobState,
+    Output,
+    Page,
+    Result,
+    Submitted,
+    Transcript,
+    result_from_proto,
+    state_values,
+)
 
-__all__ = ["DEFAULT_TARGET", "AsyncClient", "AsyncJobFuture"]
+__all__ = ["DEFAULT_TARGET", "DEFAULT_TIMEOUT", "AsyncClient", "Metadata"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gateway_client")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
-# Watch is read-only, so resuming it after any of these is safe; the server restarting, a proxy
-# cutting a long stream, or a connection recycled by max_connection_age all end up here.
-_RESUMABLE = frozenset({
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-})
+
+Metadata = Sequence[tuple[str, str]]
+"""gRPC metadata: (key, value) pairs, keys in lowercase."""
+Audio = bytes | str | os.PathLike[str]
+"""Audio bytes, or the path of an audio file."""
+
+R = TypeVar("R")
+
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),
@@ -46,124 +71,32 @@ _CHANNEL_OPTIONS = [
 ]
 _TASKS = {"": pb.TRANSCRIPTION_TASK_UNSPECIFIED, "transcribe": pb.TRANSCRIPTION_TASK_TRANSCRIBE,
           "translate": pb.TRANSCRIPTION_TASK_TRANSLATE}
+# Gaps in a Watch stream's segments that resuming did not mend, before giving up with DATA_LOSS.
+_MAX_GAPS = 3
 
 
-def _audio_bytes(audio: bytes | str | os.PathLike[str]) -> bytes:
+def _audio_bytes(audio: Audio) -> bytes:
     return audio if isinstance(audio, bytes) else Path(audio).read_bytes()
 
 
-class AsyncJobFuture:
-    """A submitted job: awaitable, completed by the job's Watch stream.
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration
 
-    ``await fut`` (or ``fut.result()`` once done) gives the typed result; a FAILED job raises
-    JobFailedError, a CANCELLED one JobCancelledError. The stream resumes from the last revision
-    seen whenever it is cut (server restart, UNAVAILABLE), so nothing is missed.
-    """
 
-    def __init__(self, client: AsyncClient, job: Job, resume_timeout: float = 300.0) -> None:
-        self._client = client
-        self.job = job
-        self._future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._update_callbacks: list[Callable[[Job], None]] = []
-        self._resume_timeout = resume_timeout
-        self._task = asyncio.get_running_loop().create_task(self._track(), name=f"watch-{job.id}")
-        client._futures.add(self)
-
-    @property
-    def job_id(self) -> str:
-        return self.job.id
-
-    def __await__(self) -> Generator[Any, None, Result]:
-        return asyncio.shield(self._future).__await__()
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def cancelled(self) -> bool:
-        """True once the job ended CANCELLED."""
-        return self._future.done() and isinstance(self._future.exception(), JobCancelledError)
-
-    def result(self) -> Result:
-        """The result of a done future (raises asyncio.InvalidStateError before)."""
-        return self._future.result()
-
-    def exception(self) -> BaseException | None:
-        return self._future.exception()
-
-    def add_done_callback(self, fn: Callable[[AsyncJobFuture], None]) -> None:
-        self._future.add_done_callback(lambda _: fn(self))
-
-    def add_update_callback(self, fn: Callable[[Job], None]) -> None:
-        """Called with every new revision of the job (progress, segments, state)."""
-        self._update_callbacks.append(fn)
-
-    async def cancel(self) -> bool:
-        """Asks the server to cancel the job; the future then ends with JobCancelledError (or with
-        the result, if the job finished first). False if it was already done."""
-        if self.done():
-            return False
-        await self._client.cancel(self.job_id)
-        return True
-
-    async def _track(self) -> None:
-        try:
-            job = await self._follow()
-            if job.state is JobState.SUCCEEDED:
-                result = await self._retrying(lambda: self._client.fetch(self.job_id))
-                if result is None:
-                    raise GatewayError(grpc.StatusCode.DATA_LOSS, "the job succeeded without a result", "NO_RESULT")
-                self._set(result=result)
-            elif job.state is JobState.FAILED:
-                self._set(error=JobFailedError(job))
-            else:
-                self._set(error=JobCancelledError(job))
-        except GatewayError as exc:
-            self._set(error=exc)
-        except asyncio.CancelledError:
-            if not self._future.done():
-                self._future.cancel()
-            raise
-        finally:
-            self._client._futures.discard(self)
-
-    def _set(self, result: Result | None = None, error: BaseException | None = None) -> None:
-        if self._future.done():
-            return
-        if error is not None:
-            self._future.set_exception(error)
-        else:
-            self._future.set_result(result)  # type: ignore[arg-type]
-
-    async def _follow(self) -> Job:
-        """Follows the Watch stream to the terminal revision, resuming whenever it is cut."""
-        async for job in self._client.watch(self.job_id, after_revision=self.job.revision,
-                                            resume_timeout=self._resume_timeout):
-            assert isinstance(job, Job)  # no heartbeats were asked for
-            self.job = job
-            for fn in list(self._update_callbacks):
-                try:
-                    fn(job)
-                except Exception:
-                    log.exception("update callback failed")
-        if not self.job.done:  # the job was already done when the stream started
-            self.job = await self._retrying(lambda: self._client.get(self.job_id))
-        return self.job
-
-    async def _retrying(self, call: Callable[[], Any]) -> Any:
-        deadline = asyncio.get_running_loop().time() + self._resume_timeout
-        delay = 0.1
-        while True:
-            try:
-                return await call()
-            except GatewayError as exc:
-                if exc.code is not grpc.StatusCode.UNAVAILABLE or asyncio.get_running_loop().time() > deadline:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(5.0, delay * 2)
+class _Gap(Exception):
+    """A Watch update whose segments_offset is past the transcript received."""
 
 
 class AsyncClient:
-    """The asyncio client. ``async with AsyncClient("host:port", token=...) as client: ...``"""
+    """The asyncio client: ``async with AsyncClient("host:port", token=...) as client: ...``.
+
+    ``timeout``: the default seconds of a call (retries included). ``metadata``: pairs sent with
+    every call. ``retry``: the RetryPolicy (None: no retries; streams still resume for the default
+    policy's resume_timeout). ``options``: gRPC channel options. ``interceptors``: grpc.aio client
+    interceptors.
+    """
 
     def __init__(
         self,
@@ -172,17 +105,25 @@ class AsyncClient:
         token: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        metadata: Metadata = (),
+        retry: RetryPolicy | None = DEFAULT_RETRY,
         options: Iterable[tuple[str, Any]] = (),
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         channel_options = [*_CHANNEL_OPTIONS, *options]
+        chosen = list(interceptors) or None
         if credentials is not None:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=channel_options)
+            self._channel = grpc.aio.secure_channel(target, credentials, options=channel_options, interceptors=chosen)
         else:
-            self._channel = grpc.aio.insecure_channel(target, options=channel_options)
+            self._channel = grpc.aio.insecure_channel(target, options=channel_options, interceptors=chosen)
         self._stub = pb_grpc.GatewayServiceStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        auth = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata: tuple[tuple[str, str], ...] = (*auth, *metadata)
+        self.target = target
         self.timeout = timeout
-        self._futures: set[AsyncJobFuture] = set()
+        self.retry: RetryPolicy = retry if retry is not None else NO_RETRY
+        self._futures: set[AsyncJobFuture[Any]] = set()
+        self._closed = False
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -191,9 +132,59 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        for fut in list(self._futures):
-            fut._task.cancel()
+        """Stops following every future (they end cancelled) and closes the channel. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [fut._task for fut in self._futures]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._channel.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+
+    def _merge(self, metadata: Metadata | None) -> tuple[tuple[str, str], ...]:
+        return (*self._metadata, *metadata) if metadata else self._metadata
+
+    async def _call(
+        self,
+        method: str,
+        make_request: Callable[[float], Any],
+        timeout: float | None,
+        metadata: Metadata | None,
+        *,
+        patient: bool = False,
+    ) -> Any:
+        """One unary RPC, retried as the RetryPolicy allows within ``timeout`` seconds. ``patient``:
+        as a future does for itself, keep retrying UNAVAILABLE for the policy's resume_timeout."""
+        self._check_open()
+        rpc = getattr(self._stub, method)
+        loop = asyncio.get_running_loop()
+        policy = self.retry
+        total = self.timeout + policy.resume_timeout if patient else (self.timeout if timeout is None else timeout)
+        attempts = sys.maxsize if patient else policy.max_attempts
+        deadline = loop.time() + total
+        metadata_sent = self._merge(metadata)
+        attempt = 1
+        while True:
+            remaining = max(0.0, deadline - loop.time())
+            per_try = min(remaining, self.timeout) if patient else remaining
+            try:
+                with translate_errors():
+                    return await rpc(make_request(per_try), timeout=per_try, metadata=metadata_sent)
+            except RpcError as exc:
+                floor = retry_floor(method, exc)
+                if floor is None or attempt >= attempts:
+                    raise
+                delay = max(floor, policy.backoff(attempt))
+                if loop.time() + delay >= deadline:
+                    raise
+                log.debug("%s failed (%s); retry %d in %.2f s", method, exc, attempt, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
 
     # -- Submit ----------------------------------------------------------------------------------
 
@@ -202,7 +193,7 @@ class AsyncClient:
         route: str,
         inputs: Mapping[str, Any] | None = None,
         *,
-        audio: bytes | str | os.PathLike[str] | None = None,
+        audio: Audio | None = None,
         language: str = "",
         task: str = "",
         beam_size: int = 0,
@@ -210,181 +201,401 @@ class AsyncClient:
         vad_filter: bool | None = None,
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
-    ) -> tuple[Job, bool]:
-        """Submits and answers (job, existing) without following it. A request_id is generated when
-        none is given, so the Submit can be retried safely when the server is briefly unavailable."""
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Submitted:
+        """Submits without following the job: ``job, existing = await client.submit_job(...)``.
+
+        JSON ``inputs``, or ``audio`` (bytes or a path) for the typed transcription request with
+        ``language`` (a BCP-47 code), ``task`` ("transcribe" or "translate"), ``beam_size``,
+        ``word_timestamps`` and ``vad_filter``. A request_id is generated when none is given, so
+        that a retried Submit never creates a second job.
+        """
         request = pb.SubmitRequest(route=route, labels=dict(labels or {}), request_id=request_id or uuid.uuid4().hex)
         if audio is not None:
+            if inputs is not None:
+                raise ValueError("give inputs or audio, not both")
             if task not in _TASKS:
                 raise ValueError(f"task must be one of {sorted(t for t in _TASKS if t)}")
             request.transcription.CopyFrom(pb.TranscriptionRequest(
-                audio=_audio_bytes(audio), language=language, task=_TASKS[task], beam_size=beam_size,
+                audio=_audio_bytes(audio), language_code=language, task=_TASKS[task], beam_size=beam_size,
                 word_timestamps=word_timestamps,
             ))
             if vad_filter is not None:
                 request.transcription.vad_filter = vad_filter
         else:
             request.inputs.CopyFrom(json_format.ParseDict(dict(inputs or {}), struct_pb2.Struct()))
-        delay = 0.1
-        for attempt in range(6):
-            try:
-                with translate_errors():
-                    response = await self._stub.Submit(request, timeout=self.timeout, metadata=self._metadata)
-                return Job.from_proto(response.job), response.existing
-            except GatewayError as exc:
-                if exc.code is not grpc.StatusCode.UNAVAILABLE or attempt == 5:
-                    raise
-            await asyncio.sleep(delay * (1 + random.random()))
-            delay *= 2
-        raise AssertionError("unreachable")
+        response = await self._call("Submit", lambda _: request, timeout, metadata)
+        return Submitted(Job.from_proto(response.job), response.existing)
 
-    async def submit(self, route: str, inputs: Mapping[str, Any] | None = None, **kwargs: Any) -> AsyncJobFuture:
-        """Submits a job and answers its future (see submit_job for the arguments)."""
-        job, _ = await self.submit_job(route, inputs, **kwargs)
-        return AsyncJobFuture(self, job)
+    @overload
+    async def submit(
+        self, route: str, inputs: Mapping[str, Any] | None = None, *, labels: Mapping[str, str] | None = None,
+        request_id: str | None = None, timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> AsyncJobFuture[Output]: ...
+    @overload
+    async def submit(
+        self, route: str, inputs: Mapping[str, Any] | None = None, *, result_type: type[R],
+        labels: Mapping[str, str] | None = None, request_id: str | None = None, timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> AsyncJobFuture[R]: ...
+    async def submit(
+        self,
+        route: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        result_type: type[Any] = Output,
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> AsyncJobFuture[Any]:
+        """Submits JSON inputs and answers the job's future (an ``Output``; a whisper route given
+        OctoAI-style JSON answers a ``Transcript``: pass ``result_type=Transcript``)."""
+        job, _ = await self.submit_job(route, inputs, labels=labels, request_id=request_id, timeout=timeout,
+                                       metadata=metadata)
+        return AsyncJobFuture(self, job, result_type)
 
+    @overload
     async def transcribe(
-        self, audio: bytes | str | os.PathLike[str], *, route: str = "whisper", **kwargs: Any
-    ) -> AsyncJobFuture:
-        """Submits audio (bytes or a file path) to a whisper route; answers the job's future."""
-        return await self.submit(route, audio=audio, **kwargs)
+        self, audio: Audio, *, route: str = "whisper", language: str = "", task: str = "", beam_size: int = 0,
+        word_timestamps: bool = False, vad_filter: bool | None = None, labels: Mapping[str, str] | None = None,
+        request_id: str | None = None, timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> AsyncJobFuture[Transcript]: ...
+    @overload
+    async def transcribe(
+        self, audio: Audio, *, result_type: type[R], route: str = "whisper", language: str = "", task: str = "",
+        beam_size: int = 0, word_timestamps: bool = False, vad_filter: bool | None = None,
+        labels: Mapping[str, str] | None = None, request_id: str | None = None, timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> AsyncJobFuture[R]: ...
+    async def transcribe(
+        self,
+        audio: Audio,
+        *,
+        result_type: type[Any] = Transcript,
+        route: str = "whisper",
+        language: str = "",
+        task: str = "",
+        beam_size: int = 0,
+        word_timestamps: bool = False,
+        vad_filter: bool | None = None,
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> AsyncJobFuture[Any]:
+        """Submits audio (bytes or a file path) as a typed transcription request and answers the
+        job's future (a ``Transcript``; an upstream route answers an ``Output``: pass
+        ``result_type=Output``). See submit_job for the options."""
+        job, _ = await self.submit_job(
+            route, audio=audio, language=language, task=task, beam_size=beam_size, word_timestamps=word_timestamps,
+            vad_filter=vad_filter, labels=labels, request_id=request_id, timeout=timeout, metadata=metadata,
+        )
+        return AsyncJobFuture(self, job, result_type)
 
-    async def future(self, job_id: str) -> AsyncJobFuture:
+    @overload
+    async def future(
+        self, job_id: str, *, timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> AsyncJobFuture[Result]: ...
+    @overload
+    async def future(
+        self, job_id: str, *, result_type: type[R], timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> AsyncJobFuture[R]: ...
+    async def future(
+        self,
+        job_id: str,
+        *,
+        result_type: type[Any] | None = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> AsyncJobFuture[Any]:
         """A future for a job submitted earlier (by anyone in the tenant)."""
-        job = await self.get(job_id)
-        return AsyncJobFuture(self, job)
+        return AsyncJobFuture(self, await self.get(job_id, timeout=timeout, metadata=metadata), result_type)
 
-    # -- the other RPCs --------------------------------------------------------------------------
+    # -- reading one job -------------------------------------------------------------------------
 
-    async def get(self, job_id: str) -> Job:
-        with translate_errors():
-            response = await self._stub.Get(pb.GetRequest(job_id=job_id), timeout=self.timeout, metadata=self._metadata)
+    async def get(self, job_id: str, *, timeout: float | None = None, metadata: Metadata | None = None) -> Job:
+        """The job now, with every segment so far."""
+        response = await self._call("Get", lambda _: pb.GetRequest(job_id=job_id), timeout, metadata)
         return Job.from_proto(response.job)
 
+    async def _get_patiently(self, job_id: str) -> Job:
+        response = await self._call("Get", lambda _: pb.GetRequest(job_id=job_id), None, None, patient=True)
+        return Job.from_proto(response.job)
+
+    @overload
+    def watch(
+        self, job_id: str, *, after_revision: int = 0, heartbeats: Literal[False] = False, resume: bool = True,
+        timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> AsyncIterator[Job]: ...
+    @overload
+    def watch(
+        self, job_id: str, *, after_revision: int = 0, heartbeats: bool, resume: bool = True,
+        timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> AsyncIterator[Job | Heartbeat]: ...
     async def watch(
         self,
         job_id: str,
-        after_revision: int = 0,
         *,
+        after_revision: int = 0,
         heartbeats: bool = False,
         resume: bool = True,
-        resume_timeout: float = 300.0,
-    ) -> AsyncIterator[Job | Heartbeat]:
-        """Every revision of the job (the snapshot first when after_revision is 0), ending after the
-        terminal one. With resume (the default), a cut stream is reopened after the last revision
-        seen, for up to resume_timeout seconds without a successful reconnection."""
-        last = after_revision
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> AsyncIterator[Any]:
+        """Every revision of the job (the whole job first when ``after_revision`` is 0, else each
+        revision after it), ending after the terminal one; with ``heartbeats``, the heartbeats too.
+
+        Each Job carries the whole transcript so far, rebuilt from the stream's increments. With
+        ``resume`` (the default), a stream cut with UNAVAILABLE is reopened after the last revision
+        seen (see RetryPolicy.resume_timeout). ``timeout``: seconds for the whole stream (None: no
+        limit)."""
+        items = self._watch(job_id, after_revision, None, heartbeats=heartbeats, resume=resume, timeout=timeout,
+                            metadata=metadata)
+        try:
+            async for item in items:
+                yield item
+        finally:
+            await items.aclose()  # at once, not when collected: it cancels the call
+
+    async def _watch(
+        self,
+        job_id: str,
+        after_revision: int,
+        base: Job | None,
+        *,
+        heartbeats: bool,
+        resume: bool,
+        timeout: float | None,
+        metadata: Metadata | None,
+    ) -> AsyncGenerator[Job | Heartbeat, None]:
+        """watch(), continuing the transcript of ``base`` (the job as of after_revision) when given."""
+        self._check_open()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + resume_timeout
-        delay = 0.1
+        policy = self.retry
+        deadline = None if timeout is None else loop.time() + timeout
+        metadata_sent = self._merge(metadata)
+        last = after_revision
+        transcript: TranscriptBuilder | None = None
+        if base is not None:
+            transcript = TranscriptBuilder(base.raw.segments, base.segments)
+        elif after_revision == 0:
+            transcript = TranscriptBuilder()
+        give_up_at = loop.time() + policy.resume_timeout
+        failures = gaps = 0
         while True:
-            call = self._stub.Watch(
-                pb.WatchRequest(job_id=job_id, after_revision=last), metadata=self._metadata
-            )
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceededError(f"watching job {job_id}: the timeout of {timeout} s passed")
+            call = self._stub.Watch(pb.WatchRequest(job_id=job_id, after_revision=last), timeout=remaining,
+                                    metadata=metadata_sent)
             try:
                 with translate_errors():
                     async for response in call:
-                        deadline = loop.time() + resume_timeout
-                        delay = 0.1
-                        if response.HasField("job"):
-                            job = Job.from_proto(response.job)
-                            last = job.revision
+                        kind = response.WhichOneof("event")
+                        give_up_at = loop.time() + policy.resume_timeout
+                        if kind == "update":
+                            update = response.update
+                            if update.job.revision <= last:
+                                continue  # never a revision twice
+                            if transcript is None:  # began after a revision whose transcript we lack
+                                transcript = await self._transcript_until(job_id, update.segments_offset)
+                            if not transcript.apply(update.segments_offset, update.job.segments):
+                                raise _Gap(f"segments_offset {update.segments_offset} > {len(transcript)}")
+                            job = transcript.job(update.job)
+                            last, failures, gaps = job.revision, 0, 0
                             yield job
-                        elif heartbeats:
-                            hb = response.heartbeat
-                            yield Heartbeat(
-                                hb.time.ToDatetime() if hb.HasField("time") else None, hb.revision
-                            )
+                        elif kind == "heartbeat" and heartbeats:
+                            yield Heartbeat.from_proto(response.heartbeat)
                 return
-            except GatewayError as exc:
-                if not resume or exc.code not in _RESUMABLE or loop.time() > deadline:
+            except RpcError as exc:
+                if not resume or not stream_resumable(exc) or loop.time() > give_up_at:
                     raise
                 log.debug("watch %s cut (%s); resuming after revision %d", job_id, exc, last)
+            except _Gap as gap:
+                gaps += 1
+                if not resume or gaps > _MAX_GAPS:
+                    raise DataLossError(f"watching job {job_id}: {gap}", reason="SEGMENTS_GAP") from None
+                log.debug("watch %s: %s; resuming after revision %d", job_id, gap, last)
             finally:
                 call.cancel()
-            await asyncio.sleep(delay * (1 + random.random()))
-            delay = min(5.0, delay * 2)
+            failures += 1
+            await asyncio.sleep(policy.backoff(failures))
 
-    async def fetch(self, job_id: str, wait: bool = False, timeout: float | None = None) -> Result | None:
-        """The result of a finished job (None for a job that failed or was cancelled). Without wait,
-        a job still running raises FAILED_PRECONDITION (reason JOB_NOT_DONE)."""
-        with translate_errors():
-            response = await self._stub.Fetch(
-                pb.FetchRequest(job_id=job_id, wait=wait),
-                timeout=timeout if wait else (timeout or self.timeout),
-                metadata=self._metadata,
-            )
-        return result_from_proto(response)
+    async def _transcript_until(self, job_id: str, offset: int) -> TranscriptBuilder:
+        """The transcript's first ``offset`` segments (transcripts only grow, so the job now has them)."""
+        if offset == 0:
+            return TranscriptBuilder()
+        job = await self._get_patiently(job_id)
+        if len(job.segments) < offset:
+            raise DataLossError(f"job {job_id} has {len(job.segments)} segments, the stream needs {offset}",
+                                reason="SEGMENTS_GAP")
+        return TranscriptBuilder(job.raw.segments[:offset], job.segments[:offset])
 
-    async def fetch_job(self, job_id: str, wait: bool = False, timeout: float | None = None) -> tuple[Job, Result | None]:
-        """Like fetch, with the finished job too."""
-        with translate_errors():
-            response = await self._stub.Fetch(
-                pb.FetchRequest(job_id=job_id, wait=wait),
-                timeout=timeout if wait else (timeout or self.timeout),
-                metadata=self._metadata,
-            )
-        return Job.from_proto(response.job), result_from_proto(response)
+    async def fetch(
+        self,
+        job_id: str,
+        *,
+        wait: float | None = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Fetched:
+        """The job (without segments) and, once it SUCCEEDED, its result: ``job, result = await
+        client.fetch(job_id)``.
 
-    async def cancel(self, job_id: str) -> Job:
-        with translate_errors():
-            response = await self._stub.Cancel(pb.CancelRequest(job_id=job_id), timeout=self.timeout,
-                                               metadata=self._metadata)
+        Without ``wait``, a job still queued or running raises FailedPreconditionError (reason
+        JOB_NOT_DONE). With ``wait`` (seconds), the server waits up to that long for the job to
+        end, then answers it as it is: ``job.done`` False and no result if it still runs. The call's
+        deadline is ``timeout``, or ``wait`` plus the client's timeout."""
+        if wait is not None and wait < 0:
+            raise ValueError("wait must not be negative")
+        loop = asyncio.get_running_loop()
+        wait_until = None if not wait else loop.time() + wait
+        if timeout is None and wait:
+            timeout = wait + self.timeout
+
+        def request(_: float) -> pb.FetchRequest:
+            message = pb.FetchRequest(job_id=job_id)
+            if wait_until is not None:  # what is left of the wait on a retry; never 0 (0 means "don't wait")
+                message.timeout.CopyFrom(_duration(max(0.001, wait_until - loop.time())))
+            return message
+
+        response = await self._call("Fetch", request, timeout, metadata)
+        return Fetched(Job.from_proto(response.job), result_from_proto(response))
+
+    async def _fetch_patiently(self, job_id: str) -> Fetched:
+        response = await self._call("Fetch", lambda _: pb.FetchRequest(job_id=job_id), None, None, patient=True)
+        return Fetched(Job.from_proto(response.job), result_from_proto(response))
+
+    # -- changing one job ------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str, *, timeout: float | None = None, metadata: Metadata | None = None) -> Job:
+        """Asks the job to stop; answers at once with the job then: CANCELLED if it was queued,
+        still RUNNING if it was running (it ends CANCELLED on its Watch stream), unchanged if done."""
+        response = await self._call("Cancel", lambda _: pb.CancelRequest(job_id=job_id), timeout, metadata)
         return Job.from_proto(response.job)
 
-    async def delete(self, job_id: str) -> None:
-        with translate_errors():
-            await self._stub.Delete(pb.DeleteRequest(job_id=job_id), timeout=self.timeout, metadata=self._metadata)
+    async def delete(
+        self, job_id: str, *, force: bool = False, timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> None:
+        """Forgets a finished job now. A queued or running job raises FailedPreconditionError
+        (JOB_NOT_DONE) unless ``force``: then it is cancelled, and forgotten once it has stopped."""
+        await self._call("Delete", lambda _: pb.DeleteRequest(job_id=job_id, force=force), timeout, metadata)
+
+    # -- many jobs -------------------------------------------------------------------------------
 
     async def list(
         self,
         *,
-        states: Iterable[JobState | str] = (),
+        states: Sequence[JobState | str] = (),
         route: str = "",
         labels: Mapping[str, str] | None = None,
         page_size: int = 0,
         page_token: str = "",
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> Page:
-        """One page of the tenant's jobs, newest first (jobs without segments)."""
-        request = pb.ListRequest(
-            page_size=page_size, page_token=page_token, route=route, labels=dict(labels or {}),
-            states=[(s if isinstance(s, JobState) else JobState.parse(s)).value for s in states],
-        )
-        with translate_errors():
-            response = await self._stub.List(request, timeout=self.timeout, metadata=self._metadata)
+        """One page of the tenant's jobs, newest first, without segments (``page_size`` 0: 50)."""
+        request = pb.ListRequest(page_size=page_size, page_token=page_token, route=route, labels=dict(labels or {}),
+                                 states=state_values(states))
+        response = await self._call("List", lambda _: request, timeout, metadata)
         return Page([Job.from_proto(j) for j in response.jobs], response.next_page_token)
 
-    async def iter_jobs(self, **filters: Any) -> AsyncIterator[Job]:
-        """All the tenant's jobs matching the filters, page after page."""
+    async def iter_jobs(
+        self,
+        *,
+        states: Sequence[JobState | str] = (),
+        route: str = "",
+        labels: Mapping[str, str] | None = None,
+        page_size: int = 0,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> AsyncIterator[Job]:
+        """Every job of the tenant matching the filters, page after page (``timeout`` per page)."""
         token = ""
         while True:
-            page = await self.list(page_token=token, **filters)
+            page = await self.list(states=states, route=route, labels=labels, page_size=page_size, page_token=token,
+                                   timeout=timeout, metadata=metadata)
             for job in page.jobs:
                 yield job
             token = page.next_page_token
             if not token:
                 return
 
-    async def watch_jobs(
+    @overload
+    def watch_jobs(
+        self, *, states: Sequence[JobState | str] = (), route: str = "", labels: Mapping[str, str] | None = None,
+        resume_token: str = "", heartbeats: Literal[False] = False, resume: bool = True,
+        timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> AsyncJobChanges[Job]: ...
+    @overload
+    def watch_jobs(
+        self, *, states: Sequence[JobState | str] = (), route: str = "", labels: Mapping[str, str] | None = None,
+        resume_token: str = "", heartbeats: bool, resume: bool = True,
+        timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> AsyncJobChanges[Job | Heartbeat]: ...
+    def watch_jobs(
         self,
         *,
-        states: Iterable[JobState | str] = (),
+        states: Sequence[JobState | str] = (),
         route: str = "",
         labels: Mapping[str, str] | None = None,
+        resume_token: str = "",
         heartbeats: bool = False,
+        resume: bool = True,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> AsyncJobChanges[Any]:
+        """Every change of the tenant's jobs, for dashboards: the active jobs first (or, with a
+        ``resume_token``, every job changed since it), then each change; jobs without segments.
+        Endless; resumes by itself after a cut from its ``resume_token`` (see AsyncJobChanges)."""
+        request = pb.WatchJobsRequest(route=route, labels=dict(labels or {}), states=state_values(states))
+
+        def start(changes: AsyncJobChanges[Any]) -> AsyncIterator[Any]:
+            return self._watch_jobs(changes, request, heartbeats, resume, timeout, metadata)
+
+        return AsyncJobChanges(start, resume_token)
+
+    async def _watch_jobs(
+        self,
+        changes: AsyncJobChanges[Any],
+        request: pb.WatchJobsRequest,
+        heartbeats: bool,
+        resume: bool,
+        timeout: float | None,
+        metadata: Metadata | None,
     ) -> AsyncIterator[Job | Heartbeat]:
-        """Every change of the tenant's jobs (the active ones first), for dashboards. Endless."""
-        request = pb.WatchJobsRequest(
-            route=route, labels=dict(labels or {}),
-            states=[(s if isinstance(s, JobState) else JobState.parse(s)).value for s in states],
-        )
-        call = self._stub.WatchJobs(request, metadata=self._metadata)
-        try:
-            with translate_errors():
-                async for response in call:
-                    if response.HasField("job"):
-                        yield Job.from_proto(response.job)
-                    elif heartbeats:
-                        yield Heartbeat(response.heartbeat.time.ToDatetime(), response.heartbeat.revision)
-        finally:
-            call.cancel()
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        policy = self.retry
+        deadline = None if timeout is None else loop.time() + timeout
+        metadata_sent = self._merge(metadata)
+        give_up_at = loop.time() + policy.resume_timeout
+        failures = 0
+        while True:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceededError(f"watching jobs: the timeout of {timeout} s passed")
+            request.resume_token = changes.resume_token
+            call = self._stub.WatchJobs(request, timeout=remaining, metadata=metadata_sent)
+            try:
+                with translate_errors():
+                    async for response in call:
+                        give_up_at, failures = loop.time() + policy.resume_timeout, 0
+                        if response.resume_token:
+                            changes.resume_token = response.resume_token
+                        kind = response.WhichOneof("event")
+                        if kind == "job":
+                            yield Job.from_proto(response.job)
+                        elif kind == "heartbeat" and heartbeats:
+                            yield Heartbeat.from_proto(response.heartbeat)
+                return
+            except RpcError as exc:
+                if not resume or not stream_resumable(exc) or loop.time() > give_up_at:
+                    raise
+                log.debug("watch_jobs cut (%s); resuming from %r", exc, changes.resume_token)
+            finally:
+                call.cancel()
+            failures += 1
+            await asyncio.sleep(policy.backoff(failures))

@@ -1,90 +1,66 @@
 """The blocking client: the asyncio client run on a private event-loop thread.
 
-One implementation serves both flavours, so they behave the same; the sync JobFuture follows
-``concurrent.futures.Future``'s interface (result(timeout), done(), add_done_callback, cancel()) and
-is also awaitable from asyncio code.
+One implementation serves both flavours, so they behave the same: the same methods, arguments,
+retries, resumption and errors, each method blocking until the asyncio one answers. Streams are
+plain iterators; futures are ``JobFuture`` (``concurrent.futures``-shaped).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import os
 import threading
-from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import grpc
 
-from gateway_client._aio import DEFAULT_TARGET, DEFAULT_TIMEOUT, AsyncClient, AsyncJobFuture
-from gateway_client._errors import JobCancelledError
-from gateway_client._types import Heartbeat, Job, JobState, Page, Result
+from gateway_client._aio import DEFAULT_TARGET, DEFAULT_TIMEOUT, AsyncClient, Audio, Metadata
+from gateway_client._futures import JobFuture
+from gateway_client._retry import DEFAULT_RETRY, RetryPolicy
+from gateway_client._streams import AsyncJobChanges
+from gateway_client._types import Fetched, Heartbeat, Job, JobState, Output, Page, Result, Submitted, Transcript
 
-__all__ = ["Client", "JobFuture"]
+__all__ = ["Client", "JobChanges"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+E = TypeVar("E")
 
 
-class JobFuture:
-    """A submitted job, completed by its Watch stream.
+class JobChanges(Generic[E]):
+    """The stream of ``Client.watch_jobs()``: an iterator of jobs (and heartbeats, when asked for)
+    that resumes by itself after a cut. ``resume_token`` is the position after the last item it
+    gave; pass it to ``watch_jobs(resume_token=...)`` later to continue from there. ``close()`` (or
+    ``with``) ends the stream."""
 
-    ``result(timeout)`` blocks for the typed result (JobFailedError if the job FAILED,
-    JobCancelledError if it was CANCELLED, TimeoutError if the timeout passes first).
-    """
-
-    def __init__(self, client: Client, inner: AsyncJobFuture) -> None:
+    def __init__(self, client: Client, inner: AsyncJobChanges[E]) -> None:
         self._client = client
         self._inner = inner
-        self._future: concurrent.futures.Future[Result] = concurrent.futures.Future()
-        client._loop.call_soon_threadsafe(inner.add_done_callback, self._transfer)
-
-    def _transfer(self, inner: AsyncJobFuture) -> None:
-        if inner._future.cancelled():
-            self._future.cancel()
-        elif inner.exception() is not None:
-            self._future.set_exception(inner.exception())  # type: ignore[arg-type]
-        else:
-            self._future.set_result(inner.result())
+        self._items = client._iterate(inner)
 
     @property
-    def job_id(self) -> str:
-        return self._inner.job_id
+    def resume_token(self) -> str:
+        return self._inner.resume_token
 
-    @property
-    def job(self) -> Job:
-        """The latest revision of the job seen on the stream."""
-        return self._inner.job
+    def __iter__(self) -> JobChanges[E]:
+        return self
 
-    def result(self, timeout: float | None = None) -> Result:
-        return self._future.result(timeout)
+    def __next__(self) -> E:
+        return next(self._items)
 
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        return self._future.exception(timeout)
+    def close(self) -> None:
+        self._items.close()
 
-    def done(self) -> bool:
-        return self._future.done()
+    def __enter__(self) -> JobChanges[E]:
+        return self
 
-    def cancelled(self) -> bool:
-        """True once the job ended CANCELLED."""
-        return self._future.done() and isinstance(self._future.exception(), JobCancelledError)
-
-    def cancel(self) -> bool:
-        """Asks the server to cancel the job; False if the job was already done."""
-        return self._client._run(self._inner.cancel())
-
-    def add_done_callback(self, fn: Callable[[JobFuture], None]) -> None:
-        self._future.add_done_callback(lambda _: fn(self))
-
-    def add_update_callback(self, fn: Callable[[Job], None]) -> None:
-        """Called (on the client's thread) with every new revision of the job."""
-        self._client._loop.call_soon_threadsafe(self._inner.add_update_callback, fn)
-
-    def __await__(self) -> Generator[Any, None, Result]:
-        return asyncio.wrap_future(self._future).__await__()
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Client:
-    """The blocking client. ``with Client("host:port", token=...) as client: ...``"""
+    """The blocking client: ``with Client("host:port", token=...) as client: ...``. The arguments
+    are AsyncClient's (``interceptors`` are grpc.aio client interceptors)."""
 
     def __init__(
         self,
@@ -93,7 +69,10 @@ class Client:
         token: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        metadata: Metadata = (),
+        retry: RetryPolicy | None = DEFAULT_RETRY,
         options: Iterable[tuple[str, Any]] = (),
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="gateway-client", daemon=True)
@@ -101,15 +80,27 @@ class Client:
         self._closed = False
 
         async def make() -> AsyncClient:
-            return AsyncClient(target, token=token, credentials=credentials, timeout=timeout, options=options)
+            return AsyncClient(target, token=token, credentials=credentials, timeout=timeout, metadata=metadata,
+                               retry=retry, options=options, interceptors=interceptors)
 
         self._async = self._run(make())
 
-    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        if self._closed:
+    @property
+    def timeout(self) -> float:
+        return self._async.timeout
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._async.retry
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed or threading.current_thread() is self._thread:
             coro.close()
-            raise RuntimeError("the client is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+            if self._closed:
+                raise RuntimeError("the client is closed")
+            # An update or done callback runs on the client's thread: blocking there would deadlock it.
+            raise RuntimeError("a blocking Client method was called from one of its own callbacks")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def __enter__(self) -> Client:
         return self
@@ -118,6 +109,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Stops following every future (they end cancelled), closes the channel and the thread."""
         if self._closed:
             return
         self._run(self._async.close())
@@ -126,9 +118,9 @@ class Client:
         self._thread.join()
         self._loop.close()
 
-    def _iterate(self, agen: Any) -> Iterator[Any]:
-        async def step() -> Any:
-            return await agen.__anext__()
+    def _iterate(self, items: AsyncIterator[T]) -> Generator[T, None, None]:
+        async def step() -> T:
+            return await items.__anext__()
 
         try:
             while True:
@@ -137,64 +129,234 @@ class Client:
                 except StopAsyncIteration:
                     return
         finally:
-            if not self._closed:
-                self._run(agen.aclose())
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None and not self._closed:
+                if threading.current_thread() is self._thread:  # collected on the loop's own thread
+                    self._loop.create_task(aclose())
+                else:
+                    self._run(aclose())
+
+    def _future(self, coro: Coroutine[Any, Any, Any]) -> JobFuture[Any]:
+        return JobFuture(self, self._run(coro))
 
     # -- Submit ----------------------------------------------------------------------------------
 
-    def submit_job(self, route: str, inputs: Mapping[str, Any] | None = None, **kwargs: Any) -> tuple[Job, bool]:
-        """Submits without following: (job, existing)."""
-        return self._run(self._async.submit_job(route, inputs, **kwargs))
+    def submit_job(
+        self,
+        route: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        audio: Audio | None = None,
+        language: str = "",
+        task: str = "",
+        beam_size: int = 0,
+        word_timestamps: bool = False,
+        vad_filter: bool | None = None,
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Submitted:
+        """Submits without following the job: ``job, existing = client.submit_job(...)``."""
+        return self._run(self._async.submit_job(
+            route, inputs, audio=audio, language=language, task=task, beam_size=beam_size,
+            word_timestamps=word_timestamps, vad_filter=vad_filter, labels=labels, request_id=request_id,
+            timeout=timeout, metadata=metadata,
+        ))
 
-    def submit(self, route: str, inputs: Mapping[str, Any] | None = None, **kwargs: Any) -> JobFuture:
-        """Submits a job and answers its future. kwargs: audio, language, task, beam_size,
-        word_timestamps, vad_filter, labels, request_id."""
-        return JobFuture(self, self._run(self._async.submit(route, inputs, **kwargs)))
+    @overload
+    def submit(
+        self, route: str, inputs: Mapping[str, Any] | None = None, *, labels: Mapping[str, str] | None = None,
+        request_id: str | None = None, timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> JobFuture[Output]: ...
+    @overload
+    def submit(
+        self, route: str, inputs: Mapping[str, Any] | None = None, *, result_type: type[R],
+        labels: Mapping[str, str] | None = None, request_id: str | None = None, timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> JobFuture[R]: ...
+    def submit(
+        self,
+        route: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        result_type: type[Any] = Output,
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> JobFuture[Any]:
+        """Submits JSON inputs and answers the job's future (see AsyncClient.submit)."""
+        return self._future(self._async.submit(route, inputs, result_type=result_type, labels=labels,
+                                               request_id=request_id, timeout=timeout, metadata=metadata))
 
-    def transcribe(self, audio: bytes | str | os.PathLike[str], *, route: str = "whisper", **kwargs: Any) -> JobFuture:
-        return JobFuture(self, self._run(self._async.transcribe(audio, route=route, **kwargs)))
+    @overload
+    def transcribe(
+        self, audio: Audio, *, route: str = "whisper", language: str = "", task: str = "", beam_size: int = 0,
+        word_timestamps: bool = False, vad_filter: bool | None = None, labels: Mapping[str, str] | None = None,
+        request_id: str | None = None, timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> JobFuture[Transcript]: ...
+    @overload
+    def transcribe(
+        self, audio: Audio, *, result_type: type[R], route: str = "whisper", language: str = "", task: str = "",
+        beam_size: int = 0, word_timestamps: bool = False, vad_filter: bool | None = None,
+        labels: Mapping[str, str] | None = None, request_id: str | None = None, timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> JobFuture[R]: ...
+    def transcribe(
+        self,
+        audio: Audio,
+        *,
+        result_type: type[Any] = Transcript,
+        route: str = "whisper",
+        language: str = "",
+        task: str = "",
+        beam_size: int = 0,
+        word_timestamps: bool = False,
+        vad_filter: bool | None = None,
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> JobFuture[Any]:
+        """Submits audio (bytes or a file path) and answers the job's future (see AsyncClient.transcribe)."""
+        return self._future(self._async.transcribe(
+            audio, result_type=result_type, route=route, language=language, task=task, beam_size=beam_size,
+            word_timestamps=word_timestamps, vad_filter=vad_filter, labels=labels, request_id=request_id,
+            timeout=timeout, metadata=metadata,
+        ))
 
-    def future(self, job_id: str) -> JobFuture:
-        """A future for a job submitted earlier."""
-        return JobFuture(self, self._run(self._async.future(job_id)))
+    @overload
+    def future(
+        self, job_id: str, *, timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> JobFuture[Result]: ...
+    @overload
+    def future(
+        self, job_id: str, *, result_type: type[R], timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> JobFuture[R]: ...
+    def future(
+        self,
+        job_id: str,
+        *,
+        result_type: type[Any] | None = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> JobFuture[Any]:
+        """A future for a job submitted earlier (by anyone in the tenant)."""
+        if result_type is None:
+            return self._future(self._async.future(job_id, timeout=timeout, metadata=metadata))
+        return self._future(self._async.future(job_id, result_type=result_type, timeout=timeout, metadata=metadata))
 
-    # -- the other RPCs --------------------------------------------------------------------------
+    # -- one job ---------------------------------------------------------------------------------
 
-    def get(self, job_id: str) -> Job:
-        return self._run(self._async.get(job_id))
+    def get(self, job_id: str, *, timeout: float | None = None, metadata: Metadata | None = None) -> Job:
+        """The job now, with every segment so far."""
+        return self._run(self._async.get(job_id, timeout=timeout, metadata=metadata))
 
-    def watch(self, job_id: str, after_revision: int = 0, **kwargs: Any) -> Iterator[Job | Heartbeat]:
-        """Every revision of the job, ending after the terminal one; resumes when cut."""
-        return self._iterate(self._async.watch(job_id, after_revision, **kwargs))
+    @overload
+    def watch(
+        self, job_id: str, *, after_revision: int = 0, heartbeats: Literal[False] = False, resume: bool = True,
+        timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> Iterator[Job]: ...
+    @overload
+    def watch(
+        self, job_id: str, *, after_revision: int = 0, heartbeats: bool, resume: bool = True,
+        timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> Iterator[Job | Heartbeat]: ...
+    def watch(
+        self,
+        job_id: str,
+        *,
+        after_revision: int = 0,
+        heartbeats: bool = False,
+        resume: bool = True,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Iterator[Any]:
+        """Every revision of the job, ending after the terminal one; resumes when cut (see AsyncClient.watch)."""
+        return self._iterate(self._async.watch(job_id, after_revision=after_revision, heartbeats=heartbeats,
+                                               resume=resume, timeout=timeout, metadata=metadata))
 
-    def fetch(self, job_id: str, wait: bool = False, timeout: float | None = None) -> Result | None:
-        return self._run(self._async.fetch(job_id, wait, timeout))
+    def fetch(
+        self,
+        job_id: str,
+        *,
+        wait: float | None = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Fetched:
+        """The job and, once it SUCCEEDED, its result; ``wait`` seconds for it to end (see AsyncClient.fetch)."""
+        return self._run(self._async.fetch(job_id, wait=wait, timeout=timeout, metadata=metadata))
 
-    def fetch_job(self, job_id: str, wait: bool = False, timeout: float | None = None) -> tuple[Job, Result | None]:
-        return self._run(self._async.fetch_job(job_id, wait, timeout))
+    def cancel(self, job_id: str, *, timeout: float | None = None, metadata: Metadata | None = None) -> Job:
+        """Asks the job to stop; answers at once with the job then (see AsyncClient.cancel)."""
+        return self._run(self._async.cancel(job_id, timeout=timeout, metadata=metadata))
 
-    def cancel(self, job_id: str) -> Job:
-        return self._run(self._async.cancel(job_id))
+    def delete(
+        self, job_id: str, *, force: bool = False, timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> None:
+        """Forgets a finished job now; ``force`` for a queued or running one (see AsyncClient.delete)."""
+        self._run(self._async.delete(job_id, force=force, timeout=timeout, metadata=metadata))
 
-    def delete(self, job_id: str) -> None:
-        self._run(self._async.delete(job_id))
+    # -- many jobs -------------------------------------------------------------------------------
 
     def list(
         self,
         *,
-        states: Iterable[JobState | str] = (),
+        states: Sequence[JobState | str] = (),
         route: str = "",
         labels: Mapping[str, str] | None = None,
         page_size: int = 0,
         page_token: str = "",
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> Page:
-        return self._run(self._async.list(
-            states=states, route=route, labels=labels, page_size=page_size, page_token=page_token
-        ))
+        """One page of the tenant's jobs, newest first, without segments."""
+        return self._run(self._async.list(states=states, route=route, labels=labels, page_size=page_size,
+                                          page_token=page_token, timeout=timeout, metadata=metadata))
 
-    def iter_jobs(self, **filters: Any) -> Iterator[Job]:
-        return self._iterate(self._async.iter_jobs(**filters))
+    def iter_jobs(
+        self,
+        *,
+        states: Sequence[JobState | str] = (),
+        route: str = "",
+        labels: Mapping[str, str] | None = None,
+        page_size: int = 0,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Iterator[Job]:
+        """Every job of the tenant matching the filters, page after page."""
+        return self._iterate(self._async.iter_jobs(states=states, route=route, labels=labels, page_size=page_size,
+                                                   timeout=timeout, metadata=metadata))
 
-    def watch_jobs(self, **kwargs: Any) -> Iterator[Job | Heartbeat]:
-        return self._iterate(self._async.watch_jobs(**kwargs))
+    @overload
+    def watch_jobs(
+        self, *, states: Sequence[JobState | str] = (), route: str = "", labels: Mapping[str, str] | None = None,
+        resume_token: str = "", heartbeats: Literal[False] = False, resume: bool = True,
+        timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> JobChanges[Job]: ...
+    @overload
+    def watch_jobs(
+        self, *, states: Sequence[JobState | str] = (), route: str = "", labels: Mapping[str, str] | None = None,
+        resume_token: str = "", heartbeats: bool, resume: bool = True,
+        timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> JobChanges[Job | Heartbeat]: ...
+    def watch_jobs(
+        self,
+        *,
+        states: Sequence[JobState | str] = (),
+        route: str = "",
+        labels: Mapping[str, str] | None = None,
+        resume_token: str = "",
+        heartbeats: bool = False,
+        resume: bool = True,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> JobChanges[Any]:
+        """Every change of the tenant's jobs (see AsyncClient.watch_jobs); ``.resume_token`` on the
+        answer is the position to continue from."""
+        async def make() -> AsyncJobChanges[Any]:
+            return self._async.watch_jobs(states=states, route=route, labels=labels, resume_token=resume_token,
+                                          heartbeats=heartbeats, resume=resume, timeout=timeout, metadata=metadata)
 
+        return JobChanges(self, self._run(make()))

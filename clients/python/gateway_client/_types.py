@@ -1,21 +1,27 @@
-"""The client's own types: what callers get instead of raw protobufs."""
+"""The client's own types: what callers get instead of raw protobufs.
+
+Units: positions in audio are seconds as floats (``Segment.start``, ``Word.end``,
+``Transcript.duration``); times of day are timezone-aware ``datetime`` objects in UTC; languages
+are BCP-47 codes (``en``, ``pt-BR``). Everything here is immutable.
+"""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf import json_format, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from gateway_client._proto.gateway.v1 import gateway_pb2 as pb
+from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 __all__ = [
     "ErrorDetails",
+    "Fetched",
     "Heartbeat",
     "Job",
     "JobState",
@@ -23,6 +29,7 @@ __all__ = [
     "Page",
     "Result",
     "Segment",
+    "Submitted",
     "Transcript",
     "Word",
 ]
@@ -31,61 +38,98 @@ _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
 class JobState(enum.Enum):
+    """The state of a job. ``UNKNOWN`` stands for a value this client does not know (the server is
+    newer): such a job is *not* done unless ``Job.done`` says so, so read ``Job.done``, not the
+    state, to tell whether a job has ended."""
+
+    UNSPECIFIED = pb.JOB_STATE_UNSPECIFIED
     QUEUED = pb.JOB_STATE_QUEUED
     RUNNING = pb.JOB_STATE_RUNNING
     SUCCEEDED = pb.JOB_STATE_SUCCEEDED
     FAILED = pb.JOB_STATE_FAILED
     CANCELLED = pb.JOB_STATE_CANCELLED
-    UNSPECIFIED = pb.JOB_STATE_UNSPECIFIED
+    UNKNOWN = -1
 
     @property
     def done(self) -> bool:
+        """True for the terminal states this client knows (SUCCEEDED, FAILED, CANCELLED)."""
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+    @classmethod
+    def from_proto(cls, value: int) -> JobState:
+        """The state of a wire value; UNKNOWN for a value added after this client was built."""
+        try:
+            state = cls(value)
+        except ValueError:
+            return cls.UNKNOWN
+        return cls.UNKNOWN if state is cls.UNKNOWN else state
 
     @classmethod
     def parse(cls, text: str) -> JobState:
         """'succeeded', 'SUCCEEDED' or 'JOB_STATE_SUCCEEDED'."""
-        name = text.strip().upper().removeprefix("JOB_STATE_")
-        try:
-            return cls[name]
-        except KeyError:
-            raise ValueError(f"unknown state {text!r}; one of {', '.join(s.name for s in cls if s.value)}") from None
+        name = text.strip().upper()
+        if name.startswith("JOB_STATE_"):
+            name = name[len("JOB_STATE_"):]
+        state = cls.__members__.get(name)
+        if state is None or state.value <= 0:
+            choices = ", ".join(s.name for s in cls if s.value > 0)
+            raise ValueError(f"unknown state {text!r}; one of {choices}")
+        return state
 
 
-def _time(ts: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
-    if not present:
-        return None
-    return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=UTC)
+def _time(ts: timestamp_pb2.Timestamp) -> datetime:
+    return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=timezone.utc)
+
+
+def _optional_time(message: Any, name: str) -> datetime | None:
+    return _time(getattr(message, name)) if message.HasField(name) else None
 
 
 @dataclass(frozen=True)
 class Word:
+    """One word with its timing (when word timestamps were asked for)."""
+
     start: float
+    """Seconds from the start of the audio."""
     end: float
+    """Seconds from the start of the audio."""
     word: str
     probability: float
+    """0 to 1."""
+
+    @classmethod
+    def from_proto(cls, m: pb.Word) -> Word:
+        return cls(m.start_seconds, m.end_seconds, m.word, m.probability)
 
 
 @dataclass(frozen=True)
 class Segment:
+    """One decoded stretch of speech."""
+
     start: float
+    """Seconds from the start of the audio."""
     end: float
+    """Seconds from the start of the audio."""
     text: str
     avg_logprob: float = 0.0
+    """The mean log probability of the segment's tokens."""
     no_speech_prob: float = 0.0
+    """The model's probability that the segment holds no speech, 0 to 1."""
     words: tuple[Word, ...] = ()
+    """Only when word timestamps were asked for."""
 
     @classmethod
     def from_proto(cls, m: pb.Segment) -> Segment:
         return cls(
-            m.start, m.end, m.text, m.avg_logprob, m.no_speech_prob,
-            tuple(Word(w.start, w.end, w.word, w.probability) for w in m.words),
+            m.start_seconds, m.end_seconds, m.text, m.avg_logprob, m.no_speech_prob,
+            tuple(Word.from_proto(w) for w in m.words),
         )
 
 
 @dataclass(frozen=True)
 class ErrorDetails:
-    """Why a job failed: a status code, a stable reason, a message."""
+    """Why a job failed (or, with code CANCELLED, that it was cancelled): a status code, a stable
+    machine-readable reason (ErrorInfo.reason), a message and the ErrorInfo metadata."""
 
     code: grpc.StatusCode
     message: str
@@ -105,11 +149,22 @@ class ErrorDetails:
 
 @dataclass(frozen=True)
 class Job:
+    """A job as of one revision.
+
+    ``segments`` is the whole transcript decoded so far (whisper routes), also on the jobs that
+    ``watch()`` yields: the client rebuilds it from the stream's increments. It is empty on the jobs
+    of ``list()``, ``fetch()`` and ``watch_jobs()``, which the server sends without segments.
+    ``done`` is the server's word that the job has ended (whatever its state, even one this client
+    does not know).
+    """
+
     id: str
     route: str
     state: JobState
+    done: bool
     revision: int
     progress: float
+    """0 to 1."""
     create_time: datetime | None
     start_time: datetime | None
     finish_time: datetime | None
@@ -118,28 +173,28 @@ class Job:
     error: ErrorDetails | None
     segments: tuple[Segment, ...]
     queue_position: int
+    """1 for the next job to run; 0 when not queued or unknown."""
     request_id: str
     raw: pb.Job = field(repr=False, compare=False)
-
-    @property
-    def done(self) -> bool:
-        return self.state.done
+    """The protobuf message (with every segment of ``segments``)."""
 
     @classmethod
-    def from_proto(cls, m: pb.Job) -> Job:
+    def from_proto(cls, m: pb.Job, segments: tuple[Segment, ...] | None = None) -> Job:
+        """The job of a message; ``segments``, when given, are its already converted segments."""
         return cls(
             id=m.id,
             route=m.route,
-            state=JobState(m.state) if m.state in JobState._value2member_map_ else JobState.UNSPECIFIED,
+            state=JobState.from_proto(m.state),
+            done=m.done,
             revision=m.revision,
             progress=m.progress,
-            create_time=_time(m.create_time, m.HasField("create_time")),
-            start_time=_time(m.start_time, m.HasField("start_time")),
-            finish_time=_time(m.finish_time, m.HasField("finish_time")),
-            expire_time=_time(m.expire_time, m.HasField("expire_time")),
+            create_time=_optional_time(m, "create_time"),
+            start_time=_optional_time(m, "start_time"),
+            finish_time=_optional_time(m, "finish_time"),
+            expire_time=_optional_time(m, "expire_time"),
             labels=dict(m.labels),
             error=ErrorDetails.from_proto(m.error) if m.HasField("error") else None,
-            segments=tuple(Segment.from_proto(s) for s in m.segments),
+            segments=segments if segments is not None else tuple(Segment.from_proto(s) for s in m.segments),
             queue_position=m.queue_position,
             request_id=m.request_id,
             raw=m,
@@ -152,8 +207,14 @@ class Job:
 
 @dataclass(frozen=True)
 class Heartbeat:
+    """Sent while nothing changes. On a Watch stream, ``revision`` is the last revision sent."""
+
     time: datetime | None
     revision: int
+
+    @classmethod
+    def from_proto(cls, m: pb.Heartbeat) -> Heartbeat:
+        return cls(_optional_time(m, "time"), m.revision)
 
 
 @dataclass(frozen=True)
@@ -163,13 +224,17 @@ class Transcript:
     text: str
     segments: tuple[Segment, ...]
     language: str
+    """The BCP-47 code of the language spoken (given or detected)."""
     language_probability: float
+    """The detector's confidence in ``language``, 0 to 1 (1 when it was given)."""
     duration: float
+    """Seconds of audio."""
 
     @classmethod
     def from_proto(cls, m: pb.Transcript) -> Transcript:
         return cls(
-            m.text, tuple(Segment.from_proto(s) for s in m.segments), m.language, m.language_probability, m.duration
+            m.text, tuple(Segment.from_proto(s) for s in m.segments), m.language_code, m.language_probability,
+            m.duration_seconds,
         )
 
 
@@ -181,6 +246,26 @@ class Output:
 
 
 Result = Transcript | Output
+
+
+class Submitted(NamedTuple):
+    """What ``submit_job()`` answers: the job (QUEUED, revision 1, unless ``existing``) and whether
+    the request_id matched a job submitted before. Unpacks as ``job, existing = ...``."""
+
+    job: Job
+    existing: bool
+
+
+class Fetched(NamedTuple):
+    """What ``fetch()`` answers: the job (without segments) and, once it SUCCEEDED, its result.
+    Unpacks as ``job, result = client.fetch(job_id)``."""
+
+    job: Job
+    result: Result | None
+
+    @property
+    def done(self) -> bool:
+        return self.job.done
 
 
 def json_value(value: Any) -> Any:
@@ -205,5 +290,19 @@ def result_from_proto(m: pb.FetchResponse) -> Result | None:
 
 @dataclass(frozen=True)
 class Page:
+    """One page of ``list()``: jobs newest first (without segments); ``next_page_token`` is empty on
+    the last page."""
+
     jobs: list[Job]
     next_page_token: str
+
+
+def state_values(states: Sequence[JobState | str]) -> list[Any]:
+    """Wire values of states given as JobState or as names ('FAILED', 'failed')."""
+    values = []
+    for s in states:
+        state = s if isinstance(s, JobState) else JobState.parse(s)
+        if state.value <= 0:
+            raise ValueError(f"cannot filter on {state.name}")
+        values.append(state.value)
+    return values
