@@ -10,10 +10,10 @@ NODE_STAMP := tests/node/node_modules/.installed
 install: $(STAMP) $(NODE_STAMP)
 
 # Re-runs only when a pyproject changes, so `make install` is quick when nothing changed.
-$(STAMP): pyproject.toml clients/python/pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml protos/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e 'clients/python[cli]' -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e protos/python -e 'clients/python[cli]' -e '.[dev]'
 	touch $(STAMP)
 
 # Node.js packages for the cross-language tests (@grpc/grpc-js) and the proto lint (buf).

@@ -26,8 +26,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
-
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 SERVICE = "inferencegateway.gateway.v1.GatewayService"
 FIRE_SERVICE = "bench.v1.Bare"

@@ -35,9 +35,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
-
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 SUBMIT = "/inferencegateway.gateway.v1.GatewayService/Submit"
 WATCH = "/inferencegateway.gateway.v1.GatewayService/Watch"

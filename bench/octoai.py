@@ -81,9 +81,8 @@ async def _seed_loop(fake: Any, watchers: int) -> tuple[int, list[float]]:
 
 async def _gateway(fake: Any, target: str, watchers: int) -> tuple[int, list[float]]:
     import grpc
-
-    from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
-    from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
+    from inferencegateway.gateway.v1 import gateway_pb2 as pb
+    from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
     before = set(fake.jobs)
     channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, watchers // 25))]

@@ -61,8 +61,7 @@ def repeated_speech(data: bytes, seconds: float) -> bytes:
 def watch_one(target: str, audio: bytes, words: bool = False) -> dict[str, float]:
     """Submits the audio, watches the job to its end counting bytes, checks the rebuilt transcript."""
     import grpc
-
-    from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
+    from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
     service = "/inferencegateway.gateway.v1.GatewayService/"
     with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", -1),

@@ -11,9 +11,9 @@ import pytest
 from google.protobuf import duration_pb2, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
 
 

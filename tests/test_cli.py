@@ -28,9 +28,9 @@ from typing import Any
 
 import grpc
 import pytest
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.conftest import ECHO_CONFIG, ROOT, ServerProcess
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden" / "cli"

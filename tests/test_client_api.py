@@ -18,6 +18,7 @@ import grpc
 import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 import gateway_client
 from gateway_client import (
@@ -37,7 +38,6 @@ from gateway_client import (
     RpcError,
     UnavailableError,
 )
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
 from gateway_client._retry import retry_floor
 from gateway_client._streams import TranscriptBuilder
 from tests.conftest import ROOT, ServerProcess

@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import ROOT, ServerProcess
 
 CLIENT_DIR = ROOT / "clients" / "python"
+PROTOS_DIR = ROOT / "protos" / "python"  # the generated code, a distribution the client depends on
 VENV = Path(os.environ.get("CLIENT_PY310_VENV", ROOT / ".venv-py310"))
 PYTHON = VENV / "bin" / "python"
 
@@ -50,7 +51,7 @@ def _digest(*paths: Path) -> str:
     for path in paths:
         files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) if path.is_dir() else [path]
         for f in files:
-            h.update(str(f.relative_to(CLIENT_DIR)).encode() + b"\0" + f.read_bytes())
+            h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
 
@@ -74,19 +75,20 @@ def _run(*cmd: str, timeout: float = 600) -> None:
 def ensure_venv(python310: str) -> Path:
     """The venv with the client installed from the working tree; quick when nothing changed."""
     deps_stamp, client_stamp = VENV / ".deps-installed", VENV / ".client-installed"
-    deps = _digest(CLIENT_DIR / "pyproject.toml")
-    client = _digest(CLIENT_DIR / "pyproject.toml", CLIENT_DIR / "gateway_client")
+    deps = _digest(CLIENT_DIR / "pyproject.toml", PROTOS_DIR / "pyproject.toml")
+    client = _digest(CLIENT_DIR / "pyproject.toml", CLIENT_DIR / "gateway_client", PROTOS_DIR)
     with _locked():
         if not (PYTHON.is_file() and deps_stamp.is_file() and deps_stamp.read_text() == deps):
             if VENV.exists():
                 shutil.rmtree(VENV)
             _run(python310, "-m", "venv", str(VENV))
-            _run(str(PYTHON), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(CLIENT_DIR))
+            _run(str(PYTHON), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(PROTOS_DIR),
+                 str(CLIENT_DIR))
             deps_stamp.write_text(deps)
             client_stamp.write_text(client)
         elif not (client_stamp.is_file() and client_stamp.read_text() == client):
             _run(str(PYTHON), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-                 "--force-reinstall", str(CLIENT_DIR))
+                 "--force-reinstall", str(PROTOS_DIR), str(CLIENT_DIR))
             client_stamp.write_text(client)
     return PYTHON
 

@@ -10,6 +10,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from gateway_client import (
     AlreadyExistsError,
@@ -23,8 +25,6 @@ from gateway_client import (
     NotFoundError,
     Output,
 )
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name  # inferencegateway.gateway.v1.GatewayService

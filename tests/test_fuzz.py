@@ -20,10 +20,10 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from gateway_client import Client, Output
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
 
 SUBMIT = "/inferencegateway.gateway.v1.GatewayService/Submit"

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.conftest import ROOT
 
 BUF = ROOT / "tests" / "node" / "node_modules" / ".bin" / "buf"

@@ -5,9 +5,9 @@ after any revision rebuilds exactly the same transcript."""
 from __future__ import annotations
 
 import grpc
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.conftest import FIXTURES, ServerProcess
 
 

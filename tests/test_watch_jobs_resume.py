@@ -10,9 +10,9 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, struct_pb2
 from grpc_status import rpc_status
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from tests.conftest import ECHO_CONFIG, ServerProcess
 
 CONFIG = "heartbeat_seconds = 0.2\n" + ECHO_CONFIG

@@ -7,12 +7,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 from gateway.api.status import failure_to_status
 from gateway.errors import FieldViolation, InvalidArgument
 from gateway.jobs import Job, JobInput, JobOutput, JobState, Result, Segment, Transcript, TranscriptionInput
 from gateway.store.base import JobFilter
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 __all__ = [
     "encode_watch_jobs_job",

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 from gateway.api.auth import DEFAULT_TENANT, Authenticator
 from gateway.api.convert import (
@@ -32,7 +33,6 @@ from gateway.api.status import abort
 from gateway.errors import Code, FieldViolation, GatewayError, InvalidArgument, ResourceExhausted, Unavailable
 from gateway.hub import HubClosed
 from gateway.service import Heartbeat, JobService, Update
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 __all__ = ["SERVICE_NAME", "GatewayServicer"]
 

@@ -25,11 +25,11 @@ from typing import Any, Literal, TypeVar, overload
 
 import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from gateway_client._errors import DataLossError, DeadlineExceededError, RpcError, translate_errors
 from gateway_client._futures import AsyncJobFuture
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from gateway_client._retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, retry_floor, stream_resumable
 from gateway_client._streams import AsyncJobChanges, TranscriptBuilder
 from gateway_client._types import (

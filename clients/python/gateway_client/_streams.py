@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Generic, TypeVar
 
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
+
 from gateway_client._types import Job, Segment
 
 __all__ = ["AsyncJobChanges", "TranscriptBuilder"]

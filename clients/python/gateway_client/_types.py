@@ -16,8 +16,7 @@ from typing import Any, NamedTuple
 import grpc
 from google.protobuf import json_format, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
-
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 __all__ = [
     "ErrorDetails",

@@ -74,11 +74,11 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2  # noqa: F401  (registers the Any details of Job.error for the JSON mapping)
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from gateway_client._aio import DEFAULT_TARGET
 from gateway_client._errors import GatewayError, RpcError, translate_errors
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as pb
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from gateway_client._retry import DEFAULT_RETRY, stream_resumable
 
 __all__ = ["ExitCode", "main"]

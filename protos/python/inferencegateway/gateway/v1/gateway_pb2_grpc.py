@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from gateway_client._proto.inferencegateway.gateway.v1 import gateway_pb2 as inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2
+from inferencegateway.gateway.v1 import gateway_pb2 as inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
