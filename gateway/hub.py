@@ -6,9 +6,13 @@ ring and wakes the waiters; nothing is copied per watcher, and each revision's w
 once (``JobEvent.encoded``) and sent to every stream as the same bytes.
 
 A watcher that falls behind (its stream is flow-controlled by a slow client) slows nobody: it simply
-reads the ring later. If the ring has moved past it, it skips to the latest snapshot, which is never
-past the terminal revision because the terminal revision is the last one a job publishes. Memory per
-job is bounded by the ring, whatever the watchers do.
+reads the ring later. If the ring has moved past it, the watcher sees a gap in the revisions and
+reads the ones it missed from the store. Memory per job is bounded by the ring, whatever the
+watchers do.
+
+Events from another process (a shared bus) may be lost while the bus reconnects: ``resync()`` then
+bumps every channel's generation and flags every dashboard subscription, and their watchers catch
+up from the store.
 
 Dashboards subscribe per tenant (:class:`TenantSubscription`): pending updates are coalesced per job,
 so a slow dashboard holds at most one pending snapshot per job.
@@ -22,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from gateway.jobs import Job
+from gateway.jobs import Job, Segment
 from gateway.store.base import JobFilter
 
 __all__ = ["EventHub", "HubClosed", "JobChannel", "JobEvent", "TenantSubscription"]
@@ -39,23 +43,29 @@ class JobEvent:
     """One committed revision, with its wire encodings cached (computed once, shared by streams).
 
     ``segments_offset`` is how many segments the job had before this revision: the revision adds
-    ``job.segments[segments_offset:]``, which is all a watcher that saw the previous revision needs.
-    ``position`` is the store's change position of the revision (0 when unknown), ordered like
-    commits: WatchJobs resumes after it.
+    ``new_segments``, which is all a watcher that saw the previous revision needs. A ``partial``
+    event (from another process, over a shared bus) holds only those in ``job.segments``; a whole
+    one holds every segment. ``position`` is the store's change position of the revision (0 when
+    unknown), ordered like commits: WatchJobs resumes after it.
     """
 
-    __slots__ = ("_encoded", "job", "position", "segments_offset")
+    __slots__ = ("_encoded", "job", "partial", "position", "segments_offset")
 
-    def __init__(self, job: Job, segments_offset: int = 0, position: int = 0) -> None:
+    def __init__(self, job: Job, segments_offset: int = 0, position: int = 0, partial: bool = False) -> None:
         self.job = job
         self.segments_offset = segments_offset
         self.position = position
+        self.partial = partial
         self._encoded: dict[Any, bytes] = {}
 
-    def encoded(self, key: Any, encode: Callable[[Job], bytes]) -> bytes:
+    @property
+    def new_segments(self) -> tuple[Segment, ...]:
+        return self.job.segments if self.partial else self.job.segments[self.segments_offset:]
+
+    def encoded(self, key: Any, encode: Callable[[JobEvent], bytes]) -> bytes:
         data = self._encoded.get(key)
         if data is None:
-            data = self._encoded[key] = encode(self.job)
+            data = self._encoded[key] = encode(self)
         return data
 
 
@@ -98,42 +108,48 @@ class _Waitable:
 
 
 class JobChannel(_Waitable):
-    __slots__ = ("events", "job_id", "refs")
+    __slots__ = ("events", "generation", "job_id", "refs")
 
     def __init__(self, job_id: str) -> None:
         super().__init__()
         self.job_id = job_id
         self.events: deque[JobEvent] = deque(maxlen=RING_SIZE)
         self.refs = 0
+        self.generation = 0  # bumped when events may have been lost (resync): watchers check the store
 
     def publish(self, event: JobEvent) -> None:
         self.events.append(event)
         self._wake()
 
     def after(self, revision: int) -> list[JobEvent]:
-        """The events after ``revision``: all of them, or only the latest if the ring moved past
-        (the caller sees the gap in revisions and sends that one whole)."""
+        """The events after ``revision`` the ring holds, in order. If the ring moved past the
+        caller, the first one is not ``revision + 1``: the caller reads the gap from the store."""
         events = self.events
         if not events or events[-1].job.revision <= revision:
             return []
-        if events[0].job.revision > revision + 1:
-            return [events[-1]]  # skipped ahead: the latest snapshot carries everything
         return [e for e in events if e.job.revision > revision]
 
-    async def next_after(self, revision: int, timeout: float) -> list[JobEvent] | None:
-        """The events after ``revision``, waiting up to ``timeout`` for one; None on timeout."""
+    async def next_after(self, revision: int, timeout: float, generation: int | None = None) -> list[JobEvent] | None:
+        """The events after ``revision``, waiting up to ``timeout`` for one; None on timeout; []
+        at once when the channel's generation is no longer ``generation`` (resync: check the store)."""
         events = self.after(revision)
         while not events:
+            if generation is not None and generation != self.generation:
+                return []
             if not await self._wait(timeout):
                 return None
             events = self.after(revision)
         return events
 
+    def resync(self) -> None:
+        self.generation += 1
+        self._wake()
+
 
 class TenantSubscription(_Waitable):
     """Every change of a tenant's jobs matching a filter, coalesced per job while undelivered."""
 
-    __slots__ = ("_pending", "dropped", "filter", "tenant")
+    __slots__ = ("_pending", "dropped", "filter", "resync_needed", "tenant")
 
     def __init__(self, tenant: str, flt: JobFilter) -> None:
         super().__init__()
@@ -141,6 +157,7 @@ class TenantSubscription(_Waitable):
         self.filter = flt
         self._pending: OrderedDict[str, JobEvent] = OrderedDict()
         self.dropped = 0
+        self.resync_needed = False  # events may have been lost: read the changes from the store
 
     def offer(self, event: JobEvent) -> None:
         if not self.filter.matches(event.job):
@@ -154,7 +171,7 @@ class TenantSubscription(_Waitable):
         self._wake()
 
     async def next(self, timeout: float) -> list[JobEvent] | None:
-        while not self._pending:
+        while not self._pending and not self.resync_needed:
             if not await self._wait(timeout):
                 return None
         events = list(self._pending.values())
@@ -211,6 +228,15 @@ class EventHub:
                 subs.discard(sub)
                 if not subs:
                     del self._tenants[tenant]
+
+    def resync(self) -> None:
+        """Events may have been lost (a shared bus reconnected): every watcher checks the store."""
+        for channel in self._channels.values():
+            channel.resync()
+        for subs in self._tenants.values():
+            for sub in subs:
+                sub.resync_needed = True
+                sub._wake()
 
     def watcher_count(self) -> int:
         return sum(c.refs for c in self._channels.values()) + sum(len(s) for s in self._tenants.values())

@@ -33,7 +33,7 @@ from gateway.settings import Settings
 from gateway.store import SqliteStore, Store
 from gateway.work import RouteRunner, health_name
 
-__all__ = ["Gateway", "create_server", "health_name", "make_store"]
+__all__ = ["Gateway", "create_server", "health_name", "make_bus", "make_store"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,15 @@ def make_store(settings: Settings, clock: Clock | None = None) -> Store:
     return SqliteStore(settings.data_dir / "gateway.sqlite3", settings.sqlite_synchronous)
 
 
+def make_bus(settings: Settings) -> EventBus:
+    """The event bus that goes with the store: Redis pub/sub across replicas, else in-process."""
+    if settings.store:
+        from gateway.bus.redis import RedisBus
+
+        return RedisBus(settings.store)
+    return MemoryBus()
+
+
 class Gateway:
     """One running gateway. Use as an async context manager."""
 
@@ -86,9 +95,12 @@ class Gateway:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.store: Store = store or make_store(settings, self.clock)
-        self.bus: EventBus = MemoryBus()
+        self.bus: EventBus = make_bus(settings)
         self.hub = EventHub()
         self._unsubscribe_hub = self.bus.subscribe(self.hub.publish)  # one subscription per process
+        on_resync = getattr(self.bus, "on_resync", None)
+        if on_resync is not None:
+            on_resync(self.hub.resync)
         self.service = JobService(settings, self.store, self.bus, self.hub, self.clock)
         self.runners: dict[str, RouteRunner] = {}
         self.health = health.aio.HealthServicer()

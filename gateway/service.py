@@ -77,8 +77,7 @@ class Heartbeat:
 @dataclass(frozen=True, slots=True)
 class Update:
     """One revision for a watcher: ``whole`` when it must carry every segment (the stream's first
-    message, or after a gap), else only the segments the revision added (from
-    ``event.segments_offset``)."""
+    message), else only the segments the revision added (from ``event.segments_offset``)."""
 
     event: JobEvent
     whole: bool = False
@@ -91,12 +90,20 @@ class Update:
     def segments_offset(self) -> int:
         return 0 if self.whole else self.event.segments_offset
 
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        """What the update carries: from ``segments_offset`` on."""
+        return self.job.segments if self.whole else self.event.new_segments
+
 
 class JobService:
     def __init__(self, settings: Settings, store: Store, bus: EventBus, hub: EventHub, clock: Clock) -> None:
         self.settings = settings
         self.store = store
         self.bus = bus  # committed revisions go out here; the hub (subscribed to it) serves watchers
+        # A shared bus may deliver a revision before this process's own commit callback runs: the
+        # cached snapshots follow the bus too, so a reader never sees older than a watcher did.
+        bus.subscribe(self._on_event)
         self.hub = hub
         self.clock = clock
         self.routes: dict[str, Route] = {}
@@ -135,13 +142,28 @@ class JobService:
     def _committed_cb(self, job: Job, segments_offset: int) -> Any:
         def on_commit(position: int) -> None:
             event = JobEvent(job, segments_offset, position)
+            cached = self._committed.get(job.id)
             if job.terminal:
                 self._committed.pop(job.id, None)
-            elif job.id in self._heads:
+            elif job.id in self._heads and (cached is None or cached.job.revision < job.revision):
                 self._committed[job.id] = event
             self.bus.publish(event)
 
         return on_commit
+
+    def _on_event(self, event: JobEvent) -> None:
+        cached = self._committed.get(event.job.id)
+        if cached is None or cached.job.revision >= event.job.revision:
+            return
+        if event.job.terminal:
+            del self._committed[event.job.id]  # read from the store from now on
+        elif not event.partial:
+            self._committed[event.job.id] = event
+        elif len(cached.job.segments) == event.segments_offset:
+            whole = event.job.evolve(segments=cached.job.segments + event.new_segments)
+            self._committed[event.job.id] = JobEvent(whole, event.segments_offset, event.position)
+        else:  # a revision missed in between: the store has it
+            del self._committed[event.job.id]
 
     def _save(
         self, job: Job, new_segments: Sequence[Segment] = (), result: Result | None = None, count_attempt: bool = False
@@ -336,9 +358,30 @@ class JobService:
 
     async def cancelled(self, job_id: str) -> None:
         failure = JobFailure(Code.CANCELLED, "CANCELLED", "the job was cancelled")
+        if job_id not in self._heads:  # run by another process (a shared store): end it in the store
+            await self._end_stored(job_id, JobState.CANCELLED, error=failure, queue_position=0)
+            return
         job = self._finish(job_id, JobState.CANCELLED, error=failure, queue_position=0)
         if job is not None:
             await self._save(job)
+
+    async def _end_stored(self, job_id: str, state: JobState, **changes: Any) -> None:
+        """Ends a job this process does not hold, from the store's current revision (a compare-and-
+        set: the process running it finds its next write refused and lets the job go)."""
+        for _ in range(5):
+            job = await self.store.get_job(job_id)
+            if job is None or job.terminal:
+                return
+            now = self.clock.now()
+            check_transition(job.state, state)
+            ended = job.evolve(revision=job.revision + 1, state=state, finished=now,
+                               expires=now + self.settings.retention_seconds, **changes)
+            try:
+                await self.store.save_revision(ended, on_commit=self._committed_cb(ended, len(ended.segments)))
+                return
+            except RevisionConflict:
+                continue  # it moved on meanwhile: try again from where it is now
+        log.warning("job %s kept changing; it could not be ended %s", job_id, state.name)
 
     async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None:
         if job_id in self._heads:
@@ -404,14 +447,24 @@ class JobService:
                 done = snapshot.job.terminal
             if done:
                 return
+            generation = channel.generation
             while True:
-                events = await channel.next_after(last, heartbeat)
+                events = await channel.next_after(last, heartbeat, generation)
                 if events is None:
                     yield Heartbeat(last, self.clock.now())
                     continue
+                if not events or events[0].job.revision != last + 1:
+                    # A gap (the ring moved past this watcher) or a resync (a shared bus may have
+                    # lost events): the store holds every committed revision, with its segments.
+                    generation = channel.generation
+                    for job, offset in await self.store.revisions_after(job_id, last):
+                        yield Update(JobEvent(job, offset))
+                        last = job.revision
+                        if job.terminal:
+                            return
+                    continue
                 for event in events:
-                    # A gap: the ring moved past this watcher, which gets the latest revision whole.
-                    yield Update(event, whole=event.job.revision != last + 1)
+                    yield Update(event)
                     last = event.job.revision
                     if event.job.terminal:
                         return
@@ -508,28 +561,34 @@ class JobService:
         heartbeat = self.settings.heartbeat_seconds
         after = self._decode_resume_token(resume_token) if resume_token else None
         with self.hub.watch_tenant(tenant, flt) as sub:
-            sent: dict[str, int] = {}
-            position = self.hub.position  # everything published so far is in what follows
-            if after is None:
-                for event in list(self._committed.values()):
-                    if event.job.tenant == tenant and flt.matches(event.job):
-                        sent[event.job.id] = event.job.revision
-                        yield event, position
-            else:
-                position = max(after, 0)
+            sent: dict[str, int] = {}  # job -> the revision sent last, so nothing goes back in time
+
+            # Everything committed up to ``position`` is in what the store answers next.
+            position = self.hub.position
+
+            async def changed_since() -> AsyncIterator[JobEvent]:
+                """Every job changed after ``position``, from the store, as it is now (once each);
+                ``position`` moves past each."""
+                nonlocal position
                 while True:
                     changed = await self.store.changed_since(tenant, flt, position, RESUME_PAGE, self.clock.now())
                     for job, changed_at in changed:
-                        current = self._committed.get(job.id)
-                        if current is not None and current.job.revision > job.revision:
-                            job = current.job  # newer in memory than the row we read
+                        position = max(position, changed_at)
                         if sent.get(job.id, 0) < job.revision:
                             sent[job.id] = job.revision
-                            position = max(position, changed_at)
-                            yield JobEvent(job), position
-                        position = max(position, changed_at)
+                            yield JobEvent(job)
                     if len(changed) < RESUME_PAGE:
-                        break
+                        return
+
+            if after is None:
+                for job in await self.store.active_jobs(tenant):
+                    if flt.matches(job) and sent.get(job.id, 0) < job.revision:
+                        sent[job.id] = job.revision
+                        yield JobEvent(job), position
+            else:
+                position = max(after, 0)
+                async for event in changed_since():
+                    yield event, position
             while True:
                 events = await sub.next(heartbeat)
                 if sub.dropped:
@@ -537,8 +596,11 @@ class JobService:
                         "this stream fell too far behind; resume it with its last resume_token",
                         reason="WATCHER_TOO_SLOW",
                     )
+                if sub.resync_needed:  # a shared bus may have lost events: read the changes instead
+                    sub.resync_needed = False
+                    async for event in changed_since():
+                        yield event, position
                 if events is None:
-                    sent.clear()
                     position = max(position, self.hub.position)
                     yield Heartbeat(0, self.clock.now(), position)
                     continue
@@ -546,6 +608,9 @@ class JobService:
                     position = max(position, event.position)
                     if sent.get(event.job.id, 0) >= event.job.revision:
                         continue
+                    sent[event.job.id] = event.job.revision
+                    if event.job.terminal:
+                        del sent[event.job.id]  # its last revision: nothing of it comes after
                     yield event, position
 
     def resume_token(self, position: int) -> str:

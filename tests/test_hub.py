@@ -66,8 +66,8 @@ async def test_the_encoding_is_computed_once_and_shared() -> None:
     event = JobEvent(job())
     calls = []
 
-    def encode(j: Job) -> bytes:
-        calls.append(j)
+    def encode(e: JobEvent) -> bytes:
+        calls.append(e)
         return b"x"
 
     assert event.encoded("k", encode) is event.encoded("k", encode)
@@ -76,14 +76,16 @@ async def test_the_encoding_is_computed_once_and_shared() -> None:
     assert len(calls) == 2
 
 
-async def test_a_lagging_watcher_skips_to_the_latest_snapshot() -> None:
+async def test_a_lagging_watcher_sees_the_gap() -> None:
     hub = EventHub()
     with hub.watch("j1") as channel:
         for event in revisions("j1", 1, RING_SIZE + 10):
             hub.publish(event)
-        # Revision 5 has left the ring: the watcher gets only the latest snapshot.
-        skipped = await channel.next_after(5, timeout=1)
-        assert skipped is not None and [e.job.revision for e in skipped] == [RING_SIZE + 10]
+        # Revision 6 has left the ring: the watcher gets what is left, starting past a gap it can
+        # see (and fills from the store).
+        lagging = await channel.next_after(5, timeout=1)
+        assert lagging is not None and lagging[0].job.revision > 6
+        assert [e.job.revision for e in lagging] == list(range(11, RING_SIZE + 11))
         # A watcher that is still inside the ring gets everything after it.
         oldest_kept = RING_SIZE + 10 - RING_SIZE + 1
         caught_up = await channel.next_after(oldest_kept - 1, timeout=1)
@@ -91,16 +93,16 @@ async def test_a_lagging_watcher_skips_to_the_latest_snapshot() -> None:
         assert [e.job.revision for e in caught_up] == list(range(oldest_kept, RING_SIZE + 11))
 
 
-async def test_skipping_never_goes_past_the_terminal_revision() -> None:
+async def test_resync_wakes_watchers_to_check_the_store() -> None:
     hub = EventHub()
-    with hub.watch("j1") as channel:
-        events = revisions("j1", 1, 3 * RING_SIZE, terminal_last=True)
-        for event in events:
-            hub.publish(event)
-        got = await channel.next_after(2, timeout=1)
-        assert got is not None and len(got) == 1
-        assert got[0].job.terminal and got[0].job.revision == 3 * RING_SIZE
-        assert await channel.next_after(3 * RING_SIZE, timeout=0.05) is None
+    with hub.watch("j1") as channel, hub.watch_tenant("t", JobFilter()) as sub:
+        generation = channel.generation
+        waiting = asyncio.ensure_future(channel.next_after(0, timeout=10, generation=generation))
+        dashboard = asyncio.ensure_future(sub.next(timeout=10))
+        await asyncio.sleep(0)
+        hub.resync()
+        assert await asyncio.wait_for(waiting, 1) == [] and channel.generation == generation + 1
+        assert await asyncio.wait_for(dashboard, 1) == [] and sub.resync_needed
 
 
 async def test_next_after_times_out_with_none() -> None:

@@ -25,7 +25,7 @@ def _rebuild(transcript: list[Segment], update: Update) -> list[Segment]:
     """What a client does with a Watch update: keep the prefix, append what the update carries."""
     offset = update.segments_offset
     assert offset <= len(transcript), "a gap: the update starts past what the watcher holds"
-    return transcript[:offset] + list(update.job.segments[offset:])
+    return transcript[:offset] + list(update.segments)
 
 
 async def _running_job(service: JobService) -> Job:
@@ -59,7 +59,7 @@ async def test_watch_updates_carry_only_the_segments_they_add(tmp_path: Path) ->
             await service.report(job.id, 0.5, batch)
             update = await _next_update(stream)
             assert not update.whole and update.segments_offset == len(transcript)
-            assert list(update.job.segments[update.segments_offset:]) == batch  # only the new ones
+            assert list(update.segments) == batch  # only the new ones
             transcript = _rebuild(transcript, update)
         assert transcript == _segments(0, 6)
         await service.cancel(TENANT, job.id)
@@ -92,17 +92,20 @@ async def test_watch_resumed_after_any_revision_rebuilds_the_same_transcript(tmp
             assert resumed == final, f"resumed after revision {revision}"
 
 
-async def test_a_watcher_the_ring_left_behind_gets_the_job_whole(tmp_path: Path) -> None:
+async def test_a_watcher_the_ring_left_behind_gets_every_revision_from_the_store(tmp_path: Path) -> None:
     async with running(make_settings(tmp_path, EchoRoute(workers=1)), FakeClock()) as gw:
         service = gw.service
         job = await _running_job(service)
         stream = service.watch(TENANT, job.id)
-        transcript = _rebuild([], await _next_update(stream))
+        first = await _next_update(stream)
+        transcript, last = _rebuild([], first), first.job.revision
         for i in range(RING_SIZE + 5):  # the watcher reads nothing meanwhile
             await service.report(job.id, 0.5, _segments(i, 1))
-        caught_up = await _next_update(stream)
-        assert caught_up.whole and caught_up.segments_offset == 0
-        assert _rebuild(transcript, caught_up) == _segments(0, RING_SIZE + 5)
+        while len(transcript) < RING_SIZE + 5:
+            update = await _next_update(stream)
+            assert not update.whole and update.job.revision == last + 1  # each revision, none skipped
+            transcript, last = _rebuild(transcript, update), update.job.revision
+        assert transcript == _segments(0, RING_SIZE + 5)
         await stream.aclose()
 
 

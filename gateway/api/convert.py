@@ -11,6 +11,7 @@ from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 from gateway.api.status import failure_to_status
 from gateway.errors import FieldViolation, InvalidArgument
+from gateway.hub import JobEvent
 from gateway.jobs import Job, JobInput, JobOutput, JobState, Result, Segment, Transcript, TranscriptionInput
 from gateway.store.base import JobFilter
 
@@ -52,8 +53,8 @@ def _segment(segment: Segment) -> pb.Segment:
     )
 
 
-def job_to_proto(job: Job, with_segments: bool = True, segments_from: int = 0) -> pb.Job:
-    """The job as of its revision; ``segments_from`` leaves out the segments before that index."""
+def job_to_proto(job: Job, with_segments: bool = True) -> pb.Job:
+    """The job as of its revision (with every segment it holds, unless not ``with_segments``)."""
     message = pb.Job(
         id=job.id,
         route=job.route,
@@ -75,20 +76,28 @@ def job_to_proto(job: Job, with_segments: bool = True, segments_from: int = 0) -
         message.expire_time.CopyFrom(_timestamp(job.expires))
     if job.error is not None:
         message.error.CopyFrom(failure_to_status(job.error))
-    if with_segments and len(job.segments) > segments_from:
-        message.segments.extend(_segment(s) for s in job.segments[segments_from:])
+    if with_segments and job.segments:
+        message.segments.extend(_segment(s) for s in job.segments)
     return message
 
 
-def encode_watch_update(job: Job, segments_offset: int) -> bytes:
-    """A Watch message: the job with only its segments from ``segments_offset`` on (0: all)."""
-    update = pb.JobUpdate(job=job_to_proto(job, segments_from=segments_offset), segments_offset=segments_offset)
-    return pb.WatchResponse(update=update).SerializeToString()
+def encode_watch_update(event: JobEvent, whole: bool = False) -> bytes:
+    """A Watch message: the job as of the event's revision with the segments it added (offset and
+    all), or, ``whole``, with every segment (offset 0; the event must hold them all)."""
+    job = event.job
+    if whole:
+        assert not event.partial, "a partial event cannot be sent whole"
+        offset, segments = 0, job.segments
+    else:
+        offset, segments = event.segments_offset, event.new_segments
+    message = job_to_proto(job, with_segments=False)
+    message.segments.extend(_segment(s) for s in segments)
+    return pb.WatchResponse(update=pb.JobUpdate(job=message, segments_offset=offset)).SerializeToString()
 
 
-def encode_watch_jobs_job(job: Job) -> bytes:
+def encode_watch_jobs_job(event: JobEvent) -> bytes:
     """A WatchJobs message without its resume token (the stream appends it: see with_resume_token)."""
-    return pb.WatchJobsResponse(job=job_to_proto(job, with_segments=False)).SerializeToString()
+    return pb.WatchJobsResponse(job=job_to_proto(event.job, with_segments=False)).SerializeToString()
 
 
 def with_resume_token(encoded: bytes, token: str) -> bytes:

@@ -163,10 +163,9 @@ class GatewayServicer:
             if isinstance(item, Update):
                 event = item.event
                 if item.whole:
-                    yield event.encoded(_WATCH_WHOLE, partial(encode_watch_update, segments_offset=0))
+                    yield event.encoded(_WATCH_WHOLE, partial(encode_watch_update, whole=True))
                 else:
-                    encode = partial(encode_watch_update, segments_offset=event.segments_offset)
-                    yield event.encoded(_WATCH_UPDATE, encode)
+                    yield event.encoded(_WATCH_UPDATE, encode_watch_update)
             else:
                 yield heartbeat_bytes(item.revision, item.time)
 

@@ -120,6 +120,10 @@ class Store(Protocol):
         oldest change first, each with the position of that change."""
         ...
 
+    async def active_jobs(self, tenant: str) -> list[Job]:
+        """The tenant's QUEUED and RUNNING jobs (without segments), oldest first."""
+        ...
+
     def current_position(self) -> int:
         """The change position of the latest write handed to the store. Positions increase in
         commit order, so a reader that saw position P has seen every change up to P."""

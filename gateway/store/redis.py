@@ -17,8 +17,9 @@ Cluster: scripts touch a job's keys and the global indexes together):
     <prefix>store_id        string: identifies this data (resume tokens carry it)
 
 Every revision is one Lua script: the compare-and-set on the job's revision and attempt, the job's
-head, its revision entry, its new segments, its change position and, when it ends, its expiry (Redis
-deletes a finished job at its expire time: retention is Redis expiry), all at once.
+head, its revision entry, its new segments, its change position, when it ends its expiry (Redis
+deletes a finished job at its expire time: retention is Redis expiry), and the PUBLISH of the event
+on ``<prefix>events`` (gateway.bus.redis), all at once: no replica sees an event that is not stored.
 
 Writes from one process keep their order: a single writer task sends them in pipelines, in the
 order they were handed over, and runs each one's ``on_commit`` in that order. Reads use the pool.
@@ -39,7 +40,7 @@ from redis.exceptions import NoScriptError
 from gateway.jobs import Clock, Job, JobFailure, JobState, Result, Segment, SystemClock, decode_result, encode_result
 from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "job_from_json"]
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,14 @@ if has_request then redis.call('SET', KEYS[3], ARGV[1]) end
 redis.call('ZADD', KEYS[4], 0, ARGV[1])
 redis.call('ZADD', KEYS[5], pos, ARGV[1])
 redis.call('SADD', KEYS[7], ARGV[1])
+redis.call('PUBLISH', ARGV[12], '{"j":' .. ARGV[2] .. ',"o":0,"p":' .. pos .. ',"s":[]}')
 return {1, ARGV[1], ARGV[3], pos}
 """
 
 # KEYS: job, revs, segs, changes, position, active, tomb, expiring, req
 # ARGV: id, expected revision, attempt (-1: any), count attempt (0/1), revision, job JSON, segment
-#       count, terminal (0/1), result ('' none), ttl ms, tombstone ttl ms, tenant, n new segments, segments...
+#       count, terminal (0/1), result ('' none), ttl ms, tombstone ttl ms, tenant, n new segments,
+#       segments..., expires, tombstone end, events channel
 _SAVE = """
 local cur = redis.call('HMGET', KEYS[1], 'rev', 'att')
 if not cur[1] then return redis.error_reply('CONFLICT job ' .. ARGV[1] .. ' is gone') end
@@ -107,6 +110,10 @@ if ARGV[8] == '1' then
   redis.call('SET', KEYS[7], ARGV[12] .. '|' .. ARGV[15 + n], 'PX', tonumber(ARGV[11]))
   redis.call('ZADD', KEYS[8], tonumber(ARGV[14 + n]) * 1000, ARGV[1])
 end
+local segments = ''
+if n > 0 then segments = table.concat(ARGV, ',', 14, 13 + n) end
+redis.call('PUBLISH', ARGV[16 + n], '{"j":' .. ARGV[6] .. ',"o":' .. (count - n) .. ',"p":' .. pos ..
+           ',"s":[' .. segments .. ']}')
 return pos
 """
 
@@ -146,7 +153,7 @@ def _job_json(job: Job) -> str:
     })
 
 
-def _job_from_json(text: str | bytes, segments: tuple[Segment, ...] = ()) -> Job:
+def job_from_json(text: str | bytes, segments: tuple[Segment, ...] = ()) -> Job:
     data = json.loads(text)
     return Job(
         id=data["id"], tenant=data["tenant"], route=data["route"], state=JobState(data["state"]),
@@ -311,7 +318,8 @@ class RedisStore:
         keys = [self._key("job", job.id), self._key("revs", job.id), request_key, self._key("jobs", job.tenant),
                 self._key("changes", job.tenant), self._key("position"), self._key("active")]
         args = [job.id, _job_json(job), request_hash, payload, "1" if job.request_id else "0", self._key("job", ""),
-                repr(job.created), job.tenant, job.request_id, self._key("revs", ""), self._key("segs", "")]
+                repr(job.created), job.tenant, job.request_id, self._key("revs", ""), self._key("segs", ""),
+                self._key("events")]
 
         def run(pipe: Any) -> None:
             self._eval(pipe, "create", keys, args)
@@ -359,7 +367,7 @@ class RedisStore:
             job.id, job.revision - 1, -1 if attempt is None else attempt, 1 if count_attempt else 0, job.revision,
             _job_json(job), len(job.segments), 1 if terminal else 0,
             encode_result(result) if result is not None else "", ttl_ms, 2 * ttl_ms, job.tenant, len(segments),
-            *segments, repr(expires), repr(expires + (expires - now)),
+            *segments, repr(expires), repr(expires + (expires - now)), self._key("events"),
         ]
 
         def run(pipe: Any) -> None:
@@ -420,7 +428,7 @@ class RedisStore:
         head = await self._head(job_id, "seg")
         if head is None:
             return None
-        return _job_from_json(head[0], await self._segments(job_id, int(head[1])))
+        return job_from_json(head[0], await self._segments(job_id, int(head[1])))
 
     async def find_request(self, tenant: str, request_id: str, now: float) -> tuple[Job, str] | None:
         job_id = await self._redis.get(self._key("req", tenant, request_id))
@@ -429,7 +437,7 @@ class RedisStore:
         head = await self._head(job_id.decode(), "seg", "req_hash")
         if head is None:
             return None
-        job = _job_from_json(head[0], await self._segments(job_id.decode(), int(head[1])))
+        job = job_from_json(head[0], await self._segments(job_id.decode(), int(head[1])))
         if job.expires is not None and job.expires <= now:
             return None
         return job, (head[2] or b"").decode()
@@ -447,7 +455,7 @@ class RedisStore:
             if revision == after:
                 offset = count
                 continue
-            out.append((_job_from_json(fields[b"job"], segments[:count]), offset))
+            out.append((job_from_json(fields[b"job"], segments[:count]), offset))
             offset = count
         return out
 
@@ -464,7 +472,7 @@ class RedisStore:
             for job_id in ids:
                 pipe.hget(self._key("job", job_id), "job")
             raws = await pipe.execute()
-        return [None if raw is None else _job_from_json(raw) for raw in raws]
+        return [None if raw is None else job_from_json(raw) for raw in raws]
 
     async def list_jobs(self, tenant: str, flt: JobFilter, before_id: str | None, limit: int, now: float) -> list[Job]:
         index = self._key("jobs", tenant)
@@ -503,6 +511,10 @@ class RedisStore:
             lower = f"({int(pairs[-1][1])}"
         return found
 
+    async def active_jobs(self, tenant: str) -> list[Job]:
+        ids = sorted(i.decode() for i in await self._redis.smembers(self._key("active")))
+        return [job for job in await self._jobs(ids) if job is not None and job.tenant == tenant and not job.terminal]
+
     def current_position(self) -> int:
         return self._position
 
@@ -513,7 +525,7 @@ class RedisStore:
             head = await self._head(job_id, "seg", "att", "ckpt")
             if head is None:
                 continue
-            job = _job_from_json(head[0], await self._segments(job_id, int(head[1])))
+            job = job_from_json(head[0], await self._segments(job_id, int(head[1])))
             out.append(ResumableJob(job, int(head[2]), json.loads(head[3]) if head[3] else None))
         return out
 

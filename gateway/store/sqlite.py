@@ -570,6 +570,13 @@ class SqliteStore:
 
         return await self._read(read)
 
+    async def active_jobs(self, tenant: str) -> list[Job]:
+        def read(conn: sqlite3.Connection) -> list[Job]:
+            query = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND state IN (1, 2) ORDER BY id"
+            return [self._job_from_row(conn, row, with_segments=False) for row in conn.execute(query, (tenant,))]
+
+        return await self._read(read)
+
     def current_position(self) -> int:
         return self._position
 

@@ -1,0 +1,116 @@
+"""The event bus across replicas: Redis pub/sub, one subscription per process.
+
+The Redis store's scripts PUBLISH each committed revision in the same atomic step that stores it
+(so no replica sees an event that is not stored), on one channel, ``<prefix>events``. Every process
+subscribes once and hands each event to its local subscribers (the hub); ``publish`` has nothing to
+send. An event carries the job as of the revision without its earlier segments: the segments the
+revision added, from ``segments_offset`` on (``JobEvent.partial``), which is all a watcher needs.
+
+Pub/sub delivers at most once: while the connection is down, events are lost. After a reconnection
+the bus tells its resync listeners, and they read what they missed from the store (a job's watchers
+from its revisions, a dashboard from the change positions), so no watcher misses a revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway.bus.base import Handler, Unsubscribe
+from gateway.bus.memory import MemoryBus
+from gateway.hub import JobEvent
+from gateway.jobs import Segment
+from gateway.store.redis import job_from_json
+
+__all__ = ["RedisBus", "decode_event"]
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MAX_SECONDS = 2.0
+
+
+def decode_event(raw: bytes | str) -> JobEvent:
+    """An event as the store's scripts publish it: {"j": job, "o": offset, "p": position, "s": [new segments]}."""
+    data = json.loads(raw)
+    segments = tuple(Segment.from_dict(s) for s in data["s"])
+    return JobEvent(job_from_json(json.dumps(data["j"]), segments), int(data["o"]), int(data["p"]), partial=True)
+
+
+class RedisBus:
+    def __init__(self, url: str, prefix: str = "gw:") -> None:
+        self.url = url
+        self.channel = prefix + "events"
+        self._local = MemoryBus()  # the subscribers of this process
+        self._resync: list[Callable[[], None]] = []
+        self._redis: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self.reconnects = 0
+
+    async def open(self) -> None:
+        import redis.asyncio as aioredis
+
+        self._redis = aioredis.Redis.from_url(self.url, health_check_interval=10)
+        self._task = asyncio.get_running_loop().create_task(self._listen(), name="redis-bus")
+        await asyncio.wait_for(self._subscribed.wait(), timeout=30)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        await self._local.close()
+
+    def publish(self, event: JobEvent) -> None:
+        """Nothing to do: the store's script published the event when it committed it."""
+
+    def subscribe(self, handler: Handler, *, job_id: str | None = None, tenant: str | None = None) -> Unsubscribe:
+        return self._local.subscribe(handler, job_id=job_id, tenant=tenant)
+
+    def on_resync(self, listener: Callable[[], None]) -> None:
+        """Called after the subscription was re-established: events may have been lost meanwhile."""
+        self._resync.append(listener)
+
+    async def _listen(self) -> None:
+        delay = 0.05
+        first = True
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self._subscribed.set()
+                if not first:
+                    self.reconnects += 1
+                    log.warning("event bus: subscribed again to %s; resyncing from the store", self.channel)
+                    for listener in list(self._resync):
+                        try:
+                            listener()
+                        except Exception:
+                            log.exception("a resync listener failed")
+                first, delay = False, 0.05
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    try:
+                        event = decode_event(message["data"])
+                    except Exception:
+                        log.exception("event bus: an event could not be read")
+                        continue
+                    self._local.publish(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event bus: connection lost (%s); reconnecting", exc)
+                await asyncio.sleep(delay)
+                delay = min(RECONNECT_MAX_SECONDS, delay * 2)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()

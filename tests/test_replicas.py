@@ -1,0 +1,145 @@
+"""Several gateway processes sharing one real Redis: a job submitted through replica A is watched,
+fetched and listed through replica B; watchers cut off by A's kill -9 resume on B with nothing missed
+or repeated; one request_id sent through both replicas at once makes one job."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, struct_pb2
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
+
+from tests.conftest import ECHO_CONFIG, ServerProcess
+from tests.redis_server import RedisProcess, redis_process  # noqa: F401 (a fixture)
+
+
+@pytest.fixture
+def replicas(redis_process: RedisProcess, make_server: Callable[..., ServerProcess]) -> Iterator[  # noqa: F811
+        tuple[ServerProcess, ServerProcess]]:
+    redis_process.flush()
+    config = f'store = "{redis_process.url}"\nheartbeat_seconds = 0.2\nshutdown_grace_seconds = 0\n' + ECHO_CONFIG
+    yield make_server(config), make_server(config)
+
+
+def _stub(server: ServerProcess) -> tuple[grpc.Channel, pb_grpc.GatewayServiceStub]:
+    channel = grpc.insecure_channel(server.target)
+    return channel, pb_grpc.GatewayServiceStub(channel)
+
+
+def _submit(stub: pb_grpc.GatewayServiceStub, request_id: str = "", **inputs: object) -> pb.SubmitResponse:
+    struct = struct_pb2.Struct()
+    struct.update(inputs)
+    return stub.Submit(pb.SubmitRequest(route="echo", inputs=struct, request_id=request_id), timeout=30)
+
+
+def _revisions(stub: pb_grpc.GatewayServiceStub, job_id: str, after: int = 0,
+               until: Callable[[pb.Job], bool] = lambda job: False) -> list[pb.Job]:
+    jobs = []
+    for response in stub.Watch(pb.WatchRequest(job_id=job_id, after_revision=after), timeout=60):
+        if response.WhichOneof("event") == "update":
+            jobs.append(response.update.job)
+            if until(response.update.job):
+                break
+    return jobs
+
+
+def test_submit_through_a_watch_fetch_and_list_through_b(replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = replicas
+    channel_a, stub_a = _stub(a)
+    channel_b, stub_b = _stub(b)
+    with channel_a, channel_b:
+        dashboard = stub_b.WatchJobs(pb.WatchJobsRequest(), timeout=60)
+        first = next(iter(dashboard))  # B's dashboard is open before the job exists
+        assert first.resume_token
+        job = _submit(stub_a, delay_ms=600, steps=3, x=1).job
+        seen = _revisions(stub_b, job.id)
+        assert [j.revision for j in seen] == list(range(seen[0].revision, seen[-1].revision + 1))
+        assert seen[-1].done and seen[-1].state == pb.JOB_STATE_SUCCEEDED and seen[-1].revision == 6
+        fetched = stub_b.Fetch(pb.FetchRequest(job_id=job.id), timeout=30)
+        assert fetched.output.struct_value.fields["x"].number_value == 1
+        assert [j.id for j in stub_b.List(pb.ListRequest(), timeout=30).jobs] == [job.id]
+        states = []
+        for response in dashboard:
+            if response.WhichOneof("event") == "job" and response.job.id == job.id:
+                states.append(response.job.state)
+                if response.job.done:
+                    break
+        dashboard.cancel()
+        assert states[-1] == pb.JOB_STATE_SUCCEEDED
+
+
+def test_watchers_of_a_killed_replica_resume_on_the_other(replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = replicas
+    channel_a, stub_a = _stub(a)
+    channel_b, stub_b = _stub(b)
+    with channel_a, channel_b:
+        job = _submit(stub_a, delay_ms=4000, steps=40).job
+        # One watcher on A until the job has made some progress; one on B throughout.
+        on_b: list[pb.Job] = []
+        following = threading.Thread(target=lambda: on_b.extend(_revisions(stub_b, job.id)), daemon=True)
+        following.start()
+        on_a = _revisions(stub_a, job.id, until=lambda j: j.progress >= 0.2)
+        a.kill()  # the job stops with A, mid-run
+        last = on_a[-1].revision
+        a.restart()  # and resumes when A is back (attempt 2)
+        rest = _revisions(stub_b, job.id, after=last)
+        following.join(timeout=60)
+    resumed = on_a + rest
+    for stream in (resumed, on_b):
+        revisions = [j.revision for j in stream]
+        assert revisions == list(range(revisions[0], revisions[-1] + 1)), revisions  # none missed, none twice
+        assert stream[-1].done and stream[-1].state == pb.JOB_STATE_SUCCEEDED
+    assert [j.revision for j in on_b][-1] == [j.revision for j in resumed][-1]
+
+
+def _race(call: Callable[[pb_grpc.GatewayServiceStub], pb.SubmitResponse],
+          *stubs: pb_grpc.GatewayServiceStub) -> list[pb.SubmitResponse]:
+    """Makes the call through every stub at the same moment (a barrier); answers every response."""
+    answers: list[pb.SubmitResponse] = []
+    barrier = threading.Barrier(len(stubs))
+
+    def send(stub: pb_grpc.GatewayServiceStub) -> None:
+        barrier.wait()
+        answers.append(call(stub))
+
+    threads = [threading.Thread(target=send, args=(stub,)) for stub in stubs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return answers
+
+
+def test_one_request_id_through_both_replicas_at_once_makes_one_job(
+        replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = replicas
+    channel_a, stub_a = _stub(a)
+    channel_b, stub_b = _stub(b)
+    with channel_a, channel_b:
+        for round_ in range(10):
+            answers = _race(lambda stub, n=round_: _submit(stub, request_id=f"order-{n}", n=n), stub_a, stub_b)
+            assert len(answers) == 2 and answers[0].job.id == answers[1].job.id
+            assert sorted(r.existing for r in answers) == [False, True]
+        request = pb.FetchRequest(job_id=answers[0].job.id, timeout=duration_pb2.Duration(seconds=30))
+        assert stub_b.Fetch(request, timeout=40).job.done
+
+
+def test_a_job_running_on_a_is_cancelled_through_b(replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = replicas
+    channel_a, stub_a = _stub(a)
+    channel_b, stub_b = _stub(b)
+    with channel_a, channel_b:
+        job = _submit(stub_a, delay_ms=30_000, steps=300).job
+        _revisions(stub_b, job.id, until=lambda j: j.state == pb.JOB_STATE_RUNNING)
+        answer = stub_b.Cancel(pb.CancelRequest(job_id=job.id), timeout=30).job
+        assert answer.state in (pb.JOB_STATE_RUNNING, pb.JOB_STATE_CANCELLED)
+        for stub in (stub_a, stub_b):  # both replicas' watchers see the end
+            end = _revisions(stub, job.id)[-1]
+            assert end.done and end.state == pb.JOB_STATE_CANCELLED
+        # A's worker lets the job go: its later writes are refused, nothing follows the end.
+        after = stub_a.Get(pb.GetRequest(job_id=job.id), timeout=30).job
+        assert after.state == pb.JOB_STATE_CANCELLED and after.revision == end.revision
