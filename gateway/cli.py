@@ -1,6 +1,12 @@
 """`gateway serve`: runs the gateway.
 
-    gateway serve [--listen HOST:PORT] [--http-listen HOST:PORT] [--store URL | --data-dir DIR] [--config FILE]
+    gateway serve [--listen HOST:PORT] [--http-listen HOST:PORT] [--store URL | --data-dir DIR] [--workers N]
+                  [--config FILE]
+    gateway worker --store URL [--route NAME]... [--workers N] [--listen HOST:PORT] [--config FILE]
+
+``serve`` runs the job API (gRPC, the HTTP facade) and, unless ``--workers 0``, the routes' workers.
+``worker`` runs only the workers of the named routes (default: all), taking jobs from the shared queue
+of a Redis store, with gRPC health on ``--listen`` (``route/<name>`` is SERVING once its model is warm).
 
 Once serving it prints one JSON line on stdout with the bound addresses (useful with port 0):
 ``{"event": "serving", "grpc": "127.0.0.1:50051", "http": "127.0.0.1:8080"}``. Logs go to stderr.
@@ -50,11 +56,11 @@ def _configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level.upper())
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, api: bool = True) -> None:
     import signal
 
     loop = asyncio.get_running_loop()
-    async with Gateway(settings) as gateway:
+    async with Gateway(settings, api=api) as gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, gateway.request_stop)
         grpc_host, _ = parse_address(settings.listen)
@@ -75,21 +81,41 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--http-listen", metavar="HOST:PORT", help="HTTP address (default 127.0.0.1:8080; '' for none)")
     serve.add_argument("--data-dir", metavar="DIR", type=Path, help="where the SQLite store lives (default ./data)")
     serve.add_argument("--store", metavar="URL", help="redis://HOST:PORT/DB: a shared Redis store (default: SQLite)")
+    serve.add_argument("--workers", metavar="N", type=int, help="workers per route here, instead of the routes' own (0: none)")
+    worker = commands.add_parser("worker", help="run only the routes' workers, on a shared (Redis) store")
+    worker.add_argument("--store", metavar="URL", help="redis://HOST:PORT/DB (required: workers share its queue)")
+    worker.add_argument("--route", metavar="NAME", action="append", help="run this route's jobs (repeatable; default: all)")
+    worker.add_argument("--workers", metavar="N", type=int, help="workers per route (default: the routes' own)")
+    worker.add_argument("--listen", metavar="HOST:PORT", help="gRPC health address (default 127.0.0.1:50061)")
+    worker.add_argument("--config", metavar="FILE", type=Path, help="a TOML configuration file")
+    worker.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR")
     serve.add_argument("--config", metavar="FILE", type=Path, help="a TOML configuration file")
     serve.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR")
     args = parser.parse_args(argv)
 
+    is_worker = args.command == "worker"
     try:
-        settings = load_settings(
-            args.config, listen=args.listen, http_listen=args.http_listen, data_dir=args.data_dir,
-            store=args.store, log_level=args.log_level,
-        )
+        if is_worker:
+            settings = load_settings(args.config, listen=args.listen or "127.0.0.1:50061", http_listen="",
+                                     store=args.store, workers=args.workers, log_level=args.log_level)
+            if not settings.store:
+                raise ValueError("gateway worker needs a shared store: --store redis://HOST:PORT/DB")
+            if args.route:
+                unknown = sorted(set(args.route) - set(settings.routes))
+                if unknown:
+                    raise ValueError(f"no route named {', '.join(unknown)}; routes: {', '.join(settings.routes)}")
+                settings = settings.model_copy(update={"routes": {n: settings.routes[n] for n in args.route}})
+        else:
+            settings = load_settings(
+                args.config, listen=args.listen, http_listen=args.http_listen, data_dir=args.data_dir,
+                store=args.store, workers=args.workers, log_level=args.log_level,
+            )
     except (ValidationError, FileNotFoundError, ValueError) as exc:
         print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
         return 2
     _configure_logging(settings)
     try:
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, api=not is_worker))
     except OSError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1

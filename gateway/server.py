@@ -31,7 +31,7 @@ from gateway.jobs import Clock, SystemClock
 from gateway.service import JobService
 from gateway.settings import Settings
 from gateway.store import SqliteStore, Store
-from gateway.work import RouteRunner, health_name
+from gateway.work import RouteRunner, WorkQueue, health_name
 
 __all__ = ["Gateway", "create_server", "health_name", "make_bus", "make_store"]
 
@@ -91,8 +91,11 @@ def make_bus(settings: Settings) -> EventBus:
 class Gateway:
     """One running gateway. Use as an async context manager."""
 
-    def __init__(self, settings: Settings, clock: Clock | None = None, store: Store | None = None) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None, store: Store | None = None,
+                 api: bool = True) -> None:
+        """``api`` False: a worker process (gateway worker): the routes' workers and health only."""
         self.settings = settings
+        self.api = api
         self.clock = clock or SystemClock()
         self.store: Store = store or make_store(settings, self.clock)
         self.bus: EventBus = make_bus(settings)
@@ -125,7 +128,8 @@ class Gateway:
         await self.store.open()
         await self.bus.open()
         for name, route_settings in settings.routes.items():
-            runner = RouteRunner(name, route_settings, create_backend(route_settings), self.service)
+            runner = RouteRunner(name, route_settings, create_backend(route_settings), self.service,
+                                 queue=self._queue(name, route_settings.max_queue), workers=settings.workers)
             self.runners[name] = self.service.routes[name] = runner
             await self._set_health(health_name(name), False)
             runner.backend.readiness.listen(self._health_listener(name))
@@ -136,16 +140,18 @@ class Gateway:
 
         server, self.grpc_port = create_server(settings)
         auth = Authenticator(settings.auth)
-        server.add_generic_rpc_handlers((GatewayServicer(self.service, auth, settings.max_receive_bytes).handler(),))
+        services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if self.api:
+            server.add_generic_rpc_handlers((GatewayServicer(self.service, auth, settings.max_receive_bytes).handler(),))
+            services.insert(0, SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        reflection.enable_server_reflection(services, server)
         await server.start()
         self.grpc_server = server
         await self._set_health(health.OVERALL_HEALTH, True)
-        await self._set_health(SERVICE_NAME, True)
-        if settings.http_listen:
+        if self.api:
+            await self._set_health(SERVICE_NAME, True)
+        if settings.http_listen and self.api:
             from gateway.http import HttpFace
 
             self.http = HttpFace(settings, self.service, auth, self.serving)
@@ -154,6 +160,14 @@ class Gateway:
             "gateway serving gRPC on port %d%s; routes: %s", self.grpc_port,
             f", HTTP on port {self.http_port}" if self.http else "", ", ".join(settings.routes),
         )
+
+    def _queue(self, route: str, max_queue: int) -> WorkQueue | None:
+        """A shared store's routes share their queues (Redis streams); else each its own, in memory."""
+        if not self.settings.store:
+            return None
+        from gateway.work.redis import RedisQueue
+
+        return RedisQueue(self.settings.store, route, max_queue, self.settings.lease_seconds)
 
     def serving(self, name: str) -> bool:
         """Whether a grpc.health.v1 name ("" overall, health_name(route)) is SERVING."""

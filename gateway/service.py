@@ -152,6 +152,14 @@ class JobService:
         return on_commit
 
     def _on_event(self, event: JobEvent) -> None:
+        head = self._heads.get(event.job.id)
+        if head is not None and event.job.revision > head.revision and event.job.terminal:
+            # Ended by another process (cancelled through another replica): stop running it here.
+            route = self.routes.get(event.job.route)
+            if route is not None:
+                route.cancel(event.job.id)
+            self._forget(event.job.id)
+            return
         cached = self._committed.get(event.job.id)
         if cached is None or cached.job.revision >= event.job.revision:
             return
@@ -167,7 +175,7 @@ class JobService:
 
     def _save(
         self, job: Job, new_segments: Sequence[Segment] = (), result: Result | None = None, count_attempt: bool = False
-    ) -> Awaitable[None]:
+    ) -> Awaitable[bool]:
         """Hands the revision to the store now (so revisions reach it in order); the awaitable ends
         once it is committed. The store checks it follows the stored revision, of this attempt."""
         on_commit = self._committed_cb(job, len(job.segments) - len(new_segments))
@@ -177,12 +185,15 @@ class JobService:
         stored = self.store.save_revision(job, new_segments, result, on_commit, count_attempt, attempt)
         return self._settle(job.id, stored)
 
-    async def _settle(self, job_id: str, stored: Awaitable[None]) -> None:
+    async def _settle(self, job_id: str, stored: Awaitable[None]) -> bool:
+        """Whether the revision was stored; False when another process had moved the job on."""
         try:
             await stored
-        except RevisionConflict as exc:  # another process moved the job on: it is no longer ours
+        except RevisionConflict as exc:  # the job is no longer ours
             log.warning("job %s was changed elsewhere; letting it go: %s", job_id, exc)
             self._forget(job_id)
+            return False
+        return True
 
     def _forget(self, job_id: str) -> None:
         """Drops what this process holds of a job (deleted, or taken over elsewhere)."""
@@ -248,16 +259,20 @@ class JobService:
             revision=1,
             created=now,
             labels=dict(labels),
-            queue_position=runner.queued() + 1,
+            queue_position=0 if self.store.shared else runner.queued() + 1,  # unknown in a shared queue
             request_id=request_id,
         )
 
         def on_commit(outcome: Any) -> None:
             if not outcome.created:
                 return
+            event = self._committed[job.id] = JobEvent(job, 0, outcome.position)
+            if self.store.shared:  # whichever process takes it from the shared queue holds it
+                self.bus.publish(event)
+                runner.enqueue(job.id)
+                return
             self._heads[job.id] = job
             self._attempts[job.id] = 0
-            event = self._committed[job.id] = JobEvent(job, 0, outcome.position)
             if self._inputs_bytes + len(payload) <= INPUTS_IN_MEMORY_BYTES:
                 self._inputs[job.id] = (job_input, len(payload))
                 self._inputs_bytes += len(payload)
@@ -292,6 +307,8 @@ class JobService:
         backend says it started); answers what the backend needs, or None if it is gone."""
         head = self._heads.get(job_id)
         if head is None:
+            head = await self._take_over(job_id)
+        if head is None:
             return None
         if head.state is JobState.QUEUED and not defer_running:
             job = self._next(job_id, state=JobState.RUNNING, started=self.clock.now(), queue_position=0)
@@ -323,6 +340,17 @@ class JobService:
         if head is None:
             return None
         return Begun(head, job_input, self._checkpoints.pop(job_id, None))
+
+    async def _take_over(self, job_id: str) -> Job | None:
+        """A job another process queued (a shared queue): this process holds it from now on."""
+        found = await self.store.resumable(job_id)
+        if found is None or found.job.terminal or job_id in self._heads:
+            return self._heads.get(job_id)
+        self._heads[job_id] = found.job
+        self._committed[job_id] = JobEvent(found.job)
+        self._attempts[job_id] = found.attempts
+        self._checkpoints[job_id] = found.checkpoint
+        return found.job
 
     async def started(self, job_id: str) -> None:
         head = self._heads.get(job_id)
@@ -362,8 +390,8 @@ class JobService:
             await self._end_stored(job_id, JobState.CANCELLED, error=failure, queue_position=0)
             return
         job = self._finish(job_id, JobState.CANCELLED, error=failure, queue_position=0)
-        if job is not None:
-            await self._save(job)
+        if job is not None and not await self._save(job):
+            await self._end_stored(job_id, JobState.CANCELLED, error=failure, queue_position=0)
 
     async def _end_stored(self, job_id: str, state: JobState, **changes: Any) -> None:
         """Ends a job this process does not hold, from the store's current revision (a compare-and-
@@ -638,8 +666,12 @@ class JobService:
     # -- startup and retention -------------------------------------------------------------------
 
     async def resume(self) -> int:
-        """Re-queues the jobs that were QUEUED or RUNNING when the process stopped."""
+        """Re-queues the jobs that were QUEUED or RUNNING when the process stopped. On a shared
+        store there is nothing to do: the jobs are in the shared queue, and a stopped worker's
+        running jobs are reclaimed by the others once its leases lapse."""
         self.hub.position = max(self.hub.position, self.store.current_position())
+        if self.store.shared:
+            return 0
         pending = await self.store.unfinished()
         pending.sort(key=lambda r: (r.job.state is not JobState.RUNNING, r.job.id))
         for item in pending:
@@ -676,7 +708,7 @@ class JobService:
             await asyncio.sleep(self.settings.sweep_interval_seconds)
 
 
-def _log_failure(future: asyncio.Future[None]) -> None:
+def _log_failure(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("storing a revision failed", exc_info=future.exception())
 

@@ -128,6 +128,13 @@ class Settings(BaseSettings):
         "", description="Empty: the embedded SQLite store in data_dir. redis://HOST:PORT/DB (rediss:// for TLS): "
         "a shared Redis or Valkey, for several replicas and workers."
     )
+    workers: int | None = Field(
+        None, ge=0, description="Workers of every route in this process, instead of each route's own; 0: it runs no jobs."
+    )
+    lease_seconds: float = Field(
+        30.0, gt=0, description="Shared queue: a worker renews its hold on a running job this often x3; a job held "
+        "by a worker silent this long is taken over by another."
+    )
     data_dir: Path = Field(Path("data"), description="Where the SQLite store lives.")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL", description="NORMAL survives a process crash (kill -9); FULL also a power loss."

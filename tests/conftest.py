@@ -34,7 +34,8 @@ class ServerProcess:
     """`gateway serve` in a child process, on free ports (or the ports of its previous run)."""
 
     def __init__(self, workdir: Path, config: str | None = None, env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), command: str = "serve") -> None:
+        self.command = command  # "worker": `gateway worker` (workers and health only)
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.config_path: Path | None = None
@@ -58,8 +59,9 @@ class ServerProcess:
         return f"http://{self.http_address}"
 
     def start(self, timeout: float = 90.0) -> ServerProcess:
-        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--listen", self.grpc_address,
-               "--http-listen", self.http_address, "--data-dir", str(self.data_dir), *self.args]
+        cmd = [sys.executable, "-m", "gateway.cli", self.command, "--listen", self.grpc_address, *self.args]
+        if self.command == "serve":
+            cmd += ["--http-listen", self.http_address, "--data-dir", str(self.data_dir)]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
         log = self.log_path.open("a")

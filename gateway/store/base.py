@@ -54,6 +54,7 @@ class ResumableJob:
 
 class Store(Protocol):
     store_id: str  # identifies the data a change position belongs to (resume tokens carry it)
+    shared: bool  # several processes use it (jobs are queued and resumed through a shared queue)
 
     async def open(self) -> None: ...
 
@@ -130,6 +131,10 @@ class Store(Protocol):
         ...
 
     async def unfinished(self) -> list[ResumableJob]: ...
+
+    async def resumable(self, job_id: str) -> ResumableJob | None:
+        """The job (whole) with its attempts so far and checkpoint; None if it is gone."""
+        ...
 
     async def delete(self, job_id: str, tombstone_until: float | None = None) -> None: ...
 

@@ -13,6 +13,7 @@ Cluster: scripts touch a job's keys and the global indexes together):
     <prefix>active          set of the ids of QUEUED and RUNNING jobs
     <prefix>expiring        sorted set: job id -> expiry (ms): the index entries sweep() removes
     <prefix>tomb:<id>       string: the tenant of an expired or deleted job, until its tombstone ends
+    <prefix>queue:<route>   stream of queued job ids (a consumer group of the route's workers)
     <prefix>position        counter: change positions, in commit order
     <prefix>store_id        string: identifies this data (resume tokens carry it)
 
@@ -40,7 +41,7 @@ from redis.exceptions import NoScriptError
 from gateway.jobs import Clock, Job, JobFailure, JobState, Result, Segment, SystemClock, decode_result, encode_result
 from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict
 
-__all__ = ["RedisStore", "job_from_json"]
+__all__ = ["RedisStore", "job_from_json", "queue_key"]
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,13 @@ if has_request then redis.call('SET', KEYS[3], ARGV[1]) end
 redis.call('ZADD', KEYS[4], 0, ARGV[1])
 redis.call('ZADD', KEYS[5], pos, ARGV[1])
 redis.call('SADD', KEYS[7], ARGV[1])
+local entry = redis.call('XADD', KEYS[8], '*', 'job', ARGV[1])  -- queued for the route's workers, at once
+redis.call('HSET', KEYS[1], 'entry', entry)
 redis.call('PUBLISH', ARGV[12], '{"j":' .. ARGV[2] .. ',"o":0,"p":' .. pos .. ',"s":[]}')
 return {1, ARGV[1], ARGV[3], pos}
 """
 
-# KEYS: job, revs, segs, changes, position, active, tomb, expiring, req
+# KEYS: job, revs, segs, changes, position, active, tomb, expiring, req, queue
 # ARGV: id, expected revision, attempt (-1: any), count attempt (0/1), revision, job JSON, segment
 #       count, terminal (0/1), result ('' none), ttl ms, tombstone ttl ms, tenant, n new segments,
 #       segments..., expires, tombstone end, events channel
@@ -105,6 +108,8 @@ if ARGV[8] == '1' then
   redis.call('HDEL', KEYS[1], 'payload', 'ckpt')
   redis.call('HSET', KEYS[1], 'expires', ARGV[14 + n])
   redis.call('SREM', KEYS[6], ARGV[1])
+  local entry = redis.call('HGET', KEYS[1], 'entry')
+  if entry then redis.call('XDEL', KEYS[10], entry) end  -- an ended job leaves its route's queue
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
   if redis.call('EXISTS', KEYS[9]) == 1 then redis.call('PEXPIRE', KEYS[9], ttl) end
   redis.call('SET', KEYS[7], ARGV[12] .. '|' .. ARGV[15 + n], 'PX', tonumber(ARGV[11]))
@@ -138,6 +143,11 @@ redis.call('SREM', KEYS[7], ARGV[1])
 redis.call('ZREM', KEYS[8], ARGV[1])
 return 1
 """
+
+
+def queue_key(prefix: str, route: str) -> str:
+    """The stream a route's queued jobs wait in (gateway.work.redis reads it)."""
+    return f"{prefix}queue:{route}"
 
 
 def _dumps(value: Any) -> str:
@@ -174,6 +184,8 @@ class _Write:
 
 class RedisStore:
     """Use as ``async with RedisStore("redis://host:6379/0") as store``."""
+
+    shared = True
 
     def __init__(self, url: str, prefix: str = "gw:", clock: Clock | None = None, max_connections: int = 32) -> None:
         self.url = url
@@ -316,7 +328,8 @@ class RedisStore:
     ) -> CreateOutcome:
         request_key = self._key("req", job.tenant, job.request_id) if job.request_id else self._key("req-none")
         keys = [self._key("job", job.id), self._key("revs", job.id), request_key, self._key("jobs", job.tenant),
-                self._key("changes", job.tenant), self._key("position"), self._key("active")]
+                self._key("changes", job.tenant), self._key("position"), self._key("active"),
+                queue_key(self.prefix, job.route)]
         args = [job.id, _job_json(job), request_hash, payload, "1" if job.request_id else "0", self._key("job", ""),
                 repr(job.created), job.tenant, job.request_id, self._key("revs", ""), self._key("segs", ""),
                 self._key("events")]
@@ -361,7 +374,8 @@ class RedisStore:
         keys = [self._key("job", job.id), self._key("revs", job.id), self._key("segs", job.id),
                 self._key("changes", job.tenant), self._key("position"), self._key("active"),
                 self._key("tomb", job.id), self._key("expiring"),
-                self._key("req", job.tenant, job.request_id) if job.request_id else self._key("req-none")]
+                self._key("req", job.tenant, job.request_id) if job.request_id else self._key("req-none"),
+                queue_key(self.prefix, job.route)]
         segments = [_dumps(s.to_dict()) for s in new_segments]
         args: list[Any] = [
             job.id, job.revision - 1, -1 if attempt is None else attempt, 1 if count_attempt else 0, job.revision,
@@ -520,14 +534,15 @@ class RedisStore:
 
     async def unfinished(self) -> list[ResumableJob]:
         ids = sorted(i.decode() for i in await self._redis.smembers(self._key("active")))
-        out = []
-        for job_id in ids:
-            head = await self._head(job_id, "seg", "att", "ckpt")
-            if head is None:
-                continue
-            job = job_from_json(head[0], await self._segments(job_id, int(head[1])))
-            out.append(ResumableJob(job, int(head[2]), json.loads(head[3]) if head[3] else None))
-        return out
+        found = [await self.resumable(job_id) for job_id in ids]
+        return [r for r in found if r is not None]
+
+    async def resumable(self, job_id: str) -> ResumableJob | None:
+        head = await self._head(job_id, "seg", "att", "ckpt")
+        if head is None:
+            return None
+        job = job_from_json(head[0], await self._segments(job_id, int(head[1])))
+        return ResumableJob(job, int(head[2]), json.loads(head[3]) if head[3] else None)
 
     async def tombstone(self, job_id: str, now: float) -> str | None:
         # Set in advance when the job ends (so Redis' own expiry leaves one too): while the job is

@@ -156,6 +156,8 @@ class _Write:
 class SqliteStore:
     """The embedded default store. Use as ``async with SqliteStore(path) as store``."""
 
+    shared = False
+
     def __init__(self, path: Path, synchronous: str = "NORMAL", readers: int = 2) -> None:
         self.path = path
         self._synchronous = synchronous
@@ -587,6 +589,15 @@ class SqliteStore:
                 ResumableJob(self._job_from_row(conn, row), row[16], json.loads(row[17]) if row[17] else None)
                 for row in rows
             ]
+
+        return await self._read(read)
+
+    async def resumable(self, job_id: str) -> ResumableJob | None:
+        def read(conn: sqlite3.Connection) -> ResumableJob | None:
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            return ResumableJob(self._job_from_row(conn, row), row[16], json.loads(row[17]) if row[17] else None)
 
         return await self._read(read)
 

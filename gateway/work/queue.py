@@ -54,6 +54,11 @@ class WorkQueue(Protocol):
         """Wakes every getter with QueueClosed; nothing is taken any more."""
         ...
 
+    def task_done(self, job_id: str) -> None:
+        """The job taken with get() has ended here (or was dropped): it leaves the queue for good.
+        Not called for a job interrupted by a stop, which a shared queue hands to another worker."""
+        ...
+
 
 class QueueClosed(Exception):
     pass
@@ -124,6 +129,9 @@ class MemoryQueue:
             if item == job_id:
                 return index + 1
         return 0
+
+    def task_done(self, job_id: str) -> None:
+        pass  # taken is gone, in one process
 
     def close(self) -> None:
         self._closed = True

@@ -55,12 +55,14 @@ class RouteRunner:
     def __init__(
         self, name: str, settings: RouteSettings, backend: Backend, lifecycle: Lifecycle,
         queue: WorkQueue | None = None,
+        workers: int | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
         self.backend = backend
         self.lifecycle = lifecycle
         self.queue: WorkQueue = queue if queue is not None else MemoryQueue(settings.max_queue)
+        self.workers = settings.workers if workers is None else workers  # 0: this process runs none
         self._running: dict[str, _Running] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -76,6 +78,9 @@ class RouteRunner:
 
     async def start(self) -> None:
         """Starts the backend (loading, warm-up) in the background, then the workers."""
+        open_queue = getattr(self.queue, "open", None)
+        if open_queue is not None:
+            await open_queue()
         self._tasks.append(asyncio.create_task(self._start(), name=f"route-{self.name}-start"))
         self._tasks.append(asyncio.create_task(self._refresh_positions(), name=f"route-{self.name}-positions"))
 
@@ -91,7 +96,7 @@ class RouteRunner:
                     Code.FAILED_PRECONDITION, "ROUTE_FAILED", f"route {self.name!r} failed to start: {self.start_error}"
                 ))
             return
-        for i in range(self.settings.workers):
+        for i in range(self.workers):
             self._workers.append(asyncio.create_task(self._work(), name=f"route-{self.name}-worker-{i}"))
 
     async def stop(self, drain: float) -> None:
@@ -106,6 +111,9 @@ class RouteRunner:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        close = getattr(self.queue, "aclose", None)
+        if close is not None:
+            await close()
         await self.backend.close()
 
     # -- admission and queue ---------------------------------------------------------------------
@@ -126,7 +134,7 @@ class RouteRunner:
 
     def _retry_after(self) -> float:
         mean = self._mean_duration if self._mean_duration is not None else 5.0
-        return max(1.0, min(300.0, mean * len(self.queue) / self.settings.workers))
+        return max(1.0, min(300.0, mean * len(self.queue) / max(1, self.workers)))
 
     def release(self) -> None:
         self.queue.release()
@@ -174,11 +182,12 @@ class RouteRunner:
             try:
                 await self._execute(running)
             except asyncio.CancelledError:
-                raise
+                raise  # stopping: the job stays RUNNING, and a shared queue hands it to another worker
             except Exception:
                 log.exception("route %s: job %s could not be run", self.name, job_id)
             finally:
                 del self._running[job_id]
+            self.queue.task_done(job_id)
 
     async def _execute(self, running: _Running) -> None:
         lifecycle = self.lifecycle

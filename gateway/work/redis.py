@@ -1,0 +1,211 @@
+"""The shared work queue: a Redis stream per route, read by a consumer group of every process's workers.
+
+The Redis store queues a job in the same script that creates it (``XADD <prefix>queue:<route>``), so a
+stored QUEUED job is always queued. A worker takes the next entry with XREADGROUP; the entry then
+stays pending under that worker (its lease) until the job ends (XACK + XDEL). While a job runs its
+worker renews the lease (XCLAIM of its own entry resets the entry's idle time) every third of the
+lease, so a long transcription is never taken away; an entry idle for a whole lease belongs to a
+worker that died, and any worker reclaims it (XAUTOCLAIM) and resumes the job, as a restart does
+(``max_attempts`` still holds: the store counts attempts). At-least-once, made safe by the store's
+compare-and-set: a run whose job was taken over cannot write it any more.
+
+Admission (``max_queue``) counts the entries not yet taken (the stream's length less the pending
+ones) across every replica; replicas submitting at the same moment may pass the limit by as many.
+Cancel needs nothing here: a queued job is ended in the store, and the worker that takes its entry
+finds it done and drops it; a running one learns it from the event bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from gateway.store.redis import queue_key
+from gateway.work.queue import QueueClosed
+
+__all__ = ["RedisQueue"]
+
+log = logging.getLogger(__name__)
+
+GROUP = "workers"
+BLOCK_MS = 500
+
+
+def consumer_name() -> str:
+    """This process among the workers: host, pid and a random tail (a restart is a new consumer)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class RedisQueue:
+    def __init__(self, url: str, route: str, maxsize: int, lease_seconds: float = 30.0, prefix: str = "gw:",
+                 consumer: str | None = None) -> None:
+        self.url = url
+        self.route = route
+        self.maxsize = maxsize
+        self.lease_ms = int(lease_seconds * 1000)
+        self.stream = queue_key(prefix, route)
+        self.consumer = consumer or consumer_name()
+        self._redis: Any = None
+        self._held: dict[str, str] = {}  # job id -> its entry id, while this process runs it
+        self._waiting = 0  # entries not taken yet, as last counted
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def open(self) -> None:
+        import redis.asyncio as aioredis
+        from redis.exceptions import ResponseError
+
+        self._redis = aioredis.Redis.from_url(self.url, health_check_interval=10)
+        try:
+            await self._redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._renew_forever(), name=f"queue-{self.route}-leases"),
+                       loop.create_task(self._count_forever(), name=f"queue-{self.route}-count")]
+        await self._count()
+
+    async def aclose(self) -> None:
+        self.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    # -- WorkQueue ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._waiting
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())  # positions in a shared queue are not tracked (Job.queue_position stays 0)
+
+    def reserve(self) -> bool:
+        if self._waiting >= self.maxsize:
+            return False
+        self._waiting += 1  # until the next count: submits from this replica add up at once
+        return True
+
+    def release(self) -> None:
+        self._waiting = max(0, self._waiting - 1)
+
+    def put(self, job_id: str, reserved: bool = True, front: bool = False) -> None:
+        """Nothing to do: the store queued the job with it (and resumed jobs are reclaimed, not put)."""
+
+    async def get(self) -> str:
+        """The next job: a reclaimed one (its worker died) first, else a new one."""
+        while not self._closed:
+            try:
+                job_id = await self._reclaim() or await self._read()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("queue %s: %s; retrying", self.route, exc)
+                await asyncio.sleep(1.0)
+                continue
+            if job_id is not None:
+                return job_id
+        raise QueueClosed
+
+    def remove(self, job_id: str) -> bool:
+        """A queued job is ended in the store, whose script deletes its entry: one fewer waits
+        (counted again within a second anyway). False: nothing was taken out here."""
+        self._waiting = max(0, self._waiting - 1)
+        return False
+
+    def position(self, job_id: str) -> int:
+        return 0
+
+    def close(self) -> None:
+        self._closed = True
+
+    def task_done(self, job_id: str) -> None:
+        """The job ended here (or was dropped): its entry leaves the stream."""
+        entry = self._held.pop(job_id, None)
+        if entry is not None and self._redis is not None:
+            task = asyncio.get_running_loop().create_task(self._ack(entry))
+            task.add_done_callback(_log_failure)
+
+    def release_held(self) -> None:
+        """Stopping with jobs still held: leave their entries pending, for another worker to
+        reclaim once the lease has passed (the jobs stay RUNNING in the store)."""
+        self._held.clear()
+
+    # -- Redis -------------------------------------------------------------------------------------
+
+    async def _read(self) -> str | None:
+        answer = await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=1, block=BLOCK_MS)
+        for _stream, entries in answer or ():
+            for entry_id, fields in entries:
+                return self._take(entry_id, fields)
+        return None
+
+    async def _reclaim(self) -> str | None:
+        answer = await self._redis.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=self.lease_ms,
+                                              start_id="0-0", count=1)
+        entries = answer[1] if answer else []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted meanwhile
+                continue
+            job_id = self._take(entry_id, fields)
+            log.info("queue %s: reclaimed job %s from a worker that stopped renewing its lease", self.route, job_id)
+            return job_id
+        return None
+
+    def _take(self, entry_id: bytes, fields: dict[bytes, bytes]) -> str:
+        job_id = fields[b"job"].decode()
+        self._held[job_id] = entry_id.decode()
+        self._waiting = max(0, self._waiting - 1)
+        return job_id
+
+    async def _ack(self, entry: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, GROUP, entry)
+            pipe.xdel(self.stream, entry)
+            await pipe.execute()
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            entries = list(self._held.values())
+            if not entries:
+                continue
+            try:
+                await self._redis.xclaim(self.stream, GROUP, self.consumer, min_idle_time=0,
+                                         message_ids=entries, justid=True)
+            except Exception as exc:
+                log.warning("queue %s: renewing leases failed (%s)", self.route, exc)
+
+    async def _count(self) -> None:
+        length = await self._redis.xlen(self.stream)
+        pending = await self._redis.xpending(self.stream, GROUP)
+        self._waiting = max(0, int(length) - int(pending["pending"] if pending else 0))
+
+    async def _count_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._count()
+            except Exception as exc:
+                log.debug("queue %s: counting failed (%s)", self.route, exc)
+
+    async def lag(self) -> int:
+        """Entries not yet delivered to the group (what KEDA's Redis Streams scaler reads as lag)."""
+        await self._count()
+        return self._waiting
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("acknowledging a job's queue entry failed: %s", task.exception())

@@ -1,0 +1,113 @@
+"""Worker processes on a real Redis: an API replica that runs no jobs (``--workers 0``) and
+``gateway worker`` processes taking jobs from the route's shared queue, holding them under leases.
+A worker killed mid-job loses it to another worker, which resumes it with nothing missed or repeated;
+a job cancelled through the API stops on the worker that runs it, which is free at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, struct_pb2
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
+
+from tests.conftest import ECHO_CONFIG, ServerProcess
+from tests.redis_server import RedisProcess, redis_process  # noqa: F401 (a fixture)
+
+LEASE = 1.0
+
+
+@pytest.fixture
+def config(redis_process: RedisProcess) -> str:  # noqa: F811
+    redis_process.flush()
+    return (f'store = "{redis_process.url}"\nheartbeat_seconds = 0.2\nshutdown_grace_seconds = 0\n'
+            f"lease_seconds = {LEASE}\n" + ECHO_CONFIG)
+
+
+def _api(make_server: Callable[..., ServerProcess], config: str) -> ServerProcess:
+    return make_server(config, args=("--workers", "0"))
+
+
+def _worker(make_server: Callable[..., ServerProcess], config: str, workers: int = 4) -> ServerProcess:
+    worker = make_server(config, command="worker", args=("--route", "echo", "--workers", str(workers)))
+    worker.wait_serving("route/echo")
+    return worker
+
+
+def _submit(stub: pb_grpc.GatewayServiceStub, **inputs: object) -> pb.Job:
+    struct = struct_pb2.Struct()
+    struct.update(inputs)
+    return stub.Submit(pb.SubmitRequest(route="echo", inputs=struct), timeout=30).job
+
+
+def _updates(stub: pb_grpc.GatewayServiceStub, job_id: str, until: Callable[[pb.Job], bool] = lambda j: False,
+             timeout: float = 60) -> list[pb.Job]:
+    jobs = []
+    for response in stub.Watch(pb.WatchRequest(job_id=job_id), timeout=timeout):
+        if response.WhichOneof("event") == "update":
+            jobs.append(response.update.job)
+            if until(response.update.job):
+                break
+    return jobs
+
+
+def test_an_api_replica_without_workers_hands_jobs_to_a_worker_process(
+        make_server: Callable[..., ServerProcess], config: str) -> None:
+    api = _api(make_server, config)
+    with grpc.insecure_channel(api.target) as channel:
+        stub = pb_grpc.GatewayServiceStub(channel)
+        job = _submit(stub, delay_ms=200, steps=2, x=7)
+        time.sleep(0.5)  # a deliberate pause: no worker exists yet, so nothing may run
+        assert stub.Get(pb.GetRequest(job_id=job.id), timeout=10).job.state == pb.JOB_STATE_QUEUED
+        _worker(make_server, config)
+        updates = _updates(stub, job.id)
+        assert updates[-1].done and updates[-1].state == pb.JOB_STATE_SUCCEEDED
+        fetched = stub.Fetch(pb.FetchRequest(job_id=job.id), timeout=10)
+        assert fetched.output.struct_value.fields["x"].number_value == 7
+
+
+def test_a_killed_workers_job_is_finished_by_another(make_server: Callable[..., ServerProcess], config: str) -> None:
+    api = _api(make_server, config)
+    first = _worker(make_server, config)
+    with grpc.insecure_channel(api.target) as channel:
+        stub = pb_grpc.GatewayServiceStub(channel)
+        job = _submit(stub, delay_ms=3000, steps=30, x=1)
+        seen: list[pb.Job] = []
+        watcher = threading.Thread(target=lambda: seen.extend(_updates(stub, job.id)), daemon=True)
+        watcher.start()
+        _updates(stub, job.id, until=lambda j: j.progress >= 0.2)
+        first.kill()
+        killed_at = time.monotonic()
+        _worker(make_server, config)  # takes the job over once the dead worker's lease lapses
+        watcher.join(timeout=60)
+    revisions = [j.revision for j in seen]
+    assert revisions == list(range(revisions[0], revisions[-1] + 1)), revisions  # none missed, none twice
+    assert seen[-1].done and seen[-1].state == pb.JOB_STATE_SUCCEEDED
+    progress = [j.progress for j in seen if j.state == pb.JOB_STATE_RUNNING]
+    assert progress == sorted(progress)  # resumed where it stopped, not from zero
+    assert time.monotonic() - killed_at < 60
+
+
+def test_cancel_through_the_api_stops_the_job_on_its_worker(
+        make_server: Callable[..., ServerProcess], config: str) -> None:
+    api = _api(make_server, config)
+    _worker(make_server, config, workers=1)  # one job at a time: the next runs only once this one stopped
+    with grpc.insecure_channel(api.target) as channel:
+        stub = pb_grpc.GatewayServiceStub(channel)
+        job = _submit(stub, delay_ms=60_000, steps=600)
+        _updates(stub, job.id, until=lambda j: j.state == pb.JOB_STATE_RUNNING)
+        stub.Cancel(pb.CancelRequest(job_id=job.id), timeout=10)
+        end = _updates(stub, job.id)[-1]
+        assert end.done and end.state == pb.JOB_STATE_CANCELLED
+        # The worker stopped it: no revision comes after the end, whatever the worker was doing.
+        time.sleep(2 * LEASE)  # nothing to wait on: this checks that nothing happens
+        after = stub.Get(pb.GetRequest(job_id=job.id), timeout=10).job
+        assert after.revision == end.revision and after.state == pb.JOB_STATE_CANCELLED
+        # And the worker is free: the next job runs (it could not while the 60 s one held the worker).
+        nxt = _submit(stub, x=2)
+        request = pb.FetchRequest(job_id=nxt.id, timeout=duration_pb2.Duration(seconds=30))
+        assert stub.Fetch(request, timeout=40).job.state == pb.JOB_STATE_SUCCEEDED
