@@ -21,7 +21,8 @@ from tests.redis_server import RedisProcess, redis_process  # noqa: F401 (a fixt
 def replicas(redis_process: RedisProcess, make_server: Callable[..., ServerProcess]) -> Iterator[  # noqa: F811
         tuple[ServerProcess, ServerProcess]]:
     redis_process.flush()
-    config = f'store = "{redis_process.url}"\nheartbeat_seconds = 0.2\nshutdown_grace_seconds = 0\n' + ECHO_CONFIG
+    config = (f'store = "{redis_process.url}"\nheartbeat_seconds = 0.2\nshutdown_grace_seconds = 0\n'
+              'lease_seconds = 2\n' + ECHO_CONFIG)
     yield make_server(config), make_server(config)
 
 
@@ -83,9 +84,9 @@ def test_watchers_of_a_killed_replica_resume_on_the_other(replicas: tuple[Server
         following = threading.Thread(target=lambda: on_b.extend(_revisions(stub_b, job.id)), daemon=True)
         following.start()
         on_a = _revisions(stub_a, job.id, until=lambda j: j.progress >= 0.2)
-        a.kill()  # the job stops with A, mid-run
+        a.kill()  # the job stops with A, mid-run; B takes it over once A's lease lapses (attempt 2)
         last = on_a[-1].revision
-        a.restart()  # and resumes when A is back (attempt 2)
+        a.restart()
         rest = _revisions(stub_b, job.id, after=last)
         following.join(timeout=60)
     resumed = on_a + rest

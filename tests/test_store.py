@@ -307,7 +307,7 @@ async def test_a_failing_write_fails_alone(store: Store) -> None:
     others = [make_job() for _ in range(5)]
     results = await asyncio.gather(
         *(store.create_job(j, "", PAYLOAD) for j in others[:2]),
-        store.create_job(job, "", PAYLOAD),  # the same job id again: refused
+        store.create_job(replace(job, labels={"another": "job"}), "", PAYLOAD),  # the same id again: refused
         *(store.create_job(j, "", PAYLOAD) for j in others[2:]),
         return_exceptions=True,
     )

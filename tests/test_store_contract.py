@@ -44,7 +44,7 @@ async def test_a_revision_must_follow_the_stored_one(any_store: Store) -> None:
     assert await any_store.get_job(job.id) == job  # nothing stored
     await any_store.save_revision(running)
     with pytest.raises(RevisionConflict):
-        await any_store.save_revision(running)  # the same revision twice
+        await any_store.save_revision(finish(job, JobState.CANCELLED, T0))  # another revision 2
     assert [j.revision for j, _ in await any_store.revisions_after(job.id, 0)] == [1, 2]
 
 
@@ -118,3 +118,19 @@ async def test_changed_since_gives_each_job_once_at_its_latest_change(any_store:
     assert [j.id for j, _ in everything] == [second.id, first.id]  # oldest change first
     succeeded = await any_store.changed_since("t", JobFilter(states=frozenset({JobState.SUCCEEDED})), 0, 100, T0)
     assert [j.id for j, _ in succeeded] == [first.id]
+
+
+async def test_a_write_sent_again_is_stored_once(redis_process: RedisProcess) -> None:  # noqa: F811
+    """Redis: after a lost answer (a connection cut) the writer sends its batch again; each script
+    answers a write it already applied as done, so nothing is stored twice or refused."""
+    redis_process.flush()
+    async with RedisStore(redis_process.url, clock=FakeClock(T0)) as store:
+        job = make_job()
+        first = await store.create_job(job, "", PAYLOAD)
+        again = await store.create_job(job, "", PAYLOAD)
+        assert first.created and again.created and again.position == first.position
+        running = step(job, state=JobState.RUNNING, started=T0)
+        stored_at = await store.save_revision(running, count_attempt=True, attempt=1)
+        assert await store.save_revision(running, count_attempt=True, attempt=1) == stored_at
+        assert [j.revision for j, _ in await store.revisions_after(job.id, 0)] == [1, 2]
+        assert (await store.resumable(job.id)).attempts == 1  # type: ignore[union-attr]

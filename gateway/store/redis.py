@@ -46,9 +46,15 @@ __all__ = ["RedisStore", "job_from_json", "queue_key"]
 log = logging.getLogger(__name__)
 
 _MAX_BATCH = 512
+WRITE_RETRY_SECONDS = 60.0  # how long writes wait for an unreachable Redis before they fail
 
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('EXISTS job ' .. ARGV[1]) end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'created_as') == ARGV[2] then  -- this very create, sent again: done
+    return {1, ARGV[1], ARGV[3], tonumber(redis.call('HGET', KEYS[1], 'pos'))}
+  end
+  return redis.error_reply('EXISTS job ' .. ARGV[1])
+end
 local has_request = ARGV[5] == '1'
 if has_request then
   local existing = redis.call('GET', KEYS[3])
@@ -67,7 +73,7 @@ if has_request then
   end
 end
 local pos = redis.call('INCR', KEYS[6])
-redis.call('HSET', KEYS[1], 'job', ARGV[2], 'rev', 1, 'att', 0, 'seg', 0, 'pos', pos, 'tenant', ARGV[8],
+redis.call('HSET', KEYS[1], 'job', ARGV[2], 'created_as', ARGV[2], 'rev', 1, 'att', 0, 'seg', 0, 'pos', pos, 'tenant', ARGV[8],
            'request_id', ARGV[9], 'req_hash', ARGV[3], 'payload', ARGV[4], 'expires', '')
 redis.call('XADD', KEYS[2], '0-1', 'job', ARGV[2], 'seg', 0)
 if has_request then redis.call('SET', KEYS[3], ARGV[1]) end
@@ -85,8 +91,11 @@ return {1, ARGV[1], ARGV[3], pos}
 #       count, terminal (0/1), result ('' none), ttl ms, tombstone ttl ms, tenant, n new segments,
 #       segments..., expires, tombstone end, events channel
 _SAVE = """
-local cur = redis.call('HMGET', KEYS[1], 'rev', 'att')
+local cur = redis.call('HMGET', KEYS[1], 'rev', 'att', 'job', 'pos')
 if not cur[1] then return redis.error_reply('CONFLICT job ' .. ARGV[1] .. ' is gone') end
+if tonumber(cur[1]) == tonumber(ARGV[5]) and cur[3] == ARGV[6] then
+  return tonumber(cur[4])  -- this very revision, sent again after a lost answer: already stored
+end
 local att = tonumber(cur[2]) + tonumber(ARGV[4])
 if tonumber(cur[1]) ~= tonumber(ARGV[2]) or (tonumber(ARGV[3]) >= 0 and att ~= tonumber(ARGV[3])) then
   return redis.error_reply('CONFLICT job ' .. ARGV[1] .. ' is at revision ' .. cur[1] .. ' (attempt ' .. cur[2] ..
@@ -213,10 +222,10 @@ class RedisStore:
 
     async def open(self) -> None:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
-        from redis.retry import Retry
 
         # A blocking pool: a burst of reads waits for a connection instead of failing.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -274,7 +283,7 @@ class RedisStore:
 
     async def _commit(self, batch: list[_Write]) -> None:
         try:
-            answers = await self._pipeline(batch)
+            answers = await self._pipeline_retrying(batch)
             if any(isinstance(a, NoScriptError) for a in answers):  # Redis restarted: scripts are gone
                 await self._load_scripts()
                 retry = [w for w, a in zip(batch, answers, strict=True) if isinstance(a, NoScriptError)]
@@ -301,6 +310,26 @@ class RedisStore:
                     log.exception("on_commit callback failed")
             if not write.future.done():
                 write.future.set_result(result)
+
+    async def _pipeline_retrying(self, batch: list[_Write]) -> list[Any]:
+        """The batch's answers; while Redis is unreachable (a restart, a failover), the batch is
+        sent again, for up to WRITE_RETRY_SECONDS: every script answers a write it already applied
+        as done, so a batch sent twice stores each revision once."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + WRITE_RETRY_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                return await self._pipeline(batch)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if loop.time() + delay > give_up:
+                    raise
+                log.warning("redis store: %s; writing again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     async def _pipeline(self, batch: list[_Write]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -9,6 +9,10 @@ worker that died, and any worker reclaims it (XAUTOCLAIM) and resumes the job, a
 (``max_attempts`` still holds: the store counts attempts). At-least-once, made safe by the store's
 compare-and-set: a run whose job was taken over cannot write it any more.
 
+One fetch loop per process reads the stream, for as many entries as it has workers waiting (a
+route may have a thousand workers: they share one blocking read, and the process never takes a job
+it has no worker for).
+
 Admission (``max_queue``) counts the entries not yet taken (the stream's length less the pending
 ones) across every replica; replicas submitting at the same moment may pass the limit by as many.
 Cancel needs nothing here: a queued job is ended in the store, and the worker that takes its entry
@@ -56,12 +60,24 @@ class RedisQueue:
         self._waiting = 0  # entries not taken yet, as last counted
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._ready: asyncio.Queue[str | None] = asyncio.Queue()  # fetched, for the waiting workers
+        self._wanted = 0  # workers waiting in get()
+        self._want = asyncio.Event()
 
     async def open(self) -> None:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import ResponseError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
 
-        self._redis = aioredis.Redis.from_url(self.url, health_check_interval=10)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=8, timeout=30, health_check_interval=10,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        self._redis = aioredis.Redis(connection_pool=pool)
         try:
             await self._redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
@@ -69,7 +85,8 @@ class RedisQueue:
                 raise
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._renew_forever(), name=f"queue-{self.route}-leases"),
-                       loop.create_task(self._count_forever(), name=f"queue-{self.route}-count")]
+                       loop.create_task(self._count_forever(), name=f"queue-{self.route}-count"),
+                       loop.create_task(self._fetch_forever(), name=f"queue-{self.route}-fetch")]
         await self._count()
 
     async def aclose(self) -> None:
@@ -105,18 +122,35 @@ class RedisQueue:
 
     async def get(self) -> str:
         """The next job: a reclaimed one (its worker died) first, else a new one."""
+        if self._closed:
+            raise QueueClosed
+        self._wanted += 1
+        self._want.set()
+        try:
+            job_id = await self._ready.get()
+        finally:
+            self._wanted -= 1
+        if job_id is None:
+            raise QueueClosed
+        return job_id
+
+    async def _fetch_forever(self) -> None:
         while not self._closed:
+            missing = self._wanted - self._ready.qsize()
+            if missing <= 0:
+                self._want.clear()
+                await self._want.wait()
+                continue
             try:
-                job_id = await self._reclaim() or await self._read()
+                taken = await self._reclaim(missing) or await self._read(missing)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("queue %s: %s; retrying", self.route, exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(0.5)
                 continue
-            if job_id is not None:
-                return job_id
-        raise QueueClosed
+            for job_id in taken:
+                self._ready.put_nowait(job_id)
 
     def remove(self, job_id: str) -> bool:
         """A queued job is ended in the store, whose script deletes its entry: one fewer waits
@@ -129,6 +163,9 @@ class RedisQueue:
 
     def close(self) -> None:
         self._closed = True
+        for _ in range(self._wanted):
+            self._ready.put_nowait(None)  # every waiting worker: QueueClosed
+        self._want.set()
 
     def task_done(self, job_id: str) -> None:
         """The job ended here (or was dropped): its entry leaves the stream."""
@@ -144,24 +181,18 @@ class RedisQueue:
 
     # -- Redis -------------------------------------------------------------------------------------
 
-    async def _read(self) -> str | None:
-        answer = await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=1, block=BLOCK_MS)
-        for _stream, entries in answer or ():
-            for entry_id, fields in entries:
-                return self._take(entry_id, fields)
-        return None
+    async def _read(self, count: int) -> list[str]:
+        answer = await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count, block=BLOCK_MS)
+        return [self._take(entry_id, fields) for _stream, entries in answer or () for entry_id, fields in entries
+                if fields]
 
-    async def _reclaim(self) -> str | None:
+    async def _reclaim(self, count: int) -> list[str]:
         answer = await self._redis.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=self.lease_ms,
-                                              start_id="0-0", count=1)
-        entries = answer[1] if answer else []
-        for entry_id, fields in entries:
-            if fields is None:  # deleted meanwhile
-                continue
-            job_id = self._take(entry_id, fields)
-            log.info("queue %s: reclaimed job %s from a worker that stopped renewing its lease", self.route, job_id)
-            return job_id
-        return None
+                                              start_id="0-0", count=count)
+        taken = [self._take(entry_id, fields) for entry_id, fields in (answer[1] if answer else []) if fields]
+        for job_id in taken:
+            log.info("queue %s: took job %s over from a worker that stopped renewing its lease", self.route, job_id)
+        return taken
 
     def _take(self, entry_id: bytes, fields: dict[bytes, bytes]) -> str:
         job_id = fields[b"job"].decode()
