@@ -152,6 +152,8 @@ class JobService:
         return on_commit
 
     def _on_event(self, event: JobEvent) -> None:
+        if event.job.terminal:
+            self._take_input(event.job.id)  # queued here, run (and ended) wherever
         head = self._heads.get(event.job.id)
         if head is not None and event.job.revision > head.revision and event.job.terminal:
             # Ended by another process (cancelled through another replica): stop running it here.
@@ -267,15 +269,15 @@ class JobService:
             if not outcome.created:
                 return
             event = self._committed[job.id] = JobEvent(job, 0, outcome.position)
+            if self._inputs_bytes + len(payload) <= INPUTS_IN_MEMORY_BYTES:
+                self._inputs[job.id] = (job_input, len(payload))  # dropped when it starts or ends
+                self._inputs_bytes += len(payload)
             if self.store.shared:  # whichever process takes it from the shared queue holds it
                 self.bus.publish(event)
                 runner.enqueue(job.id)
                 return
             self._heads[job.id] = job
             self._attempts[job.id] = 0
-            if self._inputs_bytes + len(payload) <= INPUTS_IN_MEMORY_BYTES:
-                self._inputs[job.id] = (job_input, len(payload))
-                self._inputs_bytes += len(payload)
             self.bus.publish(event)
             runner.enqueue(job.id)
 
@@ -342,7 +344,14 @@ class JobService:
         return Begun(head, job_input, self._checkpoints.pop(job_id, None))
 
     async def _take_over(self, job_id: str) -> Job | None:
-        """A job another process queued (a shared queue): this process holds it from now on."""
+        """A job from the shared queue: this process holds it from now on."""
+        cached = self._committed.get(job_id)
+        if cached is not None and cached.job.revision == 1 and job_id not in self._heads:
+            # Submitted through this process, untouched since as far as it knows: no read needed (if
+            # it did change meanwhile, the first write's compare-and-set says so).
+            self._heads[job_id] = cached.job
+            self._attempts[job_id] = 0
+            return cached.job
         found = await self.store.resumable(job_id)
         if found is None or found.job.terminal or job_id in self._heads:
             return self._heads.get(job_id)

@@ -49,6 +49,7 @@ class RedisBus:
         self._redis: Any = None
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._closed = False
         self.reconnects = 0
 
     async def open(self) -> None:
@@ -59,10 +60,12 @@ class RedisBus:
         await asyncio.wait_for(self._subscribed.wait(), timeout=30)
 
     async def close(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # redis-py may turn the cancellation into a ConnectionError, which _listen survives: it
+            # stops on _closed too, and nobody waits for it long.
+            await asyncio.wait([self._task], timeout=5)
             self._task = None
         if self._redis is not None:
             await self._redis.aclose()
@@ -82,7 +85,7 @@ class RedisBus:
     async def _listen(self) -> None:
         delay = 0.05
         first = True
-        while True:
+        while not self._closed:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)

@@ -567,11 +567,14 @@ class RedisStore:
         return [r for r in found if r is not None]
 
     async def resumable(self, job_id: str) -> ResumableJob | None:
-        head = await self._head(job_id, "seg", "att", "ckpt")
-        if head is None:
+        async with self._redis.pipeline(transaction=True) as pipe:  # one round trip, one moment
+            pipe.hmget(self._key("job", job_id), "job", "seg", "att", "ckpt")
+            pipe.lrange(self._key("segs", job_id), 0, -1)
+            head, raw_segments = await pipe.execute()
+        if head[0] is None:
             return None
-        job = job_from_json(head[0], await self._segments(job_id, int(head[1])))
-        return ResumableJob(job, int(head[2]), json.loads(head[3]) if head[3] else None)
+        segments = tuple(Segment.from_dict(json.loads(r)) for r in raw_segments[: int(head[1])])
+        return ResumableJob(job_from_json(head[0], segments), int(head[2]), json.loads(head[3]) if head[3] else None)
 
     async def tombstone(self, job_id: str, now: float) -> str | None:
         # Set in advance when the job ends (so Redis' own expiry leaves one too): while the job is

@@ -22,7 +22,6 @@ finds it done and drops it; a running one learns it from the event bus.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -61,6 +60,9 @@ class RedisQueue:
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
         self._ready: asyncio.Queue[str | None] = asyncio.Queue()  # fetched, for the waiting workers
+        self._acks: list[str] = []  # entries of ended jobs, acknowledged together
+        self._ack_wanted = asyncio.Event()
+        self._next_reclaim = 0.0
         self._wanted = 0  # workers waiting in get()
         self._want = asyncio.Event()
 
@@ -86,16 +88,18 @@ class RedisQueue:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._renew_forever(), name=f"queue-{self.route}-leases"),
                        loop.create_task(self._count_forever(), name=f"queue-{self.route}-count"),
-                       loop.create_task(self._fetch_forever(), name=f"queue-{self.route}-fetch")]
+                       loop.create_task(self._fetch_forever(), name=f"queue-{self.route}-fetch"),
+                       loop.create_task(self._ack_forever(), name=f"queue-{self.route}-acks")]
         await self._count()
 
     async def aclose(self) -> None:
         self.close()
+        self._ack_wanted.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # redis-py may turn a cancellation inside a command into a ConnectionError, which the loops
+        # survive: they also stop on _closed, and nobody waits for them long.
+        await asyncio.wait(self._tasks, timeout=5)
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -135,6 +139,7 @@ class RedisQueue:
         return job_id
 
     async def _fetch_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._closed:
             missing = self._wanted - self._ready.qsize()
             if missing <= 0:
@@ -142,7 +147,12 @@ class RedisQueue:
                 await self._want.wait()
                 continue
             try:
-                taken = await self._reclaim(missing) or await self._read(missing)
+                taken: list[str] = []
+                if loop.time() >= self._next_reclaim:  # a quarter lease (at most 1 s) between looks
+                    self._next_reclaim = loop.time() + min(1.0, self.lease_ms / 4000)
+                    taken = await self._reclaim(missing)
+                if not taken:
+                    taken = await self._read(missing)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -170,9 +180,9 @@ class RedisQueue:
     def task_done(self, job_id: str) -> None:
         """The job ended here (or was dropped): its entry leaves the stream."""
         entry = self._held.pop(job_id, None)
-        if entry is not None and self._redis is not None:
-            task = asyncio.get_running_loop().create_task(self._ack(entry))
-            task.add_done_callback(_log_failure)
+        if entry is not None:
+            self._acks.append(entry)
+            self._ack_wanted.set()
 
     def release_held(self) -> None:
         """Stopping with jobs still held: leave their entries pending, for another worker to
@@ -200,14 +210,21 @@ class RedisQueue:
         self._waiting = max(0, self._waiting - 1)
         return job_id
 
-    async def _ack(self, entry: str) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.stream, GROUP, entry)
-            pipe.xdel(self.stream, entry)
-            await pipe.execute()
+    async def _ack_forever(self) -> None:
+        while not self._closed:
+            await self._ack_wanted.wait()
+            self._ack_wanted.clear()
+            entries, self._acks = self._acks, []
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.xack(self.stream, GROUP, *entries)
+                    pipe.xdel(self.stream, *entries)
+                    await pipe.execute()
+            except Exception as exc:  # left pending: taken over after the lease, found done, dropped
+                log.warning("queue %s: acknowledging %d entries failed (%s)", self.route, len(entries), exc)
 
     async def _renew_forever(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self.lease_ms / 3000)
             entries = list(self._held.values())
             if not entries:
@@ -224,7 +241,7 @@ class RedisQueue:
         self._waiting = max(0, int(length) - int(pending["pending"] if pending else 0))
 
     async def _count_forever(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(1.0)
             try:
                 await self._count()
@@ -236,7 +253,3 @@ class RedisQueue:
         await self._count()
         return self._waiting
 
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("acknowledging a job's queue entry failed: %s", task.exception())
