@@ -60,7 +60,7 @@ Audio = bytes | str | os.PathLike[str]
 
 R = TypeVar("R")
 
-_CHANNEL_OPTIONS = [
+CHANNEL_OPTIONS = [  # the client's and the CLI's channels
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),
     ("grpc.keepalive_time_ms", 30_000),
@@ -110,7 +110,7 @@ class AsyncClient:
         options: Iterable[tuple[str, Any]] = (),
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
-        channel_options = [*_CHANNEL_OPTIONS, *options]
+        channel_options = [*CHANNEL_OPTIONS, *options]
         chosen = list(interceptors) or None
         if credentials is not None:
             self._channel = grpc.aio.secure_channel(target, credentials, options=channel_options, interceptors=chosen)

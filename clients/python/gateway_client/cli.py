@@ -77,7 +77,7 @@ from google.rpc import error_details_pb2  # noqa: F401  (registers the Any detai
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from gateway_client._aio import DEFAULT_TARGET
+from gateway_client._aio import CHANNEL_OPTIONS, DEFAULT_TARGET
 from gateway_client._errors import GatewayError, RpcError, translate_errors
 from gateway_client._retry import DEFAULT_RETRY, stream_resumable
 
@@ -87,13 +87,6 @@ PROG = "gateway-client"
 DEFAULT_RPC_TIMEOUT = 30.0
 # The server waits at most an hour in Fetch; --wait asks for all of it.
 MAX_FETCH_WAIT = 3600.0
-_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", -1),
-    ("grpc.max_send_message_length", -1),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
 _TASKS = {"transcribe": pb.TRANSCRIPTION_TASK_TRANSCRIBE, "translate": pb.TRANSCRIPTION_TASK_TRANSLATE}
 
 
@@ -540,7 +533,7 @@ _COMMANDS = {
 
 async def _run(args: argparse.Namespace, token: str | None) -> ExitCode:
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    async with grpc.aio.insecure_channel(args.target, options=_CHANNEL_OPTIONS) as channel:
+    async with grpc.aio.insecure_channel(args.target, options=CHANNEL_OPTIONS) as channel:
         session = _Session(pb_grpc.GatewayServiceStub(channel), metadata, args.rpc_timeout)
         return await _COMMANDS[args.command](session, args)
 
