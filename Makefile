@@ -13,7 +13,7 @@ install: $(STAMP) $(NODE_STAMP)
 $(STAMP): pyproject.toml clients/python/pyproject.toml protos/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e protos/python -e 'clients/python[cli]' -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e protos/python -e 'clients/python[cli]' -e '.[dev,whisper]'
 	touch $(STAMP)
 
 # Node.js packages for the cross-language tests (@grpc/grpc-js) and the proto lint (buf).

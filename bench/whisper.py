@@ -58,11 +58,11 @@ def _bare_worker(conn: Connection) -> None:
     from faster_whisper import WhisperModel
     from faster_whisper.audio import decode_audio
 
-    from gateway.backends.whisper import WhisperEngine
+    from gateway.backends.whisper import WhisperEngine, default_model_path
     from gateway.settings import WhisperRoute
 
     config = WhisperEngine(WhisperRoute()).config  # the route's own resolution of 'auto'
-    model = WhisperModel(config.model, device=config.device, compute_type=config.compute_type,
+    model = WhisperModel(config.model or default_model_path(), device=config.device, compute_type=config.compute_type,
                          cpu_threads=config.cpu_threads)
     conn.send(repr(config))
     while (data := conn.recv()) is not None:

