@@ -457,40 +457,44 @@ class RedisStore:
 
     # -- reads -----------------------------------------------------------------------------------
 
-    async def _segments(self, job_id: str, count: int) -> tuple[Segment, ...]:
-        if count <= 0:
-            return ()
-        raw = await self._redis.lrange(self._key("segs", job_id), 0, count - 1)
+    @staticmethod
+    def _decode_segments(raw: Sequence[bytes]) -> tuple[Segment, ...]:
         return tuple(Segment.from_dict(json.loads(r)) for r in raw)
 
-    async def _head(self, job_id: str, *fields: str) -> list[Any] | None:
-        values = await self._redis.hmget(self._key("job", job_id), "job", *fields)
-        return None if values[0] is None else values
+    async def _load(self, job_id: str, *fields: str) -> tuple[Job, list[Any]] | None:
+        """The job whole (its head and segments, read at one moment, in one round trip) and these
+        other fields of its hash; None if it is gone."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(self._key("job", job_id), "job", "seg", *fields)
+            pipe.lrange(self._key("segs", job_id), 0, -1)
+            head, raw_segments = await pipe.execute()
+        if head[0] is None:
+            return None
+        return job_from_json(head[0], self._decode_segments(raw_segments[: int(head[1])])), head[2:]
 
     async def get_job(self, job_id: str) -> Job | None:
-        head = await self._head(job_id, "seg")
-        if head is None:
-            return None
-        return job_from_json(head[0], await self._segments(job_id, int(head[1])))
+        loaded = await self._load(job_id)
+        return None if loaded is None else loaded[0]
 
     async def find_request(self, tenant: str, request_id: str, now: float) -> tuple[Job, str] | None:
         job_id = await self._redis.get(self._key("req", tenant, request_id))
-        if job_id is None:
+        loaded = None if job_id is None else await self._load(job_id.decode(), "req_hash")
+        if loaded is None:
             return None
-        head = await self._head(job_id.decode(), "seg", "req_hash")
-        if head is None:
-            return None
-        job = job_from_json(head[0], await self._segments(job_id.decode(), int(head[1])))
+        job, (request_hash,) = loaded
         if job.expires is not None and job.expires <= now:
             return None
-        return job, (head[2] or b"").decode()
+        return job, (request_hash or b"").decode()
 
     async def revisions_after(self, job_id: str, after: int) -> list[tuple[Job, int]]:
-        entries = await self._redis.xrange(self._key("revs", job_id), min=f"0-{max(after, 0)}", max="+")
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xrange(self._key("revs", job_id), min=f"0-{max(after, 0)}", max="+")
+            pipe.lrange(self._key("segs", job_id), 0, -1)
+            entries, raw_segments = await pipe.execute()
         if not entries:
             return []
         counts = [int(fields[b"seg"]) for _, fields in entries]
-        segments = await self._segments(job_id, max(counts))
+        segments = self._decode_segments(raw_segments[: max(counts)])
         out = []
         offset = 0
         for (entry_id, fields), count in zip(entries, counts, strict=True):
@@ -567,14 +571,11 @@ class RedisStore:
         return [r for r in found if r is not None]
 
     async def resumable(self, job_id: str) -> ResumableJob | None:
-        async with self._redis.pipeline(transaction=True) as pipe:  # one round trip, one moment
-            pipe.hmget(self._key("job", job_id), "job", "seg", "att", "ckpt")
-            pipe.lrange(self._key("segs", job_id), 0, -1)
-            head, raw_segments = await pipe.execute()
-        if head[0] is None:
+        loaded = await self._load(job_id, "att", "ckpt")
+        if loaded is None:
             return None
-        segments = tuple(Segment.from_dict(json.loads(r)) for r in raw_segments[: int(head[1])])
-        return ResumableJob(job_from_json(head[0], segments), int(head[2]), json.loads(head[3]) if head[3] else None)
+        job, (attempts, checkpoint) = loaded
+        return ResumableJob(job, int(attempts), json.loads(checkpoint) if checkpoint else None)
 
     async def tombstone(self, job_id: str, now: float) -> str | None:
         # Set in advance when the job ends (so Redis' own expiry leaves one too): while the job is
