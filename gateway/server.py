@@ -128,8 +128,11 @@ class Gateway:
         await self.store.open()
         await self.bus.open()
         for name, route_settings in settings.routes.items():
+            if settings.workers:  # --workers N: every route runs N jobs at once here
+                route_settings = route_settings.model_copy(update={"workers": settings.workers})
             runner = RouteRunner(name, route_settings, create_backend(route_settings), self.service,
-                                 queue=self._queue(name, route_settings.max_queue), workers=settings.workers)
+                                 queue=self._queue(name, route_settings.max_queue),
+                                 workers=0 if settings.workers == 0 else None)
             self.runners[name] = self.service.routes[name] = runner
             await self._set_health(health_name(name), False)
             runner.backend.readiness.listen(self._health_listener(name))

@@ -54,12 +54,27 @@ class WhisperRoute(_Route):
     model: str = Field("", description="A CTranslate2 model directory, or a hub name; empty: the bundled tiny.en.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when CTranslate2 sees a GPU.")
     compute_type: str = Field("auto", description="auto: int8 on CPU, float16 on GPU.")
-    cpu_threads: int = Field(0, ge=0, description="Threads per worker; 0: the cores this process may use.")
-    workers: int = Field(1, ge=1, description="Jobs transcribed at once, each with its own model replica.")
+    cpu_threads: int = Field(0, ge=0, description="Threads per model replica; 0: the cores this process may use, shared.")
+    workers: int = Field(
+        0, ge=0,
+        description="Jobs transcribed at once; 0: max_batch when batching, else the measured CPU default "
+                    "(see the README). Without batching each has its own model replica.",
+    )
+    batching: bool | None = Field(
+        None, description="Batch the 30 s windows of running jobs into one model call; default: on with CUDA."
+    )
+    without_timestamps: bool | None = Field(
+        None, description="Decode without timestamp tokens (a segment per 30 s window of speech); default: on when "
+                          "batching on CUDA, where CTranslate2 cannot batch timestamped decoding (see the README).",
+    )
+    max_batch: int = Field(64, ge=1, le=256, description="Windows in one batched call, at most.")
+    max_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="How long a waiting window waits for the batch to fill, at most."
+    )
     beam_size: int = Field(5, ge=1, le=20, description="Default beam size when a request gives none.")
     vad_filter: bool = Field(True, description="Skip silence (avoids Whisper's hallucinations on it).")
     language: str = Field("", description="Default language; empty: detected (tiny.en: English).")
-    batched: bool = Field(False, description="Use BatchedInferencePipeline (throughput on GPUs).")
+    batched: bool = Field(False, description="Use BatchedInferencePipeline (the windows of one file in one call).")
     batch_size: int = Field(8, ge=1, le=256)
     max_queue: int = Field(64, ge=1)
     max_audio_bytes: int = Field(25 * MiB, ge=1)

@@ -62,7 +62,8 @@ class RouteRunner:
         self.backend = backend
         self.lifecycle = lifecycle
         self.queue: WorkQueue = queue if queue is not None else MemoryQueue(settings.max_queue)
-        self.workers = settings.workers if workers is None else workers  # 0: this process runs none
+        # Jobs this process runs at once (0: none); a backend may say how many it takes (a batcher).
+        self.workers = workers if workers is not None else getattr(backend, "concurrency", settings.workers)
         self._running: dict[str, _Running] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
