@@ -7,6 +7,12 @@
 2. Throughput: several jobs submitted at once (a mix of short and long clips), from the first Submit to
    the last terminal revision, against the bare engine transcribing the same clips one after another
    (what one engine on these cores can do). Reported as real-time factors (seconds of audio per second).
+3. Many short jobs (32 clips of 2.5-6 s cut from the fixtures, bench/clips.py; 8 with --quick) submitted
+   at once to gateways with three route settings: one job at a time (``workers = 1``), the CPU
+   default (``workers = 0``: two jobs, one CTranslate2 thread each), and the batcher across jobs
+   (``batching = true``); clips/s against the bare engine one clip after another; then p50/p99 job
+   latency at a fixed arrival rate (half what one job at a time sustains), one at a time against
+   the default. The GPU version of this table is bench/gpu_whisper.py (bench/figures/).
 
 The gateway runs as its own process with only the whisper route; the bare engine is loaded in this
 process, and waits idle while the gateway works (and the other way round).
@@ -125,6 +131,93 @@ def _gateway_many(client: object, clips: list[bytes]) -> float:
     return elapsed
 
 
+def _wav(samples: object) -> bytes:
+    import wave
+
+    import numpy as np
+
+    assert isinstance(samples, np.ndarray)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def _at_rate(client: object, clips: list[bytes], rate: float) -> list[float]:
+    """Submits clip i at i / rate seconds; each job's latency, Submit to its terminal revision."""
+    from gateway_client import Client
+
+    assert isinstance(client, Client)
+    latencies: list[float] = []
+    started = time.perf_counter()
+    threads = []
+    for i, data in enumerate(clips):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        thread = threading.Thread(target=lambda d=data: latencies.append(_gateway_one(client, d)))
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(600)
+    return latencies
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+SHORT_JOB_ROUTES = {
+    "one job at a time": "workers = 1\nbatching = false\n",
+    "CPU default (2 jobs x 1 thread)": "",
+    "batcher across jobs (max_batch 8)": "batching = true\nmax_batch = 8\n",
+}
+
+
+def _short_jobs(bare: BareEngine, quick: bool) -> list[Row]:
+    from bench.clips import cut_clips
+    from gateway.backends.audio import SAMPLE_RATE, decode
+    from gateway_client import Client
+
+    long = decode((FIXTURES / "long.ogg").read_bytes(), 3600)
+    samples = cut_clips(long, decode((FIXTURES / "seashells.wav").read_bytes(), 60), 8 if quick else 32)
+    clips = [_wav(c) for c in samples]
+    audio = sum(c.size for c in samples) / SAMPLE_RATE
+    started = time.perf_counter()
+    for data in clips:
+        bare.transcribe(data)
+    bare_s = time.perf_counter() - started
+    rows: list[Row] = []
+    per_s: dict[str, float] = {}
+    latency: dict[str, list[float]] = {}
+    for label, extra in SHORT_JOB_ROUTES.items():
+        with GatewayServer(CONFIG + extra) as gateway:
+            _wait_serving(gateway.target)
+            with Client(gateway.target) as client:
+                _gateway_one(client, clips[0])  # warm
+                elapsed = _gateway_many(client, clips)
+                per_s[label] = len(clips) / elapsed
+                rows.append(Row(f"{len(clips)} short jobs at once: {label}", "clips/s", per_s[label], len(clips) / bare_s,
+                                note=f"x real time {audio / elapsed:.1f}; baseline: the bare engine one clip after another",
+                                raw={"gateway_s": elapsed, "bare_s": bare_s, "audio_s": audio}))
+                _log(f"short jobs, {label}: {per_s[label]:.2f} clips/s (bare {len(clips) / bare_s:.2f})")
+                if label != "batcher across jobs (max_batch 8)":
+                    rate = len(clips) / bare_s / 2  # half what one job at a time sustains
+                    latency[label] = _at_rate(client, clips, rate)
+    one, default = "one job at a time", "CPU default (2 jobs x 1 thread)"
+    gain = per_s[default] / per_s[one]
+    rows.append(Row("short jobs: CPU default / one at a time", "x", gain, 1.0, goal=">= 1.5x", met=gain >= 1.5))
+    for q in (50, 99):
+        rows.append(Row(f"short jobs at a fixed rate: latency p{q}, CPU default vs one at a time", "s",
+                        _percentile(latency[default], q), _percentile(latency[one], q),
+                        raw={"default_s": latency[default], "one_at_a_time_s": latency[one]}))
+    return rows
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     from gateway_client import Client
 
@@ -174,6 +267,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                 note=f"{total_audio:.0f} s of audio; gateway {gw_t:.2f} s, bare one after another {bare_t:.2f} s",
                 raw={"gateway_s": gw_many, "bare_s": bare_many, "audio_s": total_audio},
             ))
+        rows.extend(_short_jobs(bare, args.quick))
     return rows
 
 
