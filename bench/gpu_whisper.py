@@ -82,7 +82,7 @@ def main() -> int:
     parser.add_argument("--sections", default="engine,jobs", help="comma-separated: engine, jobs")
     parser.add_argument("--clips", type=int, default=32, help="short clips in the jobs section")
     parser.add_argument("--max-batch", default="8,16,32,64", help="max_batch values tried in the jobs section")
-    parser.add_argument("--max-wait-ms", default="0,5,20", help="max_wait_ms values tried (at the largest max_batch)")
+    parser.add_argument("--max-wait-ms", default="0,2,5", help="max_wait_ms values tried (at the largest max_batch)")
     parser.add_argument("--arrivals", type=int, default=64, help="jobs in the fixed-rate latency run")
     parser.add_argument("--vad", default="on", choices=("on", "off"), help="the VAD filter in the jobs section")
     parser.add_argument("--timestamps", default="auto", choices=("auto", "on", "off"),
@@ -298,9 +298,12 @@ def jobs_section(args: argparse.Namespace) -> None:
         without = WhisperEngine(WhisperRoute(model=model, device=args.device, batching=True)).config.without_timestamps
     print(f"jobs: decoding {'without' if without else 'with'} timestamp tokens", flush=True)
 
-    def engine_for(batching: bool, max_batch: int = 32, max_wait_ms: float = 5.0) -> Any:
+    default_wait = WhisperRoute().max_wait_ms
+
+    def engine_for(batching: bool, max_batch: int = 32, max_wait_ms: float = default_wait) -> Any:
         engine = WhisperEngine(WhisperRoute(model=model, device=args.device, compute_type=args.compute_type,
                                             batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                            workers=0 if batching else 1,  # one replica on all the threads, like the batcher
                                             without_timestamps=without, vad_filter=args.vad == "on"))
         engine.load()
         engine.warm_up()
@@ -343,14 +346,16 @@ def jobs_section(args: argparse.Namespace) -> None:
     batcher = engine_for(True, max(sizes), waits[0])
     assert batcher.batcher is not None
     best: dict[str, Any] | None = None
-    for size, wait in [(s, 5.0) for s in sizes] + [(max(sizes), w) for w in waits if w != 5.0]:
+    for size, wait in [(s, default_wait) for s in sizes] + [(max(sizes), w) for w in waits if w != default_wait]:
         batcher.batcher.max_batch, batcher.batcher.max_wait = size, wait / 1000
-        before = dict(batcher.batcher.stats.batches), dict(batcher.batcher.stats.rows)
+        before = (dict(batcher.batcher.stats.batches), dict(batcher.batcher.stats.rows), dict(batcher.batcher.stats.busy),
+                  batcher.batcher.stats.gathered)
         elapsed, segments, _ = _timed_jobs(batcher, clips, size)
         stats = batcher.batcher.stats
         mean_batch = (stats.rows["generate"] - before[1]["generate"]) / max(1, stats.batches["generate"] - before[0]["generate"])
         r = row(f"batcher max_batch={size} max_wait_ms={wait:g}", elapsed, mean_batch=round(mean_batch, 1),
-                busy_s={k: round(v, 3) for k, v in stats.busy.items()}, split=stats.split,
+                busy_s={k: round(v - before[2][k], 3) for k, v in stats.busy.items()}, split=stats.split,
+                gathered=stats.gathered - before[3],
                 vs_one_at_a_time=round(single["seconds"] / elapsed, 2), vs_bare=round(bare["seconds"] / elapsed, 2))
         # Same transcripts as the one-job path: word error rate 0, timestamps within 0.1 s.
         for mine, theirs in zip(segments, single_segments, strict=True):
@@ -368,8 +373,9 @@ def jobs_section(args: argparse.Namespace) -> None:
     arrivals = [i / rate for i in range(args.arrivals)]
     stream = [clips[i % len(clips)] for i in range(args.arrivals)]
     _e, _s, lat_one = _timed_jobs(one, stream, 1, arrivals)
-    batcher.batcher.max_batch, batcher.batcher.max_wait = 32, 5 / 1000
-    _e, _s, lat_batch = _timed_jobs(batcher, stream, 32, arrivals)
+    defaults = WhisperRoute()
+    batcher.batcher.max_batch, batcher.batcher.max_wait = defaults.max_batch, defaults.max_wait_ms / 1000
+    _e, _s, lat_batch = _timed_jobs(batcher, stream, defaults.max_batch, arrivals)
     latency = {
         "rate_per_s": round(rate, 2),
         "one_at_a_time_p50": round(_percentile(lat_one, 50), 3), "one_at_a_time_p99": round(_percentile(lat_one, 99), 3),

@@ -69,7 +69,7 @@ class WhisperRoute(_Route):
     )
     max_batch: int = Field(64, ge=1, le=256, description="Windows in one batched call, at most.")
     max_wait_ms: float = Field(
-        5.0, ge=0, le=1000, description="How long a waiting window waits for the batch to fill, at most."
+        2.0, ge=0, le=1000, description="How long a waiting window waits for the batch to fill, at most."
     )
     beam_size: int = Field(5, ge=1, le=20, description="Default beam size when a request gives none.")
     vad_filter: bool = Field(True, description="Skip silence (avoids Whisper's hallucinations on it).")

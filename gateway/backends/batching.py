@@ -18,15 +18,19 @@ windows whose options differ never share a call, so each job decodes exactly as 
 A job counts as running from the start of its transcription to its end: a new job joins at its
 next window, a finished or cancelled one leaves without disturbing the batch (continuous batching).
 
-Encoder outputs travel between the two calls as host arrays (``to_cpu``): a window's encoding can
-then meet other windows in a later generate batch, whatever batch it was encoded in. A failing
+Encoder outputs stay where the model computed them (on the GPU with CUDA): each job holds a view of
+its rows of the encoded batch. When the windows of a generate batch are the rows of one encoded batch
+(the usual case: jobs encoded together decode together), the generate call reads them in place, with
+no copy; otherwise their rows are gathered on the host and handed over as one array. A failing
 batched call is retried one call at a time, so an error fails only the job whose window caused it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -40,27 +44,86 @@ __all__ = ["BatchStats", "BatchingModel"]
 log = logging.getLogger(__name__)
 
 
+class _CudaRows:
+    """Rows [start, stop) of a CUDA StorageView, as an object with the CUDA array interface, so that
+    ``StorageView.from_array`` makes a view of them without a copy (and without torch). It holds the
+    StorageView, and the view holds it (from_array keeps its argument alive)."""
+
+    def __init__(self, storage: Any, start: int, stop: int) -> None:
+        interface = storage.__cuda_array_interface__
+        shape = tuple(interface["shape"])
+        row_bytes = np.dtype(interface["typestr"]).itemsize * math.prod(shape[1:])
+        self.storage = storage
+        self.__cuda_array_interface__ = {
+            "shape": (stop - start, *shape[1:]), "typestr": interface["typestr"],
+            "data": (interface["data"][0] + start * row_bytes, False), "version": 3, "strides": None,
+        }
+
+
+class _EncodedBatch:
+    """The encoder output of one batch, where the model left it (a StorageView on its device)."""
+
+    __slots__ = ("_host", "rows", "storage")
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+        self.rows = int(storage.shape[0])
+        self._host: np.ndarray | None = None
+
+    def host(self) -> np.ndarray:
+        """The whole batch as a host array (a view of a CPU storage; one copy from a GPU, made once)."""
+        if self._host is None:
+            storage = self.storage
+            if storage.device == "cuda":
+                import ctranslate2
+
+                storage = storage.to_device(ctranslate2.Device.cpu)
+            self._host = np.asarray(storage)  # numpy keeps the storage alive
+        return self._host
+
+    def view(self, start: int, stop: int) -> Any:
+        """Rows [start, stop) as a StorageView on the model's device, without a copy."""
+        import ctranslate2
+
+        if start == 0 and stop == self.rows:
+            return self.storage
+        if self.storage.device == "cuda":
+            return ctranslate2.StorageView.from_array(_CudaRows(self.storage, start, stop))
+        return ctranslate2.StorageView.from_array(self.host()[start:stop])
+
+
 class _Encoded:
-    """One or more windows' encoder output, on the host. Passed back to the model as a StorageView."""
+    """What ``encode`` hands a job: its rows of an encoded batch. Passed back as a StorageView."""
 
-    __slots__ = ("array",)
+    __slots__ = ("batch", "start", "stop")
 
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
+    def __init__(self, batch: _EncodedBatch, start: int, stop: int) -> None:
+        self.batch, self.start, self.stop = batch, start, stop
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape)
+        return (self.stop - self.start, *tuple(self.batch.storage.shape)[1:])
+
+    def storage(self) -> Any:
+        return self.batch.view(self.start, self.stop)
+
+    def host(self) -> np.ndarray:
+        return self.batch.host()[self.start:self.stop]
+
+
+def _encoded(value: Any) -> _Encoded:
+    """An encoder output from elsewhere (a StorageView or an array) as an _Encoded of its own."""
+    if isinstance(value, _Encoded):
+        return value
+    if isinstance(value, np.ndarray):
+        import ctranslate2
+
+        value = ctranslate2.StorageView.from_array(np.ascontiguousarray(value))
+    return _Encoded(_EncodedBatch(value), 0, int(value.shape[0]))
 
 
 def _storage(value: Any) -> Any:
-    import ctranslate2
-
-    if isinstance(value, _Encoded):
-        return ctranslate2.StorageView.from_array(np.ascontiguousarray(value.array))
-    if isinstance(value, np.ndarray):
-        return ctranslate2.StorageView.from_array(np.ascontiguousarray(value))
-    return value
+    return _encoded(value).storage()
 
 
 def _key(value: Any) -> Any:
@@ -76,7 +139,9 @@ def _key(value: Any) -> Any:
 class _Call:
     kind: str  # "encode" | "generate"
     key: Any
-    rows: np.ndarray  # encode: features [n, mels, frames]; generate: encoder output [n, frames, d]
+    size: int  # windows in this call
+    features: np.ndarray | None  # encode: [n, mels, frames]
+    encoded: _Encoded | None  # generate: the encoder output of its n windows
     prompts: list[Any]
     kwargs: dict[str, Any]
     arrived: float = field(default_factory=time.monotonic)
@@ -84,9 +149,10 @@ class _Call:
     result: Any = None
     error: BaseException | None = None
 
-    @property
-    def size(self) -> int:
-        return int(self.rows.shape[0])
+    def order(self) -> tuple[int, int]:
+        """Generate calls are run in the order of their rows in the encoded batches."""
+        assert self.encoded is not None
+        return id(self.encoded.batch), self.encoded.start
 
 
 @dataclass
@@ -97,6 +163,7 @@ class BatchStats:
     rows: dict[str, int] = field(default_factory=lambda: {"encode": 0, "generate": 0})
     busy: dict[str, float] = field(default_factory=lambda: {"encode": 0.0, "generate": 0.0})  # seconds in the model
     split: int = 0  # failed batches run again one call at a time
+    gathered: int = 0  # generate batches whose windows came from several encoded batches (copied)
     largest: int = 0
 
     def mean_batch(self, kind: str = "generate") -> float:
@@ -145,14 +212,17 @@ class BatchingModel:
         rows = np.asarray(features, dtype=np.float32)
         if rows.ndim == 2:
             rows = rows[None]
-        return _Encoded(self._submit(_Call("encode", ("encode", rows.shape[1:]), rows, [], {})))
+        call = _Call("encode", ("encode", rows.shape[1:]), int(rows.shape[0]), rows, None, [], {})
+        encoded: _Encoded = self._submit(call)
+        return encoded
 
     def generate(self, encoder_output: Any, prompts: list[Any], **kwargs: Any) -> list[Any]:
-        rows = encoder_output.array if isinstance(encoder_output, _Encoded) else np.asarray(encoder_output)
+        encoded = _encoded(encoder_output)
         # CTranslate2 batches prompts only if <|startoftranscript|> sits at the same index in each and
         # the task tokens after it are the same: windows whose previous text differs in length go apart.
-        key = ("generate", rows.shape[1:], str(rows.dtype), _key(kwargs), tuple(self._prompt_shape(p) for p in prompts))
-        return list(self._submit(_Call("generate", key, rows, list(prompts), kwargs)))
+        key = ("generate", encoded.shape[1:], str(encoded.batch.storage.dtype), _key(kwargs),
+               tuple(self._prompt_shape(p) for p in prompts))
+        return list(self._submit(_Call("generate", key, encoded.shape[0], None, encoded, list(prompts), kwargs)))
 
     def _prompt_shape(self, prompt: list[Any]) -> tuple[Any, ...]:
         if self._sot_id is None or self._sot_id not in prompt:
@@ -215,6 +285,8 @@ class BatchingModel:
                         total += call.size
                     for call in batch:
                         self._pending.remove(call)
+                    if oldest.kind == "generate":
+                        batch.sort(key=_Call.order)
                     return batch
                 self._cond.wait(timeout=self.max_wait - waited)
 
@@ -259,26 +331,42 @@ class BatchingModel:
 
     def _call_model(self, batch: list[_Call]) -> list[Any]:
         """One model call for the batch; the result of each call, in order."""
-        rows = batch[0].rows if len(batch) == 1 else np.concatenate([c.rows for c in batch])
         started = time.perf_counter()
         try:
-            return self._call_model_locked(batch, rows)
+            if batch[0].kind == "encode":
+                return self._encode(batch)
+            return self._generate(batch)
         finally:
             self.stats.busy[batch[0].kind] += time.perf_counter() - started
 
-    def _call_model_locked(self, batch: list[_Call], rows: np.ndarray) -> list[Any]:
+    def _encode(self, batch: list[_Call]) -> list[Any]:
+        import ctranslate2
+
+        features = [c.features for c in batch if c.features is not None]
+        rows = features[0] if len(features) == 1 else np.concatenate(features)
         with self._model_lock:
-            if batch[0].kind == "encode":
-                output = self._model.encode(_storage(rows), to_cpu=True)
-                array = np.array(output)  # a host copy; the StorageView is freed
-                results: list[Any] = []
-                start = 0
-                for call in batch:
-                    results.append(array[start:start + call.size])
-                    start += call.size
-                return results
-            prompts = [p for c in batch for p in c.prompts]
-            generated = self._model.generate(_storage(rows), prompts, **batch[0].kwargs)
+            encoded = _EncodedBatch(self._model.encode(ctranslate2.StorageView.from_array(rows), to_cpu=False))
+        results: list[Any] = []
+        start = 0
+        for call in batch:
+            results.append(_Encoded(encoded, start, start + call.size))
+            start += call.size
+        return results
+
+    def _generate(self, batch: list[_Call]) -> list[Any]:
+        import ctranslate2
+
+        encoded = [c.encoded for c in batch if c.encoded is not None]
+        first = encoded[0]
+        if all(e.batch is first.batch for e in encoded) and all(
+                a.stop == b.start for a, b in itertools.pairwise(encoded)):
+            features = first.batch.view(first.start, encoded[-1].stop)  # in place: no copy
+        else:
+            self.stats.gathered += 1
+            features = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.concatenate([e.host() for e in encoded])))
+        prompts = [p for c in batch for p in c.prompts]
+        with self._model_lock:
+            generated = self._model.generate(features, prompts, **batch[0].kwargs)
         results, start = [], 0
         for call in batch:
             results.append(generated[start:start + call.size])
