@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.backends.base import Backend, JobLifecycle
+from gateway.errors import ResourceExhausted
 from gateway.jobs import Job, JobFailure, JobInput, Result
 
 __all__ = ["Begun", "Lifecycle", "Route"]
@@ -58,6 +59,10 @@ class Route(Protocol):
 
     def release(self) -> None:
         """Gives back a slot whose job was not stored after all."""
+        ...
+
+    def queue_full(self, reason: str, held: int, limit: int) -> ResourceExhausted:
+        """The error for a job a shared store refused at the route's limit (QUEUE_FULL, QUEUE_BYTES_FULL)."""
         ...
 
     def enqueue(self, job_id: str, reserved: bool = True, front: bool = False) -> None: ...

@@ -75,7 +75,8 @@ def make_store(settings: Settings, clock: Clock | None = None) -> Store:
     if settings.store:
         from gateway.store.redis import RedisStore
 
-        return RedisStore(settings.store, clock=clock)
+        limits = {name: (route.max_queue, route.max_queued_bytes) for name, route in settings.routes.items()}
+        return RedisStore(settings.store, clock=clock, queue_limits=limits)
     return SqliteStore(settings.data_dir / "gateway.sqlite3", settings.sqlite_synchronous)
 
 

@@ -51,7 +51,7 @@ from gateway.jobs import (
 )
 from gateway.lifecycle import Begun, Route
 from gateway.settings import ROUTE_NAME, Settings
-from gateway.store.base import JobFilter, RevisionConflict, Store
+from gateway.store.base import JobFilter, QueueFull, RevisionConflict, Store
 
 __all__ = ["Heartbeat", "JobService", "Update"]
 
@@ -283,6 +283,9 @@ class JobService:
 
         try:
             outcome = await self.store.create_job(job, request_hash, payload, on_commit)
+        except QueueFull as full:  # a shared store's own count, across replicas
+            runner.release()
+            raise runner.queue_full(full.reason, full.held, full.limit) from None
         except BaseException:
             runner.release()
             raise

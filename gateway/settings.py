@@ -36,6 +36,11 @@ class _Route(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_queue: int = Field(1000, ge=1, description="Jobs waiting beyond this are refused (RESOURCE_EXHAUSTED).")
+    max_queued_bytes: int = Field(
+        512 * MiB, ge=0,
+        description="With a Redis store, which keeps inputs in memory: the input bytes of the route's jobs that "
+                    "have not ended, at most (beyond: RESOURCE_EXHAUSTED QUEUE_BYTES_FULL); 0: no limit.",
+    )
     workers: int = Field(1, ge=1, description="Jobs run at once.")
 
 

@@ -144,3 +144,95 @@ def test_a_job_running_on_a_is_cancelled_through_b(replicas: tuple[ServerProcess
         # A's worker lets the job go: its later writes are refused, nothing follows the end.
         after = stub_a.Get(pb.GetRequest(job_id=job.id), timeout=30).job
         assert after.state == pb.JOB_STATE_CANCELLED and after.revision == end.revision
+
+
+def _refusal(call: Callable[[], object]) -> grpc.RpcError | None:
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error
+    return None
+
+
+def _reason(error: grpc.RpcError) -> str:
+    from google.rpc import error_details_pb2, status_pb2
+
+    details = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
+    assert details is not None
+    status = status_pb2.Status.FromString(details)
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
+
+
+def _until_done(stub: pb_grpc.GatewayServiceStub, job_id: str) -> None:
+    """Cancel answers at once; the job ends (and leaves the queue) when its end is stored: wait for that."""
+    request = pb.FetchRequest(job_id=job_id, timeout=duration_pb2.Duration(seconds=10))
+    assert stub.Fetch(request, timeout=20).job.state == pb.JOB_STATE_CANCELLED
+
+
+@pytest.fixture
+def api_replicas(redis_process: RedisProcess, make_server: Callable[..., ServerProcess]) -> Iterator[  # noqa: F811
+        tuple[ServerProcess, ServerProcess]]:
+    """Two API replicas that run no jobs (--workers 0): what is queued stays queued."""
+    redis_process.flush()
+    config = (f'store = "{redis_process.url}"\nshutdown_grace_seconds = 0\n'
+              '[routes.echo]\nbackend = "echo"\nmax_queue = 4\nmax_queued_bytes = 6000\n')
+    yield make_server(config, args=("--workers", "0")), make_server(config, args=("--workers", "0"))
+
+
+def test_max_queue_holds_across_replicas_submitting_at_once(api_replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = api_replicas
+    channel_a, stub_a = _stub(a)
+    channel_b, stub_b = _stub(b)
+    with channel_a, channel_b:
+        outcomes: list[object] = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(10)
+
+        def send(stub: pb_grpc.GatewayServiceStub, n: int) -> None:
+            barrier.wait()
+            try:
+                result: object = _submit(stub, n=n)
+            except grpc.RpcError as error:
+                result = error
+            with lock:
+                outcomes.append(result)
+
+        threads = [threading.Thread(target=send, args=(stub_a if n % 2 else stub_b, n)) for n in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        accepted = [o for o in outcomes if isinstance(o, pb.SubmitResponse)]
+        refused = [o for o in outcomes if isinstance(o, grpc.RpcError)]
+        # Each replica alone would have let up to four through: the store's count lets four in all.
+        assert len(accepted) == 4 and len(refused) == 6
+        assert all(e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and _reason(e) == "QUEUE_FULL" for e in refused)
+        # A queued job cancelled frees its place for the next Submit, through either replica.
+        stub_a.Cancel(pb.CancelRequest(job_id=accepted[0].job.id), timeout=10)
+        _until_done(stub_b, accepted[0].job.id)
+        assert _submit(stub_b, n=99).job.id
+        assert _refusal(lambda: _submit(stub_a, n=100)) is not None
+
+
+def test_queued_input_bytes_are_bounded_across_replicas(api_replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = api_replicas
+    channel_a, stub_a = _stub(a)
+    channel_b, stub_b = _stub(b)
+    blob = "x" * 1800  # about 1.8 kB of input each: three fit under the route's 6,000 bytes, a fourth does not
+    with channel_a, channel_b:
+        first = _submit(stub_a, blob=blob)
+        _submit(stub_b, blob=blob)
+        _submit(stub_a, blob=blob)
+        refused = _refusal(lambda: _submit(stub_b, blob=blob))
+        assert refused is not None and refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert _reason(refused) == "QUEUE_BYTES_FULL" and "6000" in (refused.details() or "")
+        assert _submit(stub_b, blob="small").job.id  # a small one still fits
+        # A job that ends gives its bytes back: the big one fits again.
+        stub_b.Cancel(pb.CancelRequest(job_id=first.job.id), timeout=10)
+        _until_done(stub_a, first.job.id)
+        assert _submit(stub_a, blob=blob).job.id

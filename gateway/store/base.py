@@ -13,12 +13,23 @@ from typing import Any, Protocol
 
 from gateway.jobs import Job, JobState, Result, Segment
 
-__all__ = ["CreateOutcome", "JobFilter", "ResumableJob", "RevisionConflict", "Store"]
+__all__ = ["CreateOutcome", "JobFilter", "QueueFull", "ResumableJob", "RevisionConflict", "Store"]
 
 
 class RevisionConflict(Exception):
     """A revision that does not follow the job's stored one (another writer got there first), or
     written by a run (attempt) that is no longer the job's current one: refused, nothing stored."""
+
+
+class QueueFull(Exception):
+    """A shared store refused a new job because its route's queue is at a limit, checked in the same
+    atomic step as the create (so replicas submitting at once cannot pass it together)."""
+
+    def __init__(self, reason: str, held: int, limit: int) -> None:
+        super().__init__(f"{reason}: {held} held, limit {limit}")
+        self.reason = reason  # QUEUE_FULL (jobs waiting) or QUEUE_BYTES_FULL (input bytes held)
+        self.held = held
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)

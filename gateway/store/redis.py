@@ -4,7 +4,8 @@ Keys (``<prefix>`` is ``gw:`` by default; one standalone Redis or a Sentinel-man
 Cluster: scripts touch a job's keys and the global indexes together):
 
     <prefix>job:<id>        hash: job (JSON, without segments), rev, att, seg (segment count), pos,
-                            tenant, request_id, req_hash, expires, payload, ckpt, result
+                            tenant, request_id, req_hash, expires, payload, ckpt, result; until the
+                            job ends, qb and qk: its input's bytes and the counter they count in
     <prefix>revs:<id>       stream, entry id 0-<revision>: job (JSON), seg (segment count then)
     <prefix>segs:<id>       list: the segments, in order (each once, whatever the revisions)
     <prefix>req:<tenant>:<request_id>   string: the job id (idempotency)
@@ -14,8 +15,14 @@ Cluster: scripts touch a job's keys and the global indexes together):
     <prefix>expiring        sorted set: job id -> expiry (ms): the index entries sweep() removes
     <prefix>tomb:<id>       string: the tenant of an expired or deleted job, until its tombstone ends
     <prefix>queue:<route>   stream of queued job ids (a consumer group of the route's workers)
+    <prefix>queue-bytes:<route>  counter: input bytes of the route's jobs not ended yet
     <prefix>position        counter: change positions, in commit order
     <prefix>store_id        string: identifies this data (resume tokens carry it)
+
+Admission is part of the create script: a route's ``max_queue`` (entries not taken by a worker: the
+stream's length less its pending entries) and ``max_queued_bytes`` (the inputs Redis holds in memory
+for jobs not ended) are checked and counted in the same atomic step that stores and queues the job,
+so replicas submitting at once cannot pass a limit together.
 
 Every revision is one Lua script: the compare-and-set on the job's revision and attempt, the job's
 head, its revision entry, its new segments, its change position, when it ends its expiry (Redis
@@ -39,9 +46,9 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from gateway.jobs import Clock, Job, JobFailure, JobState, Result, Segment, SystemClock, decode_result, encode_result
-from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict
+from gateway.store.base import CreateOutcome, JobFilter, QueueFull, ResumableJob, RevisionConflict
 
-__all__ = ["RedisStore", "job_from_json", "queue_key"]
+__all__ = ["RedisStore", "job_from_json", "queue_bytes_key", "queue_key"]
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +79,20 @@ if has_request then
     end
   end
 end
+local size = #ARGV[4]
+local max_queue, max_bytes = tonumber(ARGV[13]), tonumber(ARGV[14])
+if max_queue > 0 then  -- entries no worker has taken yet
+  local waiting = redis.call('XLEN', KEYS[8])
+  local pending = redis.pcall('XPENDING', KEYS[8], 'workers')  -- an error until the group exists
+  if type(pending) == 'table' and pending[1] then waiting = waiting - tonumber(pending[1]) end
+  if waiting >= max_queue then return {2, '', '', waiting} end
+end
+local held = tonumber(redis.call('GET', KEYS[9]) or '0')
+if max_bytes > 0 and held + size > max_bytes then return {3, '', '', held} end
+redis.call('INCRBY', KEYS[9], size)
 local pos = redis.call('INCR', KEYS[6])
 redis.call('HSET', KEYS[1], 'job', ARGV[2], 'created_as', ARGV[2], 'rev', 1, 'att', 0, 'seg', 0, 'pos', pos, 'tenant', ARGV[8],
-           'request_id', ARGV[9], 'req_hash', ARGV[3], 'payload', ARGV[4], 'expires', '')
+           'request_id', ARGV[9], 'req_hash', ARGV[3], 'payload', ARGV[4], 'expires', '', 'qb', size, 'qk', KEYS[9])
 redis.call('XADD', KEYS[2], '0-1', 'job', ARGV[2], 'seg', 0)
 if has_request then redis.call('SET', KEYS[3], ARGV[1]) end
 redis.call('ZADD', KEYS[4], 0, ARGV[1])
@@ -114,7 +132,9 @@ redis.call('ZADD', KEYS[4], pos, ARGV[1])
 if ARGV[8] == '1' then
   local ttl = tonumber(ARGV[10])
   if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[9]) end
-  redis.call('HDEL', KEYS[1], 'payload', 'ckpt')
+  local qb = redis.call('HMGET', KEYS[1], 'qb', 'qk')
+  if qb[1] then redis.call('DECRBY', qb[2], qb[1]) end  -- its input no longer counts against the queue
+  redis.call('HDEL', KEYS[1], 'payload', 'ckpt', 'qb', 'qk')
   redis.call('HSET', KEYS[1], 'expires', ARGV[14 + n])
   redis.call('SREM', KEYS[6], ARGV[1])
   local entry = redis.call('HGET', KEYS[1], 'entry')
@@ -136,6 +156,8 @@ _DELETE = """
 local tenant = redis.call('HGET', KEYS[1], 'tenant')
 if not tenant then return 0 end
 local request_id = redis.call('HGET', KEYS[1], 'request_id')
+local qb = redis.call('HMGET', KEYS[1], 'qb', 'qk')
+if qb[1] then redis.call('DECRBY', qb[2], qb[1]) end  -- a job deleted before it ended
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[4], tenant .. '|' .. ARGV[4], 'PX', tonumber(ARGV[2]))
 else
@@ -157,6 +179,11 @@ return 1
 def queue_key(prefix: str, route: str) -> str:
     """The stream a route's queued jobs wait in (gateway.work.redis reads it)."""
     return f"{prefix}queue:{route}"
+
+
+def queue_bytes_key(prefix: str, route: str) -> str:
+    """The counter of the input bytes of a route's jobs that have not ended (Redis holds them)."""
+    return f"{prefix}queue-bytes:{route}"
 
 
 def _dumps(value: Any) -> str:
@@ -196,8 +223,11 @@ class RedisStore:
 
     shared = True
 
-    def __init__(self, url: str, prefix: str = "gw:", clock: Clock | None = None, max_connections: int = 32) -> None:
+    def __init__(self, url: str, prefix: str = "gw:", clock: Clock | None = None, max_connections: int = 32,
+                 queue_limits: Mapping[str, tuple[int, int]] | None = None) -> None:
+        """``queue_limits``: route -> (max_queue, max_queued_bytes), checked at each create (0: none)."""
         self.url = url
+        self.queue_limits = dict(queue_limits or {})
         self.prefix = prefix
         self.clock = clock or SystemClock()
         self.max_connections = max_connections
@@ -358,10 +388,11 @@ class RedisStore:
         request_key = self._key("req", job.tenant, job.request_id) if job.request_id else self._key("req-none")
         keys = [self._key("job", job.id), self._key("revs", job.id), request_key, self._key("jobs", job.tenant),
                 self._key("changes", job.tenant), self._key("position"), self._key("active"),
-                queue_key(self.prefix, job.route)]
+                queue_key(self.prefix, job.route), queue_bytes_key(self.prefix, job.route)]
+        max_queue, max_bytes = self.queue_limits.get(job.route, (0, 0))
         args = [job.id, _job_json(job), request_hash, payload, "1" if job.request_id else "0", self._key("job", ""),
                 repr(job.created), job.tenant, job.request_id, self._key("revs", ""), self._key("segs", ""),
-                self._key("events")]
+                self._key("events"), max_queue, max_bytes]
 
         def run(pipe: Any) -> None:
             self._eval(pipe, "create", keys, args)
@@ -374,6 +405,10 @@ class RedisStore:
 
         def decode(answer: Any) -> Any:
             created, job_id, stored_hash, position = answer
+            if int(created) == 2:
+                return QueueFull("QUEUE_FULL", int(position), max_queue)
+            if int(created) == 3:
+                return QueueFull("QUEUE_BYTES_FULL", int(position), max_bytes)
             if int(created):
                 return CreateOutcome(job, True, request_hash, self._seen(int(position)))
             return (job_id.decode(), stored_hash.decode() if stored_hash else "")
@@ -385,6 +420,8 @@ class RedisStore:
         result = await self._submit(run, decode, commit)
         if isinstance(result, CreateOutcome):
             return result
+        if isinstance(result, QueueFull):
+            raise result
         return await existing(*result)
 
     def save_revision(

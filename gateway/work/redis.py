@@ -13,8 +13,10 @@ One fetch loop per process reads the stream, for as many entries as it has worke
 route may have a thousand workers: they share one blocking read, and the process never takes a job
 it has no worker for).
 
-Admission (``max_queue``) counts the entries not yet taken (the stream's length less the pending
-ones) across every replica; replicas submitting at the same moment may pass the limit by as many.
+Admission (``max_queue``): the store's create script counts the entries not yet taken (the stream's
+length less the pending ones) and refuses a job beyond the limit in the same atomic step that queues
+it, so replicas submitting at once cannot pass it together. The count kept here (refreshed once a
+second) only refuses early, without a round trip, when the queue is plainly full.
 Cancel needs nothing here: a queued job is ended in the store, and the worker that takes its entry
 finds it done and drops it; a running one learns it from the event bus.
 """

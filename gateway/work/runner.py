@@ -138,6 +138,17 @@ class RouteRunner:
                 retry_after=self._retry_after(),
             )
 
+    def queue_full(self, reason: str, held: int, limit: int) -> ResourceExhausted:
+        """The error for a job the shared store refused at its limit (jobs waiting, or input bytes held)."""
+        if reason == "QUEUE_BYTES_FULL":
+            message = (f"route {self.name!r} holds {held} bytes of queued and running inputs; with this one it would "
+                       f"pass its limit of {limit}; retry later")
+            metadata = {"route": self.name, "max_queued_bytes": str(limit)}
+        else:
+            message = f"route {self.name!r} has {held} jobs waiting, its limit; retry later"
+            metadata = {"route": self.name, "max_queue": str(limit)}
+        return ResourceExhausted(message, reason=reason, metadata=metadata, retry_after=self._retry_after())
+
     def _retry_after(self) -> float:
         mean = self._mean_duration if self._mean_duration is not None else 5.0
         return max(1.0, min(300.0, mean * len(self.queue) / max(1, self.workers)))
