@@ -172,10 +172,11 @@ def _delay(attach_ms: float) -> float:
 class _Watch:
     """Runs watch rounds against one server, adapting the echo job's delay to the attach time."""
 
-    def __init__(self, server: Server, kind: str, cfg: Config) -> None:
+    def __init__(self, server: Server, kind: str, cfg: Config, submit_target: str = "") -> None:
         self.server = server
         self.kind = kind
         self.cfg = cfg
+        self.submit_target = submit_target  # another replica to submit through (watching on ``server``)
         self.delay_ms: dict[int, float] = {}
         self.attach_ms_per_stream = 0.5  # a first guess; then the slowest seen
 
@@ -188,7 +189,7 @@ class _Watch:
             spec = {
                 "mode": "watch", "target": self.server.target, "kind": self.kind, "jobs": jobs,
                 "per_job": per_job, "channels": channels, "delay_ms": delay, "tag": f"{tag}-a{attempt}",
-                "wait_go": True, "timeout_s": self.cfg.watch_timeout_s,
+                "wait_go": True, "timeout_s": self.cfg.watch_timeout_s, "submit_target": self.submit_target,
             }
             cpu0 = cpu_seconds(self.server.pid)
             with LoadProcess(spec) as load:

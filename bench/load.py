@@ -194,11 +194,15 @@ async def run_watch(spec: dict[str, Any]) -> dict[str, Any]:
     gateway = spec["kind"] == "gateway"
 
     if gateway:
-        submit = channels[0].unary_unary(SUBMIT)
+        # submit_target: another replica (the jobs are submitted there and watched here).
+        submit_channel = grpc.aio.insecure_channel(spec["submit_target"]) if spec.get("submit_target") else channels[0]
+        submit = submit_channel.unary_unary(SUBMIT)
         data = submit_request(spec["tag"], {"delay_ms": spec["delay_ms"]})
         t_submit = time.time()
         answers = await asyncio.gather(*(submit(data, timeout=30) for _ in range(n_jobs)))
         job_ids = [pb.SubmitResponse.FromString(a).job.id for a in answers]
+        if submit_channel is not channels[0]:
+            await submit_channel.close()
     else:
         t_submit = time.time()
         job_ids = [f"{spec['tag']}-g{j}" for j in range(n_jobs)]

@@ -9,9 +9,11 @@
 3. A killed worker's job running again: a ``gateway worker`` runs a long echo job; it is killed
    (SIGKILL); the time until a second worker's first revision of the job (its lease taken over).
    Goal: within the lease + 2 s.
-
-Not measured yet: push latency across replicas (1,000 watchers on replica B of a job run by a
-worker), which needs the load generator to submit through one replica and watch through another.
+4. Push latency across replicas: 1,000 watchers (200 with --quick) on replica B of an echo job
+   submitted through replica A (both ``--workers 0``) and run by a ``gateway worker`` process, from
+   the job's finish time (the worker's clock, same machine) to each watcher's receipt of its terminal
+   revision; against one SQLite gateway running the job itself (the core section's figure),
+   alternating rounds. Goal: p99 <= 1.5x the single process's.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.core import Config as CoreConfig
-from bench.core import _submit_round
-from bench.harness import ECHO_CONFIG, GatewayServer, Row, median, spawn, started, stop_process
+from bench.core import _fmt, _submit_round, _Watch
+from bench.harness import ECHO_CONFIG, GatewayServer, Row, Server, median, spawn, started, stop_process
 
 NAME = "scale"
 SUBMIT_GOAL = 0.7
+PUSH_GOAL = 1.5
 LEASE_S = 3.0
 
 
@@ -41,10 +44,27 @@ LEASE_S = 3.0
 class Config:
     rounds: int = 5
     queued_jobs: int = 2000
+    push_rounds: int = 3
+    push_watchers: int = 1000
 
 
 FULL = Config()
-QUICK = Config(rounds=1, queued_jobs=200)
+QUICK = Config(rounds=1, queued_jobs=200, push_rounds=1, push_watchers=200)
+
+
+class WorkerServer(Server):
+    """``gateway worker`` on a free port: the routes' workers only, on the shared store."""
+
+    label = "worker"
+
+    def __init__(self, config: str) -> None:
+        super().__init__()
+        self.config_path = self.workdir / "gateway.toml"
+        self.config_path.write_text(config)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "gateway.cli", "worker", "--listen", "127.0.0.1:0", "--config",
+                str(self.config_path)]
 
 
 def _log(message: str) -> None:
@@ -183,11 +203,40 @@ def bench_takeover(redis: RedisServer) -> Row:
                     "the baseline column is the lease")
 
 
+def bench_cross_replica_push(redis: RedisServer, cfg: Config, quick: bool) -> list[Row]:
+    redis.command("FLUSHALL")
+    config = _redis_config(redis.url)
+    core = CoreConfig(watch_timeout_s=60.0 if quick else 120.0)
+    rounds: dict[str, list[dict[str, Any]]] = {"single": [], "replicas": []}
+    w = cfg.push_watchers
+    with started(GatewayServer(), GatewayServer(config, extra_args=("--workers", "0")),
+                 GatewayServer(config, extra_args=("--workers", "0")), WorkerServer(config)) as (single, a, b, _worker):
+        runners = {"single": _Watch(single, "gateway", core), "replicas": _Watch(b, "gateway", core, submit_target=a.target)}
+        for r in range(cfg.push_rounds):
+            for kind in ("single", "replicas"):
+                result = runners[kind].round(1, w, 10, f"xpush-{kind}-{r}")
+                rounds[kind].append(result)
+                _log(f"push 1x{w} round {r + 1}/{cfg.push_rounds} {kind}: p50 {_fmt(result['p50_ms'], 1)} ms, "
+                     f"p99 {_fmt(result['p99_ms'], 1)} ms (attach {result['attach_s']:.2f} s)")
+    rows = []
+    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+        row = Row(f"Push latency {label}, 1 job x {w} watchers on replica B (submitted through A, run by a worker)", "ms",
+                  median([x[key] for x in rounds["replicas"]]), median([x[key] for x in rounds["single"]]),
+                  note="baseline: one SQLite gateway running the job and serving the watchers",
+                  raw={"replicas_rounds": rounds["replicas"], "single_rounds": rounds["single"]} if key == "p99_ms" else {})
+        if key == "p99_ms":
+            row.goal = f"<= {PUSH_GOAL}x one process"
+            row.met = row.ratio is not None and row.ratio <= PUSH_GOAL
+        rows.append(row)
+    return rows
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     cfg = QUICK if args.quick else FULL
     redis = RedisServer()
     try:
-        rows = [bench_submit(redis, cfg, args.quick), bench_queued_memory(redis, cfg), bench_takeover(redis)]
+        rows = [bench_submit(redis, cfg, args.quick), bench_queued_memory(redis, cfg), bench_takeover(redis),
+                *bench_cross_replica_push(redis, cfg, args.quick)]
     finally:
         redis.close()
     _log(json.dumps([r.to_json() for r in rows])[:200])
