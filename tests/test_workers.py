@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
@@ -139,3 +139,45 @@ def test_an_api_replica_needs_no_whisper_engine(make_server: Callable[..., Serve
     assert done.job.state == pb.JOB_STATE_SUCCEEDED, done.job
     assert done.transcript.text.strip() == "She sells seashells by the seashore."
     assert "faster_whisper is not installed" not in api.log()  # never even tried
+
+
+def test_an_upstream_job_polled_by_a_killed_worker_is_resumed_by_another_without_a_second_post(
+        make_server: Callable[..., ServerProcess], redis_process: RedisProcess) -> None:  # noqa: F811
+    """The octoai route under leases: the poll URL is the job's checkpoint in Redis, so the worker that
+    takes the job over polls it where the dead one stopped and never POSTs it upstream again."""
+    from tests.fake_octoai import FakeProcess
+    from tests.test_octoai import TOKEN
+    from tests.test_octoai import config as octoai_route
+
+    redis_process.flush()
+    upstream = FakeProcess("--token", TOKEN, "--pending-seconds", "3.0", "--running-seconds", "0.4")
+    try:
+        config = (f'store = "{redis_process.url}"\nheartbeat_seconds = 0.2\nshutdown_grace_seconds = 0\n'
+                  f"lease_seconds = {LEASE}\n" + octoai_route(upstream.url))
+        env = {"UPSTREAM_TOKEN": TOKEN}
+        api = make_server(config, args=("--workers", "0"), env=env)
+        first = make_server(config, command="worker", args=("--route", "upstream"), env=env)
+        first.wait_serving("route/upstream")
+        with grpc.insecure_channel(api.target) as channel:
+            stub = pb_grpc.GatewayServiceStub(channel)
+            struct = struct_pb2.Struct()
+            struct.update({"resume": True})
+            job = stub.Submit(pb.SubmitRequest(route="upstream", inputs=struct), timeout=30).job
+            deadline = time.monotonic() + 20
+            while upstream.stats()["total_polls"] < 2:  # the first worker posted it and polls it
+                assert time.monotonic() < deadline, upstream.stats()
+                time.sleep(0.05)
+            first.kill()
+            polls_at_kill = upstream.stats()["total_polls"]
+            second = make_server(config, command="worker", args=("--route", "upstream"), env=env)
+            second.wait_serving("route/upstream")
+            fetched = stub.Fetch(pb.FetchRequest(job_id=job.id, timeout=duration_pb2.Duration(seconds=60)), timeout=70)
+        assert fetched.job.state == pb.JOB_STATE_SUCCEEDED, fetched.job
+        assert fetched.WhichOneof("result") == "output"
+        assert json_format.MessageToDict(fetched.output)["inputs"] == {"resume": True}
+        stats = upstream.stats()
+        assert stats["posts"] == 1, stats  # taken over, not submitted upstream again
+        assert stats["total_polls"] > polls_at_kill  # the second worker polled the same upstream job
+        assert len(stats["polls"]) == 1
+    finally:
+        upstream.stop()
