@@ -10,6 +10,11 @@ of a Redis store, with gRPC health on ``--listen`` (``route/<name>`` is SERVING 
 
 Once serving it prints one JSON line on stdout with the bound addresses (useful with port 0):
 ``{"event": "serving", "grpc": "127.0.0.1:50051", "http": "127.0.0.1:8080"}``. Logs go to stderr.
+
+A start that fails prints one line, ``gateway: <cause>; set <the setting to change>``, and exits with
+a code of its own: 2 invalid configuration, 3 the data dir cannot be used (a file, not writable), 4
+the data dir is owned by another running gateway (its pid is named), 5 the gRPC address cannot be
+listened on, 6 the HTTP address cannot be listened on, 1 anything else.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from pydantic import ValidationError
 
 from gateway import __version__
+from gateway.errors import StartupError
 from gateway.http import parse_address
 from gateway.server import Gateway
 from gateway.settings import Settings, load_settings
@@ -122,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(settings)
     try:
         asyncio.run(_serve(settings, api=not is_worker))
+    except StartupError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return exc.exit_code
     except OSError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1

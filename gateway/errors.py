@@ -33,6 +33,7 @@ __all__ = [
     "JobError",
     "NotFound",
     "ResourceExhausted",
+    "StartupError",
     "Unauthenticated",
     "Unavailable",
 ]
@@ -139,3 +140,17 @@ class JobError(GatewayError):
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message, reason, code, dict(metadata or {}))
+
+
+class StartupError(Exception):
+    """The gateway cannot start: one line naming the cause and the setting to change, and the exit
+    code of ``gateway serve`` / ``gateway worker`` for it (the command line's docstring lists them)."""
+
+    DATA_DIR = 3  # the data dir cannot be used (a file, not writable)
+    DATA_DIR_IN_USE = 4  # another process owns the data dir
+    GRPC_ADDRESS = 5  # the gRPC address cannot be listened on
+    HTTP_ADDRESS = 6  # the HTTP address cannot be listened on
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

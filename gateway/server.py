@@ -26,6 +26,7 @@ from gateway.api.auth import Authenticator
 from gateway.api.servicer import SERVICE_NAME, GatewayServicer
 from gateway.backends import create_backend
 from gateway.bus import EventBus, MemoryBus
+from gateway.errors import StartupError
 from gateway.hub import EventHub
 from gateway.jobs import Clock, SystemClock
 from gateway.service import JobService
@@ -64,9 +65,14 @@ def create_server(settings: Settings, address: str | None = None) -> tuple[grpc.
         ("grpc.server.max_pending_requests_hard_limit", 30_000),
     ]
     server = grpc.aio.server(options=options)
-    port = server.add_insecure_port(address or settings.listen)
+    address = address or settings.listen
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio: "Failed to bind to address ..."
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address or settings.listen}")
+        raise StartupError(f"cannot listen for gRPC on {address}: the address is in use or not available here; "
+                           "set listen (--listen)", StartupError.GRPC_ADDRESS)
     return server, port
 
 
@@ -118,7 +124,15 @@ class Gateway:
         self._serving: dict[str, bool] = {}
 
     async def __aenter__(self) -> Gateway:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # Nothing stays half-started: what did start (routes loading, a bound port) is stopped.
+            try:
+                await self.stop()
+            except Exception:
+                log.debug("stopping a gateway that failed to start", exc_info=True)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -159,7 +173,11 @@ class Gateway:
             from gateway.http import HttpFace
 
             self.http = HttpFace(settings, self.service, auth, self.serving)
-            self.http_port = await self.http.start(settings.http_listen)
+            try:
+                self.http_port = await self.http.start(settings.http_listen)
+            except OSError as exc:
+                raise StartupError(f"cannot listen for HTTP on {settings.http_listen}: {exc.strerror or exc}; set "
+                                   "http_listen (--http-listen; '' for none)", StartupError.HTTP_ADDRESS) from None
         log.info(
             "gateway serving gRPC on port %d%s; routes: %s", self.grpc_port,
             f", HTTP on port {self.http_port}" if self.http else "", ", ".join(settings.routes),

@@ -10,8 +10,11 @@ connections of their own (WAL lets them read beside the writer). Nothing here bl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.errors import StartupError
 from gateway.jobs import Job, JobFailure, JobState, Result, Segment, decode_result, encode_result
 from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict
 
@@ -153,6 +157,36 @@ class _Write:
     position: int = 0  # the change position this write takes, if it changes a job
 
 
+LOCK_FILE = "gateway.lock"
+
+
+def _own_data_dir(directory: Path) -> int:
+    """Makes the data dir if need be and takes its exclusive lock (``gateway.lock``, holding the owner's
+    pid) for as long as the store is open: two processes writing one SQLite store would each resume
+    the other's jobs. The lock is the kernel's (flock), so it goes with a killed process."""
+    if directory.exists() and not directory.is_dir():
+        raise StartupError(f"the data dir {directory} is a file, not a directory: set data_dir (--data-dir) to a "
+                           "directory", StartupError.DATA_DIR)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StartupError(f"the data dir {directory} cannot be used ({exc.strerror}): set data_dir (--data-dir) to a "
+                           "writable directory", StartupError.DATA_DIR) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StartupError(f"the data dir {directory} is in use by another gateway process (pid {holder}); one "
+                           "process owns a data dir: stop that one, or set another data_dir (--data-dir)",
+                           StartupError.DATA_DIR_IN_USE) from None
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class SqliteStore:
     """The embedded default store. Use as ``async with SqliteStore(path) as store``."""
 
@@ -168,6 +202,7 @@ class SqliteStore:
         self._local = threading.local()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._large_payloads: set[str] = set()  # jobs whose inputs are in the payloads table
+        self._lock_fd: int | None = None  # the data dir's lock, held while the store is open
         # Change positions: taken in the order writes are queued, which is the commit order (one
         # writer, in order), so they order every job's changes as watchers see them. The highest
         # one given out is kept in the meta table, so positions never repeat across restarts.
@@ -192,7 +227,7 @@ class SqliteStore:
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _own_data_dir(self.path.parent)
         conn = self._connect()
         conn.executescript(_SCHEMA)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
@@ -216,6 +251,9 @@ class SqliteStore:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     # -- the writer thread -----------------------------------------------------------------------
 
