@@ -36,6 +36,7 @@ __all__ = [
     "StartupError",
     "Unauthenticated",
     "Unavailable",
+    "clip",
 ]
 
 # ErrorInfo.domain: globally unique, the service's DNS-style name (AIP-193).
@@ -64,10 +65,28 @@ class Code(enum.IntEnum):
     UNAUTHENTICATED = 16
 
 
+# Error text is bounded wherever it comes from: messages and details quote user input (ids, label
+# keys, routes), and gRPC refuses trailers over its metadata limit with an error of its own that
+# carries no reason. So every message, metadata value and field violation is cut here, once.
+MAX_MESSAGE = 1024
+MAX_DETAIL = 256
+
+
+def clip(text: str, limit: int = MAX_DETAIL) -> str:
+    """``text`` at most ``limit`` characters long: a prefix, then how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: max(0, limit - 32)]}... ({len(text)} characters)"
+
+
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
     field: str
     description: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "field", clip(self.field, 128))
+        object.__setattr__(self, "description", clip(self.description))
 
 
 @dataclass(eq=False)
@@ -82,6 +101,8 @@ class GatewayError(Exception):
     retry_after: float | None = None
 
     def __post_init__(self) -> None:
+        self.message = clip(self.message, MAX_MESSAGE)
+        self.metadata = {clip(str(k), 64): clip(str(v)) for k, v in self.metadata.items()}
         super().__init__(self.message)
 
     def __str__(self) -> str:

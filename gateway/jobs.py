@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
-from gateway.errors import Code
+from gateway.errors import MAX_MESSAGE, Code, clip
 
 __all__ = [
     "ACTIVE_STATES",
@@ -138,6 +138,10 @@ class JobFailure:
     reason: str
     message: str
     metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # bounded, as every error text is (gateway.errors.clip)
+        object.__setattr__(self, "message", clip(self.message, MAX_MESSAGE))
+        object.__setattr__(self, "metadata", {clip(str(k), 64): clip(str(v)) for k, v in self.metadata.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return {"code": int(self.code), "reason": self.reason, "message": self.message, "metadata": dict(self.metadata)}

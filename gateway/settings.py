@@ -110,6 +110,13 @@ class OctoAIRoute(_Route):
     retry_max_seconds: float = Field(30.0, gt=0)
     health_interval_seconds: float = Field(10.0, gt=0)
     max_input_bytes: int = Field(10 * 1000 * 1000, ge=1, description="OctoAI's own limit was 10 MB.")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (scheme://host[:port]) besides the endpoint's that poll and response URLs may point "
+                    "at; the token goes only to these and the endpoint's.",
+    )
+    max_answer_bytes: int = Field(1 * MiB, ge=1024, description="The largest submit or poll answer read.")
+    max_result_bytes: int = Field(64 * MiB, ge=1024, description="The largest result read.")
 
     @model_validator(mode="after")
     def _token_from_env(self) -> OctoAIRoute:
@@ -123,6 +130,14 @@ class OctoAIRoute(_Route):
         if value and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"{value!r}: expected an http(s) URL")
         return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.match(r"^https?://[^/\s]+/?$", value):
+                raise ValueError(f"{value!r}: expected an origin, scheme://host[:port]")
+        return values
 
 
 RouteSettings = Annotated[EchoRoute | WhisperRoute | OctoAIRoute, Field(discriminator="backend")]

@@ -137,6 +137,9 @@ class Faults:
     result_fail_status: int = 500
     bad_token: bool = False                      # 401 to everything (but /_control and /_stats)
     post_status: int | None = None               # answer this status (a 4xx) to every POST /predict
+    foreign_base: str = ""                       # a spoofed upstream: poll and response URLs on this base instead
+    redirect_polls: str = ""                     # polls answer 302 to this base, same path
+    answer_padding: int = 0                      # poll answers carry this many bytes of padding
     seed: int = 0                                # seeds the RNG when set through the constructor or /_control
 
     def to_json(self) -> dict[str, Any]:
@@ -344,7 +347,7 @@ class FakeOctoAI:
     # ---- helpers ----
 
     def _base(self, request: web.Request) -> str:
-        return self.public_url or f"{request.scheme}://{request.host}"
+        return self.faults.foreign_base or self.public_url or f"{request.scheme}://{request.host}"
 
     @staticmethod
     def _error(status: int, message: str, fault: str | None = None, headers: dict[str, str] | None = None
@@ -506,10 +509,14 @@ class FakeOctoAI:
         job = self._find(job_id)
         if job is None:
             return self._error(404, f"No request {job_id}")
+        if self.faults.redirect_polls:
+            return web.Response(status=302, headers={"Location": f"{self.faults.redirect_polls}{request.path}"})
         status = self._job_status(job, time.monotonic())
         body: dict[str, Any] = {"status": status}
         if status == "completed":
             body["response_url"] = f"{self._base(request)}/v1/responses/{job.id}"
+        if self.faults.answer_padding:
+            body["padding"] = "x" * self.faults.answer_padding
         return web.json_response(body)
 
     async def _result(self, request: web.Request) -> web.Response:

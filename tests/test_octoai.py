@@ -169,3 +169,54 @@ def test_route_health_follows_the_upstream_healthcheck(make_server) -> None:  # 
     finally:
         fake.stop()
 
+
+
+# -- the upstream is a trust boundary -------------------------------------------------------------
+
+
+def _foreign(upstream: FakeProcess) -> str:
+    """The same fake under another origin (localhost instead of 127.0.0.1): what a spoofed upstream
+    would name; any request the gateway sent there would show in the fake's counts."""
+    return upstream.url.replace("127.0.0.1", "localhost")
+
+
+def _fails_with(server: ServerProcess, reason: str) -> JobFailedError:
+    with Client(server.target) as client:
+        future = client.submit("upstream", {"n": 1})
+        with pytest.raises(JobFailedError) as failed:
+            future.result(timeout=60)
+    assert failed.value.reason == reason, failed.value
+    return failed.value
+
+
+def test_a_poll_url_on_another_origin_is_not_followed(gateway, upstream: FakeProcess) -> None:  # type: ignore[no-untyped-def]
+    assert upstream.url.startswith("http://127.0.0.1:")
+    upstream.control(foreign_base=_foreign(upstream))
+    server = gateway()
+    error = _fails_with(server, "UPSTREAM_URL_NOT_ALLOWED")
+    assert "localhost" in error.message and "allowed_origins" in error.message
+    stats = upstream.stats()
+    assert stats["posts"] == 1 and stats["total_polls"] == 0  # never polled there, so the token never went there
+
+
+def test_a_redirect_to_another_origin_is_refused(gateway, upstream: FakeProcess) -> None:  # type: ignore[no-untyped-def]
+    upstream.control(redirect_polls=_foreign(upstream))
+    server = gateway()
+    _fails_with(server, "UPSTREAM_URL_NOT_ALLOWED")
+    assert upstream.stats()["total_polls"] == 1  # the one that answered the redirect; not followed
+
+
+def test_allowed_origins_lets_a_configured_host_through(gateway, upstream: FakeProcess) -> None:  # type: ignore[no-untyped-def]
+    upstream.control(foreign_base=_foreign(upstream))
+    server = gateway(allowed_origins=f'["{_foreign(upstream)}"]')
+    with Client(server.target) as client:
+        result = client.submit("upstream", {"n": 2}).result(timeout=60)
+    assert isinstance(result, Output) and result.value["inputs"] == {"n": 2}
+    assert set(upstream.stats()["authorization"]) == {f"Bearer {TOKEN}"}
+
+
+def test_a_huge_poll_answer_fails_the_job_without_being_read(gateway, upstream: FakeProcess) -> None:  # type: ignore[no-untyped-def]
+    upstream.control(answer_padding=5_000_000)
+    server = gateway(max_answer_bytes=65536)
+    error = _fails_with(server, "UPSTREAM_ANSWER_TOO_LARGE")
+    assert "65536" in error.message

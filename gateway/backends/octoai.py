@@ -11,6 +11,13 @@ per route with a bounded number of requests in flight across its jobs. The proto
 status, so failure is detected: a 4xx, a result that keeps failing, or a job that does not complete
 before the route's deadline ends FAILED with a reason.
 
+The upstream is a trust boundary: poll and response URLs are followed only on the endpoint's origin
+(or the route's ``allowed_origins``), the bearer token is attached per request and only there,
+redirects are followed only within those origins, and every answer is read up to a bound
+(``max_answer_bytes`` for submit and poll answers, ``max_result_bytes`` for results): a spoofed or
+compromised upstream cannot point the gateway, token attached, at internal services, nor fill its
+memory.
+
 The response id and poll URL are checkpointed as soon as the POST answers, so a restarted gateway
 resumes polling and never POSTs a job twice. (If it stopped during the POST itself, it cannot know
 whether the upstream took the job; it fails the job with UPSTREAM_SUBMIT_INTERRUPTED rather than risk
@@ -28,6 +35,7 @@ import random
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
@@ -47,6 +55,19 @@ _TASKS = {"": "transcribe", "transcribe": "transcribe", "translate": "translate"
 
 class UpstreamError(JobError):
     pass
+
+
+_MAX_REDIRECTS = 3
+
+
+def _origin(url: str) -> str:
+    """scheme://host:port, the port made explicit, the host lowercased (RFC 6454)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    except ValueError:  # a port that is not a number
+        port = -1
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -78,6 +99,10 @@ class OctoAIBackend:
         self._slots = asyncio.Semaphore(settings.max_concurrent_requests)
         self._health_task: asyncio.Task[None] | None = None
         self.requests = 0  # upstream requests sent, for metrics and benchmarks
+        # Where URLs from the upstream may lead (and the token may go): the configured endpoint's
+        # origin, the healthcheck's, and the route's allowed_origins.
+        self._origins = {_origin(u) for u in (settings.endpoint, settings.healthcheck, *settings.allowed_origins) if u}
+        self._auth = {"Authorization": f"Bearer {settings.token.get_secret_value()}"} if settings.token is not None else {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -85,8 +110,7 @@ class OctoAIBackend:
         s = self.settings
         connector = aiohttp.TCPConnector(limit=s.max_concurrent_requests, limit_per_host=s.max_concurrent_requests)
         headers = {"User-Agent": f"inference-gateway/{__version__}", "Accept": "application/json"}
-        if s.token is not None:
-            headers["Authorization"] = f"Bearer {s.token.get_secret_value()}"
+        # No Authorization here: it is added per request, to trusted origins only (_call).
         self._session = aiohttp.ClientSession(connector=connector, headers=headers)
         if s.healthcheck:
             self._health_task = asyncio.create_task(self._watch_health(), name="octoai-health")
@@ -107,7 +131,8 @@ class OctoAIBackend:
         while True:
             try:
                 async with self._session.get(
-                    self.settings.healthcheck, timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout_seconds)
+                    self.settings.healthcheck, headers=self._auth, allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout_seconds),
                 ) as response:
                     await response.read()
                     ready = response.status == 200
@@ -152,9 +177,10 @@ class OctoAIBackend:
             body = await self._call("POST", s.endpoint, "submit", json_body=ctx.input.inputs or {},
                                     headers={"X-OctoAI-Async": "1"})
             poll_url, response_id = body.get("poll_url"), body.get("response_id")
-            if not isinstance(poll_url, str) or not poll_url.startswith(("http://", "https://")):
+            if not isinstance(poll_url, str) or not poll_url:
                 raise UpstreamError(f"the upstream's answer to the submission has no poll_url: {_short(json.dumps(body).encode())}",
                                     "UPSTREAM_PROTOCOL_ERROR", Code.INTERNAL)
+            poll_url = self._trusted(poll_url, "poll")
             checkpoint = {"poll_url": poll_url, "response_id": str(response_id or ""),
                           "submitted_at": submitted_at}
             await ctx.save_checkpoint(checkpoint)
@@ -169,14 +195,15 @@ class OctoAIBackend:
         interval = s.poll_initial_seconds
         status = "pending"
         while True:
-            body, headers = await self._call("GET", checkpoint["poll_url"], "poll", with_headers=True)
+            body, headers = await self._call("GET", self._trusted(checkpoint["poll_url"], "poll"), "poll",
+                                             with_headers=True)
             status = body.get("status")
             if status == "completed":
                 response_url = body.get("response_url")
                 if not isinstance(response_url, str) or not response_url:
                     raise UpstreamError("the upstream completed the job without a response_url",
                                         "UPSTREAM_PROTOCOL_ERROR", Code.INTERNAL)
-                return response_url
+                return self._trusted(response_url, "result")
             if status == "running":
                 await ctx.started()
             elif status != "pending":
@@ -194,6 +221,39 @@ class OctoAIBackend:
                 interval = min(s.poll_max_seconds, interval * s.poll_backoff)
             await asyncio.sleep(min(wait, remaining, s.retry_max_seconds))
 
+    def _trusted(self, url: str, what: str) -> str:
+        """``url`` (resolved against the endpoint) if it is on a trusted origin; else the job fails."""
+        resolved = urljoin(self.settings.endpoint, url)
+        origin = _origin(resolved)
+        if urlsplit(resolved).scheme not in ("http", "https") or origin not in self._origins:
+            raise UpstreamError(
+                f"the upstream's {what} URL points at {origin[:100]}, which is neither the endpoint's origin nor "
+                "one of the route's allowed_origins: not followed (the token goes nowhere else)",
+                "UPSTREAM_URL_NOT_ALLOWED", Code.FAILED_PRECONDITION, {"step": what, "origin": origin},
+            )
+        return resolved
+
+    async def _read(self, response: aiohttp.ClientResponse, what: str) -> bytes:
+        """The body, up to the bound for this step; a larger one fails the job (read no further)."""
+        limit = self.settings.max_result_bytes if what == "result" else self.settings.max_answer_bytes
+        if response.content_length is not None and response.content_length > limit:
+            raise self._too_large(what, limit, response.content_length)
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise self._too_large(what, limit, None)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _too_large(what: str, limit: int, size: int | None) -> UpstreamError:
+        told = f" ({size} bytes)" if size is not None else ""
+        return UpstreamError(
+            f"the upstream's {what} answer is larger than the route's limit of {limit} bytes{told}: not read",
+            "UPSTREAM_ANSWER_TOO_LARGE", Code.FAILED_PRECONDITION, {"step": what, "limit_bytes": str(limit)},
+        )
+
     async def _call(self, method: str, url: str, what: str, json_body: Any = None,
                     headers: Mapping[str, str] | None = None, with_headers: bool = False) -> Any:
         """One logical request with retries; answers the JSON body (and headers, if asked)."""
@@ -205,13 +265,23 @@ class OctoAIBackend:
             retry_after: float | None = None
             try:
                 async with self._slots:
-                    self.requests += 1
-                    async with self._session.request(
-                        method, url, json=json_body, headers=headers,
-                        timeout=aiohttp.ClientTimeout(total=s.request_timeout_seconds),
-                    ) as response:
-                        raw = await response.read()
-                        status, response_headers = response.status, response.headers
+                    target = url
+                    for _redirect in range(_MAX_REDIRECTS + 1):
+                        self.requests += 1
+                        async with self._session.request(
+                            method, target, json=json_body, headers={**self._auth, **(headers or {})},
+                            allow_redirects=False, timeout=aiohttp.ClientTimeout(total=s.request_timeout_seconds),
+                        ) as response:
+                            status, response_headers = response.status, response.headers
+                            location = response_headers.get("Location", "")
+                            if status in (301, 302, 303, 307, 308) and location and method == "GET":
+                                target = self._trusted(urljoin(target, location), what)  # refused elsewhere
+                                continue
+                            raw = await self._read(response, what)
+                            break
+                    else:
+                        raise UpstreamError(f"the upstream's {what} answer redirected more than {_MAX_REDIRECTS} times",
+                                            "UPSTREAM_PROTOCOL_ERROR", Code.INTERNAL, {"step": what})
                 if status < 400:
                     try:
                         body = json.loads(raw) if raw else {}

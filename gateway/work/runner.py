@@ -132,7 +132,7 @@ class RouteRunner:
             )
         if not self.queue.reserve():
             raise ResourceExhausted(
-                f"route {self.name!r} has {len(self.queue)} jobs waiting, its limit; retry later",
+                f"route {self.name!r} has {self.queue.maxsize} jobs waiting, its limit (max_queue); retry later",
                 reason="QUEUE_FULL",
                 metadata={"route": self.name, "max_queue": str(self.queue.maxsize)},
                 retry_after=self._retry_after(),
@@ -145,13 +145,16 @@ class RouteRunner:
                        f"pass its limit of {limit}; retry later")
             metadata = {"route": self.name, "max_queued_bytes": str(limit)}
         else:
-            message = f"route {self.name!r} has {held} jobs waiting, its limit; retry later"
+            message = f"route {self.name!r} has {held} jobs waiting, its limit of {limit} (max_queue); retry later"
             metadata = {"route": self.name, "max_queue": str(limit)}
         return ResourceExhausted(message, reason=reason, metadata=metadata, retry_after=self._retry_after())
 
     def _retry_after(self) -> float:
+        """When a place is likely to free up: a full queue moves by one as soon as any running job
+        ends (its worker takes the next), so about one mean job duration over the workers running
+        them, not the time to drain the whole queue."""
         mean = self._mean_duration if self._mean_duration is not None else 5.0
-        return max(1.0, min(300.0, mean * len(self.queue) / max(1, self.workers)))
+        return max(0.5, min(300.0, mean / max(1, self.workers)))
 
     def release(self) -> None:
         self.queue.release()

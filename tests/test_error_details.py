@@ -1,0 +1,65 @@
+"""Error details stay small and keep their reason, whatever the size of the input they are about:
+messages and ErrorInfo metadata quote a short prefix of user input, so gRPC never replaces the
+status with its own "metadata size exceeds hard limit" (which has no ErrorInfo)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2, status_pb2
+from inferencegateway.gateway.v1 import gateway_pb2 as pb
+from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
+
+from gateway.errors import MAX_MESSAGE, FieldViolation, InvalidArgument, clip
+from tests.conftest import ServerProcess
+
+HUGE = "x" * 200_000
+
+
+def _details(error: grpc.RpcError) -> tuple[status_pb2.Status, error_details_pb2.ErrorInfo]:
+    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
+    assert raw is not None, (error.code(), error.details())
+    status = status_pb2.Status.FromString(raw)
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return status, info
+
+
+@pytest.mark.parametrize("call", ["get", "watch", "cancel", "label", "route", "request_id"])
+def test_huge_user_input_gets_a_small_error_with_its_reason(echo_server: ServerProcess, call: str) -> None:
+    with grpc.insecure_channel(echo_server.target) as channel:
+        stub = pb_grpc.GatewayServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            if call == "get":
+                stub.Get(pb.GetRequest(job_id=HUGE), timeout=10)
+            elif call == "watch":
+                list(stub.Watch(pb.WatchRequest(job_id=HUGE), timeout=10))
+            elif call == "cancel":
+                stub.Cancel(pb.CancelRequest(job_id=HUGE), timeout=10)
+            else:
+                inputs = struct_pb2.Struct()
+                request = pb.SubmitRequest(route="echo", inputs=inputs)
+                if call == "label":
+                    request.labels[HUGE] = "v"
+                elif call == "route":
+                    request.route = HUGE
+                else:
+                    request.request_id = HUGE
+                stub.Submit(request, timeout=10)
+        error = refused.value
+        assert error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT), error
+        status, info = _details(error)
+        assert info.reason and info.reason != "ERROR"
+        assert len(status.message) <= MAX_MESSAGE and len(status.SerializeToString()) < 4096
+        assert all(len(v) <= 256 for v in info.metadata.values())
+        # The server is fine afterwards.
+        assert stub.Submit(pb.SubmitRequest(route="echo", inputs=struct_pb2.Struct()), timeout=10).job.id
+
+
+def test_clip_keeps_a_prefix_and_says_how_long_the_text_was() -> None:
+    assert clip("short") == "short"
+    clipped = clip("y" * 1000, 100)
+    assert len(clipped) <= 100 and clipped.startswith("y" * 60) and "(1000 characters)" in clipped
+    error = InvalidArgument.fields(FieldViolation(f"labels[{HUGE!r}]", HUGE))
+    assert len(error.field_violations[0].field) <= 128 and len(error.field_violations[0].description) <= 256
