@@ -16,6 +16,7 @@ The whisper route answers in the OctoAI Whisper template's shape:
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,11 +24,13 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.auth import Authenticator
-from gateway.errors import Code, GatewayError, InvalidArgument, NotFound
+from gateway.errors import Code, FieldViolation, GatewayError, InvalidArgument, NotFound
 from gateway.jobs import Job, JobInput, JobOutput, JobState, Result, Transcript
-from gateway.service import JobService
+from gateway.service import MAX_INPUT_DEPTH, JobService
 from gateway.settings import Settings, WhisperRoute
 from gateway.work import health_name
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Facade", "http_status"]
 
@@ -57,6 +60,35 @@ _REASON_STATUS = {"REQUEST_TOO_LARGE": 413, "AUDIO_TOO_LARGE": 413, "INPUT_TOO_L
 
 def http_status(code: Code, reason: str = "") -> int:
     return _REASON_STATUS.get(reason) or _HTTP_STATUS.get(code, 500)
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _not_finite(text: str) -> float:
+    raise _NotFinite(text)
+
+
+def _float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e400
+        raise _NotFinite(text)
+    return number
+
+
+def _int(text: str) -> int:
+    number = int(text)
+    try:
+        float(number)  # Struct keeps doubles
+    except OverflowError:
+        raise _NotFinite(text) from None
+    return number
+
+
+def _strict_loads(text: str) -> Any:
+    """JSON as gRPC's Struct takes it: no NaN, Infinity or numbers too large for a double."""
+    return json.loads(text, parse_constant=_not_finite, parse_float=_float, parse_int=_int)
 
 
 def _error_body(code: Code, reason: str, message: str, job_id: str = "", **extra: Any) -> dict[str, Any]:
@@ -117,6 +149,11 @@ class Facade:
                 body = _error_body(exc.code, exc.reason, exc.message)
                 headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
                 return _json(body, http_status(exc.code, exc.reason), headers=headers)
+            except web.HTTPException:
+                raise
+            except Exception:  # a bug: logged here, and the caller still gets JSON with a reason, no traceback
+                log.exception("facade: %s %s failed", request.method, request.path)
+                return _json(_error_body(Code.INTERNAL, "INTERNAL", "the gateway failed to answer; see its log"), 500)
 
         return guarded
 
@@ -127,10 +164,15 @@ class Facade:
         route = request.match_info["route"]
         self.service.route(route)  # 404 ROUTE_NOT_FOUND before reading a large body
         try:
-            inputs = await request.json(loads=json.loads)
+            inputs = await request.json(loads=_strict_loads)
         except web.HTTPRequestEntityTooLarge:
             raise GatewayError(f"the body is over the limit of {self.settings.max_receive_bytes} bytes",
                                "REQUEST_TOO_LARGE", Code.RESOURCE_EXHAUSTED) from None
+        except _NotFinite:  # as gRPC refuses them: JSON has no NaN or Infinity
+            raise InvalidArgument.fields(FieldViolation("inputs", "numbers must be finite (no NaN or Infinity)")) from None
+        except RecursionError:
+            raise InvalidArgument.fields(FieldViolation("inputs", f"nested deeper than {MAX_INPUT_DEPTH} levels"),
+                                         reason="INPUT_TOO_DEEP") from None
         except ValueError:
             raise InvalidArgument("the body must be JSON inputs", reason="MALFORMED_REQUEST") from None
         if not isinstance(inputs, dict):

@@ -240,6 +240,8 @@ class JobService:
         if not self.accepting:
             raise Unavailable("the gateway is shutting down; retry on another replica", reason="SHUTTING_DOWN")
         _check_submission(route, labels, request_id)
+        if job_input.inputs is not None:
+            check_input_depth(job_input.inputs)
         runner = self.route(route)
         job_input = await runner.backend.validate(job_input)
         payload = job_input.encode()
@@ -729,6 +731,23 @@ _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
+
+
+MAX_INPUT_DEPTH = 32  # JSON inputs nested deeper are refused, on every face alike
+
+
+def check_input_depth(value: Any, limit: int = MAX_INPUT_DEPTH) -> None:
+    """InvalidArgument INPUT_TOO_DEEP for JSON inputs nested deeper than ``limit`` (without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    raise InvalidArgument.fields(
+                        FieldViolation("inputs", f"nested deeper than {limit} levels"), reason="INPUT_TOO_DEEP")
+                stack.append((child, depth + 1))
 
 
 def _check_submission(route: str, labels: Mapping[str, str], request_id: str) -> None:

@@ -118,3 +118,62 @@ def test_tokens_and_tenants_on_the_facade(make_server) -> None:  # type: ignore[
     assert "error" not in out and out["result"]["task"] == "transcribe"
     refused = run_sdk_snippet(f"{base}/echo", FIXTURES / "seashells.wav", steps=("async",))
     assert refused["error"]["type"] == "OctoAIClientError"
+
+
+# -- both faces accept and refuse the same inputs; every facade error is JSON with a reason ---------
+
+
+def _grpc_submit(server: ServerProcess, inputs: dict[str, Any]) -> str:
+    """'' if the gRPC face accepts these echo inputs, else the refusal's reason."""
+    import grpc
+    from google.protobuf import struct_pb2
+    from inferencegateway.gateway.v1 import gateway_pb2 as pb
+    from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
+
+    from tests.test_error_details import _details
+
+    struct = struct_pb2.Struct()
+    struct.update(inputs)
+    with grpc.insecure_channel(server.target) as channel:
+        try:
+            pb_grpc.GatewayServiceStub(channel).Submit(pb.SubmitRequest(route="echo", inputs=struct), timeout=10)
+        except grpc.RpcError as error:
+            return _details(error)[1].reason
+    return ""
+
+
+def _http_submit(server: ServerProcess, raw: bytes) -> tuple[int, Any, dict[str, str]]:
+    return http("POST", f"{server.http_url}/echo/predict", raw=raw, headers={"X-OctoAI-Async": "1"})
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def test_non_finite_numbers_are_refused_on_both_faces_alike(echo_server: ServerProcess) -> None:
+    for text, number in (("NaN", float("nan")), ("Infinity", float("inf")), ("-Infinity", float("-inf")),
+                         ("1e400", float("inf")), ("1" + "0" * 400, float("inf"))):
+        status, body, headers = _http_submit(echo_server, f'{{"x": {text}}}'.encode())
+        assert status == 400 and headers["Content-Type"].startswith("application/json"), (text, status, body)
+        assert body["error"]["reason"] == "INVALID_REQUEST" and "finite" in body["error"]["message"]
+        assert _grpc_submit(echo_server, {"x": number}) == body["error"]["reason"]
+    # Large but finite numbers pass on both.
+    status, body, _ = _http_submit(echo_server, b'{"x": 1e300, "y": 12345678901234567890}')
+    assert status == 201, body
+    assert _grpc_submit(echo_server, {"x": 1e300}) == ""
+
+
+def test_deeply_nested_inputs_get_a_json_refusal(echo_server: ServerProcess) -> None:
+    for depth in (33, 100_000):
+        raw = b'{"a":' * depth + b"1" + b"}" * depth
+        status, body, headers = _http_submit(echo_server, raw)
+        assert status == 400 and headers["Content-Type"].startswith("application/json"), (depth, status)
+        assert body["error"]["reason"] == "INPUT_TOO_DEEP"
+    status, body, _ = _http_submit(echo_server, json.dumps(_nested(20)).encode())
+    assert status == 201, body
+    assert _grpc_submit(echo_server, _nested(20)) == ""
+    # The server is healthy afterwards.
+    assert http("GET", f"{echo_server.http_url}/echo/healthcheck")[0] == 200
