@@ -25,6 +25,7 @@ from aiohttp import web
 
 from gateway.api.auth import Authenticator
 from gateway.errors import Code, FieldViolation, GatewayError, InvalidArgument, NotFound
+from gateway.hub import HubClosed
 from gateway.jobs import Job, JobInput, JobOutput, JobState, Result, Transcript
 from gateway.service import MAX_INPUT_DEPTH, JobService
 from gateway.settings import Settings, WhisperRoute
@@ -183,7 +184,23 @@ class Facade:
         if request.headers.get("X-OctoAI-Async", "").strip() in ("1", "true", "True"):
             body = {"response_id": job.id, "poll_url": f"{self._base(request)}/v1/requests/{job.id}"}
             return _json(body, 201, job.id)
-        job, result = await self.service.fetch(tenant, job.id, wait=math.inf)
+        try:
+            job, result = await self.service.fetch(tenant, job.id, wait=self.settings.predict_timeout_seconds)
+        except HubClosed:  # shutting down while the job runs: answered below, with the job to poll
+            job, result = await self.service.get(tenant, job.id), None
+        if not job.terminal:  # the job goes on (here after a restart, or elsewhere): the caller can poll it
+            poll = {"response_id": job.id, "poll_url": f"{self._base(request)}/v1/requests/{job.id}"}
+            if not self.service.accepting:
+                body = _error_body(Code.UNAVAILABLE, "SHUTTING_DOWN",
+                                   "the gateway is shutting down before the job ended; it is kept: poll it", job.id, **poll)
+                body["status"] = _STATUS[job.state]
+                return _json(body, 503, job.id, headers={"Retry-After": "1"})
+            limit = self.settings.predict_timeout_seconds
+            body = _error_body(Code.DEADLINE_EXCEEDED, "PREDICT_TIMEOUT",
+                               f"the job did not end within {limit:g} s (predict_timeout_seconds); it goes on: poll it",
+                               job.id, **poll)
+            body["status"] = _STATUS[job.state]
+            return _json(body, 504, job.id)
         return self._output(job, result)
 
     async def request_status(self, request: web.Request, tenant: str) -> web.Response:

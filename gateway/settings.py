@@ -188,6 +188,11 @@ class Settings(BaseSettings):
     )
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="Drain time on SIGTERM.")
     max_attempts: int = Field(3, ge=1, description="Runs of one job across restarts before it FAILS.")
+    predict_timeout_seconds: float = Field(
+        600.0, gt=0, le=3600,
+        description="A synchronous predict on the facade waits this long for its job, then answers 504 with the "
+                    "job id and its poll URL (the job goes on).",
+    )
     public_url: str = Field(
         "", description="The facade's external base URL for poll/response URLs (behind a proxy); default: the request's."
     )

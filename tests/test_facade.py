@@ -177,3 +177,34 @@ def test_deeply_nested_inputs_get_a_json_refusal(echo_server: ServerProcess) -> 
     assert _grpc_submit(echo_server, _nested(20)) == ""
     # The server is healthy afterwards.
     assert http("GET", f"{echo_server.http_url}/echo/healthcheck")[0] == 200
+
+
+def test_a_synchronous_predict_answers_504_with_its_job_at_the_limit(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server("predict_timeout_seconds = 1\n[routes.echo]\nbackend = \"echo\"\n")
+    status, body, headers = http("POST", f"{server.http_url}/echo/predict", {"delay_ms": 3000})
+    assert status == 504 and body["error"]["reason"] == "PREDICT_TIMEOUT", body
+    job_id = headers["X-User-Request-ID"]
+    assert body["response_id"] == job_id and body["poll_url"].endswith(f"/v1/requests/{job_id}")
+    with Client(server.target) as client:  # the job went on
+        assert client.fetch(job_id, wait=30).job.state is JobState.SUCCEEDED
+
+
+def test_a_synchronous_predict_cut_by_shutdown_answers_json(make_server) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    import time
+
+    server: ServerProcess = make_server("shutdown_grace_seconds = 0.5\n[routes.echo]\nbackend = \"echo\"\n")
+    answer: list[tuple[int, Any, dict[str, str]]] = []
+    caller = threading.Thread(target=lambda: answer.append(http("POST", f"{server.http_url}/echo/predict",
+                                                                   {"delay_ms": 30_000})))
+    caller.start()
+    with Client(server.target) as client:
+        deadline = time.monotonic() + 10
+        while not client.list(states=[JobState.RUNNING]).jobs:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    server.stop(timeout=20)  # SIGTERM
+    caller.join(timeout=30)
+    status, body, headers = answer[0]
+    assert status == 503 and headers["Content-Type"].startswith("application/json"), (status, body)
+    assert body["error"]["reason"] == "SHUTTING_DOWN" and body["response_id"] == headers["X-User-Request-ID"]
