@@ -44,6 +44,10 @@ class Lifecycle(JobLifecycle, Protocol):
 
     async def cancelled(self, job_id: str) -> None: ...
 
+    async def interrupted(self, job_id: str) -> None:
+        """The job's run was stopped by a drain (it stays RUNNING and resumes): not a crashed attempt."""
+        ...
+
     async def set_queue_positions(self, positions: Sequence[tuple[str, int]]) -> None: ...
 
 

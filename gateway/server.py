@@ -129,7 +129,7 @@ class Gateway:
         except BaseException:
             # Nothing stays half-started: what did start (routes loading, a bound port) is stopped.
             try:
-                await self.stop()
+                await self.stop(drain=0.0)
             except Exception:
                 log.debug("stopping a gateway that failed to start", exc_info=True)
             raise
@@ -151,12 +151,15 @@ class Gateway:
             self.runners[name] = self.service.routes[name] = runner
             await self._set_health(health_name(name), False)
             runner.backend.readiness.listen(self._health_listener(name))
+        # Bound before any job runs: a start that fails on its address has run nothing (and counted
+        # no attempt of a resumed job).
+        server, self.grpc_port = create_server(settings)
+        self.grpc_server = server
         await self.service.resume()
         for runner in self.runners.values():
             await runner.start()
         self._tasks.append(asyncio.create_task(self.service.sweep_forever(), name="sweeper"))
 
-        server, self.grpc_port = create_server(settings)
         auth = Authenticator(settings.auth)
         services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
         if self.api:
@@ -165,7 +168,6 @@ class Gateway:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(services, server)
         await server.start()
-        self.grpc_server = server
         await self._set_health(health.OVERALL_HEALTH, True)
         if self.api:
             await self._set_health(SERVICE_NAME, True)
@@ -216,18 +218,17 @@ class Gateway:
     async def wait_for_stop(self) -> None:
         await self._stopping.wait()
 
-    async def stop(self) -> None:
+    async def stop(self, drain: float | None = None) -> None:
+        """``drain``: how long running jobs may go on (default shutdown_grace_seconds)."""
         if self._stopped:
             return
         self._stopping.set()
         self._stopped = True
-        log.info("gateway stopping: draining for up to %.0f s", self.settings.shutdown_grace_seconds)
+        drain = self.settings.shutdown_grace_seconds if drain is None else drain
+        log.info("gateway stopping: draining for up to %.0f s", drain)
         self.service.accepting = False
         await self.health.enter_graceful_shutdown()
-        await asyncio.gather(
-            *(r.stop(self.settings.shutdown_grace_seconds) for r in self.runners.values()),
-            return_exceptions=True,
-        )
+        await asyncio.gather(*(r.stop(drain) for r in self.runners.values()), return_exceptions=True)
         self.hub.close()
         if self.http is not None:
             await self.http.stop()

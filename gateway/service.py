@@ -348,6 +348,11 @@ class JobService:
             return None
         return Begun(head, job_input, self._checkpoints.pop(job_id, None))
 
+    async def interrupted(self, job_id: str) -> None:
+        attempt = self._attempts.get(job_id)
+        if attempt:
+            await self.store.spare_attempt(job_id, attempt)
+
     async def _take_over(self, job_id: str) -> Job | None:
         """A job from the shared queue: this process holds it from now on."""
         cached = self._committed.get(job_id)

@@ -117,3 +117,30 @@ def test_submit_is_refused_while_shutting_down(make_server) -> None:  # type: ig
             client.submit_job("echo", {})
         assert refused.value.code is grpc.StatusCode.UNAVAILABLE
     server.proc.wait(30)
+
+
+def test_graceful_restarts_and_failed_starts_do_not_count_as_crashed_attempts(make_server) -> None:  # type: ignore[no-untyped-def]
+    """max_attempts 1: one crashed run would end the job. Three SIGTERM drains that cut it, and three starts
+    that fail on a busy port in between, leave it running; it ends SUCCEEDED."""
+    import socket
+    import subprocess
+    import sys
+
+    server: ServerProcess = make_server("max_attempts = 1\nshutdown_grace_seconds = 0.2\n" + ONE_WORKER)
+    with Client(server.target) as client:
+        future = client.submit("echo", {"delay_ms": 2500, "steps": 25})
+        for _ in range(3):
+            _wait_state(client, future.job_id, JobState.RUNNING)
+            time.sleep(0.3)  # well into its run
+            assert server.stop() == 0  # the drain (0.2 s) cuts it: RUNNING, to resume
+            with socket.socket() as busy:
+                busy.bind(("127.0.0.1", 0))
+                busy.listen()
+                assert server.config_path is not None
+                failed_start = subprocess.run(
+                    [sys.executable, "-m", "gateway.cli", "serve", "--config", str(server.config_path),
+                     "--listen", f"127.0.0.1:{busy.getsockname()[1]}", "--http-listen", "",
+                     "--data-dir", str(server.data_dir)], capture_output=True, text=True, timeout=60)
+                assert failed_start.returncode == 5, failed_start.stderr
+            server.start()
+        assert future.result(timeout=60) == Output({"delay_ms": 2500, "steps": 25})

@@ -307,7 +307,8 @@ async def test_resume_finishes_queued_and_running_jobs(tmp_path: Path) -> None:
     async with make_store(settings, clock) as store:
         pending = {p.job.id: p for p in await store.unfinished()}
     assert set(pending) == {long.id, *(q.id for q in queued)}
-    assert pending[long.id].job.state is JobState.RUNNING and pending[long.id].attempts == 1
+    # Interrupted by the drain, not crashed: its run does not count against max_attempts.
+    assert pending[long.id].job.state is JobState.RUNNING and pending[long.id].attempts == 0
     assert all(pending[q.id].job.state is JobState.QUEUED for q in queued)
     before = pending[long.id].job.revision
 
@@ -332,6 +333,10 @@ async def test_resume_gives_up_after_max_attempts(tmp_path: Path) -> None:
     async with running(settings, clock) as gw:
         job = await submit(gw.service, delay_ms=60_000)
         await until(lambda: _is(gw.service, job.id, JobState.RUNNING))
+    # That stop was a drain, which does not count; a run that began and crashed does (what a kill -9
+    # leaves: its attempt counted and never given back).
+    async with make_store(settings, clock) as store:
+        assert (await store.start_attempt(job.id)) == 1
     async with running(settings, clock) as gw:
         async with asyncio.timeout(10):
             done, result = await gw.service.fetch(TENANT, job.id, wait=60)

@@ -76,6 +76,16 @@ async def test_a_run_whose_job_was_taken_over_cannot_complete_it(any_store: Stor
     assert await any_store.get_result(job.id) == JobOutput("current")
 
 
+async def test_a_drained_run_is_given_back_only_while_it_is_the_current_one(any_store: Store) -> None:
+    job = make_job()
+    await any_store.create_job(job, "", PAYLOAD)
+    await any_store.save_revision(step(job, state=JobState.RUNNING, started=T0), count_attempt=True, attempt=1)
+    await any_store.spare_attempt(job.id, 1)  # run 1 was drained: it does not count
+    assert await any_store.start_attempt(job.id) == 1  # the next run is run 1 again
+    await any_store.spare_attempt(job.id, 7)  # not the current run: nothing changes
+    assert await any_store.start_attempt(job.id) == 2
+
+
 async def test_a_conflict_fails_only_its_own_write(any_store: Store) -> None:
     jobs = [make_job() for _ in range(5)]
     for job in jobs:

@@ -106,6 +106,12 @@ class Store(Protocol):
         """Counts one more run of the job (durably, before it runs); returns the count."""
         ...
 
+    async def spare_attempt(self, job_id: str, attempt: int) -> None:
+        """Run ``attempt`` of the job was stopped on purpose (a drain): it does not count against
+        ``max_attempts``. Takes the count back by one if it is still ``attempt`` (else another run
+        has begun since, and nothing changes)."""
+        ...
+
     async def find_request(self, tenant: str, request_id: str, now: float) -> tuple[Job, str] | None:
         """The unexpired job stored under this tenant's request_id, with its request hash."""
         ...

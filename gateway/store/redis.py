@@ -176,6 +176,13 @@ return 1
 """
 
 
+_SPARE = """
+local att = tonumber(redis.call('HGET', KEYS[1], 'att'))
+if att and att == tonumber(ARGV[1]) and att > 0 then redis.call('HINCRBY', KEYS[1], 'att', -1) end
+return 0
+"""
+
+
 def queue_key(prefix: str, route: str) -> str:
     """The stream a route's queued jobs wait in (gateway.work.redis reads it)."""
     return f"{prefix}queue:{route}"
@@ -469,6 +476,9 @@ class RedisStore:
         if not await self._redis.exists(key):
             return 0
         return int(await self._redis.hincrby(key, "att", 1))
+
+    async def spare_attempt(self, job_id: str, attempt: int) -> None:
+        await self._redis.eval(_SPARE, 1, self._key("job", job_id), attempt)
 
     async def delete(self, job_id: str, tombstone_until: float | None = None) -> None:
         ttl = 0 if tombstone_until is None else max(1, int((tombstone_until - self.clock.now()) * 1000))

@@ -473,6 +473,13 @@ class SqliteStore:
         attempts: int = await self._submit(write)
         return attempts
 
+    async def spare_attempt(self, job_id: str, attempt: int) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE jobs SET attempts = attempts - 1 WHERE id = ? AND attempts = ? AND attempts > 0",
+                         (job_id, attempt))
+
+        await self._submit(write)
+
     @staticmethod
     def _delete(conn: sqlite3.Connection, job_id: str) -> None:
         for table, column in (("jobs", "id"), ("revisions", "job_id"), ("segments", "job_id"),

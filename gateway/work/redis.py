@@ -16,7 +16,7 @@ it has no worker for).
 Admission (``max_queue``): the store's create script counts the entries not yet taken (the stream's
 length less the pending ones) and refuses a job beyond the limit in the same atomic step that queues
 it, so replicas submitting at once cannot pass it together. The count kept here (refreshed once a
-second) only refuses early, without a round trip, when the queue is plainly full.
+second) is only for ``len()``: as a gate it would be stale, refusing after a cancel elsewhere.
 Cancel needs nothing here: a queued job is ended in the store, and the worker that takes its entry
 finds it done and drops it; a running one learns it from the event bus.
 """
@@ -115,9 +115,9 @@ class RedisQueue:
         return iter(())  # positions in a shared queue are not tracked (Job.queue_position stays 0)
 
     def reserve(self) -> bool:
-        if self._waiting >= self.maxsize:
-            return False
-        self._waiting += 1  # until the next count: submits from this replica add up at once
+        # Admission is the store's: its create script counts the queue at the moment it adds the job.
+        # A local count would be stale (another replica's jobs, a cancel a moment ago) and refuse wrongly.
+        self._waiting += 1  # until the next count, for len()
         return True
 
     def release(self) -> None:

@@ -234,7 +234,13 @@ class RouteRunner:
             if running.cancel_requested and task is not None and task.uncancel() == 0:
                 await lifecycle.cancelled(job_id)  # cancelled by the caller
                 return
-            raise  # the server is stopping: the job stays RUNNING and resumes at the next start
+            # The server is stopping: the job stays RUNNING and resumes at the next start (or on
+            # another worker), and this run does not count as a crashed attempt.
+            try:
+                await lifecycle.interrupted(job_id)
+            except Exception:
+                log.warning("route %s: job %s: could not mark its run as interrupted", self.name, job_id, exc_info=True)
+            raise
         except GatewayError as exc:
             await lifecycle.fail(job_id, JobFailure(exc.code, exc.reason, exc.message, dict(exc.metadata)))
         except Exception as exc:
