@@ -15,6 +15,7 @@ The whisper route answers in the OctoAI Whisper template's shape:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -56,7 +57,7 @@ _HTTP_STATUS = {
 _STATUS = {JobState.QUEUED: "pending", JobState.RUNNING: "running", JobState.SUCCEEDED: "completed"}
 
 
-_REASON_STATUS = {"REQUEST_TOO_LARGE": 413, "AUDIO_TOO_LARGE": 413, "INPUT_TOO_LARGE": 413}
+_REASON_STATUS = {"REQUEST_TOO_LARGE": 413, "AUDIO_TOO_LARGE": 413, "INPUT_TOO_LARGE": 413, "REQUEST_TIMEOUT": 408}
 
 
 def http_status(code: Code, reason: str = "") -> int:
@@ -132,6 +133,7 @@ class Facade:
         self.service = service
         self.auth = auth
         self.serving = serving
+        self._uploads = 0  # request bodies being received now
 
     def mount(self, app: web.Application) -> None:
         app.router.add_post("/{route}/predict", self._guard(self.predict))
@@ -165,7 +167,7 @@ class Facade:
         route = request.match_info["route"]
         self.service.route(route)  # 404 ROUTE_NOT_FOUND before reading a large body
         try:
-            inputs = await request.json(loads=_strict_loads)
+            inputs = _strict_loads(await self._body(request))
         except web.HTTPRequestEntityTooLarge:
             raise GatewayError(f"the body is over the limit of {self.settings.max_receive_bytes} bytes",
                                "REQUEST_TOO_LARGE", Code.RESOURCE_EXHAUSTED) from None
@@ -202,6 +204,33 @@ class Facade:
             body["status"] = _STATUS[job.state]
             return _json(body, 504, job.id)
         return self._output(job, result)
+
+    async def _body(self, request: web.Request) -> str:
+        """The request body, received within http_read_timeout_seconds, with at most
+        max_concurrent_uploads being received at once: a slow or stalled client cannot hold the
+        facade (or its memory) for long, nor can many of them."""
+        s = self.settings
+        if self._uploads >= s.max_concurrent_uploads:
+            raise GatewayError(f"{self._uploads} requests are being received, the limit (max_concurrent_uploads); "
+                               "retry shortly", "TOO_MANY_UPLOADS", Code.UNAVAILABLE, retry_after=1.0)
+        self._uploads += 1
+        try:
+            async with asyncio.timeout(s.http_read_timeout_seconds):
+                raw = await request.read()
+        except TimeoutError:
+            raise GatewayError(f"the request body did not arrive within {s.http_read_timeout_seconds:g} s "
+                               "(http_read_timeout_seconds)", "REQUEST_TIMEOUT", Code.DEADLINE_EXCEEDED) from None
+        except ConnectionError as exc:  # the client went away mid-body: one line, no traceback
+            log.info("facade: %s %s: the client went away while sending its body (%s)", request.method, request.path,
+                     exc)
+            raise GatewayError("the connection was lost while receiving the body", "CLIENT_GONE",
+                               Code.CANCELLED) from None
+        finally:
+            self._uploads -= 1
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise InvalidArgument("the body must be JSON inputs (UTF-8)", reason="MALFORMED_REQUEST") from None
 
     async def request_status(self, request: web.Request, tenant: str) -> web.Response:
         job = await self.service.get(tenant, request.match_info["job_id"])

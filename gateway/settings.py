@@ -188,6 +188,12 @@ class Settings(BaseSettings):
     )
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="Drain time on SIGTERM.")
     max_attempts: int = Field(3, ge=1, description="Runs of one job across restarts before it FAILS.")
+    http_read_timeout_seconds: float = Field(
+        30.0, gt=0, description="An HTTP request body not received within this is answered 408 and dropped."
+    )
+    max_concurrent_uploads: int = Field(
+        64, ge=1, description="HTTP request bodies being received at once; beyond: 503 with Retry-After."
+    )
     predict_timeout_seconds: float = Field(
         600.0, gt=0, le=3600,
         description="A synchronous predict on the facade waits this long for its job, then answers 504 with the "

@@ -208,3 +208,46 @@ def test_a_synchronous_predict_cut_by_shutdown_answers_json(make_server) -> None
     status, body, headers = answer[0]
     assert status == 503 and headers["Content-Type"].startswith("application/json"), (status, body)
     assert body["error"]["reason"] == "SHUTTING_DOWN" and body["response_id"] == headers["X-User-Request-ID"]
+
+
+def test_slow_uploads_are_cut_and_bounded_without_flooding_the_log(make_server) -> None:  # type: ignore[no-untyped-def]
+    """Clients that trickle a body get a 408 at the read timeout; beyond max_concurrent_uploads a new
+    upload is refused at once (503, Retry-After); clients that vanish cost one log line at most, and no
+    traceback; the facade still answers the others."""
+    import socket
+    import time
+
+    server: ServerProcess = make_server("http_read_timeout_seconds = 1.5\nmax_concurrent_uploads = 8\n"
+                                        "[routes.echo]\nbackend = \"echo\"\n")
+    host, port = server.http_address.rsplit(":", 1)
+    head = (f"POST /echo/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"X-OctoAI-Async: 1\r\nContent-Length: 100000\r\n\r\n").encode()
+    slow = []
+    for _ in range(8):
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(head + b'{"x": "')
+        slow.append(sock)
+    time.sleep(0.3)  # the eight are reading their bodies
+    status, body, headers = http("POST", f"{server.http_url}/echo/predict", {"n": 1}, headers={"X-OctoAI-Async": "1"})
+    assert status == 503 and body["error"]["reason"] == "TOO_MANY_UPLOADS" and "Retry-After" in headers, body
+    started = time.monotonic()
+    answers = []
+    for sock in slow:
+        sock.sendall(b"a")  # a byte now and then is not enough
+        answers.append(sock.recv(4096).decode(errors="replace"))
+    assert time.monotonic() - started < 10
+    assert all(a.startswith("HTTP/1.1 408") and "REQUEST_TIMEOUT" in a for a in answers), answers[0]
+    # Clients that vanish mid-body.
+    for _ in range(20):
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(head + b'{"x": "abc')
+        sock.close()
+    for sock in slow:
+        sock.close()
+    deadline = time.monotonic() + 10  # the vanished ones free their places by the read timeout at the latest
+    while (answer := http("POST", f"{server.http_url}/echo/predict", {"n": 2}, headers={"X-OctoAI-Async": "1"}))[0] != 201:
+        assert answer[1]["error"]["reason"] == "TOO_MANY_UPLOADS" and time.monotonic() < deadline, answer
+        time.sleep(0.2)
+    log = server.log_path.read_text()
+    assert "Traceback" not in log and "Error handling request" not in log, log[-3000:]
+    assert log.count("\n") < 60, log[-3000:]
