@@ -163,7 +163,8 @@ class Gateway:
         auth = Authenticator(settings.auth)
         services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
         if self.api:
-            server.add_generic_rpc_handlers((GatewayServicer(self.service, auth, settings.max_receive_bytes).handler(),))
+            servicer = GatewayServicer(self.service, auth, settings.max_receive_bytes, settings.max_inflight_submit_bytes)
+            server.add_generic_rpc_handlers((servicer.handler(),))
             services.insert(0, SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(services, server)

@@ -63,3 +63,34 @@ def test_clip_keeps_a_prefix_and_says_how_long_the_text_was() -> None:
     assert len(clipped) <= 100 and clipped.startswith("y" * 60) and "(1000 characters)" in clipped
     error = InvalidArgument.fields(FieldViolation(f"labels[{HUGE!r}]", HUGE))
     assert len(error.field_violations[0].field) <= 128 and len(error.field_violations[0].description) <= 256
+
+
+def test_submits_beyond_the_inflight_byte_budget_are_refused_before_parsing() -> None:
+    from gateway.api.servicer import _Admitted, _InflightBytes, _Rejected, _submit_deserializer
+
+    inflight = _InflightBytes(3_000_000)
+    parse = _submit_deserializer(32 * 1024 * 1024, inflight)
+    big = pb.SubmitRequest(route="whisper", transcription=pb.TranscriptionRequest(audio=b"\1" * 1_400_000))
+    data = big.SerializeToString()
+    first, second = parse(data), parse(data)
+    assert isinstance(first, _Admitted) and isinstance(second, _Admitted) and inflight.held == 2 * len(data)
+    third = parse(data)  # would pass 3 MB
+    assert isinstance(third, _Rejected) and third.error.reason == "SUBMIT_BYTES_IN_FLIGHT"
+    assert third.error.retry_after == 1.0 and inflight.held == 2 * len(data)
+    inflight.give_back(first.size)
+    assert isinstance(parse(data), _Admitted)  # room again
+    # A request alone passes whatever its size; a malformed one gives its bytes back at once.
+    alone = _InflightBytes(1000)
+    assert isinstance(_submit_deserializer(32 * 1024 * 1024, alone)(data), _Admitted)
+    empty = _InflightBytes(1000)
+    assert isinstance(_submit_deserializer(1 << 20, empty)(b"\xff\xff\xff"), _Rejected) and empty.held == 0
+
+
+def test_a_large_submit_alone_passes_and_the_budget_is_given_back(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server("max_inflight_submit_bytes = 1048576\n[routes.echo]\nbackend = \"echo\"\n")
+    with grpc.insecure_channel(server.target, options=[("grpc.max_send_message_length", -1)]) as channel:
+        stub = pb_grpc.GatewayServiceStub(channel)
+        inputs = struct_pb2.Struct()
+        inputs.update({"blob": "z" * 3_000_000})  # three times the budget, alone
+        for _ in range(3):  # each one's bytes were given back, or the next would be refused
+            assert stub.Submit(pb.SubmitRequest(route="echo", inputs=inputs), timeout=30).job.id

@@ -9,6 +9,7 @@ malformed requests get an ErrorInfo like every other error.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -55,6 +56,56 @@ class _Rejected:
         self.error = error
 
 
+class _Admitted:
+    """A Submit request parsed within the in-flight byte budget, and the bytes it holds of it."""
+
+    __slots__ = ("message", "size")
+
+    def __init__(self, message: Any, size: int) -> None:
+        self.message = message
+        self.size = size
+
+
+_TRIM_AFTER_BYTES = 1024 * 1024
+
+
+def _trim() -> None:
+    """Hands the freed heap back to the system once the last large Submit in flight is done (glibc
+    keeps it otherwise, and the process stays at its peak size after a burst of uploads)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+class _InflightBytes:
+    """The bytes of Submit requests being parsed, checked and stored at once. Each holds a few copies of
+    its payload (the received bytes, the parsed message, the stored form), so without a bound thirty
+    20 MiB uploads take gigabytes; beyond the bound a request is refused before it is even parsed (a
+    request alone may always pass, whatever its size, up to max_receive_bytes)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()  # grpc may parse on its own threads
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.held and self.held + size > self.limit:
+                return False
+            self.held += size
+            return True
+
+    def give_back(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
+            idle = self.held == 0
+        if idle and size >= _TRIM_AFTER_BYTES:
+            _trim()
+
+
 def _serialize(message: Any) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
@@ -74,16 +125,39 @@ def _deserializer(cls: Any, limit: int) -> Callable[[bytes], Any]:
     return parse
 
 
+def _submit_deserializer(limit: int, inflight: _InflightBytes) -> Callable[[bytes], Any]:
+    parse = _deserializer(pb.SubmitRequest, limit)
+
+    def admit(data: bytes) -> Any:
+        size = len(data)
+        if size <= limit and not inflight.take(size):
+            return _Rejected(ResourceExhausted(
+                f"{inflight.held} bytes of Submit requests are being processed, the limit (max_inflight_submit_bytes); "
+                "retry shortly", reason="SUBMIT_BYTES_IN_FLIGHT",
+                metadata={"limit_bytes": str(inflight.limit), "size_bytes": str(size)}, retry_after=1.0,
+            ))
+        message = parse(data)
+        if isinstance(message, _Rejected):
+            if size <= limit:
+                inflight.give_back(size)
+            return message
+        return _Admitted(message, size)
+
+    return admit
+
+
 def _internal(exc: BaseException) -> GatewayError:
     log.exception("unexpected error", exc_info=exc)
     return GatewayError("internal error; see the server log", "INTERNAL", Code.INTERNAL)
 
 
 class GatewayServicer:
-    def __init__(self, service: JobService, auth: Authenticator, max_receive_bytes: int) -> None:
+    def __init__(self, service: JobService, auth: Authenticator, max_receive_bytes: int,
+                 max_inflight_submit_bytes: int = 256 * 1024 * 1024) -> None:
         self.service = service
         self.auth = auth
         self.max_receive_bytes = max_receive_bytes
+        self.inflight = _InflightBytes(max_inflight_submit_bytes)
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -136,8 +210,23 @@ class GatewayServicer:
                 response_serializer=_serialize,
             )
 
+        submit = self._unary(self.submit)
+
+        async def admitted_submit(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            size = 0
+            if isinstance(request, _Admitted):
+                size, request = request.size, request.message
+            try:
+                return await submit(request, context)
+            finally:
+                if size:
+                    self.inflight.give_back(size)
+
         handlers = {
-            "Submit": unary(self.submit, pb.SubmitRequest),
+            "Submit": grpc.unary_unary_rpc_method_handler(
+                admitted_submit, request_deserializer=_submit_deserializer(self.max_receive_bytes, self.inflight),
+                response_serializer=_serialize,
+            ),
             "Get": unary(self.get, pb.GetRequest),
             "Watch": stream(self.watch, pb.WatchRequest),
             "Fetch": unary(self.fetch, pb.FetchRequest),

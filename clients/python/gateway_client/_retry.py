@@ -5,8 +5,8 @@ What is retried, and why it is safe:
   connection reset) on Submit, Get, Fetch, List and Cancel. Get, Fetch and List only read;
   Cancel is idempotent (cancelling twice is cancelling once); Submit is retried only because the
   client always sends a request_id, so a retried Submit answers the job the first one created.
-- RESOURCE_EXHAUSTED with reason QUEUE_FULL or QUEUE_BYTES_FULL on Submit, no sooner than the server's RetryInfo
-  delay (nothing was created: the route's queue was full).
+- RESOURCE_EXHAUSTED with reason QUEUE_FULL, QUEUE_BYTES_FULL or SUBMIT_BYTES_IN_FLIGHT on Submit, no sooner
+  than the server's RetryInfo delay (nothing was created: the route's queue, or the server's intake, was full).
 - Never Delete (a second try would answer NOT_FOUND for a job the first one deleted), and no
   other code: DEADLINE_EXCEEDED and CANCELLED are the caller's own limits, the rest cannot succeed
   by trying again.
@@ -85,7 +85,7 @@ def retry_floor(method: str, error: RpcError) -> float | None:
     if error.code is grpc.StatusCode.UNAVAILABLE:
         return error.retry_delay or 0.0
     if (method == "Submit" and error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
-            and error.reason in ("QUEUE_FULL", "QUEUE_BYTES_FULL")):
+            and error.reason in ("QUEUE_FULL", "QUEUE_BYTES_FULL", "SUBMIT_BYTES_IN_FLIGHT")):
         return error.retry_delay or 0.0
     return None
 
