@@ -141,6 +141,9 @@ class Gateway:
     async def start(self) -> None:
         settings = self.settings
         await self.store.open()
+        on_writable = getattr(self.store, "on_writable", None)
+        if on_writable is not None:
+            on_writable(self._store_listener)
         await self.bus.open()
         for name, route_settings in settings.routes.items():
             if settings.workers:  # --workers N: every route runs N jobs at once here
@@ -202,6 +205,17 @@ class Gateway:
         self._serving[name] = ready
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         await self.health.set(name, status)
+
+    def _store_listener(self, writable: bool) -> None:
+        """While the store cannot write, the gateway is NOT_SERVING (it refuses new jobs): probes and
+        load balancers send work elsewhere; it turns SERVING again by itself when writes work."""
+        if self._stopped or self._stopping.is_set() or self.grpc_server is None:
+            return
+        names = [health.OVERALL_HEALTH] + ([SERVICE_NAME] if self.api else [])
+        for name in names:
+            task = asyncio.get_running_loop().create_task(self._set_health(name, writable))
+            self._tasks.append(task)
+            task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     def _health_listener(self, route: str) -> Callable[[bool], None]:
         def listener(ready: bool) -> None:

@@ -18,13 +18,14 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.errors import StartupError
+from gateway.errors import StartupError, Unavailable
 from gateway.jobs import Job, JobFailure, JobState, Result, Segment, decode_result, encode_result
 from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict
 
@@ -157,6 +158,17 @@ class _Write:
     position: int = 0  # the change position this write takes, if it changes a job
 
 
+def _cannot_write(exc: BaseException) -> bool:
+    """SQLite's "database or disk is full" and I/O errors: nothing can be written until they pass."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR))
+    text = str(exc)
+    return "disk is full" in text or "disk I/O error" in text
+
+
 LOCK_FILE = "gateway.lock"
 
 
@@ -203,6 +215,11 @@ class SqliteStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._large_payloads: set[str] = set()  # jobs whose inputs are in the payloads table
         self._lock_fd: int | None = None  # the data dir's lock, held while the store is open
+        # False while writes fail for want of space (or on I/O errors): the writer keeps retrying the
+        # same batch, in order, so no accepted job is left behind; new jobs are refused meanwhile.
+        self.writable = True
+        self._writable_listeners: list[Callable[[bool], None]] = []
+        self._closing = False
         # Change positions: taken in the order writes are queued, which is the commit order (one
         # writer, in order), so they order every job's changes as watchers see them. The highest
         # one given out is kept in the meta table, so positions never repeat across restarts.
@@ -243,7 +260,27 @@ class SqliteStore:
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="sqlite-write", daemon=True)
         self._writer.start()
 
+    def on_writable(self, listener: Callable[[bool], None]) -> None:
+        """Calls ``listener(writable)`` on the event loop whenever writing stops or starts working again."""
+        self._writable_listeners.append(listener)
+
+    def _set_writable(self, writable: bool) -> None:  # the writer thread
+        if writable == self.writable:
+            return
+        self.writable = writable
+        if writable:
+            log.warning("store: writing works again")
+        else:
+            log.error("store: writes fail (is the disk full?); retrying, and refusing new jobs meanwhile")
+        assert self._loop is not None
+        for listener in self._writable_listeners:
+            try:
+                self._loop.call_soon_threadsafe(listener, writable)
+            except RuntimeError:  # the loop is closed
+                pass
+
     async def close(self) -> None:
+        self._closing = True
         if self._writer is not None:
             self._writes.put(None)
             await asyncio.to_thread(self._writer.join)
@@ -274,11 +311,35 @@ class SqliteStore:
                         stop = True
                         break
                     batch.append(item)
-                self._commit_batch(conn, batch)
+                self._commit_retrying(conn, batch)
                 if stop:
                     return
         finally:
             conn.close()
+
+    def _commit_retrying(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
+        """Commits the batch; while the disk is full (or failing), tries the same batch again, with a
+        growing pause, until it goes through or the store closes."""
+        delay = 0.1
+        while True:
+            try:
+                self._commit_batch(conn, batch)
+            except sqlite3.Error as exc:
+                if not _cannot_write(exc):
+                    raise
+                self._set_writable(False)
+                if self._closing:  # nobody will free space for us now: the writes fail
+                    assert self._loop is not None
+                    error = Unavailable("the store could not write (disk full?)", reason="STORE_UNAVAILABLE")
+                    failed: list[tuple[_Write, Any, BaseException | None]] = [(w, None, error) for w in batch]
+                    with contextlib.suppress(RuntimeError):
+                        self._loop.call_soon_threadsafe(_deliver, failed)
+                    return
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            self._set_writable(True)
+            return
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
         outcomes: list[tuple[_Write, Any, BaseException | None]] = []
@@ -308,11 +369,13 @@ class SqliteStore:
                     outcomes.append((write, fn(conn), None))
             flush()
             conn.execute("COMMIT")
-        except Exception:
-            # Rare: one write failed. Undo the batch and run each write in its own transaction, so
-            # that only the failing one reports an error.
+        except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if _cannot_write(exc):  # no write can succeed now: the whole batch is tried again
+                raise
+            # Rare: one write failed. Undo the batch and run each write in its own transaction, so
+            # that only the failing one reports an error.
             outcomes = []
             for write in batch:
                 try:
@@ -400,6 +463,9 @@ class SqliteStore:
     async def create_job(
         self, job: Job, request_hash: str, payload: bytes, on_commit: Callable[[Any], None] | None = None
     ) -> CreateOutcome:
+        if not self.writable:
+            raise Unavailable("the store cannot write now (is its disk full?); the job was not accepted: retry later",
+                              reason="STORE_UNAVAILABLE")
         inline = len(payload) <= INLINE_PAYLOAD_BYTES
         position = self._next_position()
         statements: list[tuple[str, tuple[Any, ...]]] = [
