@@ -36,6 +36,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from pydantic import ValidationError
 
 from gateway import __version__
+from gateway.allocator import map_large_allocations
 from gateway.errors import StartupError
 from gateway.http import parse_address
 from gateway.server import Gateway
@@ -84,20 +85,8 @@ async def _serve(settings: Settings, api: bool = True) -> None:
         await gateway.wait_for_stop()
 
 
-def _return_large_allocations() -> None:
-    """glibc: allocations of 1 MiB and more are mapped on their own and go back to the system when freed.
-    By default the threshold rises after each large free, so the next large requests are carved from the
-    heap and the process keeps its peak size after a burst of large uploads."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
-    _return_large_allocations()
+    map_large_allocations()  # large uploads' memory goes back to the system once they are done
     parser = argparse.ArgumentParser(prog="gateway", description="A streaming gRPC gateway for asynchronous inference.")
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)

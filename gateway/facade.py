@@ -191,19 +191,23 @@ class Facade:
         except HubClosed:  # shutting down while the job runs: answered below, with the job to poll
             job, result = await self.service.get(tenant, job.id), None
         if not job.terminal:  # the job goes on (here after a restart, or elsewhere): the caller can poll it
-            poll = {"response_id": job.id, "poll_url": f"{self._base(request)}/v1/requests/{job.id}"}
             if not self.service.accepting:
-                body = _error_body(Code.UNAVAILABLE, "SHUTTING_DOWN",
-                                   "the gateway is shutting down before the job ended; it is kept: poll it", job.id, **poll)
-                body["status"] = _STATUS[job.state]
-                return _json(body, 503, job.id, headers={"Retry-After": "1"})
+                return self._unfinished(request, job, Code.UNAVAILABLE, "SHUTTING_DOWN",
+                                        "the gateway is shutting down before the job ended; it is kept: poll it",
+                                        headers={"Retry-After": "1"})
             limit = self.settings.predict_timeout_seconds
-            body = _error_body(Code.DEADLINE_EXCEEDED, "PREDICT_TIMEOUT",
-                               f"the job did not end within {limit:g} s (predict_timeout_seconds); it goes on: poll it",
-                               job.id, **poll)
-            body["status"] = _STATUS[job.state]
-            return _json(body, 504, job.id)
+            return self._unfinished(request, job, Code.DEADLINE_EXCEEDED, "PREDICT_TIMEOUT",
+                                    f"the job did not end within {limit:g} s (predict_timeout_seconds); it goes on: "
+                                    "poll it")
         return self._output(job, result)
+
+    def _unfinished(self, request: web.Request, job: Job, code: Code, reason: str, message: str,
+                    headers: dict[str, str] | None = None) -> web.Response:
+        """A synchronous predict that ends before its job: the error, the job's status and where to poll it."""
+        body = _error_body(code, reason, message, job.id, response_id=job.id,
+                           poll_url=f"{self._base(request)}/v1/requests/{job.id}")
+        body["status"] = _STATUS[job.state]
+        return _json(body, http_status(code, reason), job.id, headers=headers)
 
     async def _body(self, request: web.Request) -> str:
         """The request body, received within http_read_timeout_seconds, with at most

@@ -211,21 +211,22 @@ class Gateway:
         load balancers send work elsewhere; it turns SERVING again by itself when writes work."""
         if self._stopped or self._stopping.is_set() or self.grpc_server is None:
             return
-        names = [health.OVERALL_HEALTH] + ([SERVICE_NAME] if self.api else [])
-        for name in names:
-            task = asyncio.get_running_loop().create_task(self._set_health(name, writable))
-            self._tasks.append(task)
-            task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        for name in [health.OVERALL_HEALTH] + ([SERVICE_NAME] if self.api else []):
+            self._spawn_health(name, writable)
 
     def _health_listener(self, route: str) -> Callable[[bool], None]:
         def listener(ready: bool) -> None:
             if self._stopped or self._stopping.is_set():
                 return
-            task = asyncio.get_running_loop().create_task(self._set_health(health_name(route), ready))
-            self._tasks.append(task)
-            task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+            self._spawn_health(health_name(route), ready)
 
         return listener
+
+    def _spawn_health(self, name: str, ready: bool) -> None:
+        """Sets a health status from a synchronous listener, as a task the gateway waits for at stop."""
+        task = asyncio.get_running_loop().create_task(self._set_health(name, ready))
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
+from gateway import allocator
 from gateway.api.auth import DEFAULT_TENANT, Authenticator
 from gateway.api.convert import (
     encode_watch_jobs_job,
@@ -66,18 +67,7 @@ class _Admitted:
         self.size = size
 
 
-_TRIM_AFTER_BYTES = 1024 * 1024
-
-
-def _trim() -> None:
-    """Hands the freed heap back to the system once the last large Submit in flight is done (glibc
-    keeps it otherwise, and the process stays at its peak size after a burst of uploads)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+_TRIM_AFTER_BYTES = 1024 * 1024  # the last large Submit in flight done: freed heap goes back to the system
 
 
 class _InflightBytes:
@@ -103,7 +93,7 @@ class _InflightBytes:
             self.held -= size
             idle = self.held == 0
         if idle and size >= _TRIM_AFTER_BYTES:
-            _trim()
+            allocator.trim()
 
 
 def _serialize(message: Any) -> bytes:

@@ -180,10 +180,12 @@ class OctoAIBackend:
             if not isinstance(poll_url, str) or not poll_url:
                 raise UpstreamError(f"the upstream's answer to the submission has no poll_url: {_short(json.dumps(body).encode())}",
                                     "UPSTREAM_PROTOCOL_ERROR", Code.INTERNAL)
-            poll_url = self._trusted(poll_url, "poll")
             checkpoint = {"poll_url": poll_url, "response_id": str(response_id or ""),
                           "submitted_at": submitted_at}
             await ctx.save_checkpoint(checkpoint)
+        # Checked here, for a new job and for one resumed from a checkpoint alike (stored by an older
+        # version, or by a route whose allowed_origins has changed since).
+        checkpoint["poll_url"] = self._trusted(checkpoint["poll_url"], "poll")
         response_url = await self._poll(ctx, checkpoint)
         await ctx.started()
         output = await self._call("GET", response_url, "result")
@@ -195,8 +197,7 @@ class OctoAIBackend:
         interval = s.poll_initial_seconds
         status = "pending"
         while True:
-            body, headers = await self._call("GET", self._trusted(checkpoint["poll_url"], "poll"), "poll",
-                                             with_headers=True)
+            body, headers = await self._call("GET", checkpoint["poll_url"], "poll", with_headers=True)
             status = body.get("status")
             if status == "completed":
                 response_url = body.get("response_url")

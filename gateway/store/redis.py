@@ -278,11 +278,19 @@ class RedisStore:
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="redis-writer")
 
     async def _load_scripts(self) -> None:
-        for name, source in (("create", _CREATE), ("save", _SAVE), ("delete", _DELETE)):
+        for name, source in (("create", _CREATE), ("save", _SAVE), ("delete", _DELETE), ("spare", _SPARE)):
             self._scripts[name] = await self._redis.script_load(source)
 
     def _eval(self, client: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return client.evalsha(self._scripts[name], len(keys), *keys, *args)
+
+    async def _run_script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script, outside the ordered writer; loaded again if Redis forgot it (a restart)."""
+        try:
+            return await self._eval(self._redis, name, keys, args)
+        except NoScriptError:
+            await self._load_scripts()
+            return await self._eval(self._redis, name, keys, args)
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -478,18 +486,14 @@ class RedisStore:
         return int(await self._redis.hincrby(key, "att", 1))
 
     async def spare_attempt(self, job_id: str, attempt: int) -> None:
-        await self._redis.eval(_SPARE, 1, self._key("job", job_id), attempt)
+        await self._run_script("spare", [self._key("job", job_id)], [attempt])
 
     async def delete(self, job_id: str, tombstone_until: float | None = None) -> None:
         ttl = 0 if tombstone_until is None else max(1, int((tombstone_until - self.clock.now()) * 1000))
         keys = [self._key("job", job_id), self._key("revs", job_id), self._key("segs", job_id), self._key("tomb", job_id),
                 self._key("jobs", ""), self._key("changes", ""), self._key("active"), self._key("expiring")]
         args = [job_id, ttl, self._key("req", ""), repr(tombstone_until or 0.0)]
-        try:
-            await self._eval(self._redis, "delete", keys, args)
-        except NoScriptError:
-            await self._load_scripts()
-            await self._eval(self._redis, "delete", keys, args)
+        await self._run_script("delete", keys, args)
 
     async def sweep(self, now: float, tombstone_until: float) -> list[Job]:
         """Deletes the jobs expired by ``now`` (leaving tombstones) and what still names them.

@@ -131,12 +131,7 @@ class RouteRunner:
                 metadata={"route": self.name},
             )
         if not self.queue.reserve():
-            raise ResourceExhausted(
-                f"route {self.name!r} has {self.queue.maxsize} jobs waiting, its limit (max_queue); retry later",
-                reason="QUEUE_FULL",
-                metadata={"route": self.name, "max_queue": str(self.queue.maxsize)},
-                retry_after=self._retry_after(),
-            )
+            raise self.queue_full("QUEUE_FULL", self.queue.maxsize, self.queue.maxsize)
 
     def queue_full(self, reason: str, held: int, limit: int) -> ResourceExhausted:
         """The error for a job the shared store refused at its limit (jobs waiting, or input bytes held)."""
