@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,25 @@ WHISPER_CONFIG = ECHO_CONFIG + """
 [routes.whisper]
 backend = "whisper"
 """
+
+
+def wait_until(condition: Callable[[], object], what: str = "the condition", timeout: float = 20.0,
+               interval: float = 0.05) -> None:
+    """Polls ``condition`` until it holds; fails after ``timeout`` seconds, naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
+def error_info(error: grpc.RpcError) -> tuple[status_pb2.Status, error_details_pb2.ErrorInfo]:
+    """A refusal's google.rpc.Status (from the grpc-status-details-bin trailer) and its ErrorInfo."""
+    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
+    assert raw is not None, (error.code(), error.details())
+    status = status_pb2.Status.FromString(raw)
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return status, info
 
 
 class ServerProcess:

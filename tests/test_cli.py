@@ -31,7 +31,7 @@ import pytest
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from tests.conftest import ECHO_CONFIG, ROOT, ServerProcess
+from tests.conftest import ECHO_CONFIG, ROOT, ServerProcess, wait_until
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden" / "cli"
 UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -83,10 +83,7 @@ def submit(server: ServerProcess, inputs: dict[str, Any], *extra: str) -> dict[s
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    wait_until(condition, what, timeout)
 
 
 def job_state(server: ServerProcess, job_id: str) -> str:

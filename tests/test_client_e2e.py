@@ -34,17 +34,14 @@ from gateway_client import (
     async_wait,
     wait,
 )
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, wait_until
 
 ONE_WORKER_ONE_QUEUED = '[routes.echo]\nbackend = "echo"\nworkers = 1\nmax_queue = 1\n'
 AUTH = '[auth]\nenabled = true\n[auth.tokens]\nalpha-token = "alpha"\n[routes.echo]\nbackend = "echo"\n'
 
 
 def _until(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never met"
-        time.sleep(0.02)
+    wait_until(condition, timeout=timeout, interval=0.02)
 
 
 # -- futures ---------------------------------------------------------------------------------------

@@ -8,8 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -19,8 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from tests.conftest import ServerProcess
-from tests.test_error_details import _details
+from tests.conftest import ServerProcess, error_info, wait_until
 
 CONFIG = '[routes.echo]\nbackend = "echo"\nworkers = 4\n'
 
@@ -55,13 +53,6 @@ def _health(channel: grpc.Channel) -> int:
     return int(health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status)
 
 
-def _until(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
 def test_a_full_disk_refuses_new_jobs_strands_none_and_heals(make_server, small_disk: Path) -> None:  # type: ignore[no-untyped-def]
     server: ServerProcess = make_server(CONFIG, start=False)
     server.data_dir = small_disk
@@ -73,13 +64,13 @@ def test_a_full_disk_refuses_new_jobs_strands_none_and_heals(make_server, small_
         accepted = stub.Submit(pb.SubmitRequest(route="echo", inputs=inputs), timeout=10).job
         filler = _fill(small_disk)
         # Its progress revisions cannot be written now: the gateway notices and stops serving.
-        _until(lambda: _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING)
+        wait_until(lambda: _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING, "NOT_SERVING")
         with pytest.raises(grpc.RpcError) as refused:
             stub.Submit(pb.SubmitRequest(route="echo", inputs=struct_pb2.Struct()), timeout=10)
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
-        assert _details(refused.value)[1].reason == "STORE_UNAVAILABLE"
+        assert error_info(refused.value)[1].reason == "STORE_UNAVAILABLE"
         filler.unlink()  # space returns
-        _until(lambda: _health(channel) == health_pb2.HealthCheckResponse.SERVING)
+        wait_until(lambda: _health(channel) == health_pb2.HealthCheckResponse.SERVING, "SERVING again")
         done = stub.Fetch(pb.FetchRequest(job_id=accepted.id, timeout=duration_pb2.Duration(seconds=30)), timeout=40)
         assert done.job.state == pb.JOB_STATE_SUCCEEDED  # not stranded: its writes waited and went through
         again = stub.Submit(pb.SubmitRequest(route="echo", inputs=struct_pb2.Struct()), timeout=10).job

@@ -7,23 +7,13 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2, status_pb2
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from gateway.errors import MAX_MESSAGE, FieldViolation, InvalidArgument, clip
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, error_info
 
 HUGE = "x" * 200_000
-
-
-def _details(error: grpc.RpcError) -> tuple[status_pb2.Status, error_details_pb2.ErrorInfo]:
-    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
-    assert raw is not None, (error.code(), error.details())
-    status = status_pb2.Status.FromString(raw)
-    info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
-    return status, info
 
 
 @pytest.mark.parametrize("call", ["get", "watch", "cancel", "label", "route", "request_id"])
@@ -49,7 +39,7 @@ def test_huge_user_input_gets_a_small_error_with_its_reason(echo_server: ServerP
                 stub.Submit(request, timeout=10)
         error = refused.value
         assert error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT), error
-        status, info = _details(error)
+        status, info = error_info(error)
         assert info.reason and info.reason != "ERROR"
         assert len(status.message) <= MAX_MESSAGE and len(status.SerializeToString()) < 4096
         assert all(len(v) <= 256 for v in info.metadata.values())

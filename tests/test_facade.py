@@ -130,7 +130,7 @@ def _grpc_submit(server: ServerProcess, inputs: dict[str, Any]) -> str:
     from inferencegateway.gateway.v1 import gateway_pb2 as pb
     from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-    from tests.test_error_details import _details
+    from tests.conftest import error_info
 
     struct = struct_pb2.Struct()
     struct.update(inputs)
@@ -138,7 +138,7 @@ def _grpc_submit(server: ServerProcess, inputs: dict[str, Any]) -> str:
         try:
             pb_grpc.GatewayServiceStub(channel).Submit(pb.SubmitRequest(route="echo", inputs=struct), timeout=10)
         except grpc.RpcError as error:
-            return _details(error)[1].reason
+            return error_info(error)[1].reason
     return ""
 
 

@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2, struct_pb2
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from tests.conftest import ECHO_CONFIG, ServerProcess
+from tests.conftest import ECHO_CONFIG, ServerProcess, error_info
 from tests.redis_server import RedisProcess, redis_process  # noqa: F401 (a fixture)
 
 
@@ -155,17 +155,7 @@ def _refusal(call: Callable[[], object]) -> grpc.RpcError | None:
 
 
 def _reason(error: grpc.RpcError) -> str:
-    from google.rpc import error_details_pb2, status_pb2
-
-    details = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
-    assert details is not None
-    status = status_pb2.Status.FromString(details)
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    return ""
+    return error_info(error)[1].reason
 
 
 def _until_done(stub: pb_grpc.GatewayServiceStub, job_id: str) -> None:
