@@ -11,10 +11,29 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SAMPLE_RATE", "cut_clips", "quietest_cut"]
+__all__ = ["SAMPLE_RATE", "cut_clips", "pcm16", "quietest_cut", "wav_bytes"]
 
 SAMPLE_RATE = 16_000
 _FRAME = SAMPLE_RATE // 50  # 20 ms
+
+
+def pcm16(samples: np.ndarray) -> bytes:
+    """Float samples in [-1, 1] as 16-bit little-endian PCM."""
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    """16 kHz mono float samples as a WAV file, in memory."""
+    import io
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(pcm16(samples))
+    return buffer.getvalue()
 
 
 def quietest_cut(samples: np.ndarray, start: int, low: float, high: float) -> int:

@@ -56,13 +56,14 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 
 def export(directory: Path) -> None:
     """Writes the fixtures as raw 16 kHz mono s16le, for a machine without PyAV."""
+    from bench.clips import pcm16
     from gateway.backends.audio import decode
 
     directory.mkdir(parents=True, exist_ok=True)
     fixtures = ROOT / "tests" / "fixtures"
     for name, source in (("seashells", "seashells.wav"), ("long", "long.ogg")):
         samples = decode((fixtures / source).read_bytes(), 3600)
-        (directory / f"{name}.pcm").write_bytes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+        (directory / f"{name}.pcm").write_bytes(pcm16(samples))
     (directory / "long.txt").write_text((fixtures / "long.txt").read_text())
 
 
@@ -213,11 +214,6 @@ def _text(segments: list[Any]) -> str:
     return "".join(s.text for s in segments).strip()
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
 def ct2_section(args: argparse.Namespace) -> None:
     """CTranslate2 alone: encode + generate of the clips' first windows in batches of 1, 8 and 32, with
     the prompt faster-whisper uses (timestamps) and with <|notimestamps|>; and the CPU work of a job
@@ -280,6 +276,7 @@ def jobs_section(args: argparse.Namespace) -> None:
     from faster_whisper import WhisperModel
 
     from bench.clips import cut_clips
+    from bench.stats import percentile
     from gateway.backends.whisper import WhisperEngine
     from gateway.settings import WhisperRoute
 
@@ -368,6 +365,11 @@ def jobs_section(args: argparse.Namespace) -> None:
             best = {**r, "size": size, "wait": wait}
     assert best is not None
 
+    def _p(values: list[float], q: float) -> float:
+        found = percentile(values, q)
+        assert found is not None
+        return found
+
     # Latency at a fixed arrival rate: half of what one job at a time sustains.
     rate = single["clips_per_s"] / 2
     arrivals = [i / rate for i in range(args.arrivals)]
@@ -378,8 +380,8 @@ def jobs_section(args: argparse.Namespace) -> None:
     _e, _s, lat_batch = _timed_jobs(batcher, stream, defaults.max_batch, arrivals)
     latency = {
         "rate_per_s": round(rate, 2),
-        "one_at_a_time_p50": round(_percentile(lat_one, 50), 3), "one_at_a_time_p99": round(_percentile(lat_one, 99), 3),
-        "batcher_p50": round(_percentile(lat_batch, 50), 3), "batcher_p99": round(_percentile(lat_batch, 99), 3),
+        "one_at_a_time_p50": round(_p(lat_one, 0.50), 3), "one_at_a_time_p99": round(_p(lat_one, 0.99), 3),
+        "batcher_p50": round(_p(lat_batch, 0.50), 3), "batcher_p99": round(_p(lat_batch, 0.99), 3),
     }
     latency["p99_ratio"] = round(latency["batcher_p99"] / latency["one_at_a_time_p99"], 2)
     print(json.dumps({"latency": latency}), flush=True)

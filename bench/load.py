@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import sys
 import time
 import traceback
@@ -37,6 +36,8 @@ import grpc
 from google.protobuf import struct_pb2
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
+
+from bench.stats import percentile
 
 SUBMIT = "/inferencegateway.gateway.v1.GatewayService/Submit"
 WATCH = "/inferencegateway.gateway.v1.GatewayService/Watch"
@@ -63,14 +64,6 @@ def make_channels(target: str, count: int) -> list[grpc.aio.Channel]:
 async def _ready(channels: list[grpc.aio.Channel]) -> None:
     async with asyncio.timeout(20):
         await asyncio.gather(*(ch.channel_ready() for ch in channels))
-
-
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 def _request_id_field(request_id: str) -> bytes:

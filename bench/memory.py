@@ -11,11 +11,9 @@ the Python client does, so every Submit is accepted in the end.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import threading
 import time
-import wave
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,13 +40,11 @@ def _log(message: str) -> None:
 
 
 def _wav(mib: int) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes(b"\x00\x01" * (mib * 1024 * 1024 // 2 - 32))
-    return buffer.getvalue()
+    import numpy as np
+
+    from bench.clips import wav_bytes
+
+    return wav_bytes(np.full(mib * 1024 * 1024 // 2 - 32, 0.0078, dtype=np.float32))  # a quiet hum, mib MiB
 
 
 def _burst(target: str, data: bytes, uploads: int) -> dict[str, int]:

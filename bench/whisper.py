@@ -131,21 +131,6 @@ def _gateway_many(client: object, clips: list[bytes]) -> float:
     return elapsed
 
 
-def _wav(samples: object) -> bytes:
-    import wave
-
-    import numpy as np
-
-    assert isinstance(samples, np.ndarray)
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
-
-
 def _at_rate(client: object, clips: list[bytes], rate: float) -> list[float]:
     """Submits clip i at i / rate seconds; each job's latency, Submit to its terminal revision."""
     from gateway_client import Client
@@ -166,11 +151,6 @@ def _at_rate(client: object, clips: list[bytes], rate: float) -> list[float]:
     return latencies
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
 SHORT_JOB_ROUTES = {
     "one job at a time": "workers = 1\nbatching = false\n",
     "CPU default (2 jobs x 1 thread)": "",
@@ -179,13 +159,14 @@ SHORT_JOB_ROUTES = {
 
 
 def _short_jobs(bare: BareEngine, quick: bool) -> list[Row]:
-    from bench.clips import cut_clips
+    from bench.clips import cut_clips, wav_bytes
+    from bench.stats import percentile
     from gateway.backends.audio import SAMPLE_RATE, decode
     from gateway_client import Client
 
     long = decode((FIXTURES / "long.ogg").read_bytes(), 3600)
     samples = cut_clips(long, decode((FIXTURES / "seashells.wav").read_bytes(), 60), 8 if quick else 32)
-    clips = [_wav(c) for c in samples]
+    clips = [wav_bytes(c) for c in samples]
     audio = sum(c.size for c in samples) / SAMPLE_RATE
     started = time.perf_counter()
     for data in clips:
@@ -213,7 +194,7 @@ def _short_jobs(bare: BareEngine, quick: bool) -> list[Row]:
     rows.append(Row("short jobs: CPU default / one at a time", "x", gain, 1.0, goal=">= 1.5x", met=gain >= 1.5))
     for q in (50, 99):
         rows.append(Row(f"short jobs at a fixed rate: latency p{q}, CPU default vs one at a time", "s",
-                        _percentile(latency[default], q), _percentile(latency[one], q),
+                        percentile(latency[default], q / 100), percentile(latency[one], q / 100),
                         raw={"default_s": latency[default], "one_at_a_time_s": latency[one]}))
     return rows
 
