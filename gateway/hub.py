@@ -58,6 +58,24 @@ class JobEvent:
         self.partial = partial
         self._encoded: dict[Any, bytes] = {}
 
+    # What a subscriber decides on before it needs the whole job (an event from another process
+    # decodes its job only when something reads ``job``: most events concern no local watcher).
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def tenant(self) -> str:
+        return self.job.tenant
+
+    @property
+    def revision(self) -> int:
+        return self.job.revision
+
+    @property
+    def terminal(self) -> bool:
+        return self.job.terminal
+
     @property
     def new_segments(self) -> tuple[Segment, ...]:
         return self.job.segments if self.partial else self.job.segments[self.segments_offset:]
@@ -127,7 +145,7 @@ class JobChannel(_Waitable):
         events = self.events
         if not events or events[-1].job.revision <= revision:
             return []
-        return [e for e in events if e.job.revision > revision]
+        return [e for e in events if e.revision > revision]
 
     async def next_after(self, revision: int, timeout: float, generation: int | None = None) -> list[JobEvent] | None:
         """The events after ``revision``, waiting up to ``timeout`` for one; None on timeout; []
@@ -187,11 +205,10 @@ class EventHub:
         self.position = 0  # the position of the latest event published
 
     def publish(self, event: JobEvent) -> None:
-        job = event.job
         if event.position > self.position:
             self.position = event.position
-        channel = self._channels.get(job.id)
-        subs = self._tenants.get(job.tenant)
+        channel = self._channels.get(event.job_id)
+        subs = self._tenants.get(event.tenant)
         if channel is not None:
             channel.publish(event)
         if subs:

@@ -110,6 +110,9 @@ class JobService:
         self._heads: dict[str, Job] = {}
         self._committed: dict[str, JobEvent] = {}
         self._inputs: dict[str, tuple[JobInput, int]] = {}
+        # Jobs this process is storing in a shared store: a worker here may take one from the
+        # shared queue before the store's answer is back (the queue is written by the same step).
+        self._submitting: dict[str, tuple[Job, JobInput, int]] = {}
         self._inputs_bytes = 0
         self._checkpoints: dict[str, Mapping[str, Any] | None] = {}
         self._attempts: dict[str, int] = {}  # the current run of each active job (0: not run yet)
@@ -132,6 +135,11 @@ class JobService:
             self._heads[job_id] = job
         return job
 
+    def _keep_input(self, job_id: str, job_input: JobInput, size: int) -> None:
+        if self._inputs_bytes + size <= INPUTS_IN_MEMORY_BYTES:
+            self._inputs[job_id] = (job_input, size)  # dropped when it starts or ends
+            self._inputs_bytes += size
+
     def _take_input(self, job_id: str) -> JobInput | None:
         kept = self._inputs.pop(job_id, None)
         if kept is None:
@@ -152,28 +160,33 @@ class JobService:
         return on_commit
 
     def _on_event(self, event: JobEvent) -> None:
-        if event.job.terminal:
-            self._take_input(event.job.id)  # queued here, run (and ended) wherever
-        head = self._heads.get(event.job.id)
-        if head is not None and event.job.revision > head.revision and event.job.terminal:
+        # Reads the event's header first: an event from another process decodes its job only if
+        # this process holds something of the job.
+        job_id = event.job_id
+        if event.terminal:
+            self._take_input(job_id)  # queued here, run (and ended) wherever
+        head = self._heads.get(job_id)
+        if head is not None and event.revision > head.revision and event.terminal:
             # Ended by another process (cancelled through another replica): stop running it here.
             route = self.routes.get(event.job.route)
             if route is not None:
-                route.cancel(event.job.id)
-            self._forget(event.job.id)
+                route.cancel(job_id)
+            self._forget(job_id)
             return
-        cached = self._committed.get(event.job.id)
-        if cached is None or cached.job.revision >= event.job.revision:
+        if head is not None:  # running here: this process wrote the revision, and cached it then
             return
-        if event.job.terminal:
-            del self._committed[event.job.id]  # read from the store from now on
+        cached = self._committed.get(job_id)
+        if cached is None or cached.job.revision >= event.revision:
+            return
+        if event.terminal:
+            del self._committed[job_id]  # read from the store from now on
         elif not event.partial:
-            self._committed[event.job.id] = event
+            self._committed[job_id] = event
         elif len(cached.job.segments) == event.segments_offset:
             whole = event.job.evolve(segments=cached.job.segments + event.new_segments)
-            self._committed[event.job.id] = JobEvent(whole, event.segments_offset, event.position)
+            self._committed[job_id] = JobEvent(whole, event.segments_offset, event.position)
         else:  # a revision missed in between: the store has it
-            del self._committed[event.job.id]
+            del self._committed[job_id]
 
     def _save(
         self, job: Job, new_segments: Sequence[Segment] = (), result: Result | None = None, count_attempt: bool = False
@@ -268,12 +281,15 @@ class JobService:
         )
 
         def on_commit(outcome: Any) -> None:
+            taken = self.store.shared and self._submitting.pop(job.id, None) is None
             if not outcome.created:
                 return
-            event = self._committed[job.id] = JobEvent(job, 0, outcome.position)
-            if self._inputs_bytes + len(payload) <= INPUTS_IN_MEMORY_BYTES:
-                self._inputs[job.id] = (job_input, len(payload))  # dropped when it starts or ends
-                self._inputs_bytes += len(payload)
+            event = JobEvent(job, 0, outcome.position)
+            if taken:  # already running here (_take_over): it holds the job and its input
+                self.bus.publish(event)
+                return
+            self._committed[job.id] = event
+            self._keep_input(job.id, job_input, len(payload))
             if self.store.shared:  # whichever process takes it from the shared queue holds it
                 self.bus.publish(event)
                 runner.enqueue(job.id)
@@ -283,6 +299,8 @@ class JobService:
             self.bus.publish(event)
             runner.enqueue(job.id)
 
+        if self.store.shared:
+            self._submitting[job.id] = (job, job_input, len(payload))
         try:
             outcome = await self.store.create_job(job, request_hash, payload, on_commit)
         except QueueFull as full:  # a shared store's own count, across replicas
@@ -291,6 +309,8 @@ class JobService:
         except BaseException:
             runner.release()
             raise
+        finally:
+            self._submitting.pop(job.id, None)
         if outcome.created:
             return job, False
         runner.release()
@@ -355,6 +375,16 @@ class JobService:
 
     async def _take_over(self, job_id: str) -> Job | None:
         """A job from the shared queue: this process holds it from now on."""
+        submitting = self._submitting.pop(job_id, None)
+        if submitting is not None and job_id not in self._heads:
+            # Queued by this process's Submit, whose answer from the store is not back yet: the job
+            # is stored (the queue entry is written in the same step), as this process made it.
+            job, job_input, size = submitting
+            self._heads[job_id] = job
+            self._committed[job_id] = JobEvent(job)
+            self._attempts[job_id] = 0
+            self._keep_input(job_id, job_input, size)
+            return job
         cached = self._committed.get(job_id)
         if cached is not None and cached.job.revision == 1 and job_id not in self._heads:
             # Submitted through this process, untouched since as far as it knows: no read needed (if

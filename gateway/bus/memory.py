@@ -28,8 +28,7 @@ class MemoryBus:
         self._by_tenant.clear()
 
     def publish(self, event: JobEvent) -> None:
-        job = event.job
-        for handlers in (self._all, self._by_job.get(job.id), self._by_tenant.get(job.tenant)):
+        for handlers in (self._all, self._by_job.get(event.job_id), self._by_tenant.get(event.tenant)):
             if not handlers:
                 continue
             for handler in list(handlers.values()):

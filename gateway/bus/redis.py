@@ -23,21 +23,67 @@ from typing import Any
 from gateway.bus.base import Handler, Unsubscribe
 from gateway.bus.memory import MemoryBus
 from gateway.hub import JobEvent
-from gateway.jobs import Segment
-from gateway.store.redis import job_from_json
+from gateway.jobs import Job, Segment
+from gateway.store.redis import job_from_dict
 
-__all__ = ["RedisBus", "decode_event"]
+__all__ = ["RedisBus", "RemoteEvent", "decode_event"]
 
 log = logging.getLogger(__name__)
 
 RECONNECT_MAX_SECONDS = 2.0
 
 
+class RemoteEvent(JobEvent):
+    """An event from the channel. Its header (job id, revision, whether it ended, position, segment
+    offset, tenant) is read at once; the job itself is decoded the first time ``job`` is read, so an
+    event that concerns nobody in this process costs a split, not a JSON decode."""
+
+    __slots__ = ("_body", "_decoded", "_job_id", "_revision", "_tenant", "_terminal")
+
+    def __init__(self, raw: bytes) -> None:
+        job_id, revision, terminal, position, offset, size, rest = raw.split(b"|", 6)
+        n = int(size)
+        self._job_id = job_id.decode()
+        self._revision = int(revision)
+        self._terminal = terminal == b"1"
+        self._tenant = rest[:n].decode()
+        self._body = rest[n:]
+        self._decoded: Job | None = None
+        self.segments_offset = int(offset)
+        self.position = int(position)
+        self.partial = True
+        self._encoded = {}
+
+    @property
+    def job(self) -> Job:  # type: ignore[override]
+        if self._decoded is None:
+            data = json.loads(self._body)
+            segments = tuple(Segment.from_dict(s) for s in data["s"])
+            self._decoded = job_from_dict(data["j"], segments)
+            self._body = b""
+        return self._decoded
+
+    @property
+    def job_id(self) -> str:
+        return self._job_id
+
+    @property
+    def tenant(self) -> str:
+        return self._tenant
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    @property
+    def terminal(self) -> bool:
+        return self._terminal
+
+
 def decode_event(raw: bytes | str) -> JobEvent:
-    """An event as the store's scripts publish it: {"j": job, "o": offset, "p": position, "s": [new segments]}."""
-    data = json.loads(raw)
-    segments = tuple(Segment.from_dict(s) for s in data["s"])
-    return JobEvent(job_from_json(json.dumps(data["j"]), segments), int(data["o"]), int(data["p"]), partial=True)
+    """An event as the store's scripts publish it:
+    ``<job id>|<revision>|<ended 0/1>|<position>|<segments offset>|<tenant bytes>|<tenant>{"j": job, "s": [new segments]}``."""
+    return RemoteEvent(raw.encode() if isinstance(raw, str) else raw)
 
 
 class RedisBus:

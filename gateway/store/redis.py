@@ -48,7 +48,7 @@ from redis.exceptions import NoScriptError
 from gateway.jobs import Clock, Job, JobFailure, JobState, Result, Segment, SystemClock, decode_result, encode_result
 from gateway.store.base import CreateOutcome, JobFilter, QueueFull, ResumableJob, RevisionConflict
 
-__all__ = ["RedisStore", "job_from_json", "queue_bytes_key", "queue_key"]
+__all__ = ["RedisStore", "job_from_dict", "job_from_json", "queue_bytes_key", "queue_key"]
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ redis.call('ZADD', KEYS[5], pos, ARGV[1])
 redis.call('SADD', KEYS[7], ARGV[1])
 local entry = redis.call('XADD', KEYS[8], '*', 'job', ARGV[1])  -- queued for the route's workers, at once
 redis.call('HSET', KEYS[1], 'entry', entry)
-redis.call('PUBLISH', ARGV[12], '{"j":' .. ARGV[2] .. ',"o":0,"p":' .. pos .. ',"s":[]}')
+redis.call('PUBLISH', ARGV[12], ARGV[1] .. '|1|0|' .. pos .. '|0|' .. #ARGV[8] .. '|' .. ARGV[8] .. '{"j":' .. ARGV[2] .. ',"s":[]}')
 return {1, ARGV[1], ARGV[3], pos}
 """
 
@@ -146,8 +146,8 @@ if ARGV[8] == '1' then
 end
 local segments = ''
 if n > 0 then segments = table.concat(ARGV, ',', 14, 13 + n) end
-redis.call('PUBLISH', ARGV[16 + n], '{"j":' .. ARGV[6] .. ',"o":' .. (count - n) .. ',"p":' .. pos ..
-           ',"s":[' .. segments .. ']}')
+redis.call('PUBLISH', ARGV[16 + n], ARGV[1] .. '|' .. ARGV[5] .. '|' .. ARGV[8] .. '|' .. pos .. '|' .. (count - n) .. '|' ..
+           #ARGV[12] .. '|' .. ARGV[12] .. '{"j":' .. ARGV[6] .. ',"s":[' .. segments .. ']}')
 return pos
 """
 
@@ -207,7 +207,10 @@ def _job_json(job: Job) -> str:
 
 
 def job_from_json(text: str | bytes, segments: tuple[Segment, ...] = ()) -> Job:
-    data = json.loads(text)
+    return job_from_dict(json.loads(text), segments)
+
+
+def job_from_dict(data: Mapping[str, Any], segments: tuple[Segment, ...] = ()) -> Job:
     return Job(
         id=data["id"], tenant=data["tenant"], route=data["route"], state=JobState(data["state"]),
         revision=data["revision"], created=data["created"], progress=data["progress"], started=data["started"],
