@@ -171,6 +171,7 @@ class StartupError(Exception):
     DATA_DIR_IN_USE = 4  # another process owns the data dir
     GRPC_ADDRESS = 5  # the gRPC address cannot be listened on
     HTTP_ADDRESS = 6  # the HTTP address cannot be listened on
+    TLS_FILES = 7  # the TLS certificate, key or client CA cannot be read or do not match
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)

@@ -4,6 +4,7 @@ readiness for plain HTTP probes (``/healthz``, ``/readyz``)."""
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 
 from aiohttp import web
@@ -44,11 +45,11 @@ class HttpFace:
         serving = self.serving("")
         return web.json_response({"ready": serving}, status=200 if serving else 503)
 
-    async def start(self, address: str) -> int:
+    async def start(self, address: str, ssl_context: ssl.SSLContext | None = None) -> int:
         host, port = parse_address(address)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         server = site._server
         assert server is not None

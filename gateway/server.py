@@ -32,6 +32,7 @@ from gateway.jobs import Clock, SystemClock
 from gateway.service import JobService
 from gateway.settings import Settings
 from gateway.store import SqliteStore, Store
+from gateway.tls import CertificateFiles
 from gateway.work import RouteRunner, WorkQueue, health_name
 
 __all__ = ["Gateway", "create_server", "health_name", "make_bus", "make_store"]
@@ -44,8 +45,10 @@ RECEIVE_HEADROOM = 4 * 1024 * 1024
 FINAL_GRACE_SECONDS = 2.0
 
 
-def create_server(settings: Settings, address: str | None = None) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server with the gateway's channel options, bound; (server, port)."""
+def create_server(
+    settings: Settings, address: str | None = None, credentials: grpc.ServerCredentials | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with the gateway's channel options, bound (with TLS given credentials); (server, port)."""
     ms = lambda seconds: int(seconds * 1000)  # noqa: E731
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", settings.max_receive_bytes + RECEIVE_HEADROOM),
@@ -67,7 +70,7 @@ def create_server(settings: Settings, address: str | None = None) -> tuple[grpc.
     server = grpc.aio.server(options=options)
     address = address or settings.listen
     try:
-        port = server.add_insecure_port(address)
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError:  # grpcio: "Failed to bind to address ..."
         port = 0
     if port == 0:
@@ -122,6 +125,7 @@ class Gateway:
         self._stopping = asyncio.Event()
         self._stopped = False
         self._serving: dict[str, bool] = {}
+        self.tls: CertificateFiles | None = None
 
     async def __aenter__(self) -> Gateway:
         try:
@@ -140,6 +144,8 @@ class Gateway:
 
     async def start(self) -> None:
         settings = self.settings
+        if settings.tls.enabled:  # first: unusable certificates stop the start before anything runs
+            self.tls = CertificateFiles(settings.tls)
         await self.store.open()
         on_writable = getattr(self.store, "on_writable", None)
         if on_writable is not None:
@@ -156,7 +162,7 @@ class Gateway:
             runner.backend.readiness.listen(self._health_listener(name))
         # Bound before any job runs: a start that fails on its address has run nothing (and counted
         # no attempt of a resumed job).
-        server, self.grpc_port = create_server(settings)
+        server, self.grpc_port = create_server(settings, credentials=self.tls.grpc_credentials() if self.tls else None)
         self.grpc_server = server
         await self.service.resume()
         for runner in self.runners.values():
@@ -180,12 +186,14 @@ class Gateway:
 
             self.http = HttpFace(settings, self.service, auth, self.serving)
             try:
-                self.http_port = await self.http.start(settings.http_listen)
+                self.http_port = await self.http.start(settings.http_listen, self.tls.ssl_context() if self.tls else None)
             except OSError as exc:
                 raise StartupError(f"cannot listen for HTTP on {settings.http_listen}: {exc.strerror or exc}; set "
                                    "http_listen (--http-listen; '' for none)", StartupError.HTTP_ADDRESS) from None
+        if self.tls is not None:
+            self._tasks.append(asyncio.create_task(self.tls.watch(), name="tls-reload"))
         log.info(
-            "gateway serving gRPC on port %d%s; routes: %s", self.grpc_port,
+            "gateway serving gRPC%s on port %d%s; routes: %s", " (TLS)" if self.tls else "", self.grpc_port,
             f", HTTP on port {self.http_port}" if self.http else "", ", ".join(settings.routes),
         )
 

@@ -24,6 +24,7 @@ __all__ = [
     "OctoAIRoute",
     "RouteSettings",
     "Settings",
+    "TlsSettings",
     "WhisperRoute",
     "load_settings",
 ]
@@ -154,6 +155,33 @@ class AuthSettings(BaseModel):
     tokens: dict[str, str] = Field(default_factory=dict, description="Bearer token -> tenant.")
 
 
+class TlsSettings(BaseModel):
+    """TLS on both listeners (gRPC and HTTP). Without cert_file and key_file: plaintext."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cert_file: Path | None = Field(None, description="The server's certificate chain, PEM (leaf first).")
+    key_file: Path | None = Field(None, description="The certificate's private key, PEM.")
+    client_ca_file: Path | None = Field(
+        None, description="A CA bundle, PEM: clients must present a certificate it signed (mTLS); empty: none asked."
+    )
+    reload_interval_seconds: float = Field(
+        10.0, gt=0, description="How often the files are checked; a changed, valid set is used for new connections."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls: set both cert_file and key_file, or neither")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls: client_ca_file needs cert_file and key_file (mTLS is on top of TLS)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid")
 
@@ -210,6 +238,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     routes: dict[str, RouteSettings] = Field(default_factory=_default_routes)
 
     @field_validator("routes")

@@ -3,6 +3,10 @@
 //
 //   node tests/node/client.js HOST:PORT
 //
+// With GATEWAY_CA_FILE set it connects with TLS, verifying the gateway with that CA; with
+// GATEWAY_CERT_FILE and GATEWAY_KEY_FILE too it presents that client certificate (mTLS); with
+// GATEWAY_TOKEN too it sends that bearer token.
+//
 // Submits an echo job, Watches it to the end (one JSON line per revision), Fetches the result, asks
 // Get for an unknown job and decodes the ErrorInfo from the grpc-status-details-bin trailer, then
 // prints one JSON line with everything: {"event": "done", ...}. Exits non-zero on any surprise.
@@ -136,12 +140,29 @@ function decodeDetails(err, types) {
   return out;
 }
 
+function channelCredentials() {
+  const fs = require("fs");
+  const { GATEWAY_CA_FILE: ca, GATEWAY_CERT_FILE: cert, GATEWAY_KEY_FILE: key } = process.env;
+  if (!ca) return grpc.credentials.createInsecure();
+  const read = (file) => (file ? fs.readFileSync(file) : null);
+  const tls = grpc.credentials.createSsl(read(ca), read(key), read(cert));
+  const token = process.env.GATEWAY_TOKEN;
+  if (!token) return tls;
+  // The bearer token rides on every call, and only over TLS (grpc-js refuses call credentials on plaintext).
+  const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+    const metadata = new grpc.Metadata();
+    metadata.add("authorization", `Bearer ${token}`);
+    callback(null, metadata);
+  });
+  return grpc.credentials.combineChannelCredentials(tls, bearer);
+}
+
 async function main() {
   const target = process.argv[2];
   if (!target) throw new Error("usage: node client.js HOST:PORT");
   const GatewayService = loadService();
   const types = loadStatusTypes();
-  const client = new GatewayService(target, grpc.credentials.createInsecure());
+  const client = new GatewayService(target, channelCredentials());
   try {
     const inputs = { delay_ms: 300, steps: 3, from: "node" };
     const submitted = await unary(client, "Submit", {

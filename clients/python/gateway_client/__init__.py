@@ -18,7 +18,7 @@
 ``JobCancelledError`` for jobs that ended so (the tree is in ``gateway_client._errors``).
 """
 
-from gateway_client._aio import DEFAULT_TARGET, DEFAULT_TIMEOUT, AsyncClient, Audio, Metadata
+from gateway_client._aio import DEFAULT_TARGET, DEFAULT_TIMEOUT, AsyncClient, Audio, Metadata, tls_credentials
 from gateway_client._errors import (
     AbortedError,
     AlreadyExistsError,
@@ -125,5 +125,6 @@ __all__ = [
     "as_completed",
     "async_as_completed",
     "async_wait",
+    "tls_credentials",
     "wait",
 ]

@@ -46,11 +46,28 @@ from gateway_client._types import (
     state_values,
 )
 
-__all__ = ["DEFAULT_TARGET", "DEFAULT_TIMEOUT", "AsyncClient", "Metadata"]
+__all__ = ["DEFAULT_TARGET", "DEFAULT_TIMEOUT", "AsyncClient", "Metadata", "tls_credentials"]
 
 log = logging.getLogger("gateway_client")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def tls_credentials(
+    ca_file: str | os.PathLike[str] | None = None,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+) -> grpc.ChannelCredentials:
+    """Credentials for a gateway that serves TLS: ``ca_file`` verifies its certificate (default: the
+    system's roots); ``cert_file`` and ``key_file`` (both or neither) are this client's certificate,
+    for a gateway that asks for one (mTLS). Pass as ``credentials=`` to ``Client`` or ``AsyncClient``."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("give both cert_file and key_file, or neither")
+
+    def read(path: str | os.PathLike[str] | None) -> bytes | None:
+        return Path(path).read_bytes() if path is not None else None
+
+    return grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
 DEFAULT_TIMEOUT = 30.0
 
 Metadata = Sequence[tuple[str, str]]

@@ -2,7 +2,8 @@
 
 Synopsis:
 
-  gateway-client [--target HOST:PORT] [--token-file PATH | --token TOKEN] [--rpc-timeout SECONDS] COMMAND ...
+  gateway-client [--target HOST:PORT] [--token-file PATH | --token TOKEN] [--rpc-timeout SECONDS]
+                 [--tls] [--ca-file PATH] [--cert-file PATH --key-file PATH] COMMAND ...
 
   gateway-client submit --route NAME (--inputs JSON | --inputs-file FILE | --audio FILE)
                         [--language CODE] [--task {transcribe,translate}] [--beam-size N]
@@ -53,6 +54,11 @@ Credentials:
   The first found of --token TOKEN, --token-file PATH, $GATEWAY_TOKEN, $GATEWAY_TOKEN_FILE (setting
   both variables is a usage error). Prefer a file or the environment: a command line is visible to
   the other users of the machine. $GATEWAY_TARGET sets the default of --target.
+
+TLS:
+  --tls connects with TLS, verifying the gateway's certificate against the system's roots, or
+  against --ca-file PATH (which implies --tls). --cert-file PATH and --key-file PATH present this
+  client's certificate to a gateway that asks for one (mTLS; both, and they imply --tls).
 """
 
 from __future__ import annotations
@@ -77,7 +83,7 @@ from google.rpc import error_details_pb2  # noqa: F401  (registers the Any detai
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from gateway_client._aio import CHANNEL_OPTIONS, DEFAULT_TARGET
+from gateway_client._aio import CHANNEL_OPTIONS, DEFAULT_TARGET, tls_credentials
 from gateway_client._errors import GatewayError, RpcError, translate_errors
 from gateway_client._retry import DEFAULT_RETRY, stream_resumable
 
@@ -531,9 +537,21 @@ _COMMANDS = {
 }
 
 
+def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    if (args.cert_file is None) != (args.key_file is None):
+        raise UsageError("--cert-file and --key-file go together")
+    if not (args.tls or args.ca_file or args.cert_file):
+        return grpc.aio.insecure_channel(args.target, options=CHANNEL_OPTIONS)
+    try:
+        credentials = tls_credentials(args.ca_file, args.cert_file, args.key_file)
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    return grpc.aio.secure_channel(args.target, credentials, options=CHANNEL_OPTIONS)
+
+
 async def _run(args: argparse.Namespace, token: str | None) -> ExitCode:
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    async with grpc.aio.insecure_channel(args.target, options=CHANNEL_OPTIONS) as channel:
+    async with _channel(args) as channel:
         session = _Session(pb_grpc.GatewayServiceStub(channel), metadata, args.rpc_timeout)
         return await _COMMANDS[args.command](session, args)
 
@@ -592,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=formatter,
         description="The command line of the inference gateway: submit jobs, watch them, fetch their results.",
-        epilog="\n\n".join(_manual_section(t) for t in ("Synopsis", "Output", "Exit codes", "Timeouts", "Credentials")),
+        epilog="\n\n".join(_manual_section(t) for t in ("Synopsis", "Output", "Exit codes", "Timeouts", "Credentials", "TLS")),
     )
     parser.add_argument("--target", default=os.environ.get("GATEWAY_TARGET", DEFAULT_TARGET), metavar="HOST:PORT",
                         help=f"the gateway's gRPC address (default: $GATEWAY_TARGET, else {DEFAULT_TARGET})")
@@ -603,6 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "or $GATEWAY_TOKEN)")
     parser.add_argument("--rpc-timeout", type=_seconds, default=DEFAULT_RPC_TIMEOUT, metavar="SECONDS",
                         help=f"the deadline of each unary call (default {DEFAULT_RPC_TIMEOUT:g})")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (the system's roots verify the gateway)")
+    parser.add_argument("--ca-file", metavar="PATH", help="verify the gateway's certificate with this CA (PEM; implies --tls)")
+    parser.add_argument("--cert-file", metavar="PATH", help="this client's certificate, for mTLS (PEM; with --key-file)")
+    parser.add_argument("--key-file", metavar="PATH", help="the private key of --cert-file (PEM)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, description: str, epilog: str) -> argparse.ArgumentParser:
