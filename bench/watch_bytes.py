@@ -30,8 +30,8 @@ def _log(message: str) -> None:
     print(f"[watch_bytes] {message}", file=sys.stderr, flush=True)
 
 
-def repeated_speech(data: bytes, seconds: float) -> bytes:
-    """The clip's audio repeated to ``seconds``, as Ogg/Opus (mono, 16 kHz in, 24 kbit/s)."""
+def repeated_speech(data: bytes, seconds: float, bit_rate: int = 24_000) -> bytes:
+    """The clip's audio repeated to ``seconds``, as Ogg/Opus (mono, 16 kHz in, 24 kbit/s by default)."""
     import av
     import numpy as np
 
@@ -43,7 +43,7 @@ def repeated_speech(data: bytes, seconds: float) -> bytes:
     out = io.BytesIO()
     with av.open(out, mode="w", format="ogg") as container:
         stream = container.add_stream("libopus", rate=48000)
-        stream.bit_rate = 24_000
+        stream.bit_rate = bit_rate
         stream.layout = "mono"  # type: ignore[union-attr]
         resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
         step = SAMPLE_RATE * 10

@@ -85,6 +85,12 @@ class WhisperRoute(_Route):
     max_queue: int = Field(64, ge=1)
     max_audio_bytes: int = Field(25 * MiB, ge=1)
     max_audio_seconds: float = Field(4 * 3600.0, gt=0)
+    section_seconds: float = Field(
+        120.0, ge=60, le=3600,
+        description="Audio is decoded, filtered for speech and transcribed this much at a time, so a job's memory "
+                    "does not grow with its duration (about 1 MiB per second of section, most of it faster-whisper's "
+                    "feature extraction); a section starts where the transcript of the one before ends.",
+    )
     warmup: bool = Field(True, description="Run one tiny transcription before reporting SERVING.")
 
 

@@ -8,18 +8,22 @@ can reveal fails the job with a reason that names the decoding problem.
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import av
 import numpy as np
 
 from gateway.errors import Code, FieldViolation, InvalidArgument, JobError
 
-__all__ = ["SAMPLE_RATE", "AudioInfo", "decode", "probe"]
+__all__ = ["SAMPLE_RATE", "AudioInfo", "decode", "probe", "stream"]
 
 SAMPLE_RATE = 16_000
+_GROUP_SAMPLES = 500_000  # input samples resampled at once (decode_audio's grouping; about 10 s at 48 kHz)
 
 logging.getLogger("libav").setLevel(logging.ERROR)
 # The header is enough to tell a readable audio file: FFmpeg's default probe analyses 5 s of
@@ -69,30 +73,70 @@ def probe(data: bytes, field: str, max_bytes: int, max_seconds: float) -> AudioI
     return info
 
 
-def decode(data: bytes, max_seconds: float) -> np.ndarray:
-    """The audio as 16 kHz mono float32 samples; JobError (AUDIO_DECODE_FAILED...) if it cannot be."""
-    from faster_whisper.audio import decode_audio
+def stream(data: bytes, max_seconds: float) -> Iterator[np.ndarray]:
+    """The audio as consecutive blocks of 16 kHz mono float32 samples (about 10 s each), decoded as
+    they are asked for: what ``decode`` returns whole, sample for sample (the same frames through the
+    same resampler as faster-whisper's ``decode_audio``), without ever holding all of it. Raises
+    JobError (AUDIO_DECODE_FAILED, AUDIO_TOO_LONG) when the problem shows, possibly after some blocks."""
+    from av.audio.fifo import AudioFifo
+    from av.audio.resampler import AudioResampler
 
+    limit = int(max_seconds * SAMPLE_RATE)
+    total = 0
     try:
-        samples = decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+            resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            fifo = AudioFifo()
+
+            def resampled(frame: Any) -> Iterator[np.ndarray]:
+                nonlocal total
+                for out in resampler.resample(frame):
+                    block = out.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
+                    total += block.size
+                    if total > limit:
+                        raise JobError(f"over {max_seconds:.0f} s of audio, this route's limit", "AUDIO_TOO_LONG",
+                                       Code.INVALID_ARGUMENT)
+                    yield block
+
+            for frame in _valid_frames(container.decode(audio=0)):
+                frame.pts = None  # grouped regardless of timestamps, as decode_audio does
+                fifo.write(frame)
+                if fifo.samples >= _GROUP_SAMPLES:
+                    yield from resampled(fifo.read())
+            if fifo.samples:
+                yield from resampled(fifo.read())
+            yield from resampled(None)  # flushes the resampler
+    except JobError:
+        raise
     except (av.error.FFmpegError, ValueError, OSError, EOFError, RuntimeError) as exc:
         raise JobError(
             f"the audio could not be decoded: {_ffmpeg_message(exc)}", "AUDIO_DECODE_FAILED", Code.INVALID_ARGUMENT
         ) from None
-    if samples.size == 0:
+    finally:
+        gc.collect()  # PyAV's resampler graph is only freed by the collector (faster-whisper issue 390)
+    if total == 0:
         raise JobError(
             f"the {_describe(data)} decoded to no audio: the file is corrupt or mislabelled",
             "AUDIO_DECODE_FAILED", Code.INVALID_ARGUMENT,
         )
-    seconds = samples.size / SAMPLE_RATE
-    if seconds > max_seconds:
-        raise JobError(
-            f"{seconds:.0f} s of audio, over this route's limit of {max_seconds:.0f} s", "AUDIO_TOO_LONG",
-            Code.INVALID_ARGUMENT,
-        )
-    if not np.isfinite(samples).all():
-        raise JobError("the audio decoded to invalid samples", "AUDIO_DECODE_FAILED", Code.INVALID_ARGUMENT)
-    return samples
+
+
+def _valid_frames(frames: Iterator[Any]) -> Iterator[Any]:
+    """Skips frames FFmpeg cannot decode, as decode_audio does."""
+    while True:
+        try:
+            yield next(frames)
+        except StopIteration:
+            return
+        except av.error.InvalidDataError:
+            continue
+
+
+def decode(data: bytes, max_seconds: float) -> np.ndarray:
+    """The whole audio as 16 kHz mono float32 samples; JobError (AUDIO_DECODE_FAILED...) if it cannot be.
+    For short audio and tools: the whisper route transcribes from ``stream``, a section at a time."""
+    blocks = list(stream(data, max_seconds))
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 def _describe(data: bytes) -> str:

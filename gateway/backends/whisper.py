@@ -229,12 +229,14 @@ class WhisperEngine:
 
     def transcribe(
         self, samples: np.ndarray, request: TranscriptionInput, stop: threading.Event | None = None,
-        offset: float = 0.0,
+        offset: float = 0.0, language: str | None = None,
     ) -> tuple[Iterator[Segment], Any]:
-        """(segments as they are decoded, info); the segments stop at the next one once ``stop`` is set."""
+        """(segments as they are decoded, info); the segments stop at the next one once ``stop`` is set.
+        ``offset``: where ``samples`` start in the audio (added to the times); ``language``: overrides
+        the request's (a later section keeps the language detected in the first)."""
         s = self.settings
         options: dict[str, Any] = {
-            "language": request.language or s.language or None,
+            "language": language or request.language or s.language or None,
             "task": request.task or "transcribe",
             "beam_size": request.beam_size or s.beam_size,
             "word_timestamps": request.word_timestamps,
@@ -362,10 +364,7 @@ class WhisperBackend:
         if request is None:  # stored before validation normalised it: cannot happen, but be clear
             raise JobError("no audio in the job's inputs", "AUDIO_EMPTY", Code.INVALID_ARGUMENT)
         loop = asyncio.get_running_loop()
-        samples = await loop.run_in_executor(
-            self._decode_pool, audio_io.decode, request.audio, self.settings.max_audio_seconds
-        )
-        future = loop.run_in_executor(self._pool, self._transcribe, samples, request, ctx)
+        future = loop.run_in_executor(self._pool, self._transcribe, request, ctx)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -374,26 +373,95 @@ class WhisperBackend:
                 await future
             raise
 
-    def _transcribe(self, samples: np.ndarray, request: TranscriptionInput, ctx: JobContext) -> Transcript:
-        duration = samples.size / audio_io.SAMPLE_RATE
+    def _transcribe(self, request: TranscriptionInput, ctx: JobContext) -> Transcript:
+        """Transcribes section by section (``section_seconds`` of audio at a time), decoding the audio
+        as the sections need it: memory is bounded by a section, whatever the duration. A section
+        other than the last one keeps back its last segment, which the section's end may have cut:
+        the next section starts where the published transcript ends, as a job resumed after a
+        restart does, and in the language the first section detected. (It does not continue the
+        text as a prompt: given earlier text without its timestamp tokens, Whisper stops producing
+        timestamps, measured with tiny.en: 30 s segments and a quarter of the words lost.) Segments
+        are published as they are decoded (in a section that is not the last, each once the next
+        one is out)."""
+        sr = audio_io.SAMPLE_RATE
+        section = int(self.settings.section_seconds * sr)
         previous = ctx.job.segments  # a job resumed after a restart keeps what it had published
-        offset = previous[-1].end if previous else 0.0
-        if offset:
-            samples = samples[int(offset * audio_io.SAMPLE_RATE):]
         segments = list(previous)
-        language, probability = request.language or self.settings.language or "en", 0.0
-        if samples.size >= audio_io.SAMPLE_RATE // 10:
-            with self.engine.session():
-                decoded, info = self.engine.transcribe(samples, request, ctx.stop, offset)
-                language, probability = info.language, info.language_probability
+        start = round(previous[-1].end * sr) if previous else 0  # where the next section starts
+        expected = _header_duration(request.audio)  # for progress; the transcript's duration is counted
+        language, probability = request.language or self.settings.language or "", 0.0
+        detected = bool(language)
+        blocks = audio_io.stream(request.audio, self.settings.max_audio_seconds)
+        buffer: list[np.ndarray] = []  # samples from `base` on
+        base = 0
+        buffered = 0  # samples in `buffer`
+        exhausted = False
+
+        def publish(segment: Segment) -> None:
+            segments.append(segment)
+            progress = segment.end / expected if expected else None
+            ctx.report_threadsafe(progress=progress, segments=[segment])
+
+        with self.engine.session():
+            while True:
+                while not exhausted and base + buffered < start + section + 1:
+                    block = next(blocks, None)
+                    if block is None:
+                        exhausted = True
+                    elif not buffer and base + block.size <= start:
+                        base += block.size  # before where a resumed job goes on: decoded, not kept
+                    else:
+                        buffer.append(block)
+                        buffered += block.size
+                # Drop what lies before this section; keep [start, ...).
+                joined = np.concatenate(buffer) if len(buffer) > 1 else (buffer[0] if buffer else np.zeros(0, np.float32))
+                joined = joined[max(0, start - base):]
+                base, buffer, buffered = max(start, base), [joined], joined.size
+                last = exhausted and joined.size <= section
+                samples = joined[:section]
+                if samples.size < sr // 10:
+                    break
+                decoded, info = self.engine.transcribe(samples, request, ctx.stop, start / sr, language=language or None)
+                if not detected:  # the first section's language holds for the rest
+                    language, probability, detected = info.language, info.language_probability, True
+                held: Segment | None = None
+                published = 0
                 for segment in decoded:
-                    segments.append(segment)
-                    ctx.report_threadsafe(progress=segment.end / duration if duration else 1.0, segments=[segment])
+                    if last:
+                        publish(segment)
+                        continue
+                    if held is not None:
+                        publish(held)
+                        published += 1
+                    held = segment
+                if last:
+                    break
+                section_end = start + samples.size
+                # What the section's decoding holds (its features, its speech) goes before the next
+                # section is read: never two sections' worth at once.
+                del decoded, info, samples, joined
+                if held is not None and published == 0 and held.start * sr <= start + sr:
+                    publish(held)  # one segment from the section's start: keep it, or nothing moves
+                    held = None
+                if segments and segments[-1].end * sr > start:
+                    start = round(segments[-1].end * sr)
+                elif held is not None:
+                    start = int(held.start * sr)  # silence, then speech the section's end cut
+                else:  # nothing heard: the next section overlaps this one's last window
+                    start = max(start + sr, section_end - 30 * sr)
+        duration = (base + buffered + sum(b.size for b in blocks)) / sr
         return Transcript(
             text="".join(s.text for s in segments).strip(),
             segments=tuple(segments),
-            language=language,
+            language=language or "en",
             duration=round(duration, 3),
             language_probability=probability,
         )
 
+
+def _header_duration(data: bytes) -> float | None:
+    """The duration the container's header states, for progress while decoding (None if it says none)."""
+    try:
+        return audio_io.probe(data, "audio", len(data), math.inf).duration
+    except InvalidArgument:
+        return None
