@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import gc
 import threading
 import time
 from typing import Any
@@ -21,6 +22,7 @@ TRIM_INTERVAL_SECONDS = 1.0
 
 _lock = threading.Lock()
 _last_trim = 0.0
+_pending: threading.Timer | None = None
 
 
 @functools.cache
@@ -39,13 +41,33 @@ def map_large_allocations(threshold: int = 1 << 20) -> None:
 
 
 def trim() -> None:
-    """Hands freed heap memory back to the system (malloc_trim), unless that was done in the last second."""
-    global _last_trim
+    """Hands freed heap memory back to the system (malloc_trim), at most once a second: a call within
+    the second after the last trim schedules one for when the second is over (so the last of a burst
+    of large requests is always followed by a trim)."""
+    global _last_trim, _pending
     now = time.monotonic()
     with _lock:
-        if now - _last_trim < TRIM_INTERVAL_SECONDS:
+        wait = _last_trim + TRIM_INTERVAL_SECONDS - now
+        if wait > 0:
+            if _pending is None:
+                _pending = threading.Timer(wait, _trailing_trim)
+                _pending.daemon = True
+                _pending.start()
             return
         _last_trim = now
+    _malloc_trim()
+
+
+def _trailing_trim() -> None:
+    global _last_trim, _pending
+    with _lock:
+        _pending = None
+        _last_trim = time.monotonic()
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    gc.collect()  # large buffers held only by reference cycles (a finished call's frames) go first
     libc = _glibc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)

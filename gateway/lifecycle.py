@@ -56,6 +56,7 @@ class Route(Protocol):
 
     name: str
     backend: Backend
+    workers: int  # jobs this process runs at once for the route (0: an API replica, it runs none)
 
     def reserve(self) -> None:
         """Takes a queue slot before the job is stored (ResourceExhausted when full)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.api.auth import Authenticator
+from gateway.api.gate import ReceiveGate
 from gateway.api.servicer import SERVICE_NAME, GatewayServicer
 from gateway.backends import create_backend
 from gateway.bus import EventBus, MemoryBus
@@ -46,7 +47,8 @@ FINAL_GRACE_SECONDS = 2.0
 
 
 def create_server(
-    settings: Settings, address: str | None = None, credentials: grpc.ServerCredentials | None = None
+    settings: Settings, address: str | None = None, credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the gateway's channel options, bound (with TLS given credentials); (server, port)."""
     ms = lambda seconds: int(seconds * 1000)  # noqa: E731
@@ -61,13 +63,17 @@ def create_server(
         ("grpc.max_connection_age_ms", ms(settings.max_connection_age_seconds)),
         ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace_seconds)),
         ("grpc.so_reuseport", 0),
+        # No bandwidth-delay probing: it grows every stream's initial window (to 8 MiB and more on a
+        # fast link), so a Submit waiting for the receive gate (gateway.api.gate) would be half
+        # received anyway. A stream being read still gets a window the size of its message.
+        ("grpc.http2.bdp_probe", 0),
         # New calls beyond this many waiting for the application are refused (CANCELLED); the
         # defaults (1,000, hard 3,000) refuse a third of 10,000 watchers reconnecting at once, which
         # is what a replica's shutdown causes by design.
         ("grpc.server.max_pending_requests", 20_000),
         ("grpc.server.max_pending_requests_hard_limit", 30_000),
     ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, interceptors=list(interceptors) or None)
     address = address or settings.listen
     try:
         port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
@@ -162,7 +168,10 @@ class Gateway:
             runner.backend.readiness.listen(self._health_listener(name))
         # Bound before any job runs: a start that fails on its address has run nothing (and counted
         # no attempt of a resumed job).
-        server, self.grpc_port = create_server(settings, credentials=self.tls.grpc_credentials() if self.tls else None)
+        # Submit messages received at once: as many as the in-flight byte budget holds at the largest size.
+        gate = ReceiveGate(f"/{SERVICE_NAME}/Submit", settings.max_inflight_submit_bytes // settings.max_receive_bytes)
+        server, self.grpc_port = create_server(settings, credentials=self.tls.grpc_credentials() if self.tls else None,
+                                               interceptors=[gate] if self.api else [])
         self.grpc_server = server
         await self.service.resume()
         for runner in self.runners.values():

@@ -242,7 +242,8 @@ class JobService:
     @staticmethod
     def _request_hash(route: str, payload: bytes, labels: Mapping[str, str]) -> str:
         digest = hashlib.sha256(route.encode())
-        digest.update(b"\0" + payload + b"\0")
+        for part in (b"\0", payload, b"\0"):  # not concatenated: the payload may be tens of MiB
+            digest.update(part)
         digest.update(json.dumps(sorted(labels.items())).encode())
         return digest.hexdigest()
 
@@ -289,7 +290,8 @@ class JobService:
                 self.bus.publish(event)
                 return
             self._committed[job.id] = event
-            self._keep_input(job.id, job_input, len(payload))
+            if runner.workers:  # kept for this process's workers (an API-only replica runs none)
+                self._keep_input(job.id, job_input, len(payload))
             if self.store.shared:  # whichever process takes it from the shared queue holds it
                 self.bus.publish(event)
                 runner.enqueue(job.id)

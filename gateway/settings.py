@@ -213,9 +213,11 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(10.0, gt=0, description="Watch heartbeat interval while idle.")
     max_receive_bytes: int = Field(32 * MiB, ge=1024, description="Largest request accepted.")
     max_inflight_submit_bytes: int = Field(
-        256 * MiB, ge=1024,
-        description="Submit request bytes being parsed, checked and stored at once; a Submit that would pass it "
-                    "is refused before it is parsed (RESOURCE_EXHAUSTED SUBMIT_BYTES_IN_FLIGHT, RetryInfo).",
+        96 * MiB, ge=1024,
+        description="Submit request bytes being parsed, checked and stored at once (each costs about four times "
+                    "its size meanwhile); a Submit that would pass it is refused before it is parsed "
+                    "(RESOURCE_EXHAUSTED SUBMIT_BYTES_IN_FLIGHT, RetryInfo). It also sets how many large Submits are "
+                    "received at once (this / max_receive_bytes): the others wait, unread, for their turn.",
     )
     keepalive_time_seconds: float = Field(30.0, gt=0)
     keepalive_timeout_seconds: float = Field(10.0, gt=0)

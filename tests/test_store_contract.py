@@ -144,3 +144,16 @@ async def test_a_write_sent_again_is_stored_once(redis_process: RedisProcess) ->
         assert await store.save_revision(running, count_attempt=True, attempt=1) == stored_at
         assert [j.revision for j, _ in await store.revisions_after(job.id, 0)] == [1, 2]
         assert (await store.resumable(job.id)).attempts == 1  # type: ignore[union-attr]
+
+
+async def test_large_inputs_come_back_byte_for_byte_and_go_when_the_job_ends(any_store: Store) -> None:
+    payloads = [bytes(range(256)) * (12_345 + i) for i in range(3)]  # a few MiB each, none alike
+    jobs = [make_job() for _ in range(3)]
+    await asyncio.gather(*(any_store.create_job(j, "", p) for j, p in zip(jobs, payloads, strict=True)))
+    for job, payload in zip(jobs, payloads, strict=True):
+        assert await any_store.get_payload(job.id) == payload
+    running = step(jobs[0], state=JobState.RUNNING, started=T0)
+    await any_store.save_revision(running)
+    await any_store.save_revision(finish(running, JobState.SUCCEEDED, T0), result=JobOutput({"ok": True}))
+    assert await any_store.get_payload(jobs[0].id) is None
+    assert await any_store.get_payload(jobs[1].id) == payloads[1]

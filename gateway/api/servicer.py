@@ -58,7 +58,9 @@ class _Rejected:
 
 
 class _Admitted:
-    """A Submit request parsed within the in-flight byte budget, and the bytes it holds of it."""
+    """A Submit request parsed within the in-flight byte budget, and the bytes it holds of it. The
+    message is what ``submit_from_proto`` made of it (or the error it raised, for after the token
+    check): the parsed protobuf, one more copy of the payload, is gone before the handler runs."""
 
     __slots__ = ("message", "size")
 
@@ -127,11 +129,16 @@ def _submit_deserializer(limit: int, inflight: _InflightBytes) -> Callable[[byte
                 metadata={"limit_bytes": str(inflight.limit), "size_bytes": str(size)}, retry_after=1.0,
             ))
         message = parse(data)
+        del data  # (the caller's reference goes when this returns)
         if isinstance(message, _Rejected):
             if size <= limit:
                 inflight.give_back(size)
             return message
-        return _Admitted(message, size)
+        try:
+            converted: Any = submit_from_proto(message)
+        except GatewayError as exc:
+            converted = exc
+        return _Admitted(converted, size)
 
     return admit
 
@@ -229,8 +236,11 @@ class GatewayServicer:
 
     # -- the RPCs --------------------------------------------------------------------------------
 
-    async def submit(self, request: pb.SubmitRequest, tenant: str, context: Any) -> pb.SubmitResponse:
-        route, job_input, labels, request_id = submit_from_proto(request)
+    async def submit(self, request: Any, tenant: str, context: Any) -> pb.SubmitResponse:
+        converted = submit_from_proto(request) if isinstance(request, pb.SubmitRequest) else request
+        if isinstance(converted, GatewayError):
+            raise converted
+        route, job_input, labels, request_id = converted
         job, existing = await self.service.submit(tenant, route, job_input, labels, request_id)
         return pb.SubmitResponse(job=job_to_proto(job), existing=existing)
 

@@ -326,6 +326,7 @@ class RedisStore:
                 for write in batch:
                     if not write.future.done():
                         write.future.set_exception(exc)
+            del first, batch  # not kept while waiting for the next write: inputs may be MiBs
             if stop:
                 return
 

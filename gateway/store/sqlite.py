@@ -86,7 +86,9 @@ CREATE TABLE IF NOT EXISTS tombstones (job_id TEXT PRIMARY KEY, tenant TEXT NOT 
 """
 
 _INSERT_JOB = "INSERT INTO jobs ({columns}, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-_INSERT_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, ?)"
+_INSERT_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, ?)"  # params: (job id, the payload)
+_RESERVE_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, zeroblob(?))"
+_BLOB_CHUNK = 1024 * 1024
 _UPDATE_JOB = (
     "UPDATE jobs SET state = ?, revision = ?, progress = ?, started = ?, finished = ?, expires = ?, "
     "error = ?, queue_position = ?, segment_count = ?, attempts = attempts + ?, position = ?, "
@@ -135,6 +137,18 @@ def _revision_row(job: Job, segment_count: int) -> tuple[Any, ...]:
             _error_json(job.error), job.queue_position, segment_count)
 
 
+def _insert_payloads(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Large inputs, written into a reserved blob a chunk at a time: bound as a parameter, SQLite would
+    copy a payload twice (the bound value, then the row's record) while the statement runs."""
+    conn.executemany(_RESERVE_PAYLOAD, [(job_id, len(payload)) for job_id, payload in rows])
+    for job_id, payload in rows:
+        (rowid,) = conn.execute("SELECT rowid FROM payloads WHERE job_id = ?", (job_id,)).fetchone()
+        view = memoryview(payload)
+        with conn.blobopen("payloads", "data", rowid) as blob:
+            for offset in range(0, len(view), _BLOB_CHUNK):
+                blob.write(view[offset:offset + _BLOB_CHUNK])
+
+
 @dataclass(slots=True)
 class _Statements:
     """A write made only of plain statements (no reads): batched with the others of its commit."""
@@ -144,6 +158,9 @@ class _Statements:
 
     def run(self, conn: sqlite3.Connection) -> Any:
         for sql, params in self.statements:
+            if sql is _INSERT_PAYLOAD:
+                _insert_payloads(conn, [params])
+                continue
             cursor = conn.execute(sql, params)
             if sql is _UPDATE_JOB and cursor.rowcount != 1:
                 raise _conflict(conn, params)
@@ -302,6 +319,7 @@ class SqliteStore:
                     return
                 batch = [first]
                 stop = False
+                item = None
                 while len(batch) < _MAX_BATCH:
                     try:
                         item = self._writes.get_nowait()
@@ -312,6 +330,8 @@ class SqliteStore:
                         break
                     batch.append(item)
                 self._commit_retrying(conn, batch)
+                # Not kept while waiting for the next write: a batch holds its inputs (MiBs of audio).
+                del first, batch, item
                 if stop:
                     return
         finally:
@@ -347,6 +367,9 @@ class SqliteStore:
 
         def flush() -> None:
             for sql in sorted(pending, key=_STATEMENT_ORDER.__getitem__):
+                if sql is _INSERT_PAYLOAD:
+                    _insert_payloads(conn, pending[sql])
+                    continue
                 cursor = conn.executemany(sql, pending[sql])
                 if sql is _UPDATE_JOB and cursor.rowcount != len(pending[sql]):
                     # A compare-and-set failed: undo, and find the culprit write by write (below).
