@@ -45,6 +45,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from gateway.errors import Unavailable
 from gateway.jobs import Clock, Job, JobFailure, JobState, Result, Segment, SystemClock, decode_result, encode_result
 from gateway.store.base import CreateOutcome, JobFilter, QueueFull, ResumableJob, RevisionConflict
 
@@ -53,7 +54,11 @@ __all__ = ["RedisStore", "job_from_dict", "job_from_json", "queue_bytes_key", "q
 log = logging.getLogger(__name__)
 
 _MAX_BATCH = 512
-WRITE_RETRY_SECONDS = 60.0  # how long writes wait for an unreachable Redis before they fail
+UNREACHABLE_SECONDS = 2.0  # Redis unreachable this long: the store says it cannot write (health NOT_SERVING)
+# Error replies that mean "no write now, retry later": out of memory (maxmemory, noeviction), unable to
+# persist (MISCONF), a replica (READONLY: a failover in progress), loading its data, not enough
+# replicas, a script running. (redis-py turns OOM, READONLY and LOADING into exception classes.)
+_CANNOT_WRITE = ("OOM", "MISCONF", "READONLY", "LOADING", "NOREPLICAS", "BUSY")
 
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -247,6 +252,9 @@ class RedisStore:
         self._writer: asyncio.Task[None] | None = None
         self._position = 0
         self._scripts: dict[str, Any] = {}
+        self.writable = True
+        self._writable_listeners: list[Callable[[bool], None]] = []
+        self._closing = False
 
     async def __aenter__(self) -> RedisStore:
         await self.open()
@@ -295,7 +303,27 @@ class RedisStore:
             await self._load_scripts()
             return await self._eval(self._redis, name, keys, args)
 
+    def on_writable(self, listener: Callable[[bool], None]) -> None:
+        """Calls ``listener(writable)`` whenever writing stops (Redis out of memory, unable to persist,
+        a read-only replica, unreachable) or starts working again."""
+        self._writable_listeners.append(listener)
+
+    def _set_writable(self, writable: bool, why: str = "") -> None:
+        if writable == self.writable:
+            return
+        self.writable = writable
+        if writable:
+            log.warning("redis store: writing works again")
+        else:
+            log.error("redis store: writes fail (%s); retrying them, and refusing new jobs meanwhile", why)
+        for listener in list(self._writable_listeners):
+            try:
+                listener(writable)
+            except Exception:
+                log.exception("a writable listener failed")
+
     async def close(self) -> None:
+        self._closing = True  # writes waiting for Redis to accept them give up
         if self._writer is not None:
             await self._writes.put(None)
             await self._writer
@@ -331,18 +359,31 @@ class RedisStore:
                 return
 
     async def _commit(self, batch: list[_Write]) -> None:
-        try:
-            answers = await self._pipeline_retrying(batch)
-            if any(isinstance(a, NoScriptError) for a in answers):  # Redis restarted: scripts are gone
-                await self._load_scripts()
-                retry = [w for w, a in zip(batch, answers, strict=True) if isinstance(a, NoScriptError)]
-                again = iter(await self._pipeline(retry))
-                answers = [next(again) if isinstance(a, NoScriptError) else a for a in answers]
-        except Exception as exc:  # the connection failed for the whole pipeline
-            for write in batch:
-                if not write.future.done():
-                    write.future.set_exception(exc)
-            return
+        delay = 0.1
+        while True:
+            try:
+                answers = await self._pipeline_retrying(batch)
+                if any(isinstance(a, NoScriptError) for a in answers):  # Redis restarted: scripts are gone
+                    await self._load_scripts()
+                    retry = [w for w, a in zip(batch, answers, strict=True) if isinstance(a, NoScriptError)]
+                    again = iter(await self._pipeline(retry))
+                    answers = [next(again) if isinstance(a, NoScriptError) else a for a in answers]
+            except Exception as exc:  # the connection failed for the whole pipeline
+                for write in batch:
+                    if not write.future.done():
+                        write.future.set_exception(exc)
+                return
+            refused = next((a for a in answers if _cannot_write(a)), None)
+            if refused is None or self._closing:
+                break
+            # Redis refuses writes for now (out of memory, cannot persist, read-only): nothing of a
+            # refused script was applied, and a later write of the same job may have failed its
+            # compare-and-set only because of it. The whole batch goes again, in order, until Redis
+            # takes it (a script already applied answers as done): no accepted job is stranded.
+            self._set_writable(False, str(refused).split("\n")[0])
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+        self._set_writable(True)
         for write, answer in zip(batch, answers, strict=True):
             try:
                 if isinstance(answer, Exception):
@@ -362,20 +403,23 @@ class RedisStore:
 
     async def _pipeline_retrying(self, batch: list[_Write]) -> list[Any]:
         """The batch's answers; while Redis is unreachable (a restart, a failover), the batch is
-        sent again, for up to WRITE_RETRY_SECONDS: every script answers a write it already applied
-        as done, so a batch sent twice stores each revision once."""
+        sent again until it goes through or the store closes (after UNREACHABLE_SECONDS the store
+        reports itself not writable meanwhile): every script answers a write it already applied as
+        done, so a batch sent twice stores each revision once."""
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + WRITE_RETRY_SECONDS
+        started = loop.time()
         delay = 0.05
         while True:
             try:
                 return await self._pipeline(batch)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if loop.time() + delay > give_up:
+                if self._closing:
                     raise
+                if loop.time() - started > UNREACHABLE_SECONDS:  # more than a restart's blink
+                    self._set_writable(False, f"Redis unreachable: {exc}")
                 log.warning("redis store: %s; writing again in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
@@ -404,6 +448,9 @@ class RedisStore:
     async def create_job(
         self, job: Job, request_hash: str, payload: bytes, on_commit: Callable[[Any], None] | None = None
     ) -> CreateOutcome:
+        if not self.writable:
+            raise Unavailable("the store cannot write now (Redis refuses writes: out of memory? unreachable?); the job "
+                              "was not accepted: retry later", reason="STORE_UNAVAILABLE")
         request_key = self._key("req", job.tenant, job.request_id) if job.request_id else self._key("req-none")
         keys = [self._key("job", job.id), self._key("revs", job.id), request_key, self._key("jobs", job.tenant),
                 self._key("changes", job.tenant), self._key("position"), self._key("active"),
@@ -641,6 +688,14 @@ class RedisStore:
             return None
         tenant, _, until = raw.decode().rpartition("|")
         return tenant if float(until) > now else None
+
+
+def _cannot_write(answer: Any) -> bool:
+    from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
+
+    if isinstance(answer, OutOfMemoryError | ReadOnlyError | BusyLoadingError):  # redis-py's names for some
+        return True
+    return isinstance(answer, ResponseError) and str(answer).split(" ", 1)[0] in _CANNOT_WRITE
 
 
 def _translate(exc: Exception) -> Exception:
