@@ -43,4 +43,4 @@ proto-check: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
 
 clean:
-	rm -rf $(VENV) .venv-octoai .venv-py310 tests/node/node_modules data .pytest_cache
+	rm -rf $(VENV) .venv-octoai .venv-py310 .venv-k8s tests/node/node_modules data .pytest_cache

@@ -10,6 +10,7 @@ Routes are ``[routes.<name>]`` tables with ``backend = "..."`` plus that backend
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -159,6 +160,23 @@ class AuthSettings(BaseModel):
 
     enabled: bool = Field(False, description="Off for local use; on in the Kubernetes manifests.")
     tokens: dict[str, str] = Field(default_factory=dict, description="Bearer token -> tenant.")
+    tokens_file: Path | None = Field(
+        None, description="A JSON object, bearer token -> tenant, read at start and added to tokens (a mounted "
+                          "Secret: tokens never pass through the environment or the config file).",
+    )
+
+    @model_validator(mode="after")
+    def _read_tokens_file(self) -> AuthSettings:
+        if self.tokens_file is None:
+            return self
+        try:
+            loaded = json.loads(self.tokens_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"auth.tokens_file {self.tokens_file}: {getattr(exc, 'strerror', None) or exc}") from None
+        if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()):
+            raise ValueError(f"auth.tokens_file {self.tokens_file}: expected a JSON object of token -> tenant strings")
+        self.tokens = {**self.tokens, **loaded}
+        return self
 
 
 class TlsSettings(BaseModel):

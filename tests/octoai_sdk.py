@@ -1,8 +1,8 @@
 """The real `octoai-sdk==0.2.0` client, in a virtualenv of its own, for tests that prove OctoAI compatibility.
 
 SDK 0.2.0 needs pydantic 1 and numpy 1 (the gateway's own venv has pydantic 2), so it lives in a separate venv,
-``.venv-octoai`` at the repository root (override with ``OCTOAI_SDK_VENV``), created once and reused. A file lock
-(in the temp dir, named after the venv's path) keeps parallel test runs from building it twice.
+``.venv-octoai`` at the repository root (override with ``OCTOAI_SDK_VENV``), created once and reused
+(tests/tool_venv.py).
 
 :func:`run_sdk_snippet` runs the seed's documented snippet in that venv's python, exactly as a user would write it
 with only the endpoint URL changed, and returns what it printed (JSON).
@@ -10,17 +10,15 @@ with only the endpoint URL changed, and returns what it printed (JSON).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
+
+from tests.tool_venv import ToolVenv
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("OCTOAI_SDK_VENV", ROOT / ".venv-octoai"))
@@ -41,65 +39,17 @@ PINS = (
     "uvicorn==0.22.0",
     "click>=8.1.3,<9",
 )
-_STAMP = VENV / ".octoai-sdk-installed"
 _CHECK = "from octoai.client import Client; from octoai.types import Audio; import octoai; print(octoai.__version__)"
-
-
-def _python_for_venv() -> str:
-    """The interpreter to build the venv from: OCTOAI_SDK_PYTHON, else python3.11, else python3."""
-    for candidate in (os.environ.get("OCTOAI_SDK_PYTHON"), "python3.11", "python3"):
-        if candidate and (found := shutil.which(candidate)):
-            return found
-    return sys.executable
-
-
-def _stamp_text() -> str:
-    return hashlib.sha256("\n".join(PINS).encode()).hexdigest()
-
-
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    # The lock lives in the temp dir (keyed by the venv's path), so that the checkout gets no stray file.
-    key = hashlib.sha256(str(VENV.resolve()).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"octoai-sdk-venv-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _ready() -> bool:
-    return _STAMP.is_file() and _STAMP.read_text().strip() == _stamp_text() and sdk_python().is_file()
+_SDK = ToolVenv("octoai-sdk", VENV, PINS, _CHECK, pythons=(os.environ.get("OCTOAI_SDK_PYTHON"), "python3.11", "python3"))
 
 
 def sdk_python() -> Path:
-    return VENV / "bin" / "python"
+    return _SDK.python
 
 
 def ensure_sdk_venv(timeout: float = 600.0) -> Path:
     """Creates the SDK's venv if it is missing or its pins changed; returns its python. Quick once made."""
-    if _ready():
-        return sdk_python()
-    with _locked():
-        if _ready():  # another process built it while this one waited for the lock
-            return sdk_python()
-        if VENV.exists():
-            shutil.rmtree(VENV)
-        log: list[str] = []
-
-        def run(*cmd: str) -> None:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-            log.append(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
-            if proc.returncode != 0:
-                raise RuntimeError(f"building {VENV} failed:\n" + "\n".join(log))
-
-        run(_python_for_venv(), "-m", "venv", str(VENV))
-        run(str(sdk_python()), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PINS)
-        run(str(sdk_python()), "-c", _CHECK)
-        _STAMP.write_text(_stamp_text() + "\n")
-    return sdk_python()
+    return _SDK.ensure(timeout)
 
 
 # The seed's snippet, word for word but for the endpoint URL (and the step selection and the error report around

@@ -204,3 +204,19 @@ def test_a_trailing_newline_is_not_a_valid_route_name(tmp_path: Path) -> None:
     path = write(tmp_path, '[routes."echo\\n"]\nbackend = "echo"\n')
     with pytest.raises(ValidationError, match="route name"):
         load_settings(path)
+
+
+def test_tokens_come_from_a_mounted_file(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text('{"file-token": "team-b"}')
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[auth]\nenabled = true\ntokens_file = "{tokens}"\n[auth.tokens]\n"inline" = "team-a"\n')
+    auth = load_settings(config).auth
+    assert auth.tokens == {"inline": "team-a", "file-token": "team-b"}
+    for bad in ("[1, 2]", "not json", '{"t": 3}'):
+        tokens.write_text(bad)
+        with pytest.raises(ValidationError, match="tokens_file"):
+            load_settings(config)
+    tokens.unlink()
+    with pytest.raises(ValidationError, match="tokens_file"):
+        load_settings(config)
