@@ -40,6 +40,7 @@ from gateway import __version__
 from gateway.allocator import map_large_allocations
 from gateway.errors import StartupError
 from gateway.http import parse_address
+from gateway.logcontext import FIELDS, JobLogFilter
 from gateway.server import Gateway
 from gateway.settings import Settings, load_settings
 
@@ -54,6 +55,9 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key in FIELDS:  # the job the line is about (gateway.logcontext)
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -65,6 +69,7 @@ def _configure_logging(settings: Settings) -> None:
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(JobLogFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())

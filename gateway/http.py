@@ -35,11 +35,18 @@ class HttpFace:
         self.app = web.Application(client_max_size=settings.max_receive_bytes)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
+        self.app.router.add_get("/metrics", self._metrics)
         Facade(settings, service, auth, serving).mount(self.app)
         self._runner: web.AppRunner | None = None
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text format (gateway.metrics); no token: scraped from inside the cluster."""
+        from gateway import metrics
+
+        return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE_LATEST})
 
     async def _readyz(self, request: web.Request) -> web.Response:
         serving = self.serving("")

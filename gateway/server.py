@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway import metrics
 from gateway.api.auth import Authenticator
 from gateway.api.gate import ReceiveGate
 from gateway.api.servicer import SERVICE_NAME, GatewayServicer
@@ -132,6 +133,8 @@ class Gateway:
         self._stopped = False
         self._serving: dict[str, bool] = {}
         self.tls: CertificateFiles | None = None
+        self.metrics_server: Any = None
+        self.metrics_port = 0
 
     async def __aenter__(self) -> Gateway:
         try:
@@ -164,6 +167,7 @@ class Gateway:
                                  queue=self._queue(name, route_settings.max_queue),
                                  workers=0 if settings.workers == 0 else None)
             self.runners[name] = self.service.routes[name] = runner
+            metrics.track_queue_depth(name, runner.queued)
             await self._set_health(health_name(name), False)
             runner.backend.readiness.listen(self._health_listener(name))
         # Bound before any job runs: a start that fails on its address has run nothing (and counted
@@ -171,7 +175,7 @@ class Gateway:
         # Submit messages received at once: as many as the in-flight byte budget holds at the largest size.
         gate = ReceiveGate(f"/{SERVICE_NAME}/Submit", settings.max_inflight_submit_bytes // settings.max_receive_bytes)
         server, self.grpc_port = create_server(settings, credentials=self.tls.grpc_credentials() if self.tls else None,
-                                               interceptors=[gate] if self.api else [])
+                                               interceptors=[metrics.RpcMetrics(), *([gate] if self.api else [])])
         self.grpc_server = server
         await self.service.resume()
         for runner in self.runners.values():
@@ -201,6 +205,19 @@ class Gateway:
                                    "http_listen (--http-listen; '' for none)", StartupError.HTTP_ADDRESS) from None
         if self.tls is not None:
             self._tasks.append(asyncio.create_task(self.tls.watch(), name="tls-reload"))
+        if settings.metrics_listen:
+            from prometheus_client import start_http_server
+
+            from gateway.http import parse_address
+
+            host, port = parse_address(settings.metrics_listen)
+            try:
+                self.metrics_server, _thread = start_http_server(port, host, registry=metrics.REGISTRY)
+            except OSError as exc:
+                raise StartupError(f"cannot listen for metrics on {settings.metrics_listen}: {exc.strerror or exc}; "
+                                   "set metrics_listen", StartupError.HTTP_ADDRESS) from None
+            self.metrics_port = int(self.metrics_server.server_port)
+            log.info("gateway serving Prometheus metrics on port %d", self.metrics_port)
         log.info(
             "gateway serving gRPC%s on port %d%s; routes: %s", " (TLS)" if self.tls else "", self.grpc_port,
             f", HTTP on port {self.http_port}" if self.http else "", ", ".join(settings.routes),
@@ -265,6 +282,9 @@ class Gateway:
         self.hub.close()
         if self.http is not None:
             await self.http.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         if self.grpc_server is not None:
             await self.grpc_server.stop(FINAL_GRACE_SECONDS)
         for task in self._tasks:

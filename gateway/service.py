@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway import metrics
 from gateway.bus import EventBus
 from gateway.errors import (
     AlreadyExists,
@@ -152,6 +153,8 @@ class JobService:
             event = JobEvent(job, segments_offset, position)
             cached = self._committed.get(job.id)
             if job.terminal:
+                metrics.job_ended(job.route, job.state.name, job.error.reason if job.error else "", job.started,
+                                  job.finished)
                 self._committed.pop(job.id, None)
             elif job.id in self._heads and (cached is None or cached.job.revision < job.revision):
                 self._committed[job.id] = event
@@ -314,6 +317,7 @@ class JobService:
         finally:
             self._submitting.pop(job.id, None)
         if outcome.created:
+            metrics.JOBS_SUBMITTED.labels(route).inc()
             return job, False
         runner.release()
         return self._existing(outcome.job, outcome.request_hash, request_id, request_hash), True
@@ -341,6 +345,8 @@ class JobService:
             return None
         if head.state is JobState.QUEUED and not defer_running:
             job = self._next(job_id, state=JobState.RUNNING, started=self.clock.now(), queue_position=0)
+            if job is not None:
+                metrics.QUEUE_WAIT.labels(job.route).observe(max(0.0, (job.started or job.created) - job.created))
             assert job is not None
             self._attempts[job_id] = self._attempts.get(job_id, 0) + 1
             # Not awaited: the writer commits in order, so this revision is stored (and published)
@@ -407,6 +413,8 @@ class JobService:
         head = self._heads.get(job_id)
         if head is not None and head.state is JobState.QUEUED:
             job = self._next(job_id, state=JobState.RUNNING, started=self.clock.now(), queue_position=0)
+            if job is not None:
+                metrics.QUEUE_WAIT.labels(job.route).observe(max(0.0, (job.started or job.created) - job.created))
             if job is not None:
                 await self._save(job)
 

@@ -261,8 +261,12 @@ class Settings(BaseSettings):
     public_url: str = Field(
         "", description="The facade's external base URL for poll/response URLs (behind a proxy); default: the request's."
     )
+    metrics_listen: str = Field(
+        "", description="HOST:PORT of a Prometheus /metrics listener of its own (for `gateway worker`, which has no "
+                        "HTTP face); empty: metrics only at /metrics on http_listen.",
+    )
     log_level: str = "INFO"
-    log_json: bool = False
+    log_json: bool = Field(False, description="Log JSON lines (with job_id, route and tenant where a job is concerned).")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     routes: dict[str, RouteSettings] = Field(default_factory=_default_routes)
@@ -282,7 +286,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r}: expected empty (SQLite) or a redis:// URL")
         return value
 
-    @field_validator("listen", "http_listen")
+    @field_validator("listen", "http_listen", "metrics_listen")
     @classmethod
     def _address(cls, value: str) -> str:
         if value and not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]\s]*):\d{1,5}", value):

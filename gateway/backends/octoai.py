@@ -39,7 +39,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from gateway import __version__
+from gateway import __version__, metrics
 from gateway.backends.base import JobContext, ReadyState
 from gateway.errors import Code, FieldViolation, InvalidArgument, JobError
 from gateway.jobs import JobInput, JobOutput, Result
@@ -99,6 +99,7 @@ class OctoAIBackend:
         self._slots = asyncio.Semaphore(settings.max_concurrent_requests)
         self._health_task: asyncio.Task[None] | None = None
         self.requests = 0  # upstream requests sent, for metrics and benchmarks
+        self._upstream = urlsplit(settings.endpoint).netloc or settings.endpoint  # the metrics' label
         # Where URLs from the upstream may lead (and the token may go): the configured endpoint's
         # origin, the healthcheck's, and the route's allowed_origins.
         self._origins = {_origin(u) for u in (settings.endpoint, settings.healthcheck, *settings.allowed_origins) if u}
@@ -274,6 +275,7 @@ class OctoAIBackend:
                             allow_redirects=False, timeout=aiohttp.ClientTimeout(total=s.request_timeout_seconds),
                         ) as response:
                             status, response_headers = response.status, response.headers
+                            metrics.UPSTREAM_REQUESTS.labels(self._upstream, f"{status // 100}xx").inc()
                             location = response_headers.get("Location", "")
                             if status in (301, 302, 303, 307, 308) and location and method == "GET":
                                 target = self._trusted(urljoin(target, location), what)  # refused elsewhere
@@ -299,6 +301,7 @@ class OctoAIBackend:
                     raise self._refused(what, status, last)
                 retry_after = _retry_after(response_headers.get("Retry-After"))
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                metrics.UPSTREAM_REQUESTS.labels(self._upstream, "error").inc()
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if attempt == s.max_retries:
                 break

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway import metrics
 from gateway.backends import audio as audio_io
 from gateway.backends.base import JobContext, ReadyState
 from gateway.backends.batching import BatchingModel
@@ -384,6 +385,7 @@ class WhisperBackend:
         are published as they are decoded (in a section that is not the last, each once the next
         one is out)."""
         sr = audio_io.SAMPLE_RATE
+        began = time.perf_counter()
         section = int(self.settings.section_seconds * sr)
         previous = ctx.job.segments  # a job resumed after a restart keeps what it had published
         segments = list(previous)
@@ -450,6 +452,9 @@ class WhisperBackend:
                 else:  # nothing heard: the next section overlaps this one's last window
                     start = max(start + sr, section_end - 30 * sr)
         duration = (base + buffered + sum(b.size for b in blocks)) / sr
+        transcribed = duration - (previous[-1].end if previous else 0.0)
+        if transcribed > 1.0:
+            metrics.WHISPER_RTF.labels(ctx.job.route).observe((time.perf_counter() - began) / transcribed)
         return Transcript(
             text="".join(s.text for s in segments).strip(),
             segments=tuple(segments),

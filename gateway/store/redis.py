@@ -39,12 +39,14 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from gateway import metrics
 from gateway.errors import Unavailable
 from gateway.jobs import Clock, Job, JobFailure, JobState, Result, Segment, SystemClock, decode_result, encode_result
 from gateway.store.base import CreateOutcome, JobFilter, QueueFull, ResumableJob, RevisionConflict
@@ -361,8 +363,10 @@ class RedisStore:
     async def _commit(self, batch: list[_Write]) -> None:
         delay = 0.1
         while True:
+            started = time.perf_counter()
             try:
                 answers = await self._pipeline_retrying(batch)
+                metrics.observe_commit("redis", len(batch), time.perf_counter() - started)
                 if any(isinstance(a, NoScriptError) for a in answers):  # Redis restarted: scripts are gone
                     await self._load_scripts()
                     retry = [w for w, a in zip(batch, answers, strict=True) if isinstance(a, NoScriptError)]

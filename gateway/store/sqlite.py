@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway import metrics
 from gateway.errors import StartupError, Unavailable
 from gateway.jobs import Job, JobFailure, JobState, Result, Segment, decode_result, encode_result
 from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict
@@ -342,8 +343,10 @@ class SqliteStore:
         growing pause, until it goes through or the store closes."""
         delay = 0.1
         while True:
+            started = time.perf_counter()
             try:
                 self._commit_batch(conn, batch)
+                metrics.observe_commit("sqlite", len(batch), time.perf_counter() - started)
             except sqlite3.Error as exc:
                 if not _cannot_write(exc):
                     raise

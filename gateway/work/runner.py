@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
+from gateway import logcontext
 from gateway.backends.base import Backend, JobContext
 from gateway.errors import Code, FailedPrecondition, GatewayError, ResourceExhausted
 from gateway.jobs import JobFailure
@@ -215,6 +216,15 @@ class RouteRunner:
             return
 
         ctx = running.ctx = JobContext(begun.job, begun.input, begun.checkpoint, lifecycle)
+        bound = logcontext.bind(job_id, self.name, begun.job.tenant)  # this task's log lines name the job
+        try:
+            await self._run_backend(running, ctx)
+        finally:
+            logcontext.unbind(bound)
+
+    async def _run_backend(self, running: _Running, ctx: JobContext) -> None:
+        lifecycle = self.lifecycle
+        job_id = running.job_id
         # The backend runs in this worker's own task (no task per job); Cancel cancels this task while,
         # and only while, it is inside backend.run, so the CancelledError always surfaces here.
         running.task = asyncio.current_task()

@@ -1,0 +1,150 @@
+"""Prometheus metrics (prometheus-client), served at ``/metrics`` on the HTTP listener (and, for a
+``gateway worker``, which has no HTTP face, on ``metrics_listen``).
+
+Each process counts what it does itself (the jobs it stores, runs and ends, the calls it answers), so
+that Prometheus sums them across replicas and workers without counting a job twice:
+
+    gateway_jobs_submitted_total{route}                   jobs stored by Submit here
+    gateway_jobs_finished_total{route,state,reason}       jobs ended here (state SUCCEEDED/FAILED/CANCELLED)
+    gateway_queue_depth{route}                            jobs waiting in this process's queue of the route
+    gateway_queue_wait_seconds{route}                     submitted -> running (histogram)
+    gateway_job_run_seconds{route}                        running -> ended (histogram)
+    gateway_watch_streams{rpc}                            Watch and WatchJobs streams open now
+    gateway_rpcs_total{method,code}                       RPCs answered, by gRPC status code (an interceptor)
+    gateway_rpc_seconds{method}                           their duration (histogram; streams: their lifetime)
+    gateway_upstream_requests_total{upstream,outcome}     requests to OctoAI upstreams (host): 2xx, 4xx, 5xx, error
+    gateway_store_commit_batch_size{store}                writes per store commit (histogram)
+    gateway_store_commit_seconds{store}                   how long a commit took (histogram)
+    gateway_whisper_real_time_factor{route}               transcription time / audio duration (histogram)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["CONTENT_TYPE_LATEST", "REGISTRY", "RpcMetrics", "render"]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+JOBS_SUBMITTED = Counter("gateway_jobs_submitted", "Jobs stored by Submit in this process.", ["route"], registry=REGISTRY)
+JOBS_FINISHED = Counter("gateway_jobs_finished", "Jobs ended by this process, by final state and error reason.",
+                        ["route", "state", "reason"], registry=REGISTRY)
+QUEUE_DEPTH = Gauge("gateway_queue_depth", "Jobs waiting in this process's queue of the route.", ["route"],
+                    registry=REGISTRY)
+QUEUE_WAIT = Histogram("gateway_queue_wait_seconds", "From Submit to RUNNING.", ["route"], buckets=_SECONDS,
+                       registry=REGISTRY)
+RUN_TIME = Histogram("gateway_job_run_seconds", "From RUNNING to the end.", ["route"], buckets=_SECONDS,
+                     registry=REGISTRY)
+WATCH_STREAMS = Gauge("gateway_watch_streams", "Watch and WatchJobs streams open now.", ["rpc"], registry=REGISTRY)
+RPCS = Counter("gateway_rpcs", "RPCs answered, by method and gRPC status code.", ["method", "code"], registry=REGISTRY)
+RPC_SECONDS = Histogram("gateway_rpc_seconds", "RPC duration (a stream: its lifetime).", ["method"],
+                        buckets=_SECONDS, registry=REGISTRY)
+UPSTREAM_REQUESTS = Counter("gateway_upstream_requests", "Requests to OctoAI upstreams (by host), by outcome.",
+                            ["upstream", "outcome"], registry=REGISTRY)
+STORE_BATCH = Histogram("gateway_store_commit_batch_size", "Writes per store commit.", ["store"],
+                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=REGISTRY)
+STORE_COMMIT = Histogram("gateway_store_commit_seconds", "Store commit duration.", ["store"],
+                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+                         registry=REGISTRY)
+WHISPER_RTF = Histogram("gateway_whisper_real_time_factor", "Transcription time / audio duration.", ["route"],
+                        buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5), registry=REGISTRY)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)
+
+
+def track_queue_depth(route: str, depth: Callable[[], float]) -> None:
+    """The route's queue depth, read from ``depth`` when scraped."""
+    QUEUE_DEPTH.labels(route).set_function(depth)
+
+
+def job_ended(route: str, state: str, reason: str, started: float | None, finished: float | None) -> None:
+    JOBS_FINISHED.labels(route, state, reason).inc()
+    if started is not None and finished is not None:
+        RUN_TIME.labels(route).observe(max(0.0, finished - started))
+
+
+def observe_commit(store: str, size: int, seconds: float) -> None:
+    STORE_BATCH.labels(store).observe(size)
+    STORE_COMMIT.labels(store).observe(seconds)
+
+
+class RpcMetrics(grpc.aio.ServerInterceptor):
+    """Counts every RPC by method and final status code, and times it, in one place."""
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def counted_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                code = "OK"
+                try:
+                    return await unary(request, context)
+                except BaseException:
+                    code = _code(context, "UNKNOWN")
+                    raise
+                finally:
+                    if code == "OK":
+                        code = _code(context, "OK")
+                    RPCS.labels(method, code).inc()
+                    RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+            return grpc.unary_unary_rpc_method_handler(counted_unary, handler.request_deserializer,
+                                                       handler.response_serializer)
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+            gauge = WATCH_STREAMS.labels(method) if method in ("Watch", "WatchJobs") else None
+
+            async def counted_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started = time.perf_counter()
+                code = "OK"
+                if gauge is not None:
+                    gauge.inc()
+                try:
+                    async for item in stream(request, context):
+                        yield item
+                except BaseException:
+                    code = _code(context, "CANCELLED")
+                    raise
+                finally:
+                    if gauge is not None:
+                        gauge.dec()
+                    if code == "OK":
+                        code = _code(context, "OK")
+                    RPCS.labels(method, code).inc()
+                    RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+            return grpc.unary_stream_rpc_method_handler(counted_stream, handler.request_deserializer,
+                                                        handler.response_serializer)
+        return handler
+
+
+def _code(context: grpc.aio.ServicerContext, default: str) -> str:
+    try:
+        code = context.code()
+    except Exception:
+        return default
+    if code is None:
+        return default
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    try:
+        return grpc.StatusCode(code).name  # type: ignore[call-arg]
+    except Exception:
+        return str(code)
