@@ -167,6 +167,7 @@ class StartupError(Exception):
     """The gateway cannot start: one line naming the cause and the setting to change, and the exit
     code of ``gateway serve`` / ``gateway worker`` for it (the command line's docstring lists them)."""
 
+    CONFIGURATION = 2  # the settings ask for what cannot be had (as for an invalid configuration)
     DATA_DIR = 3  # the data dir cannot be used (a file, not writable)
     DATA_DIR_IN_USE = 4  # another process owns the data dir
     GRPC_ADDRESS = 5  # the gRPC address cannot be listened on

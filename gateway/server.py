@@ -155,6 +155,10 @@ class Gateway:
         settings = self.settings
         if settings.tls.enabled:  # first: unusable certificates stop the start before anything runs
             self.tls = CertificateFiles(settings.tls)
+        if settings.tracing:
+            from gateway.tracing import enable_tracing
+
+            enable_tracing()
         await self.store.open()
         on_writable = getattr(self.store, "on_writable", None)
         if on_writable is not None:

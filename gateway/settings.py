@@ -265,6 +265,10 @@ class Settings(BaseSettings):
         "", description="HOST:PORT of a Prometheus /metrics listener of its own (for `gateway worker`, which has no "
                         "HTTP face); empty: metrics only at /metrics on http_listen.",
     )
+    tracing: bool = Field(
+        False, description="OpenTelemetry traces of the gRPC server (the [tracing] extra), exported with OTLP to "
+                            "OTEL_EXPORTER_OTLP_ENDPOINT (the OTEL_* variables configure it), or to stderr without one.",
+    )
     log_level: str = "INFO"
     log_json: bool = Field(False, description="Log JSON lines (with job_id, route and tenant where a job is concerned).")
     auth: AuthSettings = Field(default_factory=AuthSettings)
