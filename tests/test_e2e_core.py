@@ -25,7 +25,7 @@ from gateway_client import (
     NotFoundError,
     Output,
 )
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, wait_until
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name  # inferencegateway.gateway.v1.GatewayService
 
@@ -74,13 +74,16 @@ def test_hundred_watchers_of_one_job_see_the_same_revisions(echo_server: ServerP
         async with AsyncClient(echo_server.target) as client:
             job, _ = await client.submit_job("echo", {"delay_ms": 1500, "steps": 5})
 
-            async def follow() -> list[int]:
-                return [j.revision async for j in client.watch(job.id)]
+            async def follow() -> list[tuple[int, JobState, float]]:
+                # From revision 1 on, whenever each one starts: every watcher's whole stream is the same.
+                return [(j.revision, j.state, j.progress) async for j in client.watch(job.id, after_revision=1)]
 
             results = await asyncio.gather(*(follow() for _ in range(100)))
-        final = max(results[0])
+        first = results[0]
+        assert [r for r, _, _ in first] == list(range(2, first[-1][0] + 1)) and first[-1][1] is JobState.SUCCEEDED
+        assert len(first) >= 7  # running, five progress steps, succeeded
         for revisions in results:
-            assert revisions == sorted(set(revisions)) and revisions[-1] == final
+            assert revisions == first
 
     asyncio.run(run())
 
@@ -201,11 +204,14 @@ def test_delete_forgets_the_job(echo_server: ServerProcess) -> None:
         with pytest.raises(FailedPreconditionError) as active:
             client.delete(future.job_id)  # still running: only with force
         assert active.value.reason == "JOB_NOT_DONE"
-        client.delete(future.job_id, force=True)
-        with pytest.raises(GatewayError):
+        wait_until(lambda: future.job.state is JobState.RUNNING, "the future's stream to see the job run")
+        client.delete(future.job_id, force=True)  # cancelled first, then forgotten
+        with pytest.raises(JobCancelledError) as cancelled:
             future.result(timeout=10)
-        with pytest.raises(NotFoundError):
+        assert cancelled.value.code is grpc.StatusCode.CANCELLED and cancelled.value.reason == "CANCELLED"
+        with pytest.raises(NotFoundError) as forgotten:
             client.get(future.job_id)
+        assert forgotten.value.code is grpc.StatusCode.NOT_FOUND and forgotten.value.reason == "JOB_NOT_FOUND"
 
 
 def test_expiry(make_server) -> None:  # type: ignore[no-untyped-def]
