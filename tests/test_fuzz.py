@@ -1,15 +1,21 @@
-"""Fuzzing Submit against one real gateway process: every answer is OK or a documented error with details.
+"""Fuzzing the request surface against real gateway processes: every answer is OK or a documented error
+with details, and the generators' verdicts are checked both ways.
 
 Hypothesis builds SubmitRequests (valid, invalid and unknown routes; odd labels and request ids; JSON
-inputs with the echo keys given wrong types and ranges; transcriptions with random bytes) and raw
-random bytes, and calls the generated stub over a real channel. Whatever it sends, the server must
-answer OK or INVALID_ARGUMENT / NOT_FOUND (ROUTE_NOT_FOUND) / ALREADY_EXISTS / RESOURCE_EXHAUSTED, always
-with a google.rpc.Status in grpc-status-details-bin holding an ErrorInfo; never UNKNOWN or INTERNAL.
+inputs with the echo keys given wrong types and ranges, NaN and infinities; transcriptions with random
+bytes), raw random bytes, audio for a whisper route (the real fixtures, mutated and random), Watch and
+List requests, and HTTP facade bodies. Whatever it sends, the server answers OK or a documented refusal
+(INVALID_ARGUMENT / NOT_FOUND / ALREADY_EXISTS / RESOURCE_EXHAUSTED / OUT_OF_RANGE), always with a
+google.rpc.Status holding an ErrorInfo; never UNKNOWN or INTERNAL. A request the generator knows to be
+valid must be accepted, and one it knows to be invalid must be refused.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,13 +24,13 @@ import pytest
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from gateway_client import Client, Output
-from tests.conftest import ServerProcess
+from tests.conftest import FIXTURES, ServerProcess
 
 SUBMIT = "/inferencegateway.gateway.v1.GatewayService/Submit"
 ALLOWED = {
@@ -66,9 +72,7 @@ VALID_REQUEST_ID = st.just("") | st.from_regex(r"[\x21-\x7e]{1,128}", fullmatch=
 ODD_REQUEST_ID = ODD_TEXT | st.text(st.characters(codec="ascii"), min_size=120, max_size=140)
 
 JSON_LEAF = (st.none() | st.booleans() | st.integers(-(2**60), 2**60)
-             | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
-# Non-finite numbers are left out here: they make Submit fail with INTERNAL, a bug shown on its own by
-# test_non_finite_numbers_in_inputs_are_invalid_argument below. Allow them here once it is fixed.
+             | st.floats() | st.text(max_size=20))  # NaN and infinities too: refused, as JSON has none
 JSON = st.recursive(
     JSON_LEAF,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
@@ -103,11 +107,14 @@ def echo_key(draw: st.DrawFn, ok: st.SearchStrategy[Any], bad: st.SearchStrategy
 
 
 @st.composite
-def submit_requests(draw: st.DrawFn) -> tuple[pb.SubmitRequest, bool]:
-    """A SubmitRequest, and whether it is valid for the echo-only server (so must be accepted)."""
+def submit_requests(draw: st.DrawFn) -> tuple[pb.SubmitRequest, str]:
+    """A SubmitRequest, and the verdict for the echo-only server: "valid" (must be accepted),
+    "invalid" (must be refused) or "unknown" (odd labels or request ids: either, with details)."""
     valid = True
+    invalid = False
     route = draw(ROUTES)
     valid &= route == "echo"
+    invalid |= route != "echo"  # no such route, or not a route name at all
     if draw(st.booleans()):
         labels = draw(VALID_LABELS)
     else:
@@ -131,6 +138,7 @@ def submit_requests(draw: st.DrawFn) -> tuple[pb.SubmitRequest, bool]:
             if state != "absent":
                 inputs[key] = value
             valid &= key_valid
+            invalid |= not key_valid
         request.inputs.SetInParent()  # an empty Struct is still a chosen input
         request.inputs.update(inputs)
         # Struct numbers are doubles: an integer beyond 2**53 may round onto a different value.
@@ -138,6 +146,8 @@ def submit_requests(draw: st.DrawFn) -> tuple[pb.SubmitRequest, bool]:
             value = inputs.get(key)
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
                 valid = False
+        if _non_finite(request.inputs):
+            valid, invalid = False, True
     elif kind == "transcription":
         transcription = pb.TranscriptionRequest(
             audio=draw(st.binary(max_size=2048)),
@@ -149,10 +159,10 @@ def submit_requests(draw: st.DrawFn) -> tuple[pb.SubmitRequest, bool]:
         if draw(st.booleans()):
             transcription.vad_filter = draw(st.booleans())
         request.transcription.CopyFrom(transcription)
-        valid = False  # the echo route takes JSON inputs
+        valid, invalid = False, True  # the echo route takes JSON inputs
     else:
-        valid = False  # no input at all
-    return request, valid
+        valid, invalid = False, True  # no input at all
+    return request, "valid" if valid else "invalid" if invalid else "unknown"
 
 
 # -- checks ------------------------------------------------------------------------------------------
@@ -164,7 +174,8 @@ def details(error: grpc.RpcError) -> status_pb2.Status | None:
     return None
 
 
-def check_error(error: grpc.RpcError, allowed: set[grpc.StatusCode] = ALLOWED) -> tuple[str, list[Any]]:
+def check_error(error: grpc.RpcError, allowed: set[grpc.StatusCode] = ALLOWED,
+                not_found: frozenset[str] = frozenset({"ROUTE_NOT_FOUND"})) -> tuple[str, list[Any]]:
     """Checks an error's code and details; answers (reason, field violations)."""
     code = error.code()
     assert code in allowed, f"{code}: {error.details()}"
@@ -185,12 +196,12 @@ def check_error(error: grpc.RpcError, allowed: set[grpc.StatusCode] = ALLOWED) -
     reason = infos[0].reason
     assert reason and infos[0].domain == "gateway.inferencegateway.dev"
     if code is grpc.StatusCode.NOT_FOUND:
-        assert reason == "ROUTE_NOT_FOUND"
+        assert reason in not_found, reason
     if code is grpc.StatusCode.INVALID_ARGUMENT and reason != "MALFORMED_REQUEST":
         assert violations, f"INVALID_ARGUMENT {reason} without field violations"
         assert all(v.field and v.description for v in violations)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        assert reason in {"QUEUE_FULL", "REQUEST_TOO_LARGE"}
+        assert reason in {"QUEUE_FULL", "QUEUE_BYTES_FULL", "REQUEST_TOO_LARGE", "SUBMIT_BYTES_IN_FLIGHT"}
     return reason, violations
 
 
@@ -202,18 +213,22 @@ def channel(echo_server: ServerProcess) -> Iterator[grpc.Channel]:
 
 @FUZZ
 @given(case=submit_requests())
-def test_fuzz_submit(channel: grpc.Channel, case: tuple[pb.SubmitRequest, bool]) -> None:
-    request, valid = case
+def test_fuzz_submit(channel: grpc.Channel, case: tuple[pb.SubmitRequest, str]) -> None:
+    request, verdict = case
+    event(verdict)
     stub = pb_grpc.GatewayServiceStub(channel)
     try:
         response = stub.Submit(request, timeout=10)
     except grpc.RpcError as error:
         reason, _ = check_error(error)
         event(f"{error.code().name} {reason}")
-        if valid:  # a valid request may only clash with an earlier one's request_id
+        if verdict == "valid":  # a valid request may only clash with an earlier one's request_id
             assert error.code() is grpc.StatusCode.ALREADY_EXISTS and reason == "REQUEST_ID_CONFLICT", (
                 f"a valid request was refused: {error.code()} {reason}: {error.details()}")
+        if verdict == "invalid":
+            assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), error.details()
         return
+    assert verdict != "invalid", f"an invalid request was accepted: {request}"
     event("OK existing" if response.existing else "OK")
     job = response.job
     assert len(job.id) == 32 and job.route == request.route
@@ -274,10 +289,6 @@ def _non_finite(message: Any) -> bool:
                                                                   b"\x12\x05\xff\xff\xff\xff\xff"]))
 def test_fuzz_raw_bytes(channel: grpc.Channel, data: bytes) -> None:
     request = _parsed(data)
-    if request is not None and request.HasField("inputs"):
-        # The known NaN/Infinity bug (test_non_finite_numbers_in_inputs_are_invalid_argument) is not
-        # this test's business.
-        assume(not _non_finite(request.inputs))
     raw = channel.unary_unary(SUBMIT)  # no serializers: bytes in, bytes out
     try:
         answer = raw(data, timeout=10)
@@ -323,3 +334,128 @@ def test_a_trailing_newline_is_not_a_valid_label_key_or_request_id(channel: grpc
             stub.Submit(request, timeout=10)
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         check_error(refused.value)
+
+
+# -- audio, Watch, List, the HTTP facade ---------------------------------------------------------------
+
+SEASHELLS = (FIXTURES / "seashells.wav").read_bytes()
+LONG_OGG = (FIXTURES / "long.ogg").read_bytes()
+AUDIO_ALLOWED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+@pytest.fixture(scope="module")
+def audio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A whisper route that runs nothing (--workers 0): Submit's audio probe alone, with no model load."""
+    server = ServerProcess(tmp_path_factory.mktemp("fuzz-audio"), '[routes.whisper]\nbackend = "whisper"\n'
+                           'max_queue = 100000\nmax_audio_bytes = 4096000\n', args=("--workers", "0")).start()
+    yield server
+    server.stop()
+
+
+@st.composite
+def audio_cases(draw: st.DrawFn) -> tuple[bytes, str]:
+    """Audio bytes and the verdict: "valid" (a real file: accepted), "invalid" (refused), "unknown"."""
+    kind = draw(st.sampled_from(["fixture", "fixture", "empty", "random", "mutated", "cut", "text"]))
+    if kind == "fixture":
+        return draw(st.sampled_from([SEASHELLS, LONG_OGG])), "valid"
+    if kind == "empty":
+        return b"", "invalid"
+    if kind == "text":
+        return draw(st.text(min_size=1, max_size=200)).encode(), "invalid"
+    if kind == "random":
+        return draw(st.binary(min_size=1, max_size=4096)), "unknown"
+    data = bytearray(draw(st.sampled_from([SEASHELLS, LONG_OGG])))
+    if kind == "cut":
+        return bytes(data[: draw(st.integers(0, 26))]), "invalid"  # less than any whole header (Ogg's is 27+)
+    for _ in range(draw(st.integers(1, 8))):
+        at = draw(st.integers(0, min(len(data) - 1, 512)))  # the header, mostly
+        data[at] = draw(st.integers(0, 255))
+    return bytes(data), "unknown"
+
+
+@FUZZ
+@given(case=audio_cases())
+def test_fuzz_audio_probe(audio_server: ServerProcess, case: tuple[bytes, str]) -> None:
+    audio, verdict = case
+    event(verdict)
+    with grpc.insecure_channel(audio_server.target) as ch:
+        stub = pb_grpc.GatewayServiceStub(ch)
+        request = pb.SubmitRequest(route="whisper", transcription=pb.TranscriptionRequest(audio=audio))
+        try:
+            stub.Submit(request, timeout=30)
+        except grpc.RpcError as error:
+            reason, _ = check_error(error, AUDIO_ALLOWED)
+            event(reason)
+            assert verdict != "valid", f"a real audio file was refused: {reason}"
+            if error.code() is grpc.StatusCode.INVALID_ARGUMENT:
+                assert reason.startswith("AUDIO_"), reason
+            return
+    assert verdict != "invalid", f"{len(audio)} bytes of non-audio were accepted"
+
+
+JOB_IDS = st.one_of(st.just(""), ODD_TEXT, st.from_regex(r"[0-9a-f]{32}", fullmatch=True),
+                    st.text(st.characters(codec="ascii"), min_size=30, max_size=300))
+
+
+@FUZZ
+@given(job_id=JOB_IDS, after=st.integers(-(2**63), 2**63 - 1) | st.integers(-3, 10))
+def test_fuzz_watch(channel: grpc.Channel, job_id: str, after: int) -> None:
+    stub = pb_grpc.GatewayServiceStub(channel)
+    try:
+        for _ in stub.Watch(pb.WatchRequest(job_id=job_id, after_revision=after), timeout=10):
+            break
+    except grpc.RpcError as error:
+        reason, _ = check_error(error, {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                                        grpc.StatusCode.OUT_OF_RANGE}, not_found=frozenset({"JOB_NOT_FOUND"}))
+        event(reason)
+        return
+    raise AssertionError(f"Watch of a job that does not exist answered: {job_id!r}")  # every id here is unknown
+
+
+@FUZZ
+@given(page_size=st.integers(-(2**31), 2**31 - 1), token=st.just("") | ODD_TEXT | st.text(max_size=80),
+       states=st.lists(st.integers(-5, 10), max_size=4), route=st.just("") | ROUTES, labels=VALID_LABELS | ODD_LABELS)
+def test_fuzz_list(channel: grpc.Channel, page_size: int, token: str, states: list[int], route: str,
+                   labels: dict[str, str]) -> None:
+    stub = pb_grpc.GatewayServiceStub(channel)
+    request = pb.ListRequest(page_size=page_size, page_token=token, route=route, labels=labels)
+    request.states.extend(states)  # unknown enum numbers included: proto3 keeps them
+    try:
+        page = stub.List(request, timeout=10)
+    except grpc.RpcError as error:
+        reason, _ = check_error(error, {grpc.StatusCode.INVALID_ARGUMENT})
+        event(reason)
+        return
+    event("OK")
+    assert token == "", "a page token that no answer gave out was accepted"
+    assert page_size >= 0 and all(0 <= s <= 5 for s in states)
+    assert len(page.jobs) <= max(page_size, 50) if page_size else len(page.jobs) <= 50
+
+
+FACADE_BODIES = st.one_of(
+    st.binary(max_size=300),
+    st.text(max_size=200).map(str.encode),
+    JSON.map(lambda v: json.dumps(v, allow_nan=True).encode()),
+    st.dictionaries(st.text(max_size=8), JSON, max_size=4).map(lambda v: json.dumps(v, allow_nan=True).encode()),
+    st.sampled_from([b"{", b"[]", b"null", b'{"audio": 1}', b"NaN", b"1e400", b'{"x": 1e400}', b"[" * 1000]),
+)
+
+
+@FUZZ
+@given(body=FACADE_BODIES, route=st.sampled_from(["echo", "nope", "whisper"]), asynchronous=st.booleans())
+def test_fuzz_facade_bodies(echo_server: ServerProcess, body: bytes, route: str, asynchronous: bool) -> None:
+    headers = {"Content-Type": "application/json", **({"X-OctoAI-Async": "1"} if asynchronous else {})}
+    request = urllib.request.Request(f"{echo_server.http_url}/{route}/predict", data=body, headers=headers,
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            status, text = answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read()
+    event(str(status))
+    assert status in (200, 201, 400, 404, 413, 422), (status, text[:300])
+    answer_json = json.loads(text)  # every answer is JSON, refusals included
+    if status >= 400:
+        assert answer_json.get("reason") or answer_json.get("error"), answer_json
+    else:
+        assert route == "echo"
