@@ -250,6 +250,23 @@ def test_auth_and_tenant_isolation(make_server) -> None:  # type: ignore[no-unty
             wrong.list()
         assert invalid.value.code is grpc.StatusCode.UNAUTHENTICATED and invalid.value.reason == "INVALID_TOKEN"
     with Client(server.target, token="alpha-token") as alpha, Client(server.target, token="beta-token") as beta:
+        # Beta's dashboard stream is open throughout: it must see beta's job and never one of alpha's.
+        beta_saw: list[str] = []
+        opened = threading.Event()
+
+        def beta_dashboard() -> None:
+            for job in beta.watch_jobs(timeout=20):
+                opened.set()
+                beta_saw.append(job.id)
+                if job.id == beta_marker[0] and job.state.done:
+                    return
+
+        beta_marker: list[str] = []
+        first = beta.submit("echo", {"first": True, "delay_ms": 1500})  # active: on the stream at once
+        beta_marker.append(first.job_id)
+        reader = threading.Thread(target=beta_dashboard, daemon=True)
+        reader.start()
+        assert opened.wait(10)
         future = alpha.submit("echo", {"secret": 1})
         future.result(timeout=10)
         for call in (lambda: beta.get(future.job_id), lambda: beta.fetch(future.job_id),
@@ -258,7 +275,10 @@ def test_auth_and_tenant_isolation(make_server) -> None:  # type: ignore[no-unty
             with pytest.raises(GatewayError) as hidden:
                 call()
             assert hidden.value.code is grpc.StatusCode.NOT_FOUND and hidden.value.reason == "JOB_NOT_FOUND"
-        assert list(beta.iter_jobs()) == [] and len(list(alpha.iter_jobs())) == 1
+        first.result(timeout=10)
+        reader.join(20)
+        assert beta_saw and set(beta_saw) == {first.job_id}  # alpha's job never appeared on beta's stream
+        assert [j.id for j in beta.iter_jobs()] == [first.job_id] and len(list(alpha.iter_jobs())) == 1
         # The same request_id in two tenants is two jobs.
         a, _ = alpha.submit_job("echo", {}, request_id="same")
         b, existing = beta.submit_job("echo", {}, request_id="same")
@@ -322,3 +342,26 @@ def test_oversized_and_malformed_requests(make_server) -> None:  # type: ignore[
         assert malformed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         stub = pb_grpc.GatewayServiceStub(channel)
         assert stub.Submit(pb.SubmitRequest(route="echo", inputs={}), timeout=5).job.id  # still healthy
+
+
+def test_one_request_id_submitted_at_once_makes_one_job(echo_server: ServerProcess) -> None:
+    """Many Submits with the same request_id racing in one process: one job, every answer names it, and
+    exactly one says it made it."""
+    barrier = threading.Barrier(8)
+    answers: list[tuple[str, bool]] = []
+    lock = threading.Lock()
+    with Client(echo_server.target) as client:
+        def submit() -> None:
+            barrier.wait(10)
+            job, existing = client.submit_job("echo", {"n": 1}, request_id="race-1")
+            with lock:
+                answers.append((job.id, existing))
+
+        threads = [threading.Thread(target=submit) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(answers) == 8 and len({job_id for job_id, _ in answers}) == 1
+        assert sorted(existing for _, existing in answers) == [False] + [True] * 7
+        assert [j.id for j in client.iter_jobs() if j.request_id == "race-1"] == [answers[0][0]]

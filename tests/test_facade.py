@@ -113,6 +113,9 @@ def test_tokens_and_tenants_on_the_facade(make_server) -> None:  # type: ignore[
     status, polled, _ = http("GET", body["poll_url"], headers=alpha)
     assert status == 200 and polled["status"] == "completed"
     assert http("GET", polled["response_url"], headers=alpha)[1] == {"a": 1}
+    # Another tenant's token gets nothing at the response URL either: 404, as for a job that does not exist.
+    status, hidden, _ = http("GET", polled["response_url"], headers={"Authorization": "Bearer beta-token"})
+    assert status == 404 and hidden["error"]["reason"] == "JOB_NOT_FOUND"
     # The SDK with the right token, through the environment as users set it.
     out = run_sdk_snippet(f"{base}/echo", FIXTURES / "seashells.wav", token="alpha-token", steps=("async",))
     assert "error" not in out and out["result"]["task"] == "transcribe"

@@ -234,3 +234,16 @@ def test_route_that_cannot_load_its_model(make_server, tmp_path: Path) -> None: 
             time.sleep(0.2)
         assert server.health("route/whisper") != 1  # not SERVING
         assert client.submit("echo", {"ok": True}).result(timeout=10).value == {"ok": True}
+
+
+def test_the_batched_pipeline_mode_on_the_cpu(make_server) -> None:  # type: ignore[no-untyped-def]
+    """batched = true (faster-whisper's BatchedInferencePipeline: a file's windows in one call), end to end."""
+    server: ServerProcess = make_server('[routes.whisper]\nbackend = "whisper"\nbatched = true\nbatch_size = 4\n')
+    server.wait_serving("route/whisper")
+    with Client(server.target) as client:
+        short = client.transcribe(SEASHELLS).result(timeout=120)
+        long = client.transcribe(FIXTURES / "long.ogg").result(timeout=300)
+    assert isinstance(short, Transcript) and short.text == SENTENCE
+    assert isinstance(long, Transcript) and 52 < long.duration < 53.5
+    assert word_error_rate((FIXTURES / "long.txt").read_text(), long.text) < 0.1
+    assert "BatchedInferencePipeline" in server.log() or "batched x4" in server.log()
