@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from gateway_client import NO_RETRY, Client, Job, JobFailedError, JobState, Output, Transcript, UnavailableError
-from tests.conftest import FIXTURES, ServerProcess
+from tests.conftest import FIXTURES, ServerProcess, wait_until
 from tests.test_whisper import word_error_rate
 
 ONE_WORKER = '[routes.echo]\nbackend = "echo"\nworkers = 1\n'
@@ -30,7 +30,7 @@ def test_kill9_keeps_results_and_resumes_queued_and_running_jobs(make_server) ->
         running = client.submit("echo", {"delay_ms": 3000, "steps": 30, "n": 2})
         queued = client.submit("echo", {"delay_ms": 100, "n": 3})
         _wait_state(client, running.job_id, JobState.RUNNING)
-        time.sleep(0.5)
+        wait_until(lambda: client.get(running.job_id).progress >= 0.1, "the running job's progress")
         progress_before = client.get(running.job_id).progress
         assert progress_before > 0
         seen: list[int] = []
@@ -127,12 +127,11 @@ def test_a_job_that_keeps_killing_the_gateway_is_given_up(make_server) -> None: 
 def test_submit_is_refused_while_shutting_down(make_server) -> None:  # type: ignore[no-untyped-def]
     server: ServerProcess = make_server('shutdown_grace_seconds = 3.0\n' + ONE_WORKER)
     with Client(server.target, retry=NO_RETRY) as client:
-        client.submit("echo", {"delay_ms": 2500})
-        time.sleep(0.2)
+        busy = client.submit("echo", {"delay_ms": 2500})
+        _wait_state(client, busy.job_id, JobState.RUNNING)
         assert server.proc is not None
         server.proc.send_signal(15)
-        time.sleep(0.5)
-        assert server.health() != 1  # NOT_SERVING while draining
+        wait_until(lambda: server.health() != 1, "NOT_SERVING while draining")
         with pytest.raises(UnavailableError) as refused:
             client.submit_job("echo", {})
         assert refused.value.code is grpc.StatusCode.UNAVAILABLE
@@ -151,7 +150,8 @@ def test_graceful_restarts_and_failed_starts_do_not_count_as_crashed_attempts(ma
         future = client.submit("echo", {"delay_ms": 2500, "steps": 25})
         for _ in range(3):
             _wait_state(client, future.job_id, JobState.RUNNING)
-            time.sleep(0.3)  # well into its run
+            before = client.get(future.job_id).progress
+            wait_until(lambda before=before: client.get(future.job_id).progress > before, "the job well into its run")
             assert server.stop() == 0  # the drain (0.2 s) cuts it: RUNNING, to resume
             with socket.socket() as busy:
                 busy.bind(("127.0.0.1", 0))

@@ -230,8 +230,10 @@ def test_slow_uploads_are_cut_and_bounded_without_flooding_the_log(make_server) 
         sock = socket.create_connection((host, int(port)), timeout=10)
         sock.sendall(head + b'{"x": "')
         slow.append(sock)
-    time.sleep(0.3)  # the eight are reading their bodies
-    status, body, headers = http("POST", f"{server.http_url}/echo/predict", {"n": 1}, headers={"X-OctoAI-Async": "1"})
+    deadline = time.monotonic() + 10  # until the server is reading the eight bodies
+    while (answer := http("POST", f"{server.http_url}/echo/predict", {"n": 1}, headers={"X-OctoAI-Async": "1"}))[0] == 201:
+        assert time.monotonic() < deadline, "the eight slow uploads never filled the places"
+    status, body, headers = answer
     assert status == 503 and body["error"]["reason"] == "TOO_MANY_UPLOADS" and "Retry-After" in headers, body
     started = time.monotonic()
     answers = []

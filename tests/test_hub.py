@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -127,11 +128,18 @@ async def test_timed_out_waiters_do_not_accumulate() -> None:
         assert len(sub._waiters) == 0
 
 
+async def _until_waiting(waitable: Any) -> None:
+    """Until a task is waiting on it (so that what follows wakes a waiter, not a newcomer)."""
+    async with asyncio.timeout(5):
+        while not waitable._waiters:  # noqa: ASYNC110 (the waiter is another task of this loop)
+            await asyncio.sleep(0)
+
+
 async def test_a_waiting_watcher_is_woken() -> None:
     hub = EventHub()
     with hub.watch("j1") as channel:
         waiter = asyncio.create_task(channel.next_after(1, timeout=5))
-        await asyncio.sleep(0.01)
+        await _until_waiting(channel)
         hub.publish(JobEvent(job(revision=2, state=JobState.RUNNING)))
         got = await waiter
         assert got is not None and [e.job.revision for e in got] == [2]
@@ -163,7 +171,7 @@ async def test_tenant_subscription_coalesces_per_job_and_filters() -> None:
         assert [(e.job.id, e.job.revision) for e in events] == [("b", 1), ("a", 6)]
         assert await sub.next(timeout=0.05) is None
         waiter = asyncio.create_task(sub.next(timeout=5))
-        await asyncio.sleep(0.01)
+        await _until_waiting(sub)
         hub.publish(JobEvent(job("g", 2, JobState.RUNNING, labels=labelled)))
         got = await waiter
         assert got is not None and [e.job.id for e in got] == ["g"]
@@ -187,7 +195,8 @@ async def test_close_makes_waiters_raise_hub_closed() -> None:
     with hub.watch("j1") as channel, hub.watch_tenant("t", JobFilter()) as sub:
         job_waiter = asyncio.create_task(channel.next_after(0, timeout=30))
         tenant_waiter = asyncio.create_task(sub.next(timeout=30))
-        await asyncio.sleep(0.01)
+        await _until_waiting(channel)
+        await _until_waiting(sub)
         hub.close()
         with pytest.raises(HubClosed):
             await job_waiter
