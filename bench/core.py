@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.harness import BareServer, GatewayServer, LoadProcess, Row, Server, cpu_seconds, median, rss_mib, started
+from bench.harness import BareServer, GatewayServer, LoadProcess, Row, Server, abba, cpu_seconds, median, rss_mib, started
 
 NAME = "core"
 
@@ -91,7 +91,7 @@ def bench_submit(cfg: Config) -> list[Row]:
     with started(GatewayServer(), BareServer()) as (gateway, bare):
         stored = 0  # jobs in the gateway's store so far
         for r in range(cfg.rounds):
-            for variant in SUBMIT_VARIANTS:
+            for variant in abba(SUBMIT_VARIANTS, r):
                 server = bare if variant == "bare" else gateway
                 result = _submit_round(server, variant, cfg, f"submit-{variant}-{r}")
                 if server is gateway:
@@ -243,7 +243,7 @@ def bench_push(cfg: Config) -> list[Row]:
         runners = {"gateway": _Watch(gateway, "gateway", cfg), "bare": _Watch(bare, "bare", cfg)}
         w = cfg.push_watchers
         for r in range(cfg.push_rounds):
-            for kind in ("gateway", "bare"):
+            for kind in abba(("gateway", "bare"), r):
                 result = runners[kind].round(1, w, cfg.push_channels, f"push1-{r}")
                 single[kind].append(result)
                 _log(f"push 1x{w} round {r + 1}/{cfg.push_rounds} {kind}: p50 {_fmt(result['p50_ms'], 1)} ms, "
@@ -251,7 +251,7 @@ def bench_push(cfg: Config) -> list[Row]:
                      f"(attach {result['attach_s']:.2f} s)")
         jobs, per_job = cfg.wide_jobs, cfg.wide_per_job
         for r in range(cfg.wide_rounds):
-            for kind in ("gateway", "bare"):
+            for kind in abba(("gateway", "bare"), r):
                 result = runners[kind].round(jobs, per_job, cfg.wide_channels, f"pushN-{r}")
                 wide[kind].append(result)
                 _log(f"push {jobs}x{per_job} round {r + 1}/{cfg.wide_rounds} {kind}: "

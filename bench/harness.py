@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 __all__ = [
     "ECHO_CONFIG",
@@ -32,6 +32,7 @@ __all__ = [
     "LoadProcess",
     "Row",
     "Server",
+    "abba",
     "cpu_seconds",
     "kill_all",
     "median",
@@ -70,6 +71,15 @@ class Row:
             "name": self.name, "unit": self.unit, "gateway": self.gateway, "baseline": self.baseline,
             "ratio": self.ratio, "goal": self.goal, "met": self.met, "note": self.note, "raw": self.raw,
         }
+
+
+T = TypeVar("T")
+
+
+def abba(items: Sequence[T], round_index: int) -> list[T]:
+    """The order of the compared variants in round ``round_index``: A B, then B A, B A, A B, ... (ABBA
+    counterbalancing), so that no variant always runs first, on a cold or a warm machine."""
+    return list(items) if round_index % 4 in (0, 3) else list(reversed(items))
 
 
 def median(values: Sequence[float | None]) -> float | None:

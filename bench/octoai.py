@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench.harness import GatewayServer, Row
+from bench.harness import GatewayServer, Row, abba
 
 NAME = "octoai"
 
@@ -120,9 +120,9 @@ async def _run(cfg: Config) -> list[Row]:
                 figures: dict[str, dict[str, list[float]]] = {
                     "gateway": {"requests": [], "delay": []}, "seed": {"requests": [], "delay": []},
                 }
-                for _ in range(cfg.rounds):
+                for r in range(cfg.rounds):
                     fake.configure(pending_seconds=rng.uniform(*cfg.pending_s), running_seconds=rng.uniform(*cfg.running_s))
-                    for name in ("gateway", "seed"):
+                    for name in abba(("gateway", "seed"), r):
                         if name == "gateway":
                             requests, delays = await _gateway(fake, gateway.target, watchers)
                         else:

@@ -32,7 +32,7 @@ from typing import Any
 
 from bench.core import Config as CoreConfig
 from bench.core import _fmt, _submit_round, _Watch
-from bench.harness import ECHO_CONFIG, GatewayServer, Row, Server, median, spawn, started, stop_process
+from bench.harness import ECHO_CONFIG, GatewayServer, Row, Server, abba, median, spawn, started, stop_process
 
 NAME = "scale"
 SUBMIT_GOAL = 0.7
@@ -123,7 +123,7 @@ def bench_submit(redis: RedisServer, cfg: Config, quick: bool) -> Row:
     rounds: dict[str, list[dict[str, Any]]] = {"sqlite": [], "redis": []}
     with started(GatewayServer(), GatewayServer(_redis_config(redis.url))) as (sqlite, shared):
         for r in range(cfg.rounds):
-            for kind, server in (("sqlite", sqlite), ("redis", shared)):
+            for kind, server in abba((("sqlite", sqlite), ("redis", shared)), r):
                 result = _submit_round(server, "gateway", core, f"scale-{kind}-{r}")
                 rounds[kind].append(result)
                 _log(f"submit round {r + 1}/{cfg.rounds} {kind}: {result['throughput']:,.0f}/s, "
@@ -213,7 +213,7 @@ def bench_cross_replica_push(redis: RedisServer, cfg: Config, quick: bool) -> li
                  GatewayServer(config, extra_args=("--workers", "0")), WorkerServer(config)) as (single, a, b, _worker):
         runners = {"single": _Watch(single, "gateway", core), "replicas": _Watch(b, "gateway", core, submit_target=a.target)}
         for r in range(cfg.push_rounds):
-            for kind in ("single", "replicas"):
+            for kind in abba(("single", "replicas"), r):
                 result = runners[kind].round(1, w, 10, f"xpush-{kind}-{r}")
                 rounds[kind].append(result)
                 _log(f"push 1x{w} round {r + 1}/{cfg.push_rounds} {kind}: p50 {_fmt(result['p50_ms'], 1)} ms, "

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from bench.harness import ROOT, GatewayServer, Row, median
+from bench.harness import ROOT, GatewayServer, Row, abba, median
 
 NAME = "whisper"
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -102,10 +102,21 @@ def _gateway_one(client: object, data: bytes) -> float:
     assert isinstance(client, Client)
     started = time.perf_counter()
     job, _ = client.submit_job("whisper", audio=data)
+    last = None
     for update in client.watch(job.id, after_revision=job.revision):
+        last = update
         if update.done:  # type: ignore[union-attr]
             break
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    # Only a job that succeeded with a transcript is a sample: a failed job is not a fast one.
+    from gateway_client import JobState, Transcript
+
+    if last is None or last.state is not JobState.SUCCEEDED:  # type: ignore[union-attr]
+        raise RuntimeError(f"whisper job {job.id} ended {getattr(last, 'state', None)}, not SUCCEEDED")
+    result = client.fetch(job.id).result
+    if not isinstance(result, Transcript) or not result.text.strip():
+        raise RuntimeError(f"whisper job {job.id} succeeded without a transcript: {result!r}")
+    return elapsed
 
 
 def _gateway_many(client: object, clips: list[bytes]) -> float:
@@ -219,11 +230,14 @@ def run(args: argparse.Namespace) -> list[Row]:
             _gateway_one(client, short_clip)
             for label, data in (("long (52.6 s)", long_clip), ("short (2.5 s)", short_clip)):
                 gw_times, bare_times = [], []
-                for _ in range(cfg.rounds):
-                    gw_times.append(_gateway_one(client, data))
-                    started = time.perf_counter()
-                    bare.transcribe(data)
-                    bare_times.append(time.perf_counter() - started)
+                for r in range(cfg.rounds):
+                    for kind in abba(("gateway", "bare"), r):
+                        if kind == "gateway":
+                            gw_times.append(_gateway_one(client, data))
+                        else:
+                            started = time.perf_counter()
+                            bare.transcribe(data)
+                            bare_times.append(time.perf_counter() - started)
                 gw, base = median(gw_times), median(bare_times)
                 assert gw is not None and base is not None
                 seconds = audio_seconds[id(data)]
@@ -235,12 +249,15 @@ def run(args: argparse.Namespace) -> list[Row]:
                 ))
                 _log(f"{label}: gateway {gw:.3f} s, bare {base:.3f} s")
             gw_many, bare_many = [], []
-            for _ in range(cfg.throughput_rounds):
-                gw_many.append(_gateway_many(client, clips))
-                started = time.perf_counter()
-                for data in clips:
-                    bare.transcribe(data)
-                bare_many.append(time.perf_counter() - started)
+            for r in range(cfg.throughput_rounds):
+                for kind in abba(("gateway", "bare"), r):
+                    if kind == "gateway":
+                        gw_many.append(_gateway_many(client, clips))
+                    else:
+                        started = time.perf_counter()
+                        for data in clips:
+                            bare.transcribe(data)
+                        bare_many.append(time.perf_counter() - started)
             gw_t, bare_t = median(gw_many), median(bare_many)
             assert gw_t is not None and bare_t is not None
             rows.append(Row(
