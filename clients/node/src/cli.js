@@ -1,0 +1,478 @@
+// gateway-client-node: the command line of the gateway, with the contract of the Python
+// `gateway-client` (same commands, flags, JSON lines, error lines and exit codes). See MANUAL.
+import { readFileSync } from "node:fs";
+import * as grpc from "@grpc/grpc-js";
+import { create, toJson } from "@bufbuild/protobuf";
+import { GatewayClient, DEFAULT_TARGET, jobStateName, parseJobState, registry, duration } from "./client.js";
+import { GatewayError, codeName, statusDetails } from "./errors.js";
+import {
+  CancelResponseSchema, DeleteResponseSchema, FetchResponseSchema, GetResponseSchema, JobSchema, JobState,
+  ListResponseSchema, SubmitResponseSchema, TranscriptionTask, WatchJobsResponseSchema, WatchResponseSchema,
+} from "../gen/inferencegateway/gateway/v1/gateway_pb.js";
+
+export const PROG = "gateway-client-node";
+const DEFAULT_RPC_TIMEOUT = 30;
+const MAX_FETCH_WAIT = 3600;
+
+export const MANUAL = `${PROG}: the command line of the inference gateway (the Node.js twin of gateway-client).
+
+Synopsis:
+
+  ${PROG} [--target HOST:PORT] [--token-file PATH | --token TOKEN] [--rpc-timeout SECONDS]
+          [--tls] [--ca-file PATH] [--cert-file PATH --key-file PATH] COMMAND ...
+
+  ${PROG} submit --route NAME (--inputs JSON | --inputs-file FILE | --audio FILE)
+          [--language CODE] [--task {transcribe,translate}] [--beam-size N]
+          [--word-timestamps] [--vad-filter | --no-vad-filter] [--label KEY=VALUE]... [--request-id ID]
+  ${PROG} get JOB_ID
+  ${PROG} watch JOB_ID [--after-revision N] [--timeout SECONDS]
+  ${PROG} fetch JOB_ID [--timeout SECONDS | --wait]
+  ${PROG} cancel JOB_ID
+  ${PROG} delete JOB_ID [--force]
+  ${PROG} list [--state STATE]... [--route NAME] [--label KEY=VALUE]...
+          [--page-size N] [--page-token TOKEN] [--pages N]
+  ${PROG} watch-jobs [--state STATE]... [--route NAME] [--label KEY=VALUE]...
+          [--resume-token TOKEN] [--timeout SECONDS] [--limit N]
+
+Output:
+  stdout carries only response messages of the API, one per line, in the canonical protobuf JSON
+  mapping (lowerCamelCase names, enums by name, int64 as strings, RFC 3339 times, fields at their
+  zero value printed too), compact: submit a SubmitResponse, get a GetResponse, watch one
+  WatchResponse per message, fetch a FetchResponse, cancel a CancelResponse, delete a
+  DeleteResponse ({}), list one ListResponse per page, watch-jobs one WatchJobsResponse per message.
+  stderr carries errors and notes. An RPC error prints "CODE REASON: <the server's message>", then
+  the ErrorInfo metadata as one JSON object, keys sorted (when there is any), then
+  "  FIELD: DESCRIPTION" per invalid field.
+
+Exit codes:
+  0    ok (watch, fetch: the job SUCCEEDED)
+  1    an RPC failed (the error is on stderr)
+  2    usage: bad arguments, an unreadable file, a token set twice
+  3    the job FAILED (watch, fetch)
+  4    the job was CANCELLED (watch, fetch)
+  5    --timeout passed before the job ended; the job is still queued or running
+       (watch, fetch; watch-jobs ends with 0 at its --timeout)
+  130  interrupted (Ctrl-C); a submitted job keeps running on the server
+  141  stdout was closed early (\`| head\`)
+
+Credentials:
+  The first found of --token TOKEN, --token-file PATH, $GATEWAY_TOKEN, $GATEWAY_TOKEN_FILE (setting
+  both variables is a usage error). $GATEWAY_TARGET sets the default of --target (else ${DEFAULT_TARGET}).
+
+TLS:
+  --tls connects with TLS (the system's roots), or with --ca-file PATH (implies --tls);
+  --cert-file PATH and --key-file PATH present a client certificate (mTLS; both, imply --tls).
+`;
+
+export const ExitCode = Object.freeze({
+  OK: 0, RPC_ERROR: 1, USAGE: 2, JOB_FAILED: 3, JOB_CANCELLED: 4, TIMED_OUT: 5, INTERRUPTED: 130, STDOUT_CLOSED: 141,
+});
+
+class UsageError extends Error {}
+class TimedOut extends Error {}
+
+// -- arguments ----------------------------------------------------------------------------------
+
+const V = "value";
+const F = "flag";
+const M = "multi";
+const GLOBAL = {
+  target: V, token: V, "token-file": V, "rpc-timeout": V, tls: F, "ca-file": V, "cert-file": V, "key-file": V, help: F,
+};
+const FILTERS = { state: M, route: V, label: M };
+const COMMANDS = {
+  submit: {
+    options: {
+      route: V, inputs: V, "inputs-file": V, audio: V, language: V, "language-code": V, task: V, "beam-size": V,
+      "word-timestamps": F, "vad-filter": F, "no-vad-filter": F, label: M, "request-id": V, help: F,
+    },
+    positionals: [],
+  },
+  get: { options: { help: F }, positionals: ["JOB_ID"] },
+  watch: { options: { "after-revision": V, timeout: V, help: F }, positionals: ["JOB_ID"] },
+  fetch: { options: { timeout: V, wait: F, help: F }, positionals: ["JOB_ID"] },
+  cancel: { options: { help: F }, positionals: ["JOB_ID"] },
+  delete: { options: { force: F, help: F }, positionals: ["JOB_ID"] },
+  list: { options: { ...FILTERS, "page-size": V, "page-token": V, pages: V, help: F }, positionals: [] },
+  "watch-jobs": { options: { ...FILTERS, "resume-token": V, timeout: V, limit: V, help: F }, positionals: [] },
+};
+
+function lookup(table, name) {
+  if (name in table) return name;
+  const matches = Object.keys(table).filter((k) => k.startsWith(name)); // argparse's unique prefixes
+  if (matches.length === 1) return matches[0];
+  if (matches.length > 1) throw new UsageError(`ambiguous option: --${name} could match ${matches.map((m) => `--${m}`).join(", ")}`);
+  return null;
+}
+
+/** Parses argv into { global, command, options, positionals } (UsageError on bad arguments). */
+export function parseArgs(argv) {
+  const global = {};
+  const options = {};
+  const positionals = [];
+  let command = null;
+  let table = GLOBAL;
+  let target = global;
+  let onlyPositionals = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (!onlyPositionals && arg === "--") { onlyPositionals = true; continue; }
+    if (!onlyPositionals && (arg === "-h")) { target.help = true; continue; }
+    if (!onlyPositionals && arg.startsWith("--") && arg.length > 2) {
+      const eq = arg.indexOf("=");
+      const given = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
+      const name = lookup(table, given);
+      if (name === null) throw new UsageError(`unrecognized arguments: ${arg}`);
+      const kind = table[name];
+      if (kind === F) {
+        if (eq >= 0) throw new UsageError(`argument --${name}: ignored explicit argument '${arg.slice(eq + 1)}'`);
+        target[name] = true;
+        continue;
+      }
+      let value;
+      if (eq >= 0) value = arg.slice(eq + 1);
+      else if (i + 1 < argv.length && !(argv[i + 1].startsWith("--") && argv[i + 1].length > 2)) value = argv[++i];
+      else throw new UsageError(`argument --${name}: expected one argument`);
+      if (kind === M) (target[name] ??= []).push(value);
+      else target[name] = value;
+      continue;
+    }
+    if (command === null) {
+      if (!(arg in COMMANDS)) {
+        throw new UsageError(`argument COMMAND: invalid choice: '${arg}' (choose from ${Object.keys(COMMANDS).map((c) => `'${c}'`).join(", ")})`);
+      }
+      command = arg;
+      table = COMMANDS[arg].options;
+      target = options;
+      continue;
+    }
+    positionals.push(arg);
+  }
+  if (global.help || options.help) return { help: true, command };
+  if (command === null) throw new UsageError("the following arguments are required: COMMAND");
+  const wanted = COMMANDS[command].positionals;
+  if (positionals.length < wanted.length) {
+    throw new UsageError(`the following arguments are required: ${wanted.slice(positionals.length).join(", ")}`);
+  }
+  if (positionals.length > wanted.length) throw new UsageError(`unrecognized arguments: ${positionals.slice(wanted.length).join(" ")}`);
+  if (global.token !== undefined && global["token-file"] !== undefined) {
+    throw new UsageError("argument --token: not allowed with argument --token-file");
+  }
+  return { global, command, options, positionals };
+}
+
+function seconds(name, text) {
+  const value = Number(text);
+  if (text === undefined || text.trim() === "" || Number.isNaN(value)) {
+    throw new UsageError(`argument --${name}: not a number of seconds: '${text}'`);
+  }
+  if (!(value > 0 && value < Infinity)) throw new UsageError(`argument --${name}: must be a positive number of seconds: '${text}'`);
+  return value;
+}
+
+function count(name, text) {
+  if (!/^\s*[+-]?\d+\s*$/.test(text)) throw new UsageError(`argument --${name}: not a whole number: '${text}'`);
+  const value = Number(text);
+  if (value < 0) throw new UsageError(`argument --${name}: must not be negative: '${text}'`);
+  return value;
+}
+
+function labels(list) {
+  const out = {};
+  for (const text of list ?? []) {
+    const eq = text.indexOf("=");
+    if (eq < 0) throw new UsageError(`argument --label: wants KEY=VALUE, got '${text}'`);
+    out[text.slice(0, eq)] = text.slice(eq + 1);
+  }
+  return out;
+}
+
+function states(list) {
+  return (list ?? []).map((text) => {
+    try {
+      return parseJobState(text);
+    } catch (err) {
+      throw new UsageError(`argument --state: ${err.message.replace(/"/g, "'")}`);
+    }
+  });
+}
+
+function readInput(path) {
+  try {
+    return path === "-" ? readFileSync(0) : readFileSync(path);
+  } catch (err) {
+    throw new UsageError(`cannot read ${path}: ${err.message}`);
+  }
+}
+
+function readToken(path, source) {
+  let token;
+  try {
+    token = readFileSync(path, "utf8").trim();
+  } catch (err) {
+    throw new UsageError(`cannot read the token file of ${source} (${path}): ${err.message}`);
+  }
+  if (!token) throw new UsageError(`the token file of ${source} (${path}) is empty`);
+  return token;
+}
+
+/** --token, --token-file, $GATEWAY_TOKEN, $GATEWAY_TOKEN_FILE: the first one set. */
+export function resolveToken(global, env) {
+  if (global.token !== undefined) return global.token;
+  if (global["token-file"] !== undefined) return readToken(global["token-file"], "--token-file");
+  const value = env.GATEWAY_TOKEN;
+  const path = env.GATEWAY_TOKEN_FILE;
+  if (value && path) throw new UsageError("GATEWAY_TOKEN and GATEWAY_TOKEN_FILE are both set; unset one");
+  if (value) return value;
+  if (path) return readToken(path, "GATEWAY_TOKEN_FILE");
+  return null;
+}
+
+function credentials(global) {
+  const { tls, "ca-file": ca, "cert-file": cert, "key-file": key } = global;
+  if ((cert === undefined) !== (key === undefined)) throw new UsageError("--cert-file and --key-file go together");
+  if (!(tls || ca || cert)) return grpc.credentials.createInsecure();
+  const read = (file) => {
+    if (file === undefined) return null;
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new UsageError(`cannot read ${file}: ${err.message}`);
+    }
+  };
+  return grpc.credentials.createSsl(read(ca), read(key), read(cert));
+}
+
+// -- output -------------------------------------------------------------------------------------
+
+class Output {
+  constructor(stdout, stderr) {
+    this.stdout = stdout;
+    this.stderr = stderr;
+  }
+
+  emit(schema, message) {
+    const json = toJson(schema, message, { alwaysEmitImplicit: true, registry });
+    this.stdout.write(`${JSON.stringify(json)}\n`);
+  }
+
+  note(text) {
+    this.stderr.write(`${PROG}: ${text}\n`);
+  }
+
+  error(err) {
+    const head = err.reason ? `${err.codeName} ${err.reason}` : err.codeName;
+    let text = `${head}: ${err.details ?? err.message}\n`;
+    if (err.metadata && Object.keys(err.metadata).length) {
+      const sorted = Object.fromEntries(Object.keys(err.metadata).sort().map((k) => [k, err.metadata[k]]));
+      text += `${JSON.stringify(sorted)}\n`;
+    }
+    for (const { field, description } of err.fieldViolations ?? []) text += `  ${field}: ${description}\n`;
+    this.stderr.write(text);
+  }
+}
+
+function fmtSeconds(value) {
+  return String(Number(value.toPrecision(6))); // Python's {:g}, for the usual values
+}
+
+function ending(out, job) {
+  if (job.state === JobState.SUCCEEDED) return ExitCode.OK;
+  const cancelled = job.state === JobState.CANCELLED
+    || (job.state !== JobState.FAILED && job.error !== undefined && job.error.code === grpc.status.CANCELLED);
+  if (job.state !== JobState.FAILED && !cancelled && job.error === undefined) return ExitCode.OK;
+  const how = cancelled ? "was cancelled" : "failed";
+  if (job.error !== undefined) {
+    const d = statusDetails(job.error);
+    const head = d.reason ? `${codeName(d.code)} ${d.reason}` : codeName(d.code);
+    out.note(`job ${job.id} ${how}: ${head}: ${d.message}`);
+  } else {
+    out.note(`job ${job.id} ${how}`);
+  }
+  return cancelled ? ExitCode.JOB_CANCELLED : ExitCode.JOB_FAILED;
+}
+
+function timedOut(out, jobId, job, timeout) {
+  const where = job ? `is still ${jobStateName(job.state)} at revision ${job.revision}` : "has not ended";
+  out.note(`timed out after ${fmtSeconds(timeout)} s: job ${jobId} ${where}`);
+  return ExitCode.TIMED_OUT;
+}
+
+/** An AbortSignal that aborts with TimedOut after `timeout` seconds (none without a timeout). */
+function deadline(timeout) {
+  if (timeout === undefined) return { signal: undefined, clear() {} };
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(new TimedOut()), timeout * 1000);
+  return { signal: controller.signal, clear: () => clearTimeout(timer) };
+}
+
+// -- the commands -------------------------------------------------------------------------------
+
+const TASKS = { transcribe: TranscriptionTask.TRANSCRIBE, translate: TranscriptionTask.TRANSLATE };
+
+async function submit(client, out, o) {
+  const sources = ["inputs", "inputs-file", "audio"].filter((k) => o[k] !== undefined);
+  if (o.route === undefined) throw new UsageError("the following arguments are required: --route");
+  if (sources.length === 0) throw new UsageError("one of the arguments --inputs --inputs-file --audio is required");
+  if (sources.length > 1) throw new UsageError(`argument --${sources[1]}: not allowed with argument --${sources[0]}`);
+  if (o["vad-filter"] && o["no-vad-filter"]) throw new UsageError("argument --no-vad-filter: not allowed with argument --vad-filter");
+  const language = o.language ?? o["language-code"];
+  const vad = o["vad-filter"] ? true : o["no-vad-filter"] ? false : undefined;
+  if (o.task !== undefined && !(o.task in TASKS)) {
+    throw new UsageError(`argument --task: invalid choice: '${o.task}' (choose from 'transcribe', 'translate')`);
+  }
+  const beam = o["beam-size"] === undefined ? undefined : count("beam-size", o["beam-size"]);
+  const request = { route: o.route, labels: labels(o.label), requestId: o["request-id"] ?? "" };
+  if (o.audio === undefined) {
+    if (o["word-timestamps"] || [language, o.task, beam, vad].some((v) => v !== undefined)) {
+      throw new UsageError("--language, --task, --beam-size, --word-timestamps and --vad-filter apply to --audio only");
+    }
+    const origin = o["inputs-file"] ?? "--inputs";
+    const text = o["inputs-file"] === undefined ? o.inputs : readInput(o["inputs-file"]).toString("utf8");
+    let value;
+    try {
+      value = JSON.parse(text);
+    } catch (err) {
+      throw new UsageError(`${origin} is not JSON: ${err.message}`);
+    }
+    if (value === null || typeof value !== "object" || Array.isArray(value)) {
+      throw new UsageError(`${origin} must hold a JSON object`);
+    }
+    request.input = { case: "inputs", value };
+  } else {
+    const transcription = {
+      audio: readInput(o.audio), languageCode: language ?? "", beamSize: beam ?? 0,
+      wordTimestamps: Boolean(o["word-timestamps"]), task: o.task ? TASKS[o.task] : TranscriptionTask.UNSPECIFIED,
+    };
+    if (vad !== undefined) transcription.vadFilter = vad;
+    request.input = { case: "transcription", value: transcription };
+  }
+  out.emit(SubmitResponseSchema, await client.call("Submit", request));
+  return ExitCode.OK;
+}
+
+async function get(client, out, o, [jobId]) {
+  out.emit(GetResponseSchema, await client.call("Get", { jobId }));
+  return ExitCode.OK;
+}
+
+async function cancel(client, out, o, [jobId]) {
+  out.emit(CancelResponseSchema, await client.call("Cancel", { jobId }));
+  return ExitCode.OK;
+}
+
+async function del(client, out, o, [jobId]) {
+  out.emit(DeleteResponseSchema, await client.call("Delete", { jobId, force: Boolean(o.force) }));
+  return ExitCode.OK;
+}
+
+async function watch(client, out, o, [jobId]) {
+  const afterRevision = o["after-revision"] === undefined ? 0 : count("after-revision", o["after-revision"]);
+  const timeout = o.timeout === undefined ? undefined : seconds("timeout", o.timeout);
+  const limit = deadline(timeout);
+  let job = null;
+  try {
+    const responses = client.watchResponses(jobId, {
+      afterRevision, resume: "after-first", signal: limit.signal,
+      onResume: (err, last) => out.note(`the stream was cut (${err.message}); resuming after revision ${last}`),
+    });
+    for await (const response of responses) {
+      out.emit(WatchResponseSchema, response);
+      if (response.event.case === "update") job = response.event.value.job;
+    }
+  } catch (err) {
+    if (err instanceof TimedOut) return timedOut(out, jobId, job, timeout);
+    throw err;
+  } finally {
+    limit.clear();
+  }
+  if (job === null || !job.done) { // nothing after --after-revision: how did the job end?
+    job = (await client.call("Get", { jobId })).job;
+    if (!job.done) {
+      out.note(`the Watch stream of job ${jobId} ended before the job did`);
+      return ExitCode.RPC_ERROR;
+    }
+  }
+  return ending(out, job);
+}
+
+async function fetch(client, out, o, [jobId]) {
+  if (o.wait && o.timeout !== undefined) throw new UsageError("argument --wait: not allowed with argument --timeout");
+  const wait = o.wait ? MAX_FETCH_WAIT : o.timeout === undefined ? 0 : seconds("timeout", o.timeout);
+  const request = { jobId };
+  if (wait) request.timeout = duration(wait);
+  const response = await client.call("Fetch", request, { timeout: wait + client.timeout });
+  out.emit(FetchResponseSchema, response);
+  if (!response.job?.done) return timedOut(out, jobId, response.job ?? null, wait);
+  return ending(out, response.job);
+}
+
+async function list(client, out, o) {
+  const pages = o.pages === undefined ? 0 : count("pages", o.pages);
+  const request = {
+    pageSize: o["page-size"] === undefined ? 0 : count("page-size", o["page-size"]), pageToken: o["page-token"] ?? "",
+    states: states(o.state), route: o.route ?? "", labels: labels(o.label),
+  };
+  for (let n = 1; ; n++) {
+    const response = await client.call("List", request);
+    out.emit(ListResponseSchema, response);
+    if (!response.nextPageToken || n === pages) return ExitCode.OK;
+    request.pageToken = response.nextPageToken;
+  }
+}
+
+async function watchJobs(client, out, o) {
+  const timeout = o.timeout === undefined ? undefined : seconds("timeout", o.timeout);
+  const max = o.limit === undefined ? 0 : count("limit", o.limit);
+  const request = { states: states(o.state), route: o.route ?? "", labels: labels(o.label), resumeToken: o["resume-token"] ?? "" };
+  const limit = deadline(timeout);
+  let jobs = 0;
+  try {
+    for await (const response of client._stream("WatchJobs", request, { signal: limit.signal })) {
+      out.emit(WatchJobsResponseSchema, response);
+      if (response.event.case === "job") jobs += 1;
+      if (max && jobs >= max) break;
+    }
+  } catch (err) {
+    if (!(err instanceof TimedOut)) throw err; // the usual way to end this endless stream
+  } finally {
+    limit.clear();
+  }
+  return ExitCode.OK;
+}
+
+const RUN = { submit, get, watch, fetch, cancel, delete: del, list, "watch-jobs": watchJobs };
+
+/** Runs the command line; resolves with the exit code. */
+export async function main(argv, { env = process.env, stdout = process.stdout, stderr = process.stderr } = {}) {
+  const out = new Output(stdout, stderr);
+  let client = null;
+  try {
+    const args = parseArgs(argv);
+    if (args.help) {
+      stdout.write(MANUAL);
+      return ExitCode.OK;
+    }
+    const { global } = args;
+    const rpcTimeout = global["rpc-timeout"] === undefined ? DEFAULT_RPC_TIMEOUT : seconds("rpc-timeout", global["rpc-timeout"]);
+    const token = resolveToken(global, env);
+    client = new GatewayClient(global.target ?? (env.GATEWAY_TARGET || DEFAULT_TARGET), {
+      token, credentials: credentials(global), timeout: rpcTimeout, retry: { maxAttempts: 1 },
+    });
+    return await RUN[args.command](client, out, args.options, args.positionals);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      stderr.write(`usage: ${PROG} [options] COMMAND ... (${PROG} --help)\n${PROG}: error: ${err.message}\n`);
+      return ExitCode.USAGE;
+    }
+    if (err instanceof GatewayError) {
+      out.error(err);
+      return ExitCode.RPC_ERROR;
+    }
+    throw err;
+  } finally {
+    client?.close();
+  }
+}
+
+export { create, JobSchema };

@@ -1,0 +1,10 @@
+// The inference gateway's Node.js client. See README.md.
+export {
+  GatewayClient, JobFuture, DEFAULT_TARGET, DEFAULT_TIMEOUT, DEFAULT_RETRY, CHANNEL_OPTIONS, registry,
+  backoff, jobStateName, parseJobState, duration, resultOf,
+} from "./client.js";
+export {
+  GatewayError, RpcError, JobError, JobFailedError, JobCancelledError, codeName, statusDetails, fromServiceError,
+  streamResumable,
+} from "./errors.js";
+export * from "../gen/inferencegateway/gateway/v1/gateway_pb.js";
