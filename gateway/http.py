@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from gateway import dashboard
 from gateway.api.auth import Authenticator
 from gateway.facade import Facade
 from gateway.service import JobService
@@ -37,6 +38,7 @@ class HttpFace:
         self.app.router.add_get("/readyz", self._readyz)
         self.app.router.add_get("/metrics", self._metrics)
         Facade(settings, service, auth, serving).mount(self.app)
+        dashboard.mount(self.app, settings, service, auth)  # the live dashboard at /
         self._runner: web.AppRunner | None = None
 
     async def _healthz(self, request: web.Request) -> web.Response:

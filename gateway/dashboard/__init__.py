@@ -1,0 +1,345 @@
+"""The live dashboard: one page at ``/`` on the HTTP listener, and the JSON and SSE endpoints it reads.
+
+    GET  /                                    the page (index.html; app.js and style.css under /dashboard/)
+    GET  /api/dashboard/config                auth on?, the tenant of this browser (if signed in), the routes
+    POST /api/dashboard/session               {"token": ...} -> an HttpOnly, SameSite=Strict cookie
+    DELETE /api/dashboard/session             signs out
+    GET  /api/dashboard/jobs                  List: ?state=RUNNING&state=...&route=&label=k=v&page_token=&page_size=
+    GET  /api/dashboard/jobs/{id}             the job with its segments, and its revisions (?after=N: those after N)
+    POST /api/dashboard/jobs/{id}/cancel      Cancel
+    GET  /api/dashboard/events                server-sent events: the WatchJobs stream of the tenant
+                                              (?route=&label=k=v), ``id:`` = the WatchJobs resume token,
+                                              so ``Last-Event-ID`` (or ?resume=) resumes without gaps
+
+The page lists first (each List answer carries ``resumeToken``, the change position read before the
+list), then opens the stream resumed from that token: the stream brings every job changed since the
+list, and a cut at any point resumes from the last id (the token itself until the first event).
+A stream opened without a token starts with the active jobs, sent without ids (they all stand at
+one position: a stream cut among them starts afresh).
+
+The SSE stream is JobService.watch_jobs, the machinery behind the WatchJobs RPC (same order, same
+resume tokens). Its ``job`` events carry the job and the transcript segments this stream has not
+sent yet (``segmentsOffset``: how many came before them; null when the event was read back from the
+store, which does not say: the page then reads the job). Heartbeats are ``heartbeat`` events that
+also move the stream's id forward.
+
+Authentication: EventSource cannot send headers, so with auth on the page posts the token once and
+gets it back as an HttpOnly, SameSite=Strict cookie scoped to /api/dashboard (a session cookie: gone
+when the browser closes). The token never appears in a URL, and page scripts cannot read it. API
+calls may send ``Authorization: Bearer`` instead. State-changing calls also need the header
+``X-Dashboard: 1`` (a cross-site form cannot send it). Every answer is scoped to the tenant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api.auth import DEFAULT_TENANT, Authenticator
+from gateway.errors import Code, FieldViolation, GatewayError, InvalidArgument, Unauthenticated
+from gateway.hub import HubClosed, JobEvent
+from gateway.jobs import Job, JobState, Segment
+from gateway.service import Heartbeat, JobService
+from gateway.settings import Settings
+from gateway.store.base import JobFilter
+
+__all__ = ["COOKIE", "job_json", "mount"]
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent
+COOKIE = "gateway_dashboard"
+COOKIE_PATH = "/api/dashboard"
+MAX_TOKEN_BYTES = 4096
+_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+_HTTP_STATUS = {Code.INVALID_ARGUMENT: 400, Code.NOT_FOUND: 404, Code.UNAUTHENTICATED: 401,
+                Code.PERMISSION_DENIED: 403, Code.FAILED_PRECONDITION: 409, Code.UNAVAILABLE: 503,
+                Code.RESOURCE_EXHAUSTED: 429, Code.OUT_OF_RANGE: 400}
+
+
+def _error(code: Code, reason: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code.name, "reason": reason, "message": message}},
+                             status=_HTTP_STATUS.get(code, 500), headers={"Cache-Control": "no-store"})
+
+
+def _segment_json(segment: Segment) -> dict[str, Any]:
+    return {"start": segment.start, "end": segment.end, "text": segment.text}
+
+
+def job_json(job: Job, segments: bool = False) -> dict[str, Any]:
+    """The job as the page reads it (times in seconds since the epoch; segments only if asked)."""
+    body: dict[str, Any] = {
+        "id": job.id,
+        "route": job.route,
+        "state": job.state.name,
+        "done": job.terminal,
+        "revision": job.revision,
+        "progress": job.progress,
+        "queuePosition": job.queue_position,
+        "labels": dict(job.labels),
+        "createTime": job.created,
+        "startTime": job.started,
+        "finishTime": job.finished,
+        "expireTime": job.expires,
+        "requestId": job.request_id,
+        "error": None if job.error is None else {
+            "code": job.error.code.name, "reason": job.error.reason, "message": job.error.message},
+    }
+    if segments:
+        body["segments"] = [_segment_json(s) for s in job.segments]
+    return body
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _filter(query: Mapping[str, str], multi: Any, with_states: bool) -> JobFilter:
+    states: set[JobState] = set()
+    if with_states:
+        for raw in multi.getall("state", []):
+            for name in raw.split(","):
+                name = name.strip().upper().removeprefix("JOB_STATE_")
+                if not name:
+                    continue
+                try:
+                    states.add(JobState[name])
+                except KeyError:
+                    raise InvalidArgument.fields(FieldViolation("state", f"unknown state {name!r}")) from None
+    labels: dict[str, str] = {}
+    for raw in multi.getall("label", []):
+        key, sep, value = raw.partition("=")
+        if not sep or not key:
+            raise InvalidArgument.fields(FieldViolation("label", f"{raw!r}: expected key=value"))
+        labels[key] = value
+    return JobFilter(frozenset(states), query.get("route", ""), labels)
+
+
+class Dashboard:
+    def __init__(self, settings: Settings, service: JobService, auth: Authenticator) -> None:
+        self.settings = settings
+        self.service = service
+        self.auth = auth
+        self._secure = bool(getattr(settings.tls, "cert_file", ""))
+        self._files: dict[str, bytes] = {}
+
+    def mount(self, app: web.Application) -> None:
+        app.router.add_get("/", self.index)
+        app.router.add_get("/dashboard/{name}", self.asset)
+        app.router.add_get("/favicon.ico", self.favicon)
+        app.router.add_get("/api/dashboard/config", self._guard(self.config, authenticate=False))
+        app.router.add_post("/api/dashboard/session", self._guard(self.sign_in, authenticate=False))
+        app.router.add_delete("/api/dashboard/session", self._guard(self.sign_out, authenticate=False))
+        app.router.add_get("/api/dashboard/jobs", self._guard(self.list_jobs))
+        app.router.add_get("/api/dashboard/jobs/{job_id}", self._guard(self.job))
+        app.router.add_post("/api/dashboard/jobs/{job_id}/cancel", self._guard(self.cancel))
+        app.router.add_get("/api/dashboard/events", self.events)
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _tenant(self, request: web.Request) -> str:
+        if not self.auth.enabled:
+            return DEFAULT_TENANT
+        header = request.headers.get("Authorization")
+        if header:
+            return self.auth.tenant_for(header)
+        token = request.cookies.get(COOKIE, "")
+        if not token:
+            raise Unauthenticated("sign in: the dashboard needs a token", reason="MISSING_TOKEN")
+        return self.auth.tenant_for(f"Bearer {token}")
+
+    def _guard(self, handler: Callable[[web.Request, str], Awaitable[web.StreamResponse]],
+               authenticate: bool = True) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                if request.method != "GET" and request.headers.get("X-Dashboard") != "1":
+                    raise GatewayError("state-changing dashboard calls need the header X-Dashboard: 1",
+                                       "MISSING_DASHBOARD_HEADER", Code.PERMISSION_DENIED)
+                tenant = self._tenant(request) if authenticate else ""
+                return await handler(request, tenant)
+            except GatewayError as exc:
+                return _error(exc.code, exc.reason, exc.message)
+            except web.HTTPException:
+                raise
+            except Exception:
+                log.exception("dashboard: %s %s failed", request.method, request.path)
+                return _error(Code.INTERNAL, "INTERNAL", "the gateway failed to answer; see its log")
+
+        return guarded
+
+    def _file(self, name: str) -> bytes:
+        data = self._files.get(name)
+        if data is None:
+            data = self._files[name] = (STATIC / name).read_bytes()
+        return data
+
+    # -- the page --------------------------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._file("index.html"), content_type="text/html", charset="utf-8",
+                            headers={**_SECURITY_HEADERS, "Cache-Control": "no-cache"})
+
+    async def asset(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        content_type = _ASSETS.get(name)
+        if content_type is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=self._file(name), content_type=content_type, charset="utf-8",
+                            headers={**_SECURITY_HEADERS, "Cache-Control": "no-cache"})
+
+    async def favicon(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
+
+    # -- JSON ------------------------------------------------------------------------------------
+
+    async def config(self, request: web.Request, _: str) -> web.Response:
+        tenant: str | None
+        try:
+            tenant = self._tenant(request)
+        except GatewayError:
+            tenant = None
+        routes = [{"name": name, "backend": route.backend} for name, route in sorted(self.settings.routes.items())]
+        return web.json_response({"auth": self.auth.enabled, "tenant": tenant, "routes": routes,
+                                  "heartbeatSeconds": self.settings.heartbeat_seconds},
+                                 headers={"Cache-Control": "no-store"})
+
+    async def sign_in(self, request: web.Request, _: str) -> web.Response:
+        raw = await request.content.read(MAX_TOKEN_BYTES + 64)
+        try:
+            token = json.loads(raw)["token"]
+            if not isinstance(token, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise InvalidArgument("expected {\"token\": \"...\"}", reason="MALFORMED_REQUEST") from None
+        token = token.strip()
+        if not self.auth.enabled:
+            return web.json_response({"tenant": DEFAULT_TENANT})
+        if not token or len(token) > MAX_TOKEN_BYTES or any(c in token for c in ";, \t\r\n\"\\"):
+            raise Unauthenticated("unknown bearer token", reason="INVALID_TOKEN")
+        tenant = self.auth.tenant_for(f"Bearer {token}")
+        response = web.json_response({"tenant": tenant}, headers={"Cache-Control": "no-store"})
+        response.set_cookie(COOKIE, token, path=COOKIE_PATH, httponly=True, samesite="Strict", secure=self._secure)
+        return response
+
+    async def sign_out(self, request: web.Request, _: str) -> web.Response:
+        response = web.json_response({"tenant": None}, headers={"Cache-Control": "no-store"})
+        response.del_cookie(COOKIE, path=COOKIE_PATH)
+        return response
+
+    async def list_jobs(self, request: web.Request, tenant: str) -> web.Response:
+        flt = _filter(request.query, request.query, with_states=True)
+        try:
+            page_size = int(request.query.get("page_size", "50") or 50)
+        except ValueError:
+            raise InvalidArgument.fields(FieldViolation("page_size", "a number")) from None
+        # Read before the list: a stream resumed from here brings every job changed after the list
+        # was read (and maybe some before: the page keeps the newest revision of each).
+        resume = self.service.resume_token(self.service.hub.position)
+        jobs, token = await self.service.list(tenant, flt, page_size, request.query.get("page_token", ""))
+        return web.json_response({"jobs": [job_json(j) for j in jobs], "nextPageToken": token, "resumeToken": resume},
+                                 headers={"Cache-Control": "no-store"}, dumps=_dumps)
+
+    async def job(self, request: web.Request, tenant: str) -> web.Response:
+        job_id = request.match_info["job_id"]
+        job = await self.service.get(tenant, job_id)  # NotFound for another tenant's job
+        try:
+            after = max(0, int(request.query.get("after", "0") or 0))
+        except ValueError:
+            raise InvalidArgument.fields(FieldViolation("after", "a revision number")) from None
+        revisions = []
+        if after < job.revision:
+            for rev, offset in await self.service.store.revisions_after(job_id, after):
+                body = job_json(rev)
+                body["segmentCount"] = len(rev.segments)
+                body["segmentsOffset"] = offset
+                revisions.append(body)
+        return web.json_response({"job": job_json(job, segments=True), "revisions": revisions},
+                                 headers={"Cache-Control": "no-store"}, dumps=_dumps)
+
+    async def cancel(self, request: web.Request, tenant: str) -> web.Response:
+        job = await self.service.cancel(tenant, request.match_info["job_id"])
+        return web.json_response({"job": job_json(job)}, headers={"Cache-Control": "no-store"}, dumps=_dumps)
+
+    # -- the push stream -------------------------------------------------------------------------
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        try:
+            tenant = self._tenant(request)
+            flt = _filter(request.query, request.query, with_states=False)  # states change: the page filters them
+        except GatewayError as exc:
+            return _error(exc.code, exc.reason, exc.message)
+        resume = request.headers.get("Last-Event-ID") or request.query.get("resume", "")
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",  # proxies: do not buffer the stream
+        })
+        await response.prepare(request)
+        sent_segments: dict[str, int] = {}  # job -> the segments this stream has sent of it
+        try:
+            await response.write(b"retry: 1000\n: connected\n\n")
+            async for item in self.service.watch_jobs(tenant, flt, resume):
+                if isinstance(item, Heartbeat):
+                    token = self.service.resume_token(item.position)
+                    data = _dumps({"time": item.time})
+                    await response.write(f"event: heartbeat\nid: {token}\ndata: {data}\n\n".encode())
+                    continue
+                event, position = item
+                data = _dumps(self._job_message(event, sent_segments))
+                if not resume and not event.position:
+                    # The first snapshot of a fresh stream (the active jobs): all of it is at one
+                    # position, so a stream cut halfway through must start afresh, not resume.
+                    await response.write(f"event: job\ndata: {data}\n\n".encode())
+                    continue
+                token = self.service.resume_token(position)
+                await response.write(f"event: job\nid: {token}\ndata: {data}\n\n".encode())
+        except GatewayError as exc:  # a bad resume token, a stream that fell too far behind
+            data = _dumps({"code": exc.code.name, "reason": exc.reason, "message": exc.message})
+            try:
+                await response.write(f"event: failure\ndata: {data}\n\n".encode())
+            except (ConnectionError, RuntimeError):
+                pass
+        except HubClosed:  # shutting down: the page reconnects (elsewhere, or once back)
+            pass
+        except (ConnectionError, RuntimeError):  # the page went away
+            pass
+        return response
+
+    def _job_message(self, event: JobEvent, sent_segments: dict[str, int]) -> dict[str, Any]:
+        job = event.job
+        body: dict[str, Any] = {"job": job_json(job)}
+        if event.partial:  # from another process: only the segments the revision added
+            offset, segments = event.segments_offset, event.new_segments
+            sent_segments[job.id] = offset + len(segments)
+        elif event.position:  # committed here: the job holds every segment
+            offset = sent_segments.get(job.id, 0)
+            if offset > len(job.segments):
+                offset = 0
+            segments = job.segments[offset:]
+            sent_segments[job.id] = len(job.segments)
+        else:  # read back from the store, without its segments: unknown
+            offset, segments = None, ()
+            sent_segments.pop(job.id, None)
+        if job.terminal:
+            sent_segments.pop(job.id, None)
+        body["segmentsOffset"] = offset
+        body["segments"] = [_segment_json(s) for s in segments]
+        return body
+
+
+def mount(app: web.Application, settings: Settings, service: JobService, auth: Authenticator) -> Dashboard:
+    """Mounts the dashboard's page and endpoints on the HTTP face's application."""
+    dashboard = Dashboard(settings, service, auth)
+    dashboard.mount(app)
+    return dashboard
