@@ -4,7 +4,6 @@ clients cover every RPC)."""
 from __future__ import annotations
 
 import inspect
-import re
 import subprocess
 import sys
 
@@ -18,10 +17,6 @@ BUF = ROOT / "tests" / "node" / "node_modules" / ".bin" / "buf"
 RPCS = [m.name for m in pb.DESCRIPTOR.services_by_name["GatewayService"].methods]
 
 
-def snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
 def test_generated_stubs_are_current() -> None:
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -33,14 +28,6 @@ def test_buf_lint() -> None:
         pytest.fail(f"{BUF} is missing: run `make install` (npm ci in tests/node)")
     done = subprocess.run([str(BUF), "lint"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-def test_snake_case() -> None:
-    assert [snake(n) for n in ("Submit", "WatchJobs", "List", "Get")] == ["submit", "watch_jobs", "list", "get"]
-
-
-def test_the_service_has_the_rpcs_we_know() -> None:
-    assert RPCS == ["Submit", "Get", "Watch", "Fetch", "Cancel", "Delete", "List", "WatchJobs"]
 
 
 def test_the_generated_stub_has_every_rpc() -> None:
