@@ -7,7 +7,6 @@ CI (``CI`` set), where they fail: CI must run them.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -17,16 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import unavailable
+
 __all__ = ["RedisProcess", "redis_process", "require_redis_server"]
 
 
 def require_redis_server() -> str:
     path = shutil.which("redis-server")
     if path is None:
-        message = "redis-server is not installed (Debian: apt-get install redis-server); the Redis tests need it"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("redis-server is not installed (Debian: apt-get install redis-server); the Redis tests need it")
     return path
 
 

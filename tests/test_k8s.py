@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import tomllib
@@ -28,7 +27,7 @@ from gateway.settings import Settings
 from gateway.store.redis import queue_key
 from gateway.work import health_name
 from gateway.work.redis import GROUP
-from tests.conftest import ROOT
+from tests.conftest import ROOT, unavailable
 from tests.tool_venv import ToolVenv
 
 OVERLAYS = ("single", "scaled")
@@ -41,10 +40,7 @@ SCHEMAS = ROOT / "tests" / "k8s_schemas"
 def _kubectl() -> str:
     path = shutil.which("kubectl")
     if path is None:
-        message = "kubectl is not installed (it carries kustomize): https://kubernetes.io/docs/tasks/tools/"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("kubectl is not installed (it carries kustomize): https://kubernetes.io/docs/tasks/tools/")
     return path
 
 
