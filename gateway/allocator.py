@@ -17,8 +17,10 @@ from typing import Any
 
 __all__ = ["map_large_allocations", "trim"]
 
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 TRIM_INTERVAL_SECONDS = 1.0
+TRIM_DELAY_SECONDS = 0.2
 
 _lock = threading.Lock()
 _last_trim = 0.0
@@ -33,29 +35,34 @@ def _glibc() -> Any:
         return None
 
 
-def map_large_allocations(threshold: int = 1 << 20) -> None:
-    """Allocations of ``threshold`` bytes and more are mapped on their own."""
+def map_large_allocations(threshold: int = 1 << 20, trim_threshold: int | None = None) -> None:
+    """Allocations of ``threshold`` bytes and more are mapped on their own (an upload's buffers: freed,
+    they go back to the system at once). Setting it fixes glibc's trim threshold too, which would then
+    hand the heap's top back after every large free and take it again at the next allocation. Both cost
+    inference: CTranslate2 allocates many buffers of 1-4 MiB, and a transcription was 33% slower with a
+    1 MiB threshold, 13% with the trim churn alone. So a process that runs whisper jobs maps from 4 MiB
+    and sets ``trim_threshold`` high (gateway.cli), and an API replica maps from 1 MiB and keeps glibc's
+    eager trimming, which is what returns its memory after a burst of uploads (with a high trim
+    threshold, the burst's heap stayed: 2x idle, not 1.1x)."""
     libc = _glibc()
     if libc is not None and hasattr(libc, "mallopt"):
+        if trim_threshold is not None:
+            libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
         libc.mallopt(_M_MMAP_THRESHOLD, threshold)
 
 
 def trim() -> None:
-    """Hands freed heap memory back to the system (malloc_trim), at most once a second: a call within
-    the second after the last trim schedules one for when the second is over (so the last of a burst
-    of large requests is always followed by a trim)."""
-    global _last_trim, _pending
-    now = time.monotonic()
+    """Hands freed heap memory back to the system (malloc_trim), soon after: a moment later (the caller's
+    buffers are usually still referenced when it asks: a request's, until its handler returns), and at
+    most once a second, however many ask."""
+    global _pending
     with _lock:
-        wait = _last_trim + TRIM_INTERVAL_SECONDS - now
-        if wait > 0:
-            if _pending is None:
-                _pending = threading.Timer(wait, _trailing_trim)
-                _pending.daemon = True
-                _pending.start()
+        if _pending is not None:
             return
-        _last_trim = now
-    _malloc_trim()
+        wait = max(TRIM_DELAY_SECONDS, _last_trim + TRIM_INTERVAL_SECONDS - time.monotonic())
+        _pending = threading.Timer(wait, _trailing_trim)
+        _pending.daemon = True
+        _pending.start()
 
 
 def _trailing_trim() -> None:
