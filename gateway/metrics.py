@@ -78,7 +78,18 @@ def observe_commit(store: str, size: int, seconds: float) -> None:
 
 
 class RpcMetrics(grpc.aio.ServerInterceptor):
-    """Counts every RPC by method and final status code, and times it, in one place."""
+    """Counts every RPC by method and final status code, and times it, in one place. A method's wrapped
+    handler is made once and reused (the interceptor runs for every call: Submit's throughput feels it)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._counters: dict[tuple[str, str], Any] = {}
+
+    def _count(self, method: str, code: str) -> None:
+        counter = self._counters.get((method, code))
+        if counter is None:
+            counter = self._counters[(method, code)] = RPCS.labels(method, code)
+        counter.inc()
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -87,7 +98,16 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        cached = self._wrapped.get(id(handler))
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler_call_details.method.rsplit("/", 1)[-1], handler)
+        self._wrapped[id(handler)] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        seconds = RPC_SECONDS.labels(method)
+        count = self._count
         if handler.unary_unary is not None:
             unary = handler.unary_unary
 
@@ -102,8 +122,8 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
                 finally:
                     if code == "OK":
                         code = _code(context, "OK")
-                    RPCS.labels(method, code).inc()
-                    RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+                    count(method, code)
+                    seconds.observe(time.perf_counter() - started)
 
             return grpc.unary_unary_rpc_method_handler(counted_unary, handler.request_deserializer,
                                                        handler.response_serializer)
@@ -127,8 +147,8 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
                         gauge.dec()
                     if code == "OK":
                         code = _code(context, "OK")
-                    RPCS.labels(method, code).inc()
-                    RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+                    count(method, code)
+                    seconds.observe(time.perf_counter() - started)
 
             return grpc.unary_stream_rpc_method_handler(counted_stream, handler.request_deserializer,
                                                         handler.response_serializer)

@@ -179,7 +179,7 @@ class Gateway:
         # Submit messages received at once: as many as the in-flight byte budget holds at the largest size.
         gate = ReceiveGate(f"/{SERVICE_NAME}/Submit", settings.max_inflight_submit_bytes // settings.max_receive_bytes)
         server, self.grpc_port = create_server(settings, credentials=self.tls.grpc_credentials() if self.tls else None,
-                                               interceptors=[metrics.RpcMetrics(), *([gate] if self.api else [])])
+                                               interceptors=[*([gate] if self.api else []), metrics.RpcMetrics()])
         self.grpc_server = server
         await self.service.resume()
         for runner in self.runners.values():
