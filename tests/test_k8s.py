@@ -85,7 +85,8 @@ def tools() -> Path:
 _VALIDATE = r"""
 import json, sys, yaml, jsonschema, kubernetes_validate
 version, schemas, files = sys.argv[1], sys.argv[2], sys.argv[3:]
-crds = {"keda.sh/v1alpha1/ScaledObject": json.load(open(f"{schemas}/keda.sh_v1alpha1_scaledobject.json"))}
+crds = {"keda.sh/v1alpha1/ScaledObject": json.load(open(f"{schemas}/keda.sh_v1alpha1_scaledobject.json")),
+        "monitoring.coreos.com/v1/ServiceMonitor": json.load(open(f"{schemas}/monitoring.coreos.com_v1_servicemonitor.json"))}
 errors, checked = [], 0
 for path in files:
     for doc in yaml.safe_load_all(open(path)):
@@ -174,7 +175,9 @@ def test_probes_ports_and_grace_match_the_server(overlay: str, tmp_path: Path) -
             else:
                 assert args[0] == "worker"
                 port = int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
-                assert ports == {"health": port}
+                env = {e["name"]: e["value"] for e in container.get("env", [])}
+                metrics_port = int(env["GATEWAY_METRICS_LISTEN"].rsplit(":", 1)[1])
+                assert ports == {"health": port, "metrics": metrics_port}
                 served = served_by_worker
                 assert container["readinessProbe"]["grpc"]["service"] == health_name(args[args.index("--route") + 1])
             for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -259,3 +262,23 @@ def test_the_scaled_overlay_wires_replicas_workers_redis_and_keda(tmp_path: Path
     for name in ("gateway-api", "gateway-worker"):
         labels = _one(objects, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
         assert labels.get(label[0]) == label[1], name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_service_monitor_scrapes_every_metrics_port(overlay: str) -> None:
+    """The ServiceMonitor selects Services whose ports, by name, lead to /metrics: the API's HTTP port
+    (the HTTP face serves /metrics) and, where workers run, their metrics_listen port."""
+    objects = _objects(overlay)
+    [monitor] = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    endpoints = {e["port"]: e["path"] for e in monitor["spec"]["endpoints"]}
+    assert set(endpoints.values()) == {"/metrics"}
+    services = [o for o in objects if o["kind"] == "Service" and selector.items() <= o["metadata"]["labels"].items()]
+    scraped = {(s["metadata"]["name"], p["name"]) for s in services for p in s["spec"]["ports"] if p["name"] in endpoints}
+    assert ("gateway-api", "http") in scraped
+    workers = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "gateway-worker"]
+    if workers:
+        assert ("gateway-worker-metrics", "metrics") in scraped
+        # Prometheus may reach that port: the workers' NetworkPolicy lets the monitoring namespace in.
+        policy = _one(objects, "NetworkPolicy", "gateway-worker-ingress")
+        assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [9090]
