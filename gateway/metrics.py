@@ -85,11 +85,15 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         self._counters: dict[tuple[str, str], Any] = {}
 
-    def _count(self, method: str, code: str) -> None:
+    def _done(self, method: str, seconds: Any, context: grpc.aio.ServicerContext, failed: str | None,
+              started: float) -> None:
+        """Counts a finished call by its status code (``failed``: the default when it raised), and times it."""
+        code = _code(context, failed or "OK")
         counter = self._counters.get((method, code))
         if counter is None:
             counter = self._counters[(method, code)] = RPCS.labels(method, code)
         counter.inc()
+        seconds.observe(time.perf_counter() - started)
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -107,23 +111,19 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         seconds = RPC_SECONDS.labels(method)
-        count = self._count
+        done = self._done
         if handler.unary_unary is not None:
             unary = handler.unary_unary
 
             async def counted_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 started = time.perf_counter()
-                code = "OK"
+                failed: str | None = "UNKNOWN"
                 try:
-                    return await unary(request, context)
-                except BaseException:
-                    code = _code(context, "UNKNOWN")
-                    raise
+                    result = await unary(request, context)
+                    failed = None
+                    return result
                 finally:
-                    if code == "OK":
-                        code = _code(context, "OK")
-                    count(method, code)
-                    seconds.observe(time.perf_counter() - started)
+                    done(method, seconds, context, failed, started)
 
             return grpc.unary_unary_rpc_method_handler(counted_unary, handler.request_deserializer,
                                                        handler.response_serializer)
@@ -133,22 +133,17 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
 
             async def counted_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 started = time.perf_counter()
-                code = "OK"
+                failed: str | None = "CANCELLED"
                 if gauge is not None:
                     gauge.inc()
                 try:
                     async for item in stream(request, context):
                         yield item
-                except BaseException:
-                    code = _code(context, "CANCELLED")
-                    raise
+                    failed = None
                 finally:
                     if gauge is not None:
                         gauge.dec()
-                    if code == "OK":
-                        code = _code(context, "OK")
-                    count(method, code)
-                    seconds.observe(time.perf_counter() - started)
+                    done(method, seconds, context, failed, started)
 
             return grpc.unary_stream_rpc_method_handler(counted_stream, handler.request_deserializer,
                                                         handler.response_serializer)

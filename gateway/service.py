@@ -128,6 +128,8 @@ class JobService:
             return None
         check_transition(head.state, changes.get("state", head.state))
         job = head.evolve(revision=head.revision + 1, **changes)
+        if head.state is JobState.QUEUED and job.state is JobState.RUNNING:
+            metrics.QUEUE_WAIT.labels(job.route).observe(max(0.0, (job.started or job.created) - job.created))
         if job.terminal:
             del self._heads[job_id]
             self._take_input(job_id)
@@ -345,8 +347,6 @@ class JobService:
             return None
         if head.state is JobState.QUEUED and not defer_running:
             job = self._next(job_id, state=JobState.RUNNING, started=self.clock.now(), queue_position=0)
-            if job is not None:
-                metrics.QUEUE_WAIT.labels(job.route).observe(max(0.0, (job.started or job.created) - job.created))
             assert job is not None
             self._attempts[job_id] = self._attempts.get(job_id, 0) + 1
             # Not awaited: the writer commits in order, so this revision is stored (and published)
@@ -413,8 +413,6 @@ class JobService:
         head = self._heads.get(job_id)
         if head is not None and head.state is JobState.QUEUED:
             job = self._next(job_id, state=JobState.RUNNING, started=self.clock.now(), queue_position=0)
-            if job is not None:
-                metrics.QUEUE_WAIT.labels(job.route).observe(max(0.0, (job.started or job.created) - job.created))
             if job is not None:
                 await self._save(job)
 

@@ -4,15 +4,11 @@ gateway's memory goes back to about its idle size (the store's writer keeps noth
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-
-import grpc
-from inferencegateway.gateway.v1 import gateway_pb2 as pb
-from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from bench.clips import wav_bytes
 from bench.harness import rss_mib
+from bench.memory import _burst
 from tests.conftest import ServerProcess, wait_until
 
 MiB = 1024 * 1024
@@ -27,30 +23,6 @@ max_queue = 1000
 """
 
 
-def _upload_all(target: str, data: bytes) -> list[str]:
-    codes: list[str] = []
-    lock = threading.Lock()
-    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)]) as channel:
-        stub = pb_grpc.GatewayServiceStub(channel)
-        request = pb.SubmitRequest(route="whisper", transcription=pb.TranscriptionRequest(audio=data))
-
-        def one() -> None:
-            try:
-                stub.Submit(request, timeout=120)
-                code = "OK"
-            except grpc.RpcError as error:
-                code = error.code().name
-            with lock:
-                codes.append(code)
-
-        threads = [threading.Thread(target=one) for _ in range(UPLOADS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(180)
-    return codes
-
-
 def test_many_large_uploads_wait_their_turn_and_leave_nothing_behind(
     make_server: Callable[..., ServerProcess],
 ) -> None:
@@ -60,13 +32,13 @@ def test_many_large_uploads_wait_their_turn_and_leave_nothing_behind(
     server = make_server(CONFIG, args=("--workers", "0"))  # the Submit path alone: nothing runs the jobs
     assert server.proc is not None
     pid = server.proc.pid
-    _upload_all(server.target, data[: 1 * MiB])  # warm the paths, so idle means idle after a Submit
+    _burst(server.target, data[: 1 * MiB], 1)  # warm the paths, so idle means idle after a Submit
     idle = rss_mib(pid) or 0.0
     with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")  # VmHWM from here on
 
-    codes = _upload_all(server.target, data)
-    assert codes == ["OK"] * UPLOADS  # waiting, not refused: no retries needed
+    outcomes = _burst(server.target, data, UPLOADS)  # (the bench's client: it would retry a refusal)
+    assert outcomes == {"accepted": UPLOADS, "refused_then_retried": 0}  # waiting, not refused
 
     peak = (rss_mib(pid, "VmHWM") or 0.0) - idle
     # All received at once would be 16 x 7 MiB in gRPC's buffers before any copy of ours (112 MiB and

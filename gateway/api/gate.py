@@ -8,8 +8,8 @@ and copied into Python before anything can refuse them. A slot is given back as 
 is in if it is small (under 1 MiB), so small Submits pass through in microseconds; a large one keeps
 its slot until it is stored or refused, so large uploads go through a few at a time (each costs
 several times its size while it is processed: gRPC's buffer, the parsed message, the input, the
-stored form) instead of being received together and refused by the byte budget after the fact. A Submit that waits past its deadline ends
-as DEADLINE_EXCEEDED, having cost nothing.
+stored form) instead of being received together and refused by the byte budget after the fact. A
+Submit that waits past its deadline ends as DEADLINE_EXCEEDED, having cost nothing.
 """
 
 from __future__ import annotations
@@ -53,10 +53,6 @@ class ReceiveGate(grpc.aio.ServerInterceptor):
         self.slots = max(1, slots)
         self.stale_after = stale_after
         self._semaphore = asyncio.Semaphore(self.slots)
-
-    @property
-    def waiting(self) -> bool:
-        return self._semaphore.locked()
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],

@@ -274,7 +274,6 @@ class WhisperBackend:
         self.engine = WhisperEngine(settings)
         self.concurrency = self.engine.config.jobs  # the route runner's workers: jobs taken at once
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="whisper")
-        self._decode_pool = ThreadPoolExecutor(1, thread_name_prefix="audio-decode")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -287,7 +286,6 @@ class WhisperBackend:
         self.readiness.set(False)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.engine.close()
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- Submit ----------------------------------------------------------------------------------
 

@@ -7,13 +7,53 @@ revision to watchers exactly once and in order.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.errors import Unavailable
 from gateway.jobs import Job, JobState, Result, Segment
 
+log = logging.getLogger(__name__)
+
 __all__ = ["CreateOutcome", "JobFilter", "QueueFull", "ResumableJob", "RevisionConflict", "Store"]
+
+
+class Writability:
+    """Whether a store can write now (its disk full, its Redis refusing writes: not), and the listeners
+    to tell when that changes (the server sets health from it). While it cannot, new jobs are refused."""
+
+    def __init__(self, what_fails: str) -> None:
+        self.writable = True
+        self.what_fails = what_fails  # said in the log and in the refusal: "is the disk full?"
+        self._listeners: list[Callable[[bool], None]] = []
+
+    def listen(self, listener: Callable[[bool], None]) -> None:
+        """``listener(writable)`` is called on the event loop whenever writing stops or works again."""
+        self._listeners.append(listener)
+
+    def set(self, writable: bool, loop: asyncio.AbstractEventLoop, why: str = "") -> None:
+        """From any thread: the listeners run on ``loop``."""
+        if writable == self.writable:
+            return
+        self.writable = writable
+        if writable:
+            log.warning("store: writing works again")
+        else:
+            log.error("store: writes fail (%s); retrying them, and refusing new jobs meanwhile", why or self.what_fails)
+        for listener in list(self._listeners):
+            try:
+                loop.call_soon_threadsafe(listener, writable)
+            except RuntimeError:  # the loop is closed
+                pass
+
+    def check(self) -> None:
+        """Raises UNAVAILABLE STORE_UNAVAILABLE while the store cannot write."""
+        if not self.writable:
+            raise Unavailable(f"the store cannot write now ({self.what_fails}); the job was not accepted: retry later",
+                              reason="STORE_UNAVAILABLE")
 
 
 class RevisionConflict(Exception):

@@ -47,9 +47,8 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from gateway import metrics
-from gateway.errors import Unavailable
 from gateway.jobs import Clock, Job, JobFailure, JobState, Result, Segment, SystemClock, decode_result, encode_result
-from gateway.store.base import CreateOutcome, JobFilter, QueueFull, ResumableJob, RevisionConflict
+from gateway.store.base import CreateOutcome, JobFilter, QueueFull, ResumableJob, RevisionConflict, Writability
 
 __all__ = ["RedisStore", "job_from_dict", "job_from_json", "queue_bytes_key", "queue_key"]
 
@@ -254,8 +253,7 @@ class RedisStore:
         self._writer: asyncio.Task[None] | None = None
         self._position = 0
         self._scripts: dict[str, Any] = {}
-        self.writable = True
-        self._writable_listeners: list[Callable[[bool], None]] = []
+        self._writability = Writability("Redis refuses writes: out of memory? unreachable?")
         self._closing = False
 
     async def __aenter__(self) -> RedisStore:
@@ -305,24 +303,17 @@ class RedisStore:
             await self._load_scripts()
             return await self._eval(self._redis, name, keys, args)
 
+    @property
+    def writable(self) -> bool:
+        return self._writability.writable
+
     def on_writable(self, listener: Callable[[bool], None]) -> None:
         """Calls ``listener(writable)`` whenever writing stops (Redis out of memory, unable to persist,
         a read-only replica, unreachable) or starts working again."""
-        self._writable_listeners.append(listener)
+        self._writability.listen(listener)
 
     def _set_writable(self, writable: bool, why: str = "") -> None:
-        if writable == self.writable:
-            return
-        self.writable = writable
-        if writable:
-            log.warning("redis store: writing works again")
-        else:
-            log.error("redis store: writes fail (%s); retrying them, and refusing new jobs meanwhile", why)
-        for listener in list(self._writable_listeners):
-            try:
-                listener(writable)
-            except Exception:
-                log.exception("a writable listener failed")
+        self._writability.set(writable, asyncio.get_running_loop(), why)
 
     async def close(self) -> None:
         self._closing = True  # writes waiting for Redis to accept them give up
@@ -452,9 +443,7 @@ class RedisStore:
     async def create_job(
         self, job: Job, request_hash: str, payload: bytes, on_commit: Callable[[Any], None] | None = None
     ) -> CreateOutcome:
-        if not self.writable:
-            raise Unavailable("the store cannot write now (Redis refuses writes: out of memory? unreachable?); the job "
-                              "was not accepted: retry later", reason="STORE_UNAVAILABLE")
+        self._writability.check()
         request_key = self._key("req", job.tenant, job.request_id) if job.request_id else self._key("req-none")
         keys = [self._key("job", job.id), self._key("revs", job.id), request_key, self._key("jobs", job.tenant),
                 self._key("changes", job.tenant), self._key("position"), self._key("active"),

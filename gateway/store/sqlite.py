@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from gateway import metrics
 from gateway.errors import StartupError, Unavailable
 from gateway.jobs import Job, JobFailure, JobState, Result, Segment, decode_result, encode_result
-from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict
+from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict, Writability
 
 __all__ = ["SqliteStore"]
 
@@ -141,9 +141,9 @@ def _revision_row(job: Job, segment_count: int) -> tuple[Any, ...]:
 def _insert_payloads(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     """Large inputs, written into a reserved blob a chunk at a time: bound as a parameter, SQLite would
     copy a payload twice (the bound value, then the row's record) while the statement runs."""
-    conn.executemany(_RESERVE_PAYLOAD, [(job_id, len(payload)) for job_id, payload in rows])
     for job_id, payload in rows:
-        (rowid,) = conn.execute("SELECT rowid FROM payloads WHERE job_id = ?", (job_id,)).fetchone()
+        rowid = conn.execute(_RESERVE_PAYLOAD, (job_id, len(payload))).lastrowid
+        assert rowid is not None
         view = memoryview(payload)
         with conn.blobopen("payloads", "data", rowid) as blob:
             for offset in range(0, len(view), _BLOB_CHUNK):
@@ -235,8 +235,7 @@ class SqliteStore:
         self._lock_fd: int | None = None  # the data dir's lock, held while the store is open
         # False while writes fail for want of space (or on I/O errors): the writer keeps retrying the
         # same batch, in order, so no accepted job is left behind; new jobs are refused meanwhile.
-        self.writable = True
-        self._writable_listeners: list[Callable[[bool], None]] = []
+        self._writability = Writability("is the disk full?")
         self._closing = False
         # Change positions: taken in the order writes are queued, which is the commit order (one
         # writer, in order), so they order every job's changes as watchers see them. The highest
@@ -278,24 +277,17 @@ class SqliteStore:
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="sqlite-write", daemon=True)
         self._writer.start()
 
+    @property
+    def writable(self) -> bool:
+        return self._writability.writable
+
     def on_writable(self, listener: Callable[[bool], None]) -> None:
         """Calls ``listener(writable)`` on the event loop whenever writing stops or starts working again."""
-        self._writable_listeners.append(listener)
+        self._writability.listen(listener)
 
     def _set_writable(self, writable: bool) -> None:  # the writer thread
-        if writable == self.writable:
-            return
-        self.writable = writable
-        if writable:
-            log.warning("store: writing works again")
-        else:
-            log.error("store: writes fail (is the disk full?); retrying, and refusing new jobs meanwhile")
         assert self._loop is not None
-        for listener in self._writable_listeners:
-            try:
-                self._loop.call_soon_threadsafe(listener, writable)
-            except RuntimeError:  # the loop is closed
-                pass
+        self._writability.set(writable, self._loop)
 
     async def close(self) -> None:
         self._closing = True
@@ -489,9 +481,7 @@ class SqliteStore:
     async def create_job(
         self, job: Job, request_hash: str, payload: bytes, on_commit: Callable[[Any], None] | None = None
     ) -> CreateOutcome:
-        if not self.writable:
-            raise Unavailable("the store cannot write now (is its disk full?); the job was not accepted: retry later",
-                              reason="STORE_UNAVAILABLE")
+        self._writability.check()
         inline = len(payload) <= INLINE_PAYLOAD_BYTES
         position = self._next_position()
         statements: list[tuple[str, tuple[Any, ...]]] = [
