@@ -40,6 +40,24 @@ def test_streamed_decoding_stops_at_the_duration_limit() -> None:
     assert raised.value.reason == "AUDIO_TOO_LONG"
 
 
+@pytest.mark.parametrize("block", [1, 7, 100, 333, 1000, 2000])
+@pytest.mark.parametrize("first", [0, 5, 333, 999])
+def test_sections_give_the_samples_from_each_start_and_say_where_the_audio_ends(block: int, first: int) -> None:
+    """The whisper route's window over the decoded blocks, whatever their size and wherever a resumed
+    job starts: each section's samples are exactly the audio's from its start, and the last says so."""
+    audio = np.arange(1000, dtype=np.float32)
+    sections = audio_io.Sections(iter([audio[i:i + block] for i in range(0, audio.size, block)]))
+    start = first
+    while True:
+        samples, last = sections.read(start, 120)
+        assert np.array_equal(samples, audio[start:start + 120])
+        assert last is (start + 120 >= audio.size)
+        if last:
+            break
+        start += 97
+    assert sections.total() == audio.size
+
+
 @pytest.mark.slow
 def test_a_job_of_several_sections_is_transcribed_whole_and_in_order(
     make_server: Callable[..., ServerProcess],

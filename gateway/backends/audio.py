@@ -20,7 +20,7 @@ import numpy as np
 
 from gateway.errors import Code, FieldViolation, InvalidArgument, JobError
 
-__all__ = ["SAMPLE_RATE", "AudioInfo", "decode", "probe", "stream"]
+__all__ = ["SAMPLE_RATE", "AudioInfo", "Sections", "decode", "probe", "stream"]
 
 SAMPLE_RATE = 16_000
 _GROUP_SAMPLES = 500_000  # input samples resampled at once (decode_audio's grouping; about 10 s at 48 kHz)
@@ -122,6 +122,41 @@ def stream(data: bytes, max_seconds: float) -> Iterator[np.ndarray]:
             f"the {_describe(data)} decoded to no audio: the file is corrupt or mislabelled",
             "AUDIO_DECODE_FAILED", Code.INVALID_ARGUMENT,
         )
+
+
+class Sections:
+    """Sections of a stream of blocks (``stream``): ``read(start, length)`` gives the samples from
+    ``start`` on (at most ``length``), reading blocks only as far as that needs and keeping nothing
+    from before ``start`` (which only moves forward): at most a section and a block in memory."""
+
+    def __init__(self, blocks: Iterator[np.ndarray]) -> None:
+        self._blocks = blocks
+        self._kept = np.zeros(0, np.float32)  # samples from ``_base`` on
+        self._base = 0
+        self._exhausted = False
+
+    def read(self, start: int, length: int) -> tuple[np.ndarray, bool]:
+        """(samples from ``start``, whether they run to the end of the audio)."""
+        drop = min(max(0, start - self._base), self._kept.size)  # what lies before the section goes
+        self._kept, self._base = self._kept[drop:], self._base + drop
+        parts, have = [self._kept], self._kept.size  # samples [_base, _base + have); _base <= start
+        while not self._exhausted and self._base + have <= start + length:  # one more than needed: the end?
+            block = next(self._blocks, None)
+            if block is None:
+                self._exhausted = True
+                continue
+            if not have and self._base < start:  # a resumed job: what comes before its start is not kept
+                skip = min(start - self._base, block.size)
+                block, self._base = block[skip:], self._base + skip
+            parts.append(block)
+            have += block.size
+        if len(parts) > 1:
+            self._kept = np.concatenate(parts)
+        return self._kept[:length], self._exhausted and self._kept.size <= length
+
+    def total(self) -> int:
+        """How many samples the audio has (reads what is left of it)."""
+        return self._base + self._kept.size + sum(block.size for block in self._blocks)
 
 
 def _valid_frames(frames: Iterator[Any]) -> Iterator[Any]:

@@ -391,11 +391,7 @@ class WhisperBackend:
         expected = _header_duration(request.audio)  # for progress; the transcript's duration is counted
         language, probability = request.language or self.settings.language or "", 0.0
         detected = bool(language)
-        blocks = audio_io.stream(request.audio, self.settings.max_audio_seconds)
-        buffer: list[np.ndarray] = []  # samples from `base` on
-        base = 0
-        buffered = 0  # samples in `buffer`
-        exhausted = False
+        audio = audio_io.Sections(audio_io.stream(request.audio, self.settings.max_audio_seconds))
 
         def publish(segment: Segment) -> None:
             segments.append(segment)
@@ -404,21 +400,7 @@ class WhisperBackend:
 
         with self.engine.session():
             while True:
-                while not exhausted and base + buffered < start + section + 1:
-                    block = next(blocks, None)
-                    if block is None:
-                        exhausted = True
-                    elif not buffer and base + block.size <= start:
-                        base += block.size  # before where a resumed job goes on: decoded, not kept
-                    else:
-                        buffer.append(block)
-                        buffered += block.size
-                # Drop what lies before this section; keep [start, ...).
-                joined = np.concatenate(buffer) if len(buffer) > 1 else (buffer[0] if buffer else np.zeros(0, np.float32))
-                joined = joined[max(0, start - base):]
-                base, buffer, buffered = max(start, base), [joined], joined.size
-                last = exhausted and joined.size <= section
-                samples = joined[:section]
+                samples, last = audio.read(start, section)
                 if samples.size < sr // 10:
                     break
                 decoded, info = self.engine.transcribe(samples, request, ctx.stop, start / sr, language=language or None)
@@ -439,7 +421,7 @@ class WhisperBackend:
                 section_end = start + samples.size
                 # What the section's decoding holds (its features, its speech) goes before the next
                 # section is read: never two sections' worth at once.
-                del decoded, info, samples, joined
+                del decoded, info, samples
                 if held is not None and published == 0 and held.start * sr <= start + sr:
                     publish(held)  # one segment from the section's start: keep it, or nothing moves
                     held = None
@@ -449,7 +431,7 @@ class WhisperBackend:
                     start = int(held.start * sr)  # silence, then speech the section's end cut
                 else:  # nothing heard: the next section overlaps this one's last window
                     start = max(start + sr, section_end - 30 * sr)
-        duration = (base + buffered + sum(b.size for b in blocks)) / sr
+        duration = audio.total() / sr
         transcribed = duration - (previous[-1].end if previous else 0.0)
         if transcribed > 1.0:
             metrics.WHISPER_RTF.labels(ctx.job.route).observe((time.perf_counter() - began) / transcribed)
