@@ -8,20 +8,17 @@ files change. Skipped, saying so, where no Python 3.10 is found.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import glob
 import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, ServerProcess
+from tests.tool_venv import venv_lock
 
 CLIENT_DIR = ROOT / "clients" / "python"
 PROTOS_DIR = ROOT / "protos" / "python"  # the generated code, a distribution the client depends on
@@ -55,17 +52,6 @@ def _digest(*paths: Path) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    key = hashlib.sha256(str(VENV.resolve()).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"client-py310-venv-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _run(*cmd: str, timeout: float = 600) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -77,7 +63,7 @@ def ensure_venv(python310: str) -> Path:
     deps_stamp, client_stamp = VENV / ".deps-installed", VENV / ".client-installed"
     deps = _digest(CLIENT_DIR / "pyproject.toml", PROTOS_DIR / "pyproject.toml")
     client = _digest(CLIENT_DIR / "pyproject.toml", CLIENT_DIR / "gateway_client", PROTOS_DIR)
-    with _locked():
+    with venv_lock(VENV, "client-py310"):
         if not (PYTHON.is_file() and deps_stamp.is_file() and deps_stamp.read_text() == deps):
             if VENV.exists():
                 shutil.rmtree(VENV)

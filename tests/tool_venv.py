@@ -17,7 +17,20 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["ToolVenv"]
+__all__ = ["ToolVenv", "venv_lock"]
+
+
+@contextlib.contextmanager
+def venv_lock(path: Path, name: str) -> Iterator[None]:
+    """Holds the lock of the venv at ``path`` while it is built (parallel test runs wait). The lock
+    lives in the temp dir, keyed by the venv's path, so that the checkout gets no stray file."""
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"{name}-venv-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class ToolVenv:
@@ -50,23 +63,12 @@ class ToolVenv:
                 return found
         return sys.executable
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # The lock lives in the temp dir (keyed by the venv's path), so that the checkout gets no stray file.
-        key = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:16]
-        with open(Path(tempfile.gettempdir()) / f"{self.name}-venv-{key}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
     def ensure(self, timeout: float = 900.0) -> Path:
         """Creates the venv if it is missing or its pins changed; returns its python. Quick once made."""
         if self._ready():
             return self.python
-        with self._locked():
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with venv_lock(self.path, self.name):
             if self._ready():  # another process built it while this one waited for the lock
                 return self.python
             if self.path.exists():
