@@ -32,9 +32,11 @@ __all__ = [
     "SystemClock",
     "Transcript",
     "TranscriptionInput",
+    "WebhookSpec",
     "Word",
     "check_transition",
     "new_job_id",
+    "webhook_wanted",
 ]
 
 
@@ -151,6 +153,24 @@ class JobFailure:
         return cls(Code(data["code"]), data["reason"], data["message"], dict(data.get("metadata") or {}))
 
 
+WEBHOOK_EVENTS = ("start", "progress", "completed")  # the proto's WebhookEvent values 1, 2, 3, in order
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSpec:
+    """Where a job's changes are POSTed (checked against the tenant's allowlist at Submit), and which."""
+
+    url: str
+    events: frozenset[str] = frozenset({"completed"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "events": sorted(self.events, key=WEBHOOK_EVENTS.index)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> WebhookSpec | None:
+        return None if not data else cls(data["url"], frozenset(data["events"]))
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     id: str
@@ -168,6 +188,7 @@ class Job:
     segments: tuple[Segment, ...] = ()
     queue_position: int = 0
     request_id: str = ""
+    webhook: WebhookSpec | None = None
 
     @property
     def terminal(self) -> bool:
@@ -182,6 +203,17 @@ class Job:
 
 
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
+
+
+def webhook_wanted(job: Job) -> bool:
+    """Whether this revision of the job may hold an event its webhook asked for: the store then marks
+    the webhook due in the same write (gateway.webhooks works out which event)."""
+    hook = job.webhook
+    if hook is None:
+        return False
+    if job.state in TERMINAL_STATES:
+        return "completed" in hook.events
+    return job.state is JobState.RUNNING and not hook.events.isdisjoint(("start", "progress"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,9 @@ RPC_SECONDS = Histogram("gateway_rpc_seconds", "RPC duration (a stream: its life
                         buckets=_SECONDS, registry=REGISTRY)
 UPSTREAM_REQUESTS = Counter("gateway_upstream_requests", "Requests to OctoAI upstreams (by host), by outcome.",
                             ["upstream", "outcome"], registry=REGISTRY)
+WEBHOOK_DELIVERIES = Counter(
+    "gateway_webhook_deliveries", "Webhook delivery attempts, by event and outcome (delivered, retry, given_up, "
+    "refused, disabled).", ["event", "outcome"], registry=REGISTRY)
 STORE_BATCH = Histogram("gateway_store_commit_batch_size", "Writes per store commit.", ["store"],
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=REGISTRY)
 STORE_COMMIT = Histogram("gateway_store_commit_seconds", "Store commit duration.", ["store"],

@@ -185,6 +185,12 @@ class Gateway:
         for runner in self.runners.values():
             await runner.start()
         self._tasks.append(asyncio.create_task(self.service.sweep_forever(), name="sweeper"))
+        if self.api:  # API processes deliver webhooks (workers have no Submit, and may have no way out)
+            from gateway.api.convert import webhook_body
+            from gateway.webhooks import Dispatcher
+
+            self.service.webhooks = Dispatcher(settings.webhooks, self.store, self.clock, webhook_body)
+            self._tasks.append(asyncio.create_task(self.service.webhooks.run(), name="webhooks"))
 
         auth = Authenticator(settings.auth)
         services = [health.SERVICE_NAME, reflection.SERVICE_NAME]

@@ -47,8 +47,10 @@ from gateway.jobs import (
     JobState,
     Result,
     Segment,
+    WebhookSpec,
     check_transition,
     new_job_id,
+    webhook_wanted,
 )
 from gateway.lifecycle import Begun, Route
 from gateway.settings import ROUTE_NAME, Settings
@@ -118,6 +120,7 @@ class JobService:
         self._checkpoints: dict[str, Mapping[str, Any] | None] = {}
         self._attempts: dict[str, int] = {}  # the current run of each active job (0: not run yet)
         self.accepting = True
+        self.webhooks: Any = None  # gateway.webhooks.Dispatcher, in a process that serves the API
 
     # -- changes ---------------------------------------------------------------------------------
 
@@ -161,6 +164,8 @@ class JobService:
             elif job.id in self._heads and (cached is None or cached.job.revision < job.revision):
                 self._committed[job.id] = event
             self.bus.publish(event)
+            if self.webhooks is not None and job.webhook is not None and webhook_wanted(job):
+                self.webhooks.poke()
 
         return on_commit
 
@@ -245,15 +250,18 @@ class JobService:
         return runner
 
     @staticmethod
-    def _request_hash(route: str, payload: bytes, labels: Mapping[str, str]) -> str:
+    def _request_hash(route: str, payload: bytes, labels: Mapping[str, str], webhook: WebhookSpec | None = None) -> str:
         digest = hashlib.sha256(route.encode())
         for part in (b"\0", payload, b"\0"):  # not concatenated: the payload may be tens of MiB
             digest.update(part)
         digest.update(json.dumps(sorted(labels.items())).encode())
+        if webhook is not None:
+            digest.update(json.dumps(webhook.to_dict()).encode())
         return digest.hexdigest()
 
     async def submit(
-        self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str
+        self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str,
+        webhook: WebhookSpec | None = None,
     ) -> tuple[Job, bool]:
         """Stores a new job and queues it; answers (job, existing)."""
         if not self.accepting:
@@ -262,9 +270,11 @@ class JobService:
         if job_input.inputs is not None:
             check_input_depth(job_input.inputs)
         runner = self.route(route)
+        if webhook is not None:
+            await self._check_webhook(tenant, webhook)
         job_input = await runner.backend.validate(job_input)
         payload = job_input.encode()
-        request_hash = self._request_hash(route, payload, labels) if request_id else ""
+        request_hash = self._request_hash(route, payload, labels, webhook) if request_id else ""
         try:
             runner.reserve()
         except ResourceExhausted:
@@ -284,6 +294,7 @@ class JobService:
             labels=dict(labels),
             queue_position=0 if self.store.shared else runner.queued() + 1,  # unknown in a shared queue
             request_id=request_id,
+            webhook=webhook,
         )
 
         def on_commit(outcome: Any) -> None:
@@ -323,6 +334,19 @@ class JobService:
             return job, False
         runner.release()
         return self._existing(outcome.job, outcome.request_hash, request_id, request_hash), True
+
+    async def _check_webhook(self, tenant: str, webhook: WebhookSpec) -> None:
+        if self.webhooks is None:
+            raise Unavailable("this process delivers no webhooks", reason="WEBHOOKS_UNAVAILABLE")
+        from gateway.webhooks import check_webhook
+
+        await check_webhook(webhook, self.webhooks.policy(tenant))
+
+    async def webhook_delivery(self, job: Job) -> dict[str, Any] | None:
+        """The delivery state of the job's webhook (gateway.webhooks), when it has one."""
+        if job.webhook is None:
+            return None
+        return await self.store.webhook_state(job.id) or {}
 
     def _existing(self, job: Job, stored_hash: str, request_id: str, request_hash: str) -> Job:
         """The job already stored under this request_id, if the request is the same one."""

@@ -26,6 +26,7 @@ __all__ = [
     "RouteSettings",
     "Settings",
     "TlsSettings",
+    "WebhookSettings",
     "WhisperRoute",
     "load_settings",
 ]
@@ -206,6 +207,107 @@ class TlsSettings(BaseModel):
         return self.cert_file is not None
 
 
+def _secrets(value: SecretStr | list[SecretStr] | None, env: str, where: str) -> list[str]:
+    """The whsec_ secrets of a [webhooks] table: ``secret`` (one, or a list during a rotation), else the
+    whitespace-separated ones in the variable ``secret_env`` names. Each must be whsec_ + base64."""
+    import base64
+    import binascii
+
+    if value is None:
+        raw = os.environ.get(env, "").split() if env else []
+    else:
+        raw = [v.get_secret_value() for v in (value if isinstance(value, list) else [value])]
+    for secret in raw:
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_") + "==", validate=False) if secret.startswith("whsec_") else b""
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) < 16:
+            raise ValueError(f"{where}: a secret must be whsec_ followed by base64 of at least 16 bytes")
+    return raw
+
+
+class WebhookTenant(BaseModel):
+    """A tenant's own webhook keys (under [webhooks.tenants.<tenant>]); a key left out is the [webhooks] one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_prefixes: list[str] | None = None
+    allowed_networks: list[str] | None = None
+    secret: SecretStr | list[SecretStr] | None = None
+    secret_env: str = ""
+
+
+class WebhookSettings(BaseModel):
+    """Webhooks given at Submit: which URLs are accepted, how deliveries are signed and retried."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_prefixes: list[str] = Field(
+        default_factory=list,
+        description="URL prefixes a webhook must start with (https://hooks.example.com/ ...); empty: webhooks are "
+                    "refused. http:// only where a prefix says so.",
+    )
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) a webhook host may resolve to although they are loopback, private or link-local "
+                    "(refused otherwise), e.g. 127.0.0.1/32 for a receiver on the same machine.",
+    )
+    secret: SecretStr | list[SecretStr] | None = Field(
+        None, description="The whsec_ secret deliveries are signed with (Standard Webhooks); a list during a rotation "
+                          "(every one signs).",
+    )
+    secret_env: str = Field("", description="A variable holding the secret(s), whitespace-separated, instead of secret.")
+    tenants: dict[str, WebhookTenant] = Field(default_factory=dict, description="Per-tenant keys, when auth is on.")
+    timeout_seconds: float = Field(10.0, gt=0, le=300, description="One delivery attempt, connection to answer.")
+    retry_period_seconds: float = Field(
+        24 * 3600.0, gt=0, description="How long an event is retried (timeouts, connection failures, 429, 5xx) before "
+                                        "it is given up; the job and its result stay stored.",
+    )
+    backoff_initial_seconds: float = Field(1.0, gt=0, description="The first retry's delay (then doubling, jittered).")
+    backoff_max_seconds: float = Field(3600.0, gt=0, description="The longest delay between two attempts.")
+    max_concurrent_per_host: int = Field(
+        4, ge=1, description="Deliveries in flight to one destination (host:port) at once, per process: a slow "
+                             "receiver delays only its own.",
+    )
+    max_concurrent: int = Field(64, ge=1, description="Deliveries in flight at once, per process.")
+    progress_interval_seconds: float = Field(0.5, ge=0, description="Progress deliveries of one job: at most one per this.")
+    poll_interval_seconds: float = Field(
+        0.25, gt=0, le=60, description="How often due deliveries are looked for (retries, and other processes' jobs)."
+    )
+
+    def resolved(self, tenant: str) -> tuple[list[str], list[str], list[str]]:
+        """(allowed prefixes, allowed networks, secrets) for a tenant."""
+        own = self.tenants.get(tenant)
+        prefixes = self.allowed_prefixes if own is None or own.allowed_prefixes is None else own.allowed_prefixes
+        networks = self.allowed_networks if own is None or own.allowed_networks is None else own.allowed_networks
+        if own is not None and (own.secret is not None or own.secret_env):
+            secrets = _secrets(own.secret, own.secret_env, f"webhooks.tenants.{tenant}")
+        else:
+            secrets = _secrets(self.secret, self.secret_env, "webhooks")
+        return prefixes, networks, secrets
+
+    @model_validator(mode="after")
+    def _check(self) -> WebhookSettings:
+        import ipaddress
+
+        for tenant in ["", *self.tenants]:
+            prefixes, networks, secrets = self.resolved(tenant)
+            where = f"webhooks.tenants.{tenant}" if tenant else "webhooks"
+            for prefix in prefixes:
+                if not re.match(r"^https?://[^/?#\s@]+(/[^\s#]*)?$", prefix):
+                    raise ValueError(f"{where}.allowed_prefixes: {prefix!r} is not an http(s) URL prefix")
+            for network in networks:
+                try:
+                    ipaddress.ip_network(network, strict=False)
+                except ValueError:
+                    raise ValueError(f"{where}.allowed_networks: {network!r} is not a network (CIDR)") from None
+            if prefixes and not secrets:
+                raise ValueError(f"{where}: webhooks are allowed (allowed_prefixes) but no secret signs them; set secret "
+                                 "or secret_env (whsec_ + base64)")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid")
 
@@ -273,6 +375,7 @@ class Settings(BaseSettings):
     log_json: bool = Field(False, description="Log JSON lines (with job_id, route and tenant where a job is concerned).")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     routes: dict[str, RouteSettings] = Field(default_factory=_default_routes)
 
     @field_validator("routes")

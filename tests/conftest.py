@@ -19,6 +19,8 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.webhook_receiver import Receiver
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -184,6 +186,14 @@ def whisper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
     """One gateway with the echo and whisper routes (the default set), warm, shared by a module's tests."""
     server = ServerProcess(tmp_path_factory.mktemp("whisper"), WHISPER_CONFIG).start()
     server.wait_serving("route/whisper")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 (tests/webhook_receiver.py), verifying with the reference library."""
+    server = Receiver().start()
     yield server
     server.stop()
 

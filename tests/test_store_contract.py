@@ -5,12 +5,14 @@ offset, and change positions order every job's changes for WatchJobs to resume f
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from gateway.jobs import JobOutput, JobState, Segment
+from gateway.jobs import Job, JobOutput, JobState, Segment, WebhookSpec
 from gateway.store import JobFilter, RevisionConflict, SqliteStore, Store
 from gateway.store.redis import RedisStore
 from tests.redis_server import RedisProcess, redis_process  # noqa: F401 (a fixture)
@@ -157,3 +159,78 @@ async def test_large_inputs_come_back_byte_for_byte_and_go_when_the_job_ends(any
     await any_store.save_revision(finish(running, JobState.SUCCEEDED, T0), result=JobOutput({"ok": True}))
     assert await any_store.get_payload(jobs[0].id) is None
     assert await any_store.get_payload(jobs[1].id) == payloads[1]
+
+
+# -- webhooks: marked due in the revision's own write, claimed by one process at a time ----------------
+
+def _hooked(events: frozenset[str]) -> Job:
+    return replace(make_job(), webhook=WebhookSpec("https://hooks.example.com/x", events))
+
+
+async def _due(store: Store) -> list[str]:
+    return [job_id for job_id, _ in await store.webhooks_due(time.time() + 1, 100)]
+
+
+async def test_a_revision_the_webhook_wants_marks_it_due_in_the_same_write(any_store: Store) -> None:
+    job = _hooked(frozenset({"completed"}))
+    await any_store.create_job(job, "", PAYLOAD)
+    stored = await any_store.get_job(job.id)
+    assert stored is not None and stored.webhook == job.webhook  # kept with the job
+    running = step(job, state=JobState.RUNNING, started=T0)
+    await any_store.save_revision(running)
+    assert await _due(any_store) == []  # RUNNING is no event of a completed-only webhook
+    await any_store.save_revision(finish(running, JobState.SUCCEEDED, T0 + 1), result=JobOutput(1))
+    assert await any_store.webhooks_due(time.time() + 1, 100) == [(job.id, "https://hooks.example.com/x")]
+    assert await any_store.webhook_state(job.id) is None  # nothing attempted yet
+
+
+async def test_a_refused_revision_marks_nothing(any_store: Store) -> None:
+    job = _hooked(frozenset({"start"}))
+    await any_store.create_job(job, "", PAYLOAD)
+    with pytest.raises(RevisionConflict):
+        await any_store.save_revision(step(step(job), state=JobState.RUNNING, started=T0))  # skips revision 2
+    assert await _due(any_store) == []
+
+
+async def test_one_claim_at_a_time_and_a_mark_during_it_makes_the_job_due_again(any_store: Store) -> None:
+    job = _hooked(frozenset({"start", "progress"}))
+    await any_store.create_job(job, "", PAYLOAD)
+    running = step(job, state=JobState.RUNNING, started=T0)
+    await any_store.save_revision(running)
+    now = time.time() + 1
+    claim = await any_store.claim_webhook(job.id, now, now + 30)
+    assert claim is not None and claim.pending == 2 and claim.state == {}
+    assert await any_store.claim_webhook(job.id, now, now + 30) is None  # held
+    assert await _due(any_store) == []  # hidden while claimed
+    moved = step(running, progress=0.5)
+    await any_store.save_revision(moved)  # stored while the claim is held
+    assert await _due(any_store) == []  # still held: the holder is told when it finishes
+    await any_store.finish_webhook(job.id, {"seen": 2}, claim.pending, now, None)
+    assert await _due(any_store) == [job.id]  # revision 3 came after the claim: due again at once
+    again = await any_store.claim_webhook(job.id, now, now + 30)
+    assert again is not None and again.pending == 3 and again.state == {"seen": 2}
+    await any_store.finish_webhook(job.id, {"seen": 3}, again.pending, now, None)
+    assert await _due(any_store) == []
+    assert await any_store.webhook_state(job.id) == {"seen": 3}
+
+
+async def test_a_retry_time_is_kept_and_a_lapsed_claim_can_be_taken(any_store: Store) -> None:
+    job = _hooked(frozenset({"completed"}))
+    await any_store.create_job(job, "", PAYLOAD)
+    await any_store.save_revision(finish(job, JobState.CANCELLED, T0))
+    now = time.time() + 1
+    claim = await any_store.claim_webhook(job.id, now, now + 5)
+    assert claim is not None
+    assert await any_store.claim_webhook(job.id, now + 6, now + 11) is not None  # the first holder went silent
+    await any_store.finish_webhook(job.id, {"retry": True}, claim.pending, now, now + 60)
+    assert await any_store.webhooks_due(now + 59, 100) == []
+    assert [i for i, _ in await any_store.webhooks_due(now + 61, 100)] == [job.id]
+
+
+async def test_deleting_a_job_drops_its_webhook(any_store: Store) -> None:
+    job = _hooked(frozenset({"completed"}))
+    await any_store.create_job(job, "", PAYLOAD)
+    await any_store.save_revision(finish(job, JobState.CANCELLED, T0))
+    await any_store.delete(job.id)
+    assert await _due(any_store) == []
+    assert await any_store.webhook_state(job.id) is None

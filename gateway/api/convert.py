@@ -12,10 +12,22 @@ from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from gateway.api.status import failure_to_status
 from gateway.errors import FieldViolation, InvalidArgument
 from gateway.hub import JobEvent
-from gateway.jobs import Job, JobInput, JobOutput, JobState, Result, Segment, Transcript, TranscriptionInput
+from gateway.jobs import (
+    WEBHOOK_EVENTS,
+    Job,
+    JobInput,
+    JobOutput,
+    JobState,
+    Result,
+    Segment,
+    Transcript,
+    TranscriptionInput,
+    WebhookSpec,
+)
 from gateway.store.base import JobFilter
 
 __all__ = [
+    "delivery_to_proto",
     "encode_watch_jobs_job",
     "encode_watch_update",
     "filter_from_proto",
@@ -24,6 +36,7 @@ __all__ = [
     "jobs_heartbeat_bytes",
     "result_into",
     "submit_from_proto",
+    "webhook_body",
     "with_resume_token",
 ]
 
@@ -78,6 +91,33 @@ def job_to_proto(job: Job, with_segments: bool = True) -> pb.Job:
         message.error.CopyFrom(failure_to_status(job.error))
     if with_segments and job.segments:
         message.segments.extend(_segment(s) for s in job.segments)
+    if job.webhook is not None:
+        message.webhook.url = job.webhook.url
+        message.webhook.events.extend(WEBHOOK_EVENTS.index(e) + 1 for e in sorted(job.webhook.events, key=WEBHOOK_EVENTS.index))
+    return message
+
+
+def webhook_body(job: Job) -> bytes:
+    """A webhook delivery's body: the job (every segment so far) in the protobuf JSON mapping."""
+    return json_format.MessageToJson(job_to_proto(job), indent=None).encode()
+
+
+def delivery_to_proto(state: Mapping[str, Any]) -> pb.WebhookDelivery:
+    """A job's webhook delivery state (gateway.webhooks) as the API shows it."""
+    message = pb.WebhookDelivery(
+        state=pb.WebhookDelivery.State.Value("STATE_" + state.get("status", "PENDING")),
+        attempts=state.get("attempts", 0),
+        message_id=state.get("last_id", ""),
+        last_status_code=state.get("last_status", 0),
+        last_error=state.get("last_error", ""),
+        delivered_count=state.get("delivered", 0),
+    )
+    if state.get("last_event"):
+        message.event = WEBHOOK_EVENTS.index(state["last_event"]) + 1  # type: ignore[assignment]
+    if state.get("last_attempt") is not None:
+        message.last_attempt_time.CopyFrom(_timestamp(state["last_attempt"]))
+    if state.get("next_attempt") is not None:
+        message.next_attempt_time.CopyFrom(_timestamp(state["next_attempt"]))
     return message
 
 
@@ -114,8 +154,9 @@ def jobs_heartbeat_bytes(now: float, token: str) -> bytes:
     return pb.WatchJobsResponse(heartbeat=pb.Heartbeat(time=_timestamp(now)), resume_token=token).SerializeToString()
 
 
-def submit_from_proto(request: pb.SubmitRequest) -> tuple[str, JobInput, dict[str, str], str]:
-    """(route, input, labels, request_id); structural problems raise InvalidArgument."""
+def submit_from_proto(request: pb.SubmitRequest) -> tuple[str, JobInput, dict[str, str], str, WebhookSpec | None]:
+    """(route, input, labels, request_id, webhook); structural problems raise InvalidArgument (the
+    webhook URL's policy is the service's to check)."""
     kind = request.WhichOneof("input")
     violations = []
     if not request.route:
@@ -144,9 +185,18 @@ def submit_from_proto(request: pb.SubmitRequest) -> tuple[str, JobInput, dict[st
                 vad_filter=t.vad_filter if t.HasField("vad_filter") else None,
             )
         )
+    webhook = None
+    if request.HasField("webhook"):
+        events = set()
+        for value in request.webhook.events:
+            if 1 <= value <= len(WEBHOOK_EVENTS):
+                events.add(WEBHOOK_EVENTS[value - 1])
+            else:
+                violations.append(FieldViolation("webhook.events", f"unknown event {value}: start, progress or completed"))
+        webhook = WebhookSpec(request.webhook.url, frozenset(events or {"completed"}))
     if violations:
         raise InvalidArgument.fields(*violations)
-    return request.route, job_input, dict(request.labels), request.request_id
+    return request.route, job_input, dict(request.labels), request.request_id, webhook
 
 
 def _struct(struct: struct_pb2.Struct) -> dict[str, Any]:

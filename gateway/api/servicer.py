@@ -21,6 +21,7 @@ from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from gateway import allocator
 from gateway.api.auth import DEFAULT_TENANT, Authenticator
 from gateway.api.convert import (
+    delivery_to_proto,
     encode_watch_jobs_job,
     encode_watch_update,
     filter_from_proto,
@@ -240,12 +241,20 @@ class GatewayServicer:
         converted = submit_from_proto(request) if isinstance(request, pb.SubmitRequest) else request
         if isinstance(converted, GatewayError):
             raise converted
-        route, job_input, labels, request_id = converted
-        job, existing = await self.service.submit(tenant, route, job_input, labels, request_id)
-        return pb.SubmitResponse(job=job_to_proto(job), existing=existing)
+        route, job_input, labels, request_id, webhook = converted
+        job, existing = await self.service.submit(tenant, route, job_input, labels, request_id, webhook)
+        return pb.SubmitResponse(job=await self._job(job), existing=existing)
+
+    async def _job(self, job: Any, with_segments: bool = True) -> pb.Job:
+        """The job as Get shows it: with its webhook's delivery state, if it has a webhook."""
+        message = job_to_proto(job, with_segments)
+        state = await self.service.webhook_delivery(job)
+        if state is not None:
+            message.webhook_delivery.CopyFrom(delivery_to_proto(state))
+        return message
 
     async def get(self, request: pb.GetRequest, tenant: str, context: Any) -> pb.GetResponse:
-        return pb.GetResponse(job=job_to_proto(await self.service.get(tenant, request.job_id)))
+        return pb.GetResponse(job=await self._job(await self.service.get(tenant, request.job_id)))
 
     async def watch(self, request: pb.WatchRequest, tenant: str, context: Any) -> AsyncIterator[bytes]:
         async for item in self.service.watch(tenant, request.job_id, request.after_revision):
@@ -269,7 +278,7 @@ class GatewayServicer:
             if wait is not None and remaining is not None:
                 wait = max(0.0, min(wait, remaining - min(_DEADLINE_MARGIN_SECONDS, remaining / 10)))
         job, result = await self.service.fetch(tenant, request.job_id, wait)
-        response = pb.FetchResponse(job=job_to_proto(job, with_segments=False))
+        response = pb.FetchResponse(job=await self._job(job, with_segments=False))
         result_into(response, result)
         return response
 

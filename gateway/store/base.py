@@ -18,7 +18,7 @@ from gateway.jobs import Job, JobState, Result, Segment
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CreateOutcome", "JobFilter", "QueueFull", "ResumableJob", "RevisionConflict", "Store"]
+__all__ = ["CreateOutcome", "JobFilter", "QueueFull", "ResumableJob", "RevisionConflict", "Store", "WebhookClaim"]
 
 
 class Writability:
@@ -101,6 +101,16 @@ class ResumableJob:
     job: Job
     attempts: int
     checkpoint: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookClaim:
+    """A job's webhook, held by one process (until finish_webhook, or its lease runs out): the delivery
+    state (gateway.webhooks), and the highest revision marked due when it was claimed."""
+
+    job_id: str
+    pending: int
+    state: dict[str, Any]
 
 
 class Store(Protocol):
@@ -201,4 +211,26 @@ class Store(Protocol):
 
     async def tombstone(self, job_id: str, now: float) -> str | None:
         """The tenant of a job that expired or was deleted recently, else None."""
+        ...
+
+    # Webhooks. A revision for which gateway.jobs.webhook_wanted holds marks the job's webhook due (now,
+    # unless it is claimed) in the same atomic write that stores the revision.
+
+    async def webhooks_due(self, now: float, limit: int) -> list[tuple[str, str]]:
+        """(job id, webhook URL) of the webhooks due by ``now`` and not claimed, the longest due first."""
+        ...
+
+    async def claim_webhook(self, job_id: str, now: float, lease_until: float) -> WebhookClaim | None:
+        """Takes the job's webhook until ``lease_until`` if it is due and nobody holds it (atomically:
+        one process wins); None otherwise, or if the job is gone (its webhook is then dropped)."""
+        ...
+
+    async def finish_webhook(self, job_id: str, state: Mapping[str, Any], examined: int, due_if_marked: float,
+                             due: float | None) -> None:
+        """Stores the delivery state and lets the claim go. Due again at ``due`` (None: not until a
+        revision marks it), or at ``due_if_marked`` if a revision was marked after ``examined``."""
+        ...
+
+    async def webhook_state(self, job_id: str) -> dict[str, Any] | None:
+        """The job's delivery state; None before the first delivery is looked at."""
         ...

@@ -47,8 +47,28 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from gateway import metrics
-from gateway.jobs import Clock, Job, JobFailure, JobState, Result, Segment, SystemClock, decode_result, encode_result
-from gateway.store.base import CreateOutcome, JobFilter, QueueFull, ResumableJob, RevisionConflict, Writability
+from gateway.jobs import (
+    Clock,
+    Job,
+    JobFailure,
+    JobState,
+    Result,
+    Segment,
+    SystemClock,
+    WebhookSpec,
+    decode_result,
+    encode_result,
+    webhook_wanted,
+)
+from gateway.store.base import (
+    CreateOutcome,
+    JobFilter,
+    QueueFull,
+    ResumableJob,
+    RevisionConflict,
+    WebhookClaim,
+    Writability,
+)
 
 __all__ = ["RedisStore", "job_from_dict", "job_from_json", "queue_bytes_key", "queue_key"]
 
@@ -110,10 +130,10 @@ redis.call('PUBLISH', ARGV[12], ARGV[1] .. '|1|0|' .. pos .. '|0|' .. #ARGV[8] .
 return {1, ARGV[1], ARGV[3], pos}
 """
 
-# KEYS: job, revs, segs, changes, position, active, tomb, expiring, req, queue
+# KEYS: job, revs, segs, changes, position, active, tomb, expiring, req, queue, webhook, webhooks due
 # ARGV: id, expected revision, attempt (-1: any), count attempt (0/1), revision, job JSON, segment
 #       count, terminal (0/1), result ('' none), ttl ms, tombstone ttl ms, tenant, n new segments,
-#       segments..., expires, tombstone end, events channel
+#       segments..., expires, tombstone end, events channel, webhook mark (now; '' none), webhook URL
 _SAVE = """
 local cur = redis.call('HMGET', KEYS[1], 'rev', 'att', 'job', 'pos')
 if not cur[1] then return redis.error_reply('CONFLICT job ' .. ARGV[1] .. ' is gone') end
@@ -135,6 +155,14 @@ if n > 0 then
   redis.call('RPUSH', KEYS[3], unpack(ARGV, 14, 13 + n))
 end
 redis.call('ZADD', KEYS[4], pos, ARGV[1])
+local mark = ARGV[17 + n]
+if mark ~= '' then  -- a revision the job's webhook may want: due now, unless a dispatcher holds it
+  redis.call('HSET', KEYS[11], 'pending', ARGV[5], 'url', ARGV[18 + n])
+  if tonumber(redis.call('HGET', KEYS[11], 'lease') or '0') <= tonumber(mark) then
+    local due = redis.call('ZSCORE', KEYS[12], ARGV[1])
+    if (not due) or tonumber(due) > tonumber(mark) then redis.call('ZADD', KEYS[12], mark, ARGV[1]) end
+  end
+end
 if ARGV[8] == '1' then
   local ttl = tonumber(ARGV[10])
   if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[9]) end
@@ -147,6 +175,7 @@ if ARGV[8] == '1' then
   if entry then redis.call('XDEL', KEYS[10], entry) end  -- an ended job leaves its route's queue
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
   if redis.call('EXISTS', KEYS[9]) == 1 then redis.call('PEXPIRE', KEYS[9], ttl) end
+  if redis.call('EXISTS', KEYS[11]) == 1 then redis.call('PEXPIRE', KEYS[11], ttl) end
   redis.call('SET', KEYS[7], ARGV[12] .. '|' .. ARGV[15 + n], 'PX', tonumber(ARGV[11]))
   redis.call('ZADD', KEYS[8], tonumber(ARGV[14 + n]) * 1000, ARGV[1])
 end
@@ -157,7 +186,8 @@ redis.call('PUBLISH', ARGV[16 + n], ARGV[1] .. '|' .. ARGV[5] .. '|' .. ARGV[8] 
 return pos
 """
 
-# KEYS: job, revs, segs, tomb, jobs index, changes, active, expiring; ARGV: id, tombstone ttl ms (0: none), req prefix
+# KEYS: job, revs, segs, tomb, jobs index, changes, active, expiring, webhook, webhooks due
+# ARGV: id, tombstone ttl ms (0: none), req prefix
 _DELETE = """
 local tenant = redis.call('HGET', KEYS[1], 'tenant')
 if not tenant then return 0 end
@@ -178,6 +208,37 @@ redis.call('ZREM', KEYS[5] .. tenant, ARGV[1])
 redis.call('ZREM', KEYS[6] .. tenant, ARGV[1])
 redis.call('SREM', KEYS[7], ARGV[1])
 redis.call('ZREM', KEYS[8], ARGV[1])
+redis.call('DEL', KEYS[9])
+redis.call('ZREM', KEYS[10], ARGV[1])
+return 1
+"""
+
+# KEYS: webhook, webhooks due, job; ARGV: id, now, lease until
+_CLAIM_WEBHOOK = """
+if redis.call('EXISTS', KEYS[3]) == 0 then  -- the job is gone (expired): so is its webhook
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[1])
+  return false
+end
+local due = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if (not due) or tonumber(due) > tonumber(ARGV[2]) then return false end
+if tonumber(redis.call('HGET', KEYS[1], 'lease') or '0') > tonumber(ARGV[2]) then return false end
+redis.call('HSET', KEYS[1], 'lease', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])  -- hidden from the others until the lease runs out
+return {redis.call('HGET', KEYS[1], 'pending') or '0', redis.call('HGET', KEYS[1], 'state') or ''}
+"""
+
+# KEYS: webhook, webhooks due, job; ARGV: id, state JSON, examined revision, due if marked since, due ('' none)
+_FINISH_WEBHOOK = """
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'lease', 0)
+local due = ARGV[5]
+if tonumber(redis.call('HGET', KEYS[1], 'pending') or '0') > tonumber(ARGV[3]) then due = ARGV[4] end
+if due == '' then redis.call('ZREM', KEYS[2], ARGV[1]) else redis.call('ZADD', KEYS[2], due, ARGV[1]) end
 return 1
 """
 
@@ -209,6 +270,7 @@ def _job_json(job: Job) -> str:
         "created": job.created, "progress": job.progress, "started": job.started, "finished": job.finished,
         "expires": job.expires, "labels": dict(job.labels), "error": None if job.error is None else job.error.to_dict(),
         "queue_position": job.queue_position, "request_id": job.request_id,
+        **({} if job.webhook is None else {"webhook": job.webhook.to_dict()}),
     })
 
 
@@ -223,6 +285,7 @@ def job_from_dict(data: Mapping[str, Any], segments: tuple[Segment, ...] = ()) -
         finished=data["finished"], expires=data["expires"], labels=data["labels"],
         error=JobFailure.from_dict(data["error"]) if data["error"] else None, segments=segments,
         queue_position=data["queue_position"], request_id=data["request_id"],
+        webhook=WebhookSpec.from_dict(data.get("webhook")),
     )
 
 
@@ -289,7 +352,8 @@ class RedisStore:
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="redis-writer")
 
     async def _load_scripts(self) -> None:
-        for name, source in (("create", _CREATE), ("save", _SAVE), ("delete", _DELETE), ("spare", _SPARE)):
+        for name, source in (("create", _CREATE), ("save", _SAVE), ("delete", _DELETE), ("spare", _SPARE),
+                             ("claim_webhook", _CLAIM_WEBHOOK), ("finish_webhook", _FINISH_WEBHOOK)):
             self._scripts[name] = await self._redis.script_load(source)
 
     def _eval(self, client: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -500,13 +564,15 @@ class RedisStore:
                 self._key("changes", job.tenant), self._key("position"), self._key("active"),
                 self._key("tomb", job.id), self._key("expiring"),
                 self._key("req", job.tenant, job.request_id) if job.request_id else self._key("req-none"),
-                queue_key(self.prefix, job.route)]
+                queue_key(self.prefix, job.route), self._key("webhook", job.id), self._key("webhooks-due")]
         segments = [_dumps(s.to_dict()) for s in new_segments]
+        marked = job.webhook is not None and webhook_wanted(job)
         args: list[Any] = [
             job.id, job.revision - 1, -1 if attempt is None else attempt, 1 if count_attempt else 0, job.revision,
             _job_json(job), len(job.segments), 1 if terminal else 0,
             encode_result(result) if result is not None else "", ttl_ms, 2 * ttl_ms, job.tenant, len(segments),
             *segments, repr(expires), repr(expires + (expires - now)), self._key("events"),
+            repr(time.time()) if marked else "", job.webhook.url if marked and job.webhook else "",
         ]
 
         def run(pipe: Any) -> None:
@@ -535,7 +601,8 @@ class RedisStore:
     async def delete(self, job_id: str, tombstone_until: float | None = None) -> None:
         ttl = 0 if tombstone_until is None else max(1, int((tombstone_until - self.clock.now()) * 1000))
         keys = [self._key("job", job_id), self._key("revs", job_id), self._key("segs", job_id), self._key("tomb", job_id),
-                self._key("jobs", ""), self._key("changes", ""), self._key("active"), self._key("expiring")]
+                self._key("jobs", ""), self._key("changes", ""), self._key("active"), self._key("expiring"),
+                self._key("webhook", job_id), self._key("webhooks-due")]
         args = [job_id, ttl, self._key("req", ""), repr(tombstone_until or 0.0)]
         await self._run_script("delete", keys, args)
 
@@ -681,6 +748,38 @@ class RedisStore:
             return None
         tenant, _, until = raw.decode().rpartition("|")
         return tenant if float(until) > now else None
+
+
+    # -- webhooks --------------------------------------------------------------------------------
+
+    def _webhook_keys(self, job_id: str) -> list[str]:
+        return [self._key("webhook", job_id), self._key("webhooks-due"), self._key("job", job_id)]
+
+    async def webhooks_due(self, now: float, limit: int) -> list[tuple[str, str]]:
+        ids = await self._redis.zrangebyscore(self._key("webhooks-due"), "-inf", repr(now), start=0, num=limit)
+        if not ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self._key("webhook", job_id.decode()), "url")
+            urls = await pipe.execute()
+        return [(i.decode(), u.decode()) for i, u in zip(ids, urls, strict=True) if u is not None]
+
+    async def claim_webhook(self, job_id: str, now: float, lease_until: float) -> WebhookClaim | None:
+        answer = await self._run_script("claim_webhook", self._webhook_keys(job_id), [job_id, repr(now), repr(lease_until)])
+        if not answer:
+            return None
+        pending, state = answer
+        return WebhookClaim(job_id, int(pending), json.loads(state) if state else {})
+
+    async def finish_webhook(self, job_id: str, state: Mapping[str, Any], examined: int, due_if_marked: float,
+                             due: float | None) -> None:
+        await self._run_script("finish_webhook", self._webhook_keys(job_id),
+                               [job_id, _dumps(dict(state)), examined, repr(due_if_marked), "" if due is None else repr(due)])
+
+    async def webhook_state(self, job_id: str) -> dict[str, Any] | None:
+        raw = await self._redis.hget(self._key("webhook", job_id), "state")
+        return json.loads(raw) if raw else None
 
 
 def _cannot_write(answer: Any) -> bool:

@@ -27,8 +27,18 @@ from typing import Any, TypeVar
 
 from gateway import metrics
 from gateway.errors import StartupError, Unavailable
-from gateway.jobs import Job, JobFailure, JobState, Result, Segment, decode_result, encode_result
-from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict, Writability
+from gateway.jobs import (
+    Job,
+    JobFailure,
+    JobState,
+    Result,
+    Segment,
+    WebhookSpec,
+    decode_result,
+    encode_result,
+    webhook_wanted,
+)
+from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict, WebhookClaim, Writability
 
 __all__ = ["SqliteStore"]
 
@@ -56,6 +66,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     checkpoint TEXT,
     position INTEGER NOT NULL DEFAULT 0,  -- the change position of the latest revision (WatchJobs resumes)
+    webhook TEXT,  -- {"url", "events"} given at Submit
     payload BLOB,  -- small inputs inline (large ones in payloads), dropped when the job ends
     result TEXT    -- last: reading the other columns never touches its overflow pages
 ) WITHOUT ROWID;
@@ -84,9 +95,18 @@ CREATE TABLE IF NOT EXISTS segments (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS payloads (job_id TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS tombstones (job_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS webhooks (
+    job_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    pending INTEGER NOT NULL,  -- the latest revision marked for delivery
+    due REAL,                  -- when a dispatcher should look (NULL: not until a revision is marked)
+    lease REAL NOT NULL DEFAULT 0,  -- claimed by a dispatcher until then
+    state TEXT                 -- the delivery state (gateway.webhooks), JSON
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS webhooks_by_due ON webhooks (due) WHERE due IS NOT NULL;
 """
 
-_INSERT_JOB = "INSERT INTO jobs ({columns}, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_JOB = "INSERT INTO jobs ({columns}, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, ?)"  # params: (job id, the payload)
 _RESERVE_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, zeroblob(?))"
 _BLOB_CHUNK = 1024 * 1024
@@ -105,18 +125,24 @@ _INSERT_REVISION = (
 )
 _INSERT_SEGMENT = "INSERT OR REPLACE INTO segments (job_id, idx, data) VALUES (?, ?, ?)"
 _DELETE_PAYLOAD = "DELETE FROM payloads WHERE job_id = ?"
+# A revision a webhook may want: due now, unless a dispatcher holds it (then it sees `pending` moved).
+_MARK_WEBHOOK = (
+    "INSERT INTO webhooks (job_id, url, pending, due) VALUES (?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET "
+    "pending = excluded.pending, due = CASE WHEN webhooks.lease > excluded.due THEN webhooks.due "
+    "WHEN webhooks.due IS NULL OR webhooks.due > excluded.due THEN excluded.due ELSE webhooks.due END"
+)
 _SAVE_POSITION = "INSERT OR REPLACE INTO meta (key, value) VALUES ('position', ?)"
 
 _JOB_COLUMNS = (
     "id, tenant, route, state, revision, progress, created, started, finished, expires, labels, error, "
-    "queue_position, request_id, request_hash, segment_count, attempts, checkpoint"
+    "queue_position, request_id, request_hash, segment_count, attempts, checkpoint, webhook"
 )
 _INSERT_JOB = _INSERT_JOB.format(columns=_JOB_COLUMNS)
 # The writer runs a batch's plain statements kind by kind with executemany, in this order, which
 # keeps every job's own order: its row exists before it is updated, updates apply in sequence.
 _STATEMENT_ORDER = {
     sql: i for i, sql in enumerate(
-        (_INSERT_JOB, _INSERT_PAYLOAD, _UPDATE_JOB, _INSERT_REVISION, _INSERT_SEGMENT, _DELETE_PAYLOAD)
+        (_INSERT_JOB, _INSERT_PAYLOAD, _UPDATE_JOB, _INSERT_REVISION, _INSERT_SEGMENT, _DELETE_PAYLOAD, _MARK_WEBHOOK)
     )
 }
 _MAX_BATCH = 1024
@@ -267,6 +293,10 @@ class SqliteStore:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
         if "position" not in columns:  # a data dir from before change positions
             conn.execute("ALTER TABLE jobs ADD COLUMN position INTEGER NOT NULL DEFAULT 0")
+        if "webhook" not in columns:  # from before webhooks
+            conn.execute("ALTER TABLE jobs ADD COLUMN webhook TEXT")
+        # This process owns the data dir: claims of a process that is gone are due at once.
+        conn.execute("UPDATE webhooks SET due = ?, lease = 0 WHERE lease > 0", (time.time(),))
         conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_position ON jobs (tenant, position)")
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(8))))")
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -457,7 +487,7 @@ class SqliteStore:
 
     def _job_from_row(self, conn: sqlite3.Connection, row: Sequence[Any], with_segments: bool = True) -> Job:
         (job_id, tenant, route, state, revision, progress, created, started, finished, expires, labels, error,
-         queue_position, request_id, _hash, segment_count, _attempts, _checkpoint) = row
+         queue_position, request_id, _hash, segment_count, _attempts, _checkpoint, webhook) = row
         return Job(
             id=job_id,
             tenant=tenant,
@@ -474,6 +504,7 @@ class SqliteStore:
             segments=self._segments(conn, job_id, segment_count) if with_segments else (),
             queue_position=queue_position,
             request_id=request_id,
+            webhook=WebhookSpec.from_dict(json.loads(webhook)) if webhook else None,
         )
 
     # -- writes ----------------------------------------------------------------------------------
@@ -488,7 +519,8 @@ class SqliteStore:
             (_INSERT_JOB, (job.id, job.tenant, job.route, int(job.state), job.revision, job.progress, job.created,
                            job.started, job.finished, job.expires, _dumps(dict(job.labels)) if job.labels else "{}",
                            _error_json(job.error), job.queue_position, job.request_id, request_hash, 0, 0, None,
-                           position, payload if inline else None)),
+                           None if job.webhook is None else _dumps(job.webhook.to_dict()), position,
+                           payload if inline else None)),
             (_INSERT_REVISION, _revision_row(job, 0)),
         ]
         if not inline:
@@ -540,6 +572,8 @@ class SqliteStore:
         if terminal and job.id in self._large_payloads:
             self._large_payloads.discard(job.id)
             statements.append((_DELETE_PAYLOAD, (job.id,)))
+        if job.webhook is not None and webhook_wanted(job):
+            statements.append((_MARK_WEBHOOK, (job.id, job.webhook.url, job.revision, time.time())))
         return self._submit(_Statements(statements, position), on_commit, position)
 
     async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None:
@@ -565,7 +599,7 @@ class SqliteStore:
     @staticmethod
     def _delete(conn: sqlite3.Connection, job_id: str) -> None:
         for table, column in (("jobs", "id"), ("revisions", "job_id"), ("segments", "job_id"),
-                              ("payloads", "job_id")):
+                              ("payloads", "job_id"), ("webhooks", "job_id")):
             conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
 
     async def delete(self, job_id: str, tombstone_until: float | None = None) -> None:
@@ -641,6 +675,7 @@ class SqliteStore:
                         expires=expires, labels=base.labels,
                         error=JobFailure.from_dict(json.loads(error)) if error else None,
                         segments=base.segments[:count], queue_position=queue_position, request_id=base.request_id,
+                        webhook=base.webhook,
                     ),
                     offset,
                 ))
@@ -732,6 +767,44 @@ class SqliteStore:
         def read(conn: sqlite3.Connection) -> str | None:
             row = conn.execute("SELECT tenant FROM tombstones WHERE job_id = ? AND until > ?", (job_id, now)).fetchone()
             return None if row is None else str(row[0])
+
+        return await self._read(read)
+
+
+    # -- webhooks --------------------------------------------------------------------------------
+
+    async def webhooks_due(self, now: float, limit: int) -> list[tuple[str, str]]:
+        def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = conn.execute(
+                "SELECT job_id, url FROM webhooks WHERE due IS NOT NULL AND due <= ? ORDER BY due LIMIT ?", (now, limit)
+            ).fetchall()
+            return [(str(r[0]), str(r[1])) for r in rows]
+
+        return await self._read(read)
+
+    async def claim_webhook(self, job_id: str, now: float, lease_until: float) -> WebhookClaim | None:
+        def write(conn: sqlite3.Connection) -> WebhookClaim | None:
+            row = conn.execute("SELECT pending, due, lease, state FROM webhooks WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None or row[1] is None or row[1] > now or row[2] > now:
+                return None
+            conn.execute("UPDATE webhooks SET lease = ?, due = ? WHERE job_id = ?", (lease_until, lease_until, job_id))
+            return WebhookClaim(job_id, int(row[0]), json.loads(row[3]) if row[3] else {})
+
+        claim: WebhookClaim | None = await self._submit(write)
+        return claim
+
+    async def finish_webhook(self, job_id: str, state: Mapping[str, Any], examined: int, due_if_marked: float,
+                             due: float | None) -> None:
+        data = _dumps(dict(state))
+        await self._submit(lambda conn: conn.execute(
+            "UPDATE webhooks SET state = ?, lease = 0, due = CASE WHEN pending > ? THEN ? ELSE ? END WHERE job_id = ?",
+            (data, examined, due_if_marked, due, job_id),
+        ))
+
+    async def webhook_state(self, job_id: str) -> dict[str, Any] | None:
+        def read(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute("SELECT state FROM webhooks WHERE job_id = ?", (job_id,)).fetchone()
+            return json.loads(row[0]) if row and row[0] else None
 
         return await self._read(read)
 

@@ -86,6 +86,18 @@ CHANNEL_OPTIONS = [  # the client's and the CLI's channels
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
+_WEBHOOK_EVENTS = {"start": pb.WEBHOOK_EVENT_START, "progress": pb.WEBHOOK_EVENT_PROGRESS,
+                   "completed": pb.WEBHOOK_EVENT_COMPLETED}
+
+
+def webhook_event(name: str) -> pb.WebhookEvent.ValueType:
+    """A webhook event by name: start, progress or completed."""
+    try:
+        return _WEBHOOK_EVENTS[name]
+    except KeyError:
+        raise ValueError(f"unknown webhook event {name!r}: start, progress or completed") from None
+
+
 _TASKS = {"": pb.TRANSCRIPTION_TASK_UNSPECIFIED, "transcribe": pb.TRANSCRIPTION_TASK_TRANSCRIBE,
           "translate": pb.TRANSCRIPTION_TASK_TRANSLATE}
 # Gaps in a Watch stream's segments that resuming did not mend, before giving up with DATA_LOSS.
@@ -218,6 +230,8 @@ class AsyncClient:
         vad_filter: bool | None = None,
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        webhook: str | None = None,
+        webhook_events: Iterable[str] = (),
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Submitted:
@@ -226,9 +240,14 @@ class AsyncClient:
         JSON ``inputs``, or ``audio`` (bytes or a path) for the typed transcription request with
         ``language`` (a BCP-47 code), ``task`` ("transcribe" or "translate"), ``beam_size``,
         ``word_timestamps`` and ``vad_filter``. A request_id is generated when none is given, so
-        that a retried Submit never creates a second job.
+        that a retried Submit never creates a second job. ``webhook``: a URL the server POSTs the
+        job to (signed, Standard Webhooks) on the ``webhook_events`` ("start", "progress",
+        "completed"; default: "completed").
         """
         request = pb.SubmitRequest(route=route, labels=dict(labels or {}), request_id=request_id or uuid.uuid4().hex)
+        if webhook is not None:
+            request.webhook.url = webhook
+            request.webhook.events.extend(webhook_event(e) for e in webhook_events)
         if audio is not None:
             if inputs is not None:
                 raise ValueError("give inputs or audio, not both")

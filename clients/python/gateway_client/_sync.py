@@ -154,6 +154,8 @@ class Client:
         vad_filter: bool | None = None,
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        webhook: str | None = None,
+        webhook_events: Iterable[str] = (),
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Submitted:
@@ -161,7 +163,7 @@ class Client:
         return self._run(self._async.submit_job(
             route, inputs, audio=audio, language=language, task=task, beam_size=beam_size,
             word_timestamps=word_timestamps, vad_filter=vad_filter, labels=labels, request_id=request_id,
-            timeout=timeout, metadata=metadata,
+            webhook=webhook, webhook_events=webhook_events, timeout=timeout, metadata=metadata,
         ))
 
     @overload

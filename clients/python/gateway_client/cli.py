@@ -9,6 +9,7 @@ Synopsis:
                         [--language CODE] [--task {transcribe,translate}] [--beam-size N]
                         [--word-timestamps] [--vad-filter | --no-vad-filter]
                         [--label KEY=VALUE]... [--request-id ID]
+                        [--webhook URL [--webhook-events EVENT[,EVENT]...]]
   gateway-client get JOB_ID
   gateway-client watch JOB_ID [--after-revision N] [--timeout SECONDS]
   gateway-client fetch JOB_ID [--timeout SECONDS | --wait]
@@ -83,7 +84,7 @@ from google.rpc import error_details_pb2  # noqa: F401  (registers the Any detai
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from gateway_client._aio import CHANNEL_OPTIONS, DEFAULT_TARGET, tls_credentials
+from gateway_client._aio import CHANNEL_OPTIONS, DEFAULT_TARGET, tls_credentials, webhook_event
 from gateway_client._errors import GatewayError, RpcError, translate_errors
 from gateway_client._retry import DEFAULT_RETRY, stream_resumable
 
@@ -344,6 +345,16 @@ async def _watch(session: _Session, job_id: str, after_revision: int, deadline: 
         await asyncio.sleep(delay)
 
 
+def _webhook_events(text: str) -> list[pb.WebhookEvent.ValueType]:
+    events = []
+    for name in (part.strip() for part in text.split(",")):
+        try:
+            events.append(webhook_event(name))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return events
+
+
 # -- the commands -------------------------------------------------------------------------------
 
 
@@ -352,6 +363,11 @@ async def _submit(session: _Session, args: argparse.Namespace) -> ExitCode:
     if args.audio is None and (args.word_timestamps or any(o is not None for o in transcription_options)):
         raise UsageError("--language, --task, --beam-size, --word-timestamps and --vad-filter apply to --audio only")
     request = pb.SubmitRequest(route=args.route, labels=dict(args.label), request_id=args.request_id or "")
+    if args.webhook_events and args.webhook is None:
+        raise UsageError("--webhook-events needs --webhook")
+    if args.webhook is not None:
+        request.webhook.url = args.webhook
+        request.webhook.events.extend(args.webhook_events)
     if args.audio is not None:
         request.transcription.CopyFrom(_transcription(args, _read_bytes(args.audio)))
     else:
@@ -643,6 +659,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_transcription(submit, " (with --audio)")
     _add_labels(submit, "a label of the job; repeatable")
     submit.add_argument("--request-id", metavar="ID", help="idempotency key: the same request answers the same job")
+    submit.add_argument("--webhook", metavar="URL",
+                        help="POST the job to this URL as it changes (signed, Standard Webhooks; the server allows "
+                             "some URL prefixes only); Get shows how the deliveries went")
+    submit.add_argument("--webhook-events", type=_webhook_events, default=[], metavar="EVENT[,EVENT]...",
+                        help="which changes: start, progress, completed (default: completed); comma-separated")
 
     get = command("get", "print a job (GetResponse)", "Prints the job now (GetResponse), every segment included.",
                   _EXITS_OF_A_CALL)

@@ -29,6 +29,13 @@ class TranscriptionTask(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRANSCRIPTION_TASK_UNSPECIFIED: _ClassVar[TranscriptionTask]
     TRANSCRIPTION_TASK_TRANSCRIBE: _ClassVar[TranscriptionTask]
     TRANSCRIPTION_TASK_TRANSLATE: _ClassVar[TranscriptionTask]
+
+class WebhookEvent(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WEBHOOK_EVENT_UNSPECIFIED: _ClassVar[WebhookEvent]
+    WEBHOOK_EVENT_START: _ClassVar[WebhookEvent]
+    WEBHOOK_EVENT_PROGRESS: _ClassVar[WebhookEvent]
+    WEBHOOK_EVENT_COMPLETED: _ClassVar[WebhookEvent]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -38,6 +45,10 @@ JOB_STATE_CANCELLED: JobState
 TRANSCRIPTION_TASK_UNSPECIFIED: TranscriptionTask
 TRANSCRIPTION_TASK_TRANSCRIBE: TranscriptionTask
 TRANSCRIPTION_TASK_TRANSLATE: TranscriptionTask
+WEBHOOK_EVENT_UNSPECIFIED: WebhookEvent
+WEBHOOK_EVENT_START: WebhookEvent
+WEBHOOK_EVENT_PROGRESS: WebhookEvent
+WEBHOOK_EVENT_COMPLETED: WebhookEvent
 
 class Segment(_message.Message):
     __slots__ = ("start_seconds", "end_seconds", "text", "avg_logprob", "no_speech_prob", "words")
@@ -68,7 +79,7 @@ class Word(_message.Message):
     def __init__(self, start_seconds: _Optional[float] = ..., end_seconds: _Optional[float] = ..., word: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "route", "state", "done", "revision", "progress", "create_time", "start_time", "finish_time", "expire_time", "labels", "error", "segments", "queue_position", "request_id")
+    __slots__ = ("id", "route", "state", "done", "revision", "progress", "create_time", "start_time", "finish_time", "expire_time", "labels", "error", "segments", "queue_position", "request_id", "webhook", "webhook_delivery")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +102,8 @@ class Job(_message.Message):
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     id: str
     route: str
     state: JobState
@@ -106,7 +119,53 @@ class Job(_message.Message):
     segments: _containers.RepeatedCompositeFieldContainer[Segment]
     queue_position: int
     request_id: str
-    def __init__(self, id: _Optional[str] = ..., route: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., done: _Optional[bool] = ..., revision: _Optional[int] = ..., progress: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., queue_position: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    webhook: Webhook
+    webhook_delivery: WebhookDelivery
+    def __init__(self, id: _Optional[str] = ..., route: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., done: _Optional[bool] = ..., revision: _Optional[int] = ..., progress: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., queue_position: _Optional[int] = ..., request_id: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ..., webhook_delivery: _Optional[_Union[WebhookDelivery, _Mapping]] = ...) -> None: ...
+
+class Webhook(_message.Message):
+    __slots__ = ("url", "events")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    events: _containers.RepeatedScalarFieldContainer[WebhookEvent]
+    def __init__(self, url: _Optional[str] = ..., events: _Optional[_Iterable[_Union[WebhookEvent, str]]] = ...) -> None: ...
+
+class WebhookDelivery(_message.Message):
+    __slots__ = ("state", "event", "attempts", "message_id", "last_attempt_time", "last_status_code", "last_error", "next_attempt_time", "delivered_count")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[WebhookDelivery.State]
+        STATE_PENDING: _ClassVar[WebhookDelivery.State]
+        STATE_RETRYING: _ClassVar[WebhookDelivery.State]
+        STATE_DELIVERED: _ClassVar[WebhookDelivery.State]
+        STATE_FAILED: _ClassVar[WebhookDelivery.State]
+        STATE_DISABLED: _ClassVar[WebhookDelivery.State]
+    STATE_UNSPECIFIED: WebhookDelivery.State
+    STATE_PENDING: WebhookDelivery.State
+    STATE_RETRYING: WebhookDelivery.State
+    STATE_DELIVERED: WebhookDelivery.State
+    STATE_FAILED: WebhookDelivery.State
+    STATE_DISABLED: WebhookDelivery.State
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_ATTEMPT_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    state: WebhookDelivery.State
+    event: WebhookEvent
+    attempts: int
+    message_id: str
+    last_attempt_time: _timestamp_pb2.Timestamp
+    last_status_code: int
+    last_error: str
+    next_attempt_time: _timestamp_pb2.Timestamp
+    delivered_count: int
+    def __init__(self, state: _Optional[_Union[WebhookDelivery.State, str]] = ..., event: _Optional[_Union[WebhookEvent, str]] = ..., attempts: _Optional[int] = ..., message_id: _Optional[str] = ..., last_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_status_code: _Optional[int] = ..., last_error: _Optional[str] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivered_count: _Optional[int] = ...) -> None: ...
 
 class TranscriptionRequest(_message.Message):
     __slots__ = ("audio", "language_code", "task", "beam_size", "word_timestamps", "vad_filter")
@@ -125,7 +184,7 @@ class TranscriptionRequest(_message.Message):
     def __init__(self, audio: _Optional[bytes] = ..., language_code: _Optional[str] = ..., task: _Optional[_Union[TranscriptionTask, str]] = ..., beam_size: _Optional[int] = ..., word_timestamps: _Optional[bool] = ..., vad_filter: _Optional[bool] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("route", "inputs", "transcription", "labels", "request_id")
+    __slots__ = ("route", "inputs", "transcription", "labels", "request_id", "webhook")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -138,12 +197,14 @@ class SubmitRequest(_message.Message):
     TRANSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     route: str
     inputs: _struct_pb2.Struct
     transcription: TranscriptionRequest
     labels: _containers.ScalarMap[str, str]
     request_id: str
-    def __init__(self, route: _Optional[str] = ..., inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., transcription: _Optional[_Union[TranscriptionRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    webhook: Webhook
+    def __init__(self, route: _Optional[str] = ..., inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., transcription: _Optional[_Union[TranscriptionRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
     __slots__ = ("job", "existing")

@@ -303,6 +303,21 @@ export declare type Job = Message<"inferencegateway.gateway.v1.Job"> & {
    * @generated from field: string request_id = 14;
    */
   requestId: string;
+
+  /**
+   * The webhook given at Submit, if any.
+   *
+   * @generated from field: inferencegateway.gateway.v1.Webhook webhook = 16;
+   */
+  webhook?: Webhook | undefined;
+
+  /**
+   * How the webhook's deliveries are going: set in Get and Fetch (and the Submit answer) when the
+   * job has a webhook; never in Watch, List or WatchJobs, nor in the webhook's own bodies.
+   *
+   * @generated from field: inferencegateway.gateway.v1.WebhookDelivery webhook_delivery = 17;
+   */
+  webhookDelivery?: WebhookDelivery | undefined;
 };
 
 /**
@@ -418,6 +433,21 @@ export declare type JobJson = {
    * @generated from field: string request_id = 14;
    */
   requestId?: string;
+
+  /**
+   * The webhook given at Submit, if any.
+   *
+   * @generated from field: inferencegateway.gateway.v1.Webhook webhook = 16;
+   */
+  webhook?: WebhookJson;
+
+  /**
+   * How the webhook's deliveries are going: set in Get and Fetch (and the Submit answer) when the
+   * job has a webhook; never in Watch, List or WatchJobs, nor in the webhook's own bodies.
+   *
+   * @generated from field: inferencegateway.gateway.v1.WebhookDelivery webhook_delivery = 17;
+   */
+  webhookDelivery?: WebhookDeliveryJson;
 };
 
 /**
@@ -425,6 +455,258 @@ export declare type JobJson = {
  * Use `create(JobSchema)` to create a new message.
  */
 export declare const JobSchema: GenMessage<Job, {jsonType: JobJson}>;
+
+/**
+ * An HTTP endpoint the gateway POSTs the job to as it changes, signed as the Standard Webhooks
+ * specification says (headers webhook-id, webhook-timestamp, webhook-signature; the body is the
+ * Job in the protobuf JSON mapping, with every segment so far). Retried with backoff on timeouts,
+ * connection failures, 429 and 5xx (Retry-After honoured) for the server's retry period; 410 Gone
+ * stops the job's deliveries; redirects are not followed.
+ *
+ * @generated from message inferencegateway.gateway.v1.Webhook
+ */
+export declare type Webhook = Message<"inferencegateway.gateway.v1.Webhook"> & {
+  /**
+   * Must start with one of the prefixes the server allows for the tenant (INVALID_ARGUMENT
+   * WEBHOOK_URL_NOT_ALLOWED otherwise); https unless an allowed prefix is http.
+   *
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * Empty: WEBHOOK_EVENT_COMPLETED only.
+   *
+   * @generated from field: repeated inferencegateway.gateway.v1.WebhookEvent events = 2;
+   */
+  events: WebhookEvent[];
+};
+
+/**
+ * An HTTP endpoint the gateway POSTs the job to as it changes, signed as the Standard Webhooks
+ * specification says (headers webhook-id, webhook-timestamp, webhook-signature; the body is the
+ * Job in the protobuf JSON mapping, with every segment so far). Retried with backoff on timeouts,
+ * connection failures, 429 and 5xx (Retry-After honoured) for the server's retry period; 410 Gone
+ * stops the job's deliveries; redirects are not followed.
+ *
+ * @generated from message inferencegateway.gateway.v1.Webhook
+ */
+export declare type WebhookJson = {
+  /**
+   * Must start with one of the prefixes the server allows for the tenant (INVALID_ARGUMENT
+   * WEBHOOK_URL_NOT_ALLOWED otherwise); https unless an allowed prefix is http.
+   *
+   * @generated from field: string url = 1;
+   */
+  url?: string;
+
+  /**
+   * Empty: WEBHOOK_EVENT_COMPLETED only.
+   *
+   * @generated from field: repeated inferencegateway.gateway.v1.WebhookEvent events = 2;
+   */
+  events?: WebhookEventJson[];
+};
+
+/**
+ * Describes the message inferencegateway.gateway.v1.Webhook.
+ * Use `create(WebhookSchema)` to create a new message.
+ */
+export declare const WebhookSchema: GenMessage<Webhook, {jsonType: WebhookJson}>;
+
+/**
+ * The state of a job's webhook deliveries.
+ *
+ * @generated from message inferencegateway.gateway.v1.WebhookDelivery
+ */
+export declare type WebhookDelivery = Message<"inferencegateway.gateway.v1.WebhookDelivery"> & {
+  /**
+   * @generated from field: inferencegateway.gateway.v1.WebhookDelivery.State state = 1;
+   */
+  state: WebhookDelivery_State;
+
+  /**
+   * The event last attempted.
+   *
+   * @generated from field: inferencegateway.gateway.v1.WebhookEvent event = 2;
+   */
+  event: WebhookEvent;
+
+  /**
+   * Attempts at that event so far.
+   *
+   * @generated from field: int32 attempts = 3;
+   */
+  attempts: number;
+
+  /**
+   * The webhook-id of that event's message (the same in every attempt of it).
+   *
+   * @generated from field: string message_id = 4;
+   */
+  messageId: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp last_attempt_time = 5;
+   */
+  lastAttemptTime?: Timestamp | undefined;
+
+  /**
+   * The HTTP status of the last attempt; 0 when none came (timeout, connection failure).
+   *
+   * @generated from field: int32 last_status_code = 6;
+   */
+  lastStatusCode: number;
+
+  /**
+   * Why the last attempt failed; empty when it succeeded.
+   *
+   * @generated from field: string last_error = 7;
+   */
+  lastError: string;
+
+  /**
+   * Set while RETRYING.
+   *
+   * @generated from field: google.protobuf.Timestamp next_attempt_time = 8;
+   */
+  nextAttemptTime?: Timestamp | undefined;
+
+  /**
+   * Events delivered so far.
+   *
+   * @generated from field: int32 delivered_count = 9;
+   */
+  deliveredCount: number;
+};
+
+/**
+ * The state of a job's webhook deliveries.
+ *
+ * @generated from message inferencegateway.gateway.v1.WebhookDelivery
+ */
+export declare type WebhookDeliveryJson = {
+  /**
+   * @generated from field: inferencegateway.gateway.v1.WebhookDelivery.State state = 1;
+   */
+  state?: WebhookDelivery_StateJson;
+
+  /**
+   * The event last attempted.
+   *
+   * @generated from field: inferencegateway.gateway.v1.WebhookEvent event = 2;
+   */
+  event?: WebhookEventJson;
+
+  /**
+   * Attempts at that event so far.
+   *
+   * @generated from field: int32 attempts = 3;
+   */
+  attempts?: number;
+
+  /**
+   * The webhook-id of that event's message (the same in every attempt of it).
+   *
+   * @generated from field: string message_id = 4;
+   */
+  messageId?: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp last_attempt_time = 5;
+   */
+  lastAttemptTime?: TimestampJson;
+
+  /**
+   * The HTTP status of the last attempt; 0 when none came (timeout, connection failure).
+   *
+   * @generated from field: int32 last_status_code = 6;
+   */
+  lastStatusCode?: number;
+
+  /**
+   * Why the last attempt failed; empty when it succeeded.
+   *
+   * @generated from field: string last_error = 7;
+   */
+  lastError?: string;
+
+  /**
+   * Set while RETRYING.
+   *
+   * @generated from field: google.protobuf.Timestamp next_attempt_time = 8;
+   */
+  nextAttemptTime?: TimestampJson;
+
+  /**
+   * Events delivered so far.
+   *
+   * @generated from field: int32 delivered_count = 9;
+   */
+  deliveredCount?: number;
+};
+
+/**
+ * Describes the message inferencegateway.gateway.v1.WebhookDelivery.
+ * Use `create(WebhookDeliverySchema)` to create a new message.
+ */
+export declare const WebhookDeliverySchema: GenMessage<WebhookDelivery, {jsonType: WebhookDeliveryJson}>;
+
+/**
+ * @generated from enum inferencegateway.gateway.v1.WebhookDelivery.State
+ */
+export enum WebhookDelivery_State {
+  /**
+   * @generated from enum value: STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Nothing to deliver yet, or a delivery about to be attempted.
+   *
+   * @generated from enum value: STATE_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * The last attempt failed; the next one is at next_attempt_time.
+   *
+   * @generated from enum value: STATE_RETRYING = 2;
+   */
+  RETRYING = 2,
+
+  /**
+   * Every event so far was delivered.
+   *
+   * @generated from enum value: STATE_DELIVERED = 3;
+   */
+  DELIVERED = 3,
+
+  /**
+   * An event could not be delivered (a refusal that is not retried, or the retry period ran
+   * out); later events are still delivered. The job and its result stay stored: Fetch them.
+   *
+   * @generated from enum value: STATE_FAILED = 4;
+   */
+  FAILED = 4,
+
+  /**
+   * The receiver answered 410 Gone: nothing more is delivered for this job.
+   *
+   * @generated from enum value: STATE_DISABLED = 5;
+   */
+  DISABLED = 5,
+}
+
+/**
+ * @generated from enum inferencegateway.gateway.v1.WebhookDelivery.State
+ */
+export declare type WebhookDelivery_StateJson = "STATE_UNSPECIFIED" | "STATE_PENDING" | "STATE_RETRYING" | "STATE_DELIVERED" | "STATE_FAILED" | "STATE_DISABLED";
+
+/**
+ * Describes the enum inferencegateway.gateway.v1.WebhookDelivery.State.
+ */
+export declare const WebhookDelivery_StateSchema: GenEnum<WebhookDelivery_State, WebhookDelivery_StateJson>;
 
 /**
  * The typed request of a whisper route.
@@ -571,6 +853,14 @@ export declare type SubmitRequest = Message<"inferencegateway.gateway.v1.SubmitR
    * @generated from field: string request_id = 5;
    */
   requestId: string;
+
+  /**
+   * Optional: an HTTP endpoint to call as the job changes (see Webhook), for callers that cannot
+   * keep a Watch stream open.
+   *
+   * @generated from field: inferencegateway.gateway.v1.Webhook webhook = 6;
+   */
+  webhook?: Webhook | undefined;
 };
 
 /**
@@ -613,6 +903,14 @@ export declare type SubmitRequestJson = {
    * @generated from field: string request_id = 5;
    */
   requestId?: string;
+
+  /**
+   * Optional: an HTTP endpoint to call as the job changes (see Webhook), for callers that cannot
+   * keep a Watch stream open.
+   *
+   * @generated from field: inferencegateway.gateway.v1.Webhook webhook = 6;
+   */
+  webhook?: WebhookJson;
 };
 
 /**
@@ -1546,6 +1844,52 @@ export declare type TranscriptionTaskJson = "TRANSCRIPTION_TASK_UNSPECIFIED" | "
  * Describes the enum inferencegateway.gateway.v1.TranscriptionTask.
  */
 export declare const TranscriptionTaskSchema: GenEnum<TranscriptionTask, TranscriptionTaskJson>;
+
+/**
+ * The changes of a job a webhook is called for.
+ *
+ * @generated from enum inferencegateway.gateway.v1.WebhookEvent
+ */
+export enum WebhookEvent {
+  /**
+   * @generated from enum value: WEBHOOK_EVENT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The job started running (once per job).
+   *
+   * @generated from enum value: WEBHOOK_EVENT_START = 1;
+   */
+  START = 1,
+
+  /**
+   * The job's progress or transcript moved: at most one delivery per 500 ms per job, each with the
+   * job as it is then (a delivery that fails is not retried once a newer one is due).
+   *
+   * @generated from enum value: WEBHOOK_EVENT_PROGRESS = 2;
+   */
+  PROGRESS = 2,
+
+  /**
+   * The job ended: SUCCEEDED, FAILED or CANCELLED.
+   *
+   * @generated from enum value: WEBHOOK_EVENT_COMPLETED = 3;
+   */
+  COMPLETED = 3,
+}
+
+/**
+ * The changes of a job a webhook is called for.
+ *
+ * @generated from enum inferencegateway.gateway.v1.WebhookEvent
+ */
+export declare type WebhookEventJson = "WEBHOOK_EVENT_UNSPECIFIED" | "WEBHOOK_EVENT_START" | "WEBHOOK_EVENT_PROGRESS" | "WEBHOOK_EVENT_COMPLETED";
+
+/**
+ * Describes the enum inferencegateway.gateway.v1.WebhookEvent.
+ */
+export declare const WebhookEventSchema: GenEnum<WebhookEvent, WebhookEventJson>;
 
 /**
  * The job API. Every RPC is scoped to the caller's tenant (from the bearer token when auth is on);

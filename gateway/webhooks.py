@@ -1,0 +1,511 @@
+"""Webhooks: a job's changes POSTed to an HTTP endpoint given at Submit, signed as Standard Webhooks says.
+
+What is delivered follows from the stored revisions: the store marks a job's webhook due in the same
+atomic step that stores a revision it may care about (so no change is lost to a crash), and keeps
+each job's delivery state. A :class:`Dispatcher` in every API process claims due jobs under a lease
+(one process delivers a job at a time, and another carries on if it dies), works out the next event
+from the job's revisions, attempts it, and records the outcome: the next event, a retry at a
+backed-off time, or the end. Events of one job go out in order: start, the latest progress
+(throttled), completed.
+
+Safety: a URL must start with one of the tenant's allowed prefixes (at a host boundary), https unless
+a prefix is http, without credentials; its host must not resolve to loopback, private, link-local
+or other non-global addresses unless an allowed network covers them. That is checked at Submit and
+again when connecting (the connection goes only to the addresses checked), and redirects are not
+followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import email.utils
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import random
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from gateway import metrics
+from gateway.errors import FieldViolation, InvalidArgument, clip
+from gateway.jobs import WEBHOOK_EVENTS, Clock, Job, JobState, WebhookSpec
+from gateway.settings import WebhookSettings
+from gateway.store.base import WebhookClaim
+
+__all__ = ["Dispatcher", "WebhookPolicy", "check_address", "signature_header"]
+
+log = logging.getLogger(__name__)
+
+MAX_URL_LENGTH = 2048
+_RESOLVE_TIMEOUT_SECONDS = 5.0
+_READ_LIMIT = 64 * 1024  # of a receiver's answer: read (so the connection can be reused) and dropped
+_USER_AGENT = "inference-gateway-webhooks/1"
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# -- policy --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookPolicy:
+    """One tenant's: the URL prefixes allowed, the non-global networks allowed, the signing keys."""
+
+    prefixes: tuple[str, ...]
+    networks: tuple[IpNetwork, ...]
+    keys: tuple[bytes, ...]
+
+    @classmethod
+    def of(cls, settings: WebhookSettings, tenant: str) -> WebhookPolicy:
+        prefixes, networks, secrets = settings.resolved(tenant)
+        return cls(
+            tuple(prefixes),
+            tuple(ipaddress.ip_network(n, strict=False) for n in networks),
+            tuple(base64.b64decode(s.removeprefix("whsec_") + "==") for s in secrets),
+        )
+
+
+def _refuse(description: str, reason: str = "WEBHOOK_URL_NOT_ALLOWED") -> InvalidArgument:
+    return InvalidArgument(f"webhook.url: {description}", reason,
+                           field_violations=(FieldViolation("webhook.url", description),))
+
+
+def _origin_and_path(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path) of an http(s) URL, the port made explicit; ValueError if it is not one."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL")
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, parts.hostname.lower().rstrip("."), port, parts.path or "/"
+
+
+def _matches(url: tuple[str, str, int, str], prefix: str) -> bool:
+    """Whether the URL is under the prefix: same scheme, host and port exactly (so
+    https://hooks.example.com does not admit https://hooks.example.com.evil.net), and a path that
+    starts with the prefix's."""
+    allowed = _origin_and_path(prefix)
+    return url[:3] == allowed[:3] and url[3].startswith(allowed[3])
+
+
+def check_url(url: str, policy: WebhookPolicy) -> tuple[str, int]:
+    """Checks a webhook URL's form against the policy; answers its (host, port) for the address check."""
+    if not url:
+        raise InvalidArgument.fields(FieldViolation("webhook.url", "required: the URL deliveries are POSTed to"),
+                                     reason="WEBHOOK_URL_INVALID")
+    if len(url) > MAX_URL_LENGTH:
+        raise _refuse(f"longer than {MAX_URL_LENGTH} characters", "WEBHOOK_URL_INVALID")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise _refuse("contains whitespace or control characters", "WEBHOOK_URL_INVALID")
+    try:
+        parts = urlsplit(url)
+        parsed = _origin_and_path(url)
+    except ValueError:
+        raise _refuse(f"{clip(url, 200)!r} is not an http(s) URL", "WEBHOOK_URL_INVALID") from None
+    if parts.username is not None or parts.password is not None:
+        raise _refuse("must not hold credentials (user:password@)", "WEBHOOK_URL_INVALID")
+    if parts.fragment:
+        raise _refuse("must not have a #fragment", "WEBHOOK_URL_INVALID")
+    if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
+        raise _refuse("must not have . or .. path segments (they would step out of an allowed prefix)",
+                      "WEBHOOK_URL_INVALID")
+    if not policy.prefixes:
+        raise _refuse("no webhook URLs are allowed for this tenant (the server's webhooks.allowed_prefixes)")
+    if not any(_matches(parsed, prefix) for prefix in policy.prefixes):
+        raise _refuse(f"{clip(url, 200)!r} does not start with an allowed prefix: {', '.join(policy.prefixes)}")
+    return parsed[1], parsed[2]
+
+
+def _plain(address: IpAddress) -> IpAddress:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def check_address(address: str, networks: Iterable[IpNetwork]) -> bool:
+    """Whether a webhook may connect to this address: a global unicast one, or one in an allowed network."""
+    ip = _plain(ipaddress.ip_address(address.split("%", 1)[0]))
+    if any(ip in network for network in networks):
+        return True
+    return ip.is_global and not ip.is_multicast
+
+
+async def resolve(host: str, port: int, networks: Sequence[IpNetwork]) -> list[str]:
+    """The host's addresses, every one allowed; raises OSError (with why) otherwise."""
+    try:
+        literal = ipaddress.ip_address(host.strip("[]"))
+        addresses = [str(literal)]
+    except ValueError:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(_RESOLVE_TIMEOUT_SECONDS):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    refused = [a for a in addresses if not check_address(a, networks)]
+    if refused or not addresses:
+        raise OSError(f"{host} resolves to {', '.join(refused) or 'nothing'}: loopback, private, link-local or "
+                      "otherwise not public, and not in webhooks.allowed_networks")
+    return addresses
+
+
+async def check_webhook(spec: WebhookSpec, policy: WebhookPolicy) -> None:
+    """Everything Submit checks of a webhook: the URL's form and prefix, and where its host resolves."""
+    host, port = check_url(spec.url, policy)
+    try:
+        await resolve(host, port, policy.networks)
+    except TimeoutError:
+        raise _refuse(f"the host {host!r} could not be resolved in time", "WEBHOOK_URL_UNRESOLVABLE") from None
+    except OSError as exc:
+        if isinstance(exc, socket.gaierror):
+            raise _refuse(f"the host {host!r} could not be resolved: {exc.strerror or exc}",
+                          "WEBHOOK_URL_UNRESOLVABLE") from None
+        raise _refuse(str(exc), "WEBHOOK_ADDRESS_NOT_ALLOWED") from None
+
+
+# -- signing -------------------------------------------------------------------------------------
+
+
+def signature_header(keys: Sequence[bytes], message_id: str, timestamp: int, body: bytes) -> str:
+    """webhook-signature: ``v1,<base64 HMAC-SHA256 of id.timestamp.body>``, one per key, space-separated."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode() for key in keys
+    )
+
+
+def message_id(job_id: str, event: str, revision: int) -> str:
+    """The webhook-id of one event: the same in every attempt (receivers deduplicate by it)."""
+    return f"msg_{job_id}_{event}_{revision}"
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), if it has one."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - now)
+    return None
+
+
+# -- delivery state --------------------------------------------------------------------------------
+
+# The proto's WebhookDelivery.State names, stored as they are.
+PENDING, RETRYING, DELIVERED, FAILED, DISABLED = "PENDING", "RETRYING", "DELIVERED", "FAILED", "DISABLED"
+
+
+def new_state() -> dict[str, Any]:
+    """A job's delivery state, as the store keeps it (JSON): what was sent, what is being retried."""
+    return {
+        "status": PENDING, "seen": 0, "start_done": False, "completed_done": False, "progress_revision": 0, "start_revision": 0,
+        "progress_time": 0.0, "delivered": 0, "current": None, "last_event": "", "last_id": "", "attempts": 0,
+        "last_attempt": None, "last_status": 0, "last_error": "", "next_attempt": None,
+    }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do for a job now: deliver ``event`` of ``job`` (as of ``revision``), or wait until ``wait``,
+    or (neither) nothing more."""
+
+    event: str = ""
+    job: Job | None = None
+    revision: int = 0
+    wait: float | None = None
+
+
+def plan(state: dict[str, Any], spec: WebhookSpec, current: Job, revisions: Sequence[Job], now: float,
+         progress_interval: float) -> Plan:
+    """The next event to deliver, from the state, the job as it is now, and its revisions after
+    ``state['seen']`` (oldest first). Records the revision the job started at when it sees it."""
+    if state["status"] == DISABLED:
+        return Plan()
+    running = [j for j in revisions if j.state is JobState.RUNNING]
+    if running and not state["start_revision"]:
+        state["start_revision"] = running[0].revision
+    retrying = state["current"]
+    if retrying is not None:
+        superseded = any(j.revision > retrying["revision"] and (j.state is JobState.RUNNING or j.terminal)
+                         for j in revisions)
+        if retrying["event"] == "progress" and superseded:
+            state["current"] = None  # a newer progress (or the end) replaces it
+        elif retrying["next_attempt"] > now:
+            return Plan(wait=retrying["next_attempt"])
+        else:
+            revision = retrying["revision"]
+            snapshot = next((j for j in (*revisions, current) if j.revision == revision), None)
+            if snapshot is not None:
+                return Plan(retrying["event"], snapshot, revision)
+            state["current"] = None
+    if "start" in spec.events and not state["start_done"] and running:
+        return Plan("start", running[0], running[0].revision)
+    if current.terminal:
+        if "completed" in spec.events and not state["completed_done"]:
+            return Plan("completed", current, current.revision)
+        return Plan()
+    if "progress" in spec.events:
+        # Progress: the latest RUNNING revision after the one the job started at.
+        moved = [j for j in running if j.revision > max(state["start_revision"], state["progress_revision"])]
+        if moved:
+            ready = state["progress_time"] + progress_interval
+            if ready > now:
+                return Plan(wait=ready)
+            return Plan("progress", moved[-1], moved[-1].revision)
+    return Plan()
+
+
+# -- the dispatcher ------------------------------------------------------------------------------
+
+
+class Dispatcher:
+    """Delivers due webhooks, a bounded number at once, per destination host and in all."""
+
+    def __init__(self, settings: WebhookSettings, store: Any, clock: Clock, render: Callable[[Job], bytes]) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.render = render  # the job -> the body (its protobuf JSON)
+        self._wake = asyncio.Event()
+        self._inflight: set[str] = set()
+        self._per_host: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._policies: dict[str, WebhookPolicy] = {}
+        self._sessions: dict[tuple[IpNetwork, ...], Any] = {}  # one per set of allowed networks (its resolver's)
+        self._closing = False
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.settings.timeout_seconds + 15.0
+
+    def policy(self, tenant: str) -> WebhookPolicy:
+        policy = self._policies.get(tenant)
+        if policy is None:
+            policy = self._policies[tenant] = WebhookPolicy.of(self.settings, tenant)
+        return policy
+
+    def poke(self) -> None:
+        """A revision a webhook may want was stored here: look now rather than at the next poll."""
+        self._wake.set()
+
+    def _session(self, networks: tuple[IpNetwork, ...]) -> Any:
+        import aiohttp
+
+        session = self._sessions.get(networks)
+        if session is None:
+            session = self._sessions[networks] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=_Resolver(networks), limit=0, use_dns_cache=False),
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
+                headers={"User-Agent": _USER_AGENT},
+            )
+        return session
+
+    async def run(self) -> None:
+        try:
+            while not self._closing:
+                self._wake.clear()
+                try:
+                    await self._pass()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("webhooks: looking for due deliveries failed; trying again")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.poll_interval_seconds):
+                        await self._wake.wait()
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for session in self._sessions.values():
+            await session.close()
+
+    async def _pass(self) -> None:
+        capacity = self.settings.max_concurrent - len(self._inflight)
+        if capacity <= 0:
+            return
+        now = self.clock.now()
+        for job_id, url in await self.store.webhooks_due(now, 1000):
+            if len(self._inflight) >= self.settings.max_concurrent:
+                return
+            host = _destination(url)
+            if job_id in self._inflight or self._per_host[host] >= self.settings.max_concurrent_per_host:
+                continue  # a busy destination's deliveries wait; the others go on
+            claim = await self.store.claim_webhook(job_id, now, now + self.lease_seconds)
+            if claim is None:
+                continue  # another process has it, or it is no longer due
+            self._inflight.add(job_id)
+            self._per_host[host] += 1
+            task = asyncio.get_running_loop().create_task(self._deliver(claim, host), name=f"webhook-{job_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, claim: WebhookClaim, host: str) -> None:
+        state: dict[str, Any] = {**new_state(), **claim.state}
+        due = None
+        try:
+            due = await self._step(claim.job_id, state)
+        except asyncio.CancelledError:
+            raise  # shutting down: the lease runs out and whoever is next carries on
+        except Exception:
+            log.exception("webhooks: delivering for job %s failed; trying again later", claim.job_id)
+            due = self.clock.now() + self.settings.backoff_initial_seconds
+        finally:
+            self._inflight.discard(claim.job_id)
+            self._per_host[host] -= 1
+            if self._per_host[host] <= 0:
+                del self._per_host[host]
+        now = self.clock.now()
+        await self.store.finish_webhook(claim.job_id, state, claim.pending, now if due is None else min(due, now), due)
+        if due is not None and due <= now:
+            self.poke()
+
+    async def _step(self, job_id: str, state: dict[str, Any]) -> float | None:
+        """Attempts the job's next event, updating ``state``; answers when to look again (None: only
+        when a new revision is marked)."""
+        job = await self.store.get_job(job_id)
+        if job is None or job.webhook is None:
+            return None
+        spec = job.webhook
+        revisions = [j for j, _ in await self.store.revisions_after(job.id, state["seen"])]
+        if revisions and revisions[-1].revision > job.revision:
+            job = revisions[-1].evolve(webhook=spec)  # stored since get_job: the job as it is now
+        step = plan(state, spec, job, revisions, self.clock.now(), self.settings.progress_interval_seconds)
+        if not step.event:
+            if step.wait is None and state["current"] is None and revisions:
+                state["seen"] = max(state["seen"], revisions[-1].revision)  # nothing in them for this webhook
+            return step.wait
+        assert step.job is not None
+        await self._attempt(state, job, spec, step)
+        retrying = state["current"]
+        return retrying["next_attempt"] if retrying is not None else self.clock.now()
+
+    async def _attempt(self, state: dict[str, Any], job: Job, spec: WebhookSpec, step: Plan) -> None:
+        import aiohttp
+
+        assert step.job is not None
+        now = self.clock.now()
+        current = state["current"]
+        if current is None or current["event"] != step.event or current["revision"] != step.revision:
+            current = {"event": step.event, "revision": step.revision, "attempts": 0, "first": now, "next_attempt": now,
+                       "id": message_id(job.id, step.event, step.revision)}
+        current["attempts"] += 1
+        policy = self.policy(job.tenant)
+        body = self.render(step.job.evolve(webhook=spec))
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": current["id"],
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature_header(policy.keys, current["id"], timestamp, body),
+        }
+        status, error, wait = 0, "", None
+        try:
+            async with self._session(policy.networks).post(spec.url, data=body, headers=headers, allow_redirects=False) as response:
+                status = response.status
+                with contextlib.suppress(Exception):
+                    await response.content.read(_READ_LIMIT)
+                wait = retry_after(response.headers.get("Retry-After"), self.clock.now())
+        except TimeoutError:
+            error = f"no answer within {self.settings.timeout_seconds:g} s"
+        except (aiohttp.ClientError, OSError) as exc:
+            error = clip(f"{type(exc).__name__}: {exc}", 500)
+        state.update(last_event=step.event, last_id=current["id"], attempts=current["attempts"],
+                     last_attempt=self.clock.now(), last_status=status, next_attempt=None)
+        if 200 <= status < 300:
+            outcome = "delivered"
+            state.update(last_error="", delivered=state["delivered"] + 1, current=None, status=DELIVERED)
+            self._done(state, step)
+        elif status == 410:
+            outcome = "disabled"
+            state.update(last_error="410 Gone: the receiver wants no more deliveries for this job", current=None,
+                         status=DISABLED)
+        elif status == 0 or status == 429 or status >= 500:
+            error = error or f"HTTP {status}"
+            delay = self._backoff(current["attempts"]) if wait is None else min(wait, self.settings.retry_period_seconds)
+            next_attempt = self.clock.now() + delay
+            if next_attempt - current["first"] > self.settings.retry_period_seconds:
+                outcome = "given_up"
+                state.update(last_error=f"{error}; retried for {self.settings.retry_period_seconds:g} s, given up",
+                             current=None, status=FAILED)
+                self._done(state, step)
+            else:
+                outcome = "retry"
+                current["next_attempt"] = next_attempt
+                state.update(last_error=error, current=current, status=RETRYING, next_attempt=next_attempt)
+        else:  # redirects (not followed) and other refusals: not retried
+            outcome = "refused"
+            state.update(last_error=f"HTTP {status}, not retried" + ("" if status // 100 != 3 else " (redirects are not followed)"),
+                         current=None, status=FAILED)
+            self._done(state, step)
+        metrics.WEBHOOK_DELIVERIES.labels(step.event, outcome).inc()
+        log.info("webhook %s of job %s to %s: %s", step.event, job.id, _destination(spec.url),
+                 f"HTTP {status}" if status else error)
+
+    def _done(self, state: dict[str, Any], step: Plan) -> None:
+        """The event is over (delivered or given up): the plan moves past it."""
+        state[f"{step.event}_done"] = True
+        if step.event == "progress":
+            state["progress_revision"] = step.revision
+            state["progress_time"] = self.clock.now()
+        state["seen"] = max(state["seen"], step.revision)
+
+    def _backoff(self, attempts: int) -> float:
+        base = min(self.settings.backoff_max_seconds, self.settings.backoff_initial_seconds * 2 ** min(attempts - 1, 30))
+        return base * random.uniform(0.5, 1.0)
+
+
+def _destination(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{(parts.hostname or '').lower()}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+class _Resolver(AbstractResolver):
+    """aiohttp's resolver, answering only addresses a webhook may connect to: the check at Submit
+    cannot be undone by DNS answering differently later (rebinding)."""
+
+    def __init__(self, networks: Sequence[IpNetwork]) -> None:
+        self.networks = networks
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        answers: list[ResolveResult] = []
+        for address in await resolve(host, port, self.networks):
+            ip = ipaddress.ip_address(address)
+            answers.append(ResolveResult(hostname=host, host=address, port=port, proto=0, flags=socket.AI_NUMERICHOST,
+                                         family=socket.AF_INET6 if ip.version == 6 else socket.AF_INET))
+        return answers
+
+    async def close(self) -> None:
+        return None
+
+
+def webhook_json(job_json: dict[str, Any]) -> bytes:
+    return json.dumps(job_json, separators=(",", ":")).encode()
+
+
+def events_from_proto(values: Iterable[int]) -> frozenset[str]:
+    """WebhookEvent numbers -> names (1 start, 2 progress, 3 completed); none: completed only."""
+    names = set()
+    for value in values:
+        if not 1 <= value <= len(WEBHOOK_EVENTS):
+            raise InvalidArgument.fields(FieldViolation("webhook.events", f"unknown event {value}"),
+                                         reason="WEBHOOK_EVENT_INVALID")
+        names.add(WEBHOOK_EVENTS[value - 1])
+    return frozenset(names or {"completed"})

@@ -1,0 +1,141 @@
+"""The webhook rules in isolation, fuzzed both ways: which URLs pass the allowlist (and which never
+do), which addresses a webhook may reach, signatures the reference library accepts (and a tampered
+body it refuses), Retry-After, and the order events are planned in."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from gateway.errors import InvalidArgument
+from gateway.jobs import Job, JobState, WebhookSpec, new_job_id
+from gateway.webhooks import (
+    WebhookPolicy,
+    check_address,
+    check_url,
+    new_state,
+    plan,
+    retry_after,
+    signature_header,
+)
+from tests.webhook_receiver import SECRET
+
+POLICY = WebhookPolicy(("https://hooks.example.com/in/",), (), ())
+
+schemes = st.sampled_from(["https", "http", "HTTPS", "ftp", "javascript", ""])
+hosts = st.sampled_from(["hooks.example.com", "HOOKS.example.com", "hooks.example.com.", "hooks.example.com.evil.net",
+                         "evil.net", "example.com", "xhooks.example.com", "hooks.example.co"])
+ports = st.sampled_from(["", ":443", ":8443", ":80", ":0443"])
+userinfo = st.sampled_from(["", "user@", "user:pw@", "hooks.example.com@"])
+paths = st.sampled_from(["/in/", "/in/x", "/in/x?y=1", "/in", "/inx/", "/", "", "/in/#f", "/IN/x", "/in/../admin", "/in/%2e%2E/admin",
+                         "/in/./x", "/in/..x"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(schemes, userinfo, hosts, ports, paths)
+def test_a_url_passes_only_under_an_allowed_prefix(scheme: str, user: str, host: str, port: str, path: str) -> None:
+    url = f"{scheme}://{user}{host}{port}{path}" if scheme else f"{user}{host}{port}{path}"
+    wanted = (scheme.lower() == "https" and not user and host.lower().rstrip(".") == "hooks.example.com"
+              and port in ("", ":443", ":0443") and path.startswith("/in/") and "#" not in path
+              and not any(seg.lower() in (".", "..", "%2e%2e") for seg in path.split("/")))
+    try:
+        check_url(url, POLICY)
+    except InvalidArgument as refused:
+        assert not wanted, (url, refused)
+        assert refused.reason.startswith("WEBHOOK_URL_")
+    else:
+        assert wanted, url
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_is_refused_cleanly_or_is_an_allowed_url(text: str) -> None:
+    try:
+        host, port = check_url(text, POLICY)
+    except InvalidArgument as refused:
+        assert refused.reason.startswith("WEBHOOK_URL_")
+    else:
+        assert (host, port) == ("hooks.example.com", 443) and text.lower().startswith("https://hooks.example.com")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "0.0.0.0",
+                                     "100.64.0.1", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+                                     "224.0.0.1", "255.255.255.255", "::", "fe80::1%eth0"])
+def test_internal_addresses_are_refused_unless_allowed(address: str) -> None:
+    assert not check_address(address, ())
+    network = ipaddress.ip_network(address.split("%")[0].replace("::ffff:", "") + ("/128" if ":" in address.replace(
+        "::ffff:", "") else "/32"), strict=False)
+    assert check_address(address, (network,))
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"])
+def test_public_addresses_are_allowed(address: str) -> None:
+    assert check_address(address, ())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=2000).map(lambda b: b.decode("latin-1").encode()), st.text(min_size=1, max_size=40).filter(
+    lambda s: "." not in s and " " not in s))
+def test_signatures_verify_with_the_reference_library_and_tampering_does_not(body: bytes, message_id: str) -> None:
+    key = Webhook(SECRET)._whsecret
+    now = int(time.time())
+    headers = {"webhook-id": message_id, "webhook-timestamp": str(now),
+               "webhook-signature": signature_header((b"an-older-key-being-rotated-out", key), message_id, now, body)}
+    Webhook(SECRET).verify(body, headers, json_parse=False)  # one of the two signatures is the secret's
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(body + b" ", headers, json_parse=False)
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    now = time.time()
+    assert retry_after("7", now) == 7.0
+    assert retry_after(None, now) is None and retry_after("soon", now) is None
+    from email.utils import formatdate
+
+    assert 9 <= (retry_after(formatdate(now + 10, usegmt=True), now) or 0) <= 10
+
+
+def _revisions() -> list[Job]:
+    job = Job(id=new_job_id(1.0), tenant="t", route="echo", state=JobState.QUEUED, revision=1, created=1.0,
+              webhook=WebhookSpec("https://hooks.example.com/in/", frozenset({"start", "progress", "completed"})))
+    running = job.evolve(revision=2, state=JobState.RUNNING, started=2.0)
+    moved = [running.evolve(revision=3 + i, progress=(i + 1) / 4) for i in range(3)]
+    done = moved[-1].evolve(revision=6, state=JobState.SUCCEEDED, finished=3.0)
+    return [job, running, *moved, done]
+
+
+def test_events_are_planned_start_latest_progress_then_completed() -> None:
+    revisions = _revisions()
+    spec = revisions[0].webhook
+    assert spec is not None
+    state = new_state()
+    running_now = revisions[4]  # the job at revision 5, still running
+    step = plan(state, spec, running_now, revisions[:5], now=10.0, progress_interval=0.5)
+    assert (step.event, step.revision) == ("start", 2)
+    state.update(start_done=True, seen=2)
+    step = plan(state, spec, running_now, revisions[2:5], now=10.0, progress_interval=0.5)
+    assert (step.event, step.revision) == ("progress", 5)  # the latest, not each
+    state.update(progress_revision=5, progress_time=10.0, seen=5)
+    later = revisions[4].evolve(revision=6, progress=0.9)
+    assert plan(state, spec, later, [later], now=10.2, progress_interval=0.5).wait == pytest.approx(10.5)
+    step = plan(state, spec, revisions[5], revisions[5:], now=10.2, progress_interval=0.5)
+    assert (step.event, step.revision) == ("completed", 6)  # the end is never throttled
+
+
+def test_a_failing_progress_is_dropped_for_a_newer_one_but_start_and_completed_are_retried() -> None:
+    revisions = _revisions()
+    spec = revisions[0].webhook
+    assert spec is not None
+    state = {**new_state(), "start_done": True, "start_revision": 2, "seen": 2,
+             "current": {"event": "progress", "revision": 3, "attempts": 1, "first": 1.0, "next_attempt": 99.0, "id": "m"}}
+    step = plan(state, spec, revisions[5], revisions[2:], now=10.0, progress_interval=0.5)
+    assert (step.event, step.revision) == ("completed", 6) and state["current"] is None
+    state["current"] = {"event": "completed", "revision": 6, "attempts": 1, "first": 1.0, "next_attempt": 99.0, "id": "m"}
+    assert plan(state, spec, revisions[5], revisions[2:], now=10.0, progress_interval=0.5).wait == 99.0
+    assert plan(state, replace(spec), revisions[5], revisions[2:], now=100.0, progress_interval=0.5).event == "completed"
