@@ -227,6 +227,16 @@ def _secrets(value: SecretStr | list[SecretStr] | None, env: str, where: str) ->
     return raw
 
 
+def _parses(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:
+        return False
+
+
 class WebhookTenant(BaseModel):
     """A tenant's own webhook keys (under [webhooks.tenants.<tenant>]); a key left out is the [webhooks] one."""
 
@@ -295,7 +305,7 @@ class WebhookSettings(BaseModel):
             prefixes, networks, secrets = self.resolved(tenant)
             where = f"webhooks.tenants.{tenant}" if tenant else "webhooks"
             for prefix in prefixes:
-                if not re.match(r"^https?://[^/?#\s@]+(/[^\s#]*)?$", prefix):
+                if not re.match(r"^https?://[^/?#\s@]+(/[^\s#]*)?$", prefix) or not _parses(prefix):
                     raise ValueError(f"{where}.allowed_prefixes: {prefix!r} is not an http(s) URL prefix")
             for network in networks:
                 try:

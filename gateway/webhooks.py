@@ -165,6 +165,8 @@ async def check_webhook(spec: WebhookSpec, policy: WebhookPolicy) -> None:
         await resolve(host, port, policy.networks)
     except TimeoutError:
         raise _refuse(f"the host {host!r} could not be resolved in time", "WEBHOOK_URL_UNRESOLVABLE") from None
+    except (UnicodeError, ValueError) as exc:
+        raise _refuse(f"the host {host!r} is not a valid name: {exc}", "WEBHOOK_URL_INVALID") from None
     except OSError as exc:
         if isinstance(exc, socket.gaierror):
             raise _refuse(f"the host {host!r} could not be resolved: {exc.strerror or exc}",
@@ -408,6 +410,15 @@ class Dispatcher:
                        "id": message_id(job.id, step.event, step.revision)}
         current["attempts"] += 1
         policy = self.policy(job.tenant)
+        try:
+            check_url(spec.url, policy)  # the allowlist may have changed since Submit
+        except InvalidArgument as refused:
+            state.update(last_event=step.event, last_id=current["id"], attempts=current["attempts"],
+                         last_attempt=self.clock.now(), last_status=0, next_attempt=None, current=None, status=FAILED,
+                         last_error=f"no longer allowed: {refused.message}")
+            self._done(state, step)
+            metrics.WEBHOOK_DELIVERIES.labels(step.event, "refused").inc()
+            return
         body = self.render(step.job.evolve(webhook=spec))
         timestamp = int(time.time())
         headers = {
@@ -426,6 +437,9 @@ class Dispatcher:
         except TimeoutError:
             error = f"no answer within {self.settings.timeout_seconds:g} s"
         except (aiohttp.ClientError, OSError) as exc:
+            error = clip(f"{type(exc).__name__}: {exc}", 500)
+        except Exception as exc:  # whatever else went wrong, it is this attempt's failure
+            log.warning("webhook %s of job %s: %s", step.event, job.id, exc, exc_info=True)
             error = clip(f"{type(exc).__name__}: {exc}", 500)
         state.update(last_event=step.event, last_id=current["id"], attempts=current["attempts"],
                      last_attempt=self.clock.now(), last_status=status, next_attempt=None)

@@ -165,6 +165,24 @@ def test_a_retry_survives_a_kill_9(make_server: Callable[..., ServerProcess], re
     assert {h.id for h in hits} == {first[0].id}
 
 
+def test_a_url_no_longer_allowed_is_not_called_again(make_server: Callable[..., ServerProcess],
+                                                     receiver: Receiver) -> None:
+    server = make_server(_config(receiver, backoff_initial_seconds=1.0))
+    receiver.default = Answer(500)
+    job = _submit(_stub(server), receiver.url("/hook"))
+    wait_until(_settled(_stub(server), job.id, State.STATE_RETRYING), "a failed attempt")
+    server.stop()
+    tried = len(receiver.of(job.id))
+    assert server.config_path is not None  # the operator takes the receiver off the allowlist
+    server.config_path.write_text(ECHO_CONFIG + webhook_config("https://hooks.example.com/"))
+    receiver.default = Answer(200)
+    server.start()
+    stub = _stub(server)
+    wait_until(_settled(stub, job.id, State.STATE_FAILED), "the delivery given up")
+    assert "no longer allowed" in _delivery(stub, job.id).last_error
+    assert len(receiver.of(job.id)) == tried
+
+
 def test_a_slow_receiver_delays_no_other(make_server: Callable[..., ServerProcess], receiver: Receiver) -> None:
     fast = Receiver().start()
     try:

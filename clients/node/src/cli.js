@@ -3,7 +3,9 @@
 import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { create, toJson } from "@bufbuild/protobuf";
-import { GatewayClient, DEFAULT_TARGET, jobStateName, parseJobState, registry, duration } from "./client.js";
+import {
+  GatewayClient, DEFAULT_TARGET, jobStateName, parseJobState, registry, duration, webhookEvent,
+} from "./client.js";
 import { GatewayError, codeName, statusDetails } from "./errors.js";
 import {
   CancelResponseSchema, DeleteResponseSchema, FetchResponseSchema, GetResponseSchema, JobSchema, JobState,
@@ -24,6 +26,7 @@ Synopsis:
   ${PROG} submit --route NAME (--inputs JSON | --inputs-file FILE | --audio FILE)
           [--language CODE] [--task {transcribe,translate}] [--beam-size N]
           [--word-timestamps] [--vad-filter | --no-vad-filter] [--label KEY=VALUE]... [--request-id ID]
+          [--webhook URL [--webhook-events EVENT[,EVENT]...]]
   ${PROG} get JOB_ID
   ${PROG} watch JOB_ID [--after-revision N] [--timeout SECONDS]
   ${PROG} fetch JOB_ID [--timeout SECONDS | --wait]
@@ -84,7 +87,8 @@ const COMMANDS = {
   submit: {
     options: {
       route: V, inputs: V, "inputs-file": V, audio: V, language: V, "language-code": V, task: V, "beam-size": V,
-      "word-timestamps": F, "vad-filter": F, "no-vad-filter": F, label: M, "request-id": V, help: F,
+      "word-timestamps": F, "vad-filter": F, "no-vad-filter": F, label: M, "request-id": V, webhook: V,
+      "webhook-events": V, help: F,
     },
     positionals: [],
   },
@@ -323,6 +327,17 @@ async function submit(client, out, o) {
   }
   const beam = o["beam-size"] === undefined ? undefined : count("beam-size", o["beam-size"]);
   const request = { route: o.route, labels: labels(o.label), requestId: o["request-id"] ?? "" };
+  if (o["webhook-events"] !== undefined && o.webhook === undefined) throw new UsageError("--webhook-events needs --webhook");
+  if (o.webhook !== undefined) {
+    const events = (o["webhook-events"] === undefined ? [] : o["webhook-events"].split(",")).map((name) => {
+      try {
+        return webhookEvent(name.trim());
+      } catch (err) {
+        throw new UsageError(`argument --webhook-events: ${err.message}`);
+      }
+    });
+    request.webhook = { url: o.webhook, events };
+  }
   if (o.audio === undefined) {
     if (o["word-timestamps"] || [language, o.task, beam, vad].some((v) => v !== undefined)) {
       throw new UsageError("--language, --task, --beam-size, --word-timestamps and --vad-filter apply to --audio only");

@@ -5,7 +5,7 @@ import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary, toJson, fromJson, createRegistry } from "@bufbuild/protobuf";
 import { DurationSchema, ValueSchema, file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
 import {
-  GatewayService, JobState, JobSchema, file_inferencegateway_gateway_v1_gateway,
+  GatewayService, JobState, JobSchema, WebhookEvent, file_inferencegateway_gateway_v1_gateway,
 } from "../gen/inferencegateway/gateway/v1/gateway_pb.js";
 import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
 import { file_google_rpc_status } from "../gen/google/rpc/status_pb.js";
@@ -14,6 +14,17 @@ import {
 } from "./errors.js";
 
 export const DEFAULT_TARGET = "127.0.0.1:50051";
+
+const WEBHOOK_EVENTS = { start: WebhookEvent.START, progress: WebhookEvent.PROGRESS, completed: WebhookEvent.COMPLETED };
+
+/** A webhook event by name (start, progress, completed), or its WebhookEvent number as it is. */
+export function webhookEvent(event) {
+  if (typeof event === "number") return event;
+  if (!Object.hasOwn(WEBHOOK_EVENTS, event)) {
+    throw new RangeError(`unknown webhook event '${event}': start, progress or completed`);
+  }
+  return WEBHOOK_EVENTS[event];
+}
 export const DEFAULT_TIMEOUT = 30;
 
 /** Every message type of the API and of its error details: for toJson/fromJson with Any fields. */
@@ -224,8 +235,12 @@ export class GatewayClient {
    * given, so that a Submit retried after UNAVAILABLE answers the job the first one created.
    * `inputs`: a JSON object (echo, upstream routes); or pass `transcription` (a
    * TranscriptionRequest init) for whisper routes. */
-  submitJob(route, inputs, { labels = {}, requestId, transcription, timeout, metadata } = {}) {
+  submitJob(route, inputs, { labels = {}, requestId, transcription, webhook, timeout, metadata } = {}) {
     const request = { route, labels, requestId: requestId || randomUUID().replaceAll("-", "") };
+    if (webhook !== undefined) {
+      const { url, events = [] } = typeof webhook === "string" ? { url: webhook } : webhook;
+      request.webhook = { url, events: events.map(webhookEvent) };
+    }
     request.input = transcription !== undefined ? { case: "transcription", value: transcription }
       : { case: "inputs", value: inputs ?? {} };
     return this._call("Submit", request, { timeout, metadata });

@@ -5,7 +5,7 @@ import type { JsonObject, JsonValue, Registry } from "@bufbuild/protobuf";
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import type { Status } from "../gen/google/rpc/status_pb.js";
 import type {
-  FetchResponse, Heartbeat, Job, JobState, ListResponse, SubmitResponse, Transcript, TranscriptionRequest,
+  FetchResponse, Heartbeat, Job, JobState, ListResponse, SubmitResponse, Transcript, TranscriptionRequest, WebhookEvent,
   WatchJobsResponse, WatchResponse,
 } from "../gen/inferencegateway/gateway/v1/gateway_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -61,6 +61,9 @@ export interface SubmitOptions extends CallOptions {
   requestId?: string;
   /** The typed request of a whisper route, instead of JSON inputs. */
   transcription?: MessageInitShape<typeof TranscriptionRequestSchema>;
+  /** POST the job to this URL as it changes (signed, Standard Webhooks): a URL (completed only), or
+   * the URL with the events ("start", "progress", "completed"). */
+  webhook?: string | { url: string; events?: Array<"start" | "progress" | "completed" | number> };
 }
 
 export interface ListOptions extends CallOptions {
@@ -137,6 +140,8 @@ export declare function jobStateName(state: JobState | number): string;
 export declare function parseJobState(value: string | number): JobState;
 export declare function duration(seconds: number): Duration;
 export declare function resultOf(response: FetchResponse): Result | undefined;
+/** A webhook event by name ("start", "progress", "completed"); a number is answered as it is. */
+export declare function webhookEvent(event: "start" | "progress" | "completed" | number): WebhookEvent;
 
 export interface FieldViolation {
   field: string;

@@ -145,6 +145,10 @@ describe("gateway-client-node", () => {
     await same(["get", "0".repeat(32)], { exitCode: 1 });
     await same(["submit", "--route", "echo", "--inputs", '{"delay_ms": -1, "steps": "x"}'], { exitCode: 1 });
     await same(["submit", "--route", "nope", "--inputs", "{}"], { exitCode: 1 });
+    // A webhook this gateway does not allow (it allows none).
+    const refused = await same(["submit", "--route", "echo", "--inputs", "{}", "--webhook", "https://hooks.example.com/x",
+      "--webhook-events", "start,completed"], { exitCode: 1 });
+    assert.match(refused.stderr, /^INVALID_ARGUMENT WEBHOOK_URL_NOT_ALLOWED: /);
     await same(["watch", ids.done, "--after-revision", "99"], { exitCode: 1 });
     const { job } = await client.submitJob("echo", { delay_ms: 30_000 });
     await waitFor(async () => (await client.get(job.id)).state === JobState.RUNNING, { what: "the job to run" });
@@ -173,6 +177,8 @@ describe("gateway-client-node", () => {
       ["submit", "--route", "echo", "--inputs", "not json"],
       ["submit", "--route", "echo", "--inputs", "[1]"],
       ["submit", "--route", "echo", "--inputs", "{}", "--inputs-file", "x"],
+      ["submit", "--route", "echo", "--inputs", "{}", "--webhook-events", "completed"],
+      ["submit", "--route", "echo", "--inputs", "{}", "--webhook", "https://h.example.com/", "--webhook-events", "done"],
       ["fetch", ids.done, "--timeout", "-1"],
       ["fetch", ids.done, "--timeout", "1", "--wait"],
       ["watch"],

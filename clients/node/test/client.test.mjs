@@ -1,11 +1,13 @@
 // The library against a real gateway: futures, errors, cancel, list, the watch iterator, auth.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
+import http from "node:http";
 import path from "node:path";
 import {
-  GatewayClient, JobCancelledError, JobFailedError, JobState, RpcError, jobStateName,
+  GatewayClient, JobCancelledError, JobFailedError, JobState, RpcError, WebhookEvent, jobStateName, webhookEvent,
 } from "../src/index.js";
-import { AUTH_CONFIG, scratch, startGateway, waitFor, within } from "./gateway.mjs";
+import { AUTH_CONFIG, ECHO_CONFIG, scratch, startGateway, waitFor, within } from "./gateway.mjs";
 
 const revisions = (jobs) => jobs.map((j) => Number(j.revision));
 const consecutive = (list) => list.every((r, i) => i === 0 || r === list[i - 1] + 1);
@@ -179,6 +181,49 @@ describe("GatewayClient with auth", () => {
       anonymous.close();
       authed.close();
       await gateway.stop();
+      dir.remove();
+    }
+  });
+});
+
+describe("GatewayClient with a webhook", () => {
+  test("submitJob's webhook option reaches the gateway, which delivers start and completed, signed", async () => {
+    const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const received = [];
+    const receiver = http.createServer((req, res) => {
+      const chunks = [];
+      req.on("data", (c) => chunks.push(c));
+      req.on("end", () => {
+        received.push({ headers: req.headers, body: Buffer.concat(chunks).toString("utf8") });
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise((resolve) => receiver.listen(0, "127.0.0.1", resolve));
+    const url = `http://127.0.0.1:${receiver.address().port}/`;
+    const dir = scratch();
+    const config = `${ECHO_CONFIG}[webhooks]\nallowed_prefixes = ["${url}"]\nallowed_networks = ["127.0.0.1/32"]\n` +
+      `secret = "${secret}"\npoll_interval_seconds = 0.1\n`;
+    const gateway = await startGateway({ dataDir: path.join(dir.dir, "data"), config });
+    const client = new GatewayClient(gateway.target, { timeout: 10 });
+    try {
+      assert.throws(() => webhookEvent("finished"), /unknown webhook event 'finished'/);
+      const { job } = await client.submitJob("echo", { delay_ms: 100 }, { webhook: { url: `${url}hook`, events: ["start", "completed"] } });
+      assert.equal(job.webhook.url, `${url}hook`);
+      assert.deepEqual(job.webhook.events, [WebhookEvent.START, WebhookEvent.COMPLETED]);
+      await waitFor(() => received.length === 2, { what: "two deliveries" });
+      const key = Buffer.from(secret.slice("whsec_".length), "base64");
+      for (const { headers, body } of received) {
+        const signed = `${headers["webhook-id"]}.${headers["webhook-timestamp"]}.${body}`;
+        const expected = `v1,${createHmac("sha256", key).update(signed).digest("base64")}`;
+        assert.ok(headers["webhook-signature"].split(" ").includes(expected));
+      }
+      assert.deepEqual(received.map((r) => JSON.parse(r.body).state), ["JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]);
+      await assert.rejects(client.submitJob("echo", {}, { webhook: "https://elsewhere.example.com/" }),
+        (err) => err.reason === "WEBHOOK_URL_NOT_ALLOWED");
+    } finally {
+      client.close();
+      await gateway.stop();
+      receiver.close();
       dir.remove();
     }
   });
