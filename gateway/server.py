@@ -297,6 +297,8 @@ class Gateway:
             self.metrics_server.server_close()
         if self.grpc_server is not None:
             await self.grpc_server.stop(FINAL_GRACE_SECONDS)
+        if self.service.webhooks is not None:
+            await self.service.webhooks.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -314,7 +314,13 @@ class Dispatcher:
             )
         return session
 
+    async def stop(self) -> None:
+        """Ends ``run`` (deliveries in flight are cut: their leases run out, and they are tried again)."""
+        self._closing = True
+        self._wake.set()
+
     async def run(self) -> None:
+        task = asyncio.current_task()
         try:
             while not self._closing:
                 self._wake.clear()
@@ -323,6 +329,8 @@ class Dispatcher:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError() from None  # a client library turned it into an error
                     log.exception("webhooks: looking for due deliveries failed; trying again")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.settings.poll_interval_seconds):
@@ -453,7 +461,8 @@ class Dispatcher:
                          status=DISABLED)
         elif status == 0 or status == 429 or status >= 500:
             error = error or f"HTTP {status}"
-            delay = self._backoff(current["attempts"]) if wait is None else min(wait, self.settings.retry_period_seconds)
+            delay = self._backoff(current["attempts"]) if wait is None else min(
+                max(wait, self.settings.backoff_initial_seconds), self.settings.retry_period_seconds)  # never a tight loop
             next_attempt = self.clock.now() + delay
             if next_attempt - current["first"] > self.settings.retry_period_seconds:
                 outcome = "given_up"
