@@ -24,6 +24,7 @@ from gateway.bus.base import Handler, Unsubscribe
 from gateway.bus.memory import MemoryBus
 from gateway.hub import JobEvent
 from gateway.jobs import Job, Segment
+from gateway.store import resp
 from gateway.store.redis import job_from_dict
 
 __all__ = ["RedisBus", "RemoteEvent", "decode_event"]
@@ -31,6 +32,7 @@ __all__ = ["RedisBus", "RemoteEvent", "decode_event"]
 log = logging.getLogger(__name__)
 
 RECONNECT_MAX_SECONDS = 2.0
+HEALTH_CHECK_SECONDS = 10.0  # a subscription silent this long is pinged
 
 
 class RemoteEvent(JobEvent):
@@ -128,38 +130,98 @@ class RedisBus:
         """Called after the subscription was re-established: events may have been lost meanwhile."""
         self._resync.append(listener)
 
+    def _subscribed_again(self) -> None:
+        first = not self._subscribed.is_set()
+        self._subscribed.set()
+        if first:
+            return
+        self.reconnects += 1
+        log.warning("event bus: subscribed again to %s; resyncing from the store", self.channel)
+        for listener in list(self._resync):
+            try:
+                listener()
+            except Exception:
+                log.exception("a resync listener failed")
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            event = decode_event(data)
+        except Exception:
+            log.exception("event bus: an event could not be read")
+            return
+        self._local.publish(event)
+
     async def _listen(self) -> None:
         delay = 0.05
-        first = True
         while not self._closed:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
-                self._subscribed.set()
-                if not first:
-                    self.reconnects += 1
-                    log.warning("event bus: subscribed again to %s; resyncing from the store", self.channel)
-                    for listener in list(self._resync):
-                        try:
-                            listener()
-                        except Exception:
-                            log.exception("a resync listener failed")
-                first, delay = False, 0.05
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
-                        continue
-                    try:
-                        event = decode_event(message["data"])
-                    except Exception:
-                        log.exception("event bus: an event could not be read")
-                        continue
-                    self._local.publish(event)
+                if resp.supported(self.url):
+                    await self._listen_direct()
+                else:
+                    await self._listen_redis_py()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("event bus: connection lost (%s); reconnecting", exc)
                 await asyncio.sleep(delay)
                 delay = min(RECONNECT_MAX_SECONDS, delay * 2)
+            else:
+                delay = 0.05
+
+    async def _listen_direct(self) -> None:
+        """The subscription on a connection of its own, spoken to directly (resp.py): each event costs
+        a hiredis parse, not redis-py's message machinery. A silent connection is pinged, and given
+        up if it does not answer."""
+        connection = resp.RespConnection(self.url)
+        await connection.connect()
+        try:
+            connection.send([("SUBSCRIBE", self.channel)])
+            while True:  # the subscription's confirmation
+                reply = await connection.read()
+                if isinstance(reply, Exception):
+                    raise reply
+                if reply and reply[0] == b"subscribe":
+                    break
+            self._subscribed_again()
+            heard = [asyncio.get_running_loop().time()]
+            watchdog = asyncio.get_running_loop().create_task(self._watch(connection, heard))
+            try:
+                while not self._closed:
+                    reply = await connection.read()
+                    heard[0] = -1.0  # (the watchdog reads the time itself: no clock read per event)
+                    if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                        self._deliver(reply[2])
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                watchdog.cancel()
+        finally:
+            connection.close()
+
+    @staticmethod
+    async def _watch(connection: resp.RespConnection, heard: list[float]) -> None:
+        """Pings a subscription silent for HEALTH_CHECK_SECONDS; closes it (the read loop then
+        reconnects) when the ping is not answered within as long again."""
+        loop = asyncio.get_running_loop()
+        pinged = False
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_SECONDS)
+            if heard[0] < 0:  # something came since the last look
+                heard[0], pinged = loop.time(), False
+                continue
+            if pinged:
+                log.warning("event bus: no answer to a ping in %.0f s; reconnecting", HEALTH_CHECK_SECONDS)
+                connection.close()
+                return
+            connection.send([("PING",)])
+            pinged = True
+
+    async def _listen_redis_py(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.channel)
+            self._subscribed_again()
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    self._deliver(message["data"])
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()

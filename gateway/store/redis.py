@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import BusyLoadingError, NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 
 from gateway import metrics
 from gateway.jobs import (
@@ -60,6 +60,7 @@ from gateway.jobs import (
     encode_result,
     webhook_wanted,
 )
+from gateway.store import resp
 from gateway.store.base import (
     CreateOutcome,
     JobFilter,
@@ -172,7 +173,10 @@ if ARGV[8] == '1' then
   redis.call('HSET', KEYS[1], 'expires', ARGV[14 + n])
   redis.call('SREM', KEYS[6], ARGV[1])
   local entry = redis.call('HGET', KEYS[1], 'entry')
-  if entry then redis.call('XDEL', KEYS[10], entry) end  -- an ended job leaves its route's queue
+  if entry then  -- an ended job leaves its route's queue, and its worker's pending list (group: work.redis.GROUP)
+    redis.call('XACK', KEYS[10], 'workers', entry)
+    redis.call('XDEL', KEYS[10], entry)
+  end
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
   if redis.call('EXISTS', KEYS[9]) == 1 then redis.call('PEXPIRE', KEYS[9], ttl) end
   if redis.call('EXISTS', KEYS[11]) == 1 then redis.call('PEXPIRE', KEYS[11], ttl) end
@@ -264,14 +268,31 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+_STATIC_JSON: dict[str, str] = {}  # job id -> the JSON of the fields a job never changes
+_STATIC_JSON_MAX = 100_000
+
+
+def _number(value: float | None) -> str:
+    return "null" if value is None else repr(value)  # (finite: times and progress)
+
+
 def _job_json(job: Job) -> str:
-    return _dumps({
-        "id": job.id, "tenant": job.tenant, "route": job.route, "state": int(job.state), "revision": job.revision,
-        "created": job.created, "progress": job.progress, "started": job.started, "finished": job.finished,
-        "expires": job.expires, "labels": dict(job.labels), "error": None if job.error is None else job.error.to_dict(),
-        "queue_position": job.queue_position, "request_id": job.request_id,
-        **({} if job.webhook is None else {"webhook": job.webhook.to_dict()}),
-    })
+    """The job as stored and published: its fixed fields' JSON (made once per job), then the others."""
+    static = _STATIC_JSON.get(job.id)
+    if static is None:
+        if len(_STATIC_JSON) >= _STATIC_JSON_MAX:
+            _STATIC_JSON.clear()
+        static = _dumps({
+            "id": job.id, "tenant": job.tenant, "route": job.route, "created": job.created, "labels": dict(job.labels),
+            "request_id": job.request_id, **({} if job.webhook is None else {"webhook": job.webhook.to_dict()}),
+        })[:-1]
+        _STATIC_JSON[job.id] = static
+    if job.terminal:
+        _STATIC_JSON.pop(job.id, None)
+    error = "null" if job.error is None else _dumps(job.error.to_dict())
+    return (f'{static},"state":{int(job.state)},"revision":{job.revision},"progress":{_number(job.progress)},'
+            f'"started":{_number(job.started)},"finished":{_number(job.finished)},"expires":{_number(job.expires)},'
+            f'"error":{error},"queue_position":{job.queue_position}}}')
 
 
 def job_from_json(text: str | bytes, segments: tuple[Segment, ...] = ()) -> Job:
@@ -291,7 +312,7 @@ def job_from_dict(data: Mapping[str, Any], segments: tuple[Segment, ...] = ()) -
 
 @dataclass(slots=True)
 class _Write:
-    run: Callable[[Any], None]  # adds the write's commands to a pipeline
+    command: tuple[Any, ...]  # one command (EVALSHA of a script), as sent
     decode: Callable[[Any], Any]  # the pipeline's answer for it -> the write's result (or raises)
     future: asyncio.Future[Any]
     on_commit: Callable[[Any], None] | None
@@ -316,6 +337,7 @@ class RedisStore:
         self._writer: asyncio.Task[None] | None = None
         self._position = 0
         self._scripts: dict[str, Any] = {}
+        self._connection: resp.RespConnection | None = None  # the writer's own
         self._writability = Writability("Redis refuses writes: out of memory? unreachable?")
         self._closing = False
 
@@ -356,16 +378,16 @@ class RedisStore:
                              ("claim_webhook", _CLAIM_WEBHOOK), ("finish_webhook", _FINISH_WEBHOOK)):
             self._scripts[name] = await self._redis.script_load(source)
 
-    def _eval(self, client: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return client.evalsha(self._scripts[name], len(keys), *keys, *args)
+    def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
+        return ("EVALSHA", self._scripts[name], len(keys), *keys, *args)
 
     async def _run_script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One script, outside the ordered writer; loaded again if Redis forgot it (a restart)."""
         try:
-            return await self._eval(self._redis, name, keys, args)
+            return await self._redis.execute_command(*self._evalsha(name, keys, args))
         except NoScriptError:
             await self._load_scripts()
-            return await self._eval(self._redis, name, keys, args)
+            return await self._redis.execute_command(*self._evalsha(name, keys, args))
 
     @property
     def writable(self) -> bool:
@@ -385,6 +407,9 @@ class RedisStore:
             await self._writes.put(None)
             await self._writer
             self._writer = None
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -422,7 +447,8 @@ class RedisStore:
             try:
                 answers = await self._pipeline_retrying(batch)
                 metrics.observe_commit("redis", len(batch), time.perf_counter() - started)
-                if any(isinstance(a, NoScriptError) for a in answers):  # Redis restarted: scripts are gone
+                errors = [a for a in answers if isinstance(a, Exception)]  # (usually none)
+                if any(isinstance(a, NoScriptError) for a in errors):  # Redis restarted: scripts are gone
                     await self._load_scripts()
                     retry = [w for w, a in zip(batch, answers, strict=True) if isinstance(a, NoScriptError)]
                     again = iter(await self._pipeline(retry))
@@ -432,7 +458,7 @@ class RedisStore:
                     if not write.future.done():
                         write.future.set_exception(exc)
                 return
-            refused = next((a for a in answers if _cannot_write(a)), None)
+            refused = next((a for a in answers if _cannot_write(a)), None) if errors else None
             if refused is None or self._closing:
                 break
             # Redis refuses writes for now (out of memory, cannot persist, read-only): nothing of a
@@ -484,18 +510,23 @@ class RedisStore:
                 delay = min(2.0, delay * 2)
 
     async def _pipeline(self, batch: list[_Write]) -> list[Any]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for write in batch:
-                write.run(pipe)
-            return list(await pipe.execute(raise_on_error=False))
+        if not resp.supported(self.url):  # TLS, a Unix socket: redis-py's pipeline
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for write in batch:
+                    pipe.execute_command(*write.command)
+                return list(await pipe.execute(raise_on_error=False))
+        if self._connection is None or not self._connection.connected:
+            self._connection = resp.RespConnection(self.url)
+            await self._connection.connect()
+        return await self._connection.execute([write.command for write in batch])
 
     def _submit(
-        self, run: Callable[[Any], None], decode: Callable[[Any], Any], on_commit: Callable[[Any], None] | None = None
+        self, command: tuple[Any, ...], decode: Callable[[Any], Any], on_commit: Callable[[Any], None] | None = None
     ) -> asyncio.Future[Any]:
         if self._writer is None:
             raise RuntimeError("store is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._writes.put_nowait(_Write(run, decode, future, on_commit))
+        self._writes.put_nowait(_Write(command, decode, future, on_commit))
         return future
 
     def _seen(self, position: int) -> int:
@@ -517,9 +548,6 @@ class RedisStore:
                 repr(job.created), job.tenant, job.request_id, self._key("revs", ""), self._key("segs", ""),
                 self._key("events"), max_queue, max_bytes]
 
-        def run(pipe: Any) -> None:
-            self._eval(pipe, "create", keys, args)
-
         async def existing(job_id: str, stored_hash: str) -> CreateOutcome:
             found = await self.get_job(job_id)
             if found is None:  # expired meanwhile: try again, as a new job
@@ -540,7 +568,7 @@ class RedisStore:
             if on_commit is not None and isinstance(outcome, CreateOutcome):
                 on_commit(outcome)
 
-        result = await self._submit(run, decode, commit)
+        result = await self._submit(self._evalsha("create", keys, args), decode, commit)
         if isinstance(result, CreateOutcome):
             return result
         if isinstance(result, QueueFull):
@@ -575,13 +603,10 @@ class RedisStore:
             repr(time.time()) if marked else "", job.webhook.url if marked and job.webhook else "",
         ]
 
-        def run(pipe: Any) -> None:
-            self._eval(pipe, "save", keys, args)
-
         def decode(answer: Any) -> int:
             return self._seen(int(answer))
 
-        future: Awaitable[None] = self._submit(run, decode, on_commit)
+        future: Awaitable[None] = self._submit(self._evalsha("save", keys, args), decode, on_commit)
         return future
 
     async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None:
@@ -783,8 +808,6 @@ class RedisStore:
 
 
 def _cannot_write(answer: Any) -> bool:
-    from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
-
     if isinstance(answer, OutOfMemoryError | ReadOnlyError | BusyLoadingError):  # redis-py's names for some
         return True
     return isinstance(answer, ResponseError) and str(answer).split(" ", 1)[0] in _CANNOT_WRITE

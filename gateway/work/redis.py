@@ -31,6 +31,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+from gateway.store import resp
 from gateway.store.redis import queue_key
 from gateway.work.queue import QueueClosed
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 GROUP = "workers"
 BLOCK_MS = 500
+ACK_GATHER_SECONDS = 0.1
 
 
 def consumer_name() -> str:
@@ -57,6 +59,7 @@ class RedisQueue:
         self.stream = queue_key(prefix, route)
         self.consumer = consumer or consumer_name()
         self._redis: Any = None
+        self._reader: resp.RespConnection | None = None  # the fetch loop's
         self._held: dict[str, str] = {}  # job id -> its entry id, while this process runs it
         self._waiting = 0  # entries not taken yet, as last counted
         self._closed = False
@@ -102,6 +105,9 @@ class RedisQueue:
         # redis-py may turn a cancellation inside a command into a ConnectionError, which the loops
         # survive: they also stop on _closed, and nobody waits for them long.
         await asyncio.wait(self._tasks, timeout=5)
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -194,9 +200,25 @@ class RedisQueue:
     # -- Redis -------------------------------------------------------------------------------------
 
     async def _read(self, count: int) -> list[str]:
-        answer = await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count, block=BLOCK_MS)
-        return [self._take(entry_id, fields) for _stream, entries in answer or () for entry_id, fields in entries
-                if fields]
+        if not resp.supported(self.url):
+            answer = await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count, block=BLOCK_MS)
+            return [self._take(entry_id, fields) for _stream, entries in answer or () for entry_id, fields in entries
+                    if fields]
+        # The fetch loop's own connection (a blocking read holds it), spoken to directly: one read per
+        # batch of jobs, without redis-py's per-command cost.
+        if self._reader is None or not self._reader.connected:
+            self._reader = resp.RespConnection(self.url)
+            await self._reader.connect()
+        [answer] = await self._reader.execute([("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count, "BLOCK",
+                                                BLOCK_MS, "STREAMS", self.stream, ">")])
+        if isinstance(answer, Exception):
+            raise answer
+        taken = []
+        for _stream, entries in answer or ():
+            for entry_id, fields in entries:
+                if fields:  # [b"job", id]
+                    taken.append(self._take(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))))
+        return taken
 
     async def _reclaim(self, count: int) -> list[str]:
         answer = await self._redis.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=self.lease_ms,
@@ -215,10 +237,15 @@ class RedisQueue:
     async def _ack_forever(self) -> None:
         while not self._closed:
             await self._ack_wanted.wait()
+            # The store's script acknowledged the entries of jobs ended here already: this is for the
+            # others (jobs found ended elsewhere), gathered a while, so it costs no round trip per job.
+            await asyncio.sleep(ACK_GATHER_SECONDS)
             self._ack_wanted.clear()
             entries, self._acks = self._acks, []
+            if not entries:
+                continue
             try:
-                async with self._redis.pipeline(transaction=True) as pipe:
+                async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.xack(self.stream, GROUP, *entries)
                     pipe.xdel(self.stream, *entries)
                     await pipe.execute()

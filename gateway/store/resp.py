@@ -1,0 +1,113 @@
+"""One Redis connection spoken to directly, for the hot paths of a Redis deployment: the store's
+writer (a pipeline of scripts per batch), the work queue's blocking read and the event bus's
+subscription. Commands are packed and replies parsed by hiredis (C), without redis-py's per-command
+machinery (connection pool, callbacks, encoders), which cost more CPU than Redis itself per job.
+
+Errors look as redis-py's do: an error reply is the redis-py exception for its prefix (NOSCRIPT,
+OOM, READONLY...), returned in place (a pipeline goes on past it); a lost connection raises redis-py's
+ConnectionError. Plain ``redis://`` URLs only (host, port, db, user, password); for others (TLS,
+Unix sockets) :func:`supported` is false and the callers keep redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+from redis._parsers.base import BaseParser
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+__all__ = ["RespConnection", "supported"]
+
+_READ = 256 * 1024
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+def supported(url: str) -> bool:
+    return urlsplit(url).scheme == "redis"
+
+
+class RespConnection:
+    """Not shared: one user at a time (the writer, the queue's fetch loop, the bus)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "redis":
+            raise ValueError(f"{parts.scheme}:// is not spoken here; use redis-py")
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or 6379
+        self.username = unquote(parts.username) if parts.username else ""
+        self.password = unquote(parts.password) if parts.password else ""
+        self.db = int(parts.path.strip("/") or 0)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._parser = hiredis.Reader()
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None
+
+    async def connect(self) -> None:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, limit=_READ), CONNECT_TIMEOUT_SECONDS)
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from None
+        self._reader, self._writer = reader, writer
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._parser = hiredis.Reader()
+        setup: list[tuple[Any, ...]] = []
+        if self.password:
+            setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
+        if self.db:
+            setup.append(("SELECT", self.db))
+        for reply in await self.execute(setup) if setup else ():
+            if isinstance(reply, Exception):
+                self.close()
+                raise reply
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+    def send(self, commands: Sequence[Sequence[Any]]) -> None:
+        if self._writer is None:
+            raise RedisConnectionError("not connected")
+        self._writer.write(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
+
+    async def read(self) -> Any:
+        """The next reply (an error reply as its redis-py exception, returned, not raised)."""
+        while True:
+            reply = self._parser.gets()
+            if reply is not False:
+                if isinstance(reply, hiredis.ReplyError):
+                    return BaseParser.parse_error(str(reply))
+                return reply
+            if self._reader is None:
+                raise RedisConnectionError("not connected")
+            try:
+                chunk = await self._reader.read(_READ)
+            except OSError as exc:
+                self.close()
+                raise RedisConnectionError(f"Redis connection lost: {exc}") from None
+            if not chunk:
+                self.close()
+                raise RedisConnectionError("Redis closed the connection")
+            self._parser.feed(chunk)
+
+    async def execute(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Sends the commands in one write and answers their replies, in order (a pipeline)."""
+        self.send(commands)
+        try:
+            return [await self.read() for _ in commands]
+        except asyncio.CancelledError:
+            self.close()  # replies still due would be read as the next command's
+            raise
