@@ -268,7 +268,9 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-_STATIC_JSON: dict[str, str] = {}  # job id -> the JSON of the fields a job never changes
+# job id -> (the fixed fields, the labels mapping, their JSON): revisions of one job share the labels
+# object, so a hit costs a few comparisons; anything else (another job under the same id) is made afresh.
+_STATIC_JSON: dict[str, tuple[tuple[Any, ...], Any, str]] = {}
 _STATIC_JSON_MAX = 100_000
 
 
@@ -278,15 +280,18 @@ def _number(value: float | None) -> str:
 
 def _job_json(job: Job) -> str:
     """The job as stored and published: its fixed fields' JSON (made once per job), then the others."""
-    static = _STATIC_JSON.get(job.id)
-    if static is None:
+    fixed = (job.tenant, job.route, job.created, job.request_id, job.webhook)
+    cached = _STATIC_JSON.get(job.id)
+    if cached is not None and cached[1] is job.labels and cached[0] == fixed:
+        static = cached[2]
+    else:
         if len(_STATIC_JSON) >= _STATIC_JSON_MAX:
             _STATIC_JSON.clear()
         static = _dumps({
             "id": job.id, "tenant": job.tenant, "route": job.route, "created": job.created, "labels": dict(job.labels),
             "request_id": job.request_id, **({} if job.webhook is None else {"webhook": job.webhook.to_dict()}),
         })[:-1]
-        _STATIC_JSON[job.id] = static
+        _STATIC_JSON[job.id] = (fixed, job.labels, static)
     if job.terminal:
         _STATIC_JSON.pop(job.id, None)
     error = "null" if job.error is None else _dumps(job.error.to_dict())
