@@ -73,3 +73,30 @@ async def test_an_event_nobody_here_watches_is_not_decoded(redis_process: RedisP
     assert other._decoded is None  # nothing here needed the job
     assert watched._decoded is not None and events is not None and events[0].job.id == "watched"
     assert hub.position == watched.position  # the hub still follows every position
+
+
+async def test_a_cut_subscription_is_made_again_and_its_listeners_resync(redis_process: RedisProcess) -> None:  # noqa: F811
+    redis_process.flush()
+    seen: list[RemoteEvent] = []
+    resyncs: list[int] = []
+    async with RedisStore(redis_process.url) as store:
+        bus = RedisBus(redis_process.url)
+        bus.on_resync(lambda: resyncs.append(1))
+        await bus.open()
+        try:
+            bus.subscribe(lambda e: seen.append(e))  # type: ignore[arg-type]
+            job = Job(id="cut", tenant="t", route="echo", state=JobState.QUEUED, revision=1, created=1.0)
+            await store.create_job(job, "", b"payload")
+            await _arrived(seen, 1)
+            import redis.asyncio as aioredis
+
+            async with aioredis.Redis.from_url(redis_process.url) as admin:
+                assert await admin.client_kill_filter(_type="pubsub") == 1  # the bus's subscription, cut
+            async with asyncio.timeout(10):
+                while not resyncs:  # noqa: ASYNC110 (the bus's task resubscribes)
+                    await asyncio.sleep(0.01)
+            await store.save_revision(job.evolve(state=JobState.RUNNING, revision=2, started=2.0))
+            await _arrived(seen, 2)  # events flow again
+        finally:
+            await bus.close()
+    assert bus.reconnects == 1 and [e.revision for e in seen] == [1, 2]

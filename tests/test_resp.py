@@ -1,0 +1,70 @@
+"""The direct Redis connection of the hot paths (gateway/store/resp.py) against a real redis-server:
+a pipeline's replies in order, an error reply in place as redis-py's exception (the pipeline goes on
+past it), a password and a database from the URL, and a lost connection as redis-py's ConnectionError."""
+
+from __future__ import annotations
+
+import pytest
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from gateway.store.resp import RespConnection, supported
+from tests.redis_server import RedisProcess, redis_process  # noqa: F401 (a fixture)
+
+
+async def test_a_pipeline_answers_in_order_with_errors_in_place(redis_process: RedisProcess) -> None:  # noqa: F811
+    redis_process.flush()
+    connection = RespConnection(redis_process.url)
+    await connection.connect()
+    try:
+        answers = await connection.execute([
+            ("SET", "k", "v"), ("EVALSHA", "0" * 40, 0), ("INCR", "k"), ("GET", "k"), ("RPUSH", "l", 1, 2.5, b"\x00x"),
+            ("LRANGE", "l", 0, -1),
+        ])
+    finally:
+        connection.close()
+    assert answers[0] == b"OK" and answers[3] == b"v" and answers[4] == 3
+    assert isinstance(answers[1], NoScriptError)  # redis-py's class: the store reloads its scripts on it
+    assert isinstance(answers[2], ResponseError) and "not an integer" in str(answers[2])
+    assert answers[5] == [b"1", b"2.5", b"\x00x"]
+
+
+async def test_the_url_gives_the_password_and_the_database(redis_process: RedisProcess) -> None:  # noqa: F811
+    redis_process.flush()
+    admin = RespConnection(redis_process.url)
+    await admin.connect()
+    try:
+        await admin.execute([("CONFIG", "SET", "requirepass", "s3cret")])
+        base = redis_process.url.rsplit("/", 1)[0].replace("redis://", "redis://:s3cret@")
+        connection = RespConnection(base + "/3")
+        await connection.connect()
+        await connection.execute([("SET", "where", "db3")])
+        plain = RespConnection(base + "/0")
+        await plain.connect()
+        assert await plain.execute([("GET", "where"), ("SELECT", 3), ("GET", "where")]) == [None, b"OK", b"db3"]
+        plain.close()
+        connection.close()
+        with pytest.raises(AuthenticationError):
+            await RespConnection(redis_process.url.replace("redis://", "redis://:wrong@")).connect()
+    finally:
+        await admin.execute([("AUTH", "s3cret"), ("CONFIG", "SET", "requirepass", ""), ("FLUSHALL",)])
+        admin.close()
+
+
+async def test_a_lost_connection_is_redis_pys_connection_error(redis_process: RedisProcess) -> None:  # noqa: F811
+    connection = RespConnection(redis_process.url)
+    await connection.connect()
+    await connection.execute([("CLIENT", "SETNAME", "doomed")])
+    killer = RespConnection(redis_process.url)
+    await killer.connect()
+    await killer.execute([("CLIENT", "KILL", "SKIPME", "yes", "USER", "default")])
+    killer.close()
+    with pytest.raises(RedisConnectionError):
+        await connection.execute([("PING",)])
+    assert not connection.connected
+    with pytest.raises(RedisConnectionError):
+        await RespConnection("redis://127.0.0.1:1/0").connect()
+
+
+def test_only_plain_redis_urls_are_spoken_to_directly() -> None:
+    assert supported("redis://h:6379/0") and not supported("rediss://h:6379/0") and not supported("unix:///tmp/r.sock")
