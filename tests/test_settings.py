@@ -220,3 +220,45 @@ def test_tokens_come_from_a_mounted_file(tmp_path: Path) -> None:
     tokens.unlink()
     with pytest.raises(ValidationError, match="tokens_file"):
         load_settings(config)
+
+
+SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SECRET_B = "whsec_c2Vjb25kLXNlY3JldC1vZi10ZW5hbnQtYg=="
+
+
+def test_webhook_settings_from_the_environment_with_a_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_WEBHOOKS__ALLOWED_PREFIXES", '["https://hooks.example.com/"]')
+    monkeypatch.setenv("GATEWAY_WEBHOOKS__SECRET_ENV", "HOOK_SECRETS")
+    monkeypatch.setenv("HOOK_SECRETS", f"{SECRET_A} {SECRET_B}")  # both sign while receivers move to B
+    assert load_settings().webhooks.resolved("any") == (["https://hooks.example.com/"], [], [SECRET_A, SECRET_B])
+    monkeypatch.delenv("GATEWAY_WEBHOOKS__SECRET_ENV")
+    monkeypatch.setenv("GATEWAY_WEBHOOKS__SECRET", SECRET_A)
+    assert load_settings().webhooks.resolved("any")[2] == [SECRET_A]
+
+
+def test_a_tenants_webhook_keys_replace_only_what_they_name(tmp_path: Path) -> None:
+    config = write(tmp_path, f"""
+[webhooks]
+allowed_prefixes = ["https://shared.example.com/"]
+allowed_networks = ["10.0.0.0/8"]
+secret = "{SECRET_A}"
+[webhooks.tenants.team-b]
+allowed_prefixes = ["https://b.example.com/hooks/"]
+secret = ["{SECRET_A}", "{SECRET_B}"]
+""")
+    hooks = load_settings(config).webhooks
+    assert hooks.resolved("team-a") == (["https://shared.example.com/"], ["10.0.0.0/8"], [SECRET_A])
+    assert hooks.resolved("team-b") == (["https://b.example.com/hooks/"], ["10.0.0.0/8"], [SECRET_A, SECRET_B])
+
+
+@pytest.mark.parametrize(("table", "complaint"), [
+    ('allowed_prefixes = ["https://h.example.com/"]', "no secret signs them"),
+    ('allowed_prefixes = ["https://h.example.com/"]\nsecret = "not-a-whsec"', "whsec_"),
+    ('allowed_prefixes = ["https://h.example.com/"]\nsecret = "whsec_c2hvcnQ="', "at least 16 bytes"),
+    (f'allowed_prefixes = ["ftp://h.example.com/"]\nsecret = "{SECRET_A}"', "not an http(s) URL prefix"),
+    (f'allowed_prefixes = ["https://[bad/"]\nsecret = "{SECRET_A}"', "not an http(s) URL prefix"),
+    (f'allowed_networks = ["10.0.0.0/33"]\nsecret = "{SECRET_A}"', "not a network"),
+])
+def test_unusable_webhook_settings_are_refused(tmp_path: Path, table: str, complaint: str) -> None:
+    with pytest.raises(ValidationError, match=complaint.replace("(", r"\(").replace(")", r"\)")):
+        load_settings(write(tmp_path, "[webhooks]\n" + table + "\n"))
