@@ -24,7 +24,6 @@ import email.utils
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import random
 import socket
@@ -39,7 +38,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from gateway import metrics
 from gateway.errors import FieldViolation, InvalidArgument, clip
-from gateway.jobs import WEBHOOK_EVENTS, Clock, Job, JobState, WebhookSpec
+from gateway.jobs import Clock, Job, JobState, WebhookSpec
 from gateway.settings import WebhookSettings
 from gateway.store.base import WebhookClaim
 
@@ -517,18 +516,3 @@ class _Resolver(AbstractResolver):
 
     async def close(self) -> None:
         return None
-
-
-def webhook_json(job_json: dict[str, Any]) -> bytes:
-    return json.dumps(job_json, separators=(",", ":")).encode()
-
-
-def events_from_proto(values: Iterable[int]) -> frozenset[str]:
-    """WebhookEvent numbers -> names (1 start, 2 progress, 3 completed); none: completed only."""
-    names = set()
-    for value in values:
-        if not 1 <= value <= len(WEBHOOK_EVENTS):
-            raise InvalidArgument.fields(FieldViolation("webhook.events", f"unknown event {value}"),
-                                         reason="WEBHOOK_EVENT_INVALID")
-        names.add(WEBHOOK_EVENTS[value - 1])
-    return frozenset(names or {"completed"})
