@@ -690,10 +690,15 @@ class JobService:
                         return
 
             if after is None:
-                for job in await self.store.active_jobs(tenant):
-                    if flt.matches(job) and sent.get(job.id, 0) < job.revision:
+                # The active jobs in the order of their latest changes: the token after each one is
+                # its change's position, so a stream cut in the middle of this snapshot and resumed
+                # gets the rest of it (they changed later), and the last one's is the stream's.
+                snapshot = [(job, at) for job, at in await self.store.active_jobs(tenant)
+                            if flt.matches(job) and at <= position]
+                for i, (job, at) in enumerate(snapshot):
+                    if sent.get(job.id, 0) < job.revision:
                         sent[job.id] = job.revision
-                        yield JobEvent(job), position
+                        yield JobEvent(job), position if i == len(snapshot) - 1 else at
             else:
                 position = max(after, 0)
                 async for event in changed_since():

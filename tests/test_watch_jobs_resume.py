@@ -90,3 +90,25 @@ def test_watch_jobs_refuses_a_foreign_token(echo_server: ServerProcess, token: s
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         status = rpc_status.from_call(refused.value)
         assert status is not None and "INVALID_RESUME_TOKEN" in str(status.details[0].value)
+
+
+def test_a_stream_cut_in_its_opening_snapshot_resumes_with_the_rest(echo_server: ServerProcess) -> None:
+    with grpc.insecure_channel(echo_server.target) as channel:
+        stub = pb_grpc.GatewayServiceStub(channel)
+        label = {"snapshot": "cut"}
+        flt = pb.WatchJobsRequest(labels=label)
+        active = []
+        for i in range(6):
+            struct = struct_pb2.Struct()
+            struct.update({"delay_ms": 60_000, "i": i})
+            active.append(stub.Submit(pb.SubmitRequest(route="echo", inputs=struct, labels=label), timeout=30).job.id)
+        stream = stub.WatchJobs(flt, timeout=60)
+        first = [next(stream) for _ in range(2)]  # two of the six, then the stream is cut
+        stream.cancel()
+        assert all(r.WhichOneof("event") == "job" for r in first)
+        resumed = stub.WatchJobs(pb.WatchJobsRequest(labels=label, resume_token=first[-1].resume_token), timeout=60)
+        rest, _ = _until_heartbeat(resumed)
+        resumed.cancel()
+        assert {r.job.id for r in first} | set(rest) == set(active)  # nothing of the snapshot lost
+        for job_id in active:
+            stub.Cancel(pb.CancelRequest(job_id=job_id), timeout=10)

@@ -188,8 +188,9 @@ class Store(Protocol):
         oldest change first, each with the position of that change."""
         ...
 
-    async def active_jobs(self, tenant: str) -> list[Job]:
-        """The tenant's QUEUED and RUNNING jobs (without segments), oldest first."""
+    async def active_jobs(self, tenant: str) -> list[tuple[Job, int]]:
+        """The tenant's QUEUED and RUNNING jobs (without segments), each with the change position of
+        its latest change, in the order of those positions."""
         ...
 
     def current_position(self) -> int:

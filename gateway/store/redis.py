@@ -750,9 +750,15 @@ class RedisStore:
             lower = f"({int(pairs[-1][1])}"
         return found
 
-    async def active_jobs(self, tenant: str) -> list[Job]:
+    async def active_jobs(self, tenant: str) -> list[tuple[Job, int]]:
         ids = sorted(i.decode() for i in await self._redis.smembers(self._key("active")))
-        return [job for job in await self._jobs(ids) if job is not None and job.tenant == tenant and not job.terminal]
+        jobs = [job for job in await self._jobs(ids) if job is not None and job.tenant == tenant and not job.terminal]
+        if not jobs:
+            return []
+        # Read after the jobs: a position is that of the job's change read, or of a later one.
+        positions = await self._redis.zmscore(self._key("changes", tenant), [job.id for job in jobs])
+        found = [(job, int(p)) for job, p in zip(jobs, positions, strict=True) if p is not None]
+        return sorted(found, key=lambda pair: pair[1])
 
     def current_position(self) -> int:
         return self._position

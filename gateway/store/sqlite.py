@@ -734,10 +734,11 @@ class SqliteStore:
 
         return await self._read(read)
 
-    async def active_jobs(self, tenant: str) -> list[Job]:
-        def read(conn: sqlite3.Connection) -> list[Job]:
-            query = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND state IN (1, 2) ORDER BY id"
-            return [self._job_from_row(conn, row, with_segments=False) for row in conn.execute(query, (tenant,))]
+    async def active_jobs(self, tenant: str) -> list[tuple[Job, int]]:
+        def read(conn: sqlite3.Connection) -> list[tuple[Job, int]]:
+            query = f"SELECT {_JOB_COLUMNS}, position FROM jobs WHERE tenant = ? AND state IN (1, 2) ORDER BY position"
+            return [(self._job_from_row(conn, row[:-1], with_segments=False), int(row[-1]))
+                    for row in conn.execute(query, (tenant,))]
 
         return await self._read(read)
 
