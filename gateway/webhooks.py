@@ -50,6 +50,8 @@ MAX_URL_LENGTH = 2048
 _RESOLVE_TIMEOUT_SECONDS = 5.0
 _READ_LIMIT = 64 * 1024  # of a receiver's answer: read (so the connection can be reused) and dropped
 _USER_AGENT = "inference-gateway-webhooks/1"
+_DUE_PAGE = 500  # due webhooks read at once
+_DUE_PAGES = 20  # read per look at most: past 10,000 due, the rest wait for the next look
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -351,20 +353,26 @@ class Dispatcher:
         if capacity <= 0:
             return
         now = self.clock.now()
-        for job_id, url in await self.store.webhooks_due(now, 1000):
-            if len(self._inflight) >= self.settings.max_concurrent:
+        # Page through what is due until the slots are full: the deliveries a busy destination cannot
+        # take now are passed over (they wait), and those of the others behind them go out.
+        for page in range(_DUE_PAGES):
+            due = await self.store.webhooks_due(now, _DUE_PAGE, page * _DUE_PAGE)
+            for job_id, url in due:
+                if len(self._inflight) >= self.settings.max_concurrent:
+                    return
+                host = _destination(url)
+                if job_id in self._inflight or self._per_host[host] >= self.settings.max_concurrent_per_host:
+                    continue
+                claim = await self.store.claim_webhook(job_id, now, now + self.lease_seconds)
+                if claim is None:
+                    continue  # another process has it, or it is no longer due
+                self._inflight.add(job_id)
+                self._per_host[host] += 1
+                task = asyncio.get_running_loop().create_task(self._deliver(claim, host), name=f"webhook-{job_id}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if len(due) < _DUE_PAGE:
                 return
-            host = _destination(url)
-            if job_id in self._inflight or self._per_host[host] >= self.settings.max_concurrent_per_host:
-                continue  # a busy destination's deliveries wait; the others go on
-            claim = await self.store.claim_webhook(job_id, now, now + self.lease_seconds)
-            if claim is None:
-                continue  # another process has it, or it is no longer due
-            self._inflight.add(job_id)
-            self._per_host[host] += 1
-            task = asyncio.get_running_loop().create_task(self._deliver(claim, host), name=f"webhook-{job_id}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, claim: WebhookClaim, host: str) -> None:
         state: dict[str, Any] = {**new_state(), **claim.state}

@@ -234,3 +234,14 @@ async def test_deleting_a_job_drops_its_webhook(any_store: Store) -> None:
     await any_store.delete(job.id)
     assert await _due(any_store) == []
     assert await any_store.webhook_state(job.id) is None
+
+
+async def test_due_webhooks_come_in_pages(any_store: Store) -> None:
+    jobs = [_hooked(frozenset({"completed"})) for _ in range(3)]
+    for job in jobs:
+        await any_store.create_job(job, "", PAYLOAD)
+        await any_store.save_revision(finish(job, JobState.CANCELLED, T0))
+    now = time.time() + 1
+    first, second = await any_store.webhooks_due(now, 2, 0), await any_store.webhooks_due(now, 2, 2)
+    assert len(first) == 2 and len(second) == 1
+    assert {i for i, _ in first + second} == {j.id for j in jobs}  # longest due first, none twice

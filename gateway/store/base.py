@@ -217,8 +217,9 @@ class Store(Protocol):
     # Webhooks. A revision for which gateway.jobs.webhook_wanted holds marks the job's webhook due (now,
     # unless it is claimed) in the same atomic write that stores the revision.
 
-    async def webhooks_due(self, now: float, limit: int) -> list[tuple[str, str]]:
-        """(job id, webhook URL) of the webhooks due by ``now`` and not claimed, the longest due first."""
+    async def webhooks_due(self, now: float, limit: int, offset: int = 0) -> list[tuple[str, str]]:
+        """(job id, webhook URL) of the webhooks due by ``now`` and not claimed, the longest due first
+        (``limit`` of them, after the first ``offset``)."""
         ...
 
     async def claim_webhook(self, job_id: str, now: float, lease_until: float) -> WebhookClaim | None:

@@ -791,8 +791,8 @@ class RedisStore:
     def _webhook_keys(self, job_id: str) -> list[str]:
         return [self._key("webhook", job_id), self._key("webhooks-due"), self._key("job", job_id)]
 
-    async def webhooks_due(self, now: float, limit: int) -> list[tuple[str, str]]:
-        ids = await self._redis.zrangebyscore(self._key("webhooks-due"), "-inf", repr(now), start=0, num=limit)
+    async def webhooks_due(self, now: float, limit: int, offset: int = 0) -> list[tuple[str, str]]:
+        ids = await self._redis.zrangebyscore(self._key("webhooks-due"), "-inf", repr(now), start=offset, num=limit)
         if not ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:

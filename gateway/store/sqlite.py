@@ -774,10 +774,11 @@ class SqliteStore:
 
     # -- webhooks --------------------------------------------------------------------------------
 
-    async def webhooks_due(self, now: float, limit: int) -> list[tuple[str, str]]:
+    async def webhooks_due(self, now: float, limit: int, offset: int = 0) -> list[tuple[str, str]]:
         def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
             rows = conn.execute(
-                "SELECT job_id, url FROM webhooks WHERE due IS NOT NULL AND due <= ? ORDER BY due LIMIT ?", (now, limit)
+                "SELECT job_id, url FROM webhooks WHERE due IS NOT NULL AND due <= ? ORDER BY due LIMIT ? OFFSET ?",
+                (now, limit, offset),
             ).fetchall()
             return [(str(r[0]), str(r[1])) for r in rows]
 
