@@ -63,6 +63,7 @@ def test_completion_arrives_once_signed_as_the_reference_library_verifies(
     assert hit.headers["content-type"] == "application/json"
     body = hit.job
     assert body["state"] == "JOB_STATE_SUCCEEDED" and body["done"] is True and body["revision"] == "3"
+    assert body["queuePosition"] == 0 and body["labels"] == {} and body["segments"] == []  # zero values printed too
     assert body["webhook"]["url"] == receiver.url("/hook")
     delivery = _delivery(stub, job.id)
     assert (delivery.event, delivery.attempts, delivery.delivered_count, delivery.last_status_code) == (COMPLETED, 1, 1, 200)
@@ -82,6 +83,7 @@ def test_start_progress_and_completed_in_order_progress_at_most_every_half_secon
     assert all(h.verified for h in hits)
     states = [h.job["state"] for h in hits]
     assert states[0] == "JOB_STATE_RUNNING" and states[-1] == "JOB_STATE_SUCCEEDED"
+    assert [h.job["done"] for h in hits] == [False] * (len(hits) - 1) + [True]
     assert states.count("JOB_STATE_SUCCEEDED") == 1
     progress = hits[1:-1]
     assert progress, "25 steps over 2.5 s gave no progress delivery"

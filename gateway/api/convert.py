@@ -98,8 +98,9 @@ def job_to_proto(job: Job, with_segments: bool = True) -> pb.Job:
 
 
 def webhook_body(job: Job) -> bytes:
-    """A webhook delivery's body: the job (every segment so far) in the protobuf JSON mapping."""
-    return json_format.MessageToJson(job_to_proto(job), indent=None).encode()
+    """A webhook delivery's body: the job (every segment so far) in the protobuf JSON mapping, fields
+    at their zero value included (``"done": false``), as the CLIs print it."""
+    return json_format.MessageToJson(job_to_proto(job), indent=None, always_print_fields_with_no_presence=True).encode()
 
 
 def delivery_to_proto(state: Mapping[str, Any]) -> pb.WebhookDelivery:
