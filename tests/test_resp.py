@@ -68,3 +68,24 @@ async def test_a_lost_connection_is_redis_pys_connection_error(redis_process: Re
 
 def test_only_plain_redis_urls_are_spoken_to_directly() -> None:
     assert supported("redis://h:6379/0") and not supported("rediss://h:6379/0") and not supported("unix:///tmp/r.sock")
+
+
+async def test_a_silent_redis_is_given_up_after_the_timeout() -> None:
+    import asyncio
+
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # takes the command, never answers (a partitioned or hung server)
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        connection = RespConnection(f"redis://127.0.0.1:{port}/0", timeout=0.3)
+        await connection.connect()
+        with pytest.raises(RedisTimeoutError):
+            await connection.execute([("PING",)])
+        assert not connection.connected  # the next write reconnects rather than reading a late answer
+    finally:
+        server.close()

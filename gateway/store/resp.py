@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 import hiredis
 from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["RespConnection", "supported"]
 
@@ -34,7 +35,11 @@ def supported(url: str) -> bool:
 class RespConnection:
     """Not shared: one user at a time (the writer, the queue's fetch loop, the bus)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float | None = 30.0) -> None:
+        """``timeout``: how long one ``execute`` may wait for its replies before the connection is given
+        up (RedisTimeoutError): a Redis that went silent (a failover, a partition) is noticed, and the
+        caller's retry reconnects (the store's scripts recognise a write they already applied)."""
+        self.timeout = timeout
         parts = urlsplit(url)
         if parts.scheme != "redis":
             raise ValueError(f"{parts.scheme}:// is not spoken here; use redis-py")
@@ -107,7 +112,11 @@ class RespConnection:
         """Sends the commands in one write and answers their replies, in order (a pipeline)."""
         self.send(commands)
         try:
-            return [await self.read() for _ in commands]
+            async with asyncio.timeout(self.timeout):
+                return [await self.read() for _ in commands]
+        except TimeoutError:
+            self.close()
+            raise RedisTimeoutError(f"no answer from Redis at {self.host}:{self.port} within {self.timeout:g} s") from None
         except asyncio.CancelledError:
             self.close()  # replies still due would be read as the next command's
             raise

@@ -207,7 +207,7 @@ class RedisQueue:
         # The fetch loop's own connection (a blocking read holds it), spoken to directly: one read per
         # batch of jobs, without redis-py's per-command cost.
         if self._reader is None or not self._reader.connected:
-            self._reader = resp.RespConnection(self.url)
+            self._reader = resp.RespConnection(self.url, timeout=BLOCK_MS / 1000 + 30.0)
             await self._reader.connect()
         [answer] = await self._reader.execute([("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count, "BLOCK",
                                                 BLOCK_MS, "STREAMS", self.stream, ">")])
