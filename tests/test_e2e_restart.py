@@ -147,7 +147,9 @@ def test_graceful_restarts_and_failed_starts_do_not_count_as_crashed_attempts(ma
 
     server: ServerProcess = make_server("max_attempts = 1\nshutdown_grace_seconds = 0.2\n" + ONE_WORKER)
     with Client(server.target) as client:
-        future = client.submit("echo", {"delay_ms": 2500, "steps": 25})
+        # Long enough that three cuts, each after a client reconnection (its backoff lets the job run a
+        # second or more), leave it running: a resumed echo job goes on from its last step.
+        future = client.submit("echo", {"delay_ms": 12000, "steps": 120})
         for _ in range(3):
             _wait_state(client, future.job_id, JobState.RUNNING)
             before = client.get(future.job_id).progress
@@ -163,4 +165,4 @@ def test_graceful_restarts_and_failed_starts_do_not_count_as_crashed_attempts(ma
                      "--data-dir", str(server.data_dir)], capture_output=True, text=True, timeout=60)
                 assert failed_start.returncode == 5, failed_start.stderr
             server.start()
-        assert future.result(timeout=60) == Output({"delay_ms": 2500, "steps": 25})
+        assert future.result(timeout=60) == Output({"delay_ms": 12000, "steps": 120})
