@@ -51,6 +51,8 @@ _RESOLVE_TIMEOUT_SECONDS = 5.0
 _READ_LIMIT = 64 * 1024  # of a receiver's answer: read (so the connection can be reused) and dropped
 _USER_AGENT = "inference-gateway-webhooks/1"
 _DUE_PAGE = 500  # due webhooks read at once
+_IDLE_LOOK_SECONDS = 30.0  # a store of this process alone: a look this often anyway (a safety net)
+_MIN_LOOK_SECONDS = 0.01
 _DUE_PAGES = 20  # read per look at most: past 10,000 due, the rest wait for the next look
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -322,19 +324,28 @@ class Dispatcher:
 
     async def run(self) -> None:
         task = asyncio.current_task()
+        # A store of this process alone marks nothing without a poke from here: it is looked at when
+        # poked, when the earliest due time comes, and otherwise rarely. A shared one is polled (other
+        # processes mark webhooks too).
+        idle = self.settings.poll_interval_seconds if self.store.shared else _IDLE_LOOK_SECONDS
         try:
             while not self._closing:
                 self._wake.clear()
+                wait = idle
                 try:
                     await self._pass()
+                    next_due = await self.store.webhook_next_due()
+                    if next_due is not None:
+                        wait = min(idle, max(0.0, next_due - self.clock.now()))
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     if task is not None and task.cancelling():
                         raise asyncio.CancelledError() from None  # a client library turned it into an error
                     log.exception("webhooks: looking for due deliveries failed; trying again")
+                    wait = min(idle, self.settings.backoff_initial_seconds)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.settings.poll_interval_seconds):
+                    async with asyncio.timeout(max(wait, _MIN_LOOK_SECONDS)):
                         await self._wake.wait()
         finally:
             await self._close()
@@ -391,8 +402,7 @@ class Dispatcher:
                 del self._per_host[host]
         now = self.clock.now()
         await self.store.finish_webhook(claim.job_id, state, claim.pending, now if due is None else min(due, now), due)
-        if due is not None and due <= now:
-            self.poke()
+        self.poke()  # the next look: at once if it is due again, else at its time
 
     async def _step(self, job_id: str, state: dict[str, Any]) -> float | None:
         """Attempts the job's next event, updating ``state``; answers when to look again (None: only

@@ -222,6 +222,10 @@ class Store(Protocol):
         (``limit`` of them, after the first ``offset``)."""
         ...
 
+    async def webhook_next_due(self) -> float | None:
+        """When the earliest webhook is due (a claimed one: when its lease ends); None if none is."""
+        ...
+
     async def claim_webhook(self, job_id: str, now: float, lease_until: float) -> WebhookClaim | None:
         """Takes the job's webhook until ``lease_until`` if it is due and nobody holds it (atomically:
         one process wins); None otherwise, or if the job is gone (its webhook is then dropped)."""

@@ -801,6 +801,10 @@ class RedisStore:
             urls = await pipe.execute()
         return [(i.decode(), u.decode()) for i, u in zip(ids, urls, strict=True) if u is not None]
 
+    async def webhook_next_due(self) -> float | None:
+        first = await self._redis.zrange(self._key("webhooks-due"), 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
     async def claim_webhook(self, job_id: str, now: float, lease_until: float) -> WebhookClaim | None:
         answer = await self._run_script("claim_webhook", self._webhook_keys(job_id), [job_id, repr(now), repr(lease_until)])
         if not answer:

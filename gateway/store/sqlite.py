@@ -784,6 +784,13 @@ class SqliteStore:
 
         return await self._read(read)
 
+    async def webhook_next_due(self) -> float | None:
+        def read(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute("SELECT MIN(due) FROM webhooks WHERE due IS NOT NULL").fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._read(read)
+
     async def claim_webhook(self, job_id: str, now: float, lease_until: float) -> WebhookClaim | None:
         def write(conn: sqlite3.Connection) -> WebhookClaim | None:
             row = conn.execute("SELECT pending, due, lease, state FROM webhooks WHERE job_id = ?", (job_id,)).fetchone()
