@@ -38,7 +38,7 @@ from typing import Any
 
 from bench.harness import Row, kill_all
 
-SECTIONS: list[str] = ["core", "whisper", "octoai", "watch_bytes", "scale", "memory", "long_audio", "webhooks"]
+SECTIONS: list[str] = ["core", "whisper", "octoai", "watch_bytes", "scale", "memory", "long_audio", "webhooks", "dashboard"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

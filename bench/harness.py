@@ -230,6 +230,7 @@ class Server:
         self.log_path = self.workdir / "server.log"
         self.proc: subprocess.Popen[str] | None = None
         self.target = ""
+        self.http = ""  # HOST:PORT of its HTTP face, when it has one
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -249,6 +250,7 @@ class Server:
                 event = lines.next_event(timeout, self.proc, self.label)
                 if event.get("event") == "serving":
                     self.target = str(event["grpc"])
+                    self.http = str(event.get("http", ""))
                     return self
         except Exception as exc:
             self.stop()

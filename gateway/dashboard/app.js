@@ -126,6 +126,12 @@
 
   // -- formatting ------------------------------------------------------------------------------
 
+  // Writes a cell's text only when it changes: every write, even of the same text, makes the
+  // browser lay the table out again, and 200 rows changing at once made that most of the page's work.
+  function setText(node, text) {
+    if (node.textContent !== text) node.textContent = text;
+  }
+
   function age(seconds) {
     const s = Math.max(0, Math.floor(seconds));
     if (s < 60) return `${s}s`;
@@ -183,15 +189,16 @@
     idCell.append(open);
     const routeCell = cell('Route', 'route');
     routeCell.textContent = job.route;
-    const stateCell = cell('State', 'state');
+    // What changes while a job runs sits in a box of fixed size (see .slot), so a change is laid out
+    // inside its box alone, not across the whole table.
+    const slot = (td, kind) => td.appendChild(el('span', `slot ${kind}`));
     const badge = el('span', 'badge');
-    stateCell.append(badge);
-    const progressCell = cell('Progress', 'progress');
+    slot(cell('State', 'state'), 'state').append(badge);
     const bar = el('progress');
     bar.max = 1;
     const pct = el('span', 'pct');
-    progressCell.append(bar, pct);
-    const ageCell = cell('Age', 'age');
+    slot(cell('Progress', 'progress'), 'meter').append(bar, pct);
+    const ageCell = slot(cell('Age', 'age'), 'age');
     const queueCell = cell('Queue', 'queue');
     const labelsCell = cell('Labels', 'labels');
     const infoCell = cell('Output', 'info');
@@ -266,7 +273,7 @@
       entry.infoCell.title = job.error ? job.error.message : text;
       shown.info = info;
     }
-    entry.ageCell.textContent = age(Date.now() / 1000 - job.createTime);
+    setText(entry.ageCell, age(Date.now() / 1000 - job.createTime));
     // Last: what observers (and tests) key on, once the row shows the revision.
     entry.row.dataset.state = job.state;
     entry.row.dataset.rev = String(job.revision);
@@ -344,7 +351,7 @@
 
   function tickAges() {
     const now = Date.now() / 1000;
-    for (const entry of jobs.values()) entry.ageCell.textContent = age(now - entry.job.createTime);
+    for (const entry of jobs.values()) setText(entry.ageCell, age(now - entry.job.createTime));
     if (detail) renderDetailAge();
   }
 

@@ -6,7 +6,7 @@
 //   {"id": 3, "op": "goto", "page": "a", "url": "http://..."}
 //   {"id": 4, "op": "waitFor", "page": "a", "fn": "(arg) => ...", "arg": ..., "timeout": 20000}
 //   {"id": 5, "op": "eval", "page": "a", "fn": "(arg) => ...", "arg": ...}
-//   ... click, fill, check, reload, url, screenshot, offline, errors, close
+//   ... click, fill, check, reload, url, screenshot, offline, errors, metrics, closePage, close
 //
 // Every page records, from its first script on, when each job row shows each revision (a
 // MutationObserver on the rows' data-rev attribute, which the dashboard sets last): window.__seen
@@ -141,6 +141,22 @@ const ops = {
   },
   async requests({ page }) {
     return pageOf(page).requests;
+  },
+  async metrics({ page }) {
+    // Chromium's own counters for the page (DevTools' Performance domain): cumulative seconds spent
+    // in script, style, layout and tasks, among others.
+    const entry = pageOf(page);
+    if (!entry.cdp) {
+      entry.cdp = await entry.context.newCDPSession(entry.page);
+      await entry.cdp.send('Performance.enable');
+    }
+    const { metrics } = await entry.cdp.send('Performance.getMetrics');
+    return Object.fromEntries(metrics.map(({ name, value }) => [name, value]));
+  },
+  async closePage({ page }) {
+    await pageOf(page).context.close();
+    pages.delete(page);
+    return true;
   },
   async close() {
     if (browser) await browser.close();
