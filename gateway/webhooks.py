@@ -130,18 +130,41 @@ def check_url(url: str, policy: WebhookPolicy) -> tuple[str, int]:
     return parsed[1], parsed[2]
 
 
+# IPv6 ranges that carry an IPv4 address in their last 32 bits, which a translator may connect to:
+# NAT64 (well-known and local-use prefixes) and the deprecated IPv4-compatible form (::a.b.c.d).
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
 def _plain(address: IpAddress) -> IpAddress:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
 
 
+def _embedded(address: IpAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one leads to through a translator or tunnel (NAT64, 6to4,
+    IPv4-compatible), if it has one."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in network for network in _NAT64) or (address in _IPV4_COMPATIBLE and int(address) > 0xFFFF):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def check_address(address: str, networks: Iterable[IpNetwork]) -> bool:
-    """Whether a webhook may connect to this address: a global unicast one, or one in an allowed network."""
+    """Whether a webhook may connect to this address: one in an allowed network, or a global unicast
+    one that does not lead through a translator or tunnel to an address that is neither."""
+    networks = tuple(networks)
     ip = _plain(ipaddress.ip_address(address.split("%", 1)[0]))
     if any(ip in network for network in networks):
         return True
-    return ip.is_global and not ip.is_multicast
+    if not ip.is_global or ip.is_multicast or (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local):
+        return False
+    inner = _embedded(ip)
+    return inner is None or check_address(str(inner), networks)
 
 
 async def resolve(host: str, port: int, networks: Sequence[IpNetwork]) -> list[str]:
@@ -425,9 +448,6 @@ class Dispatcher:
         return retrying["next_attempt"] if retrying is not None else self.clock.now()
 
     async def _attempt(self, state: dict[str, Any], job: Job, spec: WebhookSpec, step: Plan) -> None:
-        import aiohttp
-
-        assert step.job is not None
         now = self.clock.now()
         current = state["current"]
         if current is None or current["event"] != step.event or current["revision"] != step.revision:
@@ -438,37 +458,17 @@ class Dispatcher:
         try:
             check_url(spec.url, policy)  # the allowlist may have changed since Submit
         except InvalidArgument as refused:
-            state.update(last_event=step.event, last_id=current["id"], attempts=current["attempts"],
-                         last_attempt=self.clock.now(), last_status=0, next_attempt=None, current=None, status=FAILED,
-                         last_error=f"no longer allowed: {refused.message}")
-            self._done(state, step)
-            metrics.WEBHOOK_DELIVERIES.labels(step.event, "refused").inc()
-            return
-        body = self.render(step.job.evolve(webhook=spec))
-        timestamp = int(time.time())
-        headers = {
-            "Content-Type": "application/json",
-            "webhook-id": current["id"],
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature_header(policy.keys, current["id"], timestamp, body),
-        }
-        status, error, wait = 0, "", None
-        try:
-            async with self._session(policy.networks).post(spec.url, data=body, headers=headers, allow_redirects=False) as response:
-                status = response.status
-                with contextlib.suppress(Exception):
-                    await response.content.read(_READ_LIMIT)
-                wait = retry_after(response.headers.get("Retry-After"), self.clock.now())
-        except TimeoutError:
-            error = f"no answer within {self.settings.timeout_seconds:g} s"
-        except (aiohttp.ClientError, OSError) as exc:
-            error = clip(f"{type(exc).__name__}: {exc}", 500)
-        except Exception as exc:  # whatever else went wrong, it is this attempt's failure
-            log.warning("webhook %s of job %s: %s", step.event, job.id, exc, exc_info=True)
-            error = clip(f"{type(exc).__name__}: {exc}", 500)
+            status, error, wait, allowed = 0, f"no longer allowed: {refused.message}", None, False
+        else:
+            status, error, wait = await self._post(spec, policy, current["id"], step, job.id)
+            allowed = True
         state.update(last_event=step.event, last_id=current["id"], attempts=current["attempts"],
                      last_attempt=self.clock.now(), last_status=status, next_attempt=None)
-        if 200 <= status < 300:
+        if not allowed:
+            outcome = "refused"
+            state.update(last_error=error, current=None, status=FAILED)
+            self._done(state, step)
+        elif 200 <= status < 300:
             outcome = "delivered"
             state.update(last_error="", delivered=state["delivered"] + 1, current=None, status=DELIVERED)
             self._done(state, step)
@@ -498,6 +498,33 @@ class Dispatcher:
         metrics.WEBHOOK_DELIVERIES.labels(step.event, outcome).inc()
         log.info("webhook %s of job %s to %s: %s", step.event, job.id, _destination(spec.url),
                  f"HTTP {status}" if status else error)
+
+    async def _post(self, spec: WebhookSpec, policy: WebhookPolicy, message: str, step: Plan,
+                    job_id: str) -> tuple[int, str, float | None]:
+        """One signed POST of the event: (HTTP status or 0, what went wrong, the Retry-After wait)."""
+        import aiohttp
+
+        assert step.job is not None
+        body = self.render(step.job.evolve(webhook=spec))
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": message,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature_header(policy.keys, message, timestamp, body),
+        }
+        try:
+            async with self._session(policy.networks).post(spec.url, data=body, headers=headers, allow_redirects=False) as response:
+                with contextlib.suppress(Exception):
+                    await response.content.read(_READ_LIMIT)
+                return response.status, "", retry_after(response.headers.get("Retry-After"), self.clock.now())
+        except TimeoutError:
+            return 0, f"no answer within {self.settings.timeout_seconds:g} s", None
+        except (aiohttp.ClientError, OSError) as exc:
+            return 0, clip(f"{type(exc).__name__}: {exc}", 500), None
+        except Exception as exc:  # whatever else went wrong, it is this attempt's failure
+            log.warning("webhook %s of job %s: %s", step.event, job_id, exc, exc_info=True)
+            return 0, clip(f"{type(exc).__name__}: {exc}", 500), None
 
     def _done(self, state: dict[str, Any], step: Plan) -> None:
         """The event is over (delivered or given up): the plan moves past it."""

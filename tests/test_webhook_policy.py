@@ -74,9 +74,28 @@ def test_internal_addresses_are_refused_unless_allowed(address: str) -> None:
     assert check_address(address, (network,))
 
 
-@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"])
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111",
+                                     "64:ff9b::808:808", "2002:808:808::1"])  # 8.8.8.8 through NAT64, 6to4
 def test_public_addresses_are_allowed(address: str) -> None:
     assert check_address(address, ())
+
+
+@pytest.mark.parametrize(("address", "inner"), [
+    ("64:ff9b::7f00:1", "127.0.0.1"), ("64:ff9b::a00:1", "10.0.0.1"), ("64:ff9b::a9fe:a9fe", "169.254.169.254"),
+    ("2002:7f00:1::1", "127.0.0.1"), ("2002:c0a8:101::1", "192.168.1.1"), ("::7f00:1", "127.0.0.1"),
+    ("::a00:1", "10.0.0.1"),
+])
+def test_ipv6_addresses_that_lead_to_internal_ipv4_ones_are_refused(address: str, inner: str) -> None:
+    """NAT64, 6to4 and IPv4-compatible addresses count as Python's global ones, but a translator or
+    tunnel takes them to the IPv4 address they carry: that one decides."""
+    assert ipaddress.ip_address(address).is_global  # what a plain check would have let through
+    assert not check_address(address, ())
+    assert check_address(address, (ipaddress.ip_network(f"{inner}/32"),))
+
+
+def test_site_local_ipv6_addresses_are_refused() -> None:
+    assert ipaddress.ip_address("fec0::1").is_global  # deprecated, but still routed inside some sites
+    assert not check_address("fec0::1", ())
 
 
 @settings(max_examples=100, deadline=None)
