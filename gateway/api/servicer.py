@@ -243,12 +243,13 @@ class GatewayServicer:
             raise converted
         route, job_input, labels, request_id, webhook = converted
         job, existing = await self.service.submit(tenant, route, job_input, labels, request_id, webhook)
-        return pb.SubmitResponse(job=await self._job(job), existing=existing)
+        return pb.SubmitResponse(job=await self._job(job, stored=existing), existing=existing)
 
-    async def _job(self, job: Any, with_segments: bool = True) -> pb.Job:
-        """The job as Get shows it: with its webhook's delivery state, if it has a webhook."""
+    async def _job(self, job: Any, with_segments: bool = True, stored: bool = True) -> pb.Job:
+        """The job as Get shows it: with its webhook's delivery state, if it has a webhook (a job
+        just created has none stored yet: pending)."""
         message = job_to_proto(job, with_segments)
-        state = await self.service.webhook_delivery(job)
+        state = await self.service.webhook_delivery(job) if stored else ({} if job.webhook is not None else None)
         if state is not None:
             message.webhook_delivery.CopyFrom(delivery_to_proto(state))
         return message
