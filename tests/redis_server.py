@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import unavailable
 
-__all__ = ["RedisProcess", "redis_process", "require_redis_server"]
+__all__ = ["RedisProcess", "redis_process", "redis_transports", "require_redis_server"]
 
 
 def require_redis_server() -> str:
@@ -35,24 +35,53 @@ def _free_port() -> int:
 
 
 class RedisProcess:
-    """``redis-server`` with append-only persistence in ``workdir``; restartable on the same port."""
+    """``redis-server`` with append-only persistence in ``workdir``; restartable on the same port.
 
-    def __init__(self, workdir: Path, appendonly: bool = True) -> None:
+    ``unix_socket``: it also listens on ``workdir/redis.sock`` (``unix_url``). ``tls``: a folder
+    holding a CA's ``ca.pem`` and a server certificate for 127.0.0.1 and localhost (``server.pem``,
+    ``server.key``), from tests.certs; it also listens with TLS on another port (``tls_url``). The
+    plain port stays open for the fixtures' own checks."""
+
+    def __init__(self, workdir: Path, appendonly: bool = True, unix_socket: bool = False,
+                 tls: Path | None = None) -> None:
         self.binary = require_redis_server()
         self.workdir = workdir
         self.port = _free_port()
         self.appendonly = appendonly
+        self.socket = workdir / "redis.sock" if unix_socket else None
+        self.tls = tls
+        self.tls_port = _free_port() if tls is not None else 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def unix_url(self) -> str:
+        assert self.socket is not None
+        return f"unix://{self.socket}?db=0"
+
+    @property
+    def tls_url(self) -> str:
+        assert self.tls is not None
+        return f"rediss://localhost:{self.tls_port}/0?ssl_ca_certs={self.tls / 'ca.pem'}"
+
+    def _transports(self) -> list[str]:
+        args = []
+        if self.socket is not None:
+            args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        if self.tls is not None:
+            args += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(self.tls / "server.pem"),
+                     "--tls-key-file", str(self.tls / "server.key"), "--tls-ca-cert-file", str(self.tls / "ca.pem"),
+                     "--tls-auth-clients", "no"]
+        return args
+
     def start(self, timeout: float = 20.0) -> RedisProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
-               "--protected-mode", "no", "--logfile", str(self.workdir / "redis.log")]
+               "--protected-mode", "no", "--logfile", str(self.workdir / "redis.log"), *self._transports()]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not self._answers():
@@ -98,5 +127,18 @@ class RedisProcess:
 def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """A redis-server shared by a module's tests (import this fixture into the module)."""
     server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_transports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A redis-server that also listens on a Unix socket and, with TLS, on another port (its CA in
+    ``tls / "ca.pem"``)."""
+    from tests.certs import Authority
+
+    folder = tmp_path_factory.mktemp("redis-tls")
+    Authority(folder).issue("server")
+    server = RedisProcess(tmp_path_factory.mktemp("redis"), unix_socket=True, tls=folder).start()
     yield server
     server.stop()

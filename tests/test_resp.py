@@ -1,15 +1,19 @@
 """The direct Redis connection of the hot paths (gateway/store/resp.py) against a real redis-server:
 a pipeline's replies in order, an error reply in place as redis-py's exception (the pipeline goes on
-past it), a password and a database from the URL, and a lost connection as redis-py's ConnectionError."""
+past it), a password and a database from the URL, a lost connection as redis-py's ConnectionError, and
+the same over a Unix socket and TLS (the server's certificate checked against the URL's CA)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.store.resp import RespConnection, supported
-from tests.redis_server import RedisProcess, redis_process  # noqa: F401 (a fixture)
+from tests.certs import Authority
+from tests.redis_server import RedisProcess, redis_process, redis_transports  # noqa: F401 (fixtures)
 
 
 async def test_a_pipeline_answers_in_order_with_errors_in_place(redis_process: RedisProcess) -> None:  # noqa: F811
@@ -66,8 +70,38 @@ async def test_a_lost_connection_is_redis_pys_connection_error(redis_process: Re
         await RespConnection("redis://127.0.0.1:1/0").connect()
 
 
-def test_only_plain_redis_urls_are_spoken_to_directly() -> None:
-    assert supported("redis://h:6379/0") and not supported("rediss://h:6379/0") and not supported("unix:///tmp/r.sock")
+def test_redis_tls_and_unix_socket_urls_are_spoken_to_directly_and_nothing_else() -> None:
+    assert supported("redis://h:6379/0") and supported("rediss://h:6379/0") and supported("unix:///tmp/r.sock")
+    assert not supported("http://h:6379/0") and not supported("h:6379")
+    with pytest.raises(ValueError):
+        RespConnection("memcached://h:11211")
+
+
+@pytest.mark.parametrize("transport", ["unix", "tls"])
+async def test_a_unix_socket_and_tls_carry_commands(transport: str, redis_transports: RedisProcess) -> None:  # noqa: F811
+    url = redis_transports.unix_url if transport == "unix" else redis_transports.tls_url
+    connection = RespConnection(url.replace("db=0", "db=3") if transport == "unix" else url.replace("/0?", "/3?"))
+    await connection.connect()
+    try:
+        assert (connection.ssl is not None) == (transport == "tls")
+        assert connection._writer is not None
+        assert (connection._writer.get_extra_info("ssl_object") is not None) == (transport == "tls")
+        answers = await connection.execute([("SET", f"over-{transport}", "yes"), ("GET", f"over-{transport}")])
+        assert answers == [b"OK", b"yes"]
+    finally:
+        connection.close()
+    plain = RespConnection(redis_transports.url.replace("/0", "/3"))  # the same database, over plain TCP
+    await plain.connect()
+    assert await plain.execute([("GET", f"over-{transport}")]) == [b"yes"]
+    plain.close()
+
+
+async def test_a_certificate_from_another_ca_is_refused(redis_transports: RedisProcess,  # noqa: F811
+                                                        tmp_path: Path) -> None:
+    other = Authority(tmp_path / "other")
+    url = redis_transports.tls_url.split("?")[0] + f"?ssl_ca_certs={other.path}"
+    with pytest.raises(RedisConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        await RespConnection(url).connect()
 
 
 async def test_a_silent_redis_is_given_up_after_the_timeout() -> None:

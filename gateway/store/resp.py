@@ -5,20 +5,23 @@ machinery (connection pool, callbacks, encoders), which cost more CPU than Redis
 
 Errors look as redis-py's do: an error reply is the redis-py exception for its prefix (NOSCRIPT,
 OOM, READONLY...), returned in place (a pipeline goes on past it); a lost connection raises redis-py's
-ConnectionError. Plain ``redis://`` URLs only (host, port, db, user, password); for others (TLS,
-Unix sockets) :func:`supported` is false and the callers keep redis-py.
+ConnectionError. URLs are read by redis-py's own parser, with its meaning: ``redis://`` (host, port,
+db, user, password), ``rediss://`` (TLS, its ``ssl_*`` parameters made into a context by redis-py's
+own code, so the certificate checks are the same), ``unix://PATH?db=N``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import hiredis
 from redis._parsers.base import BaseParser
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -29,7 +32,7 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 def supported(url: str) -> bool:
-    return urlsplit(url).scheme == "redis"
+    return urlsplit(url).scheme in ("redis", "rediss", "unix")
 
 
 class RespConnection:
@@ -40,17 +43,25 @@ class RespConnection:
         up (RedisTimeoutError): a Redis that went silent (a failover, a partition) is noticed, and the
         caller's retry reconnects (the store's scripts recognise a write they already applied)."""
         self.timeout = timeout
-        parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise ValueError(f"{parts.scheme}:// is not spoken here; use redis-py")
-        self.host = parts.hostname or "localhost"
-        self.port = parts.port or 6379
-        self.username = unquote(parts.username) if parts.username else ""
-        self.password = unquote(parts.password) if parts.password else ""
-        self.db = int(parts.path.strip("/") or 0)
+        if not supported(url):
+            raise ValueError(f"{urlsplit(url).scheme}:// is not a Redis URL")
+        options = parse_url(url)
+        kind = options.pop("connection_class", None)
+        self.path: str | None = options.get("path") if kind is UnixDomainSocketConnection else None
+        self.host = options.get("host") or "localhost"
+        self.port = int(options.get("port") or 6379)
+        self.username = options.get("username") or ""
+        self.password = options.get("password") or ""
+        self.db = int(options.get("db") or 0)
+        # TLS: the context redis-py would make of the same URL (its ssl_* parameters and defaults).
+        self.ssl: ssl.SSLContext | None = SSLConnection(**options).ssl_context.get() if kind is SSLConnection else None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._parser = hiredis.Reader()
+
+    @property
+    def address(self) -> str:
+        return self.path if self.path is not None else f"{self.host}:{self.port}"
 
     @property
     def connected(self) -> bool:
@@ -58,13 +69,17 @@ class RespConnection:
 
     async def connect(self) -> None:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, limit=_READ), CONNECT_TIMEOUT_SECONDS)
-        except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from None
+            if self.path is not None:
+                opening = asyncio.open_unix_connection(self.path, limit=_READ)
+            else:
+                opening = asyncio.open_connection(self.host, self.port, limit=_READ, ssl=self.ssl,
+                                                  server_hostname=self.host if self.ssl is not None else None)
+            reader, writer = await asyncio.wait_for(opening, CONNECT_TIMEOUT_SECONDS)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError: a refused certificate too
+            raise RedisConnectionError(f"cannot connect to Redis at {self.address}: {exc}") from None
         self._reader, self._writer = reader, writer
         sock = writer.get_extra_info("socket")
-        if sock is not None:
+        if sock is not None and self.path is None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._parser = hiredis.Reader()
@@ -116,7 +131,7 @@ class RespConnection:
                 return [await self.read() for _ in commands]
         except TimeoutError:
             self.close()
-            raise RedisTimeoutError(f"no answer from Redis at {self.host}:{self.port} within {self.timeout:g} s") from None
+            raise RedisTimeoutError(f"no answer from Redis at {self.address} within {self.timeout:g} s") from None
         except asyncio.CancelledError:
             self.close()  # replies still due would be read as the next command's
             raise
