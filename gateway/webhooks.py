@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import email.utils
 import hashlib
 import hmac
@@ -54,6 +55,7 @@ _DUE_PAGE = 500  # due webhooks read at once
 _IDLE_LOOK_SECONDS = 30.0  # a store of this process alone: a look this often anyway (a safety net)
 _MIN_LOOK_SECONDS = 0.01
 _DUE_PAGES = 20  # read per look at most: past 10,000 due, the rest wait for the next look
+_LEASE_MARGIN_SECONDS = 5.0  # an attempt ends this long before its claim runs out
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -120,9 +122,10 @@ def check_url(url: str, policy: WebhookPolicy) -> tuple[str, int]:
         raise _refuse("must not hold credentials (user:password@)", "WEBHOOK_URL_INVALID")
     if parts.fragment:
         raise _refuse("must not have a #fragment", "WEBHOOK_URL_INVALID")
-    if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
-        raise _refuse("must not have . or .. path segments (they would step out of an allowed prefix)",
-                      "WEBHOOK_URL_INVALID")
+    if any(unquote(segment) in (".", "..") or "/" in unquote(segment) or "\\" in unquote(segment)
+           for segment in parts.path.split("/")):
+        raise _refuse("must not have . or .. path segments, encoded slashes or backslashes (a receiver could read "
+                      "them as steps out of an allowed prefix)", "WEBHOOK_URL_INVALID")
     if not policy.prefixes:
         raise _refuse("no webhook URLs are allowed for this tenant (the server's webhooks.allowed_prefixes)")
     if not any(_matches(parsed, prefix) for prefix in policy.prefixes):
@@ -131,8 +134,10 @@ def check_url(url: str, policy: WebhookPolicy) -> tuple[str, int]:
 
 
 # IPv6 ranges that carry an IPv4 address in their last 32 bits, which a translator may connect to:
-# NAT64 (well-known and local-use prefixes) and the deprecated IPv4-compatible form (::a.b.c.d).
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# NAT64 (well-known and local-use prefixes), SIIT (::ffff:0:a.b.c.d) and the deprecated IPv4-compatible
+# form (::a.b.c.d).
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"),
+          ipaddress.ip_network("::ffff:0:0:0/96"))  # (the last: SIIT's IPv4-translated addresses)
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
@@ -221,10 +226,12 @@ def retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # ("²".isdigit() too, which float() refuses)
         return float(value)
-    with contextlib.suppress(TypeError, ValueError, IndexError):
+    with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
         when = email.utils.parsedate_to_datetime(value)
+        if when.tzinfo is None:  # "-0000" or no zone: UTC (RFC 5322), not this machine's zone
+            when = when.replace(tzinfo=datetime.UTC)
         return max(0.0, when.timestamp() - now)
     return None
 
@@ -266,10 +273,13 @@ def plan(state: dict[str, Any], spec: WebhookSpec, current: Job, revisions: Sequ
         state["start_revision"] = running[0].revision
     retrying = state["current"]
     if retrying is not None:
-        superseded = any(j.revision > retrying["revision"] and (j.state is JobState.RUNNING or j.terminal)
-                         for j in revisions)
-        if retrying["event"] == "progress" and superseded:
+        newer = [j for j in (*revisions, current) if j.revision > retrying["revision"]]
+        if retrying["event"] == "progress" and any(j.state is JobState.RUNNING or j.terminal for j in newer):
             state["current"] = None  # a newer progress (or the end) replaces it
+        elif retrying["event"] == "start" and any(j.terminal for j in newer):
+            # The job ended while its start was being retried: completed goes next, with its own retry
+            # period, rather than after the start's (the completed body holds all the start's did).
+            state["current"], state["start_done"] = None, True
         elif retrying["next_attempt"] > now:
             return Plan(wait=retrying["next_attempt"])
         else:
@@ -316,7 +326,7 @@ class Dispatcher:
 
     @property
     def lease_seconds(self) -> float:
-        return self.settings.timeout_seconds + 15.0
+        return self.settings.timeout_seconds + 15.0  # one attempt (its POST, the store's reads), with room
 
     def policy(self, tenant: str) -> WebhookPolicy:
         policy = self._policies.get(tenant)
@@ -356,10 +366,13 @@ class Dispatcher:
                 self._wake.clear()
                 wait = idle
                 try:
-                    await self._pass()
+                    waiting = await self._pass()
                     next_due = await self.store.webhook_next_due()
                     if next_due is not None:
                         wait = min(idle, max(0.0, next_due - self.clock.now()))
+                    if waiting and wait <= 0:
+                        # Due, but its slots are taken: until a delivery finishes (it pokes), not a spin.
+                        wait = idle
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -382,37 +395,48 @@ class Dispatcher:
         for session in self._sessions.values():
             await session.close()
 
-    async def _pass(self) -> None:
-        capacity = self.settings.max_concurrent - len(self._inflight)
-        if capacity <= 0:
-            return
+    async def _pass(self) -> bool:
+        """Claims and starts what is due, as far as the slots allow; answers whether something due was
+        left for want of a slot (this process's, or its destination's): a finishing delivery pokes."""
+        if self.settings.max_concurrent - len(self._inflight) <= 0:
+            return True
         now = self.clock.now()
         # Page through what is due until the slots are full: the deliveries a busy destination cannot
         # take now are passed over (they wait), and those of the others behind them go out.
-        for page in range(_DUE_PAGES):
-            due = await self.store.webhooks_due(now, _DUE_PAGE, page * _DUE_PAGE)
+        offset, waiting = 0, False
+        for _ in range(_DUE_PAGES):
+            due = await self.store.webhooks_due(now, _DUE_PAGE, offset)
+            claimed = 0
             for job_id, url in due:
                 if len(self._inflight) >= self.settings.max_concurrent:
-                    return
+                    return True
                 host = _destination(url)
                 if job_id in self._inflight or self._per_host[host] >= self.settings.max_concurrent_per_host:
+                    waiting = True
                     continue
-                claim = await self.store.claim_webhook(job_id, now, now + self.lease_seconds)
+                at = self.clock.now()  # the lease counts from the claim, not from the start of the pass
+                claim = await self.store.claim_webhook(job_id, at, at + self.lease_seconds)
                 if claim is None:
                     continue  # another process has it, or it is no longer due
+                claimed += 1  # (no longer due: the next page starts that much earlier)
                 self._inflight.add(job_id)
                 self._per_host[host] += 1
                 task = asyncio.get_running_loop().create_task(self._deliver(claim, host), name=f"webhook-{job_id}")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             if len(due) < _DUE_PAGE:
-                return
+                return waiting
+            offset += len(due) - claimed
+        return waiting
 
     async def _deliver(self, claim: WebhookClaim, host: str) -> None:
         state: dict[str, Any] = {**new_state(), **claim.state}
         due = None
         try:
-            due = await self._step(claim.job_id, state)
+            # Never past the lease: after it another process may claim the webhook (and what this one
+            # would then store is refused: finish_webhook checks the lease).
+            async with asyncio.timeout(self.lease_seconds - _LEASE_MARGIN_SECONDS):
+                due = await self._step(claim.job_id, state)
         except asyncio.CancelledError:
             raise  # shutting down: the lease runs out and whoever is next carries on
         except Exception:
@@ -424,7 +448,9 @@ class Dispatcher:
             if self._per_host[host] <= 0:
                 del self._per_host[host]
         now = self.clock.now()
-        await self.store.finish_webhook(claim.job_id, state, claim.pending, now if due is None else min(due, now), due)
+        if not await self.store.finish_webhook(claim.job_id, state, claim.pending, now if due is None else min(due, now),
+                                               due, claim.lease):
+            log.warning("webhooks: the claim of job %s ran out before its attempt was recorded", claim.job_id)
         self.poke()  # the next look: at once if it is due again, else at its time
 
     async def _step(self, job_id: str, state: dict[str, Any]) -> float | None:

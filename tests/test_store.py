@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from gateway.errors import Code
-from gateway.jobs import Job, JobFailure, JobInput, JobOutput, JobState, Segment, Transcript, Word, new_job_id
+from gateway.jobs import Job, JobFailure, JobInput, JobOutput, JobState, Segment, Transcript, WebhookSpec, Word, new_job_id
 from gateway.store import JobFilter, SqliteStore, Store
 from gateway.store.redis import RedisStore
-from tests.redis_server import redis_process  # noqa: F401 (a fixture)
+from tests.redis_server import RedisProcess, redis_process  # noqa: F401 (a fixture)
 from tests.test_service import FakeClock
 
 T0 = 1_700_000_000.0
@@ -360,3 +360,31 @@ async def test_closed_store_refuses_writes(tmp_path: Path) -> None:
     await store.close()
     with pytest.raises(RuntimeError):
         await store.create_job(make_job(), "", PAYLOAD)
+
+
+async def test_a_job_redis_expired_before_the_sweep_leaves_nothing_naming_it(
+        redis_process: RedisProcess) -> None:  # noqa: F811
+    """Redis' own expiry and the sweep come due at the same moment, and Redis is usually first: the
+    sweep must still clear every index naming the job (or it would find the job again at each sweep,
+    and 5,000 of them would stop it for good), and a due webhook of it must not stay due."""
+    import redis.asyncio as aioredis
+
+    redis_process.flush()
+    async with RedisStore(redis_process.url, clock=FakeClock(T0)) as store:
+        job = replace(make_job(), webhook=WebhookSpec("https://hooks.example.com/x", ("completed",)))
+        await store.create_job(job, "", PAYLOAD)
+        await store.save_revision(finish(job, JobState.SUCCEEDED, T0, retention=10), result=JobOutput(1))
+        assert [i for i, _ in await store.webhooks_due(T0 + 10**9, 10)] == [job.id]
+        raw = aioredis.Redis.from_url(redis_process.url)
+        try:
+            # What Redis' expiry removes (the job's keys, its webhook's; the tombstone set in advance stays).
+            for key in ("job", "revs", "segs", "webhook"):
+                await raw.delete(f"gw:{key}:{job.id}")
+            assert await store.webhooks_due(T0 + 10**9, 10) == []  # not due: its job is gone
+            assert await raw.zscore("gw:webhooks-due", job.id) is None
+            await store.sweep(T0 + 20, T0 + 20 + 50)
+            assert await raw.zscore("gw:expiring", job.id) is None
+            assert await raw.zscore("gw:jobs:t", job.id) is None and await raw.zscore("gw:changes:t", job.id) is None
+            assert await store.tombstone(job.id, T0 + 21) == "t"
+        finally:
+            await raw.aclose()

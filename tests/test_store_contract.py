@@ -205,26 +205,33 @@ async def test_one_claim_at_a_time_and_a_mark_during_it_makes_the_job_due_again(
     moved = step(running, progress=0.5)
     await any_store.save_revision(moved)  # stored while the claim is held
     assert await _due(any_store) == []  # still held: the holder is told when it finishes
-    await any_store.finish_webhook(job.id, {"seen": 2}, claim.pending, now, None)
+    assert await any_store.finish_webhook(job.id, {"seen": 2}, claim.pending, now, None, claim.lease)
     assert await _due(any_store) == [job.id]  # revision 3 came after the claim: due again at once
     again = await any_store.claim_webhook(job.id, now, now + 30)
     assert again is not None and again.pending == 3 and again.state == {"seen": 2}
-    await any_store.finish_webhook(job.id, {"seen": 3}, again.pending, now, None)
+    assert await any_store.finish_webhook(job.id, {"seen": 3}, again.pending, now, None, again.lease)
     assert await _due(any_store) == []
     assert await any_store.webhook_state(job.id) == {"seen": 3}
 
 
-async def test_a_retry_time_is_kept_and_a_lapsed_claim_can_be_taken(any_store: Store) -> None:
+async def test_a_lapsed_claim_can_be_taken_and_its_late_result_is_refused(any_store: Store) -> None:
     job = _hooked(frozenset({"completed"}))
     await any_store.create_job(job, "", PAYLOAD)
     await any_store.save_revision(finish(job, JobState.CANCELLED, T0))
     now = time.time() + 1
-    claim = await any_store.claim_webhook(job.id, now, now + 5)
-    assert claim is not None
-    assert await any_store.claim_webhook(job.id, now + 6, now + 11) is not None  # the first holder went silent
-    await any_store.finish_webhook(job.id, {"retry": True}, claim.pending, now, now + 60)
+    first = await any_store.claim_webhook(job.id, now, now + 5)
+    assert first is not None
+    second = await any_store.claim_webhook(job.id, now + 6, now + 11)  # the first holder went silent
+    assert second is not None
+    # The first holder comes back late: what it would store is refused, and the claim stays the second's.
+    assert not await any_store.finish_webhook(job.id, {"late": True}, first.pending, now, None, first.lease)
+    assert await any_store.claim_webhook(job.id, now + 7, now + 12) is None
+    assert await any_store.webhook_state(job.id) in (None, {})
+    # The second holder's retry time is kept.
+    assert await any_store.finish_webhook(job.id, {"retry": True}, second.pending, now, now + 60, second.lease)
     assert await any_store.webhooks_due(now + 59, 100) == []
     assert [i for i, _ in await any_store.webhooks_due(now + 61, 100)] == [job.id]
+    assert await any_store.webhook_state(job.id) == {"retry": True}
 
 
 async def test_deleting_a_job_drops_its_webhook(any_store: Store) -> None:

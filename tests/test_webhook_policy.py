@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import replace
+from urllib.parse import unquote
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from gateway.errors import InvalidArgument
 from gateway.jobs import Job, JobState, WebhookSpec, new_job_id
+from gateway.store.base import WebhookClaim
 from gateway.webhooks import (
     WebhookPolicy,
     check_address,
@@ -34,7 +36,7 @@ hosts = st.sampled_from(["hooks.example.com", "HOOKS.example.com", "hooks.exampl
 ports = st.sampled_from(["", ":443", ":8443", ":80", ":0443"])
 userinfo = st.sampled_from(["", "user@", "user:pw@", "hooks.example.com@"])
 paths = st.sampled_from(["/in/", "/in/x", "/in/x?y=1", "/in", "/inx/", "/", "", "/in/#f", "/IN/x", "/in/../admin", "/in/%2e%2E/admin",
-                         "/in/./x", "/in/..x"])
+                         "/in/./x", "/in/..x", "/in/..%2fadmin", "/in/a%2Fb", "/in/a\\b", "/in/%5c..%5cadmin", "/in/%252e"])
 
 
 @settings(max_examples=400, deadline=None)
@@ -43,7 +45,8 @@ def test_a_url_passes_only_under_an_allowed_prefix(scheme: str, user: str, host:
     url = f"{scheme}://{user}{host}{port}{path}" if scheme else f"{user}{host}{port}{path}"
     wanted = (scheme.lower() == "https" and not user and host.lower().rstrip(".") == "hooks.example.com"
               and port in ("", ":443", ":0443") and path.startswith("/in/") and "#" not in path
-              and not any(seg.lower() in (".", "..", "%2e%2e") for seg in path.split("/")))
+              and not any(unquote(seg) in (".", "..") or "/" in unquote(seg) or "\\" in unquote(seg)
+                          for seg in path.split("/")))
     try:
         check_url(url, POLICY)
     except InvalidArgument as refused:
@@ -83,10 +86,10 @@ def test_public_addresses_are_allowed(address: str) -> None:
 @pytest.mark.parametrize(("address", "inner"), [
     ("64:ff9b::7f00:1", "127.0.0.1"), ("64:ff9b::a00:1", "10.0.0.1"), ("64:ff9b::a9fe:a9fe", "169.254.169.254"),
     ("2002:7f00:1::1", "127.0.0.1"), ("2002:c0a8:101::1", "192.168.1.1"), ("::7f00:1", "127.0.0.1"),
-    ("::a00:1", "10.0.0.1"),
+    ("::a00:1", "10.0.0.1"), ("::ffff:0:7f00:1", "127.0.0.1"),
 ])
 def test_ipv6_addresses_that_lead_to_internal_ipv4_ones_are_refused(address: str, inner: str) -> None:
-    """NAT64, 6to4 and IPv4-compatible addresses count as Python's global ones, but a translator or
+    """NAT64, SIIT, 6to4 and IPv4-compatible addresses count as Python's global ones, but a translator or
     tunnel takes them to the IPv4 address they carry: that one decides."""
     assert ipaddress.ip_address(address).is_global  # what a plain check would have let through
     assert not check_address(address, ())
@@ -111,13 +114,24 @@ def test_signatures_verify_with_the_reference_library_and_tampering_does_not(bod
         Webhook(SECRET).verify(body + b" ", headers, json_parse=False)
 
 
-def test_retry_after_reads_seconds_and_http_dates() -> None:
+def test_retry_after_reads_seconds_and_http_dates(monkeypatch: pytest.MonkeyPatch) -> None:
     now = time.time()
     assert retry_after("7", now) == 7.0
     assert retry_after(None, now) is None and retry_after("soon", now) is None
+    assert retry_after("\u00b2", now) is None and retry_after("\u0663", now) is None  # digits, not ASCII ones
+    assert retry_after("-5", now) is None and retry_after("1e3", now) is None
     from email.utils import formatdate
 
     assert 9 <= (retry_after(formatdate(now + 10, usegmt=True), now) or 0) <= 10
+    # A date without a zone (or -0000) is UTC, whatever this machine's zone (here: 9 hours east of it).
+    naive = formatdate(now + 10, usegmt=True).replace(" GMT", " -0000")
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert 9 <= (retry_after(naive, now) or 0) <= 10
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def _revisions() -> list[Job]:
@@ -158,3 +172,66 @@ def test_a_failing_progress_is_dropped_for_a_newer_one_but_start_and_completed_a
     state["current"] = {"event": "completed", "revision": 6, "attempts": 1, "first": 1.0, "next_attempt": 99.0, "id": "m"}
     assert plan(state, spec, revisions[5], revisions[2:], now=10.0, progress_interval=0.5).wait == 99.0
     assert plan(state, replace(spec), revisions[5], revisions[2:], now=100.0, progress_interval=0.5).event == "completed"
+
+
+def test_a_failing_start_waits_while_the_job_runs_and_gives_way_to_completed_once_it_ended() -> None:
+    revisions = _revisions()
+    spec = revisions[0].webhook
+    assert spec is not None
+    retrying = {"event": "start", "revision": 2, "attempts": 3, "first": 1.0, "next_attempt": 99.0, "id": "m"}
+    state = {**new_state(), "start_revision": 2, "seen": 1, "current": dict(retrying)}
+    assert plan(state, spec, revisions[4], revisions[1:5], now=10.0, progress_interval=0.5).wait == 99.0  # still running
+    assert (plan(state, spec, revisions[4], revisions[1:5], now=100.0, progress_interval=0.5).event,
+            state["start_done"]) == ("start", False)  # its time came: start again, not a progress before it
+    state["current"] = dict(retrying)
+    step = plan(state, spec, revisions[5], revisions[1:], now=10.0, progress_interval=0.5)
+    assert (step.event, step.revision) == ("completed", 6)  # not a day behind a receiver that fails
+    assert state["start_done"] and state["current"] is None
+
+
+class _DueStore:
+    """Just enough of a shared store for the dispatcher: `due` webhooks, all to one host, all due now."""
+
+    shared = True
+
+    def __init__(self, due: list[str]) -> None:
+        self.due = due
+        self.looks = 0
+
+    async def webhooks_due(self, now: float, limit: int, offset: int = 0) -> list[tuple[str, str]]:
+        self.looks += 1
+        return [(job_id, "https://slow.example.com/in/") for job_id in self.due[offset:offset + limit]]
+
+    async def webhook_next_due(self) -> float | None:
+        return 0.0 if self.due else None  # long due
+
+    async def claim_webhook(self, job_id: str, now: float, lease_until: float) -> WebhookClaim | None:
+        self.due.remove(job_id)
+        return WebhookClaim(job_id, 1, {}, lease_until)
+
+
+async def test_a_busy_destination_does_not_make_the_dispatcher_spin() -> None:
+    """Deliveries due to a destination whose slots are all taken wait for a slot to free (a finishing
+    delivery pokes) or the next poll, instead of a look every few milliseconds."""
+    import asyncio
+
+    from gateway.jobs import SystemClock
+    from gateway.settings import WebhookSettings
+    from gateway.webhooks import Dispatcher
+
+    store = _DueStore([f"job-{i}" for i in range(5)])
+    dispatcher = Dispatcher(WebhookSettings(max_concurrent_per_host=1, poll_interval_seconds=0.25), store,
+                            SystemClock(), lambda job: b"{}")
+    hung = asyncio.Event()
+
+    async def deliver_forever(claim: WebhookClaim, host: str) -> None:
+        await hung.wait()  # a receiver that never answers (within this test)
+
+    dispatcher._deliver = deliver_forever  # type: ignore[method-assign]
+    runner = asyncio.create_task(dispatcher.run())
+    await asyncio.sleep(1.0)
+    await dispatcher.stop()
+    hung.set()
+    await asyncio.wait_for(runner, 5)
+    assert len(store.due) == 4  # one delivery under way, four waiting for its host
+    assert store.looks <= 10  # about one look per poll interval (it was one every 10 ms: about 100)

@@ -111,6 +111,7 @@ class WebhookClaim:
     job_id: str
     pending: int
     state: dict[str, Any]
+    lease: float = 0.0  # the lease_until it was claimed with: finish_webhook stores only while it still holds
 
 
 class Store(Protocol):
@@ -232,9 +233,11 @@ class Store(Protocol):
         ...
 
     async def finish_webhook(self, job_id: str, state: Mapping[str, Any], examined: int, due_if_marked: float,
-                             due: float | None) -> None:
-        """Stores the delivery state and lets the claim go. Due again at ``due`` (None: not until a
-        revision marks it), or at ``due_if_marked`` if a revision was marked after ``examined``."""
+                             due: float | None, lease: float) -> bool:
+        """Stores the delivery state and lets the claim go, if the claim of ``lease`` (its lease_until)
+        still holds (False, storing nothing, if it ran out and another process may have claimed it). Due
+        again at ``due`` (None: not until a revision marks it), or at ``due_if_marked`` if a revision was
+        marked after ``examined``."""
         ...
 
     async def webhook_state(self, job_id: str) -> dict[str, Any] | None:

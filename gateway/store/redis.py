@@ -194,7 +194,22 @@ return pos
 # ARGV: id, tombstone ttl ms (0: none), req prefix
 _DELETE = """
 local tenant = redis.call('HGET', KEYS[1], 'tenant')
-if not tenant then return 0 end
+if not tenant then
+  -- Expired by Redis before a sweep came (the usual case: both happen at the job's expiry): what still
+  -- names the job goes, or the sweep would find it again forever. The tenant is the tombstone's.
+  local tomb = redis.call('GET', KEYS[4])
+  local owner = tomb and string.match(tomb, '^(.*)|[^|]*$')
+  if owner then
+    redis.call('ZREM', KEYS[5] .. owner, ARGV[1])
+    redis.call('ZREM', KEYS[6] .. owner, ARGV[1])
+    if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[4], owner .. '|' .. ARGV[4], 'PX', tonumber(ARGV[2])) end
+  end
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[9])
+  redis.call('SREM', KEYS[7], ARGV[1])
+  redis.call('ZREM', KEYS[8], ARGV[1])
+  redis.call('ZREM', KEYS[10], ARGV[1])
+  return 0
+end
 local request_id = redis.call('HGET', KEYS[1], 'request_id')
 local qb = redis.call('HMGET', KEYS[1], 'qb', 'qk')
 if qb[1] then redis.call('DECRBY', qb[2], qb[1]) end  -- a job deleted before it ended
@@ -232,13 +247,15 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])  -- hidden from the others until t
 return {redis.call('HGET', KEYS[1], 'pending') or '0', redis.call('HGET', KEYS[1], 'state') or ''}
 """
 
-# KEYS: webhook, webhooks due, job; ARGV: id, state JSON, examined revision, due if marked since, due ('' none)
+# KEYS: webhook, webhooks due, job
+# ARGV: id, state JSON, examined revision, due if marked since, due ('' none), the claim's lease
 _FINISH_WEBHOOK = """
 if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('DEL', KEYS[1])
   return 0
 end
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[6] then return 0 end  -- the claim ran out (maybe another's now)
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'lease', 0)
 local due = ARGV[5]
 if tonumber(redis.call('HGET', KEYS[1], 'pending') or '0') > tonumber(ARGV[3]) then due = ARGV[4] end
@@ -799,6 +816,9 @@ class RedisStore:
             for job_id in ids:
                 pipe.hget(self._key("webhook", job_id.decode()), "url")
             urls = await pipe.execute()
+        for job_id, url in zip(ids, urls, strict=True):
+            if url is None:  # its job expired: the claim script drops what is left of it
+                await self.claim_webhook(job_id.decode(), now, now)
         return [(i.decode(), u.decode()) for i, u in zip(ids, urls, strict=True) if u is not None]
 
     async def webhook_next_due(self) -> float | None:
@@ -810,12 +830,13 @@ class RedisStore:
         if not answer:
             return None
         pending, state = answer
-        return WebhookClaim(job_id, int(pending), json.loads(state) if state else {})
+        return WebhookClaim(job_id, int(pending), json.loads(state) if state else {}, lease_until)
 
     async def finish_webhook(self, job_id: str, state: Mapping[str, Any], examined: int, due_if_marked: float,
-                             due: float | None) -> None:
-        await self._run_script("finish_webhook", self._webhook_keys(job_id),
-                               [job_id, _dumps(dict(state)), examined, repr(due_if_marked), "" if due is None else repr(due)])
+                             due: float | None, lease: float) -> bool:
+        stored = await self._run_script("finish_webhook", self._webhook_keys(job_id), [
+            job_id, _dumps(dict(state)), examined, repr(due_if_marked), "" if due is None else repr(due), repr(lease)])
+        return bool(stored)
 
     async def webhook_state(self, job_id: str) -> dict[str, Any] | None:
         raw = await self._redis.hget(self._key("webhook", job_id), "state")

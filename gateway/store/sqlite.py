@@ -797,18 +797,20 @@ class SqliteStore:
             if row is None or row[1] is None or row[1] > now or row[2] > now:
                 return None
             conn.execute("UPDATE webhooks SET lease = ?, due = ? WHERE job_id = ?", (lease_until, lease_until, job_id))
-            return WebhookClaim(job_id, int(row[0]), json.loads(row[3]) if row[3] else {})
+            return WebhookClaim(job_id, int(row[0]), json.loads(row[3]) if row[3] else {}, lease_until)
 
         claim: WebhookClaim | None = await self._submit(write)
         return claim
 
     async def finish_webhook(self, job_id: str, state: Mapping[str, Any], examined: int, due_if_marked: float,
-                             due: float | None) -> None:
+                             due: float | None, lease: float) -> bool:
         data = _dumps(dict(state))
-        await self._submit(lambda conn: conn.execute(
-            "UPDATE webhooks SET state = ?, lease = 0, due = CASE WHEN pending > ? THEN ? ELSE ? END WHERE job_id = ?",
-            (data, examined, due_if_marked, due, job_id),
-        ))
+        stored: bool = await self._submit(lambda conn: conn.execute(
+            "UPDATE webhooks SET state = ?, lease = 0, due = CASE WHEN pending > ? THEN ? ELSE ? END "
+            "WHERE job_id = ? AND lease = ?",
+            (data, examined, due_if_marked, due, job_id, lease),
+        ).rowcount == 1)
+        return stored
 
     async def webhook_state(self, job_id: str) -> dict[str, Any] | None:
         def read(conn: sqlite3.Connection) -> dict[str, Any] | None:
