@@ -460,10 +460,20 @@ class Dispatcher:
         if job is None or job.webhook is None:
             return None
         spec = job.webhook
-        revisions = [j for j, _ in await self.store.revisions_after(job.id, state["seen"])]
+        interval, now = self.settings.progress_interval_seconds, self.clock.now()
+        retrying = state["current"]
+        if retrying is not None and retrying["next_attempt"] > now:
+            # A retry whose time has not come: unless the job as it is now replaces it, nothing to read.
+            early = plan(state, spec, job, (), now, interval)
+            if state["current"] is retrying:
+                return early.wait
+        revisions: list[Job] = []
+        if ("start" in spec.events and not state["start_done"]) or ("progress" in spec.events and not job.terminal):
+            # (only start and progress need the revisions: completed is the job as it is now)
+            revisions = [j for j, _ in await self.store.revisions_after(job.id, state["seen"])]
         if revisions and revisions[-1].revision > job.revision:
             job = revisions[-1].evolve(webhook=spec)  # stored since get_job: the job as it is now
-        step = plan(state, spec, job, revisions, self.clock.now(), self.settings.progress_interval_seconds)
+        step = plan(state, spec, job, revisions, now, interval)
         if not step.event:
             if step.wait is None and state["current"] is None and revisions:
                 state["seen"] = max(state["seen"], revisions[-1].revision)  # nothing in them for this webhook

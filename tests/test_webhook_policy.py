@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import replace
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -235,3 +236,44 @@ async def test_a_busy_destination_does_not_make_the_dispatcher_spin() -> None:
     await asyncio.wait_for(runner, 5)
     assert len(store.due) == 4  # one delivery under way, four waiting for its host
     assert store.looks <= 10  # about one look per poll interval (it was one every 10 ms: about 100)
+
+
+class _JobStore:
+    """get_job only: a dispatcher step that reads revisions fails the test."""
+
+    shared = True
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    async def get_job(self, job_id: str) -> Job | None:
+        return self.job
+
+    async def revisions_after(self, job_id: str, after: int) -> list[tuple[Job, int]]:
+        raise AssertionError("read every revision (each with its segments) where the job as it is now was enough")
+
+
+async def test_completed_and_a_waiting_retry_need_only_the_job_as_it_is_now() -> None:
+    """A long transcription's revisions each carry the segments so far: the dispatcher reads them only
+    for start and progress, never for completed alone or for a retry whose time has not come."""
+    from gateway.jobs import SystemClock
+    from gateway.settings import WebhookSettings
+    from gateway.webhooks import Dispatcher
+
+    done = _revisions()[-1]
+    store = _JobStore(done.evolve(webhook=WebhookSpec("https://hooks.example.com/in/", frozenset({"completed"}))))
+    dispatcher = Dispatcher(WebhookSettings(allowed_prefixes=["https://hooks.example.com/in/"],
+                                            secret=SECRET), store, SystemClock(), lambda job: b"{}")
+    posted: list[str] = []
+
+    async def post(spec: WebhookSpec, policy: WebhookPolicy, message: str, step: Any, job_id: str) -> tuple[int, str, None]:
+        posted.append(step.event)
+        return 503, "", None
+
+    dispatcher._post = post  # type: ignore[method-assign]
+    state = new_state()
+    retry_at = await dispatcher._step(done.id, state)
+    assert posted == ["completed"] and state["status"] == "RETRYING" and retry_at is not None
+    store.job = done.evolve(webhook=WebhookSpec("https://hooks.example.com/in/", frozenset({"start", "completed"})))
+    assert await dispatcher._step(done.id, state) == retry_at  # its time has not come: no revisions read
+    assert posted == ["completed"]
