@@ -172,12 +172,20 @@ def check_address(address: str, networks: Iterable[IpNetwork]) -> bool:
     return inner is None or check_address(str(inner), networks)
 
 
+def _literal(host: str) -> str | None:
+    """The address a URL's host names literally (an IP address, IPv6 in brackets or not), if it does."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
+
+
 async def resolve(host: str, port: int, networks: Sequence[IpNetwork]) -> list[str]:
     """The host's addresses, every one allowed; raises OSError (with why) otherwise."""
-    try:
-        literal = ipaddress.ip_address(host.strip("[]"))
-        addresses = [str(literal)]
-    except ValueError:
+    literal = _literal(host)
+    if literal is not None:
+        addresses = [literal]
+    else:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(_RESOLVE_TIMEOUT_SECONDS):
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -492,7 +500,10 @@ class Dispatcher:
         current["attempts"] += 1
         policy = self.policy(job.tenant)
         try:
-            check_url(spec.url, policy)  # the allowlist may have changed since Submit
+            host, _ = check_url(spec.url, policy)  # the allowlist may have changed since Submit
+            literal = _literal(host)
+            if literal is not None and not check_address(literal, policy.networks):  # (aiohttp resolves no literal)
+                raise _refuse(f"{literal} is not public, and not in webhooks.allowed_networks", "WEBHOOK_ADDRESS_NOT_ALLOWED")
         except InvalidArgument as refused:
             status, error, wait, allowed = 0, f"no longer allowed: {refused.message}", None, False
         else:

@@ -277,3 +277,26 @@ async def test_completed_and_a_waiting_retry_need_only_the_job_as_it_is_now() ->
     store.job = done.evolve(webhook=WebhookSpec("https://hooks.example.com/in/", frozenset({"start", "completed"})))
     assert await dispatcher._step(done.id, state) == retry_at  # its time has not come: no revisions read
     assert posted == ["completed"]
+
+
+async def test_a_literal_address_no_longer_allowed_is_not_called() -> None:
+    """aiohttp connects to an IP literal without asking the resolver (which checks every other host at
+    each connection): a literal taken out of allowed_networks since Submit is refused at the attempt."""
+    from gateway.jobs import SystemClock
+    from gateway.settings import WebhookSettings
+    from gateway.webhooks import Dispatcher
+
+    url = "http://127.0.0.1:9/in/"
+    done = _revisions()[-1].evolve(webhook=WebhookSpec(url, frozenset({"completed"})))
+    dispatcher = Dispatcher(WebhookSettings(allowed_prefixes=[url], secret=SECRET),  # no allowed_networks now
+                            _JobStore(done), SystemClock(), lambda job: b"{}")
+    posted: list[str] = []
+
+    async def post(*args: Any) -> tuple[int, str, None]:
+        posted.append(url)
+        return 204, "", None
+
+    dispatcher._post = post  # type: ignore[method-assign]
+    state = new_state()
+    assert await dispatcher._step(done.id, state) is not None
+    assert posted == [] and state["status"] == "FAILED" and "127.0.0.1 is not public" in state["last_error"]
