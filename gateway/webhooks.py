@@ -122,8 +122,7 @@ def check_url(url: str, policy: WebhookPolicy) -> tuple[str, int]:
         raise _refuse("must not hold credentials (user:password@)", "WEBHOOK_URL_INVALID")
     if parts.fragment:
         raise _refuse("must not have a #fragment", "WEBHOOK_URL_INVALID")
-    if any(unquote(segment) in (".", "..") or "/" in unquote(segment) or "\\" in unquote(segment)
-           for segment in parts.path.split("/")):
+    if any(step in (".", "..") or "/" in step or "\\" in step for step in map(unquote, parts.path.split("/"))):
         raise _refuse("must not have . or .. path segments, encoded slashes or backslashes (a receiver could read "
                       "them as steps out of an allowed prefix)", "WEBHOOK_URL_INVALID")
     if not policy.prefixes:

@@ -14,11 +14,9 @@ from its revisions, a dashboard from the change positions), so no watcher misses
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from gateway.bus.base import Handler, Unsubscribe
 from gateway.bus.memory import MemoryBus
@@ -94,16 +92,12 @@ class RedisBus:
         self.channel = prefix + "events"
         self._local = MemoryBus()  # the subscribers of this process
         self._resync: list[Callable[[], None]] = []
-        self._redis: Any = None
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._closed = False
         self.reconnects = 0
 
     async def open(self) -> None:
-        import redis.asyncio as aioredis
-
-        self._redis = aioredis.Redis.from_url(self.url, health_check_interval=10)
         self._task = asyncio.get_running_loop().create_task(self._listen(), name="redis-bus")
         await asyncio.wait_for(self._subscribed.wait(), timeout=30)
 
@@ -111,13 +105,8 @@ class RedisBus:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            # redis-py may turn the cancellation into a ConnectionError, which _listen survives: it
-            # stops on _closed too, and nobody waits for it long.
             await asyncio.wait([self._task], timeout=5)
             self._task = None
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
         await self._local.close()
 
     def publish(self, event: JobEvent) -> None:
@@ -155,10 +144,7 @@ class RedisBus:
         delay = 0.05
         while not self._closed:
             try:
-                if resp.supported(self.url):
-                    await self._listen_direct()
-                else:
-                    await self._listen_redis_py()
+                await self._listen_direct()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -213,15 +199,3 @@ class RedisBus:
                 return
             connection.send([("PING",)])
             pinged = True
-
-    async def _listen_redis_py(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(self.channel)
-            self._subscribed_again()
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    self._deliver(message["data"])
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()

@@ -532,11 +532,6 @@ class RedisStore:
                 delay = min(2.0, delay * 2)
 
     async def _pipeline(self, batch: list[_Write]) -> list[Any]:
-        if not resp.supported(self.url):  # TLS, a Unix socket: redis-py's pipeline
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for write in batch:
-                    pipe.execute_command(*write.command)
-                return list(await pipe.execute(raise_on_error=False))
         if self._connection is None or not self._connection.connected:
             self._connection = resp.RespConnection(self.url)
             await self._connection.connect()

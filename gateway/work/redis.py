@@ -200,10 +200,6 @@ class RedisQueue:
     # -- Redis -------------------------------------------------------------------------------------
 
     async def _read(self, count: int) -> list[str]:
-        if not resp.supported(self.url):
-            answer = await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count, block=BLOCK_MS)
-            return [self._take(entry_id, fields) for _stream, entries in answer or () for entry_id, fields in entries
-                    if fields]
         # The fetch loop's own connection (a blocking read holds it), spoken to directly: one read per
         # batch of jobs, without redis-py's per-command cost.
         if self._reader is None or not self._reader.connected:
