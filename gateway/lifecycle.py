@@ -48,6 +48,11 @@ class Lifecycle(JobLifecycle, Protocol):
         """The job's run was stopped by a drain (it stays RUNNING and resumes): not a crashed attempt."""
         ...
 
+    def abandoned(self, job_id: str) -> None:
+        """Another worker holds the job now (this one's lease lapsed while it was stalled): this process
+        lets it go without writing anything more to it."""
+        ...
+
     async def set_queue_positions(self, positions: Sequence[tuple[str, int]]) -> None: ...
 
 

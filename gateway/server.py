@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -239,7 +240,19 @@ class Gateway:
             return None
         from gateway.work.redis import RedisQueue
 
-        return RedisQueue(self.settings.store, route, max_queue, self.settings.lease_seconds)
+        return RedisQueue(self.settings.store, route, max_queue, self.settings.lease_seconds, consumer=self._identity)
+
+    def _identity(self) -> str:
+        """This process among a shared queue's workers, the same when it comes back after a crash, so
+        that it takes its own jobs back at once: ``worker_id`` if set, else the host and the gRPC port it
+        holds (two live processes cannot hold one port); a random one when the port is not fixed."""
+        from gateway.work.redis import consumer_name
+
+        if self.settings.worker_id:
+            return self.settings.worker_id
+        if self.settings.listen.rpartition(":")[2] in ("", "0"):
+            return consumer_name()
+        return f"{socket.gethostname()}:{self.grpc_port}"
 
     def serving(self, name: str) -> bool:
         """Whether a grpc.health.v1 name ("" overall, health_name(route)) is SERVING."""

@@ -119,6 +119,7 @@ class JobService:
         self._inputs_bytes = 0
         self._checkpoints: dict[str, Mapping[str, Any] | None] = {}
         self._attempts: dict[str, int] = {}  # the current run of each active job (0: not run yet)
+        self._counted: set[str] = set()  # taken over from another worker: the attempt is counted already
         self.accepting = True
         self.webhooks: Any = None  # gateway.webhooks.Dispatcher, in a process that serves the API
 
@@ -225,6 +226,7 @@ class JobService:
         self._heads.pop(job_id, None)
         self._committed.pop(job_id, None)
         self._attempts.pop(job_id, None)
+        self._counted.discard(job_id)
         self._checkpoints.pop(job_id, None)
         self._take_input(job_id)
 
@@ -369,15 +371,20 @@ class JobService:
             head = await self._take_over(job_id)
         if head is None:
             return None
+        counted = job_id in self._counted  # its attempt was counted as it was taken over
+        self._counted.discard(job_id)
         if head.state is JobState.QUEUED and not defer_running:
             job = self._next(job_id, state=JobState.RUNNING, started=self.clock.now(), queue_position=0)
             assert job is not None
-            self._attempts[job_id] = self._attempts.get(job_id, 0) + 1
+            if not counted:
+                self._attempts[job_id] = self._attempts.get(job_id, 0) + 1
             # Not awaited: the writer commits in order, so this revision is stored (and published)
             # before any later one of the job; if the process dies first, the job resumes as QUEUED.
-            self._save_later(job, count_attempt=True)
+            self._save_later(job, count_attempt=not counted)
         else:  # resumed after a restart, or waiting upstream: count the attempt
-            attempts = self._attempts[job_id] = await self.store.start_attempt(job_id)
+            if not counted:
+                self._attempts[job_id] = await self.store.start_attempt(job_id)
+            attempts = self._attempts[job_id]
             if attempts > self.settings.max_attempts and not defer_running:  # upstream jobs only re-poll
                 await self.fail(job_id, JobFailure(
                     Code.ABORTED, "TOO_MANY_ATTEMPTS",
@@ -399,6 +406,9 @@ class JobService:
         if head is None:
             return None
         return Begun(head, job_input, self._checkpoints.pop(job_id, None))
+
+    def abandoned(self, job_id: str) -> None:
+        self._forget(job_id)
 
     async def interrupted(self, job_id: str) -> None:
         attempt = self._attempts.get(job_id)
@@ -424,12 +434,16 @@ class JobService:
             self._heads[job_id] = cached.job
             self._attempts[job_id] = 0
             return cached.job
-        found = await self.store.resumable(job_id)
+        # Left by another worker (it died, drained or stalled): its attempt ends here, in the same
+        # step that reads where the job stands, so the run goes on after its last stored revision and
+        # its segments (never from the start), and a write the other may still try is refused.
+        found = await self.store.take_over(job_id)
         if found is None or found.job.terminal or job_id in self._heads:
             return self._heads.get(job_id)
         self._heads[job_id] = found.job
         self._committed[job_id] = JobEvent(found.job)
         self._attempts[job_id] = found.attempts
+        self._counted.add(job_id)
         self._checkpoints[job_id] = found.checkpoint
         return found.job
 

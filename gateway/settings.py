@@ -331,8 +331,13 @@ class Settings(BaseSettings):
         None, ge=0, description="Workers of every route in this process, instead of each route's own; 0: it runs no jobs."
     )
     lease_seconds: float = Field(
-        30.0, gt=0, description="Shared queue: a worker renews its hold on a running job this often x3; a job held "
-        "by a worker silent this long is taken over by another."
+        10.0, gt=0, description="Shared queue: a worker renews its hold on a running job three times in this time; "
+        "a job held by a worker silent this long is taken over by another."
+    )
+    worker_id: str = Field(
+        "", max_length=200, pattern=r"^[\x21-\x7e]*$",
+        description="Shared queue: this process's name among the workers; a process that comes back under "
+        "its name takes its jobs back at once. Empty: the host name and the gRPC port (random if the port is 0).",
     )
     data_dir: Path = Field(Path("data"), description="Where the SQLite store lives.")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(

@@ -163,6 +163,12 @@ class Store(Protocol):
         has begun since, and nothing changes)."""
         ...
 
+    async def take_over(self, job_id: str) -> ResumableJob | None:
+        """A worker takes a job another left (it died, drained or stalled past its lease): one more
+        attempt counted and the job (whole) read in one atomic step, so that every write of the previous
+        attempt is either in what it answers or refused from now on. None if the job is gone."""
+        ...
+
     async def find_request(self, tenant: str, request_id: str, now: float) -> tuple[Job, str] | None:
         """The unexpired job stored under this tenant's request_id, with its request hash."""
         ...

@@ -271,6 +271,18 @@ return 0
 """
 
 
+# KEYS: job, segs. A worker taking a job over counts its attempt and reads the job in the same step: a
+# write of the previous holder's attempt is either in what it reads or refused afterwards (the save
+# script fences each write by its attempt), never lost between the two.
+_TAKE_OVER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local att = redis.call('HINCRBY', KEYS[1], 'att', 1)
+local head = redis.call('HMGET', KEYS[1], 'job', 'seg', 'ckpt')
+local segs = redis.call('LRANGE', KEYS[2], 0, tonumber(head[2]) - 1)
+return {head[1], att, head[3] or '', segs}
+"""
+
+
 def queue_key(prefix: str, route: str) -> str:
     """The stream a route's queued jobs wait in (gateway.work.redis reads it)."""
     return f"{prefix}queue:{route}"
@@ -396,7 +408,7 @@ class RedisStore:
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="redis-writer")
 
     async def _load_scripts(self) -> None:
-        for name, source in (("create", _CREATE), ("save", _SAVE), ("delete", _DELETE), ("spare", _SPARE),
+        for name, source in (("create", _CREATE), ("save", _SAVE), ("delete", _DELETE), ("spare", _SPARE), ("take_over", _TAKE_OVER),
                              ("claim_webhook", _CLAIM_WEBHOOK), ("finish_webhook", _FINISH_WEBHOOK)):
             self._scripts[name] = await self._redis.script_load(source)
 
@@ -639,6 +651,14 @@ class RedisStore:
 
     async def spare_attempt(self, job_id: str, attempt: int) -> None:
         await self._run_script("spare", [self._key("job", job_id)], [attempt])
+
+    async def take_over(self, job_id: str) -> ResumableJob | None:
+        answer = await self._run_script("take_over", [self._key("job", job_id), self._key("segs", job_id)], [])
+        if not answer:
+            return None
+        head, attempts, checkpoint, raw_segments = answer
+        return ResumableJob(job_from_json(head, self._decode_segments(raw_segments)), int(attempts),
+                            json.loads(checkpoint) if checkpoint else None)
 
     async def delete(self, job_id: str, tombstone_until: float | None = None) -> None:
         ttl = 0 if tombstone_until is None else max(1, int((tombstone_until - self.clock.now()) * 1000))

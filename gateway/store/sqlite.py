@@ -589,6 +589,17 @@ class SqliteStore:
         attempts: int = await self._submit(write)
         return attempts
 
+    async def take_over(self, job_id: str) -> ResumableJob | None:
+        def write(conn: sqlite3.Connection) -> ResumableJob | None:
+            conn.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?", (job_id,))
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            return ResumableJob(self._job_from_row(conn, row), row[16], json.loads(row[17]) if row[17] else None)
+
+        found: ResumableJob | None = await self._submit(write)
+        return found
+
     async def spare_attempt(self, job_id: str, attempt: int) -> None:
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE jobs SET attempts = attempts - 1 WHERE id = ? AND attempts = ? AND attempts > 0",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 __all__ = ["MemoryQueue", "QueueClosed", "WorkQueue"]
@@ -52,6 +52,11 @@ class WorkQueue(Protocol):
 
     def close(self) -> None:
         """Wakes every getter with QueueClosed; nothing is taken any more."""
+        ...
+
+    def on_lost(self, callback: Callable[[str], None]) -> None:
+        """``callback(job_id)`` when a job taken with get() is found held by another worker (a shared
+        queue whose lease on it lapsed while this process stalled)."""
         ...
 
     def task_done(self, job_id: str) -> None:
@@ -129,6 +134,9 @@ class MemoryQueue:
             if item == job_id:
                 return index + 1
         return 0
+
+    def on_lost(self, callback: Callable[[str], None]) -> None:
+        pass  # one process: nobody else takes a job
 
     def task_done(self, job_id: str) -> None:
         pass  # taken is gone, in one process

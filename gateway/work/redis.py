@@ -28,7 +28,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from gateway.store import resp
@@ -43,21 +43,46 @@ GROUP = "workers"
 BLOCK_MS = 500
 ACK_GATHER_SECONDS = 0.1
 
+# KEYS: the stream; ARGV: group, consumer, entry ids. Renews (resets the idle time of) each entry still
+# pending under this consumer, and answers those that are not: another worker took them over (this
+# process stalled past the lease) or the job ended elsewhere. Renewing with a plain XCLAIM would take a
+# job back from the worker that took it over.
+_RENEW = """
+local lost = {}
+for i = 3, #ARGV do
+  local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if held[1] and held[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+return lost
+"""
+
 
 def consumer_name() -> str:
-    """This process among the workers: host, pid and a random tail (a restart is a new consumer)."""
+    """A process among the workers with no identity of its own: host, pid and a random tail (a
+    restart is a new consumer, whose predecessor's jobs are taken over once their leases lapse)."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _is_nogroup(exc: BaseException) -> bool:
+    return "NOGROUP" in str(exc)
 
 
 class RedisQueue:
     def __init__(self, url: str, route: str, maxsize: int, lease_seconds: float = 30.0, prefix: str = "gw:",
-                 consumer: str | None = None) -> None:
+                 consumer: Callable[[], str] | None = None) -> None:
+        """``consumer``: this process's name among the workers, asked for when the queue opens (the
+        process's identity may depend on the port it bound); by default one of its own."""
         self.url = url
         self.route = route
         self.maxsize = maxsize
         self.lease_ms = int(lease_seconds * 1000)
         self.stream = queue_key(prefix, route)
-        self.consumer = consumer or consumer_name()
+        self._identity = consumer or consumer_name
+        self.consumer = ""
         self._redis: Any = None
         self._reader: resp.RespConnection | None = None  # the fetch loop's
         self._held: dict[str, str] = {}  # job id -> its entry id, while this process runs it
@@ -70,13 +95,14 @@ class RedisQueue:
         self._next_reclaim = 0.0
         self._wanted = 0  # workers waiting in get()
         self._want = asyncio.Event()
+        self._lost: Callable[[str], None] = lambda job_id: None
+        self._renew: Any = None
 
     async def open(self) -> None:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import ResponseError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -84,12 +110,11 @@ class RedisQueue:
             retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        self.consumer = self._identity()
         self._redis = aioredis.Redis(connection_pool=pool)
-        try:
-            await self._redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        self._renew = self._redis.register_script(_RENEW)
+        await self._ensure_group()
+        await self._release_own()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._renew_forever(), name=f"queue-{self.route}-leases"),
                        loop.create_task(self._count_forever(), name=f"queue-{self.route}-count"),
@@ -97,7 +122,52 @@ class RedisQueue:
                        loop.create_task(self._ack_forever(), name=f"queue-{self.route}-acks")]
         await self._count()
 
+    async def _ensure_group(self) -> None:
+        """The consumer group (and the stream): made at the first start, and again if Redis lost them
+        (restarted empty, flushed, failed over to a replica that had not had them yet)."""
+        from redis.exceptions import ResponseError
+
+        try:
+            await self._redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        else:
+            log.info("queue %s: consumer group %s created on %s", self.route, GROUP, self.stream)
+
+    async def _recover(self, exc: BaseException) -> None:
+        if _is_nogroup(exc):
+            log.warning("queue %s: Redis lost the consumer group (restarted empty or flushed?); making it again",
+                        self.route)
+            await self._ensure_group()
+
+    async def _release_own(self) -> None:
+        """Entries still pending under this consumer's name belong to its previous life (a process that
+        came back under the same identity after a crash): they are made idle past the lease at once, so
+        the next look takes them over (here or on any worker) instead of waiting the lease out."""
+        pending = await self._redis.xpending_range(self.stream, GROUP, min="-", max="+", count=10_000,
+                                                   consumername=self.consumer)
+        await self._hand_over([entry["message_id"] for entry in pending])
+        if pending:
+            log.info("queue %s: %d jobs of this worker's previous run are taken over at once", self.route, len(pending))
+
+    async def _hand_over(self, entries: list[Any]) -> None:
+        """Entries this consumer holds become idle past the lease (XCLAIM's IDLE): any worker's next
+        look takes them over, resuming their jobs where they stopped."""
+        if entries:
+            await self._redis.xclaim(self.stream, GROUP, self.consumer, min_idle_time=0, message_ids=entries,
+                                     idle=10 * self.lease_ms + 3_600_000, justid=True)
+            self._next_reclaim = 0.0
+
     async def aclose(self) -> None:
+        held = list(self._held.values())  # interrupted by a drain: theirs to take at once, not after the lease
+        self._held.clear()
+        if held and self._redis is not None:
+            try:
+                await self._hand_over(held)
+            except Exception as exc:
+                log.warning("queue %s: handing %d jobs over failed (%s); they are taken over after the lease",
+                            self.route, len(held), exc)
         self.close()
         self._ack_wanted.set()
         for task in self._tasks:
@@ -165,6 +235,10 @@ class RedisQueue:
                 raise
             except Exception as exc:
                 log.warning("queue %s: %s; retrying", self.route, exc)
+                try:
+                    await self._recover(exc)
+                except Exception as again:
+                    log.warning("queue %s: %s", self.route, again)
                 await asyncio.sleep(0.5)
                 continue
             for job_id in taken:
@@ -192,10 +266,8 @@ class RedisQueue:
             self._acks.append(entry)
             self._ack_wanted.set()
 
-    def release_held(self) -> None:
-        """Stopping with jobs still held: leave their entries pending, for another worker to
-        reclaim once the lease has passed (the jobs stay RUNNING in the store)."""
-        self._held.clear()
+    def on_lost(self, callback: Callable[[str], None]) -> None:
+        self._lost = callback
 
     # -- Redis -------------------------------------------------------------------------------------
 
@@ -251,14 +323,30 @@ class RedisQueue:
     async def _renew_forever(self) -> None:
         while not self._closed:
             await asyncio.sleep(self.lease_ms / 3000)
-            entries = list(self._held.values())
-            if not entries:
-                continue
             try:
-                await self._redis.xclaim(self.stream, GROUP, self.consumer, min_idle_time=0,
-                                         message_ids=entries, justid=True)
+                await self.renew()
             except Exception as exc:
                 log.warning("queue %s: renewing leases failed (%s)", self.route, exc)
+                await self._recover(exc)
+
+    async def renew(self) -> None:
+        """Renews the leases of the jobs running here; a job whose entry another worker holds now (or
+        that Redis no longer has) is let go: its run stops here, writing nothing more."""
+        held = dict(self._held)
+        if not held:
+            return
+        try:
+            lost = await self._renew(keys=[self.stream], args=[GROUP, self.consumer, *held.values()])
+        except Exception as exc:
+            if not _is_nogroup(exc):
+                raise
+            lost = list(held.values())  # the group is gone with its entries: so are the jobs (a flush)
+            await self._recover(exc)
+        lost_entries = {e.decode() if isinstance(e, bytes) else e for e in lost}
+        for job_id, entry in held.items():
+            if entry in lost_entries and self._held.get(job_id) == entry:
+                del self._held[job_id]
+                self._lost(job_id)
 
     async def _count(self) -> None:
         length = await self._redis.xlen(self.stream)
@@ -272,6 +360,10 @@ class RedisQueue:
                 await self._count()
             except Exception as exc:
                 log.debug("queue %s: counting failed (%s)", self.route, exc)
+                try:
+                    await self._recover(exc)
+                except Exception as again:
+                    log.debug("queue %s: %s", self.route, again)
 
     async def lag(self) -> int:
         """Entries not yet delivered to the group (what KEDA's Redis Streams scaler reads as lag)."""

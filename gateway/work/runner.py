@@ -45,6 +45,7 @@ class _Running:
     task: asyncio.Task[Any] | None = None  # the worker's task, while it runs this job
     ctx: JobContext | None = None
     cancel_requested: bool = False
+    lost: bool = False  # another worker holds the job now: nothing more is written to it from here
     in_backend: bool = False
     started: float = field(default_factory=time.monotonic)
 
@@ -63,6 +64,7 @@ class RouteRunner:
         self.backend = backend
         self.lifecycle = lifecycle
         self.queue: WorkQueue = queue if queue is not None else MemoryQueue(settings.max_queue)
+        self.queue.on_lost(self.abandon)
         # Jobs this process runs at once (0: none); a backend may say how many it takes (a batcher).
         self.workers = workers if workers is not None else getattr(backend, "concurrency", settings.workers)
         self._running: dict[str, _Running] = {}
@@ -181,6 +183,20 @@ class RouteRunner:
             running.task.cancel()
         return "running"
 
+    def abandon(self, job_id: str) -> None:
+        """The queue found the job's lease taken by another worker (this process stalled past it): the
+        run stops here without a word more to the job, which goes on where the other worker took it."""
+        running = self._running.get(job_id)
+        if running is None:
+            return
+        log.warning("route %s: job %s was taken over by another worker; stopping it here", self.name, job_id)
+        running.lost = True
+        self.lifecycle.abandoned(job_id)
+        if running.ctx is not None:
+            running.ctx.stop.set()
+        if running.in_backend and running.task is not None:
+            running.task.cancel()
+
     @property
     def running_count(self) -> int:
         return len(self._running)
@@ -236,8 +252,9 @@ class RouteRunner:
                 running.in_backend = False
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if running.cancel_requested and task is not None and task.uncancel() == 0:
-                await lifecycle.cancelled(job_id)  # cancelled by the caller
+            if (running.cancel_requested or running.lost) and task is not None and task.uncancel() == 0:
+                if not running.lost:
+                    await lifecycle.cancelled(job_id)  # cancelled by the caller
                 return
             # The server is stopping: the job stays RUNNING and resumes at the next start (or on
             # another worker), and this run does not count as a crashed attempt.
@@ -247,11 +264,15 @@ class RouteRunner:
                 log.warning("route %s: job %s: could not mark its run as interrupted", self.name, job_id, exc_info=True)
             raise
         except GatewayError as exc:
-            await lifecycle.fail(job_id, JobFailure(exc.code, exc.reason, exc.message, dict(exc.metadata)))
+            if not running.lost:
+                await lifecycle.fail(job_id, JobFailure(exc.code, exc.reason, exc.message, dict(exc.metadata)))
         except Exception as exc:
-            log.exception("route %s: job %s crashed", self.name, job_id)
-            await lifecycle.fail(job_id, JobFailure(Code.INTERNAL, "BACKEND_ERROR", f"{type(exc).__name__}: {exc}"))
+            if not running.lost:
+                log.exception("route %s: job %s crashed", self.name, job_id)
+                await lifecycle.fail(job_id, JobFailure(Code.INTERNAL, "BACKEND_ERROR", f"{type(exc).__name__}: {exc}"))
         else:
+            if running.lost:
+                return
             if running.cancel_requested:
                 await lifecycle.cancelled(job_id)
             else:
