@@ -12,10 +12,10 @@ Once serving it prints one JSON line on stdout with the bound addresses (useful 
 ``{"event": "serving", "grpc": "127.0.0.1:50051", "http": "127.0.0.1:8080"}``. Logs go to stderr.
 
 A start that fails prints one line, ``gateway: <cause>; set <the setting to change>``, and exits with
-a code of its own: 2 invalid configuration, 3 the data dir cannot be used (a file, not writable), 4
-the data dir is owned by another running gateway (its pid is named), 5 the gRPC address cannot be
-listened on, 6 the HTTP address cannot be listened on, 7 the TLS files cannot be read or do not
-match (``[tls]``), 1 anything else.
+a code of its own: 2 invalid configuration, 3 the data dir cannot be used (a file, not writable, on a
+full disk: what the start made there is removed again), 4 the data dir is owned by another running
+gateway (its pid is named), 5 the gRPC address cannot be listened on, 6 the HTTP address cannot be
+listened on, 7 the TLS files cannot be read or do not match (``[tls]``), 1 anything else.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -216,6 +217,45 @@ def _cannot_write(exc: BaseException) -> bool:
 LOCK_FILE = "gateway.lock"
 
 
+def _disk_full(directory: Path, cause: str | None) -> StartupError:
+    """The one line for a start on a disk with no room: the store cannot even write its schema, and
+    nothing it would do can fix that, so the operator is told where and what to do (not a traceback)."""
+    return StartupError(f"the data dir {directory} is on a full disk ({cause or 'no space left'}): free space "
+                        "there, or set data_dir (--data-dir) to a directory on a disk with room",
+                        StartupError.DATA_DIR)
+
+
+def _no_room(directory: Path) -> bool:
+    """Whether the data dir's disk is (all but) full: an existing store on a full disk fails to open
+    with an I/O error, not SQLite's "disk is full" (its shared-memory file cannot be made), and the
+    operator should still be told that space is what is missing."""
+    try:
+        disk = os.statvfs(directory)
+    except OSError:
+        return False
+    return disk.f_bavail * disk.f_frsize < 1 << 20
+
+
+def _made_by_start(path: Path) -> tuple[list[Path], list[Path]]:
+    """What a start may create, that is not there yet: the data dir and any missing parents (deepest
+    first), and the store's files. A start that fails removes exactly these, so it leaves behind
+    neither an empty lock file and database (which look like a store that once ran) nor anything
+    an operator had put there before."""
+    directories = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    files = [f for f in (path.parent / LOCK_FILE, path, *(Path(f"{path}{x}") for x in ("-wal", "-shm", "-journal")))
+             if not f.exists()]
+    return directories, files
+
+
+def _remove(directories: list[Path], files: list[Path]) -> None:
+    for file in files:
+        with contextlib.suppress(OSError):
+            file.unlink()
+    for directory in directories:  # deepest first; one that is not empty now is someone else's too
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
 def _own_data_dir(directory: Path) -> int:
     """Makes the data dir if need be and takes its exclusive lock (``gateway.lock``, holding the owner's
     pid) for as long as the store is open: two processes writing one SQLite store would each resume
@@ -227,6 +267,8 @@ def _own_data_dir(directory: Path) -> int:
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise _disk_full(directory, exc.strerror) from None
         raise StartupError(f"the data dir {directory} cannot be used ({exc.strerror}): set data_dir (--data-dir) to a "
                            "writable directory", StartupError.DATA_DIR) from None
     try:
@@ -287,8 +329,38 @@ class SqliteStore:
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._lock_fd = _own_data_dir(self.path.parent)
-        conn = self._connect()
+        made = _made_by_start(self.path)
+        try:
+            self._lock_fd = _own_data_dir(self.path.parent)
+        except StartupError:
+            _remove(made[0], [])  # the lock file was not made, or is another process's
+            raise
+        try:
+            conn = self._connect()
+            try:
+                self._prepare(conn)
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error as exc:
+            # A disk already full (or failing) at start: not a store that will heal while it runs, as
+            # it does once open (the writer's retries), since there is no schema yet to write into.
+            if not _cannot_write(exc):
+                raise
+            _remove(*made)  # while still holding the lock: nobody else's start sees them go
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL or "disk is full" in str(exc) \
+                    or _no_room(self.path.parent):
+                raise _disk_full(self.path.parent, str(exc)) from None
+            raise StartupError(f"the data dir {self.path.parent} cannot be written ({exc}): check its disk, or set "
+                               "data_dir (--data-dir) to another directory", StartupError.DATA_DIR) from None
+        self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="sqlite-read")
+        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="sqlite-write", daemon=True)
+        self._writer.start()
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """The schema (made or brought up to date) and what the store keeps in memory from it."""
         conn.executescript(_SCHEMA)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
         if "position" not in columns:  # a data dir from before change positions
@@ -303,9 +375,6 @@ class SqliteStore:
         self.store_id = str(meta["store_id"])
         highest = conn.execute("SELECT MAX(position) FROM jobs").fetchone()[0] or 0
         self._position = max(int(meta.get("position", 0)), int(highest))
-        self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="sqlite-read")
-        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="sqlite-write", daemon=True)
-        self._writer.start()
 
     @property
     def writable(self) -> bool:
