@@ -9,6 +9,10 @@
     GET  /<route>/healthcheck        -> 200 when the route is SERVING, 503 while it warms up
 
 Jobs are the gateway's own: the same tenants (bearer tokens), retention, and gRPC Watch/Fetch by id.
+A predict body is read as JSON whatever its Content-Type (SDKs and curl send various ones), which is
+why the HTTP face (``gateway.http``) refuses a POST that a browser marks as cross-origin: a page on
+another site could otherwise post a text/plain form here and make jobs; with auth off, it also
+refuses Host names that are not the gateway's (DNS rebinding).
 The whisper route answers in the OctoAI Whisper template's shape:
 ``{"prediction_time_ms", "transcription", "response": {"segments": [...], "word_segments": [...]}}``.
 """

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 __all__ = [
     "AuthSettings",
@@ -29,10 +29,58 @@ __all__ = [
     "WebhookSettings",
     "WhisperRoute",
     "load_settings",
+    "split_host",
 ]
 
 MiB = 1024 * 1024
 ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$")
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """A Host header (or an http_allowed_hosts entry) as (name, port or None), normalised so that
+    equal hosts compare equal: lowercase, without the DNS root's trailing dot, an IP address in its
+    canonical text (IPv6 without brackets). ValueError when it is not a host: an IPv6 address must be
+    bracketed when a port follows, as in a URL; a bare IPv6 address is taken as one without a port."""
+    import ipaddress
+
+    text = value.strip().lower()
+    port: int | None = None
+    if text.startswith("["):
+        name, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{value!r}: expected [IPv6] or [IPv6]:PORT")
+        try:
+            name = str(ipaddress.IPv6Address(name))
+        except ValueError:
+            raise ValueError(f"{value!r}: not an IPv6 address in brackets") from None
+        rest = rest[1:] if rest else ""
+        if rest or text.endswith(":"):
+            port = _port(rest, value)
+        return name, port
+    try:
+        return str(ipaddress.IPv6Address(text)), None  # ::1, as an entry: no port can follow
+    except ValueError:
+        pass
+    name, sep, rest = text.rpartition(":")
+    if not sep:
+        name = text
+    else:
+        port = _port(rest, value)
+    name = name.removesuffix(".")
+    try:
+        return str(ipaddress.IPv4Address(name)), port
+    except ValueError:
+        pass
+    if not _DNS_NAME.match(name):
+        raise ValueError(f"{value!r}: not a host name")
+    return name, port
+
+
+def _port(text: str, value: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 5 or int(text) > 65535:
+        raise ValueError(f"{value!r}: the port must be a number up to 65535")
+    return int(text)
 
 
 class _Route(BaseModel):
@@ -378,6 +426,14 @@ class Settings(BaseSettings):
     public_url: str = Field(
         "", description="The facade's external base URL for poll/response URLs (behind a proxy); default: the request's."
     )
+    http_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the HTTP listener answers besides localhost, IP addresses and the names of "
+                    "http_listen and public_url: name (any port), name:port, *.domain (its subdomains), or * (any "
+                    "Host). Another Host is answered 421 HOST_NOT_ALLOWED, so a DNS-rebinding page cannot reach the "
+                    "facade or the dashboard from an operator's browser. Applies with auth off; with auth on, only "
+                    "when set. From the environment: a JSON list or comma-separated names.",
+    )
     metrics_listen: str = Field(
         "", description="HOST:PORT of a Prometheus /metrics listener of its own (for `gateway worker`, which has no "
                         "HTTP face); empty: metrics only at /metrics on http_listen.",
@@ -400,6 +456,37 @@ class Settings(BaseSettings):
             if not ROUTE_NAME.fullmatch(name):
                 raise ValueError(f"route name {name!r}: lowercase letters, digits, '-' and '_', at most 63")
         return routes
+
+    @field_validator("http_allowed_hosts", mode="before")
+    @classmethod
+    def _hosts_text(cls, value: Any) -> Any:
+        """The environment gives one string: a JSON list, as for the other lists, or plain comma-separated
+        names (GATEWAY_HTTP_ALLOWED_HOSTS=gw.example.com,gw.internal)."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+        return value
+
+    @field_validator("http_allowed_hosts")
+    @classmethod
+    def _hosts(cls, values: list[str]) -> list[str]:
+        hosts = []
+        for value in values:
+            text = value.strip().lower()
+            if text == "*":
+                hosts.append(text)
+                continue
+            wildcard = text.startswith("*.")
+            try:
+                name, port = split_host(text[2:] if wildcard else text)
+            except ValueError as exc:
+                raise ValueError(f"http_allowed_hosts: {exc}; expected name, name:port, [IPv6]:port, *.domain or *") \
+                    from None
+            if wildcard and not _DNS_NAME.match(name):
+                raise ValueError(f"http_allowed_hosts: {value!r}: *. must be followed by a domain name")
+            shown = f"[{name}]" if ":" in name else name
+            hosts.append(("*." if wildcard else "") + shown + ("" if port is None else f":{port}"))
+        return hosts
 
     @field_validator("store")
     @classmethod

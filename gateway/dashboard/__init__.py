@@ -28,6 +28,11 @@ gets it back as an HttpOnly, SameSite=Strict cookie scoped to /api/dashboard (a 
 when the browser closes). The token never appears in a URL, and page scripts cannot read it. API
 calls may send ``Authorization: Bearer`` instead. State-changing calls also need the header
 ``X-Dashboard: 1`` (a cross-site form cannot send it). Every answer is scoped to the tenant.
+
+In front of these routes the HTTP face (``gateway.http``) answers only the gateway's own Host names
+when auth is off (a DNS-rebinding page, which could otherwise send the header and read the answers
+as its own origin, names its own host), and refuses state-changing requests a browser marks as
+cross-origin (Sec-Fetch-Site, Origin), with auth on or off.
 """
 
 from __future__ import annotations
