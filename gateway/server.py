@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 # Requests up to this much over max_receive_bytes still reach the gateway, which refuses them with an
 # ErrorInfo (REQUEST_TOO_LARGE); beyond it gRPC itself refuses them (RESOURCE_EXHAUSTED, no details).
+# gRPC's limit is what keeps a huge request from costing memory: it refuses one from its length
+# prefix, before receiving it (a 200 MiB request: no growth, refused in 0.2 s), where without a limit
+# the whole of it is buffered and copied before any handler sees it (620 MiB at the peak). Its refusal
+# is final: a handler reading the message sees only the end of the call and cannot answer instead.
 RECEIVE_HEADROOM = 4 * 1024 * 1024
 FINAL_GRACE_SECONDS = 2.0
 
@@ -177,8 +181,12 @@ class Gateway:
             runner.backend.readiness.listen(self._health_listener(name))
         # Bound before any job runs: a start that fails on its address has run nothing (and counted
         # no attempt of a resumed job).
-        # Submit messages received at once: as many as the in-flight byte budget holds at the largest size.
-        gate = ReceiveGate(f"/{SERVICE_NAME}/Submit", settings.max_inflight_submit_bytes // settings.max_receive_bytes)
+        auth = Authenticator(settings.auth)
+        servicer = GatewayServicer(self.service, auth, settings.max_receive_bytes, settings.max_inflight_submit_bytes)
+        # Submit messages received at once: as many as the in-flight byte budget holds at the largest size;
+        # only authenticated callers take them (the gate asks the servicer before reading anything).
+        gate = ReceiveGate(f"/{SERVICE_NAME}/Submit", settings.max_inflight_submit_bytes // settings.max_receive_bytes,
+                           servicer.authenticate)
         server, self.grpc_port = create_server(settings, credentials=self.tls.grpc_credentials() if self.tls else None,
                                                interceptors=[*([gate] if self.api else []), metrics.RpcMetrics()])
         self.grpc_server = server
@@ -193,10 +201,8 @@ class Gateway:
             self.service.webhooks = Dispatcher(settings.webhooks, self.store, self.clock, webhook_body)
             self._tasks.append(asyncio.create_task(self.service.webhooks.run(), name="webhooks"))
 
-        auth = Authenticator(settings.auth)
         services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
         if self.api:
-            servicer = GatewayServicer(self.service, auth, settings.max_receive_bytes, settings.max_inflight_submit_bytes)
             server.add_generic_rpc_handlers((servicer.handler(),))
             services.insert(0, SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

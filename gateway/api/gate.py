@@ -1,58 +1,148 @@
 """Admission before a request is received: Submit messages being received at once, at most a number
-of slots; the others wait for one before gRPC reads their message.
+of slots; the others wait for one before gRPC reads their message. Only a caller that has
+authenticated waits for a slot or takes one, and a slot is held by a running handler only, never
+past the call's end.
 
-gRPC reads a request's message only when its handler asks for it, and the handler exists only once
-the server's interceptors have answered. While a Submit waits here its bytes stay with the client,
-held back by HTTP/2 flow control (a stream window's worth at most), instead of being received whole
-and copied into Python before anything can refuse them. A slot is given back as soon as the message
-is in if it is small (under 1 MiB), so small Submits pass through in microseconds; a large one keeps
-its slot until it is stored or refused, so large uploads go through a few at a time (each costs
-several times its size while it is processed: gRPC's buffer, the parsed message, the input, the
-stored form) instead of being received together and refused by the byte budget after the fact. A
-Submit that waits past its deadline ends as DEADLINE_EXCEEDED, having cost nothing.
+gRPC reads a request's message only when its handler asks for it. So Submit, a unary method on the
+wire, is served here as a client-streaming one (the wire format of both is the same: every unary
+client works): its handler runs as soon as the headers are in, before the message is read, and
+(1) authenticates from the headers: a stranger is refused (UNAUTHENTICATED) having read nothing and
+taken nothing; (2) waits for a slot; (3) only then reads the one message. While a Submit waits its
+bytes stay with the client, held back by HTTP/2 flow control (a stream window's worth at most),
+instead of being received whole and copied into Python before anything can refuse them. A call
+that ends in any way while it waits or is being read (cancel, deadline, reset, a header gRPC itself
+refuses) has its handler cancelled by grpc.aio, and the slot comes back at that moment.
+
+A slot is given back as soon as the message is in if it is small (under 1 MiB), so small Submits
+pass through in microseconds; a large one keeps its slot until it is stored or refused, so large
+uploads go through a few at a time (each costs several times its size while it is processed: gRPC's
+buffer, the parsed message, the input, the stored form) instead of being received together and
+refused by the byte budget after the fact. A Submit that waits past its deadline ends as
+DEADLINE_EXCEEDED, having cost nothing.
+
+Slots are shared fairly between tenants: a slot that comes free goes to the waiting Submit of the
+tenant holding the fewest slots (first come first served among equals), so one tenant with many
+uploads waiting does not starve another with one. With auth off everyone is one tenant: first come,
+first served.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Awaitable, Callable
+import itertools
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 
-__all__ = ["LARGE_BYTES", "ReceiveGate"]
+from gateway.api.status import abort
+from gateway.errors import GatewayError, InvalidArgument
+
+__all__ = ["LARGE_BYTES", "ReceiveGate", "Rejected", "Slots"]
 
 LARGE_BYTES = 1024 * 1024  # a message this large keeps its slot until its handler is done
 
+Metadata = Sequence[tuple[str, str | bytes]] | None
 
-class _Slot:
-    __slots__ = ("_gate", "_loop", "_thread", "_timer")
 
-    def __init__(self, gate: ReceiveGate, stale_after: float) -> None:
-        self._gate: ReceiveGate | None = gate
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
-        # A call that ends before its message is in (the client went away mid-upload) never gives its
-        # slot back through the deserializer: the slot comes back by itself after this long.
-        self._timer = self._loop.call_later(stale_after, self.release)
+class Rejected:
+    """What a handler is given instead of a request that was refused before or as it was read."""
 
-    def release(self) -> None:
-        if threading.get_ident() != self._thread:  # grpc may deserialize on a thread of its own
-            self._loop.call_soon_threadsafe(self.release)
+    __slots__ = ("error",)
+
+    def __init__(self, error: GatewayError) -> None:
+        self.error = error
+
+
+class Slots:
+    """A semaphore shared fairly between tenants (see the module's docstring)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = max(1, count)
+        self.free = self.count
+        self.held: Counter[str] = Counter()
+        self._waiting: dict[str, deque[tuple[int, asyncio.Future[None]]]] = {}
+        self._order = itertools.count()  # arrival order, across tenants
+
+    async def take(self, tenant: str) -> None:
+        if self.free and not self._waiting:
+            self._grant(tenant)
             return
-        gate, self._gate = self._gate, None
-        if gate is not None:
-            self._timer.cancel()
-            gate._semaphore.release()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._waiting.setdefault(tenant, deque())
+        queue.append((next(self._order), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.give_back(tenant)  # granted as the call ended: it goes to the next one
+            else:
+                self._forget(tenant, future)
+            raise
+
+    def _forget(self, tenant: str, future: asyncio.Future[None]) -> None:
+        queue = self._waiting.get(tenant)
+        if queue is None:
+            return
+        for entry in queue:
+            if entry[1] is future:
+                queue.remove(entry)
+                break
+        if not queue:
+            del self._waiting[tenant]
+
+    def give_back(self, tenant: str) -> None:
+        self.held[tenant] -= 1
+        if self.held[tenant] <= 0:
+            del self.held[tenant]
+        self.free += 1
+        self._hand_over()
+
+    def _grant(self, tenant: str) -> None:
+        self.free -= 1
+        self.held[tenant] += 1
+
+    def _hand_over(self) -> None:
+        while self.free and self._waiting:
+            tenant = min(self._waiting, key=lambda t: (self.held[t], self._waiting[t][0][0]))
+            queue = self._waiting[tenant]
+            _, future = queue.popleft()
+            if not queue:
+                del self._waiting[tenant]
+            if not future.done():
+                self._grant(tenant)
+                future.set_result(None)
+
+    @asynccontextmanager
+    async def hold(self, tenant: str) -> AsyncIterator[Callable[[], None]]:
+        """A slot for the block; yields a function that gives it back early (once, whatever calls it)."""
+        await self.take(tenant)
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.give_back(tenant)
+
+        try:
+            yield release
+        finally:
+            release()
 
 
 class ReceiveGate(grpc.aio.ServerInterceptor):
-    def __init__(self, method: str, slots: int, stale_after: float = 120.0) -> None:
+    """Serves ``method`` (a unary-unary handler: the metrics interceptor's, around the servicer's) as
+    described in the module's docstring. ``authenticate`` answers the tenant of a call's metadata or
+    raises GatewayError; a refusal reaches the handler as :class:`Rejected`, so it is answered (and
+    counted) as every other."""
+
+    def __init__(self, method: str, slots: int, authenticate: Callable[[Metadata], str]) -> None:
         self.method = method
-        self.slots = max(1, slots)
-        self.stale_after = stale_after
-        self._semaphore = asyncio.Semaphore(self.slots)
+        self.slots = Slots(slots)
+        self.authenticate = authenticate
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -61,22 +151,31 @@ class ReceiveGate(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method != self.method or handler.unary_unary is None:
             return handler
-        await self._semaphore.acquire()
-        slot = _Slot(self, self.stale_after)
+        return self._gated(handler)
+
+    def _gated(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """A handler for one call: the size of its message is this call's own."""
         deserialize = handler.request_deserializer
         behavior = handler.unary_unary
+        size = 0
 
         def received(data: bytes) -> Any:
-            if len(data) < LARGE_BYTES:
-                slot.release()  # a small message is in: it costs nothing worth waiting for
+            nonlocal size
+            size = len(data)
             return deserialize(data) if deserialize is not None else data
 
-        async def gated(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def gated(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                return await behavior(request, context)
-            finally:
-                slot.release()  # a large one holds its slot until it is stored (or refused)
+                tenant = self.authenticate(context.invocation_metadata())
+            except GatewayError as exc:
+                return await behavior(Rejected(exc), context)  # read nothing, took nothing
+            async with self.slots.hold(tenant) as release:
+                request = await context.read()
+                if request is grpc.aio.EOF:  # the call ended, or the client sent no message
+                    await abort(context, InvalidArgument("the call carried no request message", reason="MALFORMED_REQUEST"))
+                if size < LARGE_BYTES:
+                    release()  # a small message is in: it costs nothing worth waiting for
+                return await behavior(request, context)  # a large one holds its slot until it is stored
 
-        return grpc.unary_unary_rpc_method_handler(
-            gated, request_deserializer=received, response_serializer=handler.response_serializer,
-        )
+        return grpc.stream_unary_rpc_method_handler(gated, response_serializer=handler.response_serializer,
+                                                    request_deserializer=received)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -32,6 +32,7 @@ from gateway.api.convert import (
     submit_from_proto,
     with_resume_token,
 )
+from gateway.api.gate import Rejected as _Rejected  # what the deserializer hands over instead of a request it refused
 from gateway.api.status import abort
 from gateway.errors import Code, FieldViolation, GatewayError, InvalidArgument, ResourceExhausted, Unavailable
 from gateway.hub import HubClosed
@@ -47,15 +48,6 @@ _WATCH_WHOLE = "watch_whole"  # a revision with every segment
 _WATCH_JOBS = "watch_jobs"
 # Fetch answers this long before the call's deadline, so that "not done yet" arrives as an answer.
 _DEADLINE_MARGIN_SECONDS = 0.5
-
-
-class _Rejected:
-    """What the deserializer hands over instead of a request it refused."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: GatewayError) -> None:
-        self.error = error
 
 
 class _Admitted:
@@ -158,6 +150,10 @@ class GatewayServicer:
         self.inflight = _InflightBytes(max_inflight_submit_bytes)
 
     # -- plumbing --------------------------------------------------------------------------------
+
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+        """The tenant of a call's metadata; raises Unauthenticated (the receive gate asks before reading)."""
+        return self.auth.tenant_from_metadata(metadata) if self.auth.enabled else DEFAULT_TENANT
 
     def _tenant(self, request: Any, context: grpc.aio.ServicerContext) -> str:
         if isinstance(request, _Rejected):
