@@ -84,3 +84,14 @@ def test_a_large_submit_alone_passes_and_the_budget_is_given_back(make_server) -
         inputs.update({"blob": "z" * 3_000_000})  # three times the budget, alone
         for _ in range(3):  # each one's bytes were given back, or the next would be refused
             assert stub.Submit(pb.SubmitRequest(route="echo", inputs=inputs), timeout=30).job.id
+
+
+def test_audio_too_large_names_its_limit_and_the_size() -> None:
+    from gateway.backends.audio import probe
+
+    with pytest.raises(InvalidArgument) as refused:
+        probe(b"\1" * 5000, "transcription.audio", 4096, 60.0)
+    error = refused.value
+    assert error.reason == "AUDIO_TOO_LARGE"
+    assert error.metadata == {"limit_bytes": "4096", "size_bytes": "5000"}
+    assert error.field_violations[0].field == "transcription.audio"

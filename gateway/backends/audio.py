@@ -47,7 +47,9 @@ def probe(data: bytes, field: str, max_bytes: int, max_seconds: float) -> AudioI
     if not data:
         raise _refuse(field, "AUDIO_EMPTY", "the audio is empty")
     if len(data) > max_bytes:
-        raise _refuse(field, "AUDIO_TOO_LARGE", f"{len(data)} bytes of audio, over this route's limit of {max_bytes}")
+        too_large = _refuse(field, "AUDIO_TOO_LARGE", f"{len(data)} bytes of audio, over this route's limit of {max_bytes}")
+        too_large.metadata = {"limit_bytes": str(max_bytes), "size_bytes": str(len(data))}  # as REQUEST_TOO_LARGE
+        raise too_large
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore", options=_PROBE_OPTIONS) as container:
             streams = container.streams.audio
