@@ -167,7 +167,7 @@ class JobChannel(_Waitable):
 class TenantSubscription(_Waitable):
     """Every change of a tenant's jobs matching a filter, coalesced per job while undelivered."""
 
-    __slots__ = ("_pending", "dropped", "filter", "resync_needed", "tenant")
+    __slots__ = ("_pending", "dropped", "filter", "reset", "resync_needed", "tenant")
 
     def __init__(self, tenant: str, flt: JobFilter) -> None:
         super().__init__()
@@ -176,6 +176,7 @@ class TenantSubscription(_Waitable):
         self._pending: OrderedDict[str, JobEvent] = OrderedDict()
         self.dropped = 0
         self.resync_needed = False  # events may have been lost: read the changes from the store
+        self.reset = False  # the store's data was replaced: its change positions start anew
 
     def offer(self, event: JobEvent) -> None:
         if not self.filter.matches(event.job):
@@ -254,6 +255,14 @@ class EventHub:
             for sub in subs:
                 sub.resync_needed = True
                 sub._wake()
+
+    def reset(self) -> None:
+        """The store's data was replaced: every job watcher checks the store (and ends if its job is
+        gone), and every tenant stream ends, since its positions belong to the data that went."""
+        for subs in self._tenants.values():
+            for sub in subs:
+                sub.reset = True
+        self.resync()
 
     def watcher_count(self) -> int:
         return sum(c.refs for c in self._channels.values()) + sum(len(s) for s in self._tenants.values())

@@ -84,3 +84,7 @@ class Route(Protocol):
     def cancel(self, job_id: str) -> str:
         """'queued' if the job was waiting (and is removed), 'running' if it is asked to stop, else ''."""
         ...
+
+    def abandon(self, job_id: str) -> None:
+        """Stops running the job here without writing to it (the store lost it, or another holds it)."""
+        ...

@@ -109,6 +109,7 @@ class JobService:
         bus.subscribe(self._on_event)
         self.hub = hub
         self.clock = clock
+        store.on_reset(self._on_store_reset)
         self.routes: dict[str, Route] = {}
         self._heads: dict[str, Job] = {}
         self._committed: dict[str, JobEvent] = {}
@@ -141,6 +142,28 @@ class JobService:
         else:
             self._heads[job_id] = job
         return job
+
+    def _on_store_reset(self) -> None:
+        asyncio.ensure_future(self._store_reset()).add_done_callback(_log_failure)
+
+    async def _store_reset(self) -> None:
+        """The shared store's data was replaced (Redis restarted empty, flushed, or failed over to a
+        replica that was behind). What this process holds of jobs may describe jobs that are gone, or
+        newer revisions than the store's: the cached snapshots go (every replica now answers from the
+        store alike), a job running here that the store lost or holds older is let go (its run stops,
+        writing nothing; one held older is taken over from what the store has), and every watcher
+        checks the store, ending with DATA_LOSS if its job is gone or went back."""
+        self.hub.position = self.store.current_position()
+        for job_id in [j for j in self._committed if j not in self._heads]:
+            del self._committed[job_id]
+        for job_id, head in list(self._heads.items()):
+            stored = await self.store.get_job(job_id)
+            if stored is not None and stored.revision >= head.revision:
+                continue
+            log.error("job %s: the store %s; letting it go here", job_id,
+                      "lost it" if stored is None else f"holds revision {stored.revision}, not {head.revision}")
+            self._let_go(job_id)
+        self.hub.reset()
 
     def _keep_input(self, job_id: str, job_input: JobInput, size: int) -> None:
         if self._inputs_bytes + size <= INPUTS_IN_MEMORY_BYTES:
@@ -217,9 +240,19 @@ class JobService:
             await stored
         except RevisionConflict as exc:  # the job is no longer ours
             log.warning("job %s was changed elsewhere; letting it go: %s", job_id, exc)
-            self._forget(job_id)
+            self._let_go(job_id)
             return False
         return True
+
+    def _let_go(self, job_id: str) -> None:
+        """A job this process ran is no longer its own (ended or taken over elsewhere, or the store holds
+        another revision of it): its run stops here, and its queue entry goes to whichever worker looks
+        next (never acknowledged from here: the entry may be another worker's now)."""
+        head = self._heads.get(job_id)
+        route = self.routes.get(head.route) if head is not None else None
+        if route is not None:
+            route.abandon(job_id)
+        self._forget(job_id)
 
     def _forget(self, job_id: str) -> None:
         """Drops what this process holds of a job (deleted, or taken over elsewhere)."""
@@ -580,7 +613,10 @@ class JobService:
                     # A gap (the ring moved past this watcher) or a resync (a shared bus may have
                     # lost events): the store holds every committed revision, with its segments.
                     generation = channel.generation
-                    for job, offset in await self.store.revisions_after(job_id, last):
+                    missed = await self.store.revisions_after(job_id, last)
+                    if not missed:
+                        await self._check_kept(tenant, job_id, last)
+                    for job, offset in missed:
                         yield Update(JobEvent(job, offset))
                         last = job.revision
                         if job.terminal:
@@ -591,6 +627,28 @@ class JobService:
                     last = event.job.revision
                     if event.job.terminal:
                         return
+
+    async def _check_kept(self, tenant: str, job_id: str, revision: int) -> None:
+        """After a resync that found nothing new: the store still has the job at ``revision`` or later.
+        A job gone without a tombstone, or gone back, was lost by the store (Redis restarted without its
+        data, flushed, failed over to a replica that was behind): the stream ends with DATA_LOSS instead
+        of heartbeats for a job that will never change again."""
+        job = await self.store.get_job(job_id)
+        if job is not None and job.revision >= revision:
+            return
+        if job is None and await self.store.tombstone(job_id, self.clock.now()) == tenant:
+            raise NotFound(f"job {job_id} was deleted", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
+        if job is None:
+            raise GatewayError(
+                f"the store lost job {job_id} after revision {revision} was published (Redis restarted without its "
+                "data, or was flushed); it will not finish: submit it again",
+                "JOB_LOST", Code.DATA_LOSS, {"job_id": job_id, "revision": str(revision)},
+            )
+        raise GatewayError(
+            f"the store went back to revision {job.revision} of job {job_id} after revision {revision} was published "
+            "(Redis failed over to a replica that was behind); the job goes on from there: watch it again from the start",
+            "JOB_ROLLED_BACK", Code.DATA_LOSS, {"job_id": job_id, "revision": str(revision), "stored": str(job.revision)},
+        )
 
     async def _until_done(self, tenant: str, job_id: str, timeout: float | None) -> Job:
         """Waits for the job to end (up to ``timeout``); answers its latest snapshot."""
@@ -724,6 +782,11 @@ class JobService:
                         "this stream fell too far behind; resume it with its last resume_token",
                         reason="WATCHER_TOO_SLOW",
                     )
+                if sub.reset:
+                    raise GatewayError(
+                        "the store's data was replaced (Redis restarted without its data, was flushed, or failed "
+                        "over to a replica that was behind): watch again without a resume token",
+                        "STORE_RESET", Code.DATA_LOSS)
                 if sub.resync_needed:  # a shared bus may have lost events: read the changes instead
                     sub.resync_needed = False
                     async for event in changed_since():

@@ -163,6 +163,11 @@ class Store(Protocol):
         has begun since, and nothing changes)."""
         ...
 
+    def on_reset(self, listener: Callable[[], None]) -> None:
+        """``listener()`` when the store's data is found replaced (a shared store restarted empty,
+        flushed, or rolled back by a failover): ``store_id`` is new, and jobs may be gone or behind."""
+        ...
+
     async def take_over(self, job_id: str) -> ResumableJob | None:
         """A worker takes a job another left (it died, drained or stalled past its lease): one more
         attempt counted and the job (whole) read in one atomic step, so that every write of the previous

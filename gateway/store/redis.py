@@ -283,6 +283,23 @@ return {head[1], att, head[3] or '', segs}
 """
 
 
+# KEYS: store_id, position; ARGV: the store id this process knows, a new one, the highest change position
+# it has seen committed. The store id names the data (resume tokens carry it): Redis restarted empty or
+# flushed has none, and a failover to a replica that was behind has a position lower than one already
+# committed; either way the data is not what the gateway wrote, and a new id is set (once: the replica
+# that comes first sets it, the others find it) that every process then adopts.
+_EPOCH = """
+local current = redis.call('GET', KEYS[1])
+local position = tonumber(redis.call('GET', KEYS[2]) or '0')
+if (not current) or (current == ARGV[1] and position < tonumber(ARGV[3])) then
+  redis.call('SET', KEYS[1], ARGV[2])
+  current = ARGV[2]
+end
+return {current, position}
+"""
+EPOCH_CHECK_SECONDS = 1.0
+
+
 def queue_key(prefix: str, route: str) -> str:
     """The stream a route's queued jobs wait in (gateway.work.redis reads it)."""
     return f"{prefix}queue:{route}"
@@ -374,6 +391,9 @@ class RedisStore:
         self._connection: resp.RespConnection | None = None  # the writer's own
         self._writability = Writability("Redis refuses writes: out of memory? unreachable?")
         self._closing = False
+        self._reset_listeners: list[Callable[[], None]] = []
+        self._unreachable = False  # the epoch check could not reach Redis (health says so)
+        self._epoch_task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RedisStore:
         await self.open()
@@ -406,10 +426,55 @@ class RedisStore:
         self._position = int(await self._redis.get(self._key("position")) or 0)
         await self._load_scripts()
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="redis-writer")
+        self._epoch_task = asyncio.get_running_loop().create_task(self._watch_epoch(), name="redis-epoch")
+
+    def on_reset(self, listener: Callable[[], None]) -> None:
+        """Calls ``listener()`` when the data in Redis is found not to be what the gateway wrote: Redis
+        restarted without its data, was flushed, or failed over to a replica that was behind. Jobs may
+        be gone or older than what was published; ``store_id`` is new (old resume tokens are refused)."""
+        self._reset_listeners.append(listener)
+
+    async def _watch_epoch(self) -> None:
+        """Every EPOCH_CHECK_SECONDS: Redis is reachable (else the store reports itself unhealthy) and
+        holds the data this process knows (else a new epoch, and the listeners are told)."""
+        while not self._closing:
+            await asyncio.sleep(EPOCH_CHECK_SECONDS)
+            try:
+                await self.check_epoch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._closing:
+                    log.warning("redis store: %s", exc)
+                    self._unreachable = True
+                    self._set_writable(False, f"Redis unreachable: {exc}")
+                continue
+            if self._unreachable:
+                self._unreachable = False
+                self._set_writable(True)
+
+    async def check_epoch(self) -> bool:
+        """Whether the data was found reset (and the listeners told)."""
+        current, position = await self._run_script(
+            "epoch", [self._key("store_id"), self._key("position")], [self.store_id, secrets.token_hex(8), self._position])
+        current = current.decode()
+        if current == self.store_id:
+            return False
+        log.error("redis store: the data is not what was written (Redis restarted empty, was flushed, or failed over "
+                  "to a replica that was behind: store id %s, now %s; change position %d, now %d); jobs that are gone "
+                  "end their watchers with DATA_LOSS", self.store_id, current, self._position, int(position))
+        self.store_id, self._position = current, int(position)
+        for listener in list(self._reset_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("a store reset listener failed")
+        return True
 
     async def _load_scripts(self) -> None:
-        for name, source in (("create", _CREATE), ("save", _SAVE), ("delete", _DELETE), ("spare", _SPARE), ("take_over", _TAKE_OVER),
-                             ("claim_webhook", _CLAIM_WEBHOOK), ("finish_webhook", _FINISH_WEBHOOK)):
+        for name, source in (("create", _CREATE), ("save", _SAVE), ("delete", _DELETE), ("spare", _SPARE),
+                             ("take_over", _TAKE_OVER), ("epoch", _EPOCH), ("claim_webhook", _CLAIM_WEBHOOK),
+                             ("finish_webhook", _FINISH_WEBHOOK)):
             self._scripts[name] = await self._redis.script_load(source)
 
     def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
@@ -437,6 +502,10 @@ class RedisStore:
 
     async def close(self) -> None:
         self._closing = True  # writes waiting for Redis to accept them give up
+        if self._epoch_task is not None:
+            self._epoch_task.cancel()
+            await asyncio.wait([self._epoch_task], timeout=5)
+            self._epoch_task = None
         if self._writer is not None:
             await self._writes.put(None)
             await self._writer

@@ -384,6 +384,9 @@ class SqliteStore:
         """Calls ``listener(writable)`` on the event loop whenever writing stops or starts working again."""
         self._writability.listen(listener)
 
+    def on_reset(self, listener: Callable[[], None]) -> None:
+        """Nothing to tell: the file is this process's own, and nobody replaces it while it runs."""
+
     def _set_writable(self, writable: bool) -> None:  # the writer thread
         assert self._loop is not None
         self._writability.set(writable, self._loop)

@@ -59,6 +59,11 @@ class WorkQueue(Protocol):
         queue whose lease on it lapsed while this process stalled)."""
         ...
 
+    def let_go(self, job_id: str) -> None:
+        """A job taken with get() is no longer this process's to run (nothing more is written to it): a
+        shared queue hands it to whichever worker looks next."""
+        ...
+
     def task_done(self, job_id: str) -> None:
         """The job taken with get() has ended here (or was dropped): it leaves the queue for good.
         Not called for a job interrupted by a stop, which a shared queue hands to another worker."""
@@ -137,6 +142,9 @@ class MemoryQueue:
 
     def on_lost(self, callback: Callable[[str], None]) -> None:
         pass  # one process: nobody else takes a job
+
+    def let_go(self, job_id: str) -> None:
+        pass  # taken is gone, in one process
 
     def task_done(self, job_id: str) -> None:
         pass  # taken is gone, in one process

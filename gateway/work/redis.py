@@ -269,6 +269,17 @@ class RedisQueue:
     def on_lost(self, callback: Callable[[str], None]) -> None:
         self._lost = callback
 
+    def let_go(self, job_id: str) -> None:
+        entry = self._held.pop(job_id, None)
+        if entry is not None and not self._closed:
+            asyncio.get_running_loop().create_task(self._hand_over_quietly(job_id, entry))
+
+    async def _hand_over_quietly(self, job_id: str, entry: str) -> None:
+        try:
+            await self._hand_over([entry])
+        except Exception as exc:  # taken over after the lease instead
+            log.warning("queue %s: handing job %s over failed (%s)", self.route, job_id, exc)
+
     # -- Redis -------------------------------------------------------------------------------------
 
     async def _read(self, count: int) -> list[str]:

@@ -186,10 +186,12 @@ class RouteRunner:
     def abandon(self, job_id: str) -> None:
         """The queue found the job's lease taken by another worker (this process stalled past it): the
         run stops here without a word more to the job, which goes on where the other worker took it."""
+        self.queue.let_go(job_id)
         running = self._running.get(job_id)
         if running is None:
             return
-        log.warning("route %s: job %s was taken over by another worker; stopping it here", self.name, job_id)
+        log.warning("route %s: job %s was taken over by another worker or lost by the store; stopping it here",
+                    self.name, job_id)
         running.lost = True
         self.lifecycle.abandoned(job_id)
         if running.ctx is not None:
