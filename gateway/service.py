@@ -557,7 +557,12 @@ class JobService:
     # -- reads -----------------------------------------------------------------------------------
 
     async def _event(self, tenant: str, job_id: str) -> JobEvent:
-        """The job's latest committed snapshot, scoped to the tenant; NotFound otherwise."""
+        """The job's latest committed snapshot, scoped to the tenant; NotFound otherwise (InvalidArgument
+        for an id that cannot be one: AIP-193 keeps NOT_FOUND for what could exist)."""
+        if not JOB_ID.fullmatch(job_id):
+            raise InvalidArgument.fields(
+                FieldViolation("job_id", "a job id is the 32 lowercase hexadecimal characters Submit answered"),
+                reason="INVALID_JOB_ID")
         event = self._committed.get(job_id)
         if event is None:
             job = await self.store.get_job(job_id) if job_id else None
@@ -876,6 +881,7 @@ def _log_failure(future: asyncio.Future[Any]) -> None:
         log.error("storing a revision failed", exc_info=future.exception())
 
 
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # as jobs.new_job_id makes them
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 MAX_LABELS = 64

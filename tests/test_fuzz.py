@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -407,6 +408,9 @@ def test_fuzz_watch(channel: grpc.Channel, job_id: str, after: int) -> None:
     except grpc.RpcError as error:
         reason, _ = check_error(error, {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                                         grpc.StatusCode.OUT_OF_RANGE}, not_found=frozenset({"JOB_NOT_FOUND"}))
+        if after >= 0:  # an id that cannot be one is INVALID_ARGUMENT with a field violation (AIP-193)
+            well_formed = re.fullmatch(r"[0-9a-f]{32}", job_id) is not None
+            assert reason == ("JOB_NOT_FOUND" if well_formed else "INVALID_JOB_ID"), (job_id, reason)
         event(reason)
         return
     raise AssertionError(f"Watch of a job that does not exist answered: {job_id!r}")  # every id here is unknown
