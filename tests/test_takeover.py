@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import socket
 import threading
 from collections.abc import Callable
 
@@ -209,3 +210,25 @@ def test_a_restarted_process_resumes_its_whisper_job_with_the_same_transcript(
     with Client(server.target, timeout=60) as client:
         result = client.fetch(job_id).result
     _check(reference, result, seen)
+
+
+def test_a_replica_killed_with_jobs_accepted_finishes_them_at_once_after_its_restart(
+        make_server: Callable[..., ServerProcess], redis_process: RedisProcess) -> None:  # noqa: F811
+    """One Redis replica that runs its own workers, killed with 20 jobs accepted and restarted on its port:
+    under its own identity again, it takes its jobs back at once instead of waiting out the lease of its
+    previous life (ten minutes here)."""
+    redis_process.flush()
+    with socket.socket() as sock:  # a fixed port from the first start: with it, the process's identity
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = make_server(f'store = "{redis_process.url}"\nlease_seconds = 600\n[routes.echo]\nbackend = "echo"\n'
+                         "workers = 4\n", args=("--listen", f"127.0.0.1:{port}"))
+    with Client(server.target, timeout=60) as client:
+        ids = [client.submit("echo", {"delay_ms": 1500, "steps": 3, "i": i}).job_id for i in range(20)]
+        wait_until(lambda: client.get(ids[0]).state is JobState.RUNNING, "a job to start")
+    server.kill()
+    server.start()
+    with Client(server.target, timeout=60) as client:
+        wait_until(lambda: all(client.get(i).state is JobState.SUCCEEDED for i in ids), "every job to finish",
+                   timeout=60)
+        assert [client.fetch(i).result.value["i"] for i in ids] == list(range(20))  # type: ignore[union-attr]
