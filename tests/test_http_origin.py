@@ -67,11 +67,9 @@ def job_ids(server: ServerProcess, headers: dict[str, str] | None = None) -> set
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def local(echo_server: ServerProcess) -> ServerProcess:
     """The default local mode: auth off, listening on loopback."""
-    server = ServerProcess(tmp_path_factory.mktemp("local"), ECHO_CONFIG).start()
-    yield server
-    server.stop()
+    return echo_server
 
 
 @pytest.fixture(scope="module")
