@@ -184,9 +184,10 @@ class Gateway:
         auth = Authenticator(settings.auth)
         servicer = GatewayServicer(self.service, auth, settings.max_receive_bytes, settings.max_inflight_submit_bytes)
         # Submit messages received at once: as many as the in-flight byte budget holds at the largest size;
-        # only authenticated callers take them (the gate asks the servicer before reading anything).
+        # only authenticated callers take them (the gate asks the servicer before reading anything). With
+        # auth on, every other RPC of the service is authenticated before its message is read, too.
         gate = ReceiveGate(f"/{SERVICE_NAME}/Submit", settings.max_inflight_submit_bytes // settings.max_receive_bytes,
-                           servicer.authenticate)
+                           servicer.authenticate, service=f"/{SERVICE_NAME}/" if auth.enabled else None)
         server, self.grpc_port = create_server(settings, credentials=self.tls.grpc_credentials() if self.tls else None,
                                                interceptors=[*([gate] if self.api else []), metrics.RpcMetrics()])
         self.grpc_server = server

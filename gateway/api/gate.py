@@ -24,6 +24,14 @@ Slots are shared fairly between tenants: a slot that comes free goes to the wait
 tenant holding the fewest slots (first come first served among equals), so one tenant with many
 uploads waiting does not starve another with one. With auth off everyone is one tenant: first come,
 first served.
+
+With auth on, the service's other methods are served the same way, without slots: each is
+authenticated from its headers before its one message is read (a unary method is served as a
+client-streaming one, a server-streaming method as a bidirectional one; the wire format is the
+same). So a stranger's call is refused (UNAUTHENTICATED) having had nothing of its message received
+beyond a stream window: no caller without a token makes the server buffer a message. A call that
+carries no message is refused INVALID_ARGUMENT MALFORMED_REQUEST, as Submit's is. With auth off they
+are left as they are.
 """
 
 from __future__ import annotations
@@ -37,7 +45,6 @@ from typing import Any
 
 import grpc
 
-from gateway.api.status import abort
 from gateway.errors import GatewayError, InvalidArgument
 
 __all__ = ["LARGE_BYTES", "ReceiveGate", "Rejected", "Slots"]
@@ -133,25 +140,86 @@ class Slots:
             release()
 
 
+async def _read_one(context: grpc.aio.ServicerContext) -> Any:
+    """The call's one request message, or a Rejected when it carried none."""
+    request = await context.read()
+    if request is grpc.aio.EOF:  # the client sent no message
+        return Rejected(InvalidArgument("the call carried no request message", reason="MALFORMED_REQUEST"))
+    return request
+
+
 class ReceiveGate(grpc.aio.ServerInterceptor):
     """Serves ``method`` (a unary-unary handler: the metrics interceptor's, around the servicer's) as
-    described in the module's docstring. ``authenticate`` answers the tenant of a call's metadata or
-    raises GatewayError; a refusal reaches the handler as :class:`Rejected`, so it is answered (and
-    counted) as every other."""
+    described in the module's docstring, and, given ``service`` (a prefix: ``/package.Service/``),
+    every other unary-unary and unary-stream method whose name starts with it: authenticated before
+    its message is read. ``authenticate`` answers the tenant of a call's metadata or raises
+    GatewayError; a refusal reaches the handler as :class:`Rejected`, so it is answered (and counted)
+    as every other."""
 
-    def __init__(self, method: str, slots: int, authenticate: Callable[[Metadata], str]) -> None:
+    def __init__(self, method: str, slots: int, authenticate: Callable[[Metadata], str],
+                 service: str | None = None) -> None:
         self.method = method
         self.slots = Slots(slots)
         self.authenticate = authenticate
+        self.service = service
+        # The other methods' handlers hold nothing of a call, so each is made once (per handler of the
+        # metrics interceptor's, which it makes once per method), not at every call.
+        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method != self.method or handler.unary_unary is None:
+        if handler is None:
             return handler
-        return self._gated(handler)
+        method = handler_call_details.method
+        if method == self.method:
+            return self._gated(handler) if handler.unary_unary is not None else handler
+        if self.service is None or not method.startswith(self.service):
+            return handler
+        cached = self._wrapped.get(id(handler))
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._authenticated_first(handler)
+        self._wrapped[id(handler)] = (handler, wrapped)
+        return wrapped
+
+    async def _read_authenticated(self, context: grpc.aio.ServicerContext) -> Any:
+        """The call's one message, read only once its headers authenticate; else a Rejected (read nothing)."""
+        try:
+            self.authenticate(context.invocation_metadata())
+        except GatewayError as exc:
+            return Rejected(exc)
+        return await _read_one(context)
+
+    def _authenticated_first(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """A unary-unary or unary-stream handler served so that it authenticates before reading."""
+        read = self._read_authenticated
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def first_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await unary(await read(context), context)
+
+            return grpc.stream_unary_rpc_method_handler(first_unary, request_deserializer=handler.request_deserializer,
+                                                        response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def first_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                responses = stream(await read(context), context)
+                try:
+                    async for response in responses:
+                        yield response
+                finally:
+                    aclose = getattr(responses, "aclose", None)
+                    if aclose is not None:
+                        await aclose()  # at once, not when collected: its metrics count the call's end
+
+            return grpc.stream_stream_rpc_method_handler(first_stream, request_deserializer=handler.request_deserializer,
+                                                         response_serializer=handler.response_serializer)
+        return handler
 
     def _gated(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """A handler for one call: the size of its message is this call's own."""
@@ -170,11 +238,9 @@ class ReceiveGate(grpc.aio.ServerInterceptor):
             except GatewayError as exc:
                 return await behavior(Rejected(exc), context)  # read nothing, took nothing
             async with self.slots.hold(tenant) as release:
-                request = await context.read()
-                if request is grpc.aio.EOF:  # the call ended, or the client sent no message
-                    await abort(context, InvalidArgument("the call carried no request message", reason="MALFORMED_REQUEST"))
+                request = await _read_one(context)
                 if size < LARGE_BYTES:
-                    release()  # a small message is in: it costs nothing worth waiting for
+                    release()  # a small message is in (or none): it costs nothing worth waiting for
                 return await behavior(request, context)  # a large one holds its slot until it is stored
 
         return grpc.stream_unary_rpc_method_handler(gated, response_serializer=handler.response_serializer,

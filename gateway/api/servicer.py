@@ -64,6 +64,14 @@ class _Admitted:
 
 _TRIM_AFTER_BYTES = 1024 * 1024  # the last large Submit in flight done: freed heap goes back to the system
 
+# The largest request of every RPC but Submit (the receive limit for them, when max_receive_bytes is
+# larger). The largest a caller has a use for is about 70 KB: a List or WatchJobs filter on 64
+# labels (as many as a job can carry) of 63-character keys and 256-character values all of 4-byte
+# characters, with a page or resume token (under 200 bytes). Beyond this a request is refused
+# REQUEST_TOO_LARGE before it is parsed, so a tenant's call costs at most its received bytes, briefly,
+# never a parsed map of millions of labels.
+SMALL_REQUEST_BYTES = 256 * 1024
+
 
 class _InflightBytes:
     """The bytes of Submit requests being parsed, checked and stored at once. Each holds a few copies of
@@ -152,7 +160,8 @@ class GatewayServicer:
     # -- plumbing --------------------------------------------------------------------------------
 
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-        """The tenant of a call's metadata; raises Unauthenticated (the receive gate asks before reading)."""
+        """The tenant of a call's metadata; raises Unauthenticated (the receive gate asks before reading
+        any call's message)."""
         return self.auth.tenant_from_metadata(metadata) if self.auth.enabled else DEFAULT_TENANT
 
     def _tenant(self, request: Any, context: grpc.aio.ServicerContext) -> str:
@@ -192,16 +201,16 @@ class GatewayServicer:
         return handler
 
     def handler(self) -> grpc.GenericRpcHandler:
+        small = min(self.max_receive_bytes, SMALL_REQUEST_BYTES)
+
         def unary(fn: Any, req: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(fn), request_deserializer=_deserializer(req, self.max_receive_bytes),
-                response_serializer=_serialize,
+                self._unary(fn), request_deserializer=_deserializer(req, small), response_serializer=_serialize,
             )
 
         def stream(fn: Any, req: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(fn), request_deserializer=_deserializer(req, self.max_receive_bytes),
-                response_serializer=_serialize,
+                self._stream(fn), request_deserializer=_deserializer(req, small), response_serializer=_serialize,
             )
 
         submit = self._unary(self.submit)
