@@ -1,9 +1,11 @@
 """The one error root of the gateway.
 
 Every error the gateway raises on purpose is a :class:`GatewayError`: a canonical status code (the
-google.rpc.Code numbering, shared by gRPC and the HTTP facade), a stable machine-readable reason
-(ErrorInfo.reason), a human message, and optional details. The faces (gRPC in
-``gateway.api.status``, HTTP in ``gateway.http``) map it to the wire in exactly one place each.
+google.rpc.Code numbering, shared by gRPC and the HTTP faces), a stable machine-readable reason
+(ErrorInfo.reason), a human message, and optional details. The faces map it to the wire in exactly
+one place each, both from the one status table below (:data:`HTTP_STATUS`): gRPC in
+``gateway.api.status`` (the code is the gRPC status), HTTP in ``gateway.http`` (every sub-app, the
+OctoAI facade and the dashboard alike, answers :func:`http_status`).
 
     GatewayError
     ├── InvalidArgument        INVALID_ARGUMENT   bad request fields (field violations)
@@ -24,6 +26,8 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DOMAIN",
+    "HTTP_STATUS",
+    "REASON_HTTP_STATUS",
     "AlreadyExists",
     "Code",
     "FailedPrecondition",
@@ -37,6 +41,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "clip",
+    "http_status",
 ]
 
 # ErrorInfo.domain: globally unique, the service's DNS-style name (AIP-193).
@@ -63,6 +68,45 @@ class Code(enum.IntEnum):
     UNAVAILABLE = 14
     DATA_LOSS = 15
     UNAUTHENTICATED = 16
+
+
+# The one status table. A code's gRPC status is the code itself (the same numbering, checked in
+# gateway.api.status); its HTTP status is this. CANCELLED and FAILED_PRECONDITION answer 409 (the
+# request conflicts with the job's state: cancelled, not done yet), as the OctoAI facade always has.
+# A few reasons need an HTTP status that no code has (a body too large, a body too slow, a Host that
+# is not the gateway's); the code still says what kind of error it is, on gRPC as on HTTP.
+HTTP_STATUS: Mapping[Code, int] = {
+    Code.OK: 500,  # an error that says OK is a bug
+    Code.CANCELLED: 409,
+    Code.UNKNOWN: 500,
+    Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.PERMISSION_DENIED: 403,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.FAILED_PRECONDITION: 409,
+    Code.ABORTED: 409,
+    Code.OUT_OF_RANGE: 400,
+    Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.DATA_LOSS: 500,
+    Code.UNAUTHENTICATED: 401,
+}
+REASON_HTTP_STATUS: Mapping[str, int] = {
+    "REQUEST_TOO_LARGE": 413,  # RESOURCE_EXHAUSTED
+    "AUDIO_TOO_LARGE": 413,  # RESOURCE_EXHAUSTED
+    "INPUT_TOO_LARGE": 413,  # RESOURCE_EXHAUSTED
+    "REQUEST_TIMEOUT": 408,  # DEADLINE_EXCEEDED: the client's body did not arrive
+    "HOST_NOT_ALLOWED": 421,  # PERMISSION_DENIED: misdirected (gateway.http)
+}
+assert set(HTTP_STATUS) == set(Code)
+
+
+def http_status(code: Code, reason: str = "") -> int:
+    """The HTTP status of an error with this code and reason (the HTTP side of the one table)."""
+    return REASON_HTTP_STATUS.get(reason) or HTTP_STATUS[code]
 
 
 # Error text is bounded wherever it comes from: messages and details quote user input (ids, label

@@ -12,7 +12,11 @@ Jobs are the gateway's own: the same tenants (bearer tokens), retention, and gRP
 A predict body is read as JSON whatever its Content-Type (SDKs and curl send various ones), which is
 why the HTTP face (``gateway.http``) refuses a POST that a browser marks as cross-origin: a page on
 another site could otherwise post a text/plain form here and make jobs; with auth off, it also
-refuses Host names that are not the gateway's (DNS rebinding).
+refuses Host names that are not the gateway's (DNS rebinding). The facade is one sub-app of the
+HTTP face, which authenticates its callers (bearer tokens) and answers its errors as for every
+sub-app (``{"status": "error", "error": {"code", "reason", "message"}}`` at the status of
+``gateway.errors.http_status``); a job that failed is answered here in that shape with
+``"status": "failed"`` and its ``job_id``.
 The whisper route answers in the OctoAI Whisper template's shape:
 ``{"prediction_time_ms", "transcription", "response": {"segments": [...], "word_segments": [...]}}``.
 """
@@ -23,13 +27,13 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
-from gateway.api.auth import Authenticator
-from gateway.errors import Code, FieldViolation, GatewayError, InvalidArgument, NotFound
+from gateway.errors import Code, FieldViolation, GatewayError, InvalidArgument, NotFound, http_status
+from gateway.http.face import ANYONE, Route, current_tenant, error_body, json_response
 from gateway.hub import HubClosed
 from gateway.jobs import Job, JobInput, JobOutput, JobState, Result, Transcript
 from gateway.service import MAX_INPUT_DEPTH, JobService
@@ -38,34 +42,9 @@ from gateway.work import health_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Facade", "http_status"]
+__all__ = ["Facade", "whisper_template"]
 
-_HTTP_STATUS = {
-    Code.CANCELLED: 409,
-    Code.UNKNOWN: 500,
-    Code.INVALID_ARGUMENT: 400,
-    Code.DEADLINE_EXCEEDED: 504,
-    Code.NOT_FOUND: 404,
-    Code.ALREADY_EXISTS: 409,
-    Code.PERMISSION_DENIED: 403,
-    Code.RESOURCE_EXHAUSTED: 429,
-    Code.FAILED_PRECONDITION: 409,
-    Code.ABORTED: 409,
-    Code.OUT_OF_RANGE: 400,
-    Code.UNIMPLEMENTED: 501,
-    Code.INTERNAL: 500,
-    Code.UNAVAILABLE: 503,
-    Code.DATA_LOSS: 500,
-    Code.UNAUTHENTICATED: 401,
-}
 _STATUS = {JobState.QUEUED: "pending", JobState.RUNNING: "running", JobState.SUCCEEDED: "completed"}
-
-
-_REASON_STATUS = {"REQUEST_TOO_LARGE": 413, "AUDIO_TOO_LARGE": 413, "INPUT_TOO_LARGE": 413, "REQUEST_TIMEOUT": 408}
-
-
-def http_status(code: Code, reason: str = "") -> int:
-    return _REASON_STATUS.get(reason) or _HTTP_STATUS.get(code, 500)
 
 
 class _NotFinite(ValueError):
@@ -97,18 +76,18 @@ def _strict_loads(text: str) -> Any:
     return json.loads(text, parse_constant=_not_finite, parse_float=_float, parse_int=_int)
 
 
-def _error_body(code: Code, reason: str, message: str, job_id: str = "", **extra: Any) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code.name, "reason": reason, "message": message}
-    if job_id:
-        error["job_id"] = job_id
-    return {"status": "failed" if job_id else "error", "error": error, **extra}
+def _job_error_body(code: Code, reason: str, message: str, job_id: str, **extra: Any) -> dict[str, Any]:
+    """The error shape of every sub-app, for a job: ``"status": "failed"`` and the job's id."""
+    body = error_body(code, reason, message)
+    body["error"]["job_id"] = job_id
+    return {**body, "status": "failed", **extra}
 
 
 def _json(body: Any, status: int = 200, job_id: str = "", headers: dict[str, str] | None = None) -> web.Response:
     all_headers = dict(headers or {})
     if job_id:
         all_headers["X-User-Request-ID"] = job_id  # the OctoAI SDK quotes it in its error messages
-    return web.json_response(body, status=status, headers=all_headers, dumps=lambda v: json.dumps(v, separators=(",", ":")))
+    return json_response(body, status, all_headers)
 
 
 def whisper_template(job: Job, transcript: Transcript) -> dict[str, Any]:
@@ -129,45 +108,27 @@ def whisper_template(job: Job, transcript: Transcript) -> dict[str, Any]:
 
 
 class Facade:
-    """Mounts the OctoAI-compatible routes on an aiohttp application."""
+    """The OctoAI-compatible sub-app of the HTTP face."""
 
-    def __init__(self, settings: Settings, service: JobService, auth: Authenticator,
-                 serving: Callable[[str], bool]) -> None:
+    def __init__(self, settings: Settings, service: JobService, serving: Callable[[str], bool]) -> None:
         self.settings = settings
         self.service = service
-        self.auth = auth
         self.serving = serving
         self._uploads = 0  # request bodies being received now
 
-    def mount(self, app: web.Application) -> None:
-        app.router.add_post("/{route}/predict", self._guard(self.predict))
-        app.router.add_get("/{route}/healthcheck", self._guard(self.healthcheck, authenticate=False))
-        app.router.add_get("/v1/requests/{job_id}", self._guard(self.request_status))
-        app.router.add_get("/v1/responses/{job_id}", self._guard(self.response))
-
-    def _guard(self, handler: Callable[[web.Request, str], Awaitable[web.Response]],
-               authenticate: bool = True) -> Callable[[web.Request], Awaitable[web.Response]]:
-        """Authenticates, then maps gateway errors to JSON error answers (the facade's one mapping)."""
-        async def guarded(request: web.Request) -> web.Response:
-            try:
-                tenant = self.auth.tenant_for(request.headers.get("Authorization")) if authenticate else ""
-                return await handler(request, tenant)
-            except GatewayError as exc:
-                body = _error_body(exc.code, exc.reason, exc.message)
-                headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
-                return _json(body, http_status(exc.code, exc.reason), headers=headers)
-            except web.HTTPException:
-                raise
-            except Exception:  # a bug: logged here, and the caller still gets JSON with a reason, no traceback
-                log.exception("facade: %s %s failed", request.method, request.path)
-                return _json(_error_body(Code.INTERNAL, "INTERNAL", "the gateway failed to answer; see its log"), 500)
-
-        return guarded
+    def routes(self) -> Iterable[Route]:
+        return [
+            Route("POST", "/{route}/predict", self.predict),
+            Route("GET", "/{route}/healthcheck", self.healthcheck, ANYONE),
+            Route("GET", "/v1/requests/{job_id}", self.request_status),
+            Route("GET", "/v1/responses/{job_id}", self.response),
+        ]
 
     def _base(self, request: web.Request) -> str:
         return self.settings.public_url.rstrip("/") or str(request.url.origin())
 
-    async def predict(self, request: web.Request, tenant: str) -> web.Response:
+    async def predict(self, request: web.Request) -> web.Response:
+        tenant = current_tenant()
         route = request.match_info["route"]
         self.service.route(route)  # 404 ROUTE_NOT_FOUND before reading a large body
         try:
@@ -208,7 +169,7 @@ class Facade:
     def _unfinished(self, request: web.Request, job: Job, code: Code, reason: str, message: str,
                     headers: dict[str, str] | None = None) -> web.Response:
         """A synchronous predict that ends before its job: the error, the job's status and where to poll it."""
-        body = _error_body(code, reason, message, job.id, response_id=job.id,
+        body = _job_error_body(code, reason, message, job.id, response_id=job.id,
                            poll_url=f"{self._base(request)}/v1/requests/{job.id}")
         body["status"] = _STATUS[job.state]
         return _json(body, http_status(code, reason), job.id, headers=headers)
@@ -240,8 +201,8 @@ class Facade:
         except UnicodeDecodeError:
             raise InvalidArgument("the body must be JSON inputs (UTF-8)", reason="MALFORMED_REQUEST") from None
 
-    async def request_status(self, request: web.Request, tenant: str) -> web.Response:
-        job = await self.service.get(tenant, request.match_info["job_id"])
+    async def request_status(self, request: web.Request) -> web.Response:
+        job = await self.service.get(current_tenant(), request.match_info["job_id"])
         if job.state in (JobState.FAILED, JobState.CANCELLED):
             return self._failed(job)
         body: dict[str, Any] = {"status": _STATUS[job.state], "response_id": job.id}
@@ -249,7 +210,8 @@ class Facade:
             body["response_url"] = f"{self._base(request)}/v1/responses/{job.id}"
         return _json(body, 200, job.id)
 
-    async def response(self, request: web.Request, tenant: str) -> web.Response:
+    async def response(self, request: web.Request) -> web.Response:
+        tenant = current_tenant()
         job_id = request.match_info["job_id"]
         job = await self.service.get(tenant, job_id)
         if not job.terminal:
@@ -258,7 +220,7 @@ class Facade:
         job, result = await self.service.fetch(tenant, job_id)
         return self._output(job, result)
 
-    async def healthcheck(self, request: web.Request, tenant: str) -> web.Response:
+    async def healthcheck(self, request: web.Request) -> web.Response:
         route = request.match_info["route"]
         self.service.route(route)
         ready = self.serving(health_name(route))
@@ -277,5 +239,5 @@ class Facade:
         code = error.code if error is not None else Code.UNKNOWN
         reason = error.reason if error is not None else "JOB_FAILED"
         message = error.message if error is not None else "the job failed"
-        body = _error_body(code, reason, message, job.id)
+        body = _job_error_body(code, reason, message, job.id)
         return _json(body, http_status(code, reason) if job.state is JobState.FAILED else 409, job.id)

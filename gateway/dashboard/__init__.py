@@ -29,31 +29,35 @@ when the browser closes). The token never appears in a URL, and page scripts can
 calls may send ``Authorization: Bearer`` instead. State-changing calls also need the header
 ``X-Dashboard: 1`` (a cross-site form cannot send it). Every answer is scoped to the tenant.
 
-In front of these routes the HTTP face (``gateway.http``) answers only the gateway's own Host names
-when auth is off (a DNS-rebinding page, which could otherwise send the header and read the answers
-as its own origin, names its own host), and refuses state-changing requests a browser marks as
-cross-origin (Sec-Fetch-Site, Origin), with auth on or off.
+This is one sub-app of the HTTP face (``gateway.http``), which authenticates every route as its
+:class:`~gateway.http.face.Access` says (the cookie, the X-Dashboard header) and answers every error
+in the one shape (``{"status": "error", "error": {"code", "reason", "message"}}``, the status of
+``gateway.errors.http_status``). In front of these routes it answers only the gateway's own Host
+names when auth is off (a DNS-rebinding page, which could otherwise send the header and read the
+answers as its own origin, names its own host), and refuses state-changing requests a browser marks
+as cross-origin (Sec-Fetch-Site, Origin), with auth on or off.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from gateway.api.auth import DEFAULT_TENANT, Authenticator
-from gateway.errors import Code, FieldViolation, GatewayError, InvalidArgument, Unauthenticated
+from gateway.errors import FieldViolation, GatewayError, InvalidArgument, Unauthenticated
+from gateway.http.face import ANYONE, Access, Route, current_tenant, optional_tenant
 from gateway.hub import HubClosed, JobEvent
 from gateway.jobs import Job, JobState, Segment
 from gateway.service import Heartbeat, JobService
 from gateway.settings import Settings
 from gateway.store.base import JobFilter
 
-__all__ = ["COOKIE", "job_json", "mount"]
+__all__ = ["COOKIE", "Dashboard", "job_json"]
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +73,11 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
-_HTTP_STATUS = {Code.INVALID_ARGUMENT: 400, Code.NOT_FOUND: 404, Code.UNAUTHENTICATED: 401,
-                Code.PERMISSION_DENIED: 403, Code.FAILED_PRECONDITION: 409, Code.UNAVAILABLE: 503,
-                Code.RESOURCE_EXHAUSTED: 429, Code.OUT_OF_RANGE: 400}
-
-
-def _error(code: Code, reason: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code.name, "reason": reason, "message": message}},
-                             status=_HTTP_STATUS.get(code, 500), headers={"Cache-Control": "no-store"})
+# The API's routes: the session cookie (or a bearer header) names the tenant; every call but a GET
+# needs X-Dashboard: 1, which a cross-site form cannot send.
+_SIGNED_IN = Access(cookie=COOKIE, write_header="X-Dashboard")
+_MAYBE_SIGNED_IN = Access(optional=True, cookie=COOKIE, write_header="X-Dashboard")
+_ANYONE = Access(authenticate=False, write_header="X-Dashboard")
 
 
 def _segment_json(segment: Segment) -> dict[str, Any]:
@@ -133,6 +134,8 @@ def _filter(query: Mapping[str, str], multi: Any, with_states: bool) -> JobFilte
 
 
 class Dashboard:
+    """The dashboard's sub-app of the HTTP face: the page and the API it reads."""
+
     def __init__(self, settings: Settings, service: JobService, auth: Authenticator) -> None:
         self.settings = settings
         self.service = service
@@ -140,49 +143,19 @@ class Dashboard:
         self._secure = bool(getattr(settings.tls, "cert_file", ""))
         self._files: dict[str, bytes] = {}
 
-    def mount(self, app: web.Application) -> None:
-        app.router.add_get("/", self.index)
-        app.router.add_get("/dashboard/{name}", self.asset)
-        app.router.add_get("/favicon.ico", self.favicon)
-        app.router.add_get("/api/dashboard/config", self._guard(self.config, authenticate=False))
-        app.router.add_post("/api/dashboard/session", self._guard(self.sign_in, authenticate=False))
-        app.router.add_delete("/api/dashboard/session", self._guard(self.sign_out, authenticate=False))
-        app.router.add_get("/api/dashboard/jobs", self._guard(self.list_jobs))
-        app.router.add_get("/api/dashboard/jobs/{job_id}", self._guard(self.job))
-        app.router.add_post("/api/dashboard/jobs/{job_id}/cancel", self._guard(self.cancel))
-        app.router.add_get("/api/dashboard/events", self.events)
-
-    # -- plumbing --------------------------------------------------------------------------------
-
-    def _tenant(self, request: web.Request) -> str:
-        if not self.auth.enabled:
-            return DEFAULT_TENANT
-        header = request.headers.get("Authorization")
-        if header:
-            return self.auth.tenant_for(header)
-        token = request.cookies.get(COOKIE, "")
-        if not token:
-            raise Unauthenticated("sign in: the dashboard needs a token", reason="MISSING_TOKEN")
-        return self.auth.tenant_for(f"Bearer {token}")
-
-    def _guard(self, handler: Callable[[web.Request, str], Awaitable[web.StreamResponse]],
-               authenticate: bool = True) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            try:
-                if request.method != "GET" and request.headers.get("X-Dashboard") != "1":
-                    raise GatewayError("state-changing dashboard calls need the header X-Dashboard: 1",
-                                       "MISSING_DASHBOARD_HEADER", Code.PERMISSION_DENIED)
-                tenant = self._tenant(request) if authenticate else ""
-                return await handler(request, tenant)
-            except GatewayError as exc:
-                return _error(exc.code, exc.reason, exc.message)
-            except web.HTTPException:
-                raise
-            except Exception:
-                log.exception("dashboard: %s %s failed", request.method, request.path)
-                return _error(Code.INTERNAL, "INTERNAL", "the gateway failed to answer; see its log")
-
-        return guarded
+    def routes(self) -> Iterable[Route]:
+        return [
+            Route("GET", "/", self.index, ANYONE),
+            Route("GET", "/dashboard/{name}", self.asset, ANYONE),
+            Route("GET", "/favicon.ico", self.favicon, ANYONE),
+            Route("GET", "/api/dashboard/config", self.config, _MAYBE_SIGNED_IN),
+            Route("POST", "/api/dashboard/session", self.sign_in, _ANYONE),
+            Route("DELETE", "/api/dashboard/session", self.sign_out, _ANYONE),
+            Route("GET", "/api/dashboard/jobs", self.list_jobs, _SIGNED_IN),
+            Route("GET", "/api/dashboard/jobs/{job_id}", self.job, _SIGNED_IN),
+            Route("POST", "/api/dashboard/jobs/{job_id}/cancel", self.cancel, _SIGNED_IN),
+            Route("GET", "/api/dashboard/events", self.events, _SIGNED_IN),
+        ]
 
     def _file(self, name: str) -> bytes:
         data = self._files.get(name)
@@ -209,18 +182,14 @@ class Dashboard:
 
     # -- JSON ------------------------------------------------------------------------------------
 
-    async def config(self, request: web.Request, _: str) -> web.Response:
-        tenant: str | None
-        try:
-            tenant = self._tenant(request)
-        except GatewayError:
-            tenant = None
+    async def config(self, request: web.Request) -> web.Response:
+        tenant = optional_tenant()
         routes = [{"name": name, "backend": route.backend} for name, route in sorted(self.settings.routes.items())]
         return web.json_response({"auth": self.auth.enabled, "tenant": tenant, "routes": routes,
                                   "heartbeatSeconds": self.settings.heartbeat_seconds},
                                  headers={"Cache-Control": "no-store"})
 
-    async def sign_in(self, request: web.Request, _: str) -> web.Response:
+    async def sign_in(self, request: web.Request) -> web.Response:
         raw = await request.content.read(MAX_TOKEN_BYTES + 64)
         try:
             token = json.loads(raw)["token"]
@@ -238,12 +207,13 @@ class Dashboard:
         response.set_cookie(COOKIE, token, path=COOKIE_PATH, httponly=True, samesite="Strict", secure=self._secure)
         return response
 
-    async def sign_out(self, request: web.Request, _: str) -> web.Response:
+    async def sign_out(self, request: web.Request) -> web.Response:
         response = web.json_response({"tenant": None}, headers={"Cache-Control": "no-store"})
         response.del_cookie(COOKIE, path=COOKIE_PATH)
         return response
 
-    async def list_jobs(self, request: web.Request, tenant: str) -> web.Response:
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        tenant = current_tenant()
         flt = _filter(request.query, request.query, with_states=True)
         try:
             page_size = int(request.query.get("page_size", "50") or 50)
@@ -256,7 +226,8 @@ class Dashboard:
         return web.json_response({"jobs": [job_json(j) for j in jobs], "nextPageToken": token, "resumeToken": resume},
                                  headers={"Cache-Control": "no-store"}, dumps=_dumps)
 
-    async def job(self, request: web.Request, tenant: str) -> web.Response:
+    async def job(self, request: web.Request) -> web.Response:
+        tenant = current_tenant()
         job_id = request.match_info["job_id"]
         job = await self.service.get(tenant, job_id)  # NotFound for another tenant's job
         try:
@@ -273,18 +244,15 @@ class Dashboard:
         return web.json_response({"job": job_json(job, segments=True), "revisions": revisions},
                                  headers={"Cache-Control": "no-store"}, dumps=_dumps)
 
-    async def cancel(self, request: web.Request, tenant: str) -> web.Response:
-        job = await self.service.cancel(tenant, request.match_info["job_id"])
+    async def cancel(self, request: web.Request) -> web.Response:
+        job = await self.service.cancel(current_tenant(), request.match_info["job_id"])
         return web.json_response({"job": job_json(job)}, headers={"Cache-Control": "no-store"}, dumps=_dumps)
 
     # -- the push stream -------------------------------------------------------------------------
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        try:
-            tenant = self._tenant(request)
-            flt = _filter(request.query, request.query, with_states=False)  # states change: the page filters them
-        except GatewayError as exc:
-            return _error(exc.code, exc.reason, exc.message)
+        tenant = current_tenant()
+        flt = _filter(request.query, request.query, with_states=False)  # states change: the page filters them
         resume = request.headers.get("Last-Event-ID") or request.query.get("resume", "")
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-store",
@@ -341,10 +309,3 @@ class Dashboard:
         body["segmentsOffset"] = offset
         body["segments"] = [_segment_json(s) for s in segments]
         return body
-
-
-def mount(app: web.Application, settings: Settings, service: JobService, auth: Authenticator) -> Dashboard:
-    """Mounts the dashboard's page and endpoints on the HTTP face's application."""
-    dashboard = Dashboard(settings, service, auth)
-    dashboard.mount(app)
-    return dashboard
