@@ -1,10 +1,12 @@
 """The two narrow interfaces between the job service and the routes that run jobs.
 
     JobService --(Route: validate, reserve, enqueue, cancel)--> RouteRunner (gateway.work)
-    RouteRunner --(Lifecycle: begin, started, report, succeed, fail, cancelled)--> JobService
+    RouteRunner --(Lifecycle: begin, started, report, succeed, fail, cancelled)--> JobService.lifecycle
 
-Neither side imports the other: the server builds both and hands each one to the other as these
-protocols. A runner in another process (a worker on a shared store) meets the same Lifecycle.
+Neither side imports the other, and neither is wired into the other after it is made: the server
+builds the service with a table of routes by name (which the service only reads), then each runner
+with the service's Lifecycle, adding the runner to that table. A runner in another process (a worker
+on a shared store) meets the same Lifecycle.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,6 +37,9 @@ from gateway.settings import Settings
 from gateway.store import SqliteStore, Store
 from gateway.tls import CertificateFiles
 from gateway.work import RouteRunner, WorkQueue, health_name
+
+if TYPE_CHECKING:
+    from gateway.webhooks import Dispatcher
 
 __all__ = ["Gateway", "create_server", "health_name", "make_bus", "make_store"]
 
@@ -126,8 +129,16 @@ class Gateway:
         on_resync = getattr(self.bus, "on_resync", None)
         if on_resync is not None:
             on_resync(self.hub.resync)
-        self.service = JobService(settings, self.store, self.bus, self.hub, self.clock)
+        # Built before the service, which is handed them: the runners (filled in as start() builds
+        # each, with the service's lifecycle) and, in an API process, the webhook dispatcher.
         self.runners: dict[str, RouteRunner] = {}
+        self.webhooks: Dispatcher | None = None
+        if api:  # API processes deliver webhooks (workers have no Submit, and may have no way out)
+            from gateway.api.convert import webhook_body
+            from gateway.webhooks import Dispatcher
+
+            self.webhooks = Dispatcher(settings.webhooks, self.store, self.clock, webhook_body)
+        self.service = JobService(settings, self.store, self.bus, self.hub, self.clock, self.runners, self.webhooks)
         self.health = health.aio.HealthServicer()
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port = 0
@@ -172,10 +183,10 @@ class Gateway:
         for name, route_settings in settings.routes.items():
             if settings.workers:  # --workers N: every route runs N jobs at once here
                 route_settings = route_settings.model_copy(update={"workers": settings.workers})
-            runner = RouteRunner(name, route_settings, create_backend(route_settings), self.service,
+            runner = RouteRunner(name, route_settings, create_backend(route_settings), self.service.lifecycle,
                                  queue=self._queue(name, route_settings.max_queue),
                                  workers=0 if settings.workers == 0 else None)
-            self.runners[name] = self.service.routes[name] = runner
+            self.runners[name] = runner
             metrics.track_queue_depth(name, runner.queued)
             await self._set_health(health_name(name), False)
             runner.backend.readiness.listen(self._health_listener(name))
@@ -195,12 +206,8 @@ class Gateway:
         for runner in self.runners.values():
             await runner.start()
         self._tasks.append(asyncio.create_task(self.service.sweep_forever(), name="sweeper"))
-        if self.api:  # API processes deliver webhooks (workers have no Submit, and may have no way out)
-            from gateway.api.convert import webhook_body
-            from gateway.webhooks import Dispatcher
-
-            self.service.webhooks = Dispatcher(settings.webhooks, self.store, self.clock, webhook_body)
-            self._tasks.append(asyncio.create_task(self.service.webhooks.run(), name="webhooks"))
+        if self.webhooks is not None:
+            self._tasks.append(asyncio.create_task(self.webhooks.run(), name="webhooks"))
 
         services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
         if self.api:
@@ -317,8 +324,8 @@ class Gateway:
             self.metrics_server.server_close()
         if self.grpc_server is not None:
             await self.grpc_server.stop(FINAL_GRACE_SECONDS)
-        if self.service.webhooks is not None:
-            await self.service.webhooks.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

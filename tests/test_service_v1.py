@@ -49,14 +49,14 @@ async def test_watch_updates_carry_only_the_segments_they_add(tmp_path: Path) ->
     async with running(make_settings(tmp_path, EchoRoute(workers=1)), FakeClock()) as gw:
         service = gw.service
         job = await _running_job(service)
-        await service.report(job.id, 0.1, _segments(0, 2))
+        await service.lifecycle.report(job.id, 0.1, _segments(0, 2))
         stream = service.watch(TENANT, job.id)
         first = await _next_update(stream)
         assert first.whole and first.segments_offset == 0 and len(first.job.segments) == 2
         transcript = _rebuild([], first)
         batches = [_segments(2, 1), [], _segments(3, 3)]
         for batch in batches:
-            await service.report(job.id, 0.5, batch)
+            await service.lifecycle.report(job.id, 0.5, batch)
             update = await _next_update(stream)
             assert not update.whole and update.segments_offset == len(transcript)
             assert list(update.segments) == batch  # only the new ones
@@ -73,7 +73,7 @@ async def test_watch_resumed_after_any_revision_rebuilds_the_same_transcript(tmp
         service = gw.service
         job = await _running_job(service)
         for i in range(5):
-            await service.report(job.id, i / 10, _segments(i * 2, i % 3))  # 0, 1 or 2 new segments
+            await service.lifecycle.report(job.id, i / 10, _segments(i * 2, i % 3))  # 0, 1 or 2 new segments
         await service.cancel(TENANT, job.id)
         whole: list[Segment] = []
         history: list[tuple[int, list[Segment]]] = []  # (revision, transcript as of it)
@@ -100,7 +100,7 @@ async def test_a_watcher_the_ring_left_behind_gets_every_revision_from_the_store
         first = await _next_update(stream)
         transcript, last = _rebuild([], first), first.job.revision
         for i in range(RING_SIZE + 5):  # the watcher reads nothing meanwhile
-            await service.report(job.id, 0.5, _segments(i, 1))
+            await service.lifecycle.report(job.id, 0.5, _segments(i, 1))
         while len(transcript) < RING_SIZE + 5:
             update = await _next_update(stream)
             assert not update.whole and update.job.revision == last + 1  # each revision, none skipped

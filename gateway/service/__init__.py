@@ -1,0 +1,188 @@
+"""The job service: the state machine, idempotency, retention, and the order of every change.
+
+Every change of a job goes through here, in three steps: compute the next snapshot synchronously
+from the job's head (so two concurrent changes can never take the same revision), store it (the
+store's writer commits in order), and, in the commit callback, publish it on the event bus, whose
+subscriber the hub fans it out to watchers. Watchers thus see each revision once, in order, and only
+once it is durable.
+
+Its parts, each built with what it needs and testable alone:
+
+    ActiveJobs (active.py)    one record per active job this process holds: head, committed event, input...
+    Admission (admission.py)  Submit: validation, request ids, quotas, the first revision's commit
+    Running (running.py)      the Lifecycle the route runners call: begin, report, succeed, fail, cancelled...
+    Streams (streams.py)      Get, List, Fetch, Watch, WatchJobs and their resume tokens
+
+:class:`JobService` composes them for the faces (gRPC, HTTP), which call it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+
+from gateway.bus import EventBus
+from gateway.errors import FailedPrecondition
+from gateway.hub import EventHub, JobEvent
+from gateway.jobs import Clock, Job, JobInput, Result, WebhookSpec
+from gateway.lifecycle import Route
+from gateway.service.active import INPUTS_IN_MEMORY_BYTES, ActiveJob, ActiveJobs
+from gateway.service.admission import JOB_ID, MAX_INPUT_DEPTH, Admission, WebhookPolicies, check_input_depth
+from gateway.service.admission import _check_submission as _check_submission
+from gateway.service.running import Running
+from gateway.service.streams import Heartbeat, Streams, Update
+from gateway.settings import Settings
+from gateway.store.base import JobFilter, Store
+
+__all__ = [
+    "INPUTS_IN_MEMORY_BYTES",
+    "JOB_ID",
+    "MAX_INPUT_DEPTH",
+    "ActiveJob",
+    "ActiveJobs",
+    "Admission",
+    "Heartbeat",
+    "JobService",
+    "Running",
+    "Streams",
+    "Update",
+    "Webhooks",
+    "check_input_depth",
+]
+
+log = logging.getLogger(__name__)
+
+DELETE_WAIT_SECONDS = 10.0  # Delete with force: how long a running job gets to stop
+
+
+class Webhooks(WebhookPolicies, Protocol):
+    """What the service needs of the webhook dispatcher (gateway.webhooks.Dispatcher): tenants'
+    policies for Submit, and a poke when a revision a webhook may want is committed."""
+
+    def poke(self) -> None: ...
+
+
+class JobService:
+    """The job service the faces call: each call goes to the part that owns it.
+
+    ``routes``: the route runners by name. The server fills it as it builds them (a runner needs
+    ``lifecycle`` first); the service only reads it. ``webhooks``: the dispatcher, in a process that
+    serves the API (None in a worker: Submit then refuses webhooks)."""
+
+    def __init__(self, settings: Settings, store: Store, bus: EventBus, hub: EventHub, clock: Clock,
+                 routes: Mapping[str, Route], webhooks: Webhooks | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.hub = hub
+        self.clock = clock
+        self.routes = routes
+        self.active = ActiveJobs()
+        self.lifecycle = Running(settings, store, bus, hub, clock, routes, self.active,
+                                 on_webhook_due=webhooks.poke if webhooks is not None else None)
+        self.admission = Admission(store, bus, clock, routes, self.active, webhooks)
+        self.streams = Streams(settings, store, hub, clock, self.active)
+
+    @property
+    def accepting(self) -> bool:
+        """False once the gateway is shutting down: Submit refuses (UNAVAILABLE, retryable)."""
+        return self.admission.accepting
+
+    @accepting.setter
+    def accepting(self, accepting: bool) -> None:
+        self.admission.accepting = accepting
+
+    # -- submit ----------------------------------------------------------------------------------
+
+    def route(self, name: str) -> Route:
+        """The route of that name; NotFound ROUTE_NOT_FOUND if there is none."""
+        return self.admission.route(name)
+
+    async def submit(
+        self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str,
+        webhook: WebhookSpec | None = None,
+    ) -> tuple[Job, bool]:
+        """Stores a new job and queues it; answers (job, existing)."""
+        return await self.admission.submit(tenant, route, job_input, labels, request_id, webhook)
+
+    async def webhook_delivery(self, job: Job) -> dict[str, Any] | None:
+        """The delivery state of the job's webhook (gateway.webhooks), when it has one."""
+        return await self.streams.webhook_delivery(job)
+
+    # -- reads and streams -----------------------------------------------------------------------
+
+    async def get(self, tenant: str, job_id: str) -> Job:
+        return await self.streams.get(tenant, job_id)
+
+    def watch(self, tenant: str, job_id: str, after_revision: int = 0) -> AsyncIterator[Update | Heartbeat]:
+        """See :meth:`Streams.watch`."""
+        return self.streams.watch(tenant, job_id, after_revision)
+
+    async def fetch(self, tenant: str, job_id: str, wait: float | None = None) -> tuple[Job, Result | None]:
+        """See :meth:`Streams.fetch`."""
+        return await self.streams.fetch(tenant, job_id, wait)
+
+    async def list(self, tenant: str, flt: JobFilter, page_size: int, page_token: str) -> tuple[list[Job], str]:
+        return await self.streams.list(tenant, flt, page_size, page_token)
+
+    def watch_jobs(self, tenant: str, flt: JobFilter, resume_token: str = "") -> AsyncIterator[tuple[JobEvent, int] | Heartbeat]:
+        """See :meth:`Streams.watch_jobs`."""
+        return self.streams.watch_jobs(tenant, flt, resume_token)
+
+    def resume_token(self, position: int) -> str:
+        """The opaque WatchJobs resume token for a change position of this store."""
+        return self.streams.resume_token(position)
+
+    # -- cancel, delete: a tenant's read, then the lifecycle ---------------------------------------
+
+    async def cancel(self, tenant: str, job_id: str) -> Job:
+        """Asks the job to stop; answers at once with the job as it is then: CANCELLED if it was
+        queued, still RUNNING if its backend has been asked to stop (it ends on the stream)."""
+        job = await self.get(tenant, job_id)
+        if job.terminal:
+            return job
+        runner = self.routes.get(job.route)
+        where = runner.cancel(job_id) if runner is not None else ""
+        if where != "running":
+            await self.lifecycle.cancelled(job_id)
+        return await self.get(tenant, job_id)
+
+    async def delete(self, tenant: str, job_id: str, force: bool = False) -> None:
+        """Forgets a finished job; one still active only with ``force`` (cancelled first)."""
+        job = await self.get(tenant, job_id)
+        if not job.terminal:
+            if not force:
+                raise FailedPrecondition(
+                    f"job {job_id} is {job.state.name}; cancel it first, or delete with force",
+                    reason="JOB_NOT_DONE",
+                    metadata={"job_id": job_id, "state": job.state.name},
+                )
+            runner = self.routes.get(job.route)
+            if runner is not None and runner.cancel(job_id) == "running":
+                await self.streams.until_done(tenant, job_id, DELETE_WAIT_SECONDS)
+            await self.lifecycle.cancelled(job_id)
+        self.lifecycle.forget(job_id)
+        await self.store.delete(job_id)
+
+    # -- startup and retention -------------------------------------------------------------------
+
+    async def resume(self) -> int:
+        """See :meth:`Running.resume`."""
+        return await self.lifecycle.resume()
+
+    async def sweep(self) -> int:
+        now = self.clock.now()
+        expired = await self.store.sweep(now, now + self.settings.retention_seconds)
+        return len(expired)
+
+    async def sweep_forever(self) -> None:
+        while True:
+            try:
+                swept = await self.sweep()
+                if swept:
+                    log.info("swept %d expired jobs", swept)
+            except Exception:
+                log.exception("sweeping expired jobs failed")
+            await asyncio.sleep(self.settings.sweep_interval_seconds)

@@ -1,0 +1,207 @@
+"""Admission: what Submit checks before a job exists, and how it is stored and queued.
+
+In order: the process still accepts jobs, the fields are well formed (the route's name, labels, the
+request id, how deep JSON inputs nest), the route exists, its webhook is allowed, its backend accepts
+the input, and its queue has a slot. A Submit retried with the same request id answers the job it
+made the first time (even with the queue full), and refuses one with a different request under that
+id. Every face (gRPC, HTTP) goes through here, so every face refuses the same things the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gateway import metrics
+from gateway.bus import EventBus
+from gateway.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from gateway.hub import JobEvent
+from gateway.jobs import Clock, Job, JobInput, JobState, WebhookSpec, new_job_id
+from gateway.lifecycle import Route
+from gateway.service.active import ActiveJobs, Submitting
+from gateway.settings import ROUTE_NAME
+from gateway.store.base import QueueFull, Store
+
+if TYPE_CHECKING:
+    from gateway.webhooks import WebhookPolicy
+
+__all__ = ["JOB_ID", "MAX_INPUT_DEPTH", "Admission", "WebhookPolicies", "check_input_depth"]
+
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # as jobs.new_job_id makes them
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
+_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+MAX_LABELS = 64
+MAX_LABEL_VALUE = 256
+MAX_INPUT_DEPTH = 32  # JSON inputs nested deeper are refused, on every face alike
+
+
+class WebhookPolicies(Protocol):
+    """What admission needs of the webhook dispatcher (gateway.webhooks.Dispatcher): a tenant's policy."""
+
+    def policy(self, tenant: str) -> WebhookPolicy: ...
+
+
+class Admission:
+    """Submit: checks, idempotency, quotas (the route's queue slots), and the first revision's commit.
+
+    ``routes`` may be filled after this is made (by the server, as it builds the runners); it is only
+    read. ``webhooks`` None: this process delivers none (a worker), so Submit refuses a webhook."""
+
+    def __init__(self, store: Store, bus: EventBus, clock: Clock, routes: Mapping[str, Route], active: ActiveJobs,
+                 webhooks: WebhookPolicies | None = None) -> None:
+        self.store = store
+        self.bus = bus
+        self.clock = clock
+        self.routes = routes
+        self.active = active
+        self.webhooks = webhooks
+        self.accepting = True  # False once the gateway is shutting down
+
+    def route(self, name: str) -> Route:
+        runner = self.routes.get(name)
+        if runner is None:
+            raise NotFound(
+                f"no route named {name!r}; routes: {', '.join(sorted(self.routes))}",
+                reason="ROUTE_NOT_FOUND",
+                metadata={"route": name},
+            )
+        return runner
+
+    @staticmethod
+    def _request_hash(route: str, payload: bytes, labels: Mapping[str, str], webhook: WebhookSpec | None = None) -> str:
+        digest = hashlib.sha256(route.encode())
+        for part in (b"\0", payload, b"\0"):  # not concatenated: the payload may be tens of MiB
+            digest.update(part)
+        digest.update(json.dumps(sorted(labels.items())).encode())
+        if webhook is not None:
+            digest.update(json.dumps(webhook.to_dict()).encode())
+        return digest.hexdigest()
+
+    async def submit(
+        self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str,
+        webhook: WebhookSpec | None = None,
+    ) -> tuple[Job, bool]:
+        """Stores a new job and queues it; answers (job, existing)."""
+        if not self.accepting:
+            raise Unavailable("the gateway is shutting down; retry on another replica", reason="SHUTTING_DOWN")
+        _check_submission(route, labels, request_id)
+        if job_input.inputs is not None:
+            check_input_depth(job_input.inputs)
+        runner = self.route(route)
+        if webhook is not None:
+            await self._check_webhook(tenant, webhook)
+        job_input = await runner.backend.validate(job_input)
+        payload = job_input.encode()
+        request_hash = self._request_hash(route, payload, labels, webhook) if request_id else ""
+        try:
+            runner.reserve()
+        except ResourceExhausted:
+            # A retried Submit of a job already accepted answers that job, even with the queue full.
+            found = await self.store.find_request(tenant, request_id, self.clock.now()) if request_id else None
+            if found is None:
+                raise
+            return self._existing(found[0], found[1], request_id, request_hash), True
+        now = self.clock.now()
+        job = Job(
+            id=new_job_id(now),
+            tenant=tenant,
+            route=route,
+            state=JobState.QUEUED,
+            revision=1,
+            created=now,
+            labels=dict(labels),
+            queue_position=0 if self.store.shared else runner.queued() + 1,  # unknown in a shared queue
+            request_id=request_id,
+            webhook=webhook,
+        )
+        active, bus, shared = self.active, self.bus, self.store.shared
+
+        def on_commit(outcome: Any) -> None:
+            taken = shared and active.take_submitting(job.id) is None
+            if not outcome.created:
+                return
+            event = JobEvent(job, 0, outcome.position)
+            if taken:  # already running here (Running._take_over): it holds the job and its input
+                bus.publish(event)
+                return
+            active.set_committed(job.id, event)
+            if runner.workers:  # kept for this process's workers (an API-only replica runs none)
+                active.keep_input(job.id, job_input, len(payload))
+            if shared:  # whichever process takes it from the shared queue holds it
+                bus.publish(event)
+                runner.enqueue(job.id)
+                return
+            active.set_head(job.id, job)
+            active.set_attempt(job.id, 0)
+            bus.publish(event)
+            runner.enqueue(job.id)
+
+        if shared:
+            active.start_submitting(job.id, Submitting(job, job_input, len(payload)))
+        try:
+            outcome = await self.store.create_job(job, request_hash, payload, on_commit)
+        except QueueFull as full:  # a shared store's own count, across replicas
+            runner.release()
+            raise runner.queue_full(full.reason, full.held, full.limit) from None
+        except BaseException:
+            runner.release()
+            raise
+        finally:
+            active.take_submitting(job.id)
+        if outcome.created:
+            metrics.JOBS_SUBMITTED.labels(route).inc()
+            return job, False
+        runner.release()
+        return self._existing(outcome.job, outcome.request_hash, request_id, request_hash), True
+
+    async def _check_webhook(self, tenant: str, webhook: WebhookSpec) -> None:
+        if self.webhooks is None:
+            raise Unavailable("this process delivers no webhooks", reason="WEBHOOKS_UNAVAILABLE")
+        from gateway.webhooks import check_webhook
+
+        await check_webhook(webhook, self.webhooks.policy(tenant))
+
+    def _existing(self, job: Job, stored_hash: str, request_id: str, request_hash: str) -> Job:
+        """The job already stored under this request_id, if the request is the same one."""
+        if stored_hash != request_hash:
+            raise AlreadyExists(
+                f"request_id {request_id!r} was used for a different request (job {job.id})",
+                reason="REQUEST_ID_CONFLICT",
+                metadata={"request_id": request_id, "job_id": job.id},
+            )
+        current = self.active.committed(job.id)
+        return current.job if current else job
+
+
+def check_input_depth(value: Any, limit: int = MAX_INPUT_DEPTH) -> None:
+    """InvalidArgument INPUT_TOO_DEEP for JSON inputs nested deeper than ``limit`` (without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    raise InvalidArgument.fields(
+                        FieldViolation("inputs", f"nested deeper than {limit} levels"), reason="INPUT_TOO_DEEP")
+                stack.append((child, depth + 1))
+
+
+def _check_submission(route: str, labels: Mapping[str, str], request_id: str) -> None:
+    violations = []
+    if not ROUTE_NAME.fullmatch(route):
+        violations.append(FieldViolation("route", "lowercase letters, digits, '-' and '_', at most 63"))
+    if len(labels) > MAX_LABELS:
+        violations.append(FieldViolation("labels", f"at most {MAX_LABELS} labels"))
+    for key, value in labels.items():
+        if not _LABEL_KEY.fullmatch(key):
+            violations.append(FieldViolation(f"labels[{key!r}]", "keys: 1 to 63 of A-Z a-z 0-9 _ . - /"))
+        elif len(value) > MAX_LABEL_VALUE or not value.isprintable():
+            violations.append(FieldViolation(f"labels[{key!r}]", f"values: up to {MAX_LABEL_VALUE} printable characters"))
+    if request_id and not _REQUEST_ID.fullmatch(request_id):
+        violations.append(FieldViolation("request_id", "1 to 128 printable ASCII characters, no spaces"))
+    if violations:
+        raise InvalidArgument.fields(*violations)
