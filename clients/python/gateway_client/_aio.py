@@ -28,10 +28,11 @@ from google.protobuf import duration_pb2, json_format, struct_pb2
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from gateway_client._errors import DataLossError, DeadlineExceededError, RpcError, translate_errors
+from gateway_client._errors import DataLossError, RpcError, translate_errors
 from gateway_client._futures import AsyncJobFuture
-from gateway_client._retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, retry_floor, stream_resumable
-from gateway_client._streams import AsyncJobChanges, TranscriptBuilder
+from gateway_client._resume import Resumption
+from gateway_client._retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, retry_floor
+from gateway_client._streams import AsyncJobChanges, JobsWatch, JobWatch, TranscriptBuilder
 from gateway_client._types import (
     Fetched,
     Heartbeat,
@@ -100,8 +101,6 @@ def webhook_event(name: str) -> pb.WebhookEvent.ValueType:
 
 _TASKS = {"": pb.TRANSCRIPTION_TASK_UNSPECIFIED, "transcribe": pb.TRANSCRIPTION_TASK_TRANSCRIBE,
           "translate": pb.TRANSCRIPTION_TASK_TRANSLATE}
-# Gaps in a Watch stream's segments that resuming did not mend, before giving up with DATA_LOSS.
-_MAX_GAPS = 3
 
 
 def _audio_bytes(audio: Audio) -> bytes:
@@ -112,10 +111,6 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(int(seconds * 1e9))
     return duration
-
-
-class _Gap(Exception):
-    """A Watch update whose segments_offset is past the transcript received."""
 
 
 class AsyncClient:
@@ -395,7 +390,7 @@ class AsyncClient:
         finally:
             await items.aclose()  # at once, not when collected: it cancels the call
 
-    async def _watch(
+    def _watch(
         self,
         job_id: str,
         after_revision: int,
@@ -407,57 +402,9 @@ class AsyncClient:
         metadata: Metadata | None,
     ) -> AsyncGenerator[Job | Heartbeat, None]:
         """watch(), continuing the transcript of ``base`` (the job as of after_revision) when given."""
-        self._check_open()
-        loop = asyncio.get_running_loop()
-        policy = self.retry
-        deadline = None if timeout is None else loop.time() + timeout
-        metadata_sent = self._merge(metadata)
-        last = after_revision
-        transcript: TranscriptBuilder | None = None
-        if base is not None:
-            transcript = TranscriptBuilder(base.raw.segments, base.segments)
-        elif after_revision == 0:
-            transcript = TranscriptBuilder()
-        give_up_at = loop.time() + policy.resume_timeout
-        failures = gaps = 0
-        while True:
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise DeadlineExceededError(f"watching job {job_id}: the timeout of {timeout} s passed")
-            call = self._stub.Watch(pb.WatchRequest(job_id=job_id, after_revision=last), timeout=remaining,
-                                    metadata=metadata_sent)
-            try:
-                with translate_errors():
-                    async for response in call:
-                        kind = response.WhichOneof("event")
-                        give_up_at = loop.time() + policy.resume_timeout
-                        if kind == "update":
-                            update = response.update
-                            if update.job.revision <= last:
-                                continue  # never a revision twice
-                            if transcript is None:  # began after a revision whose transcript we lack
-                                transcript = await self._transcript_until(job_id, update.segments_offset)
-                            if not transcript.apply(update.segments_offset, update.job.segments):
-                                raise _Gap(f"segments_offset {update.segments_offset} > {len(transcript)}")
-                            job = transcript.job(update.job)
-                            last, failures, gaps = job.revision, 0, 0
-                            yield job
-                        elif kind == "heartbeat" and heartbeats:
-                            yield Heartbeat.from_proto(response.heartbeat)
-                return
-            except RpcError as exc:
-                if not resume or not stream_resumable(exc) or loop.time() > give_up_at:
-                    raise
-                log.debug("watch %s cut (%s); resuming after revision %d", job_id, exc, last)
-            except _Gap as gap:
-                gaps += 1
-                if not resume or gaps > _MAX_GAPS:
-                    raise DataLossError(f"watching job {job_id}: {gap}", reason="SEGMENTS_GAP") from None
-                log.debug("watch %s: %s; resuming after revision %d", job_id, gap, last)
-            finally:
-                call.cancel()
-            failures += 1
-            await asyncio.sleep(policy.backoff(failures))
+        resumption = Resumption(self.retry, resume=resume, timeout=timeout)
+        return JobWatch(self, job_id, after_revision, base, heartbeats, resumption, timeout,
+                         self._merge(metadata)).follow()
 
     async def _transcript_until(self, job_id: str, offset: int) -> TranscriptBuilder:
         """The transcript's first ``offset`` segments (transcripts only grow, so the job now has them)."""
@@ -593,7 +540,7 @@ class AsyncClient:
 
         return AsyncJobChanges(start, resume_token)
 
-    async def _watch_jobs(
+    def _watch_jobs(
         self,
         changes: AsyncJobChanges[Any],
         request: pb.WatchJobsRequest,
@@ -602,36 +549,6 @@ class AsyncClient:
         timeout: float | None,
         metadata: Metadata | None,
     ) -> AsyncIterator[Job | Heartbeat]:
-        self._check_open()
-        loop = asyncio.get_running_loop()
-        policy = self.retry
-        deadline = None if timeout is None else loop.time() + timeout
-        metadata_sent = self._merge(metadata)
-        give_up_at = loop.time() + policy.resume_timeout
-        failures = 0
-        while True:
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise DeadlineExceededError(f"watching jobs: the timeout of {timeout} s passed")
-            request.resume_token = changes.resume_token
-            call = self._stub.WatchJobs(request, timeout=remaining, metadata=metadata_sent)
-            try:
-                with translate_errors():
-                    async for response in call:
-                        give_up_at, failures = loop.time() + policy.resume_timeout, 0
-                        if response.resume_token:
-                            changes.resume_token = response.resume_token
-                        kind = response.WhichOneof("event")
-                        if kind == "job":
-                            yield Job.from_proto(response.job)
-                        elif kind == "heartbeat" and heartbeats:
-                            yield Heartbeat.from_proto(response.heartbeat)
-                return
-            except RpcError as exc:
-                if not resume or not stream_resumable(exc) or loop.time() > give_up_at:
-                    raise
-                log.debug("watch_jobs cut (%s); resuming from %r", exc, changes.resume_token)
-            finally:
-                call.cancel()
-            failures += 1
-            await asyncio.sleep(policy.backoff(failures))
+        resumption = Resumption(self.retry, resume=resume, timeout=timeout)
+        return JobsWatch(self, changes, request, heartbeats, resumption, timeout, self._merge(metadata)).follow()
+

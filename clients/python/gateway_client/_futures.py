@@ -21,6 +21,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from gateway_client._errors import DataLossError, JobCancelledError, JobError, JobFailedError
+from gateway_client._resume import Resumption
 from gateway_client._types import Job, JobState
 
 if TYPE_CHECKING:
@@ -132,9 +133,11 @@ class AsyncJobFuture(Generic[T]):
                 log.exception("update callback of job %s failed", job.id)
 
     async def _follow(self) -> Job:
-        """Follows the Watch stream to the terminal revision (the stream resumes by itself)."""
+        """Follows the Watch stream to the terminal revision. The stream resumes by itself after a
+        cut; one that ends cleanly before the terminal revision is followed by a Get, then opened
+        again, with the policy's backoff while nothing changes."""
         client = self._client
-        idle = 0
+        idle = Resumption(client.retry)  # counts the reopenings that found nothing new; no deadline
         while not self._job.done:
             before = self._job.revision
             async for job in client._watch(self.job_id, self._job.revision, self._job, heartbeats=False,
@@ -148,10 +151,9 @@ class AsyncJobFuture(Generic[T]):
             if job.revision > self._job.revision:
                 self._updated(job)
             if self._job.revision == before:
-                idle += 1
-                await asyncio.sleep(client.retry.backoff(idle))
+                await asyncio.sleep(idle.backoff() or 0.0)  # never None: there is no deadline
             else:
-                idle = 0
+                idle.progressed()
         return self._job
 
     async def _outcome(self, job: Job) -> T:

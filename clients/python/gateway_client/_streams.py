@@ -5,20 +5,38 @@ revision adds, with their index (``segments_offset``). ``TranscriptBuilder`` reb
 list from those increments, so every Job the client hands out carries every segment so far,
 exactly as if the server had sent them all; a resumed stream (after revision N) continues from
 revision N's transcript and rebuilds the same list.
+
+``JobWatch`` and ``JobsWatch`` are the client's Watch and WatchJobs streams: the position each
+resumes from (the last revision, the last resume token) and what its messages yield, on the one
+resumption loop of ``_resume``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
-from gateway_client._types import Job, Segment
+from gateway_client._errors import DataLossError, DeadlineExceededError
+from gateway_client._resume import ResumedStream, Resumption
+from gateway_client._types import Heartbeat, Job, Segment
 
-__all__ = ["AsyncJobChanges", "TranscriptBuilder"]
+if TYPE_CHECKING:
+    from gateway_client._aio import AsyncClient
+
+__all__ = ["AsyncJobChanges", "JobWatch", "JobsWatch", "TranscriptBuilder"]
+
+log = logging.getLogger("gateway_client")
 
 E = TypeVar("E")
+# Gaps in a Watch stream's segments that resuming did not mend, before giving up with DATA_LOSS.
+_MAX_GAPS = 3
+
+
+class _Gap(Exception):
+    """A Watch update whose segments_offset is past the transcript received."""
 
 
 class TranscriptBuilder:
@@ -88,3 +106,104 @@ class AsyncJobChanges(Generic[E]):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class JobWatch(ResumedStream[pb.WatchResponse, "Job | Heartbeat"]):
+    """One job's Watch stream, from the last revision seen, each Job with the whole transcript so
+    far. A gap in the segments (an update whose segments_offset is past the transcript received)
+    reopens the stream too, up to _MAX_GAPS times in a row before DATA_LOSS."""
+
+    def __init__(self, client: AsyncClient, job_id: str, after_revision: int, base: Job | None, heartbeats: bool,
+                 resumption: Resumption, timeout: float | None, metadata: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(resumption)
+        self._client = client
+        self._job_id = job_id
+        self._last = after_revision
+        self._heartbeats = heartbeats
+        self._timeout = timeout
+        self._metadata = metadata
+        self._transcript: TranscriptBuilder | None = None
+        if base is not None:
+            self._transcript = TranscriptBuilder(base.raw.segments, base.segments)
+        elif after_revision == 0:
+            self._transcript = TranscriptBuilder()
+        self._gaps = 0
+
+    def start(self) -> None:
+        self._client._check_open()
+
+    def open(self, timeout: float | None) -> Any:
+        return self._client._stub.Watch(pb.WatchRequest(job_id=self._job_id, after_revision=self._last),
+                                        timeout=timeout, metadata=self._metadata)
+
+    async def take(self, message: pb.WatchResponse) -> Job | Heartbeat | None:
+        kind = message.WhichOneof("event")
+        if kind == "update":
+            update = message.update
+            if update.job.revision <= self._last:
+                return None  # never a revision twice
+            if self._transcript is None:  # began after a revision whose transcript we lack
+                self._transcript = await self._client._transcript_until(self._job_id, update.segments_offset)
+            if not self._transcript.apply(update.segments_offset, update.job.segments):
+                raise _Gap(f"segments_offset {update.segments_offset} > {len(self._transcript)}")
+            job = self._transcript.job(update.job)
+            self._last, self._gaps = job.revision, 0
+            self.resumption.progressed()
+            return job
+        if kind == "heartbeat" and self._heartbeats:
+            return Heartbeat.from_proto(message.heartbeat)
+        return None
+
+    def timed_out(self) -> Exception:
+        return DeadlineExceededError(f"watching job {self._job_id}: the timeout of {self._timeout} s passed")
+
+    def resumes(self, error: Exception) -> bool:
+        if isinstance(error, _Gap):
+            self._gaps += 1
+            if not self.resumption.resume or self._gaps > _MAX_GAPS:
+                raise DataLossError(f"watching job {self._job_id}: {error}", reason="SEGMENTS_GAP") from None
+            log.debug("watch %s: %s; resuming after revision %d", self._job_id, error, self._last)
+            return True
+        return super().resumes(error)
+
+    def cut(self, error: Exception) -> None:
+        log.debug("watch %s cut (%s); resuming after revision %d", self._job_id, error, self._last)
+
+
+class JobsWatch(ResumedStream[pb.WatchJobsResponse, "Job | Heartbeat"]):
+    """The WatchJobs stream, from the resume token of the last message (kept on ``changes``)."""
+
+    def __init__(self, client: AsyncClient, changes: AsyncJobChanges[Any], request: pb.WatchJobsRequest,
+                 heartbeats: bool, resumption: Resumption, timeout: float | None,
+                 metadata: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(resumption)
+        self._client = client
+        self._changes = changes
+        self._request = request
+        self._heartbeats = heartbeats
+        self._timeout = timeout
+        self._metadata = metadata
+
+    def start(self) -> None:
+        self._client._check_open()
+
+    def open(self, timeout: float | None) -> Any:
+        self._request.resume_token = self._changes.resume_token
+        return self._client._stub.WatchJobs(self._request, timeout=timeout, metadata=self._metadata)
+
+    async def take(self, message: pb.WatchJobsResponse) -> Job | Heartbeat | None:
+        self.resumption.progressed()
+        if message.resume_token:
+            self._changes.resume_token = message.resume_token
+        kind = message.WhichOneof("event")
+        if kind == "job":
+            return Job.from_proto(message.job)
+        if kind == "heartbeat" and self._heartbeats:
+            return Heartbeat.from_proto(message.heartbeat)
+        return None
+
+    def timed_out(self) -> Exception:
+        return DeadlineExceededError(f"watching jobs: the timeout of {self._timeout} s passed")
+
+    def cut(self, error: Exception) -> None:
+        log.debug("watch_jobs cut (%s); resuming from %r", error, self._changes.resume_token)
