@@ -97,7 +97,7 @@ def create_server(
 def make_store(settings: Settings, clock: Clock | None = None) -> Store:
     """The store the settings name: Redis for a redis:// URL, else SQLite in data_dir."""
     if settings.store:
-        from gateway.store.redis import RedisStore
+        from gateway.redis import RedisStore
 
         limits = {name: (route.max_queue, route.max_queued_bytes) for name, route in settings.routes.items()}
         return RedisStore(settings.store, clock=clock, queue_limits=limits)
@@ -107,7 +107,7 @@ def make_store(settings: Settings, clock: Clock | None = None) -> Store:
 def make_bus(settings: Settings) -> EventBus:
     """The event bus that goes with the store: Redis pub/sub across replicas, else in-process."""
     if settings.store:
-        from gateway.bus.redis import RedisBus
+        from gateway.redis import RedisBus
 
         return RedisBus(settings.store)
     return MemoryBus()
@@ -252,7 +252,7 @@ class Gateway:
         """A shared store's routes share their queues (Redis streams); else each its own, in memory."""
         if not self.settings.store:
             return None
-        from gateway.work.redis import RedisQueue
+        from gateway.redis import RedisQueue
 
         return RedisQueue(self.settings.store, route, max_queue, self.settings.lease_seconds, consumer=self._identity)
 
@@ -260,7 +260,7 @@ class Gateway:
         """This process among a shared queue's workers, the same when it comes back after a crash, so
         that it takes its own jobs back at once: ``worker_id`` if set, else the host and the gRPC port it
         holds (two live processes cannot hold one port); a random one when the port is not fixed."""
-        from gateway.work.redis import consumer_name
+        from gateway.redis import consumer_name
 
         if self.settings.worker_id:
             return self.settings.worker_id

@@ -41,7 +41,7 @@ from gateway import metrics
 from gateway.errors import FieldViolation, InvalidArgument, clip
 from gateway.jobs import Clock, Job, JobState, WebhookSpec
 from gateway.settings import WebhookSettings
-from gateway.store.base import WebhookClaim
+from gateway.store.base import Store, WebhookClaim
 
 __all__ = ["Dispatcher", "WebhookPolicy", "check_address", "signature_header"]
 
@@ -318,7 +318,7 @@ def plan(state: dict[str, Any], spec: WebhookSpec, current: Job, revisions: Sequ
 class Dispatcher:
     """Delivers due webhooks, a bounded number at once, per destination host and in all."""
 
-    def __init__(self, settings: WebhookSettings, store: Any, clock: Clock, render: Callable[[Job], bytes]) -> None:
+    def __init__(self, settings: WebhookSettings, store: Store, clock: Clock, render: Callable[[Job], bytes]) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock

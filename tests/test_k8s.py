@@ -22,11 +22,10 @@ import pytest
 import yaml
 
 from gateway.api.servicer import SERVICE_NAME
+from gateway.redis.keys import GROUP, queue_key
 from gateway.server import FINAL_GRACE_SECONDS
 from gateway.settings import Settings
-from gateway.store.redis import queue_key
 from gateway.work import health_name
-from gateway.work.redis import GROUP
 from tests.conftest import ROOT, unavailable
 from tests.tool_venv import ToolVenv
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.bus.redis import RedisBus, RemoteEvent
 from gateway.hub import EventHub
 from gateway.jobs import Job, JobState, Segment
-from gateway.store.redis import RedisStore
+from gateway.redis.bus import RedisBus
+from gateway.redis.codec import RemoteEvent
+from gateway.redis.store import RedisStore
 from tests.redis_server import RedisProcess, redis_process  # noqa: F401 (a fixture)
 
 

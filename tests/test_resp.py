@@ -11,7 +11,7 @@ import pytest
 from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.store.resp import RespConnection, supported
+from gateway.redis.conn import RespConnection, supported
 from tests.certs import Authority
 from tests.redis_server import RedisProcess, redis_process, redis_transports  # noqa: F401 (fixtures)
 

@@ -14,8 +14,8 @@ import pytest
 
 from gateway.errors import Code
 from gateway.jobs import Job, JobFailure, JobInput, JobOutput, JobState, Segment, Transcript, WebhookSpec, Word, new_job_id
+from gateway.redis import RedisStore
 from gateway.store import JobFilter, SqliteStore, Store
-from gateway.store.redis import RedisStore
 from tests.redis_server import RedisProcess, redis_process  # noqa: F401 (a fixture)
 from tests.test_service import FakeClock
 

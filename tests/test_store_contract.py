@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway.jobs import Job, JobOutput, JobState, Segment, WebhookSpec
+from gateway.redis import RedisStore
 from gateway.store import JobFilter, RevisionConflict, SqliteStore, Store
-from gateway.store.redis import RedisStore
 from tests.redis_server import RedisProcess, redis_process  # noqa: F401 (a fixture)
 from tests.test_service import FakeClock
 from tests.test_store import PAYLOAD, T0, finish, make_job, step

@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 
 class MemoryBus:
+    publishes = True  # publish() calls the subscribers
+
     def __init__(self) -> None:
         self._all: dict[int, Handler] = {}
         self._by_job: dict[str, dict[int, Handler]] = {}

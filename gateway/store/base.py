@@ -1,24 +1,38 @@
-"""The store's contract: durable jobs, their revisions, results, inputs and backend checkpoints.
+"""The store's contract, by concern: ``JobStore`` (durable jobs, their revisions, results, inputs and
+backend checkpoints) and ``WebhookStore`` (the delivery state of jobs' webhooks); ``Store`` is both,
+what each engine implements (``gateway.store.sqlite``: one process; ``gateway.redis``: shared).
 
-The job service is the only caller. Writes are acknowledged only once durable; ``on_commit`` runs on
-the event loop right after the commit, in commit order, which is how the service publishes each
-revision to watchers exactly once and in order.
+The job service is the only caller of JobStore, the webhook dispatcher of WebhookStore. Writes are
+acknowledged only once durable; ``on_commit`` runs on the event loop right after the commit, in
+commit order, which is how the service publishes each revision to watchers exactly once and in order.
+
+Optional capabilities are protocols of their own, checked with isinstance: ``ReportsWritability``
+(a store that can find itself unable to write, and says when).
+
+Both engines write the same way, with the parts kept here: one writer (SQLite's thread, Redis' task)
+takes the writes in the order they were handed over, in batches (``take_batch``); a batch the store
+refuses for now (a full disk, a Redis out of memory) is tried again with growing pauses (``Backoff``)
+while the store says it cannot write (``Writability``); then, on the event loop and in commit order,
+each write's ``on_commit`` runs and its caller is answered (``settle``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from gateway.errors import Unavailable
 from gateway.jobs import Job, JobState, Result, Segment
 
 log = logging.getLogger(__name__)
+W = TypeVar("W")
 
-__all__ = ["CreateOutcome", "JobFilter", "QueueFull", "ResumableJob", "RevisionConflict", "Store", "WebhookClaim"]
+__all__ = ["Backoff", "CreateOutcome", "JobFilter", "JobStore", "QueueFull", "ReportsWritability", "ResumableJob",
+           "RevisionConflict", "Store", "WebhookClaim", "WebhookStore", "Writability", "settle", "take_batch"]
 
 
 class Writability:
@@ -54,6 +68,56 @@ class Writability:
         if not self.writable:
             raise Unavailable(f"the store cannot write now ({self.what_fails}); the job was not accepted: retry later",
                               reason="STORE_UNAVAILABLE")
+
+
+class Backoff:
+    """The pauses of a writer trying again what the store refused: ``first``, then each twice as long
+    as the one before, up to ``cap``."""
+
+    __slots__ = ("cap", "delay")
+
+    def __init__(self, first: float, cap: float = 2.0) -> None:
+        self.delay = first
+        self.cap = cap
+
+    def next(self) -> float:
+        """The pause to make now."""
+        delay = self.delay
+        self.delay = min(self.cap, delay * 2)
+        return delay
+
+
+def take_batch(first: W, get_nowait: Callable[[], W | None], limit: int) -> tuple[list[W], bool]:
+    """A writer's next batch: ``first`` and the writes already waiting behind it, in order, up to
+    ``limit`` of them; and whether the close sentinel (None) came among them. ``get_nowait`` is a
+    queue's (``queue.Queue`` or ``asyncio.Queue``): it raises when nothing waits."""
+    batch = [first]
+    while len(batch) < limit:
+        try:
+            item = get_nowait()
+        except (queue.Empty, asyncio.QueueEmpty):
+            break
+        if item is None:
+            return batch, True
+        batch.append(item)
+    return batch, False
+
+
+def settle(future: asyncio.Future[Any], on_commit: Callable[[Any], None] | None, result: Any,
+           exc: BaseException | None = None) -> None:
+    """On the loop, for each write of a commit in order: a write that was stored runs its ``on_commit``
+    (``result``), then its caller is answered (``result``, or ``exc`` for a write that failed)."""
+    if exc is None and on_commit is not None:
+        try:
+            on_commit(result)
+        except Exception:
+            log.exception("on_commit callback failed")
+    if future.done():  # (a caller that gave up waiting)
+        return
+    if exc is None:
+        future.set_result(result)
+    else:
+        future.set_exception(exc)
 
 
 class RevisionConflict(Exception):
@@ -114,7 +178,9 @@ class WebhookClaim:
     lease: float = 0.0  # the lease_until it was claimed with: finish_webhook stores only while it still holds
 
 
-class Store(Protocol):
+class JobStore(Protocol):
+    """Jobs and their revisions."""
+
     store_id: str  # identifies the data a change position belongs to (resume tokens carry it)
     shared: bool  # several processes use it (jobs are queued and resumed through a shared queue)
 
@@ -226,8 +292,14 @@ class Store(Protocol):
         """The tenant of a job that expired or was deleted recently, else None."""
         ...
 
-    # Webhooks. A revision for which gateway.jobs.webhook_wanted holds marks the job's webhook due (now,
-    # unless it is claimed) in the same atomic write that stores the revision.
+
+
+class WebhookStore(Protocol):
+    """The delivery state of jobs' webhooks. A revision for which gateway.jobs.webhook_wanted holds
+    marks the job's webhook due (now, unless it is claimed) in the same atomic write that stores the
+    revision (JobStore.save_revision)."""
+
+    shared: bool  # several processes deliver from it (so it is looked at every poll interval)
 
     async def webhooks_due(self, now: float, limit: int, offset: int = 0) -> list[tuple[str, str]]:
         """(job id, webhook URL) of the webhooks due by ``now`` and not claimed, the longest due first
@@ -253,4 +325,22 @@ class Store(Protocol):
 
     async def webhook_state(self, job_id: str) -> dict[str, Any] | None:
         """The job's delivery state; None before the first delivery is looked at."""
+        ...
+
+
+class Store(JobStore, WebhookStore, Protocol):
+    """What a storage engine implements: both concerns, over one set of data (a revision and its
+    webhook mark are one write)."""
+
+
+@runtime_checkable
+class ReportsWritability(Protocol):
+    """A store that may be unable to write for a while (its disk full, its Redis refusing writes); while
+    it is, new jobs are refused. The server sets health from it."""
+
+    @property
+    def writable(self) -> bool: ...
+
+    def on_writable(self, listener: Callable[[bool], None]) -> None:
+        """``listener(writable)`` on the event loop whenever writing stops or works again."""
         ...

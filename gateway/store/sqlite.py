@@ -39,7 +39,17 @@ from gateway.jobs import (
     encode_result,
     webhook_wanted,
 )
-from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict, WebhookClaim, Writability
+from gateway.store.base import (
+    Backoff,
+    CreateOutcome,
+    JobFilter,
+    ResumableJob,
+    RevisionConflict,
+    WebhookClaim,
+    Writability,
+    settle,
+    take_batch,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -322,6 +332,7 @@ class SqliteStore:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row  # rows are read by column name
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA foreign_keys=OFF")
@@ -362,7 +373,7 @@ class SqliteStore:
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """The schema (made or brought up to date) and what the store keeps in memory from it."""
         conn.executescript(_SCHEMA)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        columns = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
         if "position" not in columns:  # a data dir from before change positions
             conn.execute("ALTER TABLE jobs ADD COLUMN position INTEGER NOT NULL DEFAULT 0")
         if "webhook" not in columns:  # from before webhooks
@@ -371,9 +382,9 @@ class SqliteStore:
         conn.execute("UPDATE webhooks SET due = ?, lease = 0 WHERE lease > 0", (time.time(),))
         conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_position ON jobs (tenant, position)")
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(8))))")
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        meta = {row["key"]: row["value"] for row in conn.execute("SELECT key, value FROM meta")}
         self.store_id = str(meta["store_id"])
-        highest = conn.execute("SELECT MAX(position) FROM jobs").fetchone()[0] or 0
+        highest = conn.execute("SELECT MAX(position) AS highest FROM jobs").fetchone()["highest"] or 0
         self._position = max(int(meta.get("position", 0)), int(highest))
 
     @property
@@ -412,21 +423,10 @@ class SqliteStore:
                 first = self._writes.get()
                 if first is None:
                     return
-                batch = [first]
-                stop = False
-                item = None
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        item = self._writes.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stop = True
-                        break
-                    batch.append(item)
+                batch, stop = take_batch(first, self._writes.get_nowait, _MAX_BATCH)
                 self._commit_retrying(conn, batch)
                 # Not kept while waiting for the next write: a batch holds its inputs (MiBs of audio).
-                del first, batch, item
+                del first, batch
                 if stop:
                     return
         finally:
@@ -435,7 +435,7 @@ class SqliteStore:
     def _commit_retrying(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
         """Commits the batch; while the disk is full (or failing), tries the same batch again, with a
         growing pause, until it goes through or the store closes."""
-        delay = 0.1
+        backoff = Backoff(0.1)
         while True:
             started = time.perf_counter()
             try:
@@ -452,8 +452,7 @@ class SqliteStore:
                     with contextlib.suppress(RuntimeError):
                         self._loop.call_soon_threadsafe(_deliver, failed)
                     return
-                time.sleep(delay)
-                delay = min(2.0, delay * 2)
+                time.sleep(backoff.next())
                 continue
             self._set_writable(True)
             return
@@ -555,29 +554,33 @@ class SqliteStore:
         rows = conn.execute(
             "SELECT data FROM segments WHERE job_id = ? AND idx < ? ORDER BY idx", (job_id, count)
         ).fetchall()
-        return tuple(Segment.from_dict(json.loads(r[0])) for r in rows)
+        return tuple(Segment.from_dict(json.loads(r["data"])) for r in rows)
 
-    def _job_from_row(self, conn: sqlite3.Connection, row: Sequence[Any], with_segments: bool = True) -> Job:
-        (job_id, tenant, route, state, revision, progress, created, started, finished, expires, labels, error,
-         queue_position, request_id, _hash, segment_count, _attempts, _checkpoint, webhook) = row
+    def _job_from_row(self, conn: sqlite3.Connection, row: sqlite3.Row, with_segments: bool = True) -> Job:
+        """A row of ``SELECT {_JOB_COLUMNS}`` (and maybe more columns) as its job."""
+        error, webhook = row["error"], row["webhook"]
         return Job(
-            id=job_id,
-            tenant=tenant,
-            route=route,
-            state=JobState(state),
-            revision=revision,
-            progress=progress,
-            created=created,
-            started=started,
-            finished=finished,
-            expires=expires,
-            labels=json.loads(labels),
+            id=row["id"],
+            tenant=row["tenant"],
+            route=row["route"],
+            state=JobState(row["state"]),
+            revision=row["revision"],
+            progress=row["progress"],
+            created=row["created"],
+            started=row["started"],
+            finished=row["finished"],
+            expires=row["expires"],
+            labels=json.loads(row["labels"]),
             error=JobFailure.from_dict(json.loads(error)) if error else None,
-            segments=self._segments(conn, job_id, segment_count) if with_segments else (),
-            queue_position=queue_position,
-            request_id=request_id,
+            segments=self._segments(conn, row["id"], row["segment_count"]) if with_segments else (),
+            queue_position=row["queue_position"],
+            request_id=row["request_id"],
             webhook=WebhookSpec.from_dict(json.loads(webhook)) if webhook else None,
         )
+
+    def _resumable_from_row(self, conn: sqlite3.Connection, row: sqlite3.Row) -> ResumableJob:
+        checkpoint = row["checkpoint"]
+        return ResumableJob(self._job_from_row(conn, row), row["attempts"], json.loads(checkpoint) if checkpoint else None)
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -609,10 +612,10 @@ class SqliteStore:
                 (job.tenant, job.request_id),
             ).fetchone()
             if row is not None:
-                expires = row[9]
+                expires = row["expires"]
                 if expires is None or expires > job.created:
-                    return CreateOutcome(self._job_from_row(conn, row), False, row[14])
-                self._delete(conn, row[0])  # expired but not swept yet: the key is free again
+                    return CreateOutcome(self._job_from_row(conn, row), False, row["request_hash"])
+                self._delete(conn, row["id"])  # expired but not swept yet: the key is free again
             created: CreateOutcome = insert.run(conn)
             return created
 
@@ -656,7 +659,7 @@ class SqliteStore:
         def write(conn: sqlite3.Connection) -> int:
             conn.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?", (job_id,))
             row = conn.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            return int(row[0]) if row else 0
+            return int(row["attempts"]) if row else 0
 
         attempts: int = await self._submit(write)
         return attempts
@@ -667,7 +670,7 @@ class SqliteStore:
             row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return None
-            return ResumableJob(self._job_from_row(conn, row), row[16], json.loads(row[17]) if row[17] else None)
+            return self._resumable_from_row(conn, row)
 
         found: ResumableJob | None = await self._submit(write)
         return found
@@ -730,7 +733,7 @@ class SqliteStore:
                 "AND (expires IS NULL OR expires > ?)",
                 (tenant, request_id, now),
             ).fetchone()
-            return None if row is None else (self._job_from_row(conn, row), str(row[14]))
+            return None if row is None else (self._job_from_row(conn, row), str(row["request_hash"]))
 
         return await self._read(read)
 
@@ -747,18 +750,19 @@ class SqliteStore:
             ).fetchall()
             jobs = []
             offset = 0  # the segments the caller has: those of revision `after`
-            for revision, state, progress, started, finished, expires, error, queue_position, count in revs:
+            for rev in revs:
+                revision, count, error = rev["revision"], rev["segment_count"], rev["error"]
                 if revision == after:
                     offset = count
                     continue
                 jobs.append((
                     Job(
-                        id=base.id, tenant=base.tenant, route=base.route, state=JobState(state), revision=revision,
-                        created=base.created, progress=progress, started=started, finished=finished,
-                        expires=expires, labels=base.labels,
+                        id=base.id, tenant=base.tenant, route=base.route, state=JobState(rev["state"]),
+                        revision=revision, created=base.created, progress=rev["progress"], started=rev["started"],
+                        finished=rev["finished"], expires=rev["expires"], labels=base.labels,
                         error=JobFailure.from_dict(json.loads(error)) if error else None,
-                        segments=base.segments[:count], queue_position=queue_position, request_id=base.request_id,
-                        webhook=base.webhook,
+                        segments=base.segments[:count], queue_position=rev["queue_position"],
+                        request_id=base.request_id, webhook=base.webhook,
                     ),
                     offset,
                 ))
@@ -770,17 +774,17 @@ class SqliteStore:
     async def get_result(self, job_id: str) -> Result | None:
         def read(conn: sqlite3.Connection) -> Result | None:
             row = conn.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            return None if row is None or row[0] is None else decode_result(row[0])
+            return None if row is None or row["result"] is None else decode_result(row["result"])
 
         return await self._read(read)
 
     async def get_payload(self, job_id: str) -> bytes | None:
         def read(conn: sqlite3.Connection) -> bytes | None:
             row = conn.execute("SELECT payload FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is not None and row[0] is not None:
-                return bytes(row[0])
+            if row is not None and row["payload"] is not None:
+                return bytes(row["payload"])
             row = conn.execute("SELECT data FROM payloads WHERE job_id = ?", (job_id,)).fetchone()
-            return None if row is None else bytes(row[0])
+            return None if row is None else bytes(row["data"])
 
         return await self._read(read)
 
@@ -812,7 +816,7 @@ class SqliteStore:
         query = " ".join(sql)
 
         def read(conn: sqlite3.Connection) -> list[tuple[Job, int]]:
-            return [(self._job_from_row(conn, row[:-1], with_segments=False), row[-1])
+            return [(self._job_from_row(conn, row, with_segments=False), row["position"])
                     for row in conn.execute(query, args)]
 
         return await self._read(read)
@@ -820,7 +824,7 @@ class SqliteStore:
     async def active_jobs(self, tenant: str) -> list[tuple[Job, int]]:
         def read(conn: sqlite3.Connection) -> list[tuple[Job, int]]:
             query = f"SELECT {_JOB_COLUMNS}, position FROM jobs WHERE tenant = ? AND state IN (1, 2) ORDER BY position"
-            return [(self._job_from_row(conn, row[:-1], with_segments=False), int(row[-1]))
+            return [(self._job_from_row(conn, row, with_segments=False), int(row["position"]))
                     for row in conn.execute(query, (tenant,))]
 
         return await self._read(read)
@@ -831,10 +835,7 @@ class SqliteStore:
     async def unfinished(self) -> list[ResumableJob]:
         def read(conn: sqlite3.Connection) -> list[ResumableJob]:
             rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN (1, 2) ORDER BY id").fetchall()
-            return [
-                ResumableJob(self._job_from_row(conn, row), row[16], json.loads(row[17]) if row[17] else None)
-                for row in rows
-            ]
+            return [self._resumable_from_row(conn, row) for row in rows]
 
         return await self._read(read)
 
@@ -843,14 +844,14 @@ class SqliteStore:
             row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return None
-            return ResumableJob(self._job_from_row(conn, row), row[16], json.loads(row[17]) if row[17] else None)
+            return self._resumable_from_row(conn, row)
 
         return await self._read(read)
 
     async def tombstone(self, job_id: str, now: float) -> str | None:
         def read(conn: sqlite3.Connection) -> str | None:
             row = conn.execute("SELECT tenant FROM tombstones WHERE job_id = ? AND until > ?", (job_id, now)).fetchone()
-            return None if row is None else str(row[0])
+            return None if row is None else str(row["tenant"])
 
         return await self._read(read)
 
@@ -863,24 +864,25 @@ class SqliteStore:
                 "SELECT job_id, url FROM webhooks WHERE due IS NOT NULL AND due <= ? ORDER BY due LIMIT ? OFFSET ?",
                 (now, limit, offset),
             ).fetchall()
-            return [(str(r[0]), str(r[1])) for r in rows]
+            return [(str(r["job_id"]), str(r["url"])) for r in rows]
 
         return await self._read(read)
 
     async def webhook_next_due(self) -> float | None:
         def read(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute("SELECT MIN(due) FROM webhooks WHERE due IS NOT NULL").fetchone()
-            return None if row is None or row[0] is None else float(row[0])
+            row = conn.execute("SELECT MIN(due) AS due FROM webhooks WHERE due IS NOT NULL").fetchone()
+            return None if row is None or row["due"] is None else float(row["due"])
 
         return await self._read(read)
 
     async def claim_webhook(self, job_id: str, now: float, lease_until: float) -> WebhookClaim | None:
         def write(conn: sqlite3.Connection) -> WebhookClaim | None:
             row = conn.execute("SELECT pending, due, lease, state FROM webhooks WHERE job_id = ?", (job_id,)).fetchone()
-            if row is None or row[1] is None or row[1] > now or row[2] > now:
+            if row is None or row["due"] is None or row["due"] > now or row["lease"] > now:
                 return None
             conn.execute("UPDATE webhooks SET lease = ?, due = ? WHERE job_id = ?", (lease_until, lease_until, job_id))
-            return WebhookClaim(job_id, int(row[0]), json.loads(row[3]) if row[3] else {}, lease_until)
+            state = row["state"]
+            return WebhookClaim(job_id, int(row["pending"]), json.loads(state) if state else {}, lease_until)
 
         claim: WebhookClaim | None = await self._submit(write)
         return claim
@@ -898,7 +900,7 @@ class SqliteStore:
     async def webhook_state(self, job_id: str) -> dict[str, Any] | None:
         def read(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute("SELECT state FROM webhooks WHERE job_id = ?", (job_id,)).fetchone()
-            return json.loads(row[0]) if row and row[0] else None
+            return json.loads(row["state"]) if row and row["state"] else None
 
         return await self._read(read)
 
@@ -909,7 +911,7 @@ def _conflict(conn: sqlite3.Connection, params: Sequence[Any]) -> RevisionConfli
     if row is None:
         return RevisionConflict(f"job {job_id} is gone")
     return RevisionConflict(
-        f"job {job_id} is at revision {row[0]} (attempt {row[1]}), not {expected}"
+        f"job {job_id} is at revision {row['revision']} (attempt {row['attempts']}), not {expected}"
         + ("" if attempt < 0 else f" (attempt {attempt})")
     )
 
@@ -930,14 +932,4 @@ def _filter_sql(flt: JobFilter, sql: list[str], args: list[Any]) -> None:
 def _deliver(outcomes: list[tuple[_Write, Any, BaseException | None]]) -> None:
     """On the loop: run each committed write's on_commit in order, then wake its caller."""
     for write, result, exc in outcomes:
-        if exc is None and write.on_commit is not None:
-            try:
-                write.on_commit(result)
-            except Exception:
-                log.exception("on_commit callback failed")
-        if write.future.cancelled():
-            continue
-        if exc is None:
-            write.future.set_result(result)
-        else:
-            write.future.set_exception(exc)
+        settle(write.future, write.on_commit, result, exc)

@@ -31,36 +31,19 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gateway.store import resp
-from gateway.store.redis import queue_key
+from redis.exceptions import ResponseError
+
+from gateway.redis import scripts
+from gateway.redis.conn import RespConnection, pool
+from gateway.redis.keys import GROUP, queue_key
 from gateway.work.queue import QueueClosed
 
-__all__ = ["RedisQueue"]
+__all__ = ["GROUP", "RedisQueue", "consumer_name"]
 
 log = logging.getLogger(__name__)
 
-GROUP = "workers"
 BLOCK_MS = 500
 ACK_GATHER_SECONDS = 0.1
-
-# KEYS: the stream; ARGV: group, consumer, entry ids. Renews (resets the idle time of) each entry still
-# pending under this consumer, and answers those that are not: another worker took them over (this
-# process stalled past the lease) or the job ended elsewhere. Renewing with a plain XCLAIM would take a
-# job back from the worker that took it over.
-_RENEW = """
-local lost = {}
-for i = 3, #ARGV do
-  local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if held[1] and held[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-  else
-    lost[#lost + 1] = ARGV[i]
-  end
-end
-return lost
-"""
-
-
 def consumer_name() -> str:
     """A process among the workers with no identity of its own: host, pid and a random tail (a
     restart is a new consumer, whose predecessor's jobs are taken over once their leases lapse)."""
@@ -84,7 +67,7 @@ class RedisQueue:
         self._identity = consumer or consumer_name
         self.consumer = ""
         self._redis: Any = None
-        self._reader: resp.RespConnection | None = None  # the fetch loop's
+        self._reader: RespConnection | None = None  # the fetch loop's
         self._held: dict[str, str] = {}  # job id -> its entry id, while this process runs it
         self._waiting = 0  # entries not taken yet, as last counted
         self._closed = False
@@ -99,20 +82,9 @@ class RedisQueue:
         self._renew: Any = None
 
     async def open(self) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import ExponentialBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url, max_connections=8, timeout=30, health_check_interval=10,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
         self.consumer = self._identity()
-        self._redis = aioredis.Redis(connection_pool=pool)
-        self._renew = self._redis.register_script(_RENEW)
+        self._redis = pool(self.url, 8)
+        self._renew = self._redis.register_script(scripts.RENEW)
         await self._ensure_group()
         await self._release_own()
         loop = asyncio.get_running_loop()
@@ -125,8 +97,6 @@ class RedisQueue:
     async def _ensure_group(self) -> None:
         """The consumer group (and the stream): made at the first start, and again if Redis lost them
         (restarted empty, flushed, failed over to a replica that had not had them yet)."""
-        from redis.exceptions import ResponseError
-
         try:
             await self._redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
@@ -286,7 +256,7 @@ class RedisQueue:
         # The fetch loop's own connection (a blocking read holds it), spoken to directly: one read per
         # batch of jobs, without redis-py's per-command cost.
         if self._reader is None or not self._reader.connected:
-            self._reader = resp.RespConnection(self.url, timeout=BLOCK_MS / 1000 + 30.0)
+            self._reader = RespConnection(self.url, timeout=BLOCK_MS / 1000 + 30.0)
             await self._reader.connect()
         [answer] = await self._reader.execute([("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count, "BLOCK",
                                                 BLOCK_MS, "STREAMS", self.stream, ">")])

@@ -1,10 +1,12 @@
 """The event bus across replicas: Redis pub/sub, one subscription per process.
 
-The Redis store's scripts PUBLISH each committed revision in the same atomic step that stores it
-(so no replica sees an event that is not stored), on one channel, ``<prefix>events``. Every process
-subscribes once and hands each event to its local subscribers (the hub); ``publish`` has nothing to
-send. An event carries the job as of the revision without its earlier segments: the segments the
-revision added, from ``segments_offset`` on (``JobEvent.partial``), which is all a watcher needs.
+This bus only subscribes. The publisher is the Redis store's commit: its scripts PUBLISH each
+committed revision in the same atomic step that stores it (so no replica sees an event that is not
+stored), on one channel, ``<prefix>events`` (``gateway.redis.scripts``). Every process subscribes
+once and hands each event to its local subscribers (the hub); ``publish`` has nothing to send
+(``publishes`` says so). An event carries the job as of the revision without its earlier segments:
+the segments the revision added, from ``segments_offset`` on (``JobEvent.partial``), which is all a
+watcher needs (``gateway.redis.codec`` reads it).
 
 Pub/sub delivers at most once: while the connection is down, events are lost. After a reconnection
 the bus tells its resync listeners, and they read what they missed from the store (a job's watchers
@@ -14,18 +16,17 @@ from its revisions, a dashboard from the change positions), so no watcher misses
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 
 from gateway.bus.base import Handler, Unsubscribe
 from gateway.bus.memory import MemoryBus
 from gateway.hub import JobEvent
-from gateway.jobs import Job, Segment
-from gateway.store import resp
-from gateway.store.redis import job_from_dict
+from gateway.redis.codec import decode_event
+from gateway.redis.conn import RespConnection
+from gateway.redis.keys import Keys
 
-__all__ = ["RedisBus", "RemoteEvent", "decode_event"]
+__all__ = ["RedisBus"]
 
 log = logging.getLogger(__name__)
 
@@ -33,63 +34,14 @@ RECONNECT_MAX_SECONDS = 2.0
 HEALTH_CHECK_SECONDS = 10.0  # a subscription silent this long is pinged
 
 
-class RemoteEvent(JobEvent):
-    """An event from the channel. Its header (job id, revision, whether it ended, position, segment
-    offset, tenant) is read at once; the job itself is decoded the first time ``job`` is read, so an
-    event that concerns nobody in this process costs a split, not a JSON decode."""
-
-    __slots__ = ("_body", "_decoded", "_job_id", "_revision", "_tenant", "_terminal")
-
-    def __init__(self, raw: bytes) -> None:
-        job_id, revision, terminal, position, offset, size, rest = raw.split(b"|", 6)
-        n = int(size)
-        self._job_id = job_id.decode()
-        self._revision = int(revision)
-        self._terminal = terminal == b"1"
-        self._tenant = rest[:n].decode()
-        self._body = rest[n:]
-        self._decoded: Job | None = None
-        self.segments_offset = int(offset)
-        self.position = int(position)
-        self.partial = True
-        self._encoded = {}
-
-    @property
-    def job(self) -> Job:  # type: ignore[override]
-        if self._decoded is None:
-            data = json.loads(self._body)
-            segments = tuple(Segment.from_dict(s) for s in data["s"])
-            self._decoded = job_from_dict(data["j"], segments)
-            self._body = b""
-        return self._decoded
-
-    @property
-    def job_id(self) -> str:
-        return self._job_id
-
-    @property
-    def tenant(self) -> str:
-        return self._tenant
-
-    @property
-    def revision(self) -> int:
-        return self._revision
-
-    @property
-    def terminal(self) -> bool:
-        return self._terminal
-
-
-def decode_event(raw: bytes | str) -> JobEvent:
-    """An event as the store's scripts publish it:
-    ``<job id>|<revision>|<ended 0/1>|<position>|<segments offset>|<tenant bytes>|<tenant>{"j": job, "s": [new segments]}``."""
-    return RemoteEvent(raw.encode() if isinstance(raw, str) else raw)
-
-
 class RedisBus:
+    """An EventBus whose events come from the Redis store's commits (``publishes`` is False)."""
+
+    publishes = False  # RedisStore's commit scripts PUBLISH every revision: nothing is left to send here
+
     def __init__(self, url: str, prefix: str = "gw:") -> None:
         self.url = url
-        self.channel = prefix + "events"
+        self.channel = Keys(prefix).events
         self._local = MemoryBus()  # the subscribers of this process
         self._resync: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
@@ -110,7 +62,8 @@ class RedisBus:
         await self._local.close()
 
     def publish(self, event: JobEvent) -> None:
-        """Nothing to do: the store's script published the event when it committed it."""
+        """Sends nothing: RedisStore's commit published the event already, in the same script that
+        stored it (scripts.CREATE, scripts.SAVE); each process's subscription brings it back here."""
 
     def subscribe(self, handler: Handler, *, job_id: str | None = None, tenant: str | None = None) -> Unsubscribe:
         return self._local.subscribe(handler, job_id=job_id, tenant=tenant)
@@ -155,10 +108,10 @@ class RedisBus:
                 delay = 0.05
 
     async def _listen_direct(self) -> None:
-        """The subscription on a connection of its own, spoken to directly (resp.py): each event costs
+        """The subscription on a connection of its own, spoken to directly (conn.RespConnection): each event costs
         a hiredis parse, not redis-py's message machinery. A silent connection is pinged, and given
         up if it does not answer."""
-        connection = resp.RespConnection(self.url)
+        connection = RespConnection(self.url)
         await connection.connect()
         try:
             connection.send([("SUBSCRIBE", self.channel)])
@@ -183,7 +136,7 @@ class RedisBus:
             connection.close()
 
     @staticmethod
-    async def _watch(connection: resp.RespConnection, heard: list[float]) -> None:
+    async def _watch(connection: RespConnection, heard: list[float]) -> None:
         """Pings a subscription silent for HEALTH_CHECK_SECONDS; closes it (the read loop then
         reconnects) when the ping is not answered within as long again."""
         loop = asyncio.get_running_loop()

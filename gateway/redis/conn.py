@@ -1,7 +1,8 @@
-"""One Redis connection spoken to directly, for the hot paths of a Redis deployment: the store's
-writer (a pipeline of scripts per batch), the work queue's blocking read and the event bus's
-subscription. Commands are packed and replies parsed by hiredis (C), without redis-py's per-command
-machinery (connection pool, callbacks, encoders), which cost more CPU than Redis itself per job.
+"""Connections to Redis: the redis-py pool of the engine's ordinary commands (``pool``), and one
+connection spoken to directly (``RespConnection``) for the hot paths: the store's writer (a pipeline
+of scripts per batch), the work queue's blocking read and the event bus's subscription. On those,
+commands are packed and replies parsed by hiredis (C), without redis-py's per-command machinery
+(connection pool, callbacks, encoders), which cost more CPU than Redis itself per job.
 
 Errors look as redis-py's do: an error reply is the redis-py exception for its prefix (NOSCRIPT,
 OOM, READONLY...), returned in place (a pipeline goes on past it); a lost connection raises redis-py's
@@ -20,12 +21,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import hiredis
+import redis.asyncio as aioredis
 from redis._parsers.base import BaseParser
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["RespConnection", "supported"]
+__all__ = ["RespConnection", "pool", "supported"]
 
 _READ = 256 * 1024
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -33,6 +37,17 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 
 def supported(url: str) -> bool:
     return urlsplit(url).scheme in ("redis", "rediss", "unix")
+
+
+def pool(url: str, max_connections: int) -> aioredis.Redis:
+    """A redis-py client on a blocking pool: a burst of commands waits for a connection instead of
+    failing, and a command that meets a lost connection is retried with backoff (up to 2 s apart)."""
+    connections = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=30, health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    return aioredis.Redis(connection_pool=connections)
 
 
 class RespConnection:

@@ -1,0 +1,262 @@
+"""The Lua scripts of the Redis engine, each one atomic step, with what its KEYS and ARGV are.
+
+Every write of a job is one script: the compare-and-set on the job's revision and attempt, the job's
+head, its revision entry, its new segments, its change position, its webhook mark, when it ends its
+expiry (Redis deletes a finished job at its expire time: retention is Redis expiry) and its queue
+entry's removal, and the PUBLISH of the event on ``keys.events``, all at once: no replica sees an
+event that is not stored. That is why the store's commit is the publisher of every event (CREATE and
+SAVE end with PUBLISH, in the wire format ``codec.decode_event`` reads) and the bus only subscribes.
+
+A script answers a write it already applied (sent again after a lost answer) as done, so a writer
+may send a batch twice. The consumer group is named ``'workers'`` inside them: ``keys.GROUP``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "RENEW", "SAVE", "SPARE", "STORE",
+           "TAKE_OVER"]
+
+# KEYS: job, revs, req (or req-none), jobs index, changes, position, active, queue, queue bytes
+# ARGV: id, job JSON, request hash, payload, has a request id (1/0), job key prefix, created, tenant,
+#       request id, revs key prefix, segs key prefix, events channel, max_queue (0: none),
+#       max_queued_bytes (0: none)
+# Answers {created (1 new or this very create again, 0 the request's existing job, 2 queue full,
+# 3 queue bytes full), job id, request hash, position (2, 3: what is held)}. Admission is part of it:
+# the entries not taken by a worker (the stream's length less its pending entries) and the input bytes
+# held are checked and counted in the same step that stores and queues the job, so replicas
+# submitting at once cannot pass a limit together.
+CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'created_as') == ARGV[2] then  -- this very create, sent again: done
+    return {1, ARGV[1], ARGV[3], tonumber(redis.call('HGET', KEYS[1], 'pos'))}
+  end
+  return redis.error_reply('EXISTS job ' .. ARGV[1])
+end
+local has_request = ARGV[5] == '1'
+if has_request then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then
+    local key = ARGV[6] .. existing
+    local expires = redis.call('HGET', key, 'expires')
+    if expires and (expires == '' or tonumber(expires) > tonumber(ARGV[7])) then
+      return {0, existing, redis.call('HGET', key, 'req_hash'), 0}
+    end
+    if expires then  -- expired, not swept yet: the key is free again, and the old job goes
+      redis.call('DEL', key, ARGV[10] .. existing, ARGV[11] .. existing)
+      redis.call('ZREM', KEYS[4], existing)
+      redis.call('ZREM', KEYS[5], existing)
+      redis.call('SREM', KEYS[7], existing)
+    end
+  end
+end
+local size = #ARGV[4]
+local max_queue, max_bytes = tonumber(ARGV[13]), tonumber(ARGV[14])
+if max_queue > 0 then  -- entries no worker has taken yet
+  local waiting = redis.call('XLEN', KEYS[8])
+  local pending = redis.pcall('XPENDING', KEYS[8], 'workers')  -- an error until the group exists
+  if type(pending) == 'table' and pending[1] then waiting = waiting - tonumber(pending[1]) end
+  if waiting >= max_queue then return {2, '', '', waiting} end
+end
+local held = tonumber(redis.call('GET', KEYS[9]) or '0')
+if max_bytes > 0 and held + size > max_bytes then return {3, '', '', held} end
+redis.call('INCRBY', KEYS[9], size)
+local pos = redis.call('INCR', KEYS[6])
+redis.call('HSET', KEYS[1], 'job', ARGV[2], 'created_as', ARGV[2], 'rev', 1, 'att', 0, 'seg', 0, 'pos', pos, 'tenant', ARGV[8],
+           'request_id', ARGV[9], 'req_hash', ARGV[3], 'payload', ARGV[4], 'expires', '', 'qb', size, 'qk', KEYS[9])
+redis.call('XADD', KEYS[2], '0-1', 'job', ARGV[2], 'seg', 0)
+if has_request then redis.call('SET', KEYS[3], ARGV[1]) end
+redis.call('ZADD', KEYS[4], 0, ARGV[1])
+redis.call('ZADD', KEYS[5], pos, ARGV[1])
+redis.call('SADD', KEYS[7], ARGV[1])
+local entry = redis.call('XADD', KEYS[8], '*', 'job', ARGV[1])  -- queued for the route's workers, at once
+redis.call('HSET', KEYS[1], 'entry', entry)
+redis.call('PUBLISH', ARGV[12], ARGV[1] .. '|1|0|' .. pos .. '|0|' .. #ARGV[8] .. '|' .. ARGV[8] .. '{"j":' .. ARGV[2] .. ',"s":[]}')
+return {1, ARGV[1], ARGV[3], pos}
+"""
+
+# KEYS: job, revs, segs, changes, position, active, tomb, expiring, req, queue, webhook, webhooks due
+# ARGV: id, expected revision, attempt (-1: any), count attempt (0/1), revision, job JSON, segment
+#       count, terminal (0/1), result ('' none), ttl ms, tombstone ttl ms, tenant, n new segments,
+#       segments..., expires, tombstone end, events channel, webhook mark (now; '' none), webhook URL
+# Answers the revision's change position; an error reply CONFLICT... when the compare-and-set fails.
+SAVE = """
+local cur = redis.call('HMGET', KEYS[1], 'rev', 'att', 'job', 'pos')
+if not cur[1] then return redis.error_reply('CONFLICT job ' .. ARGV[1] .. ' is gone') end
+if tonumber(cur[1]) == tonumber(ARGV[5]) and cur[3] == ARGV[6] then
+  return tonumber(cur[4])  -- this very revision, sent again after a lost answer: already stored
+end
+local att = tonumber(cur[2]) + tonumber(ARGV[4])
+if tonumber(cur[1]) ~= tonumber(ARGV[2]) or (tonumber(ARGV[3]) >= 0 and att ~= tonumber(ARGV[3])) then
+  return redis.error_reply('CONFLICT job ' .. ARGV[1] .. ' is at revision ' .. cur[1] .. ' (attempt ' .. cur[2] ..
+                           '), not ' .. ARGV[2] .. ' (attempt ' .. ARGV[3] .. ')')
+end
+local pos = redis.call('INCR', KEYS[5])
+local count = tonumber(ARGV[7])
+local n = tonumber(ARGV[13])
+redis.call('HSET', KEYS[1], 'job', ARGV[6], 'rev', ARGV[5], 'att', att, 'seg', count, 'pos', pos)
+redis.call('XADD', KEYS[2], '0-' .. ARGV[5], 'job', ARGV[6], 'seg', count)
+if n > 0 then
+  redis.call('LTRIM', KEYS[3], 0, count - n - 1)
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, 14, 13 + n))
+end
+redis.call('ZADD', KEYS[4], pos, ARGV[1])
+local mark = ARGV[17 + n]
+if mark ~= '' then  -- a revision the job's webhook may want: due now, unless a dispatcher holds it
+  redis.call('HSET', KEYS[11], 'pending', ARGV[5], 'url', ARGV[18 + n])
+  if tonumber(redis.call('HGET', KEYS[11], 'lease') or '0') <= tonumber(mark) then
+    local due = redis.call('ZSCORE', KEYS[12], ARGV[1])
+    if (not due) or tonumber(due) > tonumber(mark) then redis.call('ZADD', KEYS[12], mark, ARGV[1]) end
+  end
+end
+if ARGV[8] == '1' then
+  local ttl = tonumber(ARGV[10])
+  if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[9]) end
+  local qb = redis.call('HMGET', KEYS[1], 'qb', 'qk')
+  if qb[1] then redis.call('DECRBY', qb[2], qb[1]) end  -- its input no longer counts against the queue
+  redis.call('HDEL', KEYS[1], 'payload', 'ckpt', 'qb', 'qk')
+  redis.call('HSET', KEYS[1], 'expires', ARGV[14 + n])
+  redis.call('SREM', KEYS[6], ARGV[1])
+  local entry = redis.call('HGET', KEYS[1], 'entry')
+  if entry then  -- an ended job leaves its route's queue, and its worker's pending list (group: work.redis.GROUP)
+    redis.call('XACK', KEYS[10], 'workers', entry)
+    redis.call('XDEL', KEYS[10], entry)
+  end
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
+  if redis.call('EXISTS', KEYS[9]) == 1 then redis.call('PEXPIRE', KEYS[9], ttl) end
+  if redis.call('EXISTS', KEYS[11]) == 1 then redis.call('PEXPIRE', KEYS[11], ttl) end
+  redis.call('SET', KEYS[7], ARGV[12] .. '|' .. ARGV[15 + n], 'PX', tonumber(ARGV[11]))
+  redis.call('ZADD', KEYS[8], tonumber(ARGV[14 + n]) * 1000, ARGV[1])
+end
+local segments = ''
+if n > 0 then segments = table.concat(ARGV, ',', 14, 13 + n) end
+redis.call('PUBLISH', ARGV[16 + n], ARGV[1] .. '|' .. ARGV[5] .. '|' .. ARGV[8] .. '|' .. pos .. '|' .. (count - n) .. '|' ..
+           #ARGV[12] .. '|' .. ARGV[12] .. '{"j":' .. ARGV[6] .. ',"s":[' .. segments .. ']}')
+return pos
+"""
+
+# KEYS: job, revs, segs, tomb, jobs index prefix, changes prefix, active, expiring, webhook, webhooks due
+# ARGV: id, tombstone ttl ms (0: none), req prefix, tombstone end
+DELETE = """
+local tenant = redis.call('HGET', KEYS[1], 'tenant')
+if not tenant then
+  -- Expired by Redis before a sweep came (the usual case: both happen at the job's expiry): what still
+  -- names the job goes, or the sweep would find it again forever. The tenant is the tombstone's.
+  local tomb = redis.call('GET', KEYS[4])
+  local owner = tomb and string.match(tomb, '^(.*)|[^|]*$')
+  if owner then
+    redis.call('ZREM', KEYS[5] .. owner, ARGV[1])
+    redis.call('ZREM', KEYS[6] .. owner, ARGV[1])
+    if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[4], owner .. '|' .. ARGV[4], 'PX', tonumber(ARGV[2])) end
+  end
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[9])
+  redis.call('SREM', KEYS[7], ARGV[1])
+  redis.call('ZREM', KEYS[8], ARGV[1])
+  redis.call('ZREM', KEYS[10], ARGV[1])
+  return 0
+end
+local request_id = redis.call('HGET', KEYS[1], 'request_id')
+local qb = redis.call('HMGET', KEYS[1], 'qb', 'qk')
+if qb[1] then redis.call('DECRBY', qb[2], qb[1]) end  -- a job deleted before it ended
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[4], tenant .. '|' .. ARGV[4], 'PX', tonumber(ARGV[2]))
+else
+  redis.call('DEL', KEYS[4])  -- forgotten, not expired: no tombstone, not even the one set in advance
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+if request_id and request_id ~= '' then
+  local req = ARGV[3] .. tenant .. ':' .. request_id
+  if redis.call('GET', req) == ARGV[1] then redis.call('DEL', req) end
+end
+redis.call('ZREM', KEYS[5] .. tenant, ARGV[1])
+redis.call('ZREM', KEYS[6] .. tenant, ARGV[1])
+redis.call('SREM', KEYS[7], ARGV[1])
+redis.call('ZREM', KEYS[8], ARGV[1])
+redis.call('DEL', KEYS[9])
+redis.call('ZREM', KEYS[10], ARGV[1])
+return 1
+"""
+
+# KEYS: webhook, webhooks due, job; ARGV: id, now, lease until
+CLAIM_WEBHOOK = """
+if redis.call('EXISTS', KEYS[3]) == 0 then  -- the job is gone (expired): so is its webhook
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[1])
+  return false
+end
+local due = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if (not due) or tonumber(due) > tonumber(ARGV[2]) then return false end
+if tonumber(redis.call('HGET', KEYS[1], 'lease') or '0') > tonumber(ARGV[2]) then return false end
+redis.call('HSET', KEYS[1], 'lease', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])  -- hidden from the others until the lease runs out
+return {redis.call('HGET', KEYS[1], 'pending') or '0', redis.call('HGET', KEYS[1], 'state') or ''}
+"""
+
+# KEYS: webhook, webhooks due, job
+# ARGV: id, state JSON, examined revision, due if marked since, due ('' none), the claim's lease
+FINISH_WEBHOOK = """
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[6] then return 0 end  -- the claim ran out (maybe another's now)
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'lease', 0)
+local due = ARGV[5]
+if tonumber(redis.call('HGET', KEYS[1], 'pending') or '0') > tonumber(ARGV[3]) then due = ARGV[4] end
+if due == '' then redis.call('ZREM', KEYS[2], ARGV[1]) else redis.call('ZADD', KEYS[2], due, ARGV[1]) end
+return 1
+"""
+
+# KEYS: job; ARGV: the attempt to take back (only if it is still the job's count)
+SPARE = """
+local att = tonumber(redis.call('HGET', KEYS[1], 'att'))
+if att and att == tonumber(ARGV[1]) and att > 0 then redis.call('HINCRBY', KEYS[1], 'att', -1) end
+return 0
+"""
+
+# KEYS: job, segs. A worker taking a job over counts its attempt and reads the job in the same step: a
+# write of the previous holder's attempt is either in what it reads or refused afterwards (the save
+# script fences each write by its attempt), never lost between the two.
+TAKE_OVER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local att = redis.call('HINCRBY', KEYS[1], 'att', 1)
+local head = redis.call('HMGET', KEYS[1], 'job', 'seg', 'ckpt')
+local segs = redis.call('LRANGE', KEYS[2], 0, tonumber(head[2]) - 1)
+return {head[1], att, head[3] or '', segs}
+"""
+
+# KEYS: store_id, position; ARGV: the store id this process knows, a new one, the highest change position
+# it has seen committed. The store id names the data (resume tokens carry it): Redis restarted empty or
+# flushed has none, and a failover to a replica that was behind has a position lower than one already
+# committed; either way the data is not what the gateway wrote, and a new id is set (once: the replica
+# that comes first sets it, the others find it) that every process then adopts.
+EPOCH = """
+local current = redis.call('GET', KEYS[1])
+local position = tonumber(redis.call('GET', KEYS[2]) or '0')
+if (not current) or (current == ARGV[1] and position < tonumber(ARGV[3])) then
+  redis.call('SET', KEYS[1], ARGV[2])
+  current = ARGV[2]
+end
+return {current, position}
+"""
+
+# KEYS: the stream; ARGV: group, consumer, entry ids. Renews (resets the idle time of) each entry still
+# pending under this consumer, and answers those that are not: another worker took them over (this
+# process stalled past the lease) or the job ended elsewhere. Renewing with a plain XCLAIM would take a
+# job back from the worker that took it over.
+RENEW = """
+local lost = {}
+for i = 3, #ARGV do
+  local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if held[1] and held[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+return lost
+"""
+
+# The store's scripts by the name it calls them (loaded with SCRIPT LOAD, run with EVALSHA).
+STORE = {"create": CREATE, "save": SAVE, "delete": DELETE, "spare": SPARE, "take_over": TAKE_OVER, "epoch": EPOCH,
+         "claim_webhook": CLAIM_WEBHOOK, "finish_webhook": FINISH_WEBHOOK}
