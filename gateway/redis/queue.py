@@ -69,6 +69,7 @@ class RedisQueue:
         self._redis: Any = None
         self._reader: RespConnection | None = None  # the fetch loop's
         self._held: dict[str, str] = {}  # job id -> its entry id, while this process runs it
+        self._taken_at: dict[str, float] = {}  # job id -> when it was fetched (loop time)
         self._waiting = 0  # entries not taken yet, as last counted
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -79,12 +80,12 @@ class RedisQueue:
         self._wanted = 0  # workers waiting in get()
         self._want = asyncio.Event()
         self._lost: Callable[[str], None] = lambda job_id: None
-        self._renew: Any = None
+        self._hold: Any = None
 
     async def open(self) -> None:
         self.consumer = self._identity()
         self._redis = pool(self.url, 8)
-        self._renew = self._redis.register_script(scripts.RENEW)
+        self._hold = self._redis.register_script(scripts.HOLD)
         await self._ensure_group()
         await self._release_own()
         loop = asyncio.get_running_loop()
@@ -122,16 +123,22 @@ class RedisQueue:
             log.info("queue %s: %d jobs of this worker's previous run are taken over at once", self.route, len(pending))
 
     async def _hand_over(self, entries: list[Any]) -> None:
-        """Entries this consumer holds become idle past the lease (XCLAIM's IDLE): any worker's next
-        look takes them over, resuming their jobs where they stopped."""
+        """Entries this consumer still holds become idle past the lease: any worker's next look takes them
+        over, resuming their jobs where they stopped (one another worker holds now stays with it)."""
         if entries:
-            await self._redis.xclaim(self.stream, GROUP, self.consumer, min_idle_time=0, message_ids=entries,
-                                     idle=10 * self.lease_ms + 3_600_000, justid=True)
+            await self._held_by_me(entries, idle_ms=10 * self.lease_ms + 3_600_000)
             self._next_reclaim = 0.0
+
+    async def _held_by_me(self, entries: list[Any], idle_ms: int = 0) -> set[str]:
+        """Of these entries, those another worker holds now or Redis no longer has; the others are renewed
+        (``idle_ms`` 0) or handed over."""
+        lost = await self._hold(keys=[self.stream], args=[GROUP, self.consumer, idle_ms, *entries])
+        return {e.decode() if isinstance(e, bytes) else e for e in lost}
 
     async def aclose(self) -> None:
         held = list(self._held.values())  # interrupted by a drain: theirs to take at once, not after the lease
         self._held.clear()
+        self._taken_at.clear()
         if held and self._redis is not None:
             try:
                 await self._hand_over(held)
@@ -174,17 +181,41 @@ class RedisQueue:
 
     async def get(self) -> str:
         """The next job: a reclaimed one (its worker died) first, else a new one."""
-        if self._closed:
-            raise QueueClosed
-        self._wanted += 1
-        self._want.set()
+        while True:
+            if self._closed:
+                raise QueueClosed
+            self._wanted += 1
+            self._want.set()
+            try:
+                job_id = await self._ready.get()
+            finally:
+                self._wanted -= 1
+            if job_id is None:
+                raise QueueClosed
+            if await self._still_held(job_id):
+                return job_id
+
+    async def _still_held(self, job_id: str) -> bool:
+        """A job fetched longer ago than half a lease (this process stalled since: nobody else can take an
+        entry before it has been idle a whole lease) may be another worker's by now: it is run here only
+        if its entry is still this consumer's (and renewed), else dropped, as a lease found lost is."""
+        entry, taken = self._held.get(job_id), self._taken_at.get(job_id, 0.0)
+        if entry is None:
+            return False
+        if asyncio.get_running_loop().time() - taken < self.lease_ms / 2000:
+            return True
         try:
-            job_id = await self._ready.get()
-        finally:
-            self._wanted -= 1
-        if job_id is None:
-            raise QueueClosed
-        return job_id
+            lost = await self._held_by_me([entry])
+        except Exception as exc:  # Redis unreachable: the attempt fence still keeps the job's writes right
+            log.warning("queue %s: checking the lease of job %s failed (%s)", self.route, job_id, exc)
+            return True
+        if entry in lost and self._held.get(job_id) == entry:
+            log.info("queue %s: job %s was taken over while this process stalled; not running it", self.route,
+                     job_id)
+            del self._held[job_id]
+            self._taken_at.pop(job_id, None)
+            return False
+        return True
 
     async def _fetch_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -232,6 +263,7 @@ class RedisQueue:
     def task_done(self, job_id: str) -> None:
         """The job ended here (or was dropped): its entry leaves the stream."""
         entry = self._held.pop(job_id, None)
+        self._taken_at.pop(job_id, None)
         if entry is not None:
             self._acks.append(entry)
             self._ack_wanted.set()
@@ -241,6 +273,7 @@ class RedisQueue:
 
     def let_go(self, job_id: str) -> None:
         entry = self._held.pop(job_id, None)
+        self._taken_at.pop(job_id, None)
         if entry is not None and not self._closed:
             asyncio.get_running_loop().create_task(self._hand_over_quietly(job_id, entry))
 
@@ -280,6 +313,7 @@ class RedisQueue:
     def _take(self, entry_id: bytes, fields: dict[bytes, bytes]) -> str:
         job_id = fields[b"job"].decode()
         self._held[job_id] = entry_id.decode()
+        self._taken_at[job_id] = asyncio.get_running_loop().time()
         self._waiting = max(0, self._waiting - 1)
         return job_id
 
@@ -317,16 +351,16 @@ class RedisQueue:
         if not held:
             return
         try:
-            lost = await self._renew(keys=[self.stream], args=[GROUP, self.consumer, *held.values()])
+            lost_entries = await self._held_by_me(list(held.values()))
         except Exception as exc:
             if not _is_nogroup(exc):
                 raise
-            lost = list(held.values())  # the group is gone with its entries: so are the jobs (a flush)
+            lost_entries = set(held.values())  # the group is gone with its entries: so are the jobs (a flush)
             await self._recover(exc)
-        lost_entries = {e.decode() if isinstance(e, bytes) else e for e in lost}
         for job_id, entry in held.items():
             if entry in lost_entries and self._held.get(job_id) == entry:
                 del self._held[job_id]
+                self._taken_at.pop(job_id, None)
                 self._lost(job_id)
 
     async def _count(self) -> None:

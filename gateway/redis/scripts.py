@@ -13,7 +13,7 @@ may send a batch twice. The consumer group is named ``'workers'`` inside them: `
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "RENEW", "SAVE", "SPARE", "STORE",
+__all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "HOLD", "SAVE", "SPARE", "STORE",
            "TAKE_OVER"]
 
 # KEYS: job, revs, req (or req-none), jobs index, changes, position, active, queue, queue bytes
@@ -240,16 +240,22 @@ end
 return {current, position}
 """
 
-# KEYS: the stream; ARGV: group, consumer, entry ids. Renews (resets the idle time of) each entry still
-# pending under this consumer, and answers those that are not: another worker took them over (this
-# process stalled past the lease) or the job ended elsewhere. Renewing with a plain XCLAIM would take a
-# job back from the worker that took it over.
-RENEW = """
+# KEYS: the stream; ARGV: group, consumer, idle ms (0: renew), entry ids. For each entry still pending
+# under this consumer: renews it (resets its idle time), or with an idle time hands it over (it looks idle
+# past the lease, so the next worker to look takes it at once); answers the entries that are not this
+# consumer's: another worker took them over (this process stalled past the lease), or the job ended
+# elsewhere. A plain XCLAIM, renewing or handing over, would take a job back from the worker that took it
+# over (and a job bounced between the two would spend an attempt at each bounce).
+HOLD = """
 local lost = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if held[1] and held[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    if ARGV[3] == '0' then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    else
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
+    end
   else
     lost[#lost + 1] = ARGV[i]
   end
