@@ -28,13 +28,13 @@ from gateway.api.auth import Authenticator
 from gateway.api.gate import ReceiveGate
 from gateway.api.servicer import SERVICE_NAME, GatewayServicer
 from gateway.backends import create_backend
-from gateway.bus import EventBus, MemoryBus
+from gateway.bus import EventBus, MemoryBus, Resyncs
 from gateway.errors import StartupError
 from gateway.hub import EventHub
 from gateway.jobs import Clock, SystemClock
 from gateway.service import JobService
 from gateway.settings import Settings
-from gateway.store import SqliteStore, Store
+from gateway.store import ReportsWritability, SqliteStore, Store
 from gateway.tls import CertificateFiles
 from gateway.work import RouteRunner, WorkQueue, health_name
 
@@ -126,9 +126,8 @@ class Gateway:
         self.bus: EventBus = make_bus(settings)
         self.hub = EventHub()
         self._unsubscribe_hub = self.bus.subscribe(self.hub.publish)  # one subscription per process
-        on_resync = getattr(self.bus, "on_resync", None)
-        if on_resync is not None:
-            on_resync(self.hub.resync)
+        if isinstance(self.bus, Resyncs):  # a shared bus may lose events: the hub then reads the store
+            self.bus.on_resync(self.hub.resync)
         # Built before the service, which is handed them: the runners (filled in as start() builds
         # each, with the service's lifecycle) and, in an API process, the webhook dispatcher.
         self.runners: dict[str, RouteRunner] = {}
@@ -176,9 +175,8 @@ class Gateway:
 
             enable_tracing()
         await self.store.open()
-        on_writable = getattr(self.store, "on_writable", None)
-        if on_writable is not None:
-            on_writable(self._store_listener)
+        if isinstance(self.store, ReportsWritability):
+            self.store.on_writable(self._store_listener)
         await self.bus.open()
         for name, route_settings in settings.routes.items():
             if settings.workers:  # --workers N: every route runs N jobs at once here

@@ -18,6 +18,14 @@ __all__ = ["MemoryQueue", "QueueClosed", "WorkQueue"]
 class WorkQueue(Protocol):
     maxsize: int
 
+    async def open(self) -> None:
+        """Before the first get(): connects a shared queue (nothing to do in memory)."""
+        ...
+
+    async def aclose(self) -> None:
+        """After the workers stopped: hands a shared queue's interrupted jobs over, and disconnects."""
+        ...
+
     def __len__(self) -> int:
         """How many jobs wait."""
         ...
@@ -83,6 +91,12 @@ class MemoryQueue:
         self._reserved = 0
         self._getters: deque[asyncio.Future[None]] = deque()
         self._closed = False
+
+    async def open(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
 
     def __len__(self) -> int:
         return len(self._items)

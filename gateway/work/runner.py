@@ -82,9 +82,7 @@ class RouteRunner:
 
     async def start(self) -> None:
         """Starts the backend (loading, warm-up) in the background, then the workers."""
-        open_queue = getattr(self.queue, "open", None)
-        if open_queue is not None:
-            await open_queue()
+        await self.queue.open()
         self._tasks.append(asyncio.create_task(self._start(), name=f"route-{self.name}-start"))
         self._tasks.append(asyncio.create_task(self._refresh_positions(), name=f"route-{self.name}-positions"))
 
@@ -120,9 +118,7 @@ class RouteRunner:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        close = getattr(self.queue, "aclose", None)
-        if close is not None:
-            await close()
+        await self.queue.aclose()
         await self.backend.close()
 
     # -- admission and queue ---------------------------------------------------------------------
