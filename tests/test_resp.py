@@ -1,4 +1,4 @@
-"""The direct Redis connection of the hot paths (gateway/store/resp.py) against a real redis-server:
+"""The direct Redis connection of the hot paths (gateway/redis/conn.py) against a real redis-server:
 a pipeline's replies in order, an error reply in place as redis-py's exception (the pipeline goes on
 past it), a password and a database from the URL, a lost connection as redis-py's ConnectionError, and
 the same over a Unix socket and TLS (the server's certificate checked against the URL's CA)."""
