@@ -120,6 +120,11 @@ class Backend(Protocol):
     readiness: ReadyState
     reports_start: bool
 
+    @property
+    def concurrency(self) -> int | None:
+        """Jobs it takes at once (a batcher's, a model pool's); None: the route's ``workers``."""
+        ...
+
     async def start(self) -> None:
         """Loads and warms up; readiness turns True when jobs can run."""
         ...

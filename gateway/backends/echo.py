@@ -42,6 +42,7 @@ class EchoBackend:
         self.settings = settings
         self.readiness = ReadyState()
         self.reports_start = False
+        self.concurrency: int | None = None
 
     async def start(self) -> None:
         self.readiness.set(True)

@@ -95,6 +95,7 @@ class OctoAIBackend:
         self.settings = settings
         self.readiness = ReadyState()
         self.reports_start = True  # jobs stay QUEUED while the upstream says "pending"
+        self.concurrency: int | None = None
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(settings.max_concurrent_requests)
         self._health_task: asyncio.Task[None] | None = None

@@ -66,7 +66,8 @@ class RouteRunner:
         self.queue: WorkQueue = queue if queue is not None else MemoryQueue(settings.max_queue)
         self.queue.on_lost(self.abandon)
         # Jobs this process runs at once (0: none); a backend may say how many it takes (a batcher).
-        self.workers = workers if workers is not None else getattr(backend, "concurrency", settings.workers)
+        self.workers = workers if workers is not None else (
+            backend.concurrency if backend.concurrency is not None else settings.workers)
         self._running: dict[str, _Running] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
