@@ -107,10 +107,16 @@ class RedisQueue:
             log.info("queue %s: consumer group %s created on %s", self.route, GROUP, self.stream)
 
     async def _recover(self, exc: BaseException) -> None:
-        if _is_nogroup(exc):
-            log.warning("queue %s: Redis lost the consumer group (restarted empty or flushed?); making it again",
-                        self.route)
+        """After a failed command: the consumer group made again if Redis lost it. Never raises (the
+        loops that call it retry anyway)."""
+        if not _is_nogroup(exc):
+            return
+        log.warning("queue %s: Redis lost the consumer group (restarted empty or flushed?); making it again",
+                    self.route)
+        try:
             await self._ensure_group()
+        except Exception as again:
+            log.warning("queue %s: making the consumer group failed (%s)", self.route, again)
 
     async def _release_own(self) -> None:
         """Entries still pending under this consumer's name belong to its previous life (a process that
@@ -236,10 +242,7 @@ class RedisQueue:
                 raise
             except Exception as exc:
                 log.warning("queue %s: %s; retrying", self.route, exc)
-                try:
-                    await self._recover(exc)
-                except Exception as again:
-                    log.warning("queue %s: %s", self.route, again)
+                await self._recover(exc)
                 await asyncio.sleep(0.5)
                 continue
             for job_id in taken:
@@ -375,10 +378,7 @@ class RedisQueue:
                 await self._count()
             except Exception as exc:
                 log.debug("queue %s: counting failed (%s)", self.route, exc)
-                try:
-                    await self._recover(exc)
-                except Exception as again:
-                    log.debug("queue %s: %s", self.route, again)
+                await self._recover(exc)
 
     async def lag(self) -> int:
         """Entries not yet delivered to the group (what KEDA's Redis Streams scaler reads as lag)."""
