@@ -45,13 +45,20 @@ __all__ = ["Gateway", "create_server", "health_name", "make_bus", "make_store"]
 
 log = logging.getLogger(__name__)
 
-# Requests up to this much over max_receive_bytes still reach the gateway, which refuses them with an
-# ErrorInfo (REQUEST_TOO_LARGE); beyond it gRPC itself refuses them (RESOURCE_EXHAUSTED, no details).
-# gRPC's limit is what keeps a huge request from costing memory: it refuses one from its length
-# prefix, before receiving it (a 200 MiB request: no growth, refused in 0.2 s), where without a limit
-# the whole of it is buffered and copied before any handler sees it (620 MiB at the peak). Its refusal
-# is final: a handler reading the message sees only the end of the call and cannot answer instead.
+# Requests over max_receive_bytes up to gRPC's own limit (max_refused_request_bytes, at least this much
+# over max_receive_bytes) still reach the gateway, which refuses them with an ErrorInfo
+# (REQUEST_TOO_LARGE, with the limit and the size). Beyond it gRPC itself refuses them (RESOURCE_EXHAUSTED,
+# no details). gRPC's limit is what keeps a huge request from costing memory: it refuses one from its
+# length prefix, before receiving it (a 1 GiB request: no growth), where below it the whole request is
+# buffered and copied before any handler sees it (about 2.7 times its size at the peak: 2.7 GiB for
+# 1 GiB, measured). Its refusal is final: a handler reading the message sees only the end of the call
+# and cannot answer instead. Only authenticated calls are read (gateway.api.gate), Submits a few at once.
 RECEIVE_HEADROOM = 4 * 1024 * 1024
+
+
+def receive_ceiling(settings: Settings) -> int:
+    """gRPC's receive limit: requests up to it are answered by the gateway, with their reason."""
+    return min(max(settings.max_refused_request_bytes, settings.max_receive_bytes + RECEIVE_HEADROOM), 2**31 - 1)
 FINAL_GRACE_SECONDS = 2.0
 
 
@@ -62,7 +69,7 @@ def create_server(
     """A grpc.aio server with the gateway's channel options, bound (with TLS given credentials); (server, port)."""
     ms = lambda seconds: int(seconds * 1000)  # noqa: E731
     options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", settings.max_receive_bytes + RECEIVE_HEADROOM),
+        ("grpc.max_receive_message_length", receive_ceiling(settings)),
         ("grpc.max_send_message_length", -1),
         ("grpc.keepalive_time_ms", ms(settings.keepalive_time_seconds)),
         ("grpc.keepalive_timeout_ms", ms(settings.keepalive_timeout_seconds)),

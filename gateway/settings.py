@@ -395,6 +395,14 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(60.0, gt=0, description="How often expired jobs are deleted.")
     heartbeat_seconds: float = Field(10.0, gt=0, description="Watch heartbeat interval while idle.")
     max_receive_bytes: int = Field(32 * MiB, ge=1024, description="Largest request accepted.")
+    max_refused_request_bytes: int = Field(
+        256 * MiB, ge=1024, lt=2 * 1024 * MiB,
+        description="Requests over max_receive_bytes up to this size are received and refused with "
+                    "RESOURCE_EXHAUSTED REQUEST_TOO_LARGE, naming the limit; beyond it gRPC refuses them "
+                    "from their length prefix, receiving nothing, with no ErrorInfo. Receiving one to refuse "
+                    "it costs about three times its size, briefly, and only after the caller authenticated. "
+                    "Never below max_receive_bytes + 4 MiB.",
+    )
     max_inflight_submit_bytes: int = Field(
         96 * MiB, ge=1024,
         description="Submit request bytes being parsed, checked and stored at once (each costs about four times "

@@ -25,7 +25,7 @@ from gateway_client import (
     NotFoundError,
     Output,
 )
-from tests.conftest import ServerProcess, wait_until
+from tests.conftest import ServerProcess, error_info, wait_until
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name  # inferencegateway.gateway.v1.GatewayService
 
@@ -342,6 +342,45 @@ def test_oversized_and_malformed_requests(make_server) -> None:  # type: ignore[
         assert malformed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         stub = pb_grpc.GatewayServiceStub(channel)
         assert stub.Submit(pb.SubmitRequest(route="echo", inputs={}), timeout=5).job.id  # still healthy
+
+
+def _raw_submit_error(target: str, size: int) -> grpc.RpcError:
+    """The refusal of a raw Submit (no client-side checks) of about ``size`` bytes."""
+    request = pb.SubmitRequest(route="echo")
+    request.inputs.update({"blob": "x" * size})
+    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)]) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary(f"/{SERVICE}/Submit")(request.SerializeToString(), timeout=60)
+    return refused.value
+
+
+def test_every_oversized_request_is_refused_with_its_reason_and_limit(make_server) -> None:  # type: ignore[no-untyped-def]
+    """Past the receive limit, by a little or by far more than gRPC's old 4 MiB of headroom: each
+    refusal is RESOURCE_EXHAUSTED REQUEST_TOO_LARGE naming the limit and the size. Past
+    max_refused_request_bytes gRPC refuses from the length prefix; the client still names the reason."""
+    server = make_server('max_receive_bytes = 1048576\nmax_refused_request_bytes = 16777216\n'
+                         '[routes.echo]\nbackend = "echo"\n')
+    for size in (1_100_000, 6 * 1024 * 1024, 15 * 1024 * 1024):
+        refused = _raw_submit_error(server.target, size)
+        assert refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, size
+        info = error_info(refused)[1]
+        assert info.reason == "REQUEST_TOO_LARGE", size
+        assert info.metadata["limitBytes"] == "1048576" and int(info.metadata["sizeBytes"]) > size
+    beyond = _raw_submit_error(server.target, 20 * 1024 * 1024)
+    assert beyond.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    with Client(server.target) as client:
+        with pytest.raises(GatewayError) as far:
+            client.submit_job("echo", {"blob": "x" * (20 * 1024 * 1024)})
+        assert far.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED and far.value.reason == "REQUEST_TOO_LARGE"
+        assert int(far.value.metadata["sizeBytes"]) > 20 * 1024 * 1024
+        assert client.submit_job("echo", {"n": 1}).job.id  # still serving
+
+
+def test_a_request_of_the_default_limit_plus_8_mib_names_its_limit(echo_server: ServerProcess) -> None:
+    refused = _raw_submit_error(echo_server.target, 40 * 1024 * 1024)
+    info = error_info(refused)[1]
+    assert refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and info.reason == "REQUEST_TOO_LARGE"
+    assert info.metadata["limitBytes"] == str(32 * 1024 * 1024)
 
 
 def test_one_request_id_submitted_at_once_makes_one_job(echo_server: ServerProcess) -> None:

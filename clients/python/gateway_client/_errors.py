@@ -31,6 +31,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -93,6 +94,11 @@ class GatewayError(Exception):
         super().__init__(f"{name} {reason}: {message}" if reason else f"{name}: {message}")
 
 
+# What gRPC says when a message is past a receive or send limit ("Received message larger than max
+# (41943069 vs. 37748736)"): the server's, for requests far past the gateway's own limit, or this channel's.
+_GRPC_TOO_LARGE = re.compile(r"(?:Received|Sent) message larger than max \((\d+) vs\. (\d+)\)")
+
+
 class RpcError(GatewayError):
     """A call failed with a status; ``RpcError.from_status`` picks the subclass of the code."""
 
@@ -146,6 +152,11 @@ class RpcError(GatewayError):
                 except Exception:  # a malformed trailer: fall back on the plain status
                     break
                 return RpcError.from_status(status, code or None)
+        too_large = _GRPC_TOO_LARGE.search(details or "") if code is grpc.StatusCode.RESOURCE_EXHAUSTED else None
+        if too_large:  # gRPC's own refusal, from a length prefix past its limit: the gateway's reason
+            size, limit = too_large.groups()
+            return RpcError.for_code(code, details, reason="REQUEST_TOO_LARGE",
+                                     metadata={"sizeBytes": size, "limitBytes": limit})
         return RpcError.for_code(code or grpc.StatusCode.UNKNOWN, details or "")
 
 
