@@ -32,7 +32,7 @@ bench: install
 	$(BIN)/python -m bench $(ARGS)
 
 lint: install
-	$(BIN)/ruff check gateway clients/python/gateway_client tests bench scripts
+	$(BIN)/ruff check gateway clients/python/gateway_client tests bench harness scripts
 	$(BIN)/mypy gateway clients/python/gateway_client
 	tests/node/node_modules/.bin/buf lint
 

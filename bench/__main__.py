@@ -11,13 +11,13 @@ A section is a module ``bench/<name>.py`` with::
 
     NAME = "<name>"
 
-    def run(args: argparse.Namespace) -> list[Row]:   # Row from bench.harness
+    def run(args: argparse.Namespace) -> list[Row]:   # Row from bench.common
         ...
 
 Append ``"<name>"`` to ``SECTIONS`` below. ``args.quick`` asks for a scaled-down run (a smoke test,
 under a minute). A row is ``Row(name, unit, gateway, baseline, goal="...", met=True/False/None,
 note="...", raw={...})``; the ratio is gateway / baseline. Start servers and load generators with
-``bench.harness`` (``GatewayServer``, ``BareServer``, ``LoadProcess``, ``started``, ``spawn``) so
+``bench.common`` (``GatewayServer``, ``BareServer``, ``LoadProcess``, ``started``, ``spawn``) so
 that every child process is ended at the end of the run, even on errors. Modules are imported only
 when their section runs, so a section's heavy imports cost the others nothing.
 """
@@ -36,7 +36,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Row, kill_all
+from bench.common import Row, kill_all
 
 SECTIONS: list[str] = ["core", "whisper", "octoai", "watch_bytes", "scale", "memory", "long_audio", "webhooks", "dashboard"]
 

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.harness import BareServer, GatewayServer, LoadProcess, Row, Server, abba, cpu_seconds, median, rss_mib, started
+from bench.common import BareServer, GatewayServer, LoadProcess, Row, Server, abba, cpu_seconds, median, rss_mib, started
 
 NAME = "core"
 

@@ -3,7 +3,7 @@ reader of the same server-sent event stream, same gateway, alternating rounds.
 
 Each round submits N echo jobs at once (each with progress updates), labelled for that round, and
 watches them two ways:
-- the page: the dashboard in a real headless Chromium (tests/dashboard/driver.js), filtered to the
+- the page: the dashboard in a real headless Chromium (harness/browser_driver.js), filtered to the
   round's label; a MutationObserver notes when each row shows each revision, and the next frame;
 - the stream: ``python -m bench.dashboard URL COUNT``, a child process that reads the page's own
   event stream (/api/dashboard/events, same filter) and notes when each event arrived.
@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench.harness import ECHO_CONFIG, GatewayServer, Row, abba, spawn, started
-from bench.stats import percentile
+from bench.common import ECHO_CONFIG, GatewayServer, Row, abba, spawn, started
+from harness.stats import percentile
 
 NAME = "dashboard"
 GOAL_P99_MS = 250.0
@@ -68,7 +68,7 @@ def _jobs(target: str, label: str) -> list[Any]:
 
 
 def _round(gateway: GatewayServer, browser: Any, cfg: Config, label: str, way: str) -> dict[str, Any]:
-    from tests.dashboard.browser import open_page, shown, wait_live, wait_rows
+    from harness.browser import open_page, shown, wait_live, wait_rows
 
     url = f"http://{gateway.http}"
     query = f"label=round%3D{label}"
@@ -105,7 +105,7 @@ def _round(gateway: GatewayServer, browser: Any, cfg: Config, label: str, way: s
 
 
 def run(args: argparse.Namespace) -> list[Row]:
-    from tests.dashboard.browser import CHROMIUM, Browser, missing
+    from harness.browser import CHROMIUM, Browser, missing
 
     lacking = missing()
     if lacking is not None:

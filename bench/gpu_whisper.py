@@ -6,7 +6,7 @@ rounds on the same audio, asserts correct transcripts (the seashells sentence ex
 fixture within a word error rate), and prints real-time factors (seconds of audio per second of
 compute) side by side.
 
-Section ``jobs``: many short jobs (32 clips of 3-6 s cut from the fixtures, bench/clips.py) run the
+Section ``jobs``: many short jobs (32 clips of 3-6 s cut from the fixtures, harness/clips.py) run the
 way the route's worker runs them (one thread per job, ``engine.session()`` around each
 transcription): the bare engine one clip after another, the one-job-at-a-time engine, and the
 batcher across jobs at several ``max_batch`` / ``max_wait_ms``; clips/s and real-time factor; job
@@ -37,27 +37,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SENTENCE = "She sells seashells by the seashore."
-
-
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    ref, hyp = _words(reference), _words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(1, len(ref))
+from harness.audio import SENTENCE, word_error_rate  # noqa: E402 (after the path)
 
 
 def export(directory: Path) -> None:
     """Writes the fixtures as raw 16 kHz mono s16le, for a machine without PyAV."""
-    from bench.clips import pcm16
     from gateway.backends.audio import decode
+    from harness.clips import pcm16
 
     directory.mkdir(parents=True, exist_ok=True)
     fixtures = ROOT / "tests" / "fixtures"
@@ -226,7 +212,7 @@ def ct2_section(args: argparse.Namespace) -> None:
     from faster_whisper.tokenizer import Tokenizer
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    from bench.clips import cut_clips
+    from harness.clips import cut_clips
 
     model_dir = str(args.model) if args.model else __import__("gateway.backends.whisper").backends.whisper.default_model_path()
     model = WhisperModel(model_dir, device=args.device, compute_type=args.compute_type)
@@ -275,10 +261,10 @@ def ct2_section(args: argparse.Namespace) -> None:
 def jobs_section(args: argparse.Namespace) -> None:
     from faster_whisper import WhisperModel
 
-    from bench.clips import cut_clips
-    from bench.stats import percentile
     from gateway.backends.whisper import WhisperEngine
     from gateway.settings import WhisperRoute
+    from harness.clips import cut_clips
+    from harness.stats import percentile
 
     model = str(args.model) if args.model else ""
     seashells = load_pcm(args.audio_dir / "seashells.pcm")

@@ -37,7 +37,7 @@ from google.protobuf import struct_pb2
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from bench.stats import percentile
+from harness.stats import percentile
 
 SUBMIT = "/inferencegateway.gateway.v1.GatewayService/Submit"
 WATCH = "/inferencegateway.gateway.v1.GatewayService/Watch"

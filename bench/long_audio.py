@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from bench.harness import ROOT, GatewayServer, Row, rss_mib, started
+from bench.common import ROOT, GatewayServer, Row, rss_mib, started
 
 NAME = "long_audio"
 FULL_MINUTES = (60, 120, 240)
@@ -46,7 +46,7 @@ def _log(message: str) -> None:
 
 
 def speech(minutes: int) -> bytes:
-    from bench.watch_bytes import repeated_speech
+    from harness.audio import repeated_speech
 
     return repeated_speech(FIXTURE.read_bytes(), minutes * 60.0, bit_rate=12_000)
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench.harness import GatewayServer, Row, rss_mib, started
+from bench.common import GatewayServer, Row, rss_mib, started
+from harness.uploads import burst
 
 NAME = "memory"
 PEAK_GOAL_MIB = 1024.0
@@ -42,49 +42,16 @@ def _log(message: str) -> None:
 def _wav(mib: int) -> bytes:
     import numpy as np
 
-    from bench.clips import wav_bytes
+    from harness.clips import wav_bytes
 
     return wav_bytes(np.full(mib * 1024 * 1024 // 2 - 32, 0.0078, dtype=np.float32))  # a quiet hum, mib MiB
-
-
-def _burst(target: str, data: bytes, uploads: int) -> dict[str, int]:
-    import grpc
-    from inferencegateway.gateway.v1 import gateway_pb2 as pb
-    from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
-
-    outcomes: dict[str, int] = {"accepted": 0, "refused_then_retried": 0}
-    lock = threading.Lock()
-    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)]) as channel:
-        stub = pb_grpc.GatewayServiceStub(channel)
-        request = pb.SubmitRequest(route="whisper", transcription=pb.TranscriptionRequest(audio=data))
-
-        def one() -> None:
-            for _ in range(120):
-                try:
-                    stub.Submit(request, timeout=120)
-                    with lock:
-                        outcomes["accepted"] += 1
-                    return
-                except grpc.RpcError as error:
-                    if error.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        raise
-                    with lock:
-                        outcomes["refused_then_retried"] += 1
-                    time.sleep(1.0)  # the RetryInfo delay
-
-        threads = [threading.Thread(target=one) for _ in range(uploads)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(600)
-    return outcomes
 
 
 def _measure(config: str, data: bytes, cfg: Config) -> dict[str, Any]:
     with started(GatewayServer(config, extra_args=("--workers", "0"))) as (server,):
         time.sleep(1.0)
         idle = server.rss_mib()
-        outcomes = [_burst(server.target, data, cfg.uploads) for _ in range(cfg.rounds)]
+        outcomes = [burst(server.target, data, cfg.uploads) for _ in range(cfg.rounds)]
         time.sleep(2.0)
         return {"idle_mib": idle, "peak_mib": rss_mib(server.pid, "VmHWM"), "after_mib": server.rss_mib(),
                 "outcomes": outcomes}

@@ -1,6 +1,6 @@
 """Section ``octoai``: the gateway polling an upstream once for everyone, against the seed's 1 s loop.
 
-An upstream job (the faithful fake of tests/fake_octoai.py, in this process) stays pending, then
+An upstream job (the faithful fake of harness/fakes/octoai.py, in this process) stays pending, then
 running, then completes; its durations are drawn per round, the same for both ways. W parties want its result:
 - the seed's way: one POSTs it (``infer_async``), and each of the W loops
   ``while not is_future_ready(f): time.sleep(1)`` then ``get_future_result(f)`` (the same HTTP requests
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench.harness import GatewayServer, Row, abba
+from bench.common import GatewayServer, Row, abba
 
 NAME = "octoai"
 
@@ -108,8 +108,8 @@ async def _gateway(fake: Any, target: str, watchers: int) -> tuple[int, list[flo
 
 
 async def _run(cfg: Config) -> list[Row]:
-    sys.path.insert(0, str(__import__("bench.harness").harness.ROOT))
-    from tests.fake_octoai import FakeOctoAI
+    sys.path.insert(0, str(__import__("bench.common").harness.ROOT))
+    from harness.fakes.octoai import FakeOctoAI
 
     rows: list[Row] = []
     rng = random.Random(42)

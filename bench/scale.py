@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.common import ECHO_CONFIG, GatewayServer, Row, Server, abba, median, started
 from bench.core import Config as CoreConfig
 from bench.core import _fmt, _submit_round, _Watch
-from bench.harness import ECHO_CONFIG, GatewayServer, Row, Server, abba, median, spawn, started, stop_process
+from harness.redis import RedisProcess
 
 NAME = "scale"
 SUBMIT_GOAL = 0.7
@@ -71,54 +70,11 @@ def _log(message: str) -> None:
     print(f"[scale] {message}", file=sys.stderr, flush=True)
 
 
-class RedisServer:
-    """A redis-server of this run's own, on a free port."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
-        self.workdir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.proc = spawn([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-                           "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while self.command("PING") != "PONG":
-            if time.monotonic() > deadline:
-                raise TimeoutError("redis-server did not answer")
-            time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def command(self, *args: str) -> str:
-        try:
-            done = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True,
-                                  timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.strip()
-
-    def used_memory(self) -> int:
-        for line in self.command("INFO", "memory").splitlines():
-            if line.startswith("used_memory:"):
-                return int(line.split(":")[1])
-        raise RuntimeError("no used_memory in INFO")
-
-    def close(self) -> None:
-        stop_process(self.proc)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
 def _redis_config(url: str, extra: str = "") -> str:
     return f'store = "{url}"\nlease_seconds = {LEASE_S}\n{extra}' + ECHO_CONFIG
 
 
-def bench_submit(redis: RedisServer, cfg: Config, quick: bool) -> Row:
+def bench_submit(redis: RedisProcess, cfg: Config, quick: bool) -> Row:
     core = CoreConfig(warmup_s=0.5 if quick else 1.0, duration_s=1.0 if quick else 4.0)
     rounds: dict[str, list[dict[str, Any]]] = {"sqlite": [], "redis": []}
     with started(GatewayServer(), GatewayServer(_redis_config(redis.url))) as (sqlite, shared):
@@ -157,7 +113,7 @@ def _echo(stub: Any, **inputs: Any) -> Any:
     return stub.Submit(pb.SubmitRequest(route="echo", inputs=struct), timeout=30).job
 
 
-def bench_queued_memory(redis: RedisServer, cfg: Config) -> Row:
+def bench_queued_memory(redis: RedisProcess, cfg: Config) -> Row:
     redis.command("FLUSHALL")
     with started(GatewayServer(_redis_config(redis.url), extra_args=("--workers", "0"))) as (api,):
         channel, stub = _client(api.target)
@@ -173,7 +129,7 @@ def bench_queued_memory(redis: RedisServer, cfg: Config) -> Row:
                note=f"{cfg.queued_jobs} echo jobs queued with no worker; used_memory {before:,} -> {after:,}")
 
 
-def bench_takeover(redis: RedisServer) -> Row:
+def bench_takeover(redis: RedisProcess) -> Row:
     from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
     redis.command("FLUSHALL")
@@ -203,7 +159,7 @@ def bench_takeover(redis: RedisServer) -> Row:
                     "the baseline column is the lease")
 
 
-def bench_cross_replica_push(redis: RedisServer, cfg: Config, quick: bool) -> list[Row]:
+def bench_cross_replica_push(redis: RedisProcess, cfg: Config, quick: bool) -> list[Row]:
     redis.command("FLUSHALL")
     config = _redis_config(redis.url)
     core = CoreConfig(watch_timeout_s=60.0 if quick else 120.0)
@@ -233,11 +189,13 @@ def bench_cross_replica_push(redis: RedisServer, cfg: Config, quick: bool) -> li
 
 def run(args: argparse.Namespace) -> list[Row]:
     cfg = QUICK if args.quick else FULL
-    redis = RedisServer()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+    redis = RedisProcess(workdir, appendfsync="everysec").start()  # append-only, fsync every second
     try:
         rows = [bench_submit(redis, cfg, args.quick), bench_queued_memory(redis, cfg), bench_takeover(redis),
                 *bench_cross_replica_push(redis, cfg, args.quick)]
     finally:
-        redis.close()
+        redis.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     _log(json.dumps([r.to_json() for r in rows])[:200])
     return rows

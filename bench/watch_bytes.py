@@ -14,11 +14,11 @@ Inputs: the long speech fixture (52.6 s, Ogg/Opus), with and without word timest
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 
-from bench.harness import ROOT, GatewayServer, Row
+from bench.common import ROOT, GatewayServer, Row
+from harness.audio import repeated_speech
 
 NAME = "watch_bytes"
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -28,34 +28,6 @@ GRPC_HEADER = 5  # compressed flag + length, before every message
 
 def _log(message: str) -> None:
     print(f"[watch_bytes] {message}", file=sys.stderr, flush=True)
-
-
-def repeated_speech(data: bytes, seconds: float, bit_rate: int = 24_000) -> bytes:
-    """The clip's audio repeated to ``seconds``, as Ogg/Opus (mono, 16 kHz in, 24 kbit/s by default)."""
-    import av
-    import numpy as np
-
-    from gateway.backends.audio import SAMPLE_RATE, decode
-
-    clip = decode(data, 1e9)
-    samples = np.tile(clip, int(seconds * SAMPLE_RATE) // clip.size + 1)[: int(seconds * SAMPLE_RATE)]
-    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
-    out = io.BytesIO()
-    with av.open(out, mode="w", format="ogg") as container:
-        stream = container.add_stream("libopus", rate=48000)
-        stream.bit_rate = bit_rate
-        stream.layout = "mono"  # type: ignore[union-attr]
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
-        step = SAMPLE_RATE * 10
-        for start in range(0, pcm.size, step):
-            frame = av.AudioFrame.from_ndarray(pcm[None, start:start + step], format="s16", layout="mono")
-            frame.sample_rate = SAMPLE_RATE
-            for resampled in resampler.resample(frame):
-                container.mux(stream.encode(resampled))
-        for resampled in resampler.resample(None):
-            container.mux(stream.encode(resampled))
-        container.mux(stream.encode(None))
-    return out.getvalue()
 
 
 def watch_one(target: str, audio: bytes, words: bool = False) -> dict[str, float]:

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench.harness import ECHO_CONFIG, GatewayServer, Row, abba, started
-from bench.stats import percentile
+from bench.common import ECHO_CONFIG, GatewayServer, Row, abba, started
+from harness.stats import percentile
 
 NAME = "webhooks"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -7,7 +7,7 @@
 2. Throughput: several jobs submitted at once (a mix of short and long clips), from the first Submit to
    the last terminal revision, against the bare engine transcribing the same clips one after another
    (what one engine on these cores can do). Reported as real-time factors (seconds of audio per second).
-3. Many short jobs (32 clips of 2.5-6 s cut from the fixtures, bench/clips.py; 8 with --quick) submitted
+3. Many short jobs (32 clips of 2.5-6 s cut from the fixtures, harness/clips.py; 8 with --quick) submitted
    at once to gateways with three route settings: one job at a time (``workers = 1``), the CPU
    default (``workers = 0``: two jobs, one CTranslate2 thread each), and the batcher across jobs
    (``batching = true``); clips/s against the bare engine one clip after another; then p50/p99 job
@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from bench.harness import ROOT, GatewayServer, Row, abba, median
+from bench.common import ROOT, GatewayServer, Row, abba, median
 
 NAME = "whisper"
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -170,10 +170,10 @@ SHORT_JOB_ROUTES = {
 
 
 def _short_jobs(bare: BareEngine, quick: bool) -> list[Row]:
-    from bench.clips import cut_clips, wav_bytes
-    from bench.stats import percentile
     from gateway.backends.audio import SAMPLE_RATE, decode
     from gateway_client import Client
+    from harness.clips import cut_clips, wav_bytes
+    from harness.stats import percentile
 
     long = decode((FIXTURES / "long.ogg").read_bytes(), 3600)
     samples = cut_clips(long, decode((FIXTURES / "seashells.wav").read_bytes(), 60), 8 if quick else 32)

@@ -1,6 +1,6 @@
 #!/bin/sh
 # The install step of both images, run as is by docker/Dockerfile.api and docker/Dockerfile.worker, and
-# by tests/test_images.py in a fresh venv (so what the images run is tested here, where no image can be
+# by tests/deploy/test_images.py in a fresh venv (so what the images run is tested here, where no image can be
 # built).
 #
 #   install.sh api|worker PIP SOURCE_DIR

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Writes tests/proto_baseline/api-v1.binpb: the buf image of the proto as released at a commit (default: the
-# API v1 commit), which `buf breaking` (tests/test_proto_breaking.py) compares the working tree against.
+# API v1 commit), which `buf breaking` (tests/unit/test_proto_breaking.py) compares the working tree against.
 # Run it only when a new API version is released on purpose.
 set -eu
 commit=${1:-5c1fc1d}

@@ -1,0 +1,1 @@
+"""The clients as users run them: the Python client, its CLI, Node.js."""

@@ -1,0 +1,1 @@
+"""What ships: images, Kubernetes manifests, installs in fresh venvs, the docs."""

@@ -1,0 +1,1 @@
+"""Whole journeys through real processes: whisper, upstreams, restarts, replicas, takeovers and chaos."""

@@ -1,0 +1,77 @@
+"""Start-up failures: one line naming the cause and the setting to change, a distinct exit code, and
+nothing left half-started; one gateway process owns a data dir."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import ECHO_CONFIG, ROOT, ServerProcess
+
+
+def _gateway(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "gateway.toml"
+    config.write_text(ECHO_CONFIG)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+
+
+def _one_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The failure's message: its only line on stderr besides log lines, and no traceback."""
+    assert "Traceback" not in done.stderr and "Event loop is closed" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("gateway: ")]
+    assert len(lines) == 1, done.stderr
+    assert done.stdout == ""  # never reported serving
+    return lines[0]
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_a_data_dir_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("not a directory")
+    done = _gateway(tmp_path, "--listen", "127.0.0.1:0", "--http-listen", "", "--data-dir", str(tmp_path / "data"))
+    line = _one_line(done)
+    assert done.returncode == 3 and "is a file" in line and "--data-dir" in line
+
+
+def test_a_second_gateway_on_a_data_dir_exits_naming_the_owner(
+        tmp_path: Path, make_server: Callable[..., ServerProcess]) -> None:
+    owner = make_server(ECHO_CONFIG)
+    assert owner.proc is not None
+    done = _gateway(tmp_path, "--listen", "127.0.0.1:0", "--http-listen", "", "--data-dir", str(owner.data_dir))
+    line = _one_line(done)
+    assert done.returncode == 4 and f"pid {owner.proc.pid}" in line and "--data-dir" in line
+    # The owner is untouched, and once it stops the data dir is free again (also after a kill -9).
+    owner.kill()
+    owner.start()
+
+
+def test_a_busy_grpc_port(tmp_path: Path, busy_port: int) -> None:
+    done = _gateway(tmp_path, "--listen", f"127.0.0.1:{busy_port}", "--http-listen", "", "--data-dir",
+                    str(tmp_path / "data"))
+    line = _one_line(done)
+    assert done.returncode == 5 and f"127.0.0.1:{busy_port}" in line and "--listen" in line
+
+
+def test_a_busy_http_port(tmp_path: Path, busy_port: int) -> None:
+    done = _gateway(tmp_path, "--listen", "127.0.0.1:0", "--http-listen", f"127.0.0.1:{busy_port}", "--data-dir",
+                    str(tmp_path / "data"))
+    line = _one_line(done)
+    assert done.returncode == 6 and f"127.0.0.1:{busy_port}" in line and "--http-listen" in line
+    # It let go of what it had started: the data dir is free for the next start.
+    again = _gateway(tmp_path, "--listen", f"127.0.0.1:{busy_port}", "--http-listen", "", "--data-dir",
+                     str(tmp_path / "data"))
+    assert again.returncode == 5
