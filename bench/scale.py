@@ -190,7 +190,7 @@ def bench_cross_replica_push(redis: RedisProcess, cfg: Config, quick: bool) -> l
 def run(args: argparse.Namespace) -> list[Row]:
     cfg = QUICK if args.quick else FULL
     workdir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
-    redis = RedisProcess(workdir, appendfsync="everysec").start()  # append-only, fsync every second
+    redis = RedisProcess(workdir, appendfsync="everysec", die_with_parent=True).start()  # append-only, fsync every second
     try:
         rows = [bench_submit(redis, cfg, args.quick), bench_queued_memory(redis, cfg), bench_takeover(redis),
                 *bench_cross_replica_push(redis, cfg, args.quick)]

@@ -64,7 +64,8 @@ class ServerProcess:
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
         self.proc, event, self.lines = start_serving(cmd, what="gateway", timeout=timeout, log_path=self.log_path,
-                                                     env=self.env, cwd=self.workdir)
+                                                     env=self.env, cwd=self.workdir,
+                                                     die_with_parent=False)
         self.grpc_address = event["grpc"]
         self.http_address = event.get("http", self.http_address)
         self.runs += 1

@@ -35,12 +35,17 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child, before 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def spawn(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-    """Popen with the repository on PYTHONPATH, registered for :func:`kill_all`; on Linux the child
-    dies with this process, so nothing outlives a killed test run or benchmark."""
+def spawn(cmd: Sequence[str], *, die_with_parent: bool = True, **kwargs: Any) -> subprocess.Popen[Any]:
+    """Popen with the repository on PYTHONPATH, registered for :func:`kill_all`; on Linux, with
+    ``die_with_parent``, the child dies with this process, so nothing outlives a killed benchmark.
+
+    The tests start theirs without it, for two reasons: the kernel ties the child to the *thread* that
+    started it (a server restarted from a helper thread would die with that thread), and asking for it
+    takes a hook that runs between fork and exec, where gRPC's fork handlers, in a process whose other
+    threads are inside gRPC, can abort the child ("epoll_wait error: Bad file descriptor")."""
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath, **(kwargs.pop("env", None) or {})}
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    preexec = _die_with_parent if die_with_parent and sys.platform.startswith("linux") else None
     proc = subprocess.Popen(list(cmd), cwd=kwargs.pop("cwd", ROOT), env=env, preexec_fn=preexec, **kwargs)
     with _lock:
         _children[:] = [child for child in _children if child.poll() is None]

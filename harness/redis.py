@@ -41,12 +41,14 @@ class RedisProcess:
     plain port stays open for the fixtures' own checks."""
 
     def __init__(self, workdir: Path, appendonly: bool = True, unix_socket: bool = False,
-                 tls: Path | None = None, appendfsync: str = "always") -> None:
+                 tls: Path | None = None, appendfsync: str = "always",
+                 die_with_parent: bool = False) -> None:
         self.binary = require_redis_server()
         self.workdir = workdir
         self.port = _free_port()
         self.appendonly = appendonly
         self.appendfsync = appendfsync  # "always" for the fault tests; the benchmarks use "everysec"
+        self.die_with_parent = die_with_parent  # the benchmarks' choice (harness.process.spawn)
         self.socket = workdir / "redis.sock" if unix_socket else None
         self.tls = tls
         self.tls_port = _free_port() if tls is not None else 0
@@ -81,7 +83,7 @@ class RedisProcess:
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,
                "--protected-mode", "no", "--logfile", str(self.workdir / "redis.log"), *self._transports()]
-        self.proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, die_with_parent=self.die_with_parent)
         deadline = time.monotonic() + timeout
         while not self._answers():
             if self.proc.poll() is not None:

@@ -605,7 +605,8 @@ class FakeProcess:
 
     def __init__(self, *args: str) -> None:
         self.proc, event, _ = start_serving([sys.executable, "-m", "harness.fakes.octoai", "--port", "0", *args],
-                                            what="the fake OctoAI", timeout=30)
+                                            what="the fake OctoAI", timeout=30,
+                                            die_with_parent=False)
         self.url: str = event["url"]
 
     def control(self, **changes: Any) -> dict[str, Any]:
