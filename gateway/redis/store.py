@@ -14,9 +14,10 @@ on ``<prefix>events``, all at once: no replica sees an event that is not stored.
 commit is the publisher of every event; the bus (``gateway.redis.bus``) only subscribes, and its
 ``publish`` sends nothing.
 
-Writes from one process keep their order: a single writer task sends them in pipelines, in the
-order they were handed over, and runs each one's ``on_commit`` in that order (the writer's parts
-that SQLite's shares are in ``gateway.store.base``). Reads use the pool.
+Writes from one process keep their order: the store's writer (``gateway.store.writer``, shared with
+the SQLite engine: the order, the batches, the retries while Redis refuses or cannot be reached,
+closing) takes them in the order they were handed over, this store sends each batch as one pipeline
+of scripts (``_commit``), and the writer runs each one's ``on_commit`` in that order. Reads use the pool.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,18 +41,8 @@ from gateway.redis import scripts
 from gateway.redis.codec import decode_segments, dumps, job_from_json, job_json
 from gateway.redis.conn import RespConnection, pool
 from gateway.redis.keys import Keys
-from gateway.store.base import (
-    Backoff,
-    CreateOutcome,
-    JobFilter,
-    QueueFull,
-    ResumableJob,
-    RevisionConflict,
-    WebhookClaim,
-    Writability,
-    settle,
-    take_batch,
-)
+from gateway.store.base import CreateOutcome, JobFilter, QueueFull, ResumableJob, RevisionConflict, WebhookClaim, Writability
+from gateway.store.writer import BatchFailed, CannotWrite, Outcome, TaskWriter
 
 __all__ = ["RedisStore"]
 
@@ -91,8 +82,7 @@ class RedisStore:
         self.max_connections = max_connections
         self.store_id = ""
         self._redis: Any = None
-        self._writes: asyncio.Queue[_Write | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        self._writer: TaskWriter[_Write] | None = None
         self._position = 0
         self._scripts: dict[str, Any] = {}
         self._connection: RespConnection | None = None  # the writer's own
@@ -117,7 +107,8 @@ class RedisStore:
         self.store_id = (await self._redis.get(self.keys.store_id)).decode()
         self._position = int(await self._redis.get(self.keys.position) or 0)
         await self._load_scripts()
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="redis-writer")
+        self._writer = TaskWriter("redis", self._commit, self._writability, max_batch=_MAX_BATCH, logger=log)
+        self._writer.start()
         self._epoch_task = asyncio.get_running_loop().create_task(self._watch_epoch(), name="redis-epoch")
 
     def on_reset(self, listener: Callable[[], None]) -> None:
@@ -197,8 +188,7 @@ class RedisStore:
             await asyncio.wait([self._epoch_task], timeout=5)
             self._epoch_task = None
         if self._writer is not None:
-            await self._writes.put(None)
-            await self._writer
+            await self._writer.close()
             self._writer = None
         if self._connection is not None:
             self._connection.close()
@@ -207,80 +197,55 @@ class RedisStore:
             await self._redis.aclose()
             self._redis = None
 
-    # -- the writer ------------------------------------------------------------------------------
+    # -- the writer's step ------------------------------------------------------------------------
 
-    async def _write_loop(self) -> None:
-        while True:
-            first = await self._writes.get()
-            if first is None:
-                return
-            batch, stop = take_batch(first, self._writes.get_nowait, _MAX_BATCH)
+    async def _commit(self, batch: list[_Write]) -> Iterator[Outcome]:
+        """The writer's step: the batch's scripts as one pipeline, and each write's outcome (decoded
+        as the writer answers it, in order: decoding notes change positions). Redis unreachable (a
+        restart, a failover) or refusing writes for now (out of memory, cannot persist, read-only):
+        CannotWrite, and the writer sends the whole batch again, in order, until Redis takes it; every
+        script answers a write it already applied as done, so a batch sent twice stores each revision
+        once. After UNREACHABLE_SECONDS unreachable (more than a restart's blink) the store reports
+        itself not writable meanwhile. While the store closes, the answers are final."""
+        started = time.perf_counter()
+        try:
             try:
-                await self._commit(batch)
-            except Exception as exc:  # a bug: fail the batch, keep the writer alive
-                log.exception("redis writer failed")
-                for write in batch:
-                    settle(write.future, None, None, exc)
-            del first, batch  # not kept while waiting for the next write: inputs may be MiBs
-            if stop:
-                return
+                answers = await self._pipeline(batch)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if self._closing:
+                    raise
+                raise CannotWrite(f"Redis unreachable: {exc}", kind="unreachable", first_pause=0.05,
+                                  report_after=UNREACHABLE_SECONDS, warn=f"redis store: {exc}") from None
+            metrics.observe_commit("redis", len(batch), time.perf_counter() - started)
+            errors = [a for a in answers if isinstance(a, Exception)]  # (usually none)
+            if any(isinstance(a, NoScriptError) for a in errors):  # Redis restarted: scripts are gone
+                await self._load_scripts()
+                retry = [w for w, a in zip(batch, answers, strict=True) if isinstance(a, NoScriptError)]
+                again = iter(await self._pipeline(retry))
+                answers = [next(again) if isinstance(a, NoScriptError) else a for a in answers]
+        except CannotWrite:
+            raise
+        except Exception as exc:  # the connection failed for the whole pipeline
+            raise BatchFailed(exc) from None
+        refused = next((a for a in answers if _cannot_write(a)), None) if errors else None
+        if refused is not None and not self._closing:
+            # Nothing of a refused script was applied, and a later write of the same job may have
+            # failed its compare-and-set only because of it: the whole batch goes again, in order
+            # (a script already applied answers as done), so no accepted job is stranded.
+            raise CannotWrite(str(refused).split("\n")[0])
+        return self._outcomes(batch, answers)
 
-    async def _commit(self, batch: list[_Write]) -> None:
-        backoff = Backoff(0.1)
-        while True:
-            started = time.perf_counter()
-            try:
-                answers = await self._pipeline_retrying(batch)
-                metrics.observe_commit("redis", len(batch), time.perf_counter() - started)
-                errors = [a for a in answers if isinstance(a, Exception)]  # (usually none)
-                if any(isinstance(a, NoScriptError) for a in errors):  # Redis restarted: scripts are gone
-                    await self._load_scripts()
-                    retry = [w for w, a in zip(batch, answers, strict=True) if isinstance(a, NoScriptError)]
-                    again = iter(await self._pipeline(retry))
-                    answers = [next(again) if isinstance(a, NoScriptError) else a for a in answers]
-            except Exception as exc:  # the connection failed for the whole pipeline
-                for write in batch:
-                    settle(write.future, None, None, exc)
-                return
-            refused = next((a for a in answers if _cannot_write(a)), None) if errors else None
-            if refused is None or self._closing:
-                break
-            # Redis refuses writes for now (out of memory, cannot persist, read-only): nothing of a
-            # refused script was applied, and a later write of the same job may have failed its
-            # compare-and-set only because of it. The whole batch goes again, in order, until Redis
-            # takes it (a script already applied answers as done): no accepted job is stranded.
-            self._set_writable(False, str(refused).split("\n")[0])
-            await asyncio.sleep(backoff.next())
-        self._set_writable(True)
+    @staticmethod
+    def _outcomes(batch: list[_Write], answers: list[Any]) -> Iterator[Outcome]:
         for write, answer in zip(batch, answers, strict=True):
             try:
                 if isinstance(answer, Exception):
                     raise answer
                 result = write.decode(answer)
             except Exception as exc:
-                settle(write.future, None, None, _translate(exc))
+                yield None, _translate(exc)
                 continue
-            settle(write.future, write.on_commit, result)
-
-    async def _pipeline_retrying(self, batch: list[_Write]) -> list[Any]:
-        """The batch's answers; while Redis is unreachable (a restart, a failover), the batch is
-        sent again until it goes through or the store closes (after UNREACHABLE_SECONDS the store
-        reports itself not writable meanwhile): every script answers a write it already applied as
-        done, so a batch sent twice stores each revision once."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        backoff = Backoff(0.05)
-        while True:
-            try:
-                return await self._pipeline(batch)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if self._closing:
-                    raise
-                if loop.time() - started > UNREACHABLE_SECONDS:  # more than a restart's blink
-                    self._set_writable(False, f"Redis unreachable: {exc}")
-                delay = backoff.next()
-                log.warning("redis store: %s; writing again in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+            yield result, None
 
     async def _pipeline(self, batch: list[_Write]) -> list[Any]:
         if self._connection is None or not self._connection.connected:
@@ -294,7 +259,7 @@ class RedisStore:
         if self._writer is None:
             raise RuntimeError("store is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._writes.put_nowait(_Write(command, decode, future, on_commit))
+        self._writer.put(_Write(command, decode, future, on_commit))
         return future
 
     def _seen(self, position: int) -> int:

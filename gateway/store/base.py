@@ -9,11 +9,12 @@ commit order, which is how the service publishes each revision to watchers exact
 Optional capabilities are protocols of their own, checked with isinstance: ``ReportsWritability``
 (a store that can find itself unable to write, and says when).
 
-Both engines write the same way, with the parts kept here: one writer (SQLite's thread, Redis' task)
-takes the writes in the order they were handed over, in batches (``take_batch``); a batch the store
-refuses for now (a full disk, a Redis out of memory) is tried again with growing pauses (``Backoff``)
-while the store says it cannot write (``Writability``); then, on the event loop and in commit order,
-each write's ``on_commit`` runs and its caller is answered (``settle``).
+Both engines write through one writer, ``gateway.store.writer.Writer``, built of the parts kept here:
+it takes the writes in the order they were handed over, in batches (``take_batch``); a batch the store
+refuses for now (a full disk, a Redis out of memory or unreachable) is tried again with growing pauses
+(``Backoff``) while the store says it cannot write (``Writability``); then, on the event loop and in
+commit order, each write's ``on_commit`` runs and its caller is answered (``settle``). An engine gives
+it only its step: one try at committing one batch.
 """
 
 from __future__ import annotations

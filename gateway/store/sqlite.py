@@ -1,10 +1,12 @@
 """The embedded store: one SQLite file in WAL mode, written by one thread with group commit.
 
-Writes from the event loop go into a queue; the writer thread drains whatever has gathered into one
-transaction, commits, then hands every outcome back to the loop in one callback, where each write's
-``on_commit`` runs in order before its awaiting caller resumes. Concurrent Submits thus share a commit,
-and nobody is answered before their write is durable. Reads run on a small thread pool with
-connections of their own (WAL lets them read beside the writer). Nothing here blocks the loop.
+Writes from the event loop go to the store's writer (``gateway.store.writer``, shared with the Redis
+engine: the order, the batches, the retries while the disk is full, closing); each batch it takes, of
+whatever has gathered, is committed here as one transaction, on the one thread that holds the write
+connection (a blocking commit never runs on the loop). The writer then answers every write on the
+loop, in order: each one's ``on_commit`` runs before its awaiting caller resumes. Concurrent Submits
+thus share a commit, and nobody is answered before their write is durable. Reads run on a small thread
+pool with connections of their own (WAL lets them read beside the writer). Nothing here blocks the loop.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -39,17 +41,8 @@ from gateway.jobs import (
     encode_result,
     webhook_wanted,
 )
-from gateway.store.base import (
-    Backoff,
-    CreateOutcome,
-    JobFilter,
-    ResumableJob,
-    RevisionConflict,
-    WebhookClaim,
-    Writability,
-    settle,
-    take_batch,
-)
+from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict, WebhookClaim, Writability
+from gateway.store.writer import CannotWrite, Outcome, ThreadWriter
 
 __all__ = ["SqliteStore"]
 
@@ -224,6 +217,11 @@ def _cannot_write(exc: BaseException) -> bool:
     return "disk is full" in text or "disk I/O error" in text
 
 
+def _closing_error() -> Unavailable:
+    """What the writes of a batch fail with when the disk is full as the store closes."""
+    return Unavailable("the store could not write (disk full?)", reason="STORE_UNAVAILABLE")
+
+
 LOCK_FILE = "gateway.lock"
 
 
@@ -304,8 +302,7 @@ class SqliteStore:
         self.path = path
         self._synchronous = synchronous
         self._readers = readers
-        self._writes: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        self._writer: ThreadWriter[_Write] | None = None  # its thread holds the write connection
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -314,7 +311,6 @@ class SqliteStore:
         # False while writes fail for want of space (or on I/O errors): the writer keeps retrying the
         # same batch, in order, so no accepted job is left behind; new jobs are refused meanwhile.
         self._writability = Writability("is the disk full?")
-        self._closing = False
         # Change positions: taken in the order writes are queued, which is the commit order (one
         # writer, in order), so they order every job's changes as watchers see them. The highest
         # one given out is kept in the meta table, so positions never repeat across restarts.
@@ -367,7 +363,8 @@ class SqliteStore:
             raise StartupError(f"the data dir {self.path.parent} cannot be written ({exc}): check its disk, or set "
                                "data_dir (--data-dir) to another directory", StartupError.DATA_DIR) from None
         self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="sqlite-read")
-        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="sqlite-write", daemon=True)
+        self._writer = ThreadWriter("sqlite", functools.partial(self._commit, conn), self._writability,
+                                    max_batch=_MAX_BATCH, closing_error=_closing_error, logger=log, finish=conn.close)
         self._writer.start()
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
@@ -398,15 +395,9 @@ class SqliteStore:
     def on_reset(self, listener: Callable[[], None]) -> None:
         """Nothing to tell: the file is this process's own, and nobody replaces it while it runs."""
 
-    def _set_writable(self, writable: bool) -> None:  # the writer thread
-        assert self._loop is not None
-        self._writability.set(writable, self._loop)
-
     async def close(self) -> None:
-        self._closing = True
         if self._writer is not None:
-            self._writes.put(None)
-            await asyncio.to_thread(self._writer.join)
+            await self._writer.close()
             self._writer = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
@@ -415,50 +406,25 @@ class SqliteStore:
             os.close(self._lock_fd)  # releases the lock
             self._lock_fd = None
 
-    # -- the writer thread -----------------------------------------------------------------------
+    # -- the writer's step ------------------------------------------------------------------------
 
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> list[Outcome]:
+        """The writer's step, on its thread (the one that holds the connection: the loop never waits on
+        the disk). A full disk (or I/O errors): CannotWrite, and the writer tries the same batch again."""
+        started = time.perf_counter()
         try:
-            while True:
-                first = self._writes.get()
-                if first is None:
-                    return
-                batch, stop = take_batch(first, self._writes.get_nowait, _MAX_BATCH)
-                self._commit_retrying(conn, batch)
-                # Not kept while waiting for the next write: a batch holds its inputs (MiBs of audio).
-                del first, batch
-                if stop:
-                    return
-        finally:
-            conn.close()
+            outcomes = self._commit_batch(conn, batch)
+        except sqlite3.Error as exc:
+            if not _cannot_write(exc):
+                raise
+            raise CannotWrite() from None
+        metrics.observe_commit("sqlite", len(batch), time.perf_counter() - started)
+        return outcomes
 
-    def _commit_retrying(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
-        """Commits the batch; while the disk is full (or failing), tries the same batch again, with a
-        growing pause, until it goes through or the store closes."""
-        backoff = Backoff(0.1)
-        while True:
-            started = time.perf_counter()
-            try:
-                self._commit_batch(conn, batch)
-                metrics.observe_commit("sqlite", len(batch), time.perf_counter() - started)
-            except sqlite3.Error as exc:
-                if not _cannot_write(exc):
-                    raise
-                self._set_writable(False)
-                if self._closing:  # nobody will free space for us now: the writes fail
-                    assert self._loop is not None
-                    error = Unavailable("the store could not write (disk full?)", reason="STORE_UNAVAILABLE")
-                    failed: list[tuple[_Write, Any, BaseException | None]] = [(w, None, error) for w in batch]
-                    with contextlib.suppress(RuntimeError):
-                        self._loop.call_soon_threadsafe(_deliver, failed)
-                    return
-                time.sleep(backoff.next())
-                continue
-            self._set_writable(True)
-            return
-
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
-        outcomes: list[tuple[_Write, Any, BaseException | None]] = []
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Write]) -> list[Outcome]:
+        """One outcome per write, in order: all of them in one transaction, or, if one of them fails
+        (a compare-and-set refused), each in its own, so that only that one fails."""
+        outcomes: list[Outcome] = []
         pending: dict[str, list[tuple[Any, ...]]] = {}
 
         def flush() -> None:
@@ -482,10 +448,10 @@ class SqliteStore:
                 if isinstance(fn, _Statements):
                     for sql, params in fn.statements:
                         pending.setdefault(sql, []).append(params)
-                    outcomes.append((write, fn.result, None))
+                    outcomes.append((fn.result, None))
                 else:
                     flush()
-                    outcomes.append((write, fn(conn), None))
+                    outcomes.append((fn(conn), None))
             flush()
             conn.execute("COMMIT")
         except Exception as exc:
@@ -502,18 +468,14 @@ class SqliteStore:
                     fn = write.fn
                     result = fn.run(conn) if isinstance(fn, _Statements) else fn(conn)
                     conn.execute("COMMIT")
-                    outcomes.append((write, result, None))
+                    outcomes.append((result, None))
                 except Exception as exc:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    outcomes.append((write, None, exc))
+                    outcomes.append((None, exc))
             if position:
                 conn.execute(_SAVE_POSITION, (str(position),))
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(_deliver, outcomes)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
+        return outcomes
 
     def _submit(
         self,
@@ -525,7 +487,7 @@ class SqliteStore:
             raise RuntimeError("store is closed")
         assert self._loop is not None
         future: asyncio.Future[T] = self._loop.create_future()
-        self._writes.put(_Write(fn, future, on_commit, position))
+        self._writer.put(_Write(fn, future, on_commit, position))
         return future
 
     def _next_position(self) -> int:
@@ -928,8 +890,3 @@ def _filter_sql(flt: JobFilter, sql: list[str], args: list[Any]) -> None:
         sql.append("AND json_extract(labels, ?) = ?")
         args.extend((f'$."{key}"', value))
 
-
-def _deliver(outcomes: list[tuple[_Write, Any, BaseException | None]]) -> None:
-    """On the loop: run each committed write's on_commit in order, then wake its caller."""
-    for write, result, exc in outcomes:
-        settle(write.future, write.on_commit, result, exc)
