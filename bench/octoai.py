@@ -108,7 +108,6 @@ async def _gateway(fake: Any, target: str, watchers: int) -> tuple[int, list[flo
 
 
 async def _run(cfg: Config) -> list[Row]:
-    sys.path.insert(0, str(__import__("bench.common").harness.ROOT))
     from harness.fakes.octoai import FakeOctoAI
 
     rows: list[Row] = []
