@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,17 +18,10 @@ from harness.redis import RedisProcess
 from tests.helpers.jobs import PAYLOAD, T0, FakeClock, finish, make_job, step
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """Every store: these tests are the store contract (test_store_contract.py has the rest)."""
-    if request.param == "sqlite":
-        async with SqliteStore(tmp_path / "gateway.sqlite3") as s:
-            yield s
-    else:
-        server = request.getfixturevalue("redis_process")
-        server.flush()
-        async with RedisStore(server.url, clock=FakeClock(T0)) as r:
-            yield r
+@pytest.fixture
+def store(any_store: Store) -> Store:
+    """Every store (tests/conftest.py): these tests are the store contract (test_store_contract.py has the rest)."""
+    return any_store
 
 
 async def test_create_then_get(store: Store) -> None:

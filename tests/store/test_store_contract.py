@@ -6,33 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from gateway.jobs import Job, JobOutput, JobState, Segment, WebhookSpec
 from gateway.redis import RedisStore
-from gateway.store import JobFilter, RevisionConflict, SqliteStore, Store
+from gateway.store import JobFilter, RevisionConflict, Store
 from harness.redis import RedisProcess
 from tests.helpers.jobs import PAYLOAD, T0, FakeClock, finish, make_job, step
-
-STORES = ["sqlite", "redis"]
-
-
-@pytest.fixture(params=STORES)
-async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        async with SqliteStore(tmp_path / "gateway.sqlite3") as store:
-            yield store
-    elif request.param == "redis":
-        server: RedisProcess = request.getfixturevalue("redis_process")
-        server.flush()
-        async with RedisStore(server.url, clock=FakeClock(T0)) as store:
-            yield store
-    else:  # pragma: no cover - a store kind listed without a fixture
-        raise AssertionError(request.param)
 
 
 async def test_a_revision_must_follow_the_stored_one(any_store: Store) -> None:
