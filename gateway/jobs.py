@@ -189,6 +189,7 @@ class Job:
     queue_position: int = 0
     request_id: str = ""
     webhook: WebhookSpec | None = None
+    logs: str = ""  # an upstream job's log, its tail
 
     @property
     def terminal(self) -> bool:

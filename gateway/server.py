@@ -28,6 +28,7 @@ from gateway.api.auth import Authenticator
 from gateway.api.gate import ReceiveGate
 from gateway.api.servicer import SERVICE_NAME, GatewayServicer
 from gateway.backends import create_backend
+from gateway.backends.upstream.inbox import Inbox, RedisInbox
 from gateway.bus import EventBus, MemoryBus, Resyncs
 from gateway.errors import StartupError
 from gateway.hub import EventHub
@@ -149,6 +150,7 @@ class Gateway:
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port = 0
         self.http: Any = None
+        self.inbox: Inbox | None = None
         self.http_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
@@ -185,10 +187,11 @@ class Gateway:
         if isinstance(self.store, ReportsWritability):
             self.store.on_writable(self._store_listener)
         await self.bus.open()
+        self.inbox = self._inbox()
         for name, route_settings in settings.routes.items():
             if settings.workers:  # --workers N: every route runs N jobs at once here
                 route_settings = route_settings.model_copy(update={"workers": settings.workers})
-            runner = RouteRunner(name, route_settings, create_backend(route_settings), self.service.lifecycle,
+            runner = RouteRunner(name, route_settings, create_backend(route_settings, self.inbox), self.service.lifecycle,
                                  queue=self._queue(name, route_settings.max_queue),
                                  workers=0 if settings.workers == 0 else None)
             self.runners[name] = runner
@@ -225,14 +228,20 @@ class Gateway:
         if self.api:
             await self._set_health(SERVICE_NAME, True)
         if settings.http_listen and self.api:
-            from gateway.http import HttpFace
+            from gateway.backends.upstream.inbox import UpstreamHooks
+            from gateway.http import HttpFace, parse_address
 
             self.http = HttpFace(settings, self.service, auth, self.serving)
+            self.http.mount(UpstreamHooks(self.inbox))
             try:
                 self.http_port = await self.http.start(settings.http_listen, self.tls.ssl_context() if self.tls else None)
             except OSError as exc:
                 raise StartupError(f"cannot listen for HTTP on {settings.http_listen}: {exc.strerror or exc}; set "
                                    "http_listen (--http-listen; '' for none)", StartupError.HTTP_ADDRESS) from None
+            host = parse_address(settings.http_listen)[0]
+            host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            host = f"[{host}]" if ":" in host else host
+            self.inbox.set_base(f"{'https' if self.tls else 'http'}://{host}:{self.http_port}")
         if self.tls is not None:
             self._tasks.append(asyncio.create_task(self.tls.watch(), name="tls-reload"))
         if settings.metrics_listen:
@@ -252,6 +261,26 @@ class Gateway:
             "gateway serving gRPC%s on port %d%s; routes: %s", " (TLS)" if self.tls else "", self.grpc_port,
             f", HTTP on port {self.http_port}" if self.http else "", ", ".join(settings.routes),
         )
+
+    def _inbox(self) -> Inbox:
+        """Where upstream webhooks reach the jobs this process runs (across replicas: Redis)."""
+        settings = self.settings
+
+        async def job_active(job_id: str) -> bool:
+            job = await self.store.get_job(job_id)
+            return job is not None and not job.terminal
+
+        if settings.store:
+            inbox: Inbox = RedisInbox(job_active, settings.store, settings.public_url)
+        else:
+            inbox = Inbox(job_active, settings.public_url)
+        inbox.expect_base = bool(settings.public_url) or bool(settings.http_listen and self.api)
+        for name, route in settings.routes.items():
+            if route.backend == "cog" and not inbox.expect_base:
+                raise StartupError(
+                    f"route {name!r} (Cog) is followed through webhooks to the gateway's HTTP face: set public_url "
+                    "(the address the Cog server reaches this gateway at) or http_listen", StartupError.CONFIGURATION)
+        return inbox
 
     def _queue(self, route: str, max_queue: int) -> WorkQueue | None:
         """A shared store's routes share their queues (Redis streams); else each its own, in memory."""
@@ -324,6 +353,8 @@ class Gateway:
         self.hub.close()
         if self.http is not None:
             await self.http.stop()
+        if self.inbox is not None:
+            await self.inbox.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()

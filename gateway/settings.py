@@ -14,7 +14,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -197,7 +197,147 @@ class OctoAIRoute(_Route):
         return values
 
 
-RouteSettings = Annotated[EchoRoute | WhisperRoute | OctoAIRoute, Field(discriminator="backend")]
+class _UpstreamRoute(_Route):
+    """What every async-HTTP upstream profile shares (gateway.backends.upstream)."""
+
+    url: str = Field("", description="The API's base URL; the hosted providers' public one by default.")
+    token_env: str = Field("", description="The environment variable holding the API token.")
+    token: SecretStr | None = Field(None, description="The API token; default: the value of token_env.")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (scheme://host[:port]) besides url's that the provider's URLs (status, result, "
+                    "stream, cancel) may point at; the token goes only to these and url's.",
+    )
+    poll_interval_seconds: float = Field(
+        1.0, gt=0, description="The fallback poll: sent only when nothing was pushed for this long, then backing "
+                               "off to poll_max_seconds.")
+    poll_max_seconds: float = Field(30.0, gt=0, description="The longest wait between two fallback polls.")
+    poll_backoff: float = Field(1.5, ge=1.0)
+    workers: int = Field(1000, ge=1, description="Jobs in flight upstream at once.")
+    max_queue: int = 10_000
+    max_concurrent_requests: int = Field(32, ge=1, description="Upstream HTTP requests in flight at once.")
+    deadline_seconds: float = Field(3600.0, gt=0, description="A job not finished by then is cancelled upstream "
+                                                              "and ends FAILED (UPSTREAM_DEADLINE_EXCEEDED).")
+    request_timeout_seconds: float = Field(60.0, gt=0, description="One HTTP request.")
+    stream_idle_seconds: float = Field(
+        60.0, gt=0, description="An event stream silent this long is reconnected (polling goes on meanwhile).")
+    max_retries: int = Field(8, ge=0, description="Retries of one request on 5xx, 429, timeouts, resets.")
+    retry_initial_seconds: float = Field(0.5, gt=0)
+    retry_max_seconds: float = Field(30.0, gt=0)
+    health_interval_seconds: float = Field(10.0, gt=0)
+    max_input_bytes: int = Field(10 * 1000 * 1000, ge=1, description="The largest JSON input sent upstream.")
+    max_answer_bytes: int = Field(1 * MiB, ge=1024, description="The largest status answer, event or webhook read.")
+    max_result_bytes: int = Field(64 * MiB, ge=1024, description="The largest result read.")
+    max_log_bytes: int = Field(4096, ge=0, description="The tail of the provider's log kept on the job (Watch).")
+
+    _default_url: ClassVar[str] = ""
+    _default_token_env: ClassVar[str] = ""
+
+    @model_validator(mode="after")
+    def _defaults(self) -> _UpstreamRoute:
+        if not self.url:
+            if not self._default_url:
+                raise ValueError("url is required (http://HOST:PORT of the server)")
+            self.url = self._default_url
+        self.url = self.url.rstrip("/")
+        if not re.match(r"^https?://[^/\s]+", self.url):
+            raise ValueError(f"url {self.url!r}: expected an http(s) URL")
+        if not self.token_env:
+            self.token_env = self._default_token_env
+        if self.token is None and self.token_env and os.environ.get(self.token_env):
+            self.token = SecretStr(os.environ[self.token_env])
+        for value in self.allowed_origins:
+            if not re.match(r"^https?://[^/\s]+/?$", value):
+                raise ValueError(f"allowed_origins: {value!r}: expected an origin, scheme://host[:port]")
+        return self
+
+
+class CogRoute(_UpstreamRoute):
+    """A self-hosted Cog model server (the container format Replicate runs): predictions created with
+    an idempotent PUT, followed through Cog's webhooks to the gateway's HTTP face."""
+
+    backend: Literal["cog"] = "cog"
+    max_concurrency: int = Field(
+        1, ge=1, description="The Cog server's prediction slots (its COG_MAX_CONCURRENCY): the route's jobs in "
+                             "flight at once, the others wait here (Cog itself queues nothing).")
+    webhook_grace_seconds: float = Field(
+        150.0, gt=0, description="How long a job whose prediction has left Cog's slot waits for Cog's (retried) "
+                                 "final webhook before it fails UPSTREAM_RESULT_LOST.")
+    workers: int = Field(0, ge=0, description="Jobs in flight upstream; 0: max_concurrency.")
+
+    @model_validator(mode="after")
+    def _slots(self) -> CogRoute:
+        if self.workers == 0:
+            self.workers = self.max_concurrency
+        return self
+
+
+class ReplicateRoute(_UpstreamRoute):
+    """Replicate's hosted predictions API, on a model, a version or a deployment."""
+
+    backend: Literal["replicate"] = "replicate"
+    model: str = Field("", description="owner/name: the model's latest version (official models).")
+    version: str = Field("", description="A version id (or owner/name:version).")
+    deployment: str = Field("", description="owner/name of a deployment.")
+    webhooks: bool = Field(True, description="Also ask for Replicate's webhooks (when the gateway has a public_url "
+                                             "or an HTTP face), besides the event stream and the fallback poll.")
+    wait_seconds: int = Field(0, ge=0, le=60, description="Prefer: wait=N on create (0: answer at once).")
+
+    _default_url: ClassVar[str] = "https://api.replicate.com"
+    _default_token_env: ClassVar[str] = "REPLICATE_API_TOKEN"
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ReplicateRoute:
+        given = [name for name in ("model", "version", "deployment") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of model (owner/name), version, deployment (owner/name)")
+        for name in ("model", "deployment"):
+            value = getattr(self, name)
+            if value and not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", value):
+                raise ValueError(f"{name} {value!r}: expected owner/name")
+        return self
+
+
+class FalRoute(_UpstreamRoute):
+    """fal.ai's queue API on one application."""
+
+    backend: Literal["fal"] = "fal"
+    model: str = Field(..., description="The application id, owner/app (optionally /path).")
+
+    _default_url: ClassVar[str] = "https://queue.fal.run"
+    _default_token_env: ClassVar[str] = "FAL_KEY"
+
+    @field_validator("model")
+    @classmethod
+    def _app(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(/[A-Za-z0-9_./-]+)?", value):
+            raise ValueError(f"{value!r}: expected owner/app")
+        return value
+
+
+class RunPodRoute(_UpstreamRoute):
+    """A RunPod serverless endpoint."""
+
+    backend: Literal["runpod"] = "runpod"
+    endpoint_id: str = Field(..., description="The endpoint's id.")
+    execution_timeout_seconds: float = Field(0, ge=0, description="policy.executionTimeout sent with each job "
+                                                                  "(0: the endpoint's own).")
+
+    _default_url: ClassVar[str] = "https://api.runpod.ai/v2"
+    _default_token_env: ClassVar[str] = "RUNPOD_API_KEY"
+
+    @field_validator("endpoint_id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+            raise ValueError(f"{value!r}: expected an endpoint id")
+        return value
+
+
+UPSTREAM_ROUTES = (CogRoute, ReplicateRoute, FalRoute, RunPodRoute)
+
+RouteSettings = Annotated[EchoRoute | WhisperRoute | OctoAIRoute | CogRoute | ReplicateRoute | FalRoute | RunPodRoute,
+                          Field(discriminator="backend")]
 
 
 def _default_routes() -> dict[str, Any]:

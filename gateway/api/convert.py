@@ -78,6 +78,7 @@ def job_to_proto(job: Job, with_segments: bool = True) -> pb.Job:
         create_time=_timestamp(job.created),
         queue_position=job.queue_position,
         request_id=job.request_id,
+        logs=job.logs,
     )
     if job.labels:
         message.labels.update(job.labels)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.backends.base import Backend, JobContext, ReadyState
 from gateway.settings import RouteSettings
 
 __all__ = ["Backend", "JobContext", "ReadyState", "create_backend"]
 
 
-def create_backend(settings: RouteSettings) -> Backend:
-    """The backend for a route's settings. Heavy imports (faster-whisper, aiohttp) happen only here."""
+def create_backend(settings: RouteSettings, inbox: Any = None) -> Backend:
+    """The backend for a route's settings (``inbox``: where upstream webhooks arrive). Heavy imports
+    (faster-whisper, aiohttp) happen only here."""
     if settings.backend == "echo":
         from gateway.backends.echo import EchoBackend
 
@@ -22,4 +25,8 @@ def create_backend(settings: RouteSettings) -> Backend:
         from gateway.backends.octoai import OctoAIBackend
 
         return OctoAIBackend(settings)
+    from gateway.backends.upstream import PROFILES, create_upstream
+
+    if settings.backend in PROFILES:
+        return create_upstream(settings, inbox)  # type: ignore[no-any-return]
     raise ValueError(f"unknown backend {settings.backend!r}")

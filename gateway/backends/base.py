@@ -30,7 +30,8 @@ HealthListener = Callable[[bool], None]
 class JobLifecycle(Protocol):
     """What a running job can change (the job service implements it)."""
 
-    async def report(self, job_id: str, progress: float | None, segments: Sequence[Segment]) -> None: ...
+    async def report(self, job_id: str, progress: float | None, segments: Sequence[Segment],
+                     logs: str | None = None, queue_position: int | None = None) -> None: ...
 
     async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None: ...
 
@@ -40,7 +41,7 @@ class JobLifecycle(Protocol):
 class JobContext:
     """What a running job may do. Safe to use from the event loop; ``*_threadsafe`` from threads."""
 
-    __slots__ = ("_lifecycle", "_loop", "_stop", "checkpoint", "input", "job")
+    __slots__ = ("_lifecycle", "_loop", "_stop", "cancel_requested", "checkpoint", "input", "job")
 
     def __init__(
         self, job: Job, job_input: JobInput, checkpoint: Mapping[str, Any] | None, lifecycle: JobLifecycle
@@ -51,6 +52,7 @@ class JobContext:
         self._lifecycle = lifecycle
         self._stop: threading.Event | None = None
         self._loop = asyncio.get_running_loop()
+        self.cancel_requested = False  # set when the job is cancelled (not when the server stops or loses it)
 
     @property
     def stop(self) -> threading.Event:
@@ -60,11 +62,13 @@ class JobContext:
             self._stop = threading.Event()
         return self._stop
 
-    async def report(self, progress: float | None = None, segments: Sequence[Segment] = ()) -> None:
-        """Publishes a new revision with this progress (clamped to [0, 1]) and these new segments."""
+    async def report(self, progress: float | None = None, segments: Sequence[Segment] = (), *,
+                     logs: str | None = None, queue_position: int | None = None) -> None:
+        """Publishes a new revision with this progress (clamped to [0, 1]) and these new segments (and, for
+        upstream jobs, the log's tail and the provider's queue position, while the job is QUEUED)."""
         if progress is not None:
             progress = min(1.0, max(0.0, progress))
-        await self._lifecycle.report(self.job.id, progress, tuple(segments))
+        await self._lifecycle.report(self.job.id, progress, tuple(segments), logs, queue_position)
 
     def report_threadsafe(self, progress: float | None = None, segments: Sequence[Segment] = ()) -> None:
         """From a worker thread: publishes without waiting for the store, so inference never stalls.

@@ -53,7 +53,8 @@ def job_json(job: Job) -> str:
     error = "null" if job.error is None else dumps(job.error.to_dict())
     return (f'{static},"state":{int(job.state)},"revision":{job.revision},"progress":{_number(job.progress)},'
             f'"started":{_number(job.started)},"finished":{_number(job.finished)},"expires":{_number(job.expires)},'
-            f'"error":{error},"queue_position":{job.queue_position}}}')
+            f'"error":{error},"queue_position":{job.queue_position}'
+            + (f',"logs":{dumps(job.logs)}}}' if job.logs else '}'))
 
 
 def job_from_json(text: str | bytes, segments: tuple[Segment, ...] = ()) -> Job:
@@ -67,7 +68,7 @@ def job_from_dict(data: Mapping[str, Any], segments: tuple[Segment, ...] = ()) -
         finished=data["finished"], expires=data["expires"], labels=data["labels"],
         error=JobFailure.from_dict(data["error"]) if data["error"] else None, segments=segments,
         queue_position=data["queue_position"], request_id=data["request_id"],
-        webhook=WebhookSpec.from_dict(data.get("webhook")),
+        webhook=WebhookSpec.from_dict(data.get("webhook")), logs=data.get("logs", ""),
     )
 
 

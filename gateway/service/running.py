@@ -286,7 +286,8 @@ class Running:
             if job is not None:
                 await self._save(job)
 
-    async def report(self, job_id: str, progress: float | None, segments: Sequence[Segment]) -> None:
+    async def report(self, job_id: str, progress: float | None, segments: Sequence[Segment],
+                     logs: str | None = None, queue_position: int | None = None) -> None:
         head = self.active.head(job_id)
         if head is None:
             return
@@ -295,6 +296,12 @@ class Running:
             changes["progress"] = progress
         if segments:
             changes["segments"] = head.segments + tuple(segments)
+        if logs is not None and logs != head.logs:
+            changes["logs"] = logs
+        if queue_position is not None and head.state is JobState.QUEUED and queue_position != head.queue_position:
+            changes["queue_position"] = queue_position
+        if not changes and (logs is not None or queue_position is not None):
+            return  # nothing moved
         job = self._next(job_id, **changes)
         if job is not None:
             await self._save(job, new_segments=segments)

@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     checkpoint TEXT,
     position INTEGER NOT NULL DEFAULT 0,  -- the change position of the latest revision (WatchJobs resumes)
     webhook TEXT,  -- {"url", "events"} given at Submit
+    logs TEXT NOT NULL DEFAULT '',  -- the tail of an upstream's log (the latest revision's)
     payload BLOB,  -- small inputs inline (large ones in payloads), dropped when the job ends
     result TEXT    -- last: reading the other columns never touches its overflow pages
 ) WITHOUT ROWID;
@@ -110,13 +111,13 @@ CREATE TABLE IF NOT EXISTS webhooks (
 CREATE INDEX IF NOT EXISTS webhooks_by_due ON webhooks (due) WHERE due IS NOT NULL;
 """
 
-_INSERT_JOB = "INSERT INTO jobs ({columns}, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_JOB = "INSERT INTO jobs ({columns}, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, ?)"  # params: (job id, the payload)
 _RESERVE_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, zeroblob(?))"
 _BLOB_CHUNK = 1024 * 1024
 _UPDATE_JOB = (
     "UPDATE jobs SET state = ?, revision = ?, progress = ?, started = ?, finished = ?, expires = ?, "
-    "error = ?, queue_position = ?, segment_count = ?, attempts = attempts + ?, position = ?, "
+    "error = ?, queue_position = ?, logs = ?, segment_count = ?, attempts = attempts + ?, position = ?, "
     "checkpoint = CASE WHEN ? THEN NULL ELSE checkpoint END, "
     "payload = CASE WHEN ? THEN NULL ELSE payload END, result = COALESCE(?, result) "
     # The compare-and-set: the job is at the revision before this one, and (when the writer says
@@ -139,7 +140,7 @@ _SAVE_POSITION = "INSERT OR REPLACE INTO meta (key, value) VALUES ('position', ?
 
 _JOB_COLUMNS = (
     "id, tenant, route, state, revision, progress, created, started, finished, expires, labels, error, "
-    "queue_position, request_id, request_hash, segment_count, attempts, checkpoint, webhook"
+    "queue_position, request_id, request_hash, segment_count, attempts, checkpoint, webhook, logs"
 )
 _INSERT_JOB = _INSERT_JOB.format(columns=_JOB_COLUMNS)
 # The writer runs a batch's plain statements kind by kind with executemany, in this order, which
@@ -375,6 +376,8 @@ class SqliteStore:
             conn.execute("ALTER TABLE jobs ADD COLUMN position INTEGER NOT NULL DEFAULT 0")
         if "webhook" not in columns:  # from before webhooks
             conn.execute("ALTER TABLE jobs ADD COLUMN webhook TEXT")
+        if "logs" not in columns:  # from before upstream logs
+            conn.execute("ALTER TABLE jobs ADD COLUMN logs TEXT NOT NULL DEFAULT ''")
         # This process owns the data dir: claims of a process that is gone are due at once.
         conn.execute("UPDATE webhooks SET due = ?, lease = 0 WHERE lease > 0", (time.time(),))
         conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_position ON jobs (tenant, position)")
@@ -538,6 +541,7 @@ class SqliteStore:
             queue_position=row["queue_position"],
             request_id=row["request_id"],
             webhook=WebhookSpec.from_dict(json.loads(webhook)) if webhook else None,
+            logs=row["logs"],
         )
 
     def _resumable_from_row(self, conn: sqlite3.Connection, row: sqlite3.Row) -> ResumableJob:
@@ -556,7 +560,7 @@ class SqliteStore:
             (_INSERT_JOB, (job.id, job.tenant, job.route, int(job.state), job.revision, job.progress, job.created,
                            job.started, job.finished, job.expires, _dumps(dict(job.labels)) if job.labels else "{}",
                            _error_json(job.error), job.queue_position, job.request_id, request_hash, 0, 0, None,
-                           None if job.webhook is None else _dumps(job.webhook.to_dict()), position,
+                           None if job.webhook is None else _dumps(job.webhook.to_dict()), job.logs, position,
                            payload if inline else None)),
             (_INSERT_REVISION, _revision_row(job, 0)),
         ]
@@ -599,7 +603,8 @@ class SqliteStore:
         position = self._next_position()
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (_UPDATE_JOB, (int(job.state), job.revision, job.progress, job.started, job.finished, job.expires,
-                           _error_json(job.error), job.queue_position, count, 1 if count_attempt else 0, position,
+                           _error_json(job.error), job.queue_position, job.logs, count, 1 if count_attempt else 0,
+                           position,
                            terminal, terminal, None if result is None else encode_result(result), job.id,
                            job.revision - 1, -1 if attempt is None else attempt, 1 if count_attempt else 0,
                            -1 if attempt is None else attempt)),
@@ -724,7 +729,7 @@ class SqliteStore:
                         finished=rev["finished"], expires=rev["expires"], labels=base.labels,
                         error=JobFailure.from_dict(json.loads(error)) if error else None,
                         segments=base.segments[:count], queue_position=rev["queue_position"],
-                        request_id=base.request_id, webhook=base.webhook,
+                        request_id=base.request_id, webhook=base.webhook, logs=base.logs,
                     ),
                     offset,
                 ))

@@ -175,6 +175,7 @@ class RouteRunner:
             return ""
         running.cancel_requested = True
         if running.ctx is not None:
+            running.ctx.cancel_requested = True
             running.ctx.stop.set()
         if running.in_backend and running.task is not None:
             running.task.cancel()

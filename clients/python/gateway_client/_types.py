@@ -176,6 +176,8 @@ class Job:
     request_id: str
     raw: pb.Job = field(repr=False, compare=False)
     """The protobuf message (with every segment of ``segments``)."""
+    logs: str = ""
+    """Upstream routes: the tail of the provider's log, as of this revision."""
 
     @classmethod
     def from_proto(cls, m: pb.Job, segments: tuple[Segment, ...] | None = None) -> Job:
@@ -197,6 +199,7 @@ class Job:
             queue_position=m.queue_position,
             request_id=m.request_id,
             raw=m,
+            logs=m.logs,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -79,7 +79,7 @@ class Word(_message.Message):
     def __init__(self, start_seconds: _Optional[float] = ..., end_seconds: _Optional[float] = ..., word: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "route", "state", "done", "revision", "progress", "create_time", "start_time", "finish_time", "expire_time", "labels", "error", "segments", "queue_position", "request_id", "webhook", "webhook_delivery")
+    __slots__ = ("id", "route", "state", "done", "revision", "progress", "create_time", "start_time", "finish_time", "expire_time", "labels", "error", "segments", "queue_position", "request_id", "webhook", "webhook_delivery", "logs")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class Job(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
     id: str
     route: str
     state: JobState
@@ -121,7 +122,8 @@ class Job(_message.Message):
     request_id: str
     webhook: Webhook
     webhook_delivery: WebhookDelivery
-    def __init__(self, id: _Optional[str] = ..., route: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., done: _Optional[bool] = ..., revision: _Optional[int] = ..., progress: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., queue_position: _Optional[int] = ..., request_id: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ..., webhook_delivery: _Optional[_Union[WebhookDelivery, _Mapping]] = ...) -> None: ...
+    logs: str
+    def __init__(self, id: _Optional[str] = ..., route: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., done: _Optional[bool] = ..., revision: _Optional[int] = ..., progress: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., queue_position: _Optional[int] = ..., request_id: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ..., webhook_delivery: _Optional[_Union[WebhookDelivery, _Mapping]] = ..., logs: _Optional[str] = ...) -> None: ...
 
 class Webhook(_message.Message):
     __slots__ = ("url", "events")

@@ -1,0 +1,117 @@
+"""The cog backend against a real Cog model server (cog 0.23 from PyPI, harness/cog_server.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway_client import Client, JobFailedError, JobState, Output
+from harness import ServerProcess, wait_until
+from harness.cog_server import CogServer
+
+
+def cog_route(url: str, **extra: Any) -> str:
+    settings = {"backend": '"cog"', "url": f'"{url}"', "poll_interval_seconds": 0.5, "poll_max_seconds": 1.0,
+                "retry_initial_seconds": 0.05, "retry_max_seconds": 0.5, "health_interval_seconds": 0.5,
+                "deadline_seconds": 60, **extra}
+    return "[routes.cog]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+
+
+@pytest.fixture
+def cog(tmp_path: Path) -> Iterator[CogServer]:
+    server = CogServer("stream", tmp_path / "cog").start()
+    yield server
+    server.stop()
+
+
+def test_outputs_and_logs_reach_watch_as_revisions(make_server, cog: CogServer) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server(cog_route(cog.url))
+    server.wait_serving("route/cog", timeout=30)
+    with Client(server.target) as client:
+        job, _ = client.submit_job("cog", {"steps": 4, "delay": 0.3, "prefix": "w"})
+        seen = list(client.watch(job.id))
+        result = client.fetch(job.id).result
+    states = [j.state for j in seen]
+    assert states[0] is JobState.QUEUED and states[-1] is JobState.SUCCEEDED and JobState.RUNNING in states
+    assert [s.text for s in seen[-1].segments] == ["w0", "w1", "w2", "w3"]
+    partial = [len(j.segments) for j in seen]
+    assert partial == sorted(partial) and len(set(partial)) >= 3  # outputs arrived one by one
+    assert "step 3 of 4" in seen[-1].logs and "stderr line 0" in seen[-1].logs
+    assert any(0 < j.progress < 1 for j in seen)  # from the log's "NN%|"
+    assert isinstance(result, Output) and result.value == ["w0", "w1", "w2", "w3"]
+    assert len(cog.runs()) == 1
+
+
+def test_a_failing_prediction_fails_the_job_with_cogs_error(make_server, cog: CogServer) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server(cog_route(cog.url))
+    server.wait_serving("route/cog", timeout=30)
+    with Client(server.target) as client:
+        job, _ = client.submit_job("cog", {"steps": 1, "delay": 0.1, "fail": "the model broke"})
+        final = list(client.watch(job.id))[-1]
+        with pytest.raises(JobFailedError) as caught:
+            client.future(job.id).result(timeout=30)
+    assert final.state is JobState.FAILED and final.error is not None
+    assert final.error.reason == "UPSTREAM_JOB_FAILED" and "the model broke" in final.error.message
+    assert caught.value.reason == "UPSTREAM_JOB_FAILED"
+
+
+def test_cancel_cancels_the_prediction(make_server, cog: CogServer) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server(cog_route(cog.url))
+    server.wait_serving("route/cog", timeout=30)
+    with Client(server.target) as client:
+        job, _ = client.submit_job("cog", {"steps": 200, "delay": 0.1})
+        wait_until(lambda: len(client.get(job.id).segments) >= 2, "two outputs", timeout=20)
+        client.cancel(job.id)
+        assert client.get(job.id).state is JobState.CANCELLED
+        wait_until(lambda: cog.health().get("status") == "READY", "Cog's slot freed by the cancel", timeout=10)
+        # The slot is free for the next job at once (the cancelled one is not running on).
+        second, _ = client.submit_job("cog", {"steps": 1, "delay": 0.1})
+        assert list(client.watch(second.id))[-1].state is JobState.SUCCEEDED
+
+
+def test_kill9_of_the_gateway_never_runs_a_prediction_twice(make_server, cog: CogServer) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server(cog_route(cog.url))
+    server.wait_serving("route/cog", timeout=30)
+    with Client(server.target) as client:
+        job, _ = client.submit_job("cog", {"steps": 12, "delay": 0.25})
+        wait_until(lambda: len(client.get(job.id).segments) >= 2, "two outputs", timeout=20)
+    server.kill()
+    server.restart()
+    with Client(server.target) as client:
+        final = list(client.watch(job.id))[-1]
+        result = client.fetch(job.id).result
+    assert final.state is JobState.SUCCEEDED, final
+    assert isinstance(result, Output) and result.value == [f"tok{i}" for i in range(12)]
+    assert [s.text for s in final.segments] == [f"tok{i}" for i in range(12)]
+    assert len(cog.runs()) == 1  # re-attached with the same PUT, not run again
+
+
+def test_kill9_while_the_prediction_ends_gets_the_retried_final_webhook(make_server, cog: CogServer) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server(cog_route(cog.url))
+    server.wait_serving("route/cog", timeout=30)
+    with Client(server.target) as client:
+        job, _ = client.submit_job("cog", {"steps": 3, "delay": 0.5})
+        wait_until(lambda: len(client.get(job.id).segments) >= 1, "an output", timeout=20)
+    server.kill()
+    wait_until(lambda: len(cog.runs()) == 1 and cog.health().get("status") == "READY", "the prediction ended", timeout=20)
+    server.restart()
+    with Client(server.target) as client:
+        final = list(client.watch(job.id))[-1]
+    assert final.state is JobState.SUCCEEDED, final
+    assert len(cog.runs()) == 1  # its result came by Cog's retried webhook; the PUT was not sent again
+
+
+def test_a_restarted_cog_server_fails_the_job_without_running_it_again(make_server, cog: CogServer) -> None:  # type: ignore[no-untyped-def]
+    server: ServerProcess = make_server(cog_route(cog.url))
+    server.wait_serving("route/cog", timeout=30)
+    with Client(server.target) as client:
+        job, _ = client.submit_job("cog", {"steps": 100, "delay": 0.1})
+        wait_until(lambda: len(client.get(job.id).segments) >= 1, "an output", timeout=20)
+        cog.kill()
+        cog.start()
+        final = list(client.watch(job.id, timeout=30))[-1]
+    assert final.state is JobState.FAILED and final.error is not None and final.error.reason == "UPSTREAM_LOST"
+    assert len(cog.runs()) == 1
