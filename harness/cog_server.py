@@ -58,7 +58,7 @@ class CogServer:
                "COG_PREDICT_TYPE_STUB": "predict.py:Predictor", "COG_RUNS_FILE": str(self.runs_file),
                "PYTHONUNBUFFERED": "1", **self.env}
         env.pop("VIRTUAL_ENV", None)
-        log = open(self.log_path, "a")  # noqa: SIM115 - the child writes to it for its whole life
+        log = open(self.log_path, "a")  # the child writes to it for its whole life
         self.proc = spawn([str(python), "-m", "cog.server.http", "--host", "127.0.0.1"], cwd=self.workdir, env=env,
                           stdout=log, stderr=log, die_with_parent=False)
         log.close()
