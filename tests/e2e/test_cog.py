@@ -11,6 +11,7 @@ import pytest
 from gateway_client import Client, JobFailedError, JobState, Output
 from harness import ServerProcess, wait_until
 from harness.cog_server import CogServer
+from harness.redis import RedisProcess
 
 
 def cog_route(url: str, **extra: Any) -> str:
@@ -72,13 +73,16 @@ def test_cancel_cancels_the_prediction(make_server, cog: CogServer) -> None:  # 
         assert list(client.watch(second.id))[-1].state is JobState.SUCCEEDED
 
 
-def test_kill9_of_the_gateway_never_runs_a_prediction_twice(make_server, cog: CogServer) -> None:  # type: ignore[no-untyped-def]
-    server: ServerProcess = make_server(cog_route(cog.url))
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_kill9_or_sigterm_of_the_gateway_never_runs_a_prediction_twice(make_server, cog: CogServer, how: str) -> None:  # type: ignore[no-untyped-def]
+    """kill -9, or a SIGTERM whose drain ends before the prediction: the restarted gateway re-attaches to
+    the prediction still running (a stopping gateway does not cancel it)."""
+    server: ServerProcess = make_server("shutdown_grace_seconds = 0\n" + cog_route(cog.url))
     server.wait_serving("route/cog", timeout=30)
     with Client(server.target) as client:
         job, _ = client.submit_job("cog", {"steps": 12, "delay": 0.25})
         wait_until(lambda: len(client.get(job.id).segments) >= 2, "two outputs", timeout=20)
-    server.kill()
+    server.kill() if how == "kill" else server.stop()
     server.restart()
     with Client(server.target) as client:
         final = list(client.watch(job.id))[-1]
@@ -114,4 +118,30 @@ def test_a_restarted_cog_server_fails_the_job_without_running_it_again(make_serv
         cog.start()
         final = list(client.watch(job.id, timeout=30))[-1]
     assert final.state is JobState.FAILED and final.error is not None and final.error.reason == "UPSTREAM_LOST"
+    assert len(cog.runs()) == 1
+
+
+def test_redis_webhooks_reach_the_worker_and_a_takeover_reattaches(make_server, redis_process: RedisProcess,  # type: ignore[no-untyped-def]
+                                                                   cog: CogServer) -> None:
+    """An API replica takes Cog's webhooks and passes them on, over Redis, to the worker process that runs
+    the job; when that worker is killed, the one that takes the job over re-attaches to the same prediction."""
+    redis_process.flush()
+    config = f'store = "{redis_process.url}"\nshutdown_grace_seconds = 0\nlease_seconds = 2\n' + cog_route(cog.url)
+    api: ServerProcess = make_server(config, args=("--workers", "0"))
+    worker_config = f'public_url = "{api.http_url}"\n' + config
+
+    def worker() -> ServerProcess:
+        process: ServerProcess = make_server(worker_config, command="worker", args=("--route", "cog", "--workers", "1"))
+        process.wait_serving("route/cog", timeout=30)
+        return process
+
+    first = worker()
+    with Client(api.target) as client:
+        job, _ = client.submit_job("cog", {"steps": 16, "delay": 0.25})
+        wait_until(lambda: len(client.get(job.id).segments) >= 2, "outputs through the API's webhooks", timeout=20)
+        first.kill()
+        worker()
+        final = list(client.watch(job.id, timeout=60))[-1]
+    assert final.state is JobState.SUCCEEDED, final
+    assert [s.text for s in final.segments] == [f"tok{i}" for i in range(16)]
     assert len(cog.runs()) == 1
