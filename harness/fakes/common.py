@@ -37,7 +37,8 @@ from aiohttp import web
 
 from harness.process import start_serving, stop_process
 
-__all__ = ["TOKEN", "TRANSCRIPTION", "FakeProcess", "FakeServer", "Faults", "Reset", "ScriptedRun", "serve_main"]
+__all__ = ["TOKEN", "TRANSCRIPTION", "FakeProcess", "FakeServer", "Faults", "Reset", "ScriptedRun", "reset_connection",
+           "serve_main"]
 
 TOKEN = "upstream-secret"
 TRANSCRIPTION = " She sells seashells by the seashore."
@@ -225,8 +226,9 @@ class FakeServer:
 
     def config(self) -> dict[str, Any]:
         own = self.settings()
-        return {"faults": self.faults.to_json(), "settings": dataclasses.asdict(own) if own is not None else {},
-                "token_required": bool(self.token)}
+        settings = dataclasses.asdict(own) if own is not None else {}
+        settings = {k: sorted(v) if isinstance(v, frozenset | set) else v for k, v in settings.items()}
+        return {"faults": self.faults.to_json(), "settings": settings, "token_required": bool(self.token)}
 
     # -- faults --
 
