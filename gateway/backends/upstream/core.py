@@ -205,9 +205,9 @@ class UpstreamBackend:
             await asyncio.gather(self._health_task, return_exceptions=True)
         await self.http.close()
 
-    async def health(self) -> bool:
-        """Whether jobs can be submitted now (a profile asks its provider; default: always)."""
-        return True
+    async def health(self) -> bool | None:
+        """Whether jobs can be submitted now (a profile asks its provider); None: it cannot tell (ready)."""
+        return None
 
     async def _watch_health(self) -> None:
         interval = self.settings.health_interval_seconds
@@ -217,6 +217,9 @@ class UpstreamBackend:
             except (aiohttp.ClientError, TimeoutError, UpstreamError, ValueError) as exc:
                 log.debug("%s: health check failed: %s", self.name, exc)
                 ready = False
+            if ready is None:  # nothing to watch
+                self.readiness.set(True)
+                return
             self.readiness.set(ready)
             await asyncio.sleep(interval if ready else min(1.0, interval))
 

@@ -167,9 +167,14 @@ class UpstreamHttp:
     async def request(self, method: str, url: str, what: str, *, json_body: Any = None,
                       headers: Mapping[str, str] | None = None, ok: Collection[int] = (),
                       retry: Collection[int] = (), retries: int | None = None,
-                      timeout: float | None = None) -> Answer:
+                      timeout: float | None = None, creates: bool = False) -> Answer:
         """One logical request with retries. Answers a status below 400 (or one in ``ok``) with its JSON
-        body; ``retry`` adds statuses to retry (a busy upstream); others raise :func:`refused`."""
+        body; ``retry`` adds statuses to retry (a busy upstream); others raise :func:`refused`.
+
+        ``creates``: the request makes a job upstream and is not idempotent. It is sent again only where
+        the upstream surely did not take it: after an error answer, or a connection that never opened. A
+        connection lost or timed out once the request was sent leaves it unknown: UPSTREAM_SUBMIT_INTERRUPTED,
+        rather than a second job."""
         lim = self.limits
         max_retries = lim.max_retries if retries is None else retries
         url = self.trusted(url, what)
@@ -189,6 +194,12 @@ class UpstreamHttp:
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 self._count("error")
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if creates and not isinstance(exc, aiohttp.ClientConnectorError):
+                    raise UpstreamError(
+                        f"the connection to the upstream was lost after the job was sent ({last}), so it cannot "
+                        "know whether the upstream has it; it was not sent again. Resubmit it if needed.",
+                        "UPSTREAM_SUBMIT_INTERRUPTED", Code.ABORTED, {"step": what},
+                    ) from None
             if attempt == max_retries:
                 break
             wait = wait_hint if wait_hint is not None else delay * (0.5 + random.random())

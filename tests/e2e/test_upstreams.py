@@ -1,0 +1,168 @@
+"""The hosted upstream profiles (fal, Replicate, RunPod) against their faithful fakes (harness/fakes,
+each proven by its provider's own client in tests/http), as real processes: one job is one upstream
+job whatever befalls it, its outputs, logs and queue position reach Watch, and it ends with the
+upstream's real outcome."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from gateway_client import Client, JobFailedError, JobState, Output
+from harness import ServerProcess, wait_until
+from harness.fakes.common import TOKEN, FakeProcess
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    module: str
+    settings: Callable[[str], dict[str, Any]]  # the route's own keys, given the fake's URL
+    token_env: str
+    logs: bool = True      # the provider reports the job's log
+    partial: bool = True   # ... and its partial outputs while it runs
+
+    def route(self, url: str, **extra: Any) -> str:
+        keys = {"backend": f'"{self.name}"', "url": f'"{url}"', "token_env": f'"{self.token_env}"',
+                "poll_interval_seconds": 0.3, "poll_max_seconds": 0.6, "retry_initial_seconds": 0.05,
+                "retry_max_seconds": 0.3, "max_retries": 12, "deadline_seconds": 60, "stream_idle_seconds": 5,
+                **self.settings(url), **extra}
+        return "[routes.up]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+
+
+PROFILES = {
+    "fal": Profile("fal", "harness.fakes.fal", lambda url: {"model": '"fake-owner/fake-app"'}, "FAL_KEY",
+                   partial=False),
+    "replicate": Profile("replicate", "harness.fakes.replicate", lambda url: {"model": '"acme/streamer"'},
+                         "REPLICATE_API_TOKEN"),
+    "runpod": Profile("runpod", "harness.fakes.runpod", lambda url: {"endpoint_id": '"ep123"'}, "RUNPOD_API_KEY",
+                      logs=False),
+}
+
+
+@pytest.fixture(params=sorted(PROFILES))
+def profile(request: pytest.FixtureRequest) -> Profile:
+    return PROFILES[request.param]
+
+
+@pytest.fixture
+def fake(profile: Profile) -> Iterator[FakeProcess]:
+    process = FakeProcess(profile.module, "--token", TOKEN)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def gateway(make_server, profile: Profile, fake: FakeProcess) -> Callable[..., ServerProcess]:  # type: ignore[no-untyped-def]
+    def start(prefix: str = "", **extra: Any) -> ServerProcess:
+        server: ServerProcess = make_server(prefix + profile.route(fake.url, **extra), env={profile.token_env: TOKEN})
+        server.wait_serving("route/up", timeout=30)
+        return server
+
+    return start
+
+
+def creates(fake: FakeProcess) -> int:
+    return int(fake.stats()["total_creates"])
+
+
+def test_a_job_streams_its_outputs_and_logs_and_ends_with_the_upstreams_output(gateway, fake: FakeProcess,  # type: ignore[no-untyped-def]
+                                                                             profile: Profile) -> None:
+    server = gateway()
+    with Client(server.target) as client:
+        job, _ = client.submit_job("up", {"steps": 4, "delay": 0.2, "prefix": "w"})
+        seen = list(client.watch(job.id))
+        result = client.fetch(job.id).result
+    states = [j.state for j in seen]
+    assert states[0] is JobState.QUEUED and states[-1] is JobState.SUCCEEDED and JobState.RUNNING in states
+    if profile.logs:
+        assert "step 3" in seen[-1].logs and any("step 0" in j.logs and not j.done for j in seen)
+    if profile.partial:
+        assert [s.text for s in seen[-1].segments] == ["w0", "w1", "w2", "w3"]
+        assert any(0 < len(j.segments) < 4 for j in seen)  # while it ran
+    assert isinstance(result, Output) and "w3" in str(result.value)
+    assert creates(fake) == 1
+    assert list(fake.stats()["authorization"]) and all(TOKEN in a for a in fake.stats()["authorization"])
+
+
+def test_a_failed_upstream_job_fails_with_its_error(gateway, fake: FakeProcess) -> None:  # type: ignore[no-untyped-def]
+    server = gateway()
+    with Client(server.target) as client:
+        job, _ = client.submit_job("up", {"steps": 1, "delay": 0.1, "fail": "the model broke"})
+        with pytest.raises(JobFailedError) as caught:
+            client.future(job.id).result(timeout=30)
+    assert caught.value.reason == "UPSTREAM_JOB_FAILED" and "the model broke" in str(caught.value)
+
+
+def test_cancel_cancels_upstream(gateway, fake: FakeProcess) -> None:  # type: ignore[no-untyped-def]
+    server = gateway()
+    with Client(server.target) as client:
+        job, _ = client.submit_job("up", {"steps": 100, "delay": 0.1})
+        wait_until(lambda: client.get(job.id).state is JobState.RUNNING, "the job to run upstream", timeout=20)
+        client.cancel(job.id)
+        wait_until(lambda: sum(v for k, v in fake.stats()["requests"].items() if "cancel" in k) >= 1,
+                   "the upstream cancel", timeout=10)
+    assert client is not None
+
+
+@pytest.mark.parametrize("faults", [{"fail_rate": 0.2, "throttle_rate": 0.1, "retry_after": 0},
+                                    {"reset_rate": 0.2}, {"stream_cut_after": 2}])
+def test_jobs_end_with_the_upstreams_outcome_under_faults(gateway, fake: FakeProcess, faults: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    server = gateway()
+    fake.control(seed=11, **faults)
+    with Client(server.target) as client:
+        jobs = [client.submit_job("up", {"steps": 3, "delay": 0.1, "prefix": f"j{i}-"})[0] for i in range(6)]
+        finals = [list(client.watch(job.id))[-1] for job in jobs]
+        results = [client.fetch(job.id).result for job in jobs]
+    # A reset after the create was sent leaves it unknown whether the upstream took the job: such a job
+    # fails UPSTREAM_SUBMIT_INTERRUPTED and is not sent again. Every other job ends with its output.
+    interrupted = [j for j in finals if j.error is not None and j.error.reason == "UPSTREAM_SUBMIT_INTERRUPTED"]
+    succeeded = [i for i, j in enumerate(finals) if j.state is JobState.SUCCEEDED]
+    assert len(interrupted) + len(succeeded) == 6, [j.error for j in finals]
+    assert len(interrupted) <= 2 if "reset_rate" in faults else not interrupted
+    assert all(f"j{i}-2" in str(results[i].value) for i in succeeded)  # type: ignore[union-attr]
+    assert creates(fake) == len(succeeded)  # none submitted twice (the fake resets before it creates)
+
+
+def test_ten_watchers_cost_no_more_upstream_requests_than_one(gateway, fake: FakeProcess) -> None:  # type: ignore[no-untyped-def]
+    server = gateway()
+
+    def requests_for(watchers: int) -> int:
+        fake.control(reset_stats=True)
+        with Client(server.target) as client:
+            job, _ = client.submit_job("up", {"steps": 3, "delay": 0.3})
+            threads = [threading.Thread(target=lambda: list(client.watch(job.id))) for _ in range(watchers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+        return sum(fake.stats()["requests"].values())
+
+    one, ten = requests_for(1), requests_for(10)
+    assert ten <= one + 2, (one, ten)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_kill9_mid_job_resumes_without_a_second_submit(gateway, fake: FakeProcess, request: pytest.FixtureRequest,  # type: ignore[no-untyped-def]
+                                                       store: str) -> None:
+    prefix = ""
+    if store == "redis":
+        redis = request.getfixturevalue("redis_process")
+        redis.flush()
+        prefix = f'store = "{redis.url}"\nlease_seconds = 2\n'
+    server = gateway(prefix)
+    with Client(server.target) as client:
+        job, _ = client.submit_job("up", {"steps": 12, "delay": 0.25})
+        wait_until(lambda: client.get(job.id).state is JobState.RUNNING, "the job to run upstream", timeout=20)
+    server.kill()
+    server.restart()
+    with Client(server.target) as client:
+        final = list(client.watch(job.id, timeout=60))[-1]
+        result = client.fetch(job.id).result
+    assert final.state is JobState.SUCCEEDED, final
+    assert isinstance(result, Output) and "tok11" in str(result.value)
+    assert creates(fake) == 1
