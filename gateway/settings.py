@@ -222,9 +222,10 @@ class _UpstreamRoute(_Route):
     stream_idle_seconds: float = Field(
         60.0, gt=0, description="An event stream silent this long is reconnected (polling goes on meanwhile).")
     max_retries: int = Field(8, ge=0, description="Retries of one request on 5xx, 429, timeouts, resets.")
-    retry_initial_seconds: float = Field(0.5, gt=0)
-    retry_max_seconds: float = Field(30.0, gt=0)
-    health_interval_seconds: float = Field(10.0, gt=0)
+    retry_initial_seconds: float = Field(0.5, gt=0, description="The first retry's delay (then doubling, jittered).")
+    retry_max_seconds: float = Field(30.0, gt=0, description="The longest delay between two retries.")
+    health_interval_seconds: float = Field(10.0, gt=0, description="How often the provider's health is checked "
+                                                                   "(Cog, RunPod), for the route's health.")
     max_input_bytes: int = Field(10 * 1000 * 1000, ge=1, description="The largest JSON input sent upstream.")
     max_answer_bytes: int = Field(1 * MiB, ge=1024, description="The largest status answer, event or webhook read.")
     max_result_bytes: int = Field(64 * MiB, ge=1024, description="The largest result read.")
