@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import json
 import logging
 import random
@@ -41,7 +40,8 @@ import aiohttp
 
 from gateway import __version__, metrics
 from gateway.backends.base import JobContext, ReadyState
-from gateway.errors import Code, FieldViolation, InvalidArgument, JobError
+from gateway.backends.upstream.http import UpstreamError, origin, refused, retry_after, short, too_large
+from gateway.errors import Code, FieldViolation, InvalidArgument
 from gateway.jobs import JobInput, JobOutput, Result
 from gateway.settings import OctoAIRoute
 
@@ -53,41 +53,7 @@ _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _TASKS = {"": "transcribe", "transcribe": "transcribe", "translate": "translate"}
 
 
-class UpstreamError(JobError):
-    pass
-
-
 _MAX_REDIRECTS = 3
-
-
-def _origin(url: str) -> str:
-    """scheme://host:port, the port made explicit, the host lowercased (RFC 6454)."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
-    except ValueError:  # a port that is not a number
-        port = -1
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _short(body: bytes) -> str:
-    text = body.decode("utf-8", "replace").strip()
-    return text[:300] + ("…" if len(text) > 300 else "")
 
 
 class OctoAIBackend:
@@ -103,7 +69,7 @@ class OctoAIBackend:
         self._upstream = urlsplit(settings.endpoint).netloc or settings.endpoint  # the metrics' label
         # Where URLs from the upstream may lead (and the token may go): the configured endpoint's
         # origin, the healthcheck's, and the route's allowed_origins.
-        self._origins = {_origin(u) for u in (settings.endpoint, settings.healthcheck, *settings.allowed_origins) if u}
+        self._origins = {origin(u) for u in (settings.endpoint, settings.healthcheck, *settings.allowed_origins) if u}
         self._auth = {"Authorization": f"Bearer {settings.token.get_secret_value()}"} if settings.token is not None else {}
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -180,7 +146,7 @@ class OctoAIBackend:
                                     headers={"X-OctoAI-Async": "1"})
             poll_url, response_id = body.get("poll_url"), body.get("response_id")
             if not isinstance(poll_url, str) or not poll_url:
-                raise UpstreamError(f"the upstream's answer to the submission has no poll_url: {_short(json.dumps(body).encode())}",
+                raise UpstreamError(f"the upstream's answer to the submission has no poll_url: {short(json.dumps(body).encode())}",
                                     "UPSTREAM_PROTOCOL_ERROR", Code.INTERNAL)
             checkpoint = {"poll_url": poll_url, "response_id": str(response_id or ""),
                           "submitted_at": submitted_at}
@@ -210,7 +176,7 @@ class OctoAIBackend:
             if status == "running":
                 await ctx.started()
             elif status != "pending":
-                raise UpstreamError(f"the upstream answered an unknown status: {_short(json.dumps(body).encode())}",
+                raise UpstreamError(f"the upstream answered an unknown status: {short(json.dumps(body).encode())}",
                                     "UPSTREAM_PROTOCOL_ERROR", Code.INTERNAL, {"status": str(status)})
             remaining = deadline - time.time()
             if remaining <= 0:
@@ -218,7 +184,7 @@ class OctoAIBackend:
                     f"the upstream did not complete the job within {s.deadline_seconds:.0f} s (last status: {status})",
                     "UPSTREAM_DEADLINE_EXCEEDED", Code.DEADLINE_EXCEEDED, {"last_status": status},
                 )
-            wait = _retry_after(headers.get("Retry-After"))
+            wait = retry_after(headers.get("Retry-After"))
             if wait is None:
                 wait = interval * (0.8 + 0.4 * random.random())
                 interval = min(s.poll_max_seconds, interval * s.poll_backoff)
@@ -227,12 +193,12 @@ class OctoAIBackend:
     def _trusted(self, url: str, what: str) -> str:
         """``url`` (resolved against the endpoint) if it is on a trusted origin; else the job fails."""
         resolved = urljoin(self.settings.endpoint, url)
-        origin = _origin(resolved)
-        if urlsplit(resolved).scheme not in ("http", "https") or origin not in self._origins:
+        where = origin(resolved)
+        if urlsplit(resolved).scheme not in ("http", "https") or where not in self._origins:
             raise UpstreamError(
-                f"the upstream's {what} URL points at {origin[:100]}, which is neither the endpoint's origin nor "
+                f"the upstream's {what} URL points at {where[:100]}, which is neither the endpoint's origin nor "
                 "one of the route's allowed_origins: not followed (the token goes nowhere else)",
-                "UPSTREAM_URL_NOT_ALLOWED", Code.FAILED_PRECONDITION, {"step": what, "origin": origin},
+                "UPSTREAM_URL_NOT_ALLOWED", Code.FAILED_PRECONDITION, {"step": what, "origin": where},
             )
         return resolved
 
@@ -240,22 +206,14 @@ class OctoAIBackend:
         """The body, up to the bound for this step; a larger one fails the job (read no further)."""
         limit = self.settings.max_result_bytes if what == "result" else self.settings.max_answer_bytes
         if response.content_length is not None and response.content_length > limit:
-            raise self._too_large(what, limit, response.content_length)
+            raise too_large(what, limit, response.content_length)
         chunks, size = [], 0
         async for chunk in response.content.iter_chunked(64 * 1024):
             size += len(chunk)
             if size > limit:
-                raise self._too_large(what, limit, None)
+                raise too_large(what, limit, None)
             chunks.append(chunk)
         return b"".join(chunks)
-
-    @staticmethod
-    def _too_large(what: str, limit: int, size: int | None) -> UpstreamError:
-        told = f" ({size} bytes)" if size is not None else ""
-        return UpstreamError(
-            f"the upstream's {what} answer is larger than the route's limit of {limit} bytes{told}: not read",
-            "UPSTREAM_ANSWER_TOO_LARGE", Code.FAILED_PRECONDITION, {"step": what, "limit_bytes": str(limit)},
-        )
 
     async def _call(self, method: str, url: str, what: str, json_body: Any = None,
                     headers: Mapping[str, str] | None = None, with_headers: bool = False) -> Any:
@@ -265,7 +223,7 @@ class OctoAIBackend:
         delay = s.retry_initial_seconds
         last = ""
         for attempt in range(s.max_retries + 1):
-            retry_after: float | None = None
+            wait_hint: float | None = None
             try:
                 async with self._slots:
                     target = url
@@ -290,23 +248,23 @@ class OctoAIBackend:
                     try:
                         body = json.loads(raw) if raw else {}
                     except ValueError:
-                        raise UpstreamError(f"the upstream's {what} answer is not JSON: {_short(raw)}",
+                        raise UpstreamError(f"the upstream's {what} answer is not JSON: {short(raw)}",
                                             "UPSTREAM_PROTOCOL_ERROR", Code.INTERNAL) from None
                     if what != "result" and not isinstance(body, dict):
                         raise UpstreamError(f"the upstream's {what} answer is not a JSON object",
                                             "UPSTREAM_PROTOCOL_ERROR", Code.INTERNAL)
                     return (body, response_headers) if with_headers else body
                 request_id = response_headers.get("X-User-Request-ID", "")
-                last = f"HTTP {status}" + (f" (request {request_id})" if request_id else "") + f": {_short(raw)}"
+                last = f"HTTP {status}" + (f" (request {request_id})" if request_id else "") + f": {short(raw)}"
                 if status not in _RETRY_STATUSES:
-                    raise self._refused(what, status, last)
-                retry_after = _retry_after(response_headers.get("Retry-After"))
+                    raise refused(what, status, last)
+                wait_hint = retry_after(response_headers.get("Retry-After"))
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 metrics.UPSTREAM_REQUESTS.labels(self._upstream, "error").inc()
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if attempt == s.max_retries:
                 break
-            wait = retry_after if retry_after is not None else delay * (0.5 + random.random())
+            wait = wait_hint if wait_hint is not None else delay * (0.5 + random.random())
             log.info("octoai: %s %s failed (%s); retry %d in %.1f s", what, url, last, attempt + 1, wait)
             await asyncio.sleep(min(wait, s.retry_max_seconds))
             delay = min(s.retry_max_seconds, delay * 2)
@@ -314,17 +272,3 @@ class OctoAIBackend:
             f"the upstream {what} kept failing ({s.max_retries + 1} attempts); last: {last}",
             "UPSTREAM_UNAVAILABLE", Code.UNAVAILABLE, {"step": what},
         )
-
-    @staticmethod
-    def _refused(what: str, status: int, detail: str) -> UpstreamError:
-        if status in (401, 403):
-            return UpstreamError(f"the upstream refused our credentials on {what}: {detail}",
-                                 "UPSTREAM_UNAUTHORIZED", Code.PERMISSION_DENIED, {"status": str(status), "step": what})
-        if status in (404, 410):
-            return UpstreamError(f"the upstream does not know this job any more ({what}): {detail}",
-                                 "UPSTREAM_NOT_FOUND", Code.NOT_FOUND, {"status": str(status), "step": what})
-        if status == 413:
-            return UpstreamError(f"the upstream refused the inputs as too large: {detail}",
-                                 "UPSTREAM_INPUT_TOO_LARGE", Code.INVALID_ARGUMENT, {"status": str(status), "step": what})
-        return UpstreamError(f"the upstream refused the {what}: {detail}",
-                             "UPSTREAM_REJECTED", Code.FAILED_PRECONDITION, {"status": str(status), "step": what})

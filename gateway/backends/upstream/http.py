@@ -305,8 +305,5 @@ def refused(what: str, status: int, detail: str) -> UpstreamError:
     if status == 413:
         return UpstreamError(f"the upstream refused the inputs as too large: {detail}",
                              "UPSTREAM_INPUT_TOO_LARGE", Code.INVALID_ARGUMENT, meta)
-    if status == 422:
-        return UpstreamError(f"the upstream refused the inputs: {detail}",
-                             "UPSTREAM_INVALID_INPUT", Code.INVALID_ARGUMENT, meta)
     return UpstreamError(f"the upstream refused the {what}: {detail}", "UPSTREAM_REJECTED",
                          Code.FAILED_PRECONDITION, meta)
