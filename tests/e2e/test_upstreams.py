@@ -66,6 +66,12 @@ def gateway(make_server, profile: Profile, fake: FakeProcess) -> Callable[..., S
     return start
 
 
+def webhooks_taken(stats: dict[str, Any]) -> int:
+    """Deliveries of the fake's webhooks that the gateway answered 200 (each fake lists its attempts)."""
+    return sum(1 for attempt in stats.get("webhooks", [])
+               if 200 in (attempt.get("answer"), attempt.get("status"), attempt.get("result")))
+
+
 def creates(fake: FakeProcess) -> int:
     return int(fake.stats()["total_creates"])
 
@@ -166,3 +172,22 @@ def test_kill9_mid_job_resumes_without_a_second_submit(gateway, fake: FakeProces
     assert final.state is JobState.SUCCEEDED, final
     assert isinstance(result, Output) and "tok11" in str(result.value)
     assert creates(fake) == 1
+
+
+def test_webhooks_lost_repeated_or_out_of_order_change_nothing(gateway, fake: FakeProcess, profile: Profile) -> None:  # type: ignore[no-untyped-def]
+    """The gateway asks for the provider's webhooks (it has an HTTP face): with some lost, every one sent
+    twice (and Replicate's non-final ones out of order), every job still ends once, with its outputs in order."""
+    server = gateway()
+    faults: dict[str, Any] = {"webhook_repeat_rate": 1.0, "webhook_drop_rate": 0.3, "seed": 5}
+    if profile.name == "replicate":
+        faults["webhook_shuffle"] = True
+    fake.control(**faults)
+    with Client(server.target) as client:
+        jobs = [client.submit_job("up", {"steps": 4, "delay": 0.1, "prefix": f"j{i}-"})[0] for i in range(4)]
+        finals = [list(client.watch(job.id))[-1] for job in jobs]
+    assert all(j.state is JobState.SUCCEEDED for j in finals), [j.error for j in finals]
+    if profile.partial:
+        assert all([s.text for s in j.segments] == [f"j{i}-{k}" for k in range(4)] for i, j in enumerate(finals))
+    assert creates(fake) == 4
+    stats = fake.stats()
+    assert webhooks_taken(stats) >= 4, "the gateway took too few of the fake's webhooks"
