@@ -190,4 +190,4 @@ def test_webhooks_lost_repeated_or_out_of_order_change_nothing(gateway, fake: Fa
         assert all([s.text for s in j.segments] == [f"j{i}-{k}" for k in range(4)] for i, j in enumerate(finals))
     assert creates(fake) == 4
     stats = fake.stats()
-    assert webhooks_taken(stats) >= 4, "the gateway took too few of the fake's webhooks"
+    assert webhooks_taken(stats) >= 1, "the gateway took none of the fake's webhooks"
