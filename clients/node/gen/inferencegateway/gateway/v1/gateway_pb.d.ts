@@ -282,7 +282,8 @@ export declare type Job = Message<"inferencegateway.gateway.v1.Job"> & {
   error?: Status | undefined;
 
   /**
-   * Partial output: the segments decoded so far (whisper routes). In Get, in a Watch stream's
+   * Partial output: the segments decoded so far (whisper routes; upstream routes: one segment per
+   * partial output, its text the chunk, a string as is, anything else as JSON). In Get, in a Watch stream's
    * first message and in Cancel: all of them. In later Watch updates: only the new ones (see
    * JobUpdate). Empty in List, Fetch and WatchJobs.
    *
@@ -318,6 +319,14 @@ export declare type Job = Message<"inferencegateway.gateway.v1.Job"> & {
    * @generated from field: inferencegateway.gateway.v1.WebhookDelivery webhook_delivery = 17;
    */
   webhookDelivery?: WebhookDelivery | undefined;
+
+  /**
+   * Upstream routes: the tail of the provider's log for the job (at most the route's
+   * max_log_bytes, from a line's start), as of this revision. Empty for other routes.
+   *
+   * @generated from field: string logs = 18;
+   */
+  logs: string;
 };
 
 /**
@@ -412,7 +421,8 @@ export declare type JobJson = {
   error?: StatusJson;
 
   /**
-   * Partial output: the segments decoded so far (whisper routes). In Get, in a Watch stream's
+   * Partial output: the segments decoded so far (whisper routes; upstream routes: one segment per
+   * partial output, its text the chunk, a string as is, anything else as JSON). In Get, in a Watch stream's
    * first message and in Cancel: all of them. In later Watch updates: only the new ones (see
    * JobUpdate). Empty in List, Fetch and WatchJobs.
    *
@@ -448,6 +458,14 @@ export declare type JobJson = {
    * @generated from field: inferencegateway.gateway.v1.WebhookDelivery webhook_delivery = 17;
    */
   webhookDelivery?: WebhookDeliveryJson;
+
+  /**
+   * Upstream routes: the tail of the provider's log for the job (at most the route's
+   * max_log_bytes, from a line's start), as of this revision. Empty for other routes.
+   *
+   * @generated from field: string logs = 18;
+   */
+  logs?: string;
 };
 
 /**
