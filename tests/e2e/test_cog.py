@@ -12,6 +12,7 @@ from gateway_client import Client, JobFailedError, JobState, Output
 from harness import ServerProcess, wait_until
 from harness.cog_server import CogServer
 from harness.redis import RedisProcess
+from harness.webhook_relay import RelayProcess
 
 
 def cog_route(url: str, **extra: Any) -> str:
@@ -144,4 +145,28 @@ def test_redis_webhooks_reach_the_worker_and_a_takeover_reattaches(make_server, 
         final = list(client.watch(job.id, timeout=60))[-1]
     assert final.state is JobState.SUCCEEDED, final
     assert [s.text for s in final.segments] == [f"tok{i}" for i in range(16)]
+    assert len(cog.runs()) == 1
+
+
+def test_webhooks_lost_repeated_reordered_or_refused_change_nothing(make_server, cog: CogServer) -> None:  # type: ignore[no-untyped-def]
+    """Cog's webhooks pass through a relay that loses half of the others, sends each twice, late and out
+    of order, and refuses the final one twice (Cog retries it): the job still ends once, every output in
+    order, the prediction run once."""
+    relay = RelayProcess(drop_rate=0.5, repeat_rate=1.0, delay_max_seconds=0.4, fail_final_first=2, seed=3)
+    try:
+        server: ServerProcess = make_server(f'public_url = "{relay.url}"\n' + cog_route(cog.url))
+        relay.control(target=server.http_url)
+        server.wait_serving("route/cog", timeout=30)
+        with Client(server.target) as client:
+            job, _ = client.submit_job("cog", {"steps": 10, "delay": 0.15})
+            seen = list(client.watch(job.id, timeout=60))
+        stats = relay.stats()
+    finally:
+        relay.stop()
+    final = seen[-1]
+    assert final.state is JobState.SUCCEEDED, final
+    assert [s.text for s in final.segments] == [f"tok{i}" for i in range(10)]
+    counts = [len(j.segments) for j in seen]
+    assert counts == sorted(counts)  # never backwards
+    assert stats["dropped"] >= 1 and stats["final_refused"] == 2
     assert len(cog.runs()) == 1
