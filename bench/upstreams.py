@@ -30,7 +30,7 @@ class Config:
     steps: int = 4
     delay: float = 0.4
     watchers: tuple[int, ...] = (1, 100)
-    profiles: tuple[str, ...] = ("replicate", "fal", "runpod")
+    profiles: tuple[str, ...] = ("replicate", "fal", "runpod", "cog")
 
 
 FULL = Config()
@@ -164,6 +164,72 @@ async def _profile(cfg: Config, profile: str) -> list[Row]:
     return rows
 
 
+async def _cog(cfg: Config) -> list[Row]:
+    """Cog pushes by webhook and has no status to poll: its own way to wait is one blocking
+    ``POST /predictions`` per party (a prediction each: with one slot, the parties queue behind each
+    other). The gateway's delay is counted from Cog's final webhook reaching a relay in front of it."""
+    import tempfile
+    from pathlib import Path
+
+    import aiohttp
+
+    from harness.cog_server import CogServer
+    from harness.webhook_relay import RelayProcess
+
+    rows: list[Row] = []
+    inputs = {"steps": cfg.steps, "delay": cfg.delay}
+    with tempfile.TemporaryDirectory(prefix="bench-cog-") as tmp:
+        cog = CogServer("stream", Path(tmp)).start()
+        relay = RelayProcess()
+        try:
+            config = (f'public_url = "{relay.url}"\n[routes.up]\nbackend = "cog"\nurl = "{cog.url}"\n')
+            with GatewayServer(config, extra_args=["--http-listen", "127.0.0.1:0"]) as gateway:
+                relay.control(target=f"http://{gateway.http}")
+                for watchers in cfg.watchers:
+                    requests: list[int] = []
+                    delays: list[float] = []
+                    for _ in range(cfg.rounds):
+                        relay.control(reset_stats=True)
+                        health_before = _cog_requests(gateway, cog)
+                        done = await _gateway(gateway.target, inputs, watchers)
+                        final_at = relay.stats()["final_at"][0]
+                        requests.append(_cog_requests(gateway, cog) - health_before)
+                        offset = time.time() - time.monotonic()
+                        delays.extend(t + offset - final_at for t in done)
+                    async with aiohttp.ClientSession() as session:  # the baseline: one party, its sync POST
+                        started = time.monotonic()
+                        async with session.post(f"{cog.url}/predictions", json={"input": inputs}) as r:
+                            await r.read()
+                        sync_seconds = time.monotonic() - started
+                    plural = "s" if watchers > 1 else ""
+                    rows.append(Row(f"cog: upstream requests per job, {watchers} watcher{plural}", "requests",
+                                    statistics.median(requests), float(watchers),
+                                    note="baseline: one blocking POST /predictions per party (a prediction each)",
+                                    raw={"gateway": requests}))
+                    q = statistics.quantiles
+                    rows.append(Row(
+                        f"cog: delay from Cog's final webhook to the watchers (p50), {watchers} watcher{plural}", "ms",
+                        statistics.median(delays) * 1000, None,
+                        note=(f"p99 {q(delays, n=100)[-1] * 1000:.0f} ms; one sync POST took {sync_seconds:.2f} s "
+                              "for the same job") if len(delays) > 1 else "",
+                        raw={"gateway_s": delays}))
+        finally:
+            relay.stop()
+            cog.stop()
+    return rows
+
+
+def _cog_requests(gateway: Any, cog: Any) -> int:
+    """The gateway's requests to the Cog server, from its own metrics (health checks included)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{gateway.http}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    host = cog.url.split("//", 1)[1]
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("gateway_upstream_requests_total") and f'"{host}"' in line))
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     cfg = QUICK if args.quick else FULL
     _log(f"jobs of {cfg.steps} outputs {cfg.delay} s apart; the gateway's routes at their defaults")
@@ -171,7 +237,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     async def all_profiles() -> list[Row]:
         rows: list[Row] = []
         for profile in cfg.profiles:
-            rows += await _profile(cfg, profile)
+            rows += await (_cog(cfg) if profile == "cog" else _profile(cfg, profile))
         return rows
 
     return asyncio.run(all_profiles())

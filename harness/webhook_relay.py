@@ -23,6 +23,7 @@ import json
 import random
 import signal
 import sys
+import time
 import urllib.request
 from collections import Counter
 from typing import Any
@@ -46,6 +47,7 @@ class Relay:
         self.stats: Counter[str] = Counter()
         self.session: aiohttp.ClientSession | None = None
         self.background: set[asyncio.Task[None]] = set()
+        self.final_at: list[float] = []  # when each final delivery arrived (wall clock)
 
     async def forward(self, path: str, body: bytes, headers: dict[str, str]) -> int:
         assert self.session is not None
@@ -74,6 +76,7 @@ class Relay:
         copies = 2 if self.rng.random() < s["repeat_rate"] else 1
         if final:
             self.stats["final"] += 1
+            self.final_at.append(time.time())
             if self.stats["final"] <= s["fail_final_first"]:
                 self.stats["final_refused"] += 1
                 return web.json_response({"relay": "refused"}, status=500)
@@ -97,13 +100,14 @@ class Relay:
             if "reset_stats" in changes:
                 changes.pop("reset_stats")
                 self.stats.clear()
+                self.final_at.clear()
             self.settings.update(changes)
             if "seed" in changes:
                 self.rng.seed(changes["seed"])
         return web.json_response(self.settings)
 
     async def get_stats(self, request: web.Request) -> web.Response:
-        return web.json_response(dict(self.stats))
+        return web.json_response({**self.stats, "final_at": self.final_at})
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -143,7 +147,8 @@ class RelayProcess:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return dict(json.load(resp))
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
+        """The counters, and ``final_at``: when each final delivery arrived (time.time())."""
         with urllib.request.urlopen(f"{self.url}/_stats", timeout=10) as resp:
             return dict(json.load(resp))
 
