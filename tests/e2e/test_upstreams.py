@@ -191,3 +191,25 @@ def test_webhooks_lost_repeated_or_out_of_order_change_nothing(gateway, fake: Fa
     assert creates(fake) == 4
     stats = fake.stats()
     assert webhooks_taken(stats) >= 1, "the gateway took none of the fake's webhooks"
+
+
+def test_webhooks_reach_the_worker_that_runs_the_job_through_another_replica(  # type: ignore[no-untyped-def]
+        make_server, profile: Profile, fake: FakeProcess, redis_process) -> None:
+    """The provider posts to an API replica that runs no jobs; it passes each webhook over Redis to the
+    worker process that runs the job (the API answers 200 only when a runner took it). The event streams
+    are cut and the fallback poll is slow, so that the webhooks are what ends the jobs."""
+    redis_process.flush()
+    fake.control(stream_cut_after=0)
+    config = (f'store = "{redis_process.url}"\nshutdown_grace_seconds = 0\n'
+              + profile.route(fake.url, poll_interval_seconds=20, poll_max_seconds=20))
+    env = {profile.token_env: TOKEN}
+    api: ServerProcess = make_server(config, env=env, args=("--workers", "0"))
+    worker: ServerProcess = make_server(f'public_url = "{api.http_url}"\n' + config, env=env, command="worker",
+                                        args=("--route", "up", "--workers", "4"))
+    worker.wait_serving("route/up", timeout=30)
+    with Client(api.target) as client:
+        jobs = [client.submit_job("up", {"steps": 3, "delay": 0.1, "prefix": f"j{i}-"})[0] for i in range(3)]
+        finals = [list(client.watch(job.id, timeout=60))[-1] for job in jobs]
+    assert all(j.state is JobState.SUCCEEDED for j in finals), [j.error for j in finals]
+    assert webhooks_taken(fake.stats()) >= 3
+    assert creates(fake) == 3

@@ -128,7 +128,10 @@ class RedisInbox(Inbox):
         self._redis: Any = None
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
+        self._connected = asyncio.Event()  # the subscription's connection is up (set once)
+        # redis-py's PubSub is not safe for concurrent (un)subscribes: the first ones would each open
+        # a connection. One at a time; the reader reads on its own.
+        self._lock = asyncio.Lock()
 
     def _channel(self, job_id: str) -> str:
         return f"{self.prefix}hook:{job_id}"
@@ -137,22 +140,24 @@ class RedisInbox(Inbox):
         if self._redis is None:
             from gateway.redis.conn import pool
 
-            self._redis = pool(self.url_, 4)
+            self._redis = pool(self.url_, 16)
             self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             self._reader = asyncio.create_task(self._read(), name="upstream-hooks")
 
     async def attach(self, job_id: str, secret: str, queue: asyncio.Queue[Any]) -> Mailbox:
         mailbox = await super().attach(job_id, secret, queue)
         await self._open()
-        await self._pubsub.subscribe(self._channel(job_id))
-        self._subscribed.set()
+        async with self._lock:
+            await self._pubsub.subscribe(self._channel(job_id))
+        self._connected.set()
         return mailbox
 
     async def detach(self, mailbox: Mailbox) -> None:
         await super().detach(mailbox)
         if self._pubsub is not None and mailbox.job_id not in self._mailboxes:
             with contextlib.suppress(Exception):
-                await self._pubsub.unsubscribe(self._channel(mailbox.job_id))
+                async with self._lock:
+                    await self._pubsub.unsubscribe(self._channel(mailbox.job_id))
 
     async def _remote(self, job_id: str, secret: str, delivery: Delivery) -> bool:
         await self._open()
@@ -165,11 +170,9 @@ class RedisInbox(Inbox):
             return False
 
     async def _read(self) -> None:
+        await self._connected.wait()
         while True:
             try:
-                if not self._pubsub.subscribed:
-                    self._subscribed.clear()
-                    await self._subscribed.wait()
                 message = await self._pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
