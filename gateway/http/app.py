@@ -10,7 +10,19 @@ from aiohttp import web
 
 from gateway.api.auth import Authenticator
 from gateway.errors import Code, GatewayError, Unauthenticated
-from gateway.http.face import ANYONE, BEARER, Access, Handler, Route, SubApp, error_response, json_response, reset_tenant, set_tenant
+from gateway.http.face import (
+    ANYONE,
+    BEARER,
+    Access,
+    ErrorRenderer,
+    Handler,
+    Route,
+    SubApp,
+    error_response,
+    json_response,
+    reset_tenant,
+    set_tenant,
+)
 from gateway.http.hosts import SAFE_METHODS, HostPolicy, cross_origin
 from gateway.service import JobService
 from gateway.settings import Settings
@@ -64,14 +76,17 @@ class HttpFace:
         self.hosts = HostPolicy(settings, auth.enabled)
         self._noted: set[str] = set()
         self._access: dict[web.AbstractRoute, Access] = {}
+        self._renderers: dict[web.AbstractRoute, ErrorRenderer] = {}
         self.app = web.Application(client_max_size=settings.max_receive_bytes,
                                    middlewares=[self._errors, self._check_host, self._check_origin, self._check_access])
         if sub_apps is None:
             # Here, not at the top: the sub-apps import gateway.http.face, so either can be imported first.
             from gateway import dashboard
             from gateway.facade import Facade
+            from gateway.openai import OpenAIFace
 
-            sub_apps = [Probes(serving), Facade(settings, service, serving), dashboard.Dashboard(settings, service, auth)]
+            sub_apps = [Probes(serving), Facade(settings, service, serving), dashboard.Dashboard(settings, service, auth),
+                        OpenAIFace(settings, service)]
         self.sub_apps = list(sub_apps)
         for sub_app in self.sub_apps:
             self.mount(sub_app)
@@ -82,7 +97,10 @@ class HttpFace:
         for route in sub_app.routes():
             methods = (route.method, "HEAD") if route.method == "GET" else (route.method,)
             for method in methods:
-                self._access[self.app.router.add_route(method, route.path, route.handler)] = route.access
+                added = self.app.router.add_route(method, route.path, route.handler)
+                self._access[added] = route.access
+                if route.errors is not None:
+                    self._renderers[added] = route.errors
 
     def _note(self, what: str) -> None:
         if what not in self._noted and len(self._noted) < _MAX_NOTED:
@@ -102,11 +120,12 @@ class HttpFace:
         except Exception as exc:
             if request.writer.output_size > 0:  # a stream already under way: no answer can follow (as aiohttp)
                 raise
+            render = self._renderers.get(request.match_info.route, error_response)
             if isinstance(exc, GatewayError):
-                return error_response(exc)
+                return render(exc)
             # a bug: logged here, and the caller still gets JSON with a reason, no traceback
             log.exception("http: %s %s failed", request.method, request.path)
-            return error_response(GatewayError("the gateway failed to answer; see its log", "INTERNAL", Code.INTERNAL))
+            return render(GatewayError("the gateway failed to answer; see its log", "INTERNAL", Code.INTERNAL))
 
     @web.middleware
     async def _check_host(self, request: web.Request, handler: Handler) -> web.StreamResponse:

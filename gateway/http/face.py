@@ -44,12 +44,18 @@ ANYONE = Access(authenticate=False)
 BEARER = Access()
 
 
+ErrorRenderer = Callable[[GatewayError], web.Response]
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     method: str
     path: str
     handler: Handler
     access: Access = BEARER
+    errors: ErrorRenderer | None = None
+    """How this route's errors are answered, its access refusals included (default: :func:`error_response`);
+    a face that speaks another API's error shape (OpenAI's) sets it."""
 
 
 class SubApp(Protocol):
