@@ -227,6 +227,8 @@ class TranscriptionInput:
     beam_size: int = 0
     word_timestamps: bool = False
     vad_filter: bool | None = None
+    prompt: str = ""  # the engine's initial prompt (OpenAI's prompt): vocabulary, spelling, style
+    temperature: float | None = None  # None: the engine's own fallback schedule
 
 
 @dataclass(frozen=True, slots=True)

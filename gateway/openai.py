@@ -160,16 +160,22 @@ class OpenAIFace:
         stream = self._one(fields, "stream", "false").lower() in ("true", "1")
         if stream and task == "translate":
             raise InvalidArgument.fields(FieldViolation("stream", "translations do not stream"))
-        temperature = self._one(fields, "temperature", "0")
-        try:
-            if not 0 <= float(temperature) <= 1:
-                raise ValueError
-        except ValueError:
-            raise InvalidArgument.fields(FieldViolation("temperature", "a number from 0 to 1")) from None
+        temperature: float | None = None
+        if self._one(fields, "temperature"):
+            try:
+                temperature = float(self._one(fields, "temperature"))
+                if not 0 <= temperature <= 1:
+                    raise ValueError
+            except ValueError:
+                raise InvalidArgument.fields(FieldViolation("temperature", "a number from 0 to 1")) from None
+        prompt = self._one(fields, "prompt")
+        if len(prompt) > 4096:
+            raise InvalidArgument.fields(FieldViolation("prompt", "at most 4096 characters"))
         language = self._one(fields, "language")
         words = "word" in granularities
         job_input = JobInput(transcription=TranscriptionInput(audio=audio, language=language, task=task,
-                                                              word_timestamps=words))
+                                                              word_timestamps=words, prompt=prompt,
+                                                              temperature=temperature))
         job, _ = await self.service.submit(tenant, route, job_input, {"via": "openai"}, "")
         headers = {"X-Job-Id": job.id}
         if stream:

@@ -244,6 +244,10 @@ class WhisperEngine:
             "vad_filter": s.vad_filter if request.vad_filter is None else request.vad_filter,
             "without_timestamps": self.config.without_timestamps,
         }
+        if request.prompt:
+            options["initial_prompt"] = request.prompt
+        if request.temperature is not None:
+            options["temperature"] = request.temperature
         if self.pipeline is not None:
             segments, info = self.pipeline.transcribe(samples, batch_size=self.config.batch_size, **options)
         else:
