@@ -18,6 +18,8 @@ from google.protobuf import json_format, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
+from gateway_client import _subtitles
+
 __all__ = [
     "ErrorDetails",
     "Fetched",
@@ -238,6 +240,27 @@ class Transcript:
             m.text, tuple(Segment.from_proto(s) for s in m.segments), m.language_code, m.language_probability,
             m.duration_seconds,
         )
+
+    def _cues(self) -> list[_subtitles.Cue]:
+        return [(s.start, s.end, s.text) for s in self.segments]
+
+    def to_srt(self) -> str:
+        """The transcript as SubRip (SRT): one numbered cue per segment that has text, times as
+        ``HH:MM:SS,mmm``. The cue's text is the segment's, its whitespace (newlines too) collapsed to
+        single spaces; a negative time is taken as 0 and a cue never ends before it starts. The same
+        writer as the gateway's (``gateway_client._subtitles``)."""
+        return _subtitles.srt(self._cues())
+
+    def to_vtt(self) -> str:
+        """The transcript as WebVTT: ``WEBVTT``, then the cues of ``to_srt()`` without numbers, times
+        as ``HH:MM:SS.mmm``, and ``&``, ``<`` and ``-->`` in the text escaped (``&amp;``, ``&lt;``,
+        ``--&gt;``)."""
+        return _subtitles.vtt(self._cues())
+
+    def to_text(self) -> str:
+        """The segments' text on one line, joined by single spaces (as OpenAI's
+        ``response_format=text``). It can differ from ``text``, the server's, in whitespace only."""
+        return _subtitles.text(self._cues())
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ Synopsis:
                             [--resume-token TOKEN] [--timeout SECONDS] [--limit N]
   gateway-client transcribe FILE [--route NAME] [--language CODE] [--task {transcribe,translate}]
                             [--beam-size N] [--word-timestamps] [--vad-filter | --no-vad-filter]
-                            [--label KEY=VALUE]... [--request-id ID] [--timeout SECONDS] [--json] [--quiet]
+                            [--label KEY=VALUE]... [--request-id ID] [--timeout SECONDS]
+                            [--format {text,json,srt,vtt} | --json] [--quiet]
 
 Output:
   stdout carries only response messages of the API, one per line, in the canonical protobuf JSON
@@ -34,9 +35,11 @@ Output:
   their zero value printed too), compact: submit a SubmitResponse, get a GetResponse, watch one
   WatchResponse per message (updates and heartbeats), fetch a FetchResponse, cancel a
   CancelResponse, delete a DeleteResponse ({}), list one ListResponse per page, watch-jobs one
-  WatchJobsResponse per message (each with its resume token), transcribe --json the
-  FetchResponse (plain transcribe: the transcript's text). Messages are printed as received: read
-  Job.done, not Job.state, to tell whether a job has ended (states may be added in v1).
+  WatchJobsResponse per message (each with its resume token), transcribe --format json (--json)
+  the FetchResponse. Messages are printed as received: read Job.done, not Job.state, to tell
+  whether a job has ended (states may be added in v1). The other formats of transcribe print no
+  message: text (the default) the transcript's text, one line; srt and vtt its segments as SubRip
+  or WebVTT subtitles (the writer of Transcript.to_srt() and to_vtt()), ready for `> FILE`.
   stderr carries errors, notes and transcribe's progress. An RPC error prints
   "CODE REASON: <the server's message>", then the ErrorInfo metadata as one JSON object, keys
   sorted (when there is any), then "  FIELD: DESCRIPTION" per invalid field.

@@ -1,4 +1,5 @@
-"""transcribe: submit an audio file, follow it with live progress on stderr, print the transcript."""
+"""transcribe: submit an audio file, follow it with live progress on stderr, print the transcript
+(its text, the FetchResponse, or subtitles: SRT, WebVTT)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,22 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import json_format
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
+from gateway_client._types import Transcript
 from gateway_client.cli.args import AddCommand, add_labels, add_timeout, add_transcription, read_bytes, transcription
 from gateway_client.cli.connection import Session
 from gateway_client.cli.output import EXITS_OF_A_JOB, PROG, ExitCode, emit, ending, note, state_name, timed_out
 from gateway_client.cli.streams import TimedOut, WatchResponses, deadline_after
 
-__all__ = ["add_transcribe"]
+__all__ = ["FORMATS", "add_transcribe"]
+
+FORMATS = ("text", "json", "srt", "vtt")
+"""What transcribe prints: the transcript's text (the default), the FetchResponse, SubRip, WebVTT."""
 
 
 class _Progress:
@@ -68,6 +74,17 @@ class _Progress:
             self._bar = None
 
 
+def _subtitles_of(kind: str, segments: Sequence[pb.Segment]) -> str:
+    """The segments as SRT or WebVTT, with the client's writer (``Transcript.to_srt()``, ``to_vtt()``)."""
+    transcript = Transcript.from_proto(pb.Transcript(segments=segments))
+    return transcript.to_srt() if kind == "srt" else transcript.to_vtt()
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 async def _transcribe(session: Session, args: argparse.Namespace) -> ExitCode:
     deadline = deadline_after(args.timeout)
     request = pb.SubmitRequest(route=args.route, labels=dict(args.label), request_id=args.request_id or "",
@@ -94,20 +111,27 @@ async def _transcribe(session: Session, args: argparse.Namespace) -> ExitCode:
     finally:
         progress.close()
     if was_timed_out:
-        if args.json:
+        if args.format == "json":
             snapshot = pb.Job()
             snapshot.CopyFrom(job)
             snapshot.ClearField("segments")  # as Fetch answers a job that has not ended
             emit(pb.FetchResponse(job=snapshot))
+        elif args.format in ("srt", "vtt"):
+            _print(_subtitles_of(args.format, segments))
         else:
             print("".join(s.text for s in segments).strip(), flush=True)
         return timed_out(job.id, job, args.timeout)
     fetched = await session.call("Fetch", pb.FetchRequest(job_id=job.id))
-    if args.json:
+    if args.format == "json":
         emit(fetched)
     elif fetched.HasField("transcript"):
-        print(fetched.transcript.text.strip(), flush=True)
+        if args.format in ("srt", "vtt"):
+            _print(_subtitles_of(args.format, fetched.transcript.segments))
+        else:
+            print(fetched.transcript.text.strip(), flush=True)
     elif fetched.HasField("output"):
+        if args.format in ("srt", "vtt"):
+            note(f"job {fetched.job.id} answered an output, not a transcript: printing it as JSON")
         print(json.dumps(json_format.MessageToDict(fetched.output), ensure_ascii=False), flush=True)
     return ending(fetched.job)
 
@@ -115,15 +139,21 @@ async def _transcribe(session: Session, args: argparse.Namespace) -> ExitCode:
 def add_transcribe(command: AddCommand) -> None:
     transcribe = command("transcribe", "transcribe an audio file, with live progress",
                          "Submits an audio file to a whisper route and follows it with a progress bar on stderr; "
-                         "prints the transcript's text, or with --json the FetchResponse. At --timeout it prints "
-                         "what it has (the text so far, or the FetchResponse of the job as it is) and exits 5; the "
-                         "job keeps running.", EXITS_OF_A_JOB)
+                         "prints the transcript's text, or with --format json (--json) the FetchResponse, with "
+                         "--format srt or vtt its segments as SubRip or WebVTT subtitles. At --timeout it prints "
+                         "what it has (the text or subtitles so far, or the FetchResponse of the job as it is) and "
+                         "exits 5; the job keeps running.", EXITS_OF_A_JOB)
     transcribe.add_argument("file", metavar="FILE", help="an audio file in any container FFmpeg reads (-: stdin)")
     transcribe.add_argument("--route", default="whisper", metavar="NAME", help="a whisper route (default: whisper)")
     add_transcription(transcribe, " (default: the route's, or detected)")
     add_labels(transcribe, "a label of the job; repeatable")
     transcribe.add_argument("--request-id", metavar="ID", help="idempotency key")
     add_timeout(transcribe, "stop waiting after this long (exit 5)")
-    transcribe.add_argument("--json", action="store_true", help="print the FetchResponse instead of the text")
+    formats = transcribe.add_mutually_exclusive_group()
+    formats.add_argument("--format", choices=FORMATS, default="text",
+                         help="what to print: text, the transcript's text (the default); json, the FetchResponse; "
+                              "srt, SubRip subtitles; vtt, WebVTT subtitles")
+    formats.add_argument("--json", dest="format", action="store_const", const="json", default=argparse.SUPPRESS,
+                         help="the same as --format json")
     transcribe.add_argument("--quiet", action="store_true", help="no progress on stderr")
     transcribe.set_defaults(run=_transcribe)
