@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -41,6 +42,7 @@ DEFAULT_MODELS = frozenset({"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-trans
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
           429: "rate_limit_error"}
+_PARAMS = {"audio": "file", "language_code": "language", "beam_size": None, "task": None}
 _CODES = {"MISSING_TOKEN": "invalid_api_key", "INVALID_TOKEN": "invalid_api_key", "ROUTE_NOT_FOUND": "model_not_found",
           "MODEL_NOT_FOUND": "model_not_found"}
 
@@ -49,8 +51,8 @@ def error_body(error: GatewayError) -> tuple[int, dict[str, Any]]:
     """OpenAI's error object for a gateway error, and the gateway's HTTP status for it."""
     status = http_status(error.code, error.reason)
     param = error.field_violations[0].field if error.field_violations else None
-    if param is not None and param.startswith("transcription.audio"):
-        param = "file"  # the typed request's field is the form's file
+    if param is not None and param.startswith("transcription."):  # the typed request's fields, as the form's
+        param = _PARAMS.get(param.removeprefix("transcription.").partition(".")[0], None)
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return status, {"message": error.message, "type": kind, "param": param,
                     "code": _CODES.get(error.reason, error.reason.lower())}
@@ -176,7 +178,15 @@ class OpenAIFace:
         job_input = JobInput(transcription=TranscriptionInput(audio=audio, language=language, task=task,
                                                               word_timestamps=words, prompt=prompt,
                                                               temperature=temperature))
-        job, _ = await self.service.submit(tenant, route, job_input, {"via": "openai"}, "")
+        try:
+            job, _ = await self.service.submit(tenant, route, job_input, {"via": "openai"}, "")
+        except InvalidArgument as exc:
+            # An English-only model cannot translate, and needs not: its transcript is English already.
+            if task != "translate" or not any(v.field.endswith(".task") for v in exc.field_violations):
+                raise
+            assert job_input.transcription is not None
+            job_input = JobInput(transcription=replace(job_input.transcription, task="transcribe"))
+            job, _ = await self.service.submit(tenant, route, job_input, {"via": "openai"}, "")
         headers = {"X-Job-Id": job.id}
         if stream:
             return await self._stream(request, tenant, job, headers)
