@@ -228,6 +228,7 @@ class TranscriptionInput:
     word_timestamps: bool = False
     vad_filter: bool | None = None
     prompt: str = ""  # the engine's initial prompt (OpenAI's prompt): vocabulary, spelling, style
+    audio_url: str = ""  # instead of audio: fetched by the process that runs the job (gateway.fetch)
     temperature: float | None = None  # None: the engine's own fallback schedule
 
 

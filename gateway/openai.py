@@ -42,7 +42,7 @@ DEFAULT_MODELS = frozenset({"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-trans
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
           429: "rate_limit_error"}
-_PARAMS = {"audio": "file", "language_code": "language", "beam_size": None, "task": None}
+_PARAMS = {"audio": "file", "audio_url": "url", "language_code": "language", "beam_size": None, "task": None}
 _CODES = {"MISSING_TOKEN": "invalid_api_key", "INVALID_TOKEN": "invalid_api_key", "ROUTE_NOT_FOUND": "model_not_found",
           "MODEL_NOT_FOUND": "model_not_found"}
 
@@ -136,9 +136,9 @@ class OpenAIFace:
                     audio = value.file.read()
                 continue
             fields.setdefault(key.removesuffix("[]"), []).append(str(value))
-        if not audio:
-            raise InvalidArgument.fields(FieldViolation("file", "a non-empty audio file is required"))
-        return audio, fields
+        if not audio and not fields.get("url"):
+            raise InvalidArgument.fields(FieldViolation("file", "a non-empty audio file (or a url field) is required"))
+        return audio or b"", fields
 
     @staticmethod
     def _one(fields: dict[str, list[str]], name: str, default: str = "") -> str:
@@ -175,7 +175,8 @@ class OpenAIFace:
             raise InvalidArgument.fields(FieldViolation("prompt", "at most 4096 characters"))
         language = self._one(fields, "language")
         words = "word" in granularities
-        job_input = JobInput(transcription=TranscriptionInput(audio=audio, language=language, task=task,
+        job_input = JobInput(transcription=TranscriptionInput(audio=audio, audio_url=self._one(fields, "url"),
+                                                              language=language, task=task,
                                                               word_timestamps=words, prompt=prompt,
                                                               temperature=temperature))
         try:

@@ -191,7 +191,8 @@ class Gateway:
         for name, route_settings in settings.routes.items():
             if settings.workers:  # --workers N: every route runs N jobs at once here
                 route_settings = route_settings.model_copy(update={"workers": settings.workers})
-            runner = RouteRunner(name, route_settings, create_backend(route_settings, self.inbox), self.service.lifecycle,
+            runner = RouteRunner(name, route_settings, create_backend(route_settings, self.inbox, settings.audio_url),
+                                 self.service.lifecycle,
                                  queue=self._queue(name, route_settings.max_queue),
                                  workers=0 if settings.workers == 0 else None)
             self.runners[name] = runner

@@ -10,6 +10,7 @@ Routes are ``[routes.<name>]`` tables with ``backend = "..."`` plus that backend
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -507,6 +508,40 @@ class WebhookSettings(BaseModel):
         return self
 
 
+class AudioUrlSettings(BaseModel):
+    """Where a transcription's ``audio_url`` may be fetched from (by the process that runs the job)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_prefixes: list[str] = Field(
+        default_factory=lambda: ["https://"],
+        description="URLs must start with one of these: https:// (any host), or a scheme://host[:port]/path prefix "
+                    "(http:// only this way); empty: audio by URL is off.")
+    allowed_networks: list[str] = Field(
+        default_factory=list, description="Networks (CIDR) a URL's host may resolve to besides public addresses "
+                                          "(loopback, private and link-local ones are refused otherwise).")
+    max_bytes: int = Field(1024 * MiB, ge=1, description="The largest audio fetched (streamed to disk as it comes).")
+    timeout_seconds: float = Field(600.0, gt=0, description="The longest a fetch may take, connection to last byte.")
+
+    @field_validator("allowed_prefixes")
+    @classmethod
+    def _prefixes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.match(r"^https?://", value) or value == "http://":
+                raise ValueError(f"{value!r}: https://, or an http(s)://host[:port]/path prefix")
+        return values
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a network (CIDR)") from None
+        return values
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid")
 
@@ -596,6 +631,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    audio_url: AudioUrlSettings = Field(default_factory=AudioUrlSettings)
     routes: dict[str, RouteSettings] = Field(default_factory=_default_routes)
 
     @field_validator("routes")

@@ -43,7 +43,7 @@ from gateway.jobs import Clock, Job, JobState, WebhookSpec
 from gateway.settings import WebhookSettings
 from gateway.store.base import Store, WebhookClaim
 
-__all__ = ["Dispatcher", "WebhookPolicy", "check_address", "signature_header"]
+__all__ = ["CheckedResolver", "Dispatcher", "WebhookPolicy", "check_address", "resolve", "signature_header"]
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,8 @@ def _literal(host: str) -> str | None:
         return None
 
 
-async def resolve(host: str, port: int, networks: Sequence[IpNetwork]) -> list[str]:
+async def resolve(host: str, port: int, networks: Sequence[IpNetwork],
+                  setting: str = "webhooks.allowed_networks") -> list[str]:
     """The host's addresses, every one allowed; raises OSError (with why) otherwise."""
     literal = _literal(host)
     if literal is not None:
@@ -192,7 +193,7 @@ async def resolve(host: str, port: int, networks: Sequence[IpNetwork]) -> list[s
     refused = [a for a in addresses if not check_address(a, networks)]
     if refused or not addresses:
         raise OSError(f"{host} resolves to {', '.join(refused) or 'nothing'}: loopback, private, link-local or "
-                      "otherwise not public, and not in webhooks.allowed_networks")
+                      f"otherwise not public, and not in {setting}")
     return addresses
 
 
@@ -351,7 +352,7 @@ class Dispatcher:
         session = self._sessions.get(networks)
         if session is None:
             session = self._sessions[networks] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(resolver=_Resolver(networks), limit=0, use_dns_cache=False),
+                connector=aiohttp.TCPConnector(resolver=CheckedResolver(networks), limit=0, use_dns_cache=False),
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
                 headers={"User-Agent": _USER_AGENT},
             )
@@ -590,16 +591,17 @@ def _destination(url: str) -> str:
     return f"{(parts.hostname or '').lower()}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
-class _Resolver(AbstractResolver):
+class CheckedResolver(AbstractResolver):
     """aiohttp's resolver, answering only addresses a webhook may connect to: the check at Submit
     cannot be undone by DNS answering differently later (rebinding)."""
 
-    def __init__(self, networks: Sequence[IpNetwork]) -> None:
+    def __init__(self, networks: Sequence[IpNetwork], setting: str = "webhooks.allowed_networks") -> None:
         self.networks = networks
+        self.setting = setting
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         answers: list[ResolveResult] = []
-        for address in await resolve(host, port, self.networks):
+        for address in await resolve(host, port, self.networks, self.setting):
             ip = ipaddress.ip_address(address)
             answers.append(ResolveResult(hostname=host, host=address, port=port, proto=0, flags=socket.AI_NUMERICHOST,
                                          family=socket.AF_INET6 if ip.version == 6 else socket.AF_INET))

@@ -185,6 +185,7 @@ def submit_from_proto(request: pb.SubmitRequest) -> tuple[str, JobInput, dict[st
                 beam_size=t.beam_size,
                 word_timestamps=t.word_timestamps,
                 vad_filter=t.vad_filter if t.HasField("vad_filter") else None,
+                audio_url=t.audio_url,
             )
         )
     webhook = None

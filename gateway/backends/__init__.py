@@ -10,8 +10,9 @@ from gateway.settings import RouteSettings
 __all__ = ["Backend", "JobContext", "ReadyState", "create_backend"]
 
 
-def create_backend(settings: RouteSettings, inbox: Any = None) -> Backend:
-    """The backend for a route's settings (``inbox``: where upstream webhooks arrive). Heavy imports
+def create_backend(settings: RouteSettings, inbox: Any = None, audio_url: Any = None) -> Backend:
+    """The backend for a route's settings (``inbox``: where upstream webhooks arrive; ``audio_url``: the
+    server's rules for audio by URL). Heavy imports
     (faster-whisper, aiohttp) happen only here."""
     if settings.backend == "echo":
         from gateway.backends.echo import EchoBackend
@@ -20,7 +21,7 @@ def create_backend(settings: RouteSettings, inbox: Any = None) -> Backend:
     if settings.backend == "whisper":
         from gateway.backends.whisper import WhisperBackend
 
-        return WhisperBackend(settings)
+        return WhisperBackend(settings, audio_url)
     if settings.backend == "octoai":
         from gateway.backends.octoai import OctoAIBackend
 

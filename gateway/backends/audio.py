@@ -13,7 +13,8 @@ import io
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
@@ -42,16 +43,28 @@ def _refuse(field: str, reason: str, description: str) -> InvalidArgument:
     return InvalidArgument.fields(FieldViolation(field, description), reason=reason)
 
 
-def probe(data: bytes, field: str, max_bytes: int, max_seconds: float) -> AudioInfo:
+Source = bytes | Path  # the audio in memory, or in a file (fetched from a URL): never read whole
+
+
+def _open(source: Source) -> BinaryIO:
+    return io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # (the caller closes it)
+
+
+def size_of(source: Source) -> int:
+    return len(source) if isinstance(source, bytes) else source.stat().st_size
+
+
+def probe(data: Source, field: str, max_bytes: int, max_seconds: float) -> AudioInfo:
     """Reads the container's header; raises InvalidArgument with a reason for what it can tell."""
-    if not data:
+    size = size_of(data)
+    if not size:
         raise _refuse(field, "AUDIO_EMPTY", "the audio is empty")
-    if len(data) > max_bytes:
-        too_large = _refuse(field, "AUDIO_TOO_LARGE", f"{len(data)} bytes of audio, over this route's limit of {max_bytes}")
-        too_large.metadata = {"limit_bytes": str(max_bytes), "size_bytes": str(len(data))}  # as REQUEST_TOO_LARGE
+    if size > max_bytes:
+        too_large = _refuse(field, "AUDIO_TOO_LARGE", f"{size} bytes of audio, over this route's limit of {max_bytes}")
+        too_large.metadata = {"limit_bytes": str(max_bytes), "size_bytes": str(size)}  # as REQUEST_TOO_LARGE
         raise too_large
     try:
-        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore", options=_PROBE_OPTIONS) as container:
+        with _open(data) as file, av.open(file, mode="r", metadata_errors="ignore", options=_PROBE_OPTIONS) as container:
             streams = container.streams.audio
             if not streams:
                 raise _refuse(field, "AUDIO_NO_STREAM", f"no audio stream in this {container.format.name} data")
@@ -75,7 +88,7 @@ def probe(data: bytes, field: str, max_bytes: int, max_seconds: float) -> AudioI
     return info
 
 
-def stream(data: bytes, max_seconds: float) -> Iterator[np.ndarray]:
+def stream(data: Source, max_seconds: float) -> Iterator[np.ndarray]:
     """The audio as consecutive blocks of 16 kHz mono float32 samples (about 10 s each), decoded as
     they are asked for: what ``decode`` returns whole, sample for sample (the same frames through the
     same resampler as faster-whisper's ``decode_audio``), without ever holding all of it. Raises
@@ -86,7 +99,7 @@ def stream(data: bytes, max_seconds: float) -> Iterator[np.ndarray]:
     limit = int(max_seconds * SAMPLE_RATE)
     total = 0
     try:
-        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        with _open(data) as file, av.open(file, mode="r", metadata_errors="ignore") as container:
             resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             fifo = AudioFifo()
 
@@ -179,9 +192,9 @@ def decode(data: bytes, max_seconds: float) -> np.ndarray:
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
-def _describe(data: bytes) -> str:
+def _describe(data: Source) -> str:
     try:
-        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        with _open(data) as file, av.open(file, mode="r", metadata_errors="ignore") as container:
             return f"{container.streams.audio[0].codec_context.name} stream in this {container.format.name} file"
     except Exception:
         return "audio"

@@ -39,7 +39,7 @@ from gateway.backends.base import JobContext, ReadyState
 from gateway.backends.batching import BatchingModel
 from gateway.errors import Code, FieldViolation, InvalidArgument, JobError
 from gateway.jobs import JobInput, Result, Segment, Transcript, TranscriptionInput, Word
-from gateway.settings import WhisperRoute
+from gateway.settings import AudioUrlSettings, WhisperRoute
 
 __all__ = ["CPU_JOBS", "EngineConfig", "WhisperBackend", "WhisperEngine", "cpu_budget"]
 
@@ -271,8 +271,9 @@ class WhisperEngine:
 
 
 class WhisperBackend:
-    def __init__(self, settings: WhisperRoute) -> None:
+    def __init__(self, settings: WhisperRoute, audio_url: AudioUrlSettings | None = None) -> None:
         self.settings = settings
+        self.audio_url = audio_url or AudioUrlSettings()
         self.readiness = ReadyState()
         self.reports_start = False
         self.engine = WhisperEngine(settings)
@@ -317,8 +318,15 @@ class WhisperBackend:
             violations.append(FieldViolation(f"{field}.task", "this route's model is English-only: no translation"))
         if not 0 <= request.beam_size <= 20:
             violations.append(FieldViolation(f"{field}.beam_size", "between 1 and 20 (0: the route's default)"))
+        if request.audio_url and request.audio:
+            violations.append(FieldViolation(f"{field}.audio_url", "give the audio or its URL, not both"))
         if violations:
             raise InvalidArgument.fields(*violations)
+        if request.audio_url:  # fetched when the job runs; its form and host are checked now
+            from gateway.fetch import check_audio_url
+
+            await check_audio_url(request.audio_url, self.audio_url, f"{field}.audio_url")
+            return JobInput(transcription=request)
         await asyncio.to_thread(
             audio_io.probe, request.audio, f"{field}.audio", self.settings.max_audio_bytes,
             self.settings.max_audio_seconds,
@@ -366,17 +374,34 @@ class WhisperBackend:
         request = ctx.input.transcription
         if request is None:  # stored before validation normalised it: cannot happen, but be clear
             raise JobError("no audio in the job's inputs", "AUDIO_EMPTY", Code.INVALID_ARGUMENT)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, self._transcribe, request, ctx)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            ctx.stop.set()  # the thread stops at its next segment; wait for it so the worker is free
-            with contextlib.suppress(BaseException):
-                await future
-            raise
+        source: audio_io.Source = request.audio
+        fetched = None
+        if request.audio_url:
+            from gateway.fetch import discard, fetch_audio
 
-    def _transcribe(self, request: TranscriptionInput, ctx: JobContext) -> Transcript:
+            fetched = source = await fetch_audio(request.audio_url, self.audio_url, self.settings.max_audio_bytes)
+        try:
+            if fetched is not None:
+                try:
+                    await asyncio.to_thread(audio_io.probe, fetched, "audio_url", self.settings.max_audio_bytes,
+                                            self.settings.max_audio_seconds)
+                except InvalidArgument as exc:
+                    raise JobError(f"the audio at the URL: {exc.message}", exc.reason, Code.INVALID_ARGUMENT,
+                                   dict(exc.metadata)) from None
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._pool, self._transcribe, request, ctx, source)
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                ctx.stop.set()  # the thread stops at its next segment; wait for it so the worker is free
+                with contextlib.suppress(BaseException):
+                    await future
+                raise
+        finally:
+            if fetched is not None:
+                discard(fetched)
+
+    def _transcribe(self, request: TranscriptionInput, ctx: JobContext, source: audio_io.Source) -> Transcript:
         """Transcribes section by section (``section_seconds`` of audio at a time), decoding the audio
         as the sections need it: memory is bounded by a section, whatever the duration. A section
         other than the last one keeps back its last segment, which the section's end may have cut:
@@ -392,10 +417,10 @@ class WhisperBackend:
         previous = ctx.job.segments  # a job resumed after a restart keeps what it had published
         segments = list(previous)
         start = round(previous[-1].end * sr) if previous else 0  # where the next section starts
-        expected = _header_duration(request.audio)  # for progress; the transcript's duration is counted
+        expected = _header_duration(source)  # for progress; the transcript's duration is counted
         language, probability = request.language or self.settings.language or "", 0.0
         detected = bool(language)
-        audio = audio_io.Sections(audio_io.stream(request.audio, self.settings.max_audio_seconds))
+        audio = audio_io.Sections(audio_io.stream(source, self.settings.max_audio_seconds))
 
         def publish(segment: Segment) -> None:
             segments.append(segment)
@@ -448,9 +473,9 @@ class WhisperBackend:
         )
 
 
-def _header_duration(data: bytes) -> float | None:
+def _header_duration(data: audio_io.Source) -> float | None:
     """The duration the container's header states, for progress while decoding (None if it says none)."""
     try:
-        return audio_io.probe(data, "audio", len(data), math.inf).duration
+        return audio_io.probe(data, "audio", audio_io.size_of(data), math.inf).duration
     except InvalidArgument:
         return None

@@ -18,7 +18,7 @@
 ``JobCancelledError`` for jobs that ended so (the tree is in ``gateway_client._errors``).
 """
 
-from gateway_client._aio import DEFAULT_TARGET, DEFAULT_TIMEOUT, AsyncClient, Audio, Metadata, tls_credentials
+from gateway_client._aio import DEFAULT_TARGET, DEFAULT_TIMEOUT, AsyncClient, Audio, AudioUrl, Metadata, tls_credentials
 from gateway_client._errors import (
     AbortedError,
     AlreadyExistsError,
@@ -86,6 +86,7 @@ __all__ = [
     "AsyncJobChanges",
     "AsyncJobFuture",
     "Audio",
+    "AudioUrl",
     "CallCancelledError",
     "Client",
     "DataLossError",

@@ -73,7 +73,14 @@ DEFAULT_TIMEOUT = 30.0
 
 Metadata = Sequence[tuple[str, str]]
 """gRPC metadata: (key, value) pairs, keys in lowercase."""
-Audio = bytes | str | os.PathLike[str]
+class AudioUrl(str):
+    """Audio by URL: ``client.transcribe(AudioUrl("https://..."))``. The process that runs the job fetches
+    it (the server's ``[audio_url]`` rules say from where); a presigned URL is sent as given."""
+
+    __slots__ = ()
+
+
+Audio = bytes | str | os.PathLike[str]  # the audio itself (a path or bytes), or an AudioUrl
 """Audio bytes, or the path of an audio file."""
 
 R = TypeVar("R")
@@ -249,9 +256,12 @@ class AsyncClient:
             if task not in _TASKS:
                 raise ValueError(f"task must be one of {sorted(t for t in _TASKS if t)}")
             request.transcription.CopyFrom(pb.TranscriptionRequest(
-                audio=_audio_bytes(audio), language_code=language, task=_TASKS[task], beam_size=beam_size,
-                word_timestamps=word_timestamps,
+                language_code=language, task=_TASKS[task], beam_size=beam_size, word_timestamps=word_timestamps,
             ))
+            if isinstance(audio, AudioUrl):
+                request.transcription.audio_url = str(audio)
+            else:
+                request.transcription.audio = _audio_bytes(audio)
             if vad_filter is not None:
                 request.transcription.vad_filter = vad_filter
         else:

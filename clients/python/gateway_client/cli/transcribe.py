@@ -87,8 +87,11 @@ def _print(text: str) -> None:
 
 async def _transcribe(session: Session, args: argparse.Namespace) -> ExitCode:
     deadline = deadline_after(args.timeout)
+    audio = b"" if args.url else read_bytes(args.file)
     request = pb.SubmitRequest(route=args.route, labels=dict(args.label), request_id=args.request_id or "",
-                               transcription=transcription(args, read_bytes(args.file)))
+                               transcription=transcription(args, audio))
+    if args.url:
+        request.transcription.audio_url = args.url
     job: pb.Job = (await session.call("Submit", request)).job
     segments: list[pb.Segment] = []
     progress = _Progress(enabled=not args.quiet)
@@ -143,7 +146,10 @@ def add_transcribe(command: AddCommand) -> None:
                          "--format srt or vtt its segments as SubRip or WebVTT subtitles. At --timeout it prints "
                          "what it has (the text or subtitles so far, or the FetchResponse of the job as it is) and "
                          "exits 5; the job keeps running.", EXITS_OF_A_JOB)
-    transcribe.add_argument("file", metavar="FILE", help="an audio file in any container FFmpeg reads (-: stdin)")
+    source = transcribe.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", metavar="FILE", nargs="?", help="an audio file in any container FFmpeg reads (-: stdin)")
+    source.add_argument("--url", metavar="URL", help="instead of FILE: audio the gateway fetches (https; a presigned "
+                                                     "S3, GCS or Azure URL works as given)")
     transcribe.add_argument("--route", default="whisper", metavar="NAME", help="a whisper route (default: whisper)")
     add_transcription(transcribe, " (default: the route's, or detected)")
     add_labels(transcribe, "a label of the job; repeatable")

@@ -170,20 +170,22 @@ class WebhookDelivery(_message.Message):
     def __init__(self, state: _Optional[_Union[WebhookDelivery.State, str]] = ..., event: _Optional[_Union[WebhookEvent, str]] = ..., attempts: _Optional[int] = ..., message_id: _Optional[str] = ..., last_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_status_code: _Optional[int] = ..., last_error: _Optional[str] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivered_count: _Optional[int] = ...) -> None: ...
 
 class TranscriptionRequest(_message.Message):
-    __slots__ = ("audio", "language_code", "task", "beam_size", "word_timestamps", "vad_filter")
+    __slots__ = ("audio", "language_code", "task", "beam_size", "word_timestamps", "vad_filter", "audio_url")
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_CODE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     BEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
     WORD_TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
     VAD_FILTER_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_URL_FIELD_NUMBER: _ClassVar[int]
     audio: bytes
     language_code: str
     task: TranscriptionTask
     beam_size: int
     word_timestamps: bool
     vad_filter: bool
-    def __init__(self, audio: _Optional[bytes] = ..., language_code: _Optional[str] = ..., task: _Optional[_Union[TranscriptionTask, str]] = ..., beam_size: _Optional[int] = ..., word_timestamps: _Optional[bool] = ..., vad_filter: _Optional[bool] = ...) -> None: ...
+    audio_url: str
+    def __init__(self, audio: _Optional[bytes] = ..., language_code: _Optional[str] = ..., task: _Optional[_Union[TranscriptionTask, str]] = ..., beam_size: _Optional[int] = ..., word_timestamps: _Optional[bool] = ..., vad_filter: _Optional[bool] = ..., audio_url: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("route", "inputs", "transcription", "labels", "request_id", "webhook")

@@ -733,7 +733,8 @@ export declare const WebhookDelivery_StateSchema: GenEnum<WebhookDelivery_State,
  */
 export declare type TranscriptionRequest = Message<"inferencegateway.gateway.v1.TranscriptionRequest"> & {
   /**
-   * The audio file, in any container FFmpeg reads (WAV, FLAC, MP3, Ogg, M4A, ...).
+   * The audio file, in any container FFmpeg reads (WAV, FLAC, MP3, Ogg, M4A, ...). Required unless
+   * audio_url is set.
    *
    * @generated from field: bytes audio = 1;
    */
@@ -770,6 +771,16 @@ export declare type TranscriptionRequest = Message<"inferencegateway.gateway.v1.
    * @generated from field: optional bool vad_filter = 6;
    */
   vadFilter?: boolean | undefined;
+
+  /**
+   * Instead of audio: an https URL (or one the server's [audio_url] rules allow) that the process
+   * running the job fetches, streamed to disk, bounded in size and time. A presigned S3, GCS or
+   * Azure URL works as given. Refused at Submit (INVALID_ARGUMENT, AUDIO_URL_NOT_ALLOWED) where the
+   * rules say no; a fetch that fails ends the job FAILED (AUDIO_URL_FETCH_FAILED, AUDIO_TOO_LARGE...).
+   *
+   * @generated from field: string audio_url = 7;
+   */
+  audioUrl: string;
 };
 
 /**
@@ -779,7 +790,8 @@ export declare type TranscriptionRequest = Message<"inferencegateway.gateway.v1.
  */
 export declare type TranscriptionRequestJson = {
   /**
-   * The audio file, in any container FFmpeg reads (WAV, FLAC, MP3, Ogg, M4A, ...).
+   * The audio file, in any container FFmpeg reads (WAV, FLAC, MP3, Ogg, M4A, ...). Required unless
+   * audio_url is set.
    *
    * @generated from field: bytes audio = 1;
    */
@@ -816,6 +828,16 @@ export declare type TranscriptionRequestJson = {
    * @generated from field: optional bool vad_filter = 6;
    */
   vadFilter?: boolean;
+
+  /**
+   * Instead of audio: an https URL (or one the server's [audio_url] rules allow) that the process
+   * running the job fetches, streamed to disk, bounded in size and time. A presigned S3, GCS or
+   * Azure URL works as given. Refused at Submit (INVALID_ARGUMENT, AUDIO_URL_NOT_ALLOWED) where the
+   * rules say no; a fetch that fails ends the job FAILED (AUDIO_URL_FETCH_FAILED, AUDIO_TOO_LARGE...).
+   *
+   * @generated from field: string audio_url = 7;
+   */
+  audioUrl?: string;
 };
 
 /**
