@@ -112,3 +112,21 @@ def test_the_inbox_takes_only_the_jobs_own_secret() -> None:
 
     statuses, taken = asyncio.run(go())
     assert statuses == [200, 404, 404, 503] and taken == 1
+
+
+def test_replicate_webhooks_are_taken_only_with_a_valid_signature() -> None:
+    """The fake's signer is the one replicate's own client accepts (tests/http/test_fake_replicate.py)."""
+    import time
+
+    from gateway.backends.upstream.replicate import signature_valid
+    from harness.fakes.replicate import SECRET, sign
+
+    body, now = b'{"id": "p1", "status": "succeeded"}', int(time.time())
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(now), "webhook-signature": sign(SECRET, "msg_1", str(now), body)}
+    assert signature_valid(SECRET, Delivery(body, headers), now)
+    assert not signature_valid(SECRET, Delivery(body + b" ", headers), now)  # tampered
+    assert not signature_valid(SECRET, Delivery(body, {**headers, "webhook-id": "msg_2"}), now)
+    assert not signature_valid(SECRET, Delivery(body, headers), now + 3600)  # replayed an hour later
+    assert not signature_valid(SECRET, Delivery(body, {}), now)  # unsigned
+    other = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"
+    assert not signature_valid(other, Delivery(body, headers), now)

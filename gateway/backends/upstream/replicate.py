@@ -18,7 +18,11 @@ otherwise the job fails UPSTREAM_SUBMIT_INTERRUPTED rather than make a second pr
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,7 +42,9 @@ from gateway.backends.upstream.http import UpstreamError, short
 from gateway.backends.upstream.inbox import Delivery
 from gateway.errors import Code
 
-__all__ = ["ReplicateBackend"]
+__all__ = ["ReplicateBackend", "signature_valid"]
+
+log = logging.getLogger(__name__)
 
 _STATES = {"starting": QUEUED, "processing": RUNNING, "succeeded": SUCCEEDED, "failed": FAILED,
            "canceled": CANCELED, "aborted": FAILED}
@@ -66,8 +72,39 @@ def snapshot_of(body: Any, prediction_id: str | None = None) -> Snapshot | None:
     return snapshot
 
 
+def signature_valid(secret: str, delivery: Delivery, now: float, tolerance: float = 300.0) -> bool:
+    """The Standard Webhooks signature Replicate puts on a webhook, with the account's signing secret."""
+    headers = {k.lower(): v for k, v in delivery.headers.items()}
+    msg_id, stamp, signatures = headers.get("webhook-id"), headers.get("webhook-timestamp"), headers.get("webhook-signature")
+    if not (msg_id and stamp and signatures):
+        return False
+    try:
+        if abs(now - int(stamp)) > tolerance:
+            return False
+        key = base64.b64decode(secret.split("_", 1)[1])
+    except (ValueError, IndexError):
+        return False
+    expected = base64.b64encode(hmac.new(key, f"{msg_id}.{stamp}.".encode() + delivery.body, hashlib.sha256).digest())
+    return any(hmac.compare_digest(expected, sig.partition(",")[2].encode()) for sig in signatures.split())
+
+
 class ReplicateBackend(UpstreamBackend):
     name = "replicate"
+    _signing_secret: str | None = None  # the account's webhook secret; "" when it could not be had
+
+    async def _secret(self) -> str:
+        """GET /v1/webhooks/default/secret, once: its webhooks are then taken only when signed with it."""
+        if self._signing_secret is None:
+            try:
+                answer = await self.http.request("GET", f"{self.settings.url}/v1/webhooks/default/secret", "secret",
+                                                 retries=2)
+                key = answer.body.get("key")
+                self._signing_secret = key if isinstance(key, str) and key.startswith("whsec_") else ""
+            except UpstreamError as exc:
+                log.warning("replicate: the webhook signing secret could not be had (%s): webhooks are taken on the "
+                            "per-job secret of their URL alone", exc)
+                self._signing_secret = ""
+        return self._signing_secret
 
     def _create_url(self) -> tuple[str, dict[str, Any]]:
         s = self.settings
@@ -82,6 +119,7 @@ class ReplicateBackend(UpstreamBackend):
         url, body = self._create_url()
         body["input"] = job.ctx.input.inputs or {}
         if job.hook_url and s.webhooks:
+            await self._secret()
             body.update(webhook=job.hook_url, webhook_events_filter=_EVENTS)
         remaining = float(job.checkpoint["submitted_at"]) + s.deadline_seconds - time.time()
         headers = {"Cancel-After": f"{max(5, int(remaining))}s"}
@@ -132,6 +170,9 @@ class ReplicateBackend(UpstreamBackend):
                 return
 
     def hook(self, job: Follow, delivery: Delivery) -> Snapshot | None:
+        if self._signing_secret and not signature_valid(self._signing_secret, delivery, time.time()):
+            log.warning("replicate: a webhook of job %s without a valid signature was ignored", job.ctx.job.id)
+            return None
         try:
             return snapshot_of(json.loads(delivery.body), job.checkpoint["ref"]["id"])
         except ValueError:
