@@ -176,6 +176,18 @@ class OctoAIRoute(_Route):
     max_answer_bytes: int = Field(1 * MiB, ge=1024, description="The largest submit or poll answer read.")
     max_result_bytes: int = Field(64 * MiB, ge=1024, description="The largest result read.")
 
+    # The upstream core's names for these (gateway.backends.upstream.core), OctoAI's kept for compatibility.
+    @property
+    def url(self) -> str:
+        return self.endpoint
+
+    @property
+    def poll_interval_seconds(self) -> float:
+        return self.poll_initial_seconds
+
+    max_log_bytes: ClassVar[int] = 0  # OctoAI reports no log
+    stream_idle_seconds: ClassVar[float] = 60.0  # nor any stream
+
     @model_validator(mode="after")
     def _token_from_env(self) -> OctoAIRoute:
         if self.token is None and os.environ.get(self.token_env):

@@ -22,10 +22,6 @@ def create_backend(settings: RouteSettings, inbox: Any = None, audio_url: Any = 
         from gateway.backends.whisper import WhisperBackend
 
         return WhisperBackend(settings, audio_url)
-    if settings.backend == "octoai":
-        from gateway.backends.octoai import OctoAIBackend
-
-        return OctoAIBackend(settings)
     from gateway.backends.upstream import PROFILES, create_upstream
 
     if settings.backend in PROFILES:

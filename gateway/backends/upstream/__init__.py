@@ -7,6 +7,7 @@ profile        provider                                             pushes
 ``replicate``  Replicate's predictions API                          SSE stream, webhooks
 ``fal``        fal.ai's queue API                                   SSE status stream
 ``runpod``     RunPod serverless endpoints                          the /stream long poll
+``octoai``     an endpoint of OctoAI's async protocol               none: polled
 =============  ===================================================  =====================================
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 __all__ = ["PROFILES", "create_upstream"]
 
 PROFILES = {
+    "octoai": "gateway.backends.upstream.octoai:OctoAIBackend",
     "cog": "gateway.backends.upstream.cog:CogBackend",
     "replicate": "gateway.backends.upstream.replicate:ReplicateBackend",
     "fal": "gateway.backends.upstream.fal:FalBackend",

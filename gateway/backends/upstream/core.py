@@ -30,6 +30,7 @@ import base64
 import contextlib
 import json
 import logging
+import random
 import re
 import secrets
 import time
@@ -167,7 +168,8 @@ class UpstreamBackend:
 
     name = "upstream"
     idempotent_submit = False
-    uses_webhooks = False
+    uses_webhooks = False  # it needs them (Cog): the gateway must have a public_url or an HTTP face
+    takes_webhooks = True  # it asks for them when the gateway can receive them
 
     def __init__(self, settings: Any, inbox: Inbox | None = None) -> None:
         self.settings = settings
@@ -282,7 +284,7 @@ class UpstreamBackend:
             checkpoint = {"submitted_at": time.time(), "secret": secrets.token_urlsafe(24), **checkpoint}
         job = Follow(ctx, checkpoint, Tracker(ctx, s.max_log_bytes), asyncio.Queue(), resumed)
         mailbox = None
-        if self.inbox is not None and (self.uses_webhooks or self.inbox.available):
+        if self.inbox is not None and self.takes_webhooks and (self.uses_webhooks or self.inbox.available):
             mailbox = await self.inbox.attach(ctx.job.id, checkpoint["secret"], job.queue)
             job.hook_url = await self.inbox.url(ctx.job.id, checkpoint["secret"])
         try:
@@ -337,14 +339,17 @@ class UpstreamBackend:
             while True:
                 remaining = deadline - time.time()
                 if remaining <= 0:
+                    last = job.state.get("last_status")
                     raise UpstreamError(
-                        f"the upstream did not finish the job within {s.deadline_seconds:.0f} s",
-                        "UPSTREAM_DEADLINE_EXCEEDED", Code.DEADLINE_EXCEEDED,
+                        f"the upstream did not finish the job within {s.deadline_seconds:.0f} s"
+                        + (f" (last status: {last})" if last else ""),
+                        "UPSTREAM_DEADLINE_EXCEEDED", Code.DEADLINE_EXCEEDED, {"last_status": str(last or "")},
                     )
                 item: Any = None
                 if not poll_now:
                     try:
-                        item = await asyncio.wait_for(queue.get(), timeout=min(interval, remaining))
+                        wait = interval * (0.8 + 0.4 * random.random())  # jittered: jobs do not poll in step
+                        item = await asyncio.wait_for(queue.get(), timeout=min(wait, remaining))
                     except TimeoutError:
                         item = None
                 if item is None:
@@ -352,6 +357,9 @@ class UpstreamBackend:
                         continue
                     item = await self.poll(job)
                     interval = min(s.poll_max_seconds, interval * s.poll_backoff)
+                    hint = job.state.pop("next_poll", None)  # the provider's Retry-After on a status answer
+                    if hint is not None:
+                        interval = max(0.0, min(float(hint), s.retry_max_seconds))
                     poll_now = False
                 else:
                     interval = s.poll_interval_seconds
