@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import MAX_MESSAGE, Code, clip
@@ -230,6 +231,11 @@ class TranscriptionInput:
     prompt: str = ""  # the engine's initial prompt (OpenAI's prompt): vocabulary, spelling, style
     audio_url: str = ""  # instead of audio: fetched by the process that runs the job (gateway.fetch)
     temperature: float | None = None  # None: the engine's own fallback schedule
+    # Audio that came in an Upload: the sha256 of its bytes (so a retried upload is the same request),
+    # kept by the store beside the job (Store.put_upload); the runner gets it with JobContext.upload().
+    audio_upload: str = ""
+    # The upload's file on this machine while it is being submitted (never stored in the payload).
+    audio_file: Path | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +252,9 @@ class JobInput:
         if self.transcription is not None:
             options = asdict(self.transcription)
             audio = options.pop("audio")
+            options.pop("audio_file")
+            if not options["audio_upload"]:
+                del options["audio_upload"]  # as stored before uploads existed: request hashes unchanged
             header["transcription"] = options
         return json.dumps(header, sort_keys=True, separators=(",", ":")).encode() + b"\n" + audio
 

@@ -115,21 +115,25 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         seconds = RPC_SECONDS.labels(method)
         done = self._done
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
-
-            async def counted_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        def counted(behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable[..., Any]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 started = time.perf_counter()
                 failed: str | None = "UNKNOWN"
                 try:
-                    result = await unary(request, context)
+                    result = await behavior(request, context)
                     failed = None
                     return result
                 finally:
                     done(method, seconds, context, failed, started)
 
-            return grpc.unary_unary_rpc_method_handler(counted_unary, handler.request_deserializer,
+            return call
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(counted(handler.unary_unary), handler.request_deserializer,
                                                        handler.response_serializer)
+        if handler.stream_unary is not None:  # Upload (its request: the messages' iterator)
+            return grpc.stream_unary_rpc_method_handler(counted(handler.stream_unary), handler.request_deserializer,
+                                                        handler.response_serializer)
         if handler.unary_stream is not None:
             stream = handler.unary_stream
             gauge = WATCH_STREAMS.labels(method) if method in ("Watch", "WatchJobs") else None

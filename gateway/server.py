@@ -108,7 +108,9 @@ def make_store(settings: Settings, clock: Clock | None = None) -> Store:
         from gateway.redis import RedisStore
 
         limits = {name: (route.max_queue, route.max_queued_bytes) for name, route in settings.routes.items()}
-        return RedisStore(settings.store, clock=clock, queue_limits=limits)
+        store = RedisStore(settings.store, clock=clock, queue_limits=limits)
+        store.spool_dir = settings.data_dir / "uploads" / "incoming"
+        return store
     return SqliteStore(settings.data_dir / "gateway.sqlite3", settings.sqlite_synchronous)
 
 
@@ -202,7 +204,8 @@ class Gateway:
         # Bound before any job runs: a start that fails on its address has run nothing (and counted
         # no attempt of a resumed job).
         auth = Authenticator(settings.auth)
-        servicer = GatewayServicer(self.service, auth, settings.max_receive_bytes, settings.max_inflight_submit_bytes)
+        servicer = GatewayServicer(self.service, auth, settings.max_receive_bytes, settings.max_inflight_submit_bytes,
+                                   spool_dir=settings.data_dir / "uploads" / "incoming")
         # Submit messages received at once: as many as the in-flight byte budget holds at the largest size;
         # only authenticated callers take them (the gate asks the servicer before reading anything). With
         # auth on, every other RPC of the service is authenticated before its message is read, too.

@@ -134,7 +134,7 @@ class WhisperRoute(_Route):
     batched: bool = Field(False, description="Use BatchedInferencePipeline (the windows of one file in one call).")
     batch_size: int = Field(8, ge=1, le=256)
     max_queue: int = Field(64, ge=1)
-    max_audio_bytes: int = Field(25 * MiB, ge=1)
+    max_audio_bytes: int = Field(1024 * MiB, ge=1)
     max_audio_seconds: float = Field(4 * 3600.0, gt=0)
     section_seconds: float = Field(
         120.0, ge=60, le=3600,
@@ -575,7 +575,7 @@ class Settings(BaseSettings):
         description="Shared queue: this process's name among the workers; a process that comes back under "
         "its name takes its jobs back at once. Empty: the host name and the gRPC port (random if the port is 0).",
     )
-    data_dir: Path = Field(Path("data"), description="Where the SQLite store lives.")
+    data_dir: Path = Field(Path("data"), description="Where the SQLite store lives, and where Uploads are spooled.")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL", description="NORMAL survives a process crash (kill -9); FULL also a power loss."
     )

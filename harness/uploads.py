@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-__all__ = ["burst"]
+__all__ = ["burst", "padded_wav"]
 
 
 def burst(target: str, data: bytes, uploads: int) -> dict[str, int]:
@@ -42,3 +42,21 @@ def burst(target: str, data: bytes, uploads: int) -> dict[str, int]:
         for thread in threads:
             thread.join(600)
     return outcomes
+
+
+def padded_wav(source: bytes, size: int) -> bytes:
+    """The WAV ``source`` followed by silence (in its own format) up to about ``size`` bytes: speech
+    that transcribes as the source does, in a file as large as a test needs."""
+    import io
+    import wave
+
+    with wave.open(io.BytesIO(source)) as wav:
+        params = wav.getparams()
+        frames = wav.readframes(wav.getnframes())
+    frame = params.nchannels * params.sampwidth
+    silence = max(0, (size - len(source)) // frame) * frame
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setparams(params)
+        wav.writeframes(frames + bytes(silence))
+    return out.getvalue()

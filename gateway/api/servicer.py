@@ -9,9 +9,12 @@ malformed requests get an ErrorInfo like every other error.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,9 +37,12 @@ from gateway.api.convert import (
 )
 from gateway.api.gate import Rejected as _Rejected  # what the deserializer hands over instead of a request it refused
 from gateway.api.status import abort
+from gateway.api.upload import MAX_CHUNK_BYTES, check_request, receive
+from gateway.backends.base import TakesUploads
 from gateway.errors import Code, FieldViolation, GatewayError, InvalidArgument, ResourceExhausted, Unavailable
 from gateway.hub import HubClosed
 from gateway.service import Heartbeat, JobService, Update
+from gateway.store.uploads import remove
 
 __all__ = ["SERVICE_NAME", "GatewayServicer"]
 
@@ -151,10 +157,11 @@ def _internal(exc: BaseException) -> GatewayError:
 
 class GatewayServicer:
     def __init__(self, service: JobService, auth: Authenticator, max_receive_bytes: int,
-                 max_inflight_submit_bytes: int = 256 * 1024 * 1024) -> None:
+                 max_inflight_submit_bytes: int = 256 * 1024 * 1024, spool_dir: Path | None = None) -> None:
         self.service = service
         self.auth = auth
         self.max_receive_bytes = max_receive_bytes
+        self.spool_dir = spool_dir or Path(tempfile.gettempdir())  # where Uploads are written as they arrive
         self.inflight = _InflightBytes(max_inflight_submit_bytes)
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -230,6 +237,10 @@ class GatewayServicer:
                 admitted_submit, request_deserializer=_submit_deserializer(self.max_receive_bytes, self.inflight),
                 response_serializer=_serialize,
             ),
+            "Upload": grpc.stream_unary_rpc_method_handler(
+                self._unary(self.upload), request_deserializer=_deserializer(pb.UploadRequest, MAX_CHUNK_BYTES + 1024),
+                response_serializer=_serialize,
+            ),
             "Get": unary(self.get, pb.GetRequest),
             "Watch": stream(self.watch, pb.WatchRequest),
             "Fetch": unary(self.fetch, pb.FetchRequest),
@@ -249,6 +260,32 @@ class GatewayServicer:
         route, job_input, labels, request_id, webhook = converted
         job, existing = await self.service.submit(tenant, route, job_input, labels, request_id, webhook)
         return pb.SubmitResponse(job=await self._job(job, stored=existing), existing=existing)
+
+    async def upload(self, requests: AsyncIterator[Any], tenant: str, context: Any) -> pb.SubmitResponse:
+        """See gateway.api.upload (the caller is authenticated, from the headers, before a message is read)."""
+        received = await receive(requests, self.spool_dir, self._upload_limit)
+        try:
+            problem = check_request(received.request)
+            if problem is not None:
+                raise problem
+            route, job_input, labels, request_id, webhook = submit_from_proto(received.request)
+            assert job_input.transcription is not None  # (check_request)
+            job_input = replace(job_input, transcription=replace(
+                job_input.transcription, audio_upload=received.sha256, audio_file=received.path))
+            job, existing = await self.service.submit(tenant, route, job_input, labels, request_id, webhook)
+            return pb.SubmitResponse(job=await self._job(job, stored=existing), existing=existing)
+        finally:
+            remove(received.path)  # unless the store took it (then it is gone from here already)
+
+    def _upload_limit(self, route: str | None) -> int:
+        """The most audio bytes ``route`` takes by Upload; None: the most any route takes."""
+        routes = self.service.routes.values() if route is None else [self.service.route(route)]
+        limits = [r.backend.max_upload_bytes for r in routes if isinstance(r.backend, TakesUploads)]
+        if not limits:
+            raise InvalidArgument.fields(FieldViolation(
+                "submit.route", "takes no uploads: only whisper routes take audio" if route else "no route takes uploads"),
+                reason="UPLOAD_NOT_SUPPORTED")
+        return max(limits)
 
     async def _job(self, job: Any, with_segments: bool = True, stored: bool = True) -> pb.Job:
         """The job as Get shows it: with its webhook's delivery state, if it has a webhook (a job

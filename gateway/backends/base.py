@@ -16,11 +16,13 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+from gateway.errors import Code, JobError
 from gateway.jobs import Job, JobInput, Result, Segment
 
-__all__ = ["Backend", "HealthListener", "JobContext", "JobLifecycle", "ReadyState"]
+__all__ = ["Backend", "HealthListener", "JobContext", "JobLifecycle", "ReadyState", "TakesUploads"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ class JobLifecycle(Protocol):
     async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None: ...
 
     async def started(self, job_id: str) -> None: ...
+
+    async def open_upload(self, job_id: str) -> tuple[Path, bool] | None: ...
 
 
 class JobContext:
@@ -86,6 +90,15 @@ class JobContext:
         self.checkpoint = dict(checkpoint)
         await self._lifecycle.save_checkpoint(self.job.id, self.checkpoint)
 
+    async def upload(self) -> tuple[Path, bool]:
+        """The audio of a job that came by Upload, as a file here, and whether it is a copy that the
+        backend deletes when done (else it is the store's own file: read it, leave it). JobError
+        INPUT_LOST when the store no longer has it."""
+        found = await self._lifecycle.open_upload(self.job.id)
+        if found is None:
+            raise JobError("the job's uploaded audio is gone from the store", "INPUT_LOST", Code.DATA_LOSS)
+        return found
+
 
 def _log_report_failure(future: concurrent.futures.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
@@ -112,6 +125,13 @@ class ReadyState:
     def listen(self, listener: HealthListener) -> None:
         self._listeners.append(listener)
         listener(self._ready)
+
+
+@runtime_checkable
+class TakesUploads(Protocol):
+    """A backend that takes audio by Upload (whisper): at most this many bytes of it."""
+
+    max_upload_bytes: int
 
 
 class Backend(Protocol):

@@ -40,6 +40,7 @@ from gateway.backends.batching import BatchingModel
 from gateway.errors import Code, FieldViolation, InvalidArgument, JobError
 from gateway.jobs import JobInput, Result, Segment, Transcript, TranscriptionInput, Word
 from gateway.settings import AudioUrlSettings, WhisperRoute
+from gateway.store.uploads import remove
 
 __all__ = ["CPU_JOBS", "EngineConfig", "WhisperBackend", "WhisperEngine", "cpu_budget"]
 
@@ -271,6 +272,10 @@ class WhisperEngine:
 
 
 class WhisperBackend:
+    @property
+    def max_upload_bytes(self) -> int:  # (TakesUploads)
+        return self.settings.max_audio_bytes
+
     def __init__(self, settings: WhisperRoute, audio_url: AudioUrlSettings | None = None) -> None:
         self.settings = settings
         self.audio_url = audio_url or AudioUrlSettings()
@@ -318,7 +323,7 @@ class WhisperBackend:
             violations.append(FieldViolation(f"{field}.task", "this route's model is English-only: no translation"))
         if not 0 <= request.beam_size <= 20:
             violations.append(FieldViolation(f"{field}.beam_size", "between 1 and 20 (0: the route's default)"))
-        if request.audio_url and request.audio:
+        if request.audio_url and (request.audio or request.audio_file is not None):
             violations.append(FieldViolation(f"{field}.audio_url", "give the audio or its URL, not both"))
         if violations:
             raise InvalidArgument.fields(*violations)
@@ -327,9 +332,9 @@ class WhisperBackend:
 
             await check_audio_url(request.audio_url, self.audio_url, f"{field}.audio_url")
             return JobInput(transcription=request)
+        audio: audio_io.Source = request.audio if request.audio_file is None else request.audio_file
         await asyncio.to_thread(
-            audio_io.probe, request.audio, f"{field}.audio", self.settings.max_audio_bytes,
-            self.settings.max_audio_seconds,
+            audio_io.probe, audio, f"{field}.audio", self.settings.max_audio_bytes, self.settings.max_audio_seconds,
         )
         return JobInput(transcription=request)
 
@@ -375,15 +380,18 @@ class WhisperBackend:
         if request is None:  # stored before validation normalised it: cannot happen, but be clear
             raise JobError("no audio in the job's inputs", "AUDIO_EMPTY", Code.INVALID_ARGUMENT)
         source: audio_io.Source = request.audio
-        fetched = None
+        temporary: Path | None = None  # a file of ours, deleted when the job is done with it
         if request.audio_url:
-            from gateway.fetch import discard, fetch_audio
+            from gateway.fetch import fetch_audio
 
-            fetched = source = await fetch_audio(request.audio_url, self.audio_url, self.settings.max_audio_bytes)
+            temporary = source = await fetch_audio(request.audio_url, self.audio_url, self.settings.max_audio_bytes)
+        elif request.audio_upload:  # checked at Submit, as it arrived
+            source, copied = await ctx.upload()
+            temporary = source if copied else None
         try:
-            if fetched is not None:
+            if request.audio_url:
                 try:
-                    await asyncio.to_thread(audio_io.probe, fetched, "audio_url", self.settings.max_audio_bytes,
+                    await asyncio.to_thread(audio_io.probe, source, "audio_url", self.settings.max_audio_bytes,
                                             self.settings.max_audio_seconds)
                 except InvalidArgument as exc:
                     raise JobError(f"the audio at the URL: {exc.message}", exc.reason, Code.INVALID_ARGUMENT,
@@ -398,8 +406,8 @@ class WhisperBackend:
                     await future
                 raise
         finally:
-            if fetched is not None:
-                discard(fetched)
+            if temporary is not None:
+                remove(temporary)
 
     def _transcribe(self, request: TranscriptionInput, ctx: JobContext, source: audio_io.Source) -> Transcript:
         """Transcribes section by section (``section_seconds`` of audio at a time), decoding the audio

@@ -3,9 +3,10 @@
     <prefix>job:<id>        hash: job (JSON, without segments), rev, att, seg (segment count), pos,
                             tenant, request_id, req_hash, expires, payload, ckpt, result, entry (its
                             queue entry); until the job ends, qb and qk: its input's bytes and the
-                            counter they count in
+                            counter they count in, and ak: its uploaded audio's key (if any)
     <prefix>revs:<id>       stream, entry id 0-<revision>: job (JSON), seg (segment count then)
     <prefix>segs:<id>       list: the segments, in order (each once, whatever the revisions)
+    <prefix>audio:<id>      list: an Upload's audio in chunks of 1 MiB, while the job's inputs are kept
     <prefix>req:<tenant>:<request_id>   string: the job id (idempotency)
     <prefix>req-none        never written: the request key of a job without a request_id
     <prefix>jobs:<tenant>   sorted set of job ids, all scores 0: by id, so by creation (List)
@@ -59,6 +60,9 @@ class Keys:
 
     def segs(self, job_id: str) -> str:
         return f"{self.prefix}segs:{job_id}"
+
+    def audio(self, job_id: str) -> str:
+        return f"{self.prefix}audio:{job_id}"
 
     def tomb(self, job_id: str) -> str:
         return f"{self.prefix}tomb:{job_id}"

@@ -19,7 +19,7 @@ __all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "HOLD
 # KEYS: job, revs, req (or req-none), jobs index, changes, position, active, queue, queue bytes
 # ARGV: id, job JSON, request hash, payload, has a request id (1/0), job key prefix, created, tenant,
 #       request id, revs key prefix, segs key prefix, events channel, max_queue (0: none),
-#       max_queued_bytes (0: none)
+#       max_queued_bytes (0: none), uploaded audio bytes (0: none), the uploaded audio's key ('' none)
 # Answers {created (1 new or this very create again, 0 the request's existing job, 2 queue full,
 # 3 queue bytes full), job id, request hash, position (2, 3: what is held)}. Admission is part of it:
 # the entries not taken by a worker (the stream's length less its pending entries) and the input bytes
@@ -49,7 +49,7 @@ if has_request then
     end
   end
 end
-local size = #ARGV[4]
+local size = #ARGV[4] + tonumber(ARGV[15] or '0')  -- an Upload's audio counts as the job's input too
 local max_queue, max_bytes = tonumber(ARGV[13]), tonumber(ARGV[14])
 if max_queue > 0 then  -- entries no worker has taken yet
   local waiting = redis.call('XLEN', KEYS[8])
@@ -64,6 +64,10 @@ local pos = redis.call('INCR', KEYS[6])
 redis.call('HSET', KEYS[1], 'job', ARGV[2], 'created_as', ARGV[2], 'rev', 1, 'att', 0, 'seg', 0, 'pos', pos, 'tenant', ARGV[8],
            'request_id', ARGV[9], 'req_hash', ARGV[3], 'payload', ARGV[4], 'expires', '', 'qb', size, 'qk', KEYS[9])
 redis.call('XADD', KEYS[2], '0-1', 'job', ARGV[2], 'seg', 0)
+if ARGV[16] and ARGV[16] ~= '' then  -- the upload stays as long as the job's inputs (not its put's expiry)
+  redis.call('PERSIST', ARGV[16])
+  redis.call('HSET', KEYS[1], 'ak', ARGV[16])
+end
 if has_request then redis.call('SET', KEYS[3], ARGV[1]) end
 redis.call('ZADD', KEYS[4], 0, ARGV[1])
 redis.call('ZADD', KEYS[5], pos, ARGV[1])
@@ -113,7 +117,9 @@ if ARGV[8] == '1' then
   if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[9]) end
   local qb = redis.call('HMGET', KEYS[1], 'qb', 'qk')
   if qb[1] then redis.call('DECRBY', qb[2], qb[1]) end  -- its input no longer counts against the queue
-  redis.call('HDEL', KEYS[1], 'payload', 'ckpt', 'qb', 'qk')
+  local ak = redis.call('HGET', KEYS[1], 'ak')
+  if ak then redis.call('DEL', ak) end  -- its uploaded audio
+  redis.call('HDEL', KEYS[1], 'payload', 'ckpt', 'qb', 'qk', 'ak')
   redis.call('HSET', KEYS[1], 'expires', ARGV[14 + n])
   redis.call('SREM', KEYS[6], ARGV[1])
   local entry = redis.call('HGET', KEYS[1], 'entry')
@@ -157,6 +163,8 @@ end
 local request_id = redis.call('HGET', KEYS[1], 'request_id')
 local qb = redis.call('HMGET', KEYS[1], 'qb', 'qk')
 if qb[1] then redis.call('DECRBY', qb[2], qb[1]) end  -- a job deleted before it ended
+local ak = redis.call('HGET', KEYS[1], 'ak')
+if ak then redis.call('DEL', ak) end
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[4], tenant .. '|' .. ARGV[4], 'PX', tonumber(ARGV[2]))
 else

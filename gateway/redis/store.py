@@ -23,24 +23,29 @@ of scripts (``_commit``), and the writer runs each one's ``on_commit`` in that o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import redis
 from redis.exceptions import BusyLoadingError, NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import metrics
+from gateway.errors import Unavailable
 from gateway.jobs import Clock, Job, Result, Segment, SystemClock, decode_result, encode_result, webhook_wanted
 from gateway.redis import scripts
 from gateway.redis.codec import decode_segments, dumps, job_from_json, job_json
 from gateway.redis.conn import RespConnection, pool
 from gateway.redis.keys import Keys
+from gateway.store import uploads
 from gateway.store.base import CreateOutcome, JobFilter, QueueFull, ResumableJob, RevisionConflict, WebhookClaim, Writability
 from gateway.store.writer import BatchFailed, CannotWrite, Outcome, TaskWriter
 
@@ -49,6 +54,8 @@ __all__ = ["RedisStore"]
 log = logging.getLogger(__name__)
 
 _MAX_BATCH = 512
+UPLOAD_CHUNK_BYTES = 1024 * 1024  # an Upload's audio is kept in chunks of this size
+UPLOAD_UNCLAIMED_SECONDS = 3600.0  # an upload whose job never got created (its replica died) expires
 UNREACHABLE_SECONDS = 2.0  # Redis unreachable this long: the store says it cannot write (health NOT_SERVING)
 EPOCH_CHECK_SECONDS = 1.0
 # Error replies that mean "no write now, retry later": out of memory (maxmemory, noeviction), unable to
@@ -89,6 +96,8 @@ class RedisStore:
         self._writability = Writability("Redis refuses writes: out of memory? unreachable?")
         self._closing = False
         self._reset_listeners: list[Callable[[], None]] = []
+        self._uploads: dict[str, int] = {}  # jobs about to be created with an upload kept: its bytes
+        self.spool_dir: Path | None = None  # where a worker's copies of uploads go (None: the system's temp)
         self._unreachable = False  # the epoch check could not reach Redis (health says so)
         self._epoch_task: asyncio.Task[None] | None = None
 
@@ -280,6 +289,9 @@ class RedisStore:
         args = [job.id, job_json(job), request_hash, payload, "1" if job.request_id else "0", self.keys.job(""),
                 repr(job.created), job.tenant, job.request_id, self.keys.revs(""), self.keys.segs(""),
                 self.keys.events, max_queue, max_bytes]
+        uploaded = self._uploads.get(job.id)
+        if uploaded is not None:
+            args += [uploaded, self.keys.audio(job.id)]
 
         async def existing(job_id: str, stored_hash: str) -> CreateOutcome:
             found = await self.get_job(job_id)
@@ -303,6 +315,7 @@ class RedisStore:
 
         result = await self._submit(self._evalsha("create", keys, args), decode, commit)
         if isinstance(result, CreateOutcome):
+            self._uploads.pop(job.id, None)  # the job holds it now
             return result
         if isinstance(result, QueueFull):
             raise result
@@ -437,6 +450,51 @@ class RedisStore:
     async def get_payload(self, job_id: str) -> bytes | None:
         raw = await self._redis.hget(self.keys.job(job_id), "payload")
         return None if raw is None else bytes(raw)
+
+    async def put_upload(self, job_id: str, path: Path) -> None:
+        """The file goes into a list of chunks (read and sent one at a time: memory stays a chunk's), which
+        expires unless its job is created (CREATE makes it last as long as the job's inputs)."""
+        key = self.keys.audio(job_id)
+        size = 0
+        try:
+            await self._redis.delete(key)
+            with await asyncio.to_thread(uploads.reader, path) as f:
+                while chunk := await asyncio.to_thread(f.read, UPLOAD_CHUNK_BYTES):
+                    size += len(chunk)
+                    await self._redis.rpush(key, chunk)
+                    del chunk
+            await self._redis.pexpire(key, int(UPLOAD_UNCLAIMED_SECONDS * 1000))
+        except redis.RedisError as exc:
+            with contextlib.suppress(redis.RedisError):
+                await self._redis.delete(key)
+            raise Unavailable(f"the store could not keep the upload: {exc}", reason="STORE_UNAVAILABLE") from None
+        finally:
+            uploads.remove(path)
+        self._uploads[job_id] = size
+
+    async def open_upload(self, job_id: str) -> tuple[Path, bool] | None:
+        key = self.keys.audio(job_id)
+        count = await self._redis.llen(key)
+        if not count:
+            return None
+        f, path = await asyncio.to_thread(uploads.new_copy, self.spool_dir)
+        try:
+            with f:
+                for index in range(count):
+                    chunk = await self._redis.lindex(key, index)
+                    if chunk is None:  # the job ended (or was deleted) meanwhile
+                        uploads.remove(path)
+                        return None
+                    await asyncio.to_thread(f.write, chunk)
+                    del chunk
+        except BaseException:
+            uploads.remove(path)
+            raise
+        return path, True
+
+    async def drop_upload(self, job_id: str) -> None:
+        self._uploads.pop(job_id, None)
+        await self._redis.delete(self.keys.audio(job_id))
 
     async def _jobs(self, ids: Sequence[str]) -> list[Job | None]:
         async with self._redis.pipeline(transaction=False) as pipe:

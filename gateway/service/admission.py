@@ -9,10 +9,14 @@ id. Every face (gRPC, HTTP) goes through here, so every face refuses the same th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway import metrics
@@ -139,15 +143,30 @@ class Admission:
             bus.publish(event)
             runner.enqueue(job.id)
 
+        transcription = job_input.transcription
+        upload = transcription.audio_file if transcription is not None else None
+        if transcription is not None and upload is not None:  # kept by the store before the job exists: no job is ever without its audio
+            found = await self.store.find_request(tenant, request_id, now) if request_id else None
+            if found is not None:  # a retried upload: its job is there (no need to keep the audio again)
+                runner.release()
+                return self._existing(found[0], found[1], request_id, request_hash), True
+            try:
+                await self.store.put_upload(job.id, upload)
+            except BaseException:
+                runner.release()
+                raise
+            job_input = replace(job_input, transcription=replace(transcription, audio_file=None))
         if shared:
             active.start_submitting(job.id, Submitting(job, job_input, len(payload)))
         try:
             outcome = await self.store.create_job(job, request_hash, payload, on_commit)
         except QueueFull as full:  # a shared store's own count, across replicas
             runner.release()
+            await self._drop_upload(job.id, upload)
             raise runner.queue_full(full.reason, full.held, full.limit) from None
         except BaseException:
             runner.release()
+            await self._drop_upload(job.id, upload)
             raise
         finally:
             active.take_submitting(job.id)
@@ -155,7 +174,13 @@ class Admission:
             metrics.JOBS_SUBMITTED.labels(route).inc()
             return job, False
         runner.release()
+        await self._drop_upload(job.id, upload)  # the request's job exists already, with its own
         return self._existing(outcome.job, outcome.request_hash, request_id, request_hash), True
+
+    async def _drop_upload(self, job_id: str, upload: Path | None) -> None:
+        if upload is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.drop_upload(job_id))
 
     async def _check_webhook(self, tenant: str, webhook: WebhookSpec) -> None:
         if self.webhooks is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from gateway import metrics
@@ -344,6 +345,9 @@ class Running:
             except RevisionConflict:
                 continue  # it moved on meanwhile: try again from where it is now
         log.warning("job %s kept changing; it could not be ended %s", job_id, state.name)
+
+    async def open_upload(self, job_id: str) -> tuple[Path, bool] | None:
+        return await self.store.open_upload(job_id)
 
     async def save_checkpoint(self, job_id: str, checkpoint: Mapping[str, Any]) -> None:
         if self.active.head(job_id) is not None:

@@ -24,6 +24,7 @@ import logging
 import queue
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from gateway.errors import Unavailable
@@ -255,6 +256,20 @@ class JobStore(Protocol):
     async def get_result(self, job_id: str) -> Result | None: ...
 
     async def get_payload(self, job_id: str) -> bytes | None: ...
+
+    async def put_upload(self, job_id: str, path: Path) -> None:
+        """Keeps the audio file of an Upload (taking the file: moved, or copied and deleted) as the job's,
+        durably, before the job is created; it goes with the job's inputs (the job ends or is deleted)."""
+        ...
+
+    async def open_upload(self, job_id: str) -> tuple[Path, bool] | None:
+        """The job's uploaded audio as a file on this machine, and whether it is a copy that the caller
+        deletes once done with it; None if it is gone."""
+        ...
+
+    async def drop_upload(self, job_id: str) -> None:
+        """Forgets an upload kept for a job that was not created after all (a retried request)."""
+        ...
 
     async def list_jobs(
         self, tenant: str, flt: JobFilter, before_id: str | None, limit: int, now: float

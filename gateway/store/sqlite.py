@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ from gateway.jobs import (
     webhook_wanted,
 )
 from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict, WebhookClaim, Writability
+from gateway.store.uploads import UploadFiles
 from gateway.store.writer import CannotWrite, Outcome, ThreadWriter
 
 __all__ = ["SqliteStore"]
@@ -167,6 +168,17 @@ def _error_json(error: JobFailure | None) -> str | None:
 def _revision_row(job: Job, segment_count: int) -> tuple[Any, ...]:
     return (job.id, job.revision, int(job.state), job.progress, job.started, job.finished, job.expires,
             _error_json(job.error), job.queue_position, segment_count)
+
+
+def _then(first: Callable[[Any], None] | None, then: Callable[[], None]) -> Callable[[Any], None]:
+    """An on_commit that runs ``first`` (if any), then ``then``."""
+    def both(outcome: Any) -> None:
+        try:
+            if first is not None:
+                first(outcome)
+        finally:
+            then()
+    return both
 
 
 def _insert_payloads(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -308,6 +320,7 @@ class SqliteStore:
         self._local = threading.local()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._large_payloads: set[str] = set()  # jobs whose inputs are in the payloads table
+        self._uploads = UploadFiles(path.parent / "uploads")  # the audio of Uploads, a file per job
         self._lock_fd: int | None = None  # the data dir's lock, held while the store is open
         # False while writes fail for want of space (or on I/O errors): the writer keeps retrying the
         # same batch, in order, so no accepted job is left behind; new jobs are refused meanwhile.
@@ -386,6 +399,13 @@ class SqliteStore:
         self.store_id = str(meta["store_id"])
         highest = conn.execute("SELECT MAX(position) AS highest FROM jobs").fetchone()["highest"] or 0
         self._position = max(int(meta.get("position", 0)), int(highest))
+
+        def kept(ids: Iterable[str]) -> set[str]:  # jobs whose inputs are still kept (not ended)
+            return {i for i in ids if conn.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND (payload IS NOT NULL OR id IN (SELECT job_id FROM payloads))",
+                (i,)).fetchone()}
+
+        self._uploads.recover(kept)
 
     @property
     def writable(self) -> bool:
@@ -614,6 +634,8 @@ class SqliteStore:
         if terminal and job.id in self._large_payloads:
             self._large_payloads.discard(job.id)
             statements.append((_DELETE_PAYLOAD, (job.id,)))
+        if terminal and job.id in self._uploads.held:  # its audio goes once the end is stored
+            on_commit = _then(on_commit, functools.partial(self._uploads.drop, job.id))
         if job.webhook is not None and webhook_wanted(job):
             statements.append((_MARK_WEBHOOK, (job.id, job.webhook.url, job.revision, time.time())))
         return self._submit(_Statements(statements, position), on_commit, position)
@@ -663,6 +685,7 @@ class SqliteStore:
                     (tombstone_until, job_id),
                 )
             self._delete(conn, job_id)
+            self._uploads.drop(job_id)
 
         await self._submit(write)
 
@@ -678,6 +701,7 @@ class SqliteStore:
                     (job.id, job.tenant, tombstone_until),
                 )
                 self._delete(conn, job.id)
+                self._uploads.drop(job.id)
             conn.execute("DELETE FROM tombstones WHERE until <= ?", (now,))
             return expired
 
@@ -754,6 +778,16 @@ class SqliteStore:
             return None if row is None else bytes(row["data"])
 
         return await self._read(read)
+
+    async def put_upload(self, job_id: str, path: Path) -> None:
+        await asyncio.to_thread(self._uploads.put, job_id, path)
+
+    async def open_upload(self, job_id: str) -> tuple[Path, bool] | None:
+        path = self._uploads.path(job_id)
+        return (path, False) if path.is_file() else None  # the kept file itself: the caller reads it in place
+
+    async def drop_upload(self, job_id: str) -> None:
+        await asyncio.to_thread(self._uploads.drop, job_id)
 
     async def list_jobs(self, tenant: str, flt: JobFilter, before_id: str | None, limit: int, now: float) -> list[Job]:
         sql = [f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND (expires IS NULL OR expires > ?)"]

@@ -26,6 +26,7 @@ from gateway_client import (
     AsyncJobFuture,
     Client,
     GatewayError,
+    InvalidArgumentError,
     Job,
     JobCancelledError,
     JobError,
@@ -81,7 +82,7 @@ def test_async_future_is_a_coroutine_exactly_where_it_talks_to_the_server() -> N
     assert inspect.iscoroutinefunction(AsyncJobFuture.cancel)
     for local in ("done", "cancelled", "result", "exception", "add_done_callback", "add_update_callback"):
         assert not inspect.iscoroutinefunction(getattr(AsyncJobFuture, local)), local
-    for rpc in ("submit", "submit_job", "transcribe", "future", "get", "fetch", "cancel", "delete", "list"):
+    for rpc in ("submit", "submit_job", "upload", "transcribe", "future", "get", "fetch", "cancel", "delete", "list"):
         assert inspect.iscoroutinefunction(getattr(AsyncClient, rpc)), rpc
     for stream in ("watch", "watch_jobs", "iter_jobs"):  # they answer async iterators at once
         assert not inspect.iscoroutinefunction(getattr(AsyncClient, stream)), stream
@@ -109,9 +110,18 @@ class _StreamRecorder(grpc.aio.UnaryStreamClientInterceptor):  # grpc.aio takes 
         return await continuation(details, request)
 
 
+class _UploadRecorder(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, methods: set[str]) -> None:
+        self.methods = methods
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        self.methods.add(_method(details))
+        return await continuation(details, requests)
+
+
 def test_each_method_calls_its_rpc(echo_server: ServerProcess) -> None:
     called: set[str] = set()
-    recorders = [_UnaryRecorder(called), _StreamRecorder(called)]
+    recorders = [_UnaryRecorder(called), _StreamRecorder(called), _UploadRecorder(called)]
 
     async def run() -> None:
         async with AsyncClient(echo_server.target, interceptors=recorders) as client:
@@ -128,6 +138,8 @@ def test_each_method_calls_its_rpc(echo_server: ServerProcess) -> None:
                         break
             await client.delete(active.id, force=True)
             await client.delete(job.id)
+            with pytest.raises(InvalidArgumentError, match="uploads"):  # (echo takes none)
+                await client.upload("echo", b"RIFF")
 
     asyncio.run(run())
     assert called == {f"/{SERVICE.full_name}/{rpc.name}" for rpc in SERVICE.methods}

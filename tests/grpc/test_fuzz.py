@@ -394,6 +394,47 @@ def test_fuzz_audio_probe(audio_server: ServerProcess, case: tuple[bytes, str]) 
     assert verdict != "invalid", f"{len(audio)} bytes of non-audio were accepted"
 
 
+@st.composite
+def upload_cases(draw: st.DrawFn) -> tuple[list[pb.UploadRequest], str]:
+    """An Upload's messages, in any order and number: requests from Submit's strategy or a plain whisper
+    one, the audio cases above cut into chunks at random, empty messages; and the verdict."""
+    audio, verdict = draw(audio_cases())
+    cuts = sorted(draw(st.lists(st.integers(0, len(audio)), max_size=6)))
+    chunks = [audio[a:b] for a, b in zip([0, *cuts], [*cuts, len(audio)], strict=True)]
+    messages = [pb.UploadRequest(audio_chunk=c) for c in chunks]
+    plain = pb.SubmitRequest(route="whisper", transcription=pb.TranscriptionRequest())
+    headers = draw(st.lists(st.just(plain) | submit_requests().map(lambda case: case[0]), max_size=2))
+    for header in headers:
+        messages.insert(draw(st.integers(0, len(messages))), pb.UploadRequest(submit=header))
+    if draw(st.integers(0, 9)) == 0:
+        messages.insert(draw(st.integers(0, len(messages))), pb.UploadRequest())
+    ok = len(headers) == 1 and headers[0] is plain and len(messages) == len(chunks) + 1 and verdict == "valid"
+    bad = len(headers) != 1 or len(messages) != len(chunks) + 1 or verdict == "invalid"
+    return messages, "valid" if ok else "invalid" if bad else "unknown"
+
+
+@FUZZ
+@given(case=upload_cases())
+def test_fuzz_upload(audio_server: ServerProcess, case: tuple[list[pb.UploadRequest], str]) -> None:
+    messages, verdict = case
+    event(verdict)
+    with grpc.insecure_channel(audio_server.target) as ch:
+        stub = pb_grpc.GatewayServiceStub(ch)
+        try:
+            stub.Upload(iter(messages), timeout=30)
+        except grpc.RpcError as error:
+            reason, _ = check_error(error, ALLOWED)
+            event(reason)
+            assert verdict != "valid", f"a valid upload was refused: {reason}"
+            return
+    assert verdict != "invalid", "an invalid upload was accepted"
+
+
+def test_no_upload_is_left_on_disk_after_the_fuzzing(audio_server: ServerProcess) -> None:
+    spool = audio_server.data_dir / "uploads" / "incoming"
+    assert not spool.exists() or not any(spool.iterdir())
+
+
 JOB_IDS = st.one_of(st.just(""), ODD_TEXT, st.from_regex(r"[0-9a-f]{32}", fullmatch=True),
                     st.text(st.characters(codec="ascii"), min_size=30, max_size=300))
 

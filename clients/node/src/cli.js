@@ -1,10 +1,10 @@
 // gateway-client-node: the command line of the gateway, with the contract of the Python
 // `gateway-client` (same commands, flags, JSON lines, error lines and exit codes). See MANUAL.
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { create, toJson } from "@bufbuild/protobuf";
 import {
-  GatewayClient, DEFAULT_TARGET, jobStateName, parseJobState, registry, duration, webhookEvent,
+  GatewayClient, DEFAULT_TARGET, jobStateName, parseJobState, registry, duration, webhookEvent, uploadSeconds,
 } from "./client.js";
 import { GatewayError, codeName, statusDetails } from "./errors.js";
 import {
@@ -201,6 +201,14 @@ function states(list) {
   });
 }
 
+function fileSize(path) {
+  try {
+    return statSync(path).size;
+  } catch (err) {
+    throw new UsageError(`cannot read ${path}: ${err.message}`);
+  }
+}
+
 function readInput(path) {
   try {
     return path === "-" ? readFileSync(0) : readFileSync(path);
@@ -355,12 +363,20 @@ async function submit(client, out, o) {
     }
     request.input = { case: "inputs", value };
   } else {
+    // A large file goes by Upload, read as it is sent (never whole in memory).
+    const size = o.audio === "-" ? 0 : fileSize(o.audio);
+    const large = size > client.uploadAbove;
     const transcription = {
-      audio: readInput(o.audio), languageCode: language ?? "", beamSize: beam ?? 0,
+      audio: large ? new Uint8Array(0) : readInput(o.audio), languageCode: language ?? "", beamSize: beam ?? 0,
       wordTimestamps: Boolean(o["word-timestamps"]), task: o.task ? TASKS[o.task] : TranscriptionTask.UNSPECIFIED,
     };
     if (vad !== undefined) transcription.vadFilter = vad;
     request.input = { case: "transcription", value: transcription };
+    if (large) {
+      out.emit(SubmitResponseSchema, await client.call("Upload", { submit: request, audio: o.audio },
+        { timeout: uploadSeconds(client.timeout, size) }));
+      return ExitCode.OK;
+    }
   }
   out.emit(SubmitResponseSchema, await client.call("Submit", request));
   return ExitCode.OK;

@@ -15,6 +15,9 @@ export * from "../gen/inferencegateway/gateway/v1/gateway_pb.js";
 
 export declare const DEFAULT_TARGET: string;
 export declare const DEFAULT_TIMEOUT: number;
+export declare const UPLOAD_ABOVE_BYTES: number;
+/** An Upload's default deadline in seconds: `timeout` plus a quarter second per MiB of `size`. */
+export declare function uploadSeconds(timeout: number, size: number): number;
 export declare const CHANNEL_OPTIONS: ChannelOptions;
 /** Every message type of the API and of its error details (for toJson/fromJson with Any fields). */
 export declare const registry: Registry;
@@ -44,6 +47,8 @@ export interface ClientOptions {
   /** Overrides of DEFAULT_RETRY; null: no retries (streams still resume). */
   retry?: Partial<RetryPolicy> | null;
   channelOptions?: ChannelOptions;
+  /** Audio larger than this many bytes goes by the Upload RPC, in chunks. Default 4 MiB. */
+  uploadAbove?: number;
 }
 
 export interface CallOptions {
@@ -61,6 +66,9 @@ export interface SubmitOptions extends CallOptions {
   requestId?: string;
   /** The typed request of a whisper route, instead of JSON inputs. */
   transcription?: MessageInitShape<typeof TranscriptionRequestSchema>;
+  /** The audio as a file path: sent by Upload in chunks read as they go (any size), or by Submit when
+   * it is small. Transcription audio over uploadAbove bytes also goes by Upload. */
+  audioFile?: string;
   /** POST the job to this URL as it changes (signed, Standard Webhooks): a URL (completed only), or
    * the URL with the events ("start", "progress", "completed"). */
   webhook?: string | { url: string; events?: Array<"start" | "progress" | "completed" | number> };
@@ -93,7 +101,8 @@ export declare class GatewayClient {
   /** Stops every call, stream and future of this client. */
   close(): void;
   /** Any unary RPC by name, with the retry policy. */
-  call(name: "Submit" | "Get" | "Fetch" | "Cancel" | "Delete" | "List", request: object, options?: CallOptions): Promise<any>;
+  call(name: "Submit" | "Upload" | "Get" | "Fetch" | "Cancel" | "Delete" | "List", request: object, options?: CallOptions): Promise<any>;
+  readonly uploadAbove: number;
   submitJob(route: string, inputs?: JsonObject, options?: SubmitOptions): Promise<SubmitResponse>;
   /** Submits a job; resolves (once the server accepted it) with its future. */
   submit(route: string, inputs?: JsonObject, options?: SubmitOptions): Promise<JobFuture>;

@@ -1,7 +1,7 @@
 // The inference gateway's Node.js client. See README.md.
 export {
-  GatewayClient, JobFuture, DEFAULT_TARGET, DEFAULT_TIMEOUT, DEFAULT_RETRY, CHANNEL_OPTIONS, registry,
-  backoff, jobStateName, parseJobState, duration, resultOf, webhookEvent,
+  GatewayClient, JobFuture, DEFAULT_TARGET, DEFAULT_TIMEOUT, DEFAULT_RETRY, CHANNEL_OPTIONS, UPLOAD_ABOVE_BYTES, registry,
+  backoff, jobStateName, parseJobState, duration, resultOf, webhookEvent, uploadSeconds,
 } from "./client.js";
 export {
   GatewayError, RpcError, JobError, JobFailedError, JobCancelledError, codeName, statusDetails, fromServiceError,

@@ -110,8 +110,56 @@ _TASKS = {"": pb.TRANSCRIPTION_TASK_UNSPECIFIED, "transcribe": pb.TRANSCRIPTION_
           "translate": pb.TRANSCRIPTION_TASK_TRANSLATE}
 
 
+UPLOAD_ABOVE_BYTES = 4 * 1024 * 1024  # audio larger than this goes by the Upload RPC, in chunks
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+UPLOAD_SECONDS_PER_MIB = 0.25  # an Upload's default time: the client's timeout plus this per MiB (4 MiB/s)
+
+
 def _audio_bytes(audio: Audio) -> bytes:
     return audio if isinstance(audio, bytes) else Path(audio).read_bytes()
+
+
+def _submit_request(route: str, labels: Mapping[str, str] | None, request_id: str | None, webhook: str | None,
+                    webhook_events: Iterable[str]) -> pb.SubmitRequest:
+    """A SubmitRequest without its input; a request_id is generated when none is given."""
+    request = pb.SubmitRequest(route=route, labels=dict(labels or {}), request_id=request_id or uuid.uuid4().hex)
+    if webhook is not None:
+        request.webhook.url = webhook
+        request.webhook.events.extend(webhook_event(e) for e in webhook_events)
+    return request
+
+
+def _set_transcription(request: pb.SubmitRequest, language: str, task: str, beam_size: int, word_timestamps: bool,
+                       vad_filter: bool | None) -> None:
+    """The request's input: a transcription request with these options (and no audio yet)."""
+    if task not in _TASKS:
+        raise ValueError(f"task must be one of {sorted(t for t in _TASKS if t)}")
+    request.transcription.CopyFrom(pb.TranscriptionRequest(
+        language_code=language, task=_TASKS[task], beam_size=beam_size, word_timestamps=word_timestamps,
+    ))
+    if vad_filter is not None:
+        request.transcription.vad_filter = vad_filter
+
+
+def _audio_size(audio: Audio) -> int:
+    return len(audio) if isinstance(audio, bytes) else os.stat(audio).st_size
+
+
+async def upload_messages(request: pb.SubmitRequest, audio: Audio) -> AsyncIterator[pb.UploadRequest]:
+    """The request first (the server checks the route before the audio comes), then the audio's chunks,
+    read one at a time from the file: the client never holds the whole file."""
+    yield pb.UploadRequest(submit=request)
+    if isinstance(audio, bytes):
+        view = memoryview(audio)
+        for start in range(0, len(view), UPLOAD_CHUNK_BYTES):
+            yield pb.UploadRequest(audio_chunk=bytes(view[start:start + UPLOAD_CHUNK_BYTES]))
+        return
+    file = await asyncio.to_thread(open, audio, "rb")
+    try:
+        while chunk := await asyncio.to_thread(file.read, UPLOAD_CHUNK_BYTES):
+            yield pb.UploadRequest(audio_chunk=chunk)
+    finally:
+        file.close()
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -126,7 +174,9 @@ class AsyncClient:
     ``timeout``: the default seconds of a call (retries included). ``metadata``: pairs sent with
     every call. ``retry``: the RetryPolicy (None: no retries; streams still resume for the default
     policy's resume_timeout). ``options``: gRPC channel options. ``interceptors``: grpc.aio client
-    interceptors.
+    interceptors. ``upload_above``: audio larger than this many bytes is sent by the Upload RPC, in
+    chunks read from the file as they are sent (any size; the server writes them to disk), not in
+    one Submit message.
     """
 
     def __init__(
@@ -140,6 +190,7 @@ class AsyncClient:
         retry: RetryPolicy | None = DEFAULT_RETRY,
         options: Iterable[tuple[str, Any]] = (),
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        upload_above: int = UPLOAD_ABOVE_BYTES,
     ) -> None:
         channel_options = [*CHANNEL_OPTIONS, *options]
         chosen = list(interceptors) or None
@@ -155,6 +206,7 @@ class AsyncClient:
         self.retry: RetryPolicy = retry if retry is not None else NO_RETRY
         self._futures: set[AsyncJobFuture[Any]] = set()
         self._closed = False
+        self.upload_above = upload_above
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -239,34 +291,63 @@ class AsyncClient:
     ) -> Submitted:
         """Submits without following the job: ``job, existing = await client.submit_job(...)``.
 
-        JSON ``inputs``, or ``audio`` (bytes or a path) for the typed transcription request with
+        JSON ``inputs``, or ``audio`` (bytes, a path, or an AudioUrl; above ``upload_above`` bytes it is
+        streamed by the Upload RPC, retried from the start if need be) for the typed transcription request with
         ``language`` (a BCP-47 code), ``task`` ("transcribe" or "translate"), ``beam_size``,
         ``word_timestamps`` and ``vad_filter``. A request_id is generated when none is given, so
         that a retried Submit never creates a second job. ``webhook``: a URL the server POSTs the
         job to (signed, Standard Webhooks) on the ``webhook_events`` ("start", "progress",
         "completed"; default: "completed").
         """
-        request = pb.SubmitRequest(route=route, labels=dict(labels or {}), request_id=request_id or uuid.uuid4().hex)
-        if webhook is not None:
-            request.webhook.url = webhook
-            request.webhook.events.extend(webhook_event(e) for e in webhook_events)
+        request = _submit_request(route, labels, request_id, webhook, webhook_events)
         if audio is not None:
             if inputs is not None:
                 raise ValueError("give inputs or audio, not both")
-            if task not in _TASKS:
-                raise ValueError(f"task must be one of {sorted(t for t in _TASKS if t)}")
-            request.transcription.CopyFrom(pb.TranscriptionRequest(
-                language_code=language, task=_TASKS[task], beam_size=beam_size, word_timestamps=word_timestamps,
-            ))
+            _set_transcription(request, language, task, beam_size, word_timestamps, vad_filter)
             if isinstance(audio, AudioUrl):
                 request.transcription.audio_url = str(audio)
+            elif _audio_size(audio) > self.upload_above:
+                return await self._upload(request, audio, timeout, metadata)
             else:
                 request.transcription.audio = _audio_bytes(audio)
-            if vad_filter is not None:
-                request.transcription.vad_filter = vad_filter
         else:
             request.inputs.CopyFrom(json_format.ParseDict(dict(inputs or {}), struct_pb2.Struct()))
         response = await self._call("Submit", lambda _: request, timeout, metadata)
+        return Submitted(Job.from_proto(response.job), response.existing)
+
+    async def upload(
+        self,
+        route: str,
+        audio: bytes | str | os.PathLike[str],
+        *,
+        language: str = "",
+        task: str = "",
+        beam_size: int = 0,
+        word_timestamps: bool = False,
+        vad_filter: bool | None = None,
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        webhook: str | None = None,
+        webhook_events: Iterable[str] = (),
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Submitted:
+        """The Upload RPC, whatever the audio's size (``submit_job`` and ``transcribe`` pick it by
+        themselves above ``upload_above``): the request, then the audio in chunks read from the file as
+        they are sent, so that a file of any size is never whole in memory here or on the server.
+        Retried from the start as Submit is (its request_id makes a retry the same job). Without a
+        ``timeout``: the client's, plus a quarter second per MiB."""
+        if isinstance(audio, AudioUrl):
+            raise ValueError("an AudioUrl is fetched by the server: pass it to submit_job")
+        request = _submit_request(route, labels, request_id, webhook, webhook_events)
+        _set_transcription(request, language, task, beam_size, word_timestamps, vad_filter)
+        return await self._upload(request, audio, timeout, metadata)
+
+    async def _upload(self, request: pb.SubmitRequest, audio: Audio, timeout: float | None,
+                      metadata: Metadata | None) -> Submitted:
+        if timeout is None:
+            timeout = self.timeout + _audio_size(audio) / (1024 * 1024) * UPLOAD_SECONDS_PER_MIB
+        response = await self._call("Upload", lambda _: upload_messages(request, audio), timeout, metadata)
         return Submitted(Job.from_proto(response.job), response.existing)
 
     @overload

@@ -30,7 +30,7 @@ from gateway_client._errors import GatewayError, RpcError
 __all__ = ["DEFAULT_RETRY", "NO_RETRY", "RetryPolicy", "stream_resumable"]
 
 # The RPCs that may be sent again after UNAVAILABLE (see the module docstring).
-RETRYABLE_METHODS = frozenset({"Submit", "Get", "Fetch", "List", "Cancel"})
+RETRYABLE_METHODS = frozenset({"Submit", "Upload", "Get", "Fetch", "List", "Cancel"})
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def retry_floor(method: str, error: RpcError) -> float | None:
         return None
     if error.code is grpc.StatusCode.UNAVAILABLE:
         return error.retry_delay or 0.0
-    if (method == "Submit" and error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    if (method in ("Submit", "Upload") and error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
             and error.reason in ("QUEUE_FULL", "QUEUE_BYTES_FULL", "SUBMIT_BYTES_IN_FLIGHT")):
         return error.retry_delay or 0.0
     return None

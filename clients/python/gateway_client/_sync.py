@@ -8,13 +8,14 @@ plain iterators; futures are ``JobFuture`` (``concurrent.futures``-shaped).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar, overload
 
 import grpc
 
-from gateway_client._aio import DEFAULT_TARGET, DEFAULT_TIMEOUT, AsyncClient, Audio, Metadata
+from gateway_client._aio import DEFAULT_TARGET, DEFAULT_TIMEOUT, UPLOAD_ABOVE_BYTES, AsyncClient, Audio, Metadata
 from gateway_client._futures import JobFuture
 from gateway_client._retry import DEFAULT_RETRY, RetryPolicy
 from gateway_client._streams import AsyncJobChanges
@@ -73,6 +74,7 @@ class Client:
         retry: RetryPolicy | None = DEFAULT_RETRY,
         options: Iterable[tuple[str, Any]] = (),
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        upload_above: int = UPLOAD_ABOVE_BYTES,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="gateway-client", daemon=True)
@@ -81,7 +83,7 @@ class Client:
 
         async def make() -> AsyncClient:
             return AsyncClient(target, token=token, credentials=credentials, timeout=timeout, metadata=metadata,
-                               retry=retry, options=options, interceptors=interceptors)
+                               retry=retry, options=options, interceptors=interceptors, upload_above=upload_above)
 
         self._async = self._run(make())
 
@@ -164,6 +166,30 @@ class Client:
             route, inputs, audio=audio, language=language, task=task, beam_size=beam_size,
             word_timestamps=word_timestamps, vad_filter=vad_filter, labels=labels, request_id=request_id,
             webhook=webhook, webhook_events=webhook_events, timeout=timeout, metadata=metadata,
+        ))
+
+    def upload(
+        self,
+        route: str,
+        audio: bytes | str | os.PathLike[str],
+        *,
+        language: str = "",
+        task: str = "",
+        beam_size: int = 0,
+        word_timestamps: bool = False,
+        vad_filter: bool | None = None,
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        webhook: str | None = None,
+        webhook_events: Iterable[str] = (),
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Submitted:
+        """The Upload RPC, whatever the audio's size (see AsyncClient.upload)."""
+        return self._run(self._async.upload(
+            route, audio, language=language, task=task, beam_size=beam_size, word_timestamps=word_timestamps,
+            vad_filter=vad_filter, labels=labels, request_id=request_id, webhook=webhook,
+            webhook_events=webhook_events, timeout=timeout, metadata=metadata,
         ))
 
     @overload

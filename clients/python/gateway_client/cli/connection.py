@@ -12,9 +12,16 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from gateway_client._aio import CHANNEL_OPTIONS, DEFAULT_TARGET, tls_credentials
+from gateway_client._aio import (
+    CHANNEL_OPTIONS,
+    DEFAULT_TARGET,
+    UPLOAD_ABOVE_BYTES,
+    UPLOAD_SECONDS_PER_MIB,
+    tls_credentials,
+    upload_messages,
+)
 from gateway_client._errors import translate_errors
-from gateway_client.cli.args import UsageError, seconds
+from gateway_client.cli.args import UsageError, read_bytes, seconds
 
 __all__ = ["DEFAULT_RPC_TIMEOUT", "Session", "add_options", "channel", "resolve_token"]
 
@@ -34,8 +41,27 @@ class Session:
         with translate_errors():
             return await getattr(self.stub, method)(request, timeout=wait + self.rpc_timeout, metadata=self.metadata)
 
+    async def submit(self, request: Any, audio: str | None) -> Any:
+        """Submit, or, for an audio file over the client's upload size, Upload (the file read as it is
+        sent); ``audio``: the file's path (``-``: stdin), or None when the request holds its input."""
+        if audio is not None and audio != "-" and _size(audio) > UPLOAD_ABOVE_BYTES:
+            with translate_errors():
+                size = _size(audio)
+                return await self.stub.Upload(upload_messages(request, audio), metadata=self.metadata,
+                                              timeout=self.rpc_timeout + size / (1024 * 1024) * UPLOAD_SECONDS_PER_MIB)
+        if audio is not None:
+            request.transcription.audio = read_bytes(audio)
+        return await self.call("Submit", request)
+
     def stream(self, method: str, request: Message) -> Any:
         return getattr(self.stub, method)(request, metadata=self.metadata)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _read_token(path: str, source: str) -> str:

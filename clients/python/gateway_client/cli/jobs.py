@@ -16,7 +16,6 @@ from gateway_client.cli.args import (
     add_transcription,
     count,
     inputs,
-    read_bytes,
     transcription,
     webhook_events,
 )
@@ -40,11 +39,11 @@ async def _submit(session: Session, args: argparse.Namespace) -> ExitCode:
         request.webhook.url = args.webhook
         request.webhook.events.extend(args.webhook_events)
     if args.audio is not None:
-        request.transcription.CopyFrom(transcription(args, read_bytes(args.audio)))
+        request.transcription.CopyFrom(transcription(args, b""))
     else:
         request.inputs.SetInParent()  # {} is an input too
         json_format.ParseDict(inputs(args), request.inputs)
-    emit(await session.call("Submit", request))
+    emit(await session.submit(request, args.audio))
     return ExitCode.OK
 
 

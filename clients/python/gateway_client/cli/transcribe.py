@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 from gateway_client._types import Transcript
-from gateway_client.cli.args import AddCommand, add_labels, add_timeout, add_transcription, read_bytes, transcription
+from gateway_client.cli.args import AddCommand, add_labels, add_timeout, add_transcription, transcription
 from gateway_client.cli.connection import Session
 from gateway_client.cli.output import EXITS_OF_A_JOB, PROG, ExitCode, emit, ending, note, state_name, timed_out
 from gateway_client.cli.streams import TimedOut, WatchResponses, deadline_after
@@ -87,12 +87,11 @@ def _print(text: str) -> None:
 
 async def _transcribe(session: Session, args: argparse.Namespace) -> ExitCode:
     deadline = deadline_after(args.timeout)
-    audio = b"" if args.url else read_bytes(args.file)
     request = pb.SubmitRequest(route=args.route, labels=dict(args.label), request_id=args.request_id or "",
-                               transcription=transcription(args, audio))
+                               transcription=transcription(args, b""))
     if args.url:
         request.transcription.audio_url = args.url
-    job: pb.Job = (await session.call("Submit", request)).job
+    job: pb.Job = (await session.submit(request, None if args.url else args.file)).job
     segments: list[pb.Segment] = []
     progress = _Progress(enabled=not args.quiet)
     progress.update(job)

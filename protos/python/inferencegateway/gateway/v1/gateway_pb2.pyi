@@ -210,6 +210,14 @@ class SubmitRequest(_message.Message):
     webhook: Webhook
     def __init__(self, route: _Optional[str] = ..., inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., transcription: _Optional[_Union[TranscriptionRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ...) -> None: ...
 
+class UploadRequest(_message.Message):
+    __slots__ = ("submit", "audio_chunk")
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    submit: SubmitRequest
+    audio_chunk: bytes
+    def __init__(self, submit: _Optional[_Union[SubmitRequest, _Mapping]] = ..., audio_chunk: _Optional[bytes] = ...) -> None: ...
+
 class SubmitResponse(_message.Message):
     __slots__ = ("job", "existing")
     JOB_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class GatewayServiceStub:
                 request_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.Upload = channel.stream_unary(
+                '/inferencegateway.gateway.v1.GatewayService/Upload',
+                request_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.UploadRequest.SerializeToString,
+                response_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitResponse.FromString,
+                _registered_method=True)
         self.Get = channel.unary_unary(
                 '/inferencegateway.gateway.v1.GatewayService/Get',
                 request_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.GetRequest.SerializeToString,
@@ -91,6 +96,17 @@ class GatewayServiceServicer:
     def Submit(self, request, context):
         """Creates a job and answers at once with it (state QUEUED, revision 1). A repeated request_id
         with the same request answers the existing job; with a different request, ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Upload(self, request_iterator, context):
+        """Submit for audio of any size: the audio in chunks and, before them or after them, one
+        SubmitRequest with the transcription request (its audio and audio_url empty). The server
+        writes the chunks to disk as they arrive (never the whole file in memory), checks the request
+        and the audio as Submit does once the client half-closes, and answers as Submit does. A failed
+        or abandoned upload leaves nothing behind. Only whisper routes take uploads.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,6 +177,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     request_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitRequest.FromString,
                     response_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitResponse.SerializeToString,
             ),
+            'Upload': grpc.stream_unary_rpc_method_handler(
+                    servicer.Upload,
+                    request_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.UploadRequest.FromString,
+                    response_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitResponse.SerializeToString,
+            ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
                     request_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.GetRequest.FromString,
@@ -227,6 +248,33 @@ class GatewayService:
             target,
             '/inferencegateway.gateway.v1.GatewayService/Submit',
             inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitRequest.SerializeToString,
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/inferencegateway.gateway.v1.GatewayService/Upload',
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.UploadRequest.SerializeToString,
             inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitResponse.FromString,
             options,
             channel_credentials,

@@ -734,7 +734,7 @@ export declare const WebhookDelivery_StateSchema: GenEnum<WebhookDelivery_State,
 export declare type TranscriptionRequest = Message<"inferencegateway.gateway.v1.TranscriptionRequest"> & {
   /**
    * The audio file, in any container FFmpeg reads (WAV, FLAC, MP3, Ogg, M4A, ...). Required unless
-   * audio_url is set.
+   * audio_url is set, or the audio comes in an Upload's chunks.
    *
    * @generated from field: bytes audio = 1;
    */
@@ -791,7 +791,7 @@ export declare type TranscriptionRequest = Message<"inferencegateway.gateway.v1.
 export declare type TranscriptionRequestJson = {
   /**
    * The audio file, in any container FFmpeg reads (WAV, FLAC, MP3, Ogg, M4A, ...). Required unless
-   * audio_url is set.
+   * audio_url is set, or the audio comes in an Upload's chunks.
    *
    * @generated from field: bytes audio = 1;
    */
@@ -958,6 +958,63 @@ export declare type SubmitRequestJson = {
  * Use `create(SubmitRequestSchema)` to create a new message.
  */
 export declare const SubmitRequestSchema: GenMessage<SubmitRequest, {jsonType: SubmitRequestJson}>;
+
+/**
+ * One message of an Upload: the request once, audio chunks (each at most 4 MiB; 1 MiB is a good
+ * size) in order.
+ *
+ * @generated from message inferencegateway.gateway.v1.UploadRequest
+ */
+export declare type UploadRequest = Message<"inferencegateway.gateway.v1.UploadRequest"> & {
+  /**
+   * @generated from oneof inferencegateway.gateway.v1.UploadRequest.part
+   */
+  part: {
+    /**
+     * The transcription request, with transcription.audio and transcription.audio_url empty.
+     *
+     * @generated from field: inferencegateway.gateway.v1.SubmitRequest submit = 1;
+     */
+    value: SubmitRequest;
+    case: "submit";
+  } | {
+    /**
+     * The next bytes of the audio file.
+     *
+     * @generated from field: bytes audio_chunk = 2;
+     */
+    value: Uint8Array;
+    case: "audioChunk";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * One message of an Upload: the request once, audio chunks (each at most 4 MiB; 1 MiB is a good
+ * size) in order.
+ *
+ * @generated from message inferencegateway.gateway.v1.UploadRequest
+ */
+export declare type UploadRequestJson = {
+  /**
+   * The transcription request, with transcription.audio and transcription.audio_url empty.
+   *
+   * @generated from field: inferencegateway.gateway.v1.SubmitRequest submit = 1;
+   */
+  submit?: SubmitRequestJson;
+
+  /**
+   * The next bytes of the audio file.
+   *
+   * @generated from field: bytes audio_chunk = 2;
+   */
+  audioChunk?: string;
+};
+
+/**
+ * Describes the message inferencegateway.gateway.v1.UploadRequest.
+ * Use `create(UploadRequestSchema)` to create a new message.
+ */
+export declare const UploadRequestSchema: GenMessage<UploadRequest, {jsonType: UploadRequestJson}>;
 
 /**
  * @generated from message inferencegateway.gateway.v1.SubmitResponse
@@ -1949,6 +2006,20 @@ export declare const GatewayService: GenService<{
   submit: {
     methodKind: "unary";
     input: typeof SubmitRequestSchema;
+    output: typeof SubmitResponseSchema;
+  },
+  /**
+   * Submit for audio of any size: the audio in chunks and, before them or after them, one
+   * SubmitRequest with the transcription request (its audio and audio_url empty). The server
+   * writes the chunks to disk as they arrive (never the whole file in memory), checks the request
+   * and the audio as Submit does once the client half-closes, and answers as Submit does. A failed
+   * or abandoned upload leaves nothing behind. Only whisper routes take uploads.
+   *
+   * @generated from rpc inferencegateway.gateway.v1.GatewayService.Upload
+   */
+  upload: {
+    methodKind: "client_streaming";
+    input: typeof UploadRequestSchema;
     output: typeof SubmitResponseSchema;
   },
   /**
