@@ -261,7 +261,7 @@ class GatewayServicer:
         job, existing = await self.service.submit(tenant, route, job_input, labels, request_id, webhook)
         return pb.SubmitResponse(job=await self._job(job, stored=existing), existing=existing)
 
-    async def upload(self, requests: AsyncIterator[Any], tenant: str, context: Any) -> pb.SubmitResponse:
+    async def upload(self, requests: AsyncIterator[Any], tenant: str, context: Any) -> pb.UploadResponse:
         """See gateway.api.upload (the caller is authenticated, from the headers, before a message is read)."""
         received = await receive(requests, self.spool_dir, self._upload_limit)
         try:
@@ -273,7 +273,7 @@ class GatewayServicer:
             job_input = replace(job_input, transcription=replace(
                 job_input.transcription, audio_upload=received.sha256, audio_file=received.path))
             job, existing = await self.service.submit(tenant, route, job_input, labels, request_id, webhook)
-            return pb.SubmitResponse(job=await self._job(job, stored=existing), existing=existing)
+            return pb.UploadResponse(job=await self._job(job, stored=existing), existing=existing)
         finally:
             remove(received.path)  # unless the store took it (then it is gone from here already)
 

@@ -9,7 +9,8 @@ import {
 import { GatewayError, codeName, statusDetails } from "./errors.js";
 import {
   CancelResponseSchema, DeleteResponseSchema, FetchResponseSchema, GetResponseSchema, JobSchema, JobState,
-  ListResponseSchema, SubmitResponseSchema, TranscriptionTask, WatchJobsResponseSchema, WatchResponseSchema,
+  ListResponseSchema, SubmitResponseSchema, TranscriptionTask, UploadResponseSchema, WatchJobsResponseSchema,
+  WatchResponseSchema,
 } from "../gen/inferencegateway/gateway/v1/gateway_pb.js";
 
 export const PROG = "gateway-client-node";
@@ -373,7 +374,7 @@ async function submit(client, out, o) {
     if (vad !== undefined) transcription.vadFilter = vad;
     request.input = { case: "transcription", value: transcription };
     if (large) {
-      out.emit(SubmitResponseSchema, await client.call("Upload", { submit: request, audio: o.audio },
+      out.emit(UploadResponseSchema, await client.call("Upload", { submit: request, audio: o.audio },
         { timeout: uploadSeconds(client.timeout, size) }));
       return ExitCode.OK;
     }

@@ -218,6 +218,14 @@ class UploadRequest(_message.Message):
     audio_chunk: bytes
     def __init__(self, submit: _Optional[_Union[SubmitRequest, _Mapping]] = ..., audio_chunk: _Optional[bytes] = ...) -> None: ...
 
+class UploadResponse(_message.Message):
+    __slots__ = ("job", "existing")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    EXISTING_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    existing: bool
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., existing: _Optional[bool] = ...) -> None: ...
+
 class SubmitResponse(_message.Message):
     __slots__ = ("job", "existing")
     JOB_FIELD_NUMBER: _ClassVar[int]

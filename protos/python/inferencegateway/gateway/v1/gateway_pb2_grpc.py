@@ -47,7 +47,7 @@ class GatewayServiceStub:
         self.Upload = channel.stream_unary(
                 '/inferencegateway.gateway.v1.GatewayService/Upload',
                 request_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.UploadRequest.SerializeToString,
-                response_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitResponse.FromString,
+                response_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.UploadResponse.FromString,
                 _registered_method=True)
         self.Get = channel.unary_unary(
                 '/inferencegateway.gateway.v1.GatewayService/Get',
@@ -180,7 +180,7 @@ def add_GatewayServiceServicer_to_server(servicer, server):
             'Upload': grpc.stream_unary_rpc_method_handler(
                     servicer.Upload,
                     request_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.UploadRequest.FromString,
-                    response_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitResponse.SerializeToString,
+                    response_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.UploadResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
@@ -275,7 +275,7 @@ class GatewayService:
             target,
             '/inferencegateway.gateway.v1.GatewayService/Upload',
             inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.UploadRequest.SerializeToString,
-            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.SubmitResponse.FromString,
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.UploadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1017,6 +1017,50 @@ export declare type UploadRequestJson = {
 export declare const UploadRequestSchema: GenMessage<UploadRequest, {jsonType: UploadRequestJson}>;
 
 /**
+ * What Upload answers: as SubmitResponse.
+ *
+ * @generated from message inferencegateway.gateway.v1.UploadResponse
+ */
+export declare type UploadResponse = Message<"inferencegateway.gateway.v1.UploadResponse"> & {
+  /**
+   * @generated from field: inferencegateway.gateway.v1.Job job = 1;
+   */
+  job?: Job | undefined;
+
+  /**
+   * True when request_id matched an existing job and no new job was created.
+   *
+   * @generated from field: bool existing = 2;
+   */
+  existing: boolean;
+};
+
+/**
+ * What Upload answers: as SubmitResponse.
+ *
+ * @generated from message inferencegateway.gateway.v1.UploadResponse
+ */
+export declare type UploadResponseJson = {
+  /**
+   * @generated from field: inferencegateway.gateway.v1.Job job = 1;
+   */
+  job?: JobJson;
+
+  /**
+   * True when request_id matched an existing job and no new job was created.
+   *
+   * @generated from field: bool existing = 2;
+   */
+  existing?: boolean;
+};
+
+/**
+ * Describes the message inferencegateway.gateway.v1.UploadResponse.
+ * Use `create(UploadResponseSchema)` to create a new message.
+ */
+export declare const UploadResponseSchema: GenMessage<UploadResponse, {jsonType: UploadResponseJson}>;
+
+/**
  * @generated from message inferencegateway.gateway.v1.SubmitResponse
  */
 export declare type SubmitResponse = Message<"inferencegateway.gateway.v1.SubmitResponse"> & {
@@ -2020,7 +2064,7 @@ export declare const GatewayService: GenService<{
   upload: {
     methodKind: "client_streaming";
     input: typeof UploadRequestSchema;
-    output: typeof SubmitResponseSchema;
+    output: typeof UploadResponseSchema;
   },
   /**
    * The current job, whole (every segment so far), without waiting.
