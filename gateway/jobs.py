@@ -191,6 +191,8 @@ class Job:
     request_id: str = ""
     webhook: WebhookSpec | None = None
     logs: str = ""  # an upstream job's log, its tail
+    queue_timeout: float = 0.0  # seconds it may wait QUEUED (from created); 0: no limit
+    run_timeout: float = 0.0  # seconds it may run (from started); 0: no limit
 
     @property
     def terminal(self) -> bool:
@@ -216,6 +218,14 @@ def webhook_wanted(job: Job) -> bool:
     if job.state in TERMINAL_STATES:
         return "completed" in hook.events
     return job.state is JobState.RUNNING and not hook.events.isdisjoint(("start", "progress"))
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """The timeouts asked for at Submit, in seconds; None: the route's default."""
+
+    queue: float | None = None
+    run: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from gateway.backends.base import Backend, JobLifecycle
 from gateway.errors import ResourceExhausted
 from gateway.jobs import Job, JobFailure, JobInput, Result
+from gateway.settings import RouteSettings
 
 __all__ = ["Begun", "Lifecycle", "Route"]
 
@@ -46,6 +47,10 @@ class Lifecycle(JobLifecycle, Protocol):
 
     async def cancelled(self, job_id: str) -> None: ...
 
+    async def queue_timed_out(self, job_id: str) -> None:
+        """The job is past its queue deadline: FAILED QUEUE_TIMEOUT, if it is still QUEUED."""
+        ...
+
     async def interrupted(self, job_id: str) -> None:
         """The job's run was stopped by a drain (it stays RUNNING and resumes): not a crashed attempt."""
         ...
@@ -63,6 +68,7 @@ class Route(Protocol):
 
     name: str
     backend: Backend
+    settings: RouteSettings
     workers: int  # jobs this process runs at once for the route (0: an API replica, it runs none)
 
     def reserve(self) -> None:
@@ -83,8 +89,9 @@ class Route(Protocol):
         """How many jobs wait in the queue."""
         ...
 
-    def cancel(self, job_id: str) -> str:
-        """'queued' if the job was waiting (and is removed), 'running' if it is asked to stop, else ''."""
+    def cancel(self, job_id: str, ending: JobFailure | None = None) -> str:
+        """'queued' if the job was waiting (and is removed), 'running' if it is asked to stop, else ''.
+        ``ending``: a running job ends FAILED with it (a timeout), not CANCELLED."""
         ...
 
     def abandon(self, job_id: str) -> None:

@@ -218,6 +218,7 @@ class Gateway:
         for runner in self.runners.values():
             await runner.start()
         self._tasks.append(asyncio.create_task(self.service.sweep_forever(), name="sweeper"))
+        self._tasks.append(asyncio.create_task(self.service.expire_queued_forever(), name="queue-deadlines"))
         if self.webhooks is not None:
             self._tasks.append(asyncio.create_task(self.webhooks.run(), name="webhooks"))
 

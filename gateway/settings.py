@@ -84,6 +84,9 @@ def _port(text: str, value: str) -> int:
     return int(text)
 
 
+MAX_TIMEOUT_SECONDS = 30 * 24 * 3600.0  # a queue_timeout or run_timeout, at most
+
+
 class _Route(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -94,6 +97,14 @@ class _Route(BaseModel):
                     "have not ended, at most (beyond: RESOURCE_EXHAUSTED QUEUE_BYTES_FULL); 0: no limit.",
     )
     workers: int = Field(1, ge=1, description="Jobs run at once.")
+    queue_timeout_seconds: float = Field(
+        0.0, ge=0, le=MAX_TIMEOUT_SECONDS,
+        description="The longest a job may wait QUEUED when its Submit sets no queue_timeout (then FAILED "
+                    "QUEUE_TIMEOUT); 0: no limit.")
+    run_timeout_seconds: float = Field(
+        0.0, ge=0, le=MAX_TIMEOUT_SECONDS,
+        description="The longest a job may run when its Submit sets no run_timeout (then FAILED RUN_TIMEOUT, its "
+                    "backend stopped as a cancel stops it); 0: no limit.")
 
 
 class EchoRoute(_Route):

@@ -14,6 +14,7 @@ from gateway.errors import FieldViolation, InvalidArgument
 from gateway.hub import JobEvent
 from gateway.jobs import (
     WEBHOOK_EVENTS,
+    Deadlines,
     Job,
     JobInput,
     JobOutput,
@@ -24,6 +25,7 @@ from gateway.jobs import (
     TranscriptionInput,
     WebhookSpec,
 )
+from gateway.settings import MAX_TIMEOUT_SECONDS
 from gateway.store.base import JobFilter
 
 __all__ = [
@@ -92,6 +94,10 @@ def job_to_proto(job: Job, with_segments: bool = True) -> pb.Job:
         message.error.CopyFrom(failure_to_status(job.error))
     if with_segments and job.segments:
         message.segments.extend(_segment(s) for s in job.segments)
+    if job.queue_timeout:
+        message.queue_timeout.FromNanoseconds(round(job.queue_timeout * 1e9))
+    if job.run_timeout:
+        message.run_timeout.FromNanoseconds(round(job.run_timeout * 1e9))
     if job.webhook is not None:
         message.webhook.url = job.webhook.url
         message.webhook.events.extend(WEBHOOK_EVENTS.index(e) + 1 for e in sorted(job.webhook.events, key=WEBHOOK_EVENTS.index))
@@ -156,7 +162,9 @@ def jobs_heartbeat_bytes(now: float, token: str) -> bytes:
     return pb.WatchJobsResponse(heartbeat=pb.Heartbeat(time=_timestamp(now)), resume_token=token).SerializeToString()
 
 
-def submit_from_proto(request: pb.SubmitRequest) -> tuple[str, JobInput, dict[str, str], str, WebhookSpec | None]:
+def submit_from_proto(
+    request: pb.SubmitRequest,
+) -> tuple[str, JobInput, dict[str, str], str, WebhookSpec | None, Deadlines]:
     """(route, input, labels, request_id, webhook); structural problems raise InvalidArgument (the
     webhook URL's policy is the service's to check)."""
     kind = request.WhichOneof("input")
@@ -197,9 +205,21 @@ def submit_from_proto(request: pb.SubmitRequest) -> tuple[str, JobInput, dict[st
             else:
                 violations.append(FieldViolation("webhook.events", f"unknown event {value}: start, progress or completed"))
         webhook = WebhookSpec(request.webhook.url, frozenset(events or {"completed"}))
+    deadlines = Deadlines(*(_timeout(request, name, violations) for name in ("queue_timeout", "run_timeout")))
     if violations:
         raise InvalidArgument.fields(*violations)
-    return request.route, job_input, dict(request.labels), request.request_id, webhook
+    return request.route, job_input, dict(request.labels), request.request_id, webhook, deadlines
+
+
+def _timeout(request: pb.SubmitRequest, name: str, violations: list[FieldViolation]) -> float | None:
+    if not request.HasField(name):
+        return None
+    value = getattr(request, name)
+    seconds = value.seconds + value.nanos / 1e9
+    if value.seconds < 0 or value.nanos < 0 or not 0 < seconds <= MAX_TIMEOUT_SECONDS:
+        violations.append(FieldViolation(name, f"more than 0 and at most {MAX_TIMEOUT_SECONDS:.0f} seconds (30 days)"))
+        return None
+    return seconds
 
 
 def _struct(struct: struct_pb2.Struct) -> dict[str, Any]:

@@ -257,8 +257,8 @@ class GatewayServicer:
         converted = submit_from_proto(request) if isinstance(request, pb.SubmitRequest) else request
         if isinstance(converted, GatewayError):
             raise converted
-        route, job_input, labels, request_id, webhook = converted
-        job, existing = await self.service.submit(tenant, route, job_input, labels, request_id, webhook)
+        route, job_input, labels, request_id, webhook, deadlines = converted
+        job, existing = await self.service.submit(tenant, route, job_input, labels, request_id, webhook, deadlines)
         return pb.SubmitResponse(job=await self._job(job, stored=existing), existing=existing)
 
     async def upload(self, requests: AsyncIterator[Any], tenant: str, context: Any) -> pb.UploadResponse:
@@ -268,11 +268,12 @@ class GatewayServicer:
             problem = check_request(received.request)
             if problem is not None:
                 raise problem
-            route, job_input, labels, request_id, webhook = submit_from_proto(received.request)
+            route, job_input, labels, request_id, webhook, deadlines = submit_from_proto(received.request)
             assert job_input.transcription is not None  # (check_request)
             job_input = replace(job_input, transcription=replace(
                 job_input.transcription, audio_upload=received.sha256, audio_file=received.path))
-            job, existing = await self.service.submit(tenant, route, job_input, labels, request_id, webhook)
+            job, existing = await self.service.submit(tenant, route, job_input, labels, request_id, webhook,
+                                                      deadlines)
             return pb.UploadResponse(job=await self._job(job, stored=existing), existing=existing)
         finally:
             remove(received.path)  # unless the store took it (then it is gone from here already)

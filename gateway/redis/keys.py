@@ -7,6 +7,8 @@
     <prefix>revs:<id>       stream, entry id 0-<revision>: job (JSON), seg (segment count then)
     <prefix>segs:<id>       list: the segments, in order (each once, whatever the revisions)
     <prefix>audio:<id>      list: an Upload's audio in chunks of 1 MiB, while the job's inputs are kept
+    <prefix>queue-deadlines  sorted set: job id -> its queue deadline (ms), for jobs given a queue_timeout;
+                            an entry stays until it is due (then whoever sweeps ends the job if still QUEUED)
     <prefix>req:<tenant>:<request_id>   string: the job id (idempotency)
     <prefix>req-none        never written: the request key of a job without a request_id
     <prefix>jobs:<tenant>   sorted set of job ids, all scores 0: by id, so by creation (List)
@@ -63,6 +65,10 @@ class Keys:
 
     def audio(self, job_id: str) -> str:
         return f"{self.prefix}audio:{job_id}"
+
+    @property
+    def queue_deadlines(self) -> str:
+        return f"{self.prefix}queue-deadlines"
 
     def tomb(self, job_id: str) -> str:
         return f"{self.prefix}tomb:{job_id}"

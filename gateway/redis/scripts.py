@@ -19,7 +19,8 @@ __all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "HOLD
 # KEYS: job, revs, req (or req-none), jobs index, changes, position, active, queue, queue bytes
 # ARGV: id, job JSON, request hash, payload, has a request id (1/0), job key prefix, created, tenant,
 #       request id, revs key prefix, segs key prefix, events channel, max_queue (0: none),
-#       max_queued_bytes (0: none), uploaded audio bytes (0: none), the uploaded audio's key ('' none)
+#       max_queued_bytes (0: none), uploaded audio bytes (0: none), the uploaded audio's key ('' none),
+#       the queue deadline (ms; 0: none), the queue deadlines key
 # Answers {created (1 new or this very create again, 0 the request's existing job, 2 queue full,
 # 3 queue bytes full), job id, request hash, position (2, 3: what is held)}. Admission is part of it:
 # the entries not taken by a worker (the stream's length less its pending entries) and the input bytes
@@ -64,6 +65,7 @@ local pos = redis.call('INCR', KEYS[6])
 redis.call('HSET', KEYS[1], 'job', ARGV[2], 'created_as', ARGV[2], 'rev', 1, 'att', 0, 'seg', 0, 'pos', pos, 'tenant', ARGV[8],
            'request_id', ARGV[9], 'req_hash', ARGV[3], 'payload', ARGV[4], 'expires', '', 'qb', size, 'qk', KEYS[9])
 redis.call('XADD', KEYS[2], '0-1', 'job', ARGV[2], 'seg', 0)
+if tonumber(ARGV[17] or '0') > 0 then redis.call('ZADD', ARGV[18], ARGV[17], ARGV[1]) end  -- swept when due
 if ARGV[16] and ARGV[16] ~= '' then  -- the upload stays as long as the job's inputs (not its put's expiry)
   redis.call('PERSIST', ARGV[16])
   redis.call('HSET', KEYS[1], 'ak', ARGV[16])

@@ -290,8 +290,9 @@ class RedisStore:
                 repr(job.created), job.tenant, job.request_id, self.keys.revs(""), self.keys.segs(""),
                 self.keys.events, max_queue, max_bytes]
         uploaded = self._uploads.get(job.id)
-        if uploaded is not None:
-            args += [uploaded, self.keys.audio(job.id)]
+        deadline = int((job.created + job.queue_timeout) * 1000) if job.queue_timeout else 0
+        args += [uploaded or 0, self.keys.audio(job.id) if uploaded is not None else "", deadline,
+                 self.keys.queue_deadlines]
 
         async def existing(job_id: str, stored_hash: str) -> CreateOutcome:
             found = await self.get_job(job_id)
@@ -450,6 +451,13 @@ class RedisStore:
     async def get_payload(self, job_id: str) -> bytes | None:
         raw = await self._redis.hget(self.keys.job(job_id), "payload")
         return None if raw is None else bytes(raw)
+
+    async def queue_deadlines_due(self, now: float, limit: int = 100) -> list[str]:
+        key = self.keys.queue_deadlines
+        due = await self._redis.zrangebyscore(key, "-inf", int(now * 1000), start=0, num=limit)
+        if due:
+            await self._redis.zrem(key, *due)  # (two sweepers may both take one: ending it is a compare-and-set)
+        return [d.decode() for d in due]
 
     async def put_upload(self, job_id: str, path: Path) -> None:
         """The file goes into a list of chunks (read and sent one at a time: memory stays a chunk's), which

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from gateway.bus import EventBus
 from gateway.errors import FailedPrecondition
 from gateway.hub import EventHub, JobEvent
-from gateway.jobs import Clock, Job, JobInput, Result, WebhookSpec
+from gateway.jobs import Clock, Deadlines, Job, JobInput, Result, WebhookSpec
 from gateway.lifecycle import Route
 from gateway.service.active import INPUTS_IN_MEMORY_BYTES, ActiveJob, ActiveJobs
 from gateway.service.admission import JOB_ID, MAX_INPUT_DEPTH, Admission, WebhookPolicies, check_input_depth
@@ -54,7 +54,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DELETE_WAIT_SECONDS = 10.0  # Delete with force: how long a running job gets to stop
+NO_DEADLINES = Deadlines()
+DELETE_WAIT_SECONDS = 10.0
+QUEUE_DEADLINE_CHECK_SECONDS = 0.25  # Delete with force: how long a running job gets to stop
 
 
 class Webhooks(WebhookPolicies, Protocol):
@@ -102,10 +104,10 @@ class JobService:
 
     async def submit(
         self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str,
-        webhook: WebhookSpec | None = None,
+        webhook: WebhookSpec | None = None, deadlines: Deadlines = NO_DEADLINES,
     ) -> tuple[Job, bool]:
         """Stores a new job and queues it; answers (job, existing)."""
-        return await self.admission.submit(tenant, route, job_input, labels, request_id, webhook)
+        return await self.admission.submit(tenant, route, job_input, labels, request_id, webhook, deadlines)
 
     async def webhook_delivery(self, job: Job) -> dict[str, Any] | None:
         """The delivery state of the job's webhook (gateway.webhooks), when it has one."""
@@ -176,6 +178,20 @@ class JobService:
         now = self.clock.now()
         expired = await self.store.sweep(now, now + self.settings.retention_seconds)
         return len(expired)
+
+    async def expire_queued_forever(self) -> None:
+        """Ends the jobs still QUEUED past their queue deadline, a quarter of a second at most after it
+        (every process does: with a shared store the first one to look ends a job, once)."""
+        while True:
+            try:
+                due = await self.store.queue_deadlines_due(self.clock.now())
+                for job_id in due:
+                    await self.lifecycle.queue_timed_out(job_id)
+            except Exception:
+                log.exception("ending jobs past their queue deadline failed")
+                due = []
+            if len(due) < 100:  # (more due: the next ones at once)
+                await asyncio.sleep(QUEUE_DEADLINE_CHECK_SECONDS)
 
     async def sweep_forever(self) -> None:
         while True:

@@ -23,7 +23,7 @@ from gateway import metrics
 from gateway.bus import EventBus
 from gateway.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from gateway.hub import JobEvent
-from gateway.jobs import Clock, Job, JobInput, JobState, WebhookSpec, new_job_id
+from gateway.jobs import Clock, Deadlines, Job, JobInput, JobState, WebhookSpec, new_job_id
 from gateway.lifecycle import Route
 from gateway.service.active import ActiveJobs, Submitting
 from gateway.settings import ROUTE_NAME
@@ -41,6 +41,8 @@ MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
 MAX_INPUT_DEPTH = 32  # JSON inputs nested deeper are refused, on every face alike
 
+
+_NO_DEADLINES = Deadlines()
 
 class WebhookPolicies(Protocol):
     """What admission needs of the webhook dispatcher (gateway.webhooks.Dispatcher): a tenant's policy."""
@@ -86,9 +88,10 @@ class Admission:
 
     async def submit(
         self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str,
-        webhook: WebhookSpec | None = None,
+        webhook: WebhookSpec | None = None, deadlines: Deadlines = _NO_DEADLINES,
     ) -> tuple[Job, bool]:
-        """Stores a new job and queues it; answers (job, existing)."""
+        """Stores a new job and queues it; answers (job, existing). ``deadlines``: its timeouts (None:
+        the route's defaults)."""
         if not self.accepting:
             raise Unavailable("the gateway is shutting down; retry on another replica", reason="SHUTTING_DOWN")
         _check_submission(route, labels, request_id)
@@ -120,6 +123,8 @@ class Admission:
             queue_position=0 if self.store.shared else runner.queued() + 1,  # unknown in a shared queue
             request_id=request_id,
             webhook=webhook,
+            queue_timeout=runner.settings.queue_timeout_seconds if deadlines.queue is None else deadlines.queue,
+            run_timeout=runner.settings.run_timeout_seconds if deadlines.run is None else deadlines.run,
         )
         active, bus, shared = self.active, self.bus, self.store.shared
 

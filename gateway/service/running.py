@@ -320,20 +320,40 @@ class Running:
             await self._save(job)
 
     async def cancelled(self, job_id: str) -> None:
-        failure = JobFailure(Code.CANCELLED, "CANCELLED", "the job was cancelled")
-        if self.active.head(job_id) is None:  # run by another process (a shared store): end it in the store
-            await self._end_stored(job_id, JobState.CANCELLED, error=failure, queue_position=0)
-            return
-        job = self._finish(job_id, JobState.CANCELLED, error=failure, queue_position=0)
-        if job is not None and not await self._save(job):
-            await self._end_stored(job_id, JobState.CANCELLED, error=failure, queue_position=0)
+        await self._end(job_id, JobState.CANCELLED, JobFailure(Code.CANCELLED, "CANCELLED", "the job was cancelled"))
 
-    async def _end_stored(self, job_id: str, state: JobState, **changes: Any) -> None:
+    async def queue_timed_out(self, job_id: str) -> None:
+        """A job past its queue deadline: FAILED QUEUE_TIMEOUT if it is still QUEUED (taken from its
+        queue; a job a worker holds, still QUEUED upstream, is stopped as a cancel stops it)."""
+        head = self.active.head(job_id) or await self.store.get_job(job_id)
+        if head is None or head.state is not JobState.QUEUED:
+            return
+        failure = JobFailure(Code.DEADLINE_EXCEEDED, "QUEUE_TIMEOUT",
+                             f"the job waited in the queue longer than its queue_timeout ({head.queue_timeout:g} s)",
+                             {"queueTimeoutSeconds": f"{head.queue_timeout:g}"})
+        runner = self.routes.get(head.route)
+        if runner is not None and runner.cancel(job_id, failure) == "running":
+            return  # its worker ends it so, once its backend has stopped (an upstream one cancels there)
+        await self._end(job_id, JobState.FAILED, failure, only_queued=True)
+
+    async def _end(self, job_id: str, state: JobState, failure: JobFailure, only_queued: bool = False) -> None:
+        if self.active.head(job_id) is None:  # run by another process (a shared store): end it in the store
+            await self._end_stored(job_id, state, only_queued, error=failure, queue_position=0)
+            return
+        head = self.active.head(job_id)
+        if only_queued and head is not None and head.state is not JobState.QUEUED:
+            return
+        job = self._finish(job_id, state, error=failure, queue_position=0)
+        if job is not None and not await self._save(job):
+            await self._end_stored(job_id, state, only_queued, error=failure, queue_position=0)
+
+    async def _end_stored(self, job_id: str, state: JobState, only_queued: bool = False, **changes: Any) -> None:
         """Ends a job this process does not hold, from the store's current revision (a compare-and-
-        set: the process running it finds its next write refused and lets the job go)."""
+        set: the process running it finds its next write refused and lets the job go). ``only_queued``:
+        not if it has left QUEUED meanwhile."""
         for _ in range(5):
             job = await self.store.get_job(job_id)
-            if job is None or job.terminal:
+            if job is None or job.terminal or (only_queued and job.state is not JobState.QUEUED):
                 return
             now = self.clock.now()
             check_transition(job.state, state)

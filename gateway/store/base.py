@@ -257,6 +257,11 @@ class JobStore(Protocol):
 
     async def get_payload(self, job_id: str) -> bytes | None: ...
 
+    async def queue_deadlines_due(self, now: float, limit: int = 100) -> list[str]:
+        """Jobs whose queue deadline (created + queue_timeout) has passed by ``now`` and that may still be
+        QUEUED (the caller ends those that are, with a compare-and-set; others it ignores), at most ``limit``."""
+        ...
+
     async def put_upload(self, job_id: str, path: Path) -> None:
         """Keeps the audio file of an Upload (taking the file: moved, or copied and deleted) as the job's,
         durably, before the job is created; it goes with the job's inputs (the job ends or is deleted)."""

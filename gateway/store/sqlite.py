@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     position INTEGER NOT NULL DEFAULT 0,  -- the change position of the latest revision (WatchJobs resumes)
     webhook TEXT,  -- {"url", "events"} given at Submit
     logs TEXT NOT NULL DEFAULT '',  -- the tail of an upstream's log (the latest revision's)
+    queue_timeout REAL NOT NULL DEFAULT 0,  -- seconds it may wait QUEUED; 0: no limit
+    run_timeout REAL NOT NULL DEFAULT 0,  -- seconds it may run; 0: no limit
     payload BLOB,  -- small inputs inline (large ones in payloads), dropped when the job ends
     result TEXT    -- last: reading the other columns never touches its overflow pages
 ) WITHOUT ROWID;
@@ -112,7 +114,7 @@ CREATE TABLE IF NOT EXISTS webhooks (
 CREATE INDEX IF NOT EXISTS webhooks_by_due ON webhooks (due) WHERE due IS NOT NULL;
 """
 
-_INSERT_JOB = "INSERT INTO jobs ({columns}, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_JOB = "INSERT INTO jobs ({columns}, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, ?)"  # params: (job id, the payload)
 _RESERVE_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, zeroblob(?))"
 _BLOB_CHUNK = 1024 * 1024
@@ -141,7 +143,8 @@ _SAVE_POSITION = "INSERT OR REPLACE INTO meta (key, value) VALUES ('position', ?
 
 _JOB_COLUMNS = (
     "id, tenant, route, state, revision, progress, created, started, finished, expires, labels, error, "
-    "queue_position, request_id, request_hash, segment_count, attempts, checkpoint, webhook, logs"
+    "queue_position, request_id, request_hash, segment_count, attempts, checkpoint, webhook, logs, queue_timeout, "
+    "run_timeout"
 )
 _INSERT_JOB = _INSERT_JOB.format(columns=_JOB_COLUMNS)
 # The writer runs a batch's plain statements kind by kind with executemany, in this order, which
@@ -391,6 +394,11 @@ class SqliteStore:
             conn.execute("ALTER TABLE jobs ADD COLUMN webhook TEXT")
         if "logs" not in columns:  # from before upstream logs
             conn.execute("ALTER TABLE jobs ADD COLUMN logs TEXT NOT NULL DEFAULT ''")
+        for column in ("queue_timeout", "run_timeout"):  # from before deadlines
+            if column not in columns:
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} REAL NOT NULL DEFAULT 0")
+        conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_queue_deadline ON jobs (created + queue_timeout) "
+                     "WHERE state = 1 AND queue_timeout > 0")
         # This process owns the data dir: claims of a process that is gone are due at once.
         conn.execute("UPDATE webhooks SET due = ?, lease = 0 WHERE lease > 0", (time.time(),))
         conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_position ON jobs (tenant, position)")
@@ -562,6 +570,8 @@ class SqliteStore:
             request_id=row["request_id"],
             webhook=WebhookSpec.from_dict(json.loads(webhook)) if webhook else None,
             logs=row["logs"],
+            queue_timeout=row["queue_timeout"],
+            run_timeout=row["run_timeout"],
         )
 
     def _resumable_from_row(self, conn: sqlite3.Connection, row: sqlite3.Row) -> ResumableJob:
@@ -580,8 +590,8 @@ class SqliteStore:
             (_INSERT_JOB, (job.id, job.tenant, job.route, int(job.state), job.revision, job.progress, job.created,
                            job.started, job.finished, job.expires, _dumps(dict(job.labels)) if job.labels else "{}",
                            _error_json(job.error), job.queue_position, job.request_id, request_hash, 0, 0, None,
-                           None if job.webhook is None else _dumps(job.webhook.to_dict()), job.logs, position,
-                           payload if inline else None)),
+                           None if job.webhook is None else _dumps(job.webhook.to_dict()), job.logs,
+                           job.queue_timeout, job.run_timeout, position, payload if inline else None)),
             (_INSERT_REVISION, _revision_row(job, 0)),
         ]
         if not inline:
@@ -754,6 +764,7 @@ class SqliteStore:
                         error=JobFailure.from_dict(json.loads(error)) if error else None,
                         segments=base.segments[:count], queue_position=rev["queue_position"],
                         request_id=base.request_id, webhook=base.webhook, logs=base.logs,
+                        queue_timeout=base.queue_timeout, run_timeout=base.run_timeout,
                     ),
                     offset,
                 ))
@@ -776,6 +787,14 @@ class SqliteStore:
                 return bytes(row["payload"])
             row = conn.execute("SELECT data FROM payloads WHERE job_id = ?", (job_id,)).fetchone()
             return None if row is None else bytes(row["data"])
+
+        return await self._read(read)
+
+    async def queue_deadlines_due(self, now: float, limit: int = 100) -> list[str]:
+        def read(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute("SELECT id FROM jobs WHERE state = 1 AND queue_timeout > 0 AND created + queue_timeout <= ? "
+                                "LIMIT ?", (now, limit)).fetchall()
+            return [row["id"] for row in rows]
 
         return await self._read(read)
 

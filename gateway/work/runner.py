@@ -21,7 +21,7 @@ from typing import Any
 from gateway import logcontext
 from gateway.backends.base import Backend, JobContext
 from gateway.errors import Code, FailedPrecondition, GatewayError, ResourceExhausted
-from gateway.jobs import JobFailure
+from gateway.jobs import Job, JobFailure
 from gateway.lifecycle import Lifecycle
 from gateway.settings import RouteSettings
 from gateway.work.queue import MemoryQueue, QueueClosed, WorkQueue
@@ -48,6 +48,7 @@ class _Running:
     lost: bool = False  # another worker holds the job now: nothing more is written to it from here
     in_backend: bool = False
     started: float = field(default_factory=time.monotonic)
+    ending: JobFailure | None = None  # why the job is being stopped, when not by a cancel (a timeout)
 
 
 class RouteRunner:
@@ -69,6 +70,7 @@ class RouteRunner:
         self.workers = workers if workers is not None else (
             backend.concurrency if backend.concurrency is not None else settings.workers)
         self._running: dict[str, _Running] = {}
+        self._timeouts: set[asyncio.Future[None]] = set()  # run timeouts being written
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._positions_dirty = False
@@ -165,14 +167,17 @@ class RouteRunner:
     def queued(self) -> int:
         return len(self.queue)
 
-    def cancel(self, job_id: str) -> str:
-        """'queued' if it was waiting (and is removed), 'running' if it is asked to stop, else ''."""
+    def cancel(self, job_id: str, ending: JobFailure | None = None) -> str:
+        """'queued' if it was waiting (and is removed), 'running' if it is asked to stop, else ''. With
+        ``ending``, a running job ends FAILED with it (a timeout) rather than CANCELLED."""
         if self.queue.remove(job_id):
             self._positions_dirty = True
             return "queued"
         running = self._running.get(job_id)
         if running is None:
             return ""
+        if ending is not None and running.ending is None:
+            running.ending = ending
         running.cancel_requested = True
         if running.ctx is not None:
             running.ctx.cancel_requested = True
@@ -233,10 +238,35 @@ class RouteRunner:
 
         ctx = running.ctx = JobContext(begun.job, begun.input, begun.checkpoint, lifecycle)
         bound = logcontext.bind(job_id, self.name, begun.job.tenant)  # this task's log lines name the job
+        timer = self._run_timer(running, begun.job)
         try:
             await self._run_backend(running, ctx)
         finally:
+            if timer is not None:
+                timer.cancel()
             logcontext.unbind(bound)
+
+    def _run_timer(self, running: _Running, job: Job) -> asyncio.TimerHandle | None:
+        """At the job's run deadline (from its start, as stored: a resumed job keeps its deadline), the job
+        ends FAILED RUN_TIMEOUT at once, and its backend is stopped as a cancel stops it."""
+        if not job.run_timeout:
+            return None
+        loop = asyncio.get_running_loop()
+        started = job.started if job.started is not None else time.time()
+        remaining = max(0.0, started + job.run_timeout - time.time())
+        failure = JobFailure(Code.DEADLINE_EXCEEDED, "RUN_TIMEOUT",
+                             f"the job ran longer than its run_timeout ({job.run_timeout:g} s)",
+                             {"runTimeoutSeconds": f"{job.run_timeout:g}"})
+
+        def due() -> None:
+            if running.lost or running.job_id not in self._running:
+                return
+            task = asyncio.ensure_future(self.lifecycle.fail(running.job_id, failure))  # ended now, not at the
+            self._timeouts.add(task)  # backend's next check (a whisper window takes seconds on a CPU)
+            task.add_done_callback(self._timeouts.discard)
+            self.cancel(running.job_id, failure)
+
+        return loop.call_later(remaining, due)
 
     async def _run_backend(self, running: _Running, ctx: JobContext) -> None:
         lifecycle = self.lifecycle
@@ -254,7 +284,7 @@ class RouteRunner:
             task = asyncio.current_task()
             if (running.cancel_requested or running.lost) and task is not None and task.uncancel() == 0:
                 if not running.lost:
-                    await lifecycle.cancelled(job_id)  # cancelled by the caller
+                    await self._stopped(running)  # cancelled by the caller, or timed out
                 return
             # The server is stopping: the job stays RUNNING and resumes at the next start (or on
             # another worker), and this run does not count as a crashed attempt.
@@ -274,13 +304,19 @@ class RouteRunner:
             if running.lost:
                 return
             if running.cancel_requested:
-                await lifecycle.cancelled(job_id)
+                await self._stopped(running)
             else:
                 await lifecycle.succeed(job_id, result)
         finally:
             elapsed = time.monotonic() - running.started
             mean = self._mean_duration
             self._mean_duration = elapsed if mean is None else 0.8 * mean + 0.2 * elapsed
+
+    async def _stopped(self, running: _Running) -> None:
+        if running.ending is not None:
+            await self.lifecycle.fail(running.job_id, running.ending)
+        else:
+            await self.lifecycle.cancelled(running.job_id)
 
     async def _refresh_positions(self) -> None:
         while True:

@@ -28,6 +28,7 @@ Synopsis:
           [--language CODE] [--task {transcribe,translate}] [--beam-size N]
           [--word-timestamps] [--vad-filter | --no-vad-filter] [--label KEY=VALUE]... [--request-id ID]
           [--webhook URL [--webhook-events EVENT[,EVENT]...]]
+          [--queue-timeout SECONDS] [--run-timeout SECONDS]
   ${PROG} get JOB_ID
   ${PROG} watch JOB_ID [--after-revision N] [--timeout SECONDS]
   ${PROG} fetch JOB_ID [--timeout SECONDS | --wait]
@@ -89,7 +90,7 @@ const COMMANDS = {
     options: {
       route: V, inputs: V, "inputs-file": V, audio: V, language: V, "language-code": V, task: V, "beam-size": V,
       "word-timestamps": F, "vad-filter": F, "no-vad-filter": F, label: M, "request-id": V, webhook: V,
-      "webhook-events": V, help: F,
+      "webhook-events": V, "queue-timeout": V, "run-timeout": V, help: F,
     },
     positionals: [],
   },
@@ -346,6 +347,9 @@ async function submit(client, out, o) {
       }
     });
     request.webhook = { url: o.webhook, events };
+  }
+  for (const [flag, field] of [["queue-timeout", "queueTimeout"], ["run-timeout", "runTimeout"]]) {
+    if (o[flag] !== undefined) request[field] = duration(seconds(flag, o[flag]));
   }
   if (o.audio === undefined) {
     if (o["word-timestamps"] || [language, o.task, beam, vad].some((v) => v !== undefined)) {

@@ -284,8 +284,12 @@ export class GatewayClient {
    * given, so that a Submit retried after UNAVAILABLE answers the job the first one created.
    * `inputs`: a JSON object (echo, upstream routes); or pass `transcription` (a
    * TranscriptionRequest init) for whisper routes. */
-  submitJob(route, inputs, { labels = {}, requestId, transcription, audioFile, webhook, timeout, metadata } = {}) {
+  submitJob(route, inputs, {
+    labels = {}, requestId, transcription, audioFile, webhook, queueTimeout, runTimeout, timeout, metadata,
+  } = {}) {
     const request = { route, labels, requestId: requestId || randomUUID().replaceAll("-", "") };
+    if (queueTimeout !== undefined) request.queueTimeout = duration(queueTimeout);
+    if (runTimeout !== undefined) request.runTimeout = duration(runTimeout);
     if (webhook !== undefined) {
       const { url, events = [] } = typeof webhook === "string" ? { url: webhook } : webhook;
       request.webhook = { url, events: events.map(webhookEvent) };
@@ -307,10 +311,8 @@ export class GatewayClient {
       } finally {
         await file.close();
       }
-      return this.submitJob(request.route, undefined, {
-        labels: request.labels, requestId: request.requestId, webhook: request.webhook,
-        transcription: { ...transcription, audio }, timeout, metadata,
-      });
+      const small = { ...request, input: { case: "transcription", value: { ...transcription, audio } } };
+      return this._call("Submit", small, { timeout, metadata });
     }
     const submit = { ...request, input: { case: "transcription", value: { ...transcription, audio: new Uint8Array(0) } } };
     const seconds = timeout ?? uploadSeconds(this.timeout, size);

@@ -69,6 +69,10 @@ export interface SubmitOptions extends CallOptions {
   /** The audio as a file path: sent by Upload in chunks read as they go (any size), or by Submit when
    * it is small. Transcription audio over uploadAbove bytes also goes by Upload. */
   audioFile?: string;
+  /** Seconds the job may wait queued (then FAILED, QUEUE_TIMEOUT); default: the route's. */
+  queueTimeout?: number;
+  /** Seconds the job may run (then stopped and FAILED, RUN_TIMEOUT); default: the route's. */
+  runTimeout?: number;
   /** POST the job to this URL as it changes (signed, Standard Webhooks): a URL (completed only), or
    * the URL with the events ("start", "progress", "completed"). */
   webhook?: string | { url: string; events?: Array<"start" | "progress" | "completed" | number> };

@@ -69,6 +69,16 @@ describe("GatewayClient", () => {
     assert.equal(err.job.done, true);
   });
 
+  test("a job past its runTimeout fails with RUN_TIMEOUT; queueTimeout and runTimeout are on the job", async () => {
+    const future = await client.submit("echo", { delay_ms: 60_000, steps: 100 }, { runTimeout: 0.5, queueTimeout: 30 });
+    assert.equal(future.job.runTimeout.nanos, 500_000_000);
+    assert.equal(future.job.queueTimeout.seconds, 30n);
+    const err = await within(future.result().then(() => null, (e) => e), 30_000, "the future");
+    assert.ok(err instanceof JobFailedError, String(err));
+    assert.equal(err.reason, "RUN_TIMEOUT");
+    assert.equal(err.codeName, "DEADLINE_EXCEEDED");
+  });
+
   test("cancel: a running job ends CANCELLED and its future rejects", async () => {
     const future = await client.submit("echo", { delay_ms: 20_000, steps: 100 });
     await waitFor(() => future.job.state === JobState.RUNNING, { what: "the job to run" });

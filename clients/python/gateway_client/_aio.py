@@ -120,12 +120,17 @@ def _audio_bytes(audio: Audio) -> bytes:
 
 
 def _submit_request(route: str, labels: Mapping[str, str] | None, request_id: str | None, webhook: str | None,
-                    webhook_events: Iterable[str]) -> pb.SubmitRequest:
+                    webhook_events: Iterable[str], queue_timeout: float | None = None,
+                    run_timeout: float | None = None) -> pb.SubmitRequest:
     """A SubmitRequest without its input; a request_id is generated when none is given."""
     request = pb.SubmitRequest(route=route, labels=dict(labels or {}), request_id=request_id or uuid.uuid4().hex)
     if webhook is not None:
         request.webhook.url = webhook
         request.webhook.events.extend(webhook_event(e) for e in webhook_events)
+    if queue_timeout is not None:
+        request.queue_timeout.CopyFrom(_duration(queue_timeout))
+    if run_timeout is not None:
+        request.run_timeout.CopyFrom(_duration(run_timeout))
     return request
 
 
@@ -286,6 +291,8 @@ class AsyncClient:
         request_id: str | None = None,
         webhook: str | None = None,
         webhook_events: Iterable[str] = (),
+        queue_timeout: float | None = None,
+        run_timeout: float | None = None,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Submitted:
@@ -295,11 +302,13 @@ class AsyncClient:
         streamed by the Upload RPC, retried from the start if need be) for the typed transcription request with
         ``language`` (a BCP-47 code), ``task`` ("transcribe" or "translate"), ``beam_size``,
         ``word_timestamps`` and ``vad_filter``. A request_id is generated when none is given, so
-        that a retried Submit never creates a second job. ``webhook``: a URL the server POSTs the
+        that a retried Submit never creates a second job. ``queue_timeout``, ``run_timeout``: seconds
+        the job may wait queued, and run (past them it ends FAILED, QUEUE_TIMEOUT or RUN_TIMEOUT; None:
+        the route's defaults). ``webhook``: a URL the server POSTs the
         job to (signed, Standard Webhooks) on the ``webhook_events`` ("start", "progress",
         "completed"; default: "completed").
         """
-        request = _submit_request(route, labels, request_id, webhook, webhook_events)
+        request = _submit_request(route, labels, request_id, webhook, webhook_events, queue_timeout, run_timeout)
         if audio is not None:
             if inputs is not None:
                 raise ValueError("give inputs or audio, not both")
@@ -329,6 +338,8 @@ class AsyncClient:
         request_id: str | None = None,
         webhook: str | None = None,
         webhook_events: Iterable[str] = (),
+        queue_timeout: float | None = None,
+        run_timeout: float | None = None,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Submitted:
@@ -339,7 +350,7 @@ class AsyncClient:
         ``timeout``: the client's, plus a quarter second per MiB."""
         if isinstance(audio, AudioUrl):
             raise ValueError("an AudioUrl is fetched by the server: pass it to submit_job")
-        request = _submit_request(route, labels, request_id, webhook, webhook_events)
+        request = _submit_request(route, labels, request_id, webhook, webhook_events, queue_timeout, run_timeout)
         _set_transcription(request, language, task, beam_size, word_timestamps, vad_filter)
         return await self._upload(request, audio, timeout, metadata)
 

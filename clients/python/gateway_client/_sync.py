@@ -158,6 +158,8 @@ class Client:
         request_id: str | None = None,
         webhook: str | None = None,
         webhook_events: Iterable[str] = (),
+        queue_timeout: float | None = None,
+        run_timeout: float | None = None,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Submitted:
@@ -165,7 +167,8 @@ class Client:
         return self._run(self._async.submit_job(
             route, inputs, audio=audio, language=language, task=task, beam_size=beam_size,
             word_timestamps=word_timestamps, vad_filter=vad_filter, labels=labels, request_id=request_id,
-            webhook=webhook, webhook_events=webhook_events, timeout=timeout, metadata=metadata,
+            webhook=webhook, webhook_events=webhook_events, queue_timeout=queue_timeout, run_timeout=run_timeout,
+            timeout=timeout, metadata=metadata,
         ))
 
     def upload(
@@ -182,6 +185,8 @@ class Client:
         request_id: str | None = None,
         webhook: str | None = None,
         webhook_events: Iterable[str] = (),
+        queue_timeout: float | None = None,
+        run_timeout: float | None = None,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Submitted:
@@ -189,7 +194,8 @@ class Client:
         return self._run(self._async.upload(
             route, audio, language=language, task=task, beam_size=beam_size, word_timestamps=word_timestamps,
             vad_filter=vad_filter, labels=labels, request_id=request_id, webhook=webhook,
-            webhook_events=webhook_events, timeout=timeout, metadata=metadata,
+            webhook_events=webhook_events, queue_timeout=queue_timeout, run_timeout=run_timeout, timeout=timeout,
+            metadata=metadata,
         ))
 
     @overload

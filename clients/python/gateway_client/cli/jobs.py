@@ -16,6 +16,7 @@ from gateway_client.cli.args import (
     add_transcription,
     count,
     inputs,
+    seconds,
     transcription,
     webhook_events,
 )
@@ -38,6 +39,10 @@ async def _submit(session: Session, args: argparse.Namespace) -> ExitCode:
     if args.webhook is not None:
         request.webhook.url = args.webhook
         request.webhook.events.extend(args.webhook_events)
+    for name in ("queue_timeout", "run_timeout"):
+        value = getattr(args, name)
+        if value is not None:
+            getattr(request, name).FromNanoseconds(int(value * 1e9))
     if args.audio is not None:
         request.transcription.CopyFrom(transcription(args, b""))
     else:
@@ -103,6 +108,10 @@ def add_submit(command: AddCommand) -> None:
     submit.add_argument("--webhook", metavar="URL",
                         help="POST the job to this URL as it changes (signed, Standard Webhooks; the server allows "
                              "some URL prefixes only); Get shows how the deliveries went")
+    submit.add_argument("--queue-timeout", type=seconds, metavar="SECONDS",
+                        help="the longest the job may wait queued (then it fails, QUEUE_TIMEOUT); default: the route's")
+    submit.add_argument("--run-timeout", type=seconds, metavar="SECONDS",
+                        help="the longest the job may run (then it is stopped and fails, RUN_TIMEOUT); default: the route's")
     submit.add_argument("--webhook-events", type=webhook_events, default=[], metavar="EVENT[,EVENT]...",
                         help="which changes: start, progress, completed (default: completed); comma-separated")
     submit.set_defaults(run=_submit)

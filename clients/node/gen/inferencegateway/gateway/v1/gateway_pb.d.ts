@@ -327,6 +327,22 @@ export declare type Job = Message<"inferencegateway.gateway.v1.Job"> & {
    * @generated from field: string logs = 18;
    */
   logs: string;
+
+  /**
+   * The longest the job may wait QUEUED (from create_time), as given at Submit or the route's
+   * default; unset: no limit. Past it the job ends FAILED with reason QUEUE_TIMEOUT.
+   *
+   * @generated from field: google.protobuf.Duration queue_timeout = 19;
+   */
+  queueTimeout?: Duration | undefined;
+
+  /**
+   * The longest the job may run (from start_time); unset: no limit. Past it the job ends FAILED
+   * with reason RUN_TIMEOUT, and its backend is stopped as Cancel stops it.
+   *
+   * @generated from field: google.protobuf.Duration run_timeout = 20;
+   */
+  runTimeout?: Duration | undefined;
 };
 
 /**
@@ -466,6 +482,22 @@ export declare type JobJson = {
    * @generated from field: string logs = 18;
    */
   logs?: string;
+
+  /**
+   * The longest the job may wait QUEUED (from create_time), as given at Submit or the route's
+   * default; unset: no limit. Past it the job ends FAILED with reason QUEUE_TIMEOUT.
+   *
+   * @generated from field: google.protobuf.Duration queue_timeout = 19;
+   */
+  queueTimeout?: DurationJson;
+
+  /**
+   * The longest the job may run (from start_time); unset: no limit. Past it the job ends FAILED
+   * with reason RUN_TIMEOUT, and its backend is stopped as Cancel stops it.
+   *
+   * @generated from field: google.protobuf.Duration run_timeout = 20;
+   */
+  runTimeout?: DurationJson;
 };
 
 /**
@@ -901,6 +933,22 @@ export declare type SubmitRequest = Message<"inferencegateway.gateway.v1.SubmitR
    * @generated from field: inferencegateway.gateway.v1.Webhook webhook = 6;
    */
   webhook?: Webhook | undefined;
+
+  /**
+   * Optional deadlines, each at most 30 days; unset: the route's default (none unless configured).
+   * queue_timeout: the longest the job may wait QUEUED; past it, FAILED with reason QUEUE_TIMEOUT.
+   *
+   * @generated from field: google.protobuf.Duration queue_timeout = 7;
+   */
+  queueTimeout?: Duration | undefined;
+
+  /**
+   * run_timeout: the longest it may run; past it, FAILED with reason RUN_TIMEOUT (the backend is
+   * stopped as Cancel stops it).
+   *
+   * @generated from field: google.protobuf.Duration run_timeout = 8;
+   */
+  runTimeout?: Duration | undefined;
 };
 
 /**
@@ -951,6 +999,22 @@ export declare type SubmitRequestJson = {
    * @generated from field: inferencegateway.gateway.v1.Webhook webhook = 6;
    */
   webhook?: WebhookJson;
+
+  /**
+   * Optional deadlines, each at most 30 days; unset: the route's default (none unless configured).
+   * queue_timeout: the longest the job may wait QUEUED; past it, FAILED with reason QUEUE_TIMEOUT.
+   *
+   * @generated from field: google.protobuf.Duration queue_timeout = 7;
+   */
+  queueTimeout?: DurationJson;
+
+  /**
+   * run_timeout: the longest it may run; past it, FAILED with reason RUN_TIMEOUT (the backend is
+   * stopped as Cancel stops it).
+   *
+   * @generated from field: google.protobuf.Duration run_timeout = 8;
+   */
+  runTimeout?: DurationJson;
 };
 
 /**
