@@ -180,6 +180,10 @@ class Job:
     """The protobuf message (with every segment of ``segments``)."""
     logs: str = ""
     """Upstream routes: the tail of the provider's log, as of this revision."""
+    queue_timeout: float | None = None
+    """Seconds the job may wait queued (past them it fails, QUEUE_TIMEOUT); None: no limit."""
+    run_timeout: float | None = None
+    """Seconds the job may run (past them it is stopped and fails, RUN_TIMEOUT); None: no limit."""
 
     @classmethod
     def from_proto(cls, m: pb.Job, segments: tuple[Segment, ...] | None = None) -> Job:
@@ -202,6 +206,8 @@ class Job:
             request_id=m.request_id,
             raw=m,
             logs=m.logs,
+            queue_timeout=m.queue_timeout.ToTimedelta().total_seconds() if m.HasField("queue_timeout") else None,
+            run_timeout=m.run_timeout.ToTimedelta().total_seconds() if m.HasField("run_timeout") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
