@@ -5,6 +5,8 @@ Each process counts what it does itself (the jobs it stores, runs and ends, the 
 that Prometheus sums them across replicas and workers without counting a job twice:
 
     gateway_jobs_submitted_total{route}                   jobs stored by Submit here
+    gateway_submits_refused_total{route,reason}           Submits (and Uploads) refused here, by ErrorInfo reason
+                                                          (route: "" when it names no configured route)
     gateway_jobs_finished_total{route,state,reason}       jobs ended here (state SUCCEEDED/FAILED/CANCELLED)
     gateway_queue_depth{route}                            jobs waiting in this process's queue of the route
     gateway_queue_wait_seconds{route}                     submitted -> running (histogram)
@@ -34,6 +36,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 JOBS_SUBMITTED = Counter("gateway_jobs_submitted", "Jobs stored by Submit in this process.", ["route"], registry=REGISTRY)
+SUBMITS_REFUSED = Counter("gateway_submits_refused", "Submits refused by this process, by error reason.",
+                          ["route", "reason"], registry=REGISTRY)
 JOBS_FINISHED = Counter("gateway_jobs_finished", "Jobs ended by this process, by final state and error reason.",
                         ["route", "state", "reason"], registry=REGISTRY)
 QUEUE_DEPTH = Gauge("gateway_queue_depth", "Jobs waiting in this process's queue of the route.", ["route"],

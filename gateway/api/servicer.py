@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
-from gateway import allocator
+from gateway import allocator, metrics
 from gateway.api.auth import DEFAULT_TENANT, Authenticator
 from gateway.api.convert import (
     delivery_to_proto,
@@ -263,12 +263,21 @@ class GatewayServicer:
 
     async def upload(self, requests: AsyncIterator[Any], tenant: str, context: Any) -> pb.UploadResponse:
         """See gateway.api.upload (the caller is authenticated, from the headers, before a message is read)."""
-        received = await receive(requests, self.spool_dir, self._upload_limit)
         try:
-            problem = check_request(received.request)
-            if problem is not None:
-                raise problem
-            route, job_input, labels, request_id, webhook, deadlines = submit_from_proto(received.request)
+            received = await receive(requests, self.spool_dir, self._upload_limit)
+        except GatewayError as refused:  # (counted here: the service never saw it)
+            metrics.SUBMITS_REFUSED.labels("", refused.reason).inc()
+            raise
+        try:
+            try:
+                problem = check_request(received.request)
+                if problem is not None:
+                    raise problem
+                route, job_input, labels, request_id, webhook, deadlines = submit_from_proto(received.request)
+            except GatewayError as refused:
+                known = received.request.route if received.request.route in self.service.routes else ""
+                metrics.SUBMITS_REFUSED.labels(known, refused.reason).inc()
+                raise
             assert job_input.transcription is not None  # (check_request)
             job_input = replace(job_input, transcription=replace(
                 job_input.transcription, audio_upload=received.sha256, audio_file=received.path))

@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway import metrics
 from gateway.bus import EventBus
-from gateway.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from gateway.errors import (
+    AlreadyExists,
+    FieldViolation,
+    GatewayError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from gateway.hub import JobEvent
 from gateway.jobs import Clock, Deadlines, Job, JobInput, JobState, WebhookSpec, new_job_id
 from gateway.lifecycle import Route
@@ -91,7 +99,17 @@ class Admission:
         webhook: WebhookSpec | None = None, deadlines: Deadlines = _NO_DEADLINES,
     ) -> tuple[Job, bool]:
         """Stores a new job and queues it; answers (job, existing). ``deadlines``: its timeouts (None:
-        the route's defaults)."""
+        the route's defaults). A refusal is counted by reason (gateway_submits_refused_total)."""
+        try:
+            return await self._submit(tenant, route, job_input, labels, request_id, webhook, deadlines)
+        except GatewayError as refused:
+            metrics.SUBMITS_REFUSED.labels(route if route in self.routes else "", refused.reason).inc()
+            raise
+
+    async def _submit(
+        self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str,
+        webhook: WebhookSpec | None, deadlines: Deadlines,
+    ) -> tuple[Job, bool]:
         if not self.accepting:
             raise Unavailable("the gateway is shutting down; retry on another replica", reason="SHUTTING_DOWN")
         _check_submission(route, labels, request_id)

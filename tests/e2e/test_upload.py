@@ -215,3 +215,24 @@ def test_with_redis_the_worker_of_another_process_gets_the_upload(
         assert client.future(job.id).result(timeout=180).text.strip() == TEXT
     assert not _spooled(worker)  # its copy went with the run
     assert redis_process.command("EXISTS", f"gw:audio:{job.id}") == "0"  # and the store's with the job's end
+
+
+def test_refused_uploads_are_counted_by_reason(gateway: ServerProcess, big_wav: Path) -> None:
+    import re
+    import urllib.request
+
+    def refused(reason: str) -> float:
+        with urllib.request.urlopen(f"{gateway.http_url}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        found = re.findall(r'^gateway_submits_refused_total\{([^}]*)\} (\S+)$', text, re.MULTILINE)
+        return sum(float(v) for labels, v in found if f'reason="{reason}"' in labels)
+
+    before = {r: refused(r) for r in ("AUDIO_TOO_LARGE", "MALFORMED_REQUEST", "UPLOAD_NOT_SUPPORTED")}
+    data = big_wav.read_bytes()
+    with grpc.insecure_channel(gateway.target, options=CHANNEL) as channel:
+        stub = pb_grpc.GatewayServiceStub(channel)
+        _refused(stub, iter([_header(), *_chunks(data * 2)]))
+        _refused(stub, iter(_chunks(data)))
+        _refused(stub, iter([_header("echo"), *_chunks(data)]))
+    for reason, count in before.items():
+        assert refused(reason) == count + 1, reason

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway_client import Client, JobFailedError, NotFoundError
+from gateway_client import Client, InvalidArgumentError, JobFailedError, NotFoundError
 from harness import FIXTURES, ServerProcess, wait_until
 from harness.fakes.octoai import TOKEN, FakeProcess
 from harness.fakes.octoai import route_config as upstream_config
@@ -62,6 +62,10 @@ def test_counters_move_as_jobs_run(make_server: Callable[..., ServerProcess], up
             failing.result(timeout=60)
         with pytest.raises(NotFoundError):
             client.get("0" * 32)
+        with pytest.raises(InvalidArgumentError):
+            client.submit("echo", {"delay_ms": -1})
+        with pytest.raises(NotFoundError):
+            client.submit("nowhere", {})
 
         # A Watch held open is counted while it is open.
         slow = client.submit("echo", {"delay_ms": 3000, "steps": 3})
@@ -85,6 +89,8 @@ def test_counters_move_as_jobs_run(make_server: Callable[..., ServerProcess], up
 
     assert moved("gateway_jobs_submitted_total", route="echo") == 5
     assert moved("gateway_jobs_submitted_total", route="whisper") == 1
+    assert moved("gateway_submits_refused_total", route="echo", reason="INVALID_REQUEST") == 1
+    assert moved("gateway_submits_refused_total", route="", reason="ROUTE_NOT_FOUND") == 1
     assert moved("gateway_jobs_finished_total", route="echo", state="SUCCEEDED") == 4
     assert moved("gateway_jobs_finished_total", route="echo", state="FAILED", reason="ECHO_FAILURE") == 1
     assert moved("gateway_jobs_finished_total", route="whisper", state="SUCCEEDED") == 1
