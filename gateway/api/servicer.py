@@ -288,9 +288,14 @@ class GatewayServicer:
             remove(received.path)  # unless the store took it (then it is gone from here already)
 
     def _upload_limit(self, route: str | None) -> int:
-        """The most audio bytes ``route`` takes by Upload; None: the most any route takes."""
+        """The most audio bytes ``route`` takes by Upload; None: the most any route takes. With a shared
+        store, which holds an upload in memory until its job ends, also the route's max_queued_bytes: an
+        upload that could never be queued is refused as it arrives, not sent to Redis to be refused."""
+        shared = self.service.store.shared
         routes = self.service.routes.values() if route is None else [self.service.route(route)]
-        limits = [r.backend.max_upload_bytes for r in routes if isinstance(r.backend, TakesUploads)]
+        limits = [min(r.backend.max_upload_bytes, r.settings.max_queued_bytes or r.backend.max_upload_bytes)
+                  if shared else r.backend.max_upload_bytes
+                  for r in routes if isinstance(r.backend, TakesUploads)]
         if not limits:
             raise InvalidArgument.fields(FieldViolation(
                 "submit.route", "takes no uploads: only whisper routes take audio" if route else "no route takes uploads"),

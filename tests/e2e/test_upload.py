@@ -16,7 +16,7 @@ import pytest
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
-from gateway_client import Client, ResourceExhaustedError
+from gateway_client import Client, InvalidArgumentError, ResourceExhaustedError
 from harness import FIXTURES, WHISPER_CONFIG, ServerProcess, cli, wait_until
 from harness.redis import RedisProcess
 from harness.uploads import padded_wav
@@ -215,6 +215,21 @@ def test_with_redis_the_worker_of_another_process_gets_the_upload(
         assert client.future(job.id).result(timeout=180).text.strip() == TEXT
     assert not _spooled(worker)  # its copy went with the run
     assert redis_process.command("EXISTS", f"gw:audio:{job.id}") == "0"  # and the store's with the job's end
+
+
+def test_with_redis_an_upload_over_max_queued_bytes_is_refused_as_it_arrives(
+    make_server: Callable[..., ServerProcess], redis_process: RedisProcess, big_wav: Path,
+) -> None:
+    redis_process.flush()
+    config = (f'store = "{redis_process.url}"\n' + SMALL_RECEIVE + WHISPER_CONFIG
+              + f"max_audio_bytes = {8 * MiB}\nmax_queued_bytes = {4 * MiB}\n")
+    api = make_server(config, args=("--workers", "0"))
+    with Client(api.target, retry=None) as client, pytest.raises(InvalidArgumentError) as caught:
+        client.upload("whisper", big_wav)  # 6 MiB: Redis would never queue it
+    assert caught.value.reason == "AUDIO_TOO_LARGE"
+    assert caught.value.metadata["limitBytes"] == str(4 * MiB)
+    assert redis_process.command("KEYS", "gw:audio:*") == ""  # nothing was sent to Redis
+    assert not _spooled(api)
 
 
 def test_refused_uploads_are_counted_by_reason(gateway: ServerProcess, big_wav: Path) -> None:
