@@ -36,6 +36,7 @@ from gateway.jobs import Clock, SystemClock
 from gateway.service import JobService
 from gateway.settings import Settings
 from gateway.store import ReportsWritability, SqliteStore, Store
+from gateway.store.uploads import sweep_spools
 from gateway.tls import CertificateFiles
 from gateway.work import RouteRunner, WorkQueue, health_name
 
@@ -186,6 +187,9 @@ class Gateway:
 
             enable_tracing()
         await self.store.open()
+        swept = await asyncio.to_thread(sweep_spools, settings.data_dir / "uploads" / "incoming")
+        if swept:
+            log.info("deleted %d partial upload(s) left by a process that is gone", swept)
         if isinstance(self.store, ReportsWritability):
             self.store.on_writable(self._store_listener)
         await self.bus.open()

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["SPOOL_PREFIX", "UploadFiles", "new_copy", "reader", "remove", "spool_file", "sync_dir"]
+__all__ = ["SPOOL_PREFIX", "UploadFiles", "new_copy", "reader", "remove", "spool_file", "sweep_spools", "sync_dir"]
 
-SPOOL_PREFIX = "upload-"
+SPOOL_PREFIX = "upload-"  # then the writing process's pid and "-": a spool whose process is gone is a leftover
 
 
 def sync_dir(path: Path) -> None:
@@ -53,11 +53,39 @@ def spool_file(folder: Path) -> Path:
     be), for an Upload's chunks."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIX, dir=folder)
+        fd, name = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=folder)
     except OSError:
-        fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIX)
+        fd, name = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-")
     os.close(fd)
     return Path(name)
+
+
+def sweep_spools(folder: Path) -> int:
+    """Deletes the spools in ``folder`` that a process now gone was writing (a crash's leftovers; the
+    processes sharing a data dir are on one machine, so their pids tell): how many."""
+    swept = 0
+    if not folder.is_dir():
+        return swept
+    for path in folder.iterdir():
+        pid = path.name[len(SPOOL_PREFIX):].split("-", 1)[0]
+        if not path.name.startswith(SPOOL_PREFIX) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            swept += 1
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
 
 
 class UploadFiles:

@@ -251,3 +251,32 @@ def test_refused_uploads_are_counted_by_reason(gateway: ServerProcess, big_wav: 
         _refused(stub, iter([_header("echo"), *_chunks(data)]))
     for reason, count in before.items():
         assert refused(reason) == count + 1, reason
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_a_spool_left_by_kill_9_is_deleted_at_the_next_start(
+    make_server: Callable[..., ServerProcess], request: pytest.FixtureRequest, big_wav: Path, store: str,
+) -> None:
+    config = SMALL_RECEIVE + WHISPER_CONFIG
+    if store == "redis":
+        redis: RedisProcess = request.getfixturevalue("redis_process")
+        redis.flush()
+        config = f'store = "{redis.url}"\n' + config
+    server = make_server(config, args=("--workers", "0"))
+    data = big_wav.read_bytes()
+
+    def slow() -> Iterator[pb.UploadRequest]:
+        yield _header()
+        for n, message in enumerate(_chunks(data, 256 * 1024)):
+            yield message
+            if n >= 2:
+                time.sleep(60)  # never finished: the server dies first
+
+    with grpc.insecure_channel(server.target, options=CHANNEL) as channel:
+        future = pb_grpc.GatewayServiceStub(channel).Upload.future(slow(), timeout=90)
+        wait_until(lambda: _spooled(server), "the upload to be spooled")
+        server.kill()
+        future.cancel()
+    assert _spooled(server)  # what the crash left
+    server.start()
+    assert not _spooled(server)
