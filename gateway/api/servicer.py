@@ -291,16 +291,18 @@ class GatewayServicer:
         """The most audio bytes ``route`` takes by Upload; None: the most any route takes. With a shared
         store, which holds an upload in memory until its job ends, also the route's max_queued_bytes: an
         upload that could never be queued is refused as it arrives, not sent to Redis to be refused."""
-        shared = self.service.store.shared
         routes = self.service.routes.values() if route is None else [self.service.route(route)]
-        limits = [min(r.backend.max_upload_bytes, r.settings.max_queued_bytes or r.backend.max_upload_bytes)
-                  if shared else r.backend.max_upload_bytes
-                  for r in routes if isinstance(r.backend, TakesUploads)]
+        limits = [self._route_upload_limit(r) for r in routes if isinstance(r.backend, TakesUploads)]
         if not limits:
             raise InvalidArgument.fields(FieldViolation(
                 "submit.route", "takes no uploads: only whisper routes take audio" if route else "no route takes uploads"),
                 reason="UPLOAD_NOT_SUPPORTED")
         return max(limits)
+
+    def _route_upload_limit(self, route: Any) -> int:
+        limit: int = route.backend.max_upload_bytes
+        queued = route.settings.max_queued_bytes  # (0: no limit)
+        return min(limit, queued) if self.service.store.shared and queued else limit
 
     async def _job(self, job: Any, with_segments: bool = True, stored: bool = True) -> pb.Job:
         """The job as Get shows it: with its webhook's delivery state, if it has a webhook (a job

@@ -337,11 +337,11 @@ class Running:
         await self._end(job_id, JobState.FAILED, failure, only_queued=True)
 
     async def _end(self, job_id: str, state: JobState, failure: JobFailure, only_queued: bool = False) -> None:
-        if self.active.head(job_id) is None:  # run by another process (a shared store): end it in the store
+        head = self.active.head(job_id)
+        if head is None:  # run by another process (a shared store): end it in the store
             await self._end_stored(job_id, state, only_queued, error=failure, queue_position=0)
             return
-        head = self.active.head(job_id)
-        if only_queued and head is not None and head.state is not JobState.QUEUED:
+        if only_queued and head.state is not JobState.QUEUED:
             return
         job = self._finish(job_id, state, error=failure, queue_position=0)
         if job is not None and not await self._save(job):
