@@ -13,6 +13,7 @@ job's (the store keeps it) or is deleted, whatever happens, including a call can
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +24,7 @@ from typing import Any, BinaryIO
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 from gateway.api.gate import Rejected
-from gateway.errors import FieldViolation, GatewayError, InvalidArgument
+from gateway.errors import FieldViolation, GatewayError, InvalidArgument, Unavailable
 from gateway.store.uploads import remove, spool_file
 
 __all__ = ["MAX_CHUNK_BYTES", "Received", "check_request", "receive"]
@@ -57,13 +58,27 @@ def _malformed(message: str) -> InvalidArgument:
 async def receive(messages: AsyncIterator[Any], folder: Path, limit_for: Callable[[str | None], int]) -> Received:
     """Reads the call's messages into a new file in ``folder``; ``limit_for(route)`` is the most audio
     bytes the route takes (raising GatewayError for a route that takes none), ``limit_for(None)`` the
-    most any route takes. The caller deletes the file (``Received.path``) unless the store took it."""
-    path = await asyncio.to_thread(spool_file, folder)
+    most any route takes. The caller deletes the file (``Received.path``) unless the store took it. A
+    disk that cannot take it (full, or failing) is UNAVAILABLE with RetryInfo: the upload is dropped,
+    and the same one sent again later succeeds."""
+    try:
+        path = await asyncio.to_thread(spool_file, folder)
+    except OSError as exc:
+        raise _no_room(exc) from None
     try:
         return await _receive(messages, path, limit_for)
+    except OSError as exc:
+        remove(path)
+        raise _no_room(exc) from None
     except BaseException:
         remove(path)
         raise
+
+
+def _no_room(exc: OSError) -> Unavailable:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return Unavailable(f"the upload could not be written to disk ({exc.strerror or exc}); retry later",
+                       reason="UPLOAD_DISK_FULL" if full else "UPLOAD_DISK_FAILED", retry_after=5.0)
 
 
 async def _receive(messages: AsyncIterator[Any], path: Path, limit_for: Callable[[str | None], int]) -> Received:

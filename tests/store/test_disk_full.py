@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import duration_pb2, struct_pb2
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
@@ -140,3 +141,30 @@ def test_a_store_on_a_disk_that_filled_while_stopped_is_left_as_it_was(small_dis
     _refused_for_room(done, data_dir)
     assert store.read_bytes() == kept
     assert sorted(p.name for p in data_dir.iterdir()) == ["gateway.lock", "gateway.sqlite3"]
+
+
+def test_an_upload_the_disk_cannot_hold_is_unavailable_and_leaves_room(make_server, small_disk: Path) -> None:  # type: ignore[no-untyped-def]
+    """The 3 MiB disk cannot hold a 6 MiB upload: UNAVAILABLE UPLOAD_DISK_FULL with RetryInfo, the partial
+    spool deleted (the disk's room back), the gateway still serving and taking the next job."""
+    from harness import FIXTURES
+    from harness.uploads import padded_wav
+
+    server: ServerProcess = make_server(CONFIG + '[routes.whisper]\nbackend = "whisper"\n', start=False,
+                                        args=("--workers", "0"))
+    server.data_dir = small_disk
+    server.start()
+    audio = padded_wav((FIXTURES / "seashells_44k_stereo.wav").read_bytes(), 6 * 1024 * 1024)
+    header = pb.UploadRequest(submit=pb.SubmitRequest(route="whisper", transcription=pb.TranscriptionRequest()))
+    chunks = [pb.UploadRequest(audio_chunk=audio[i:i + (1 << 20)]) for i in range(0, len(audio), 1 << 20)]
+    with grpc.insecure_channel(server.target, options=[("grpc.max_send_message_length", -1)]) as channel:
+        stub = pb_grpc.GatewayServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Upload(iter([header, *chunks]), timeout=30)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        status, info = error_info(refused.value)
+        assert info.reason == "UPLOAD_DISK_FULL"
+        assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+        spool = small_disk / "uploads" / "incoming"
+        assert not spool.exists() or not any(spool.iterdir())
+        assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+        stub.Submit(pb.SubmitRequest(route="echo", inputs=struct_pb2.Struct()), timeout=10)
