@@ -125,3 +125,26 @@ def test_the_cli_sets_the_timeouts(make_server: Callable[..., ServerProcess]) ->
     assert done.returncode == 0, done.stderr
     job = json.loads(done.stdout)["job"]
     assert (job["queueTimeout"], job["runTimeout"]) == ("5s", "2.500s")
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_a_job_taken_over_keeps_its_run_deadline(make_server: Callable[..., ServerProcess],
+                                                 redis_process: RedisProcess, how: str) -> None:
+    """Its worker killed (or drained by SIGTERM) mid-run, another worker takes the job over and ends it at
+    the deadline counted from its first start, not from the takeover."""
+    redis_process.flush()
+    config = f'store = "{redis_process.url}"\nshutdown_grace_seconds = 0\nlease_seconds = 1\n' + ROUTES
+    api = make_server(config, args=("--workers", "0"))
+    first = make_server(config, command="worker")
+    first.wait_serving("route/echo")
+    with Client(api.target) as client:
+        job, _ = client.submit_job("echo", LONG, run_timeout=4.0)
+        wait_until(lambda: client.get(job.id).state is JobState.RUNNING, "the job to run")
+        began = client.get(job.id).start_time
+        getattr(first, how)()
+        second = make_server(config, command="worker")
+        second.wait_serving("route/echo")
+        ended = _failed(client, job.id)
+    assert ended.error is not None and ended.error.reason == "RUN_TIMEOUT"
+    ran = (ended.finish_time - began).total_seconds()  # type: ignore[operator]
+    assert 4.0 <= ran < 5.0, f"ended {ran:.2f} s after its first start"
