@@ -37,6 +37,7 @@ from gateway.service import JobService
 from gateway.settings import Settings
 from gateway.store import ReportsWritability, SqliteStore, Store
 from gateway.store.uploads import sweep_spools
+from gateway.tasks import cancel_and_wait
 from gateway.tls import CertificateFiles
 from gateway.work import RouteRunner, WorkQueue, health_name
 
@@ -371,9 +372,7 @@ class Gateway:
             await self.grpc_server.stop(FINAL_GRACE_SECONDS)
         if self.webhooks is not None:
             await self.webhooks.stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._unsubscribe_hub()
         await self.bus.close()
         await self.store.close()

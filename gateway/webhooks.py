@@ -42,6 +42,7 @@ from gateway.errors import FieldViolation, InvalidArgument, clip
 from gateway.jobs import Clock, Job, JobState, WebhookSpec
 from gateway.settings import WebhookSettings
 from gateway.store.base import Store, WebhookClaim
+from gateway.tasks import cancel_and_wait
 
 __all__ = ["CheckedResolver", "Dispatcher", "WebhookPolicy", "check_address", "resolve", "signature_header"]
 
@@ -396,10 +397,7 @@ class Dispatcher:
 
     async def _close(self) -> None:
         self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
         for session in self._sessions.values():
             await session.close()
 

@@ -25,6 +25,7 @@ from gateway.hub import JobEvent
 from gateway.redis.codec import decode_event
 from gateway.redis.conn import RespConnection
 from gateway.redis.keys import Keys
+from gateway.tasks import cancel_and_wait
 
 __all__ = ["RedisBus"]
 
@@ -56,8 +57,7 @@ class RedisBus:
     async def close(self) -> None:
         self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task], timeout=5)
+            await cancel_and_wait([self._task])
             self._task = None
         await self._local.close()
 

@@ -36,6 +36,7 @@ from redis.exceptions import ResponseError
 from gateway.redis import scripts
 from gateway.redis.conn import RespConnection, pool
 from gateway.redis.keys import GROUP, queue_key
+from gateway.tasks import cancel_and_wait
 from gateway.work.queue import QueueClosed
 
 __all__ = ["GROUP", "RedisQueue", "consumer_name"]
@@ -153,11 +154,9 @@ class RedisQueue:
                             self.route, len(held), exc)
         self.close()
         self._ack_wanted.set()
-        for task in self._tasks:
-            task.cancel()
-        # redis-py may turn a cancellation inside a command into a ConnectionError, which the loops
-        # survive: they also stop on _closed, and nobody waits for them long.
-        await asyncio.wait(self._tasks, timeout=5)
+        # (redis-py may turn a cancellation inside a command into a ConnectionError, or lose it, which
+        # the loops survive: they are cancelled until they end, and also stop on _closed.)
+        await cancel_and_wait(self._tasks)
         if self._reader is not None:
             self._reader.close()
             self._reader = None

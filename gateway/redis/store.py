@@ -48,6 +48,7 @@ from gateway.redis.keys import Keys
 from gateway.store import uploads
 from gateway.store.base import CreateOutcome, JobFilter, QueueFull, ResumableJob, RevisionConflict, WebhookClaim, Writability
 from gateway.store.writer import BatchFailed, CannotWrite, Outcome, TaskWriter
+from gateway.tasks import cancel_and_wait
 
 __all__ = ["RedisStore"]
 
@@ -193,8 +194,7 @@ class RedisStore:
     async def close(self) -> None:
         self._closing = True  # writes waiting for Redis to accept them give up
         if self._epoch_task is not None:
-            self._epoch_task.cancel()
-            await asyncio.wait([self._epoch_task], timeout=5)
+            await cancel_and_wait([self._epoch_task])
             self._epoch_task = None
         if self._writer is not None:
             await self._writer.close()

@@ -24,6 +24,7 @@ from gateway.errors import Code, FailedPrecondition, GatewayError, ResourceExhau
 from gateway.jobs import Job, JobFailure
 from gateway.lifecycle import Lifecycle
 from gateway.settings import RouteSettings
+from gateway.tasks import cancel_and_wait
 from gateway.work.queue import MemoryQueue, QueueClosed, WorkQueue
 
 __all__ = ["RouteRunner", "health_name"]
@@ -114,13 +115,10 @@ class RouteRunner:
         (they stay RUNNING in the store and resume at the next start)."""
         self.queue.close()
         if self._workers:
-            _done, pending = await asyncio.wait(self._workers, timeout=drain)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*self._workers, return_exceptions=True)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.wait(self._workers, timeout=drain)
+            # (an interrupted worker gives its job's attempt back: two seconds for that store write)
+            await cancel_and_wait(self._workers, again=2.0)
+        await cancel_and_wait(self._tasks)
         await self.queue.aclose()
         await self.backend.close()
 

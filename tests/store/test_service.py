@@ -235,6 +235,16 @@ async def test_shutdown_refuses_submits(tmp_path: Path) -> None:
     assert refused.value.reason == "SHUTTING_DOWN"
 
 
+async def test_stops_however_soon_after_it_starts(tmp_path: Path) -> None:
+    """Stopped as soon as started, while its loops are in their first store commands: a cancellation
+    lost inside one (redis-py on Python 3.11) must not leave stop() waiting for ever."""
+    for i in range(15):
+        gw = Gateway(make_settings(tmp_path / str(i)), clock=FakeClock())
+        await gw.start()
+        async with asyncio.timeout(10):
+            await gw.stop()
+
+
 async def test_resume_finishes_queued_and_running_jobs(tmp_path: Path) -> None:
     clock = FakeClock()
     settings = make_settings(tmp_path, EchoRoute(workers=1))

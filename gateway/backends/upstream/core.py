@@ -45,6 +45,7 @@ from gateway.backends.upstream.http import Limits, UpstreamError, UpstreamHttp
 from gateway.backends.upstream.inbox import Delivery, Inbox
 from gateway.errors import Code, FieldViolation, InvalidArgument
 from gateway.jobs import JobInput, JobOutput, Result, Segment
+from gateway.tasks import cancel_and_wait
 
 __all__ = ["DONE", "QUEUED", "RUNNING", "Snapshot", "Tracker", "UpstreamBackend"]
 
@@ -203,8 +204,7 @@ class UpstreamBackend:
     async def close(self) -> None:
         self.readiness.set(False)
         if self._health_task is not None:
-            self._health_task.cancel()
-            await asyncio.gather(self._health_task, return_exceptions=True)
+            await cancel_and_wait([self._health_task])
         await self.http.close()
 
     async def health(self) -> bool | None:

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.tasks import cancel_and_wait
+
 __all__ = ["HOOK_PATH", "Delivery", "Inbox", "Mailbox", "RedisInbox", "UpstreamHooks"]
 
 log = logging.getLogger(__name__)
@@ -193,8 +195,7 @@ class RedisInbox(Inbox):
     async def close(self) -> None:
         await super().close()
         if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+            await cancel_and_wait([self._reader])
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
