@@ -33,7 +33,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.errors import Code, FieldViolation, GatewayError, InvalidArgument, NotFound, http_status
-from gateway.http.face import ANYONE, Route, current_tenant, error_body, json_response
+from gateway.http.face import ANYONE, Route, current_tenant, error_body, json_response, priority_of
 from gateway.hub import HubClosed
 from gateway.jobs import Job, JobInput, JobOutput, JobState, Result, Transcript
 from gateway.service import MAX_INPUT_DEPTH, JobService
@@ -147,7 +147,8 @@ class Facade:
             raise InvalidArgument("the body must be a JSON object of inputs", reason="MALFORMED_REQUEST")
         if isinstance(self.settings.routes[route], WhisperRoute):
             inputs.setdefault("word_timestamps", True)  # the template's segments carry words
-        job, _ = await self.service.submit(tenant, route, JobInput(inputs=inputs), {"via": "octoai-facade"}, "")
+        job, _ = await self.service.submit(tenant, route, JobInput(inputs=inputs), {"via": "octoai-facade"}, "",
+                                           priority=priority_of(request))
         if request.headers.get("X-OctoAI-Async", "").strip() in ("1", "true", "True"):
             body = {"response_id": job.id, "poll_url": f"{self._base(request)}/v1/requests/{job.id}"}
             return _json(body, 201, job.id)

@@ -193,6 +193,7 @@ class Job:
     logs: str = ""  # an upstream job's log, its tail
     queue_timeout: float = 0.0  # seconds it may wait QUEUED (from created); 0: no limit
     run_timeout: float = 0.0  # seconds it may run (from started); 0: no limit
+    priority: int = 3  # 1 (most urgent) to 5 (DEFAULT_PRIORITY 3): its order among its tenant's waiting jobs
 
     @property
     def terminal(self) -> bool:
@@ -218,6 +219,10 @@ def webhook_wanted(job: Job) -> bool:
     if job.state in TERMINAL_STATES:
         return "completed" in hook.events
     return job.state is JobState.RUNNING and not hook.events.isdisjoint(("start", "progress"))
+
+
+DEFAULT_PRIORITY = 3  # a job's priority when Submit gives none: 1 (most urgent) to 5, the convention Temporal uses
+PRIORITIES = range(1, 6)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from aiohttp import web
 
 from gateway import subtitles
 from gateway.errors import Code, FieldViolation, GatewayError, InvalidArgument, NotFound, http_status
-from gateway.http.face import BEARER, Route, current_tenant
+from gateway.http.face import BEARER, Route, current_tenant, priority_of
 from gateway.jobs import Job, JobInput, JobState, Transcript, TranscriptionInput
 from gateway.service import JobService
 from gateway.settings import Settings
@@ -179,15 +179,16 @@ class OpenAIFace:
                                                               language=language, task=task,
                                                               word_timestamps=words, prompt=prompt,
                                                               temperature=temperature))
+        priority = priority_of(request)
         try:
-            job, _ = await self.service.submit(tenant, route, job_input, {"via": "openai"}, "")
+            job, _ = await self.service.submit(tenant, route, job_input, {"via": "openai"}, "", priority=priority)
         except InvalidArgument as exc:
             # An English-only model cannot translate, and needs not: its transcript is English already.
             if task != "translate" or not any(v.field.endswith(".task") for v in exc.field_violations):
                 raise
             assert job_input.transcription is not None
             job_input = JobInput(transcription=replace(job_input.transcription, task="transcribe"))
-            job, _ = await self.service.submit(tenant, route, job_input, {"via": "openai"}, "")
+            job, _ = await self.service.submit(tenant, route, job_input, {"via": "openai"}, "", priority=priority)
         headers = {"X-Job-Id": job.id}
         if stream:
             return await self._stream(request, tenant, job, headers)

@@ -110,7 +110,8 @@ def make_store(settings: Settings, clock: Clock | None = None) -> Store:
         from gateway.redis import RedisStore
 
         limits = {name: (route.max_queue, route.max_queued_bytes) for name, route in settings.routes.items()}
-        store = RedisStore(settings.store, clock=clock, queue_limits=limits)
+        store = RedisStore(settings.store, clock=clock, queue_limits=limits,
+                           tenant_weight=lambda tenant: settings.tenant(tenant).weight)
         store.spool_dir = settings.data_dir / "uploads" / "incoming"
         return store
     return SqliteStore(settings.data_dir / "gateway.sqlite3", settings.sqlite_synchronous)
@@ -201,7 +202,8 @@ class Gateway:
             runner = RouteRunner(name, route_settings, create_backend(route_settings, self.inbox, settings.audio_url),
                                  self.service.lifecycle,
                                  queue=self._queue(name, route_settings.max_queue),
-                                 workers=0 if settings.workers == 0 else None)
+                                 workers=0 if settings.workers == 0 else None,
+                                 tenant_weight=lambda tenant: settings.tenant(tenant).weight)
             self.runners[name] = runner
             metrics.track_queue_depth(name, runner.queued)
             await self._set_health(health_name(name), False)

@@ -26,6 +26,7 @@ __all__ = [
     "OctoAIRoute",
     "RouteSettings",
     "Settings",
+    "TenantSettings",
     "TlsSettings",
     "WebhookSettings",
     "WhisperRoute",
@@ -450,6 +451,18 @@ def _parses(url: str) -> bool:
         return False
 
 
+class TenantSettings(BaseModel):
+    """What a tenant gets of the routes it shares with the others ([tenants.<tenant>]; [tenants.default] is
+    every tenant not named, and the only one with auth off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(
+        1.0, gt=0, le=1000, description="Its share of a route's workers while other tenants have jobs waiting too: "
+                                        "free workers take the next job from the tenants in weighted round robin.",
+    )
+
+
 class WebhookTenant(BaseModel):
     """A tenant's own webhook keys (under [webhooks.tenants.<tenant>]); a key left out is the [webhooks] one."""
 
@@ -656,6 +669,14 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     audio_url: AudioUrlSettings = Field(default_factory=AudioUrlSettings)
     routes: dict[str, RouteSettings] = Field(default_factory=_default_routes)
+    tenants: dict[str, TenantSettings] = Field(
+        default_factory=dict, description="Per-tenant shares ([tenants.<tenant>]); [tenants.default] for the rest.",
+    )
+
+    def tenant(self, name: str) -> TenantSettings:
+        """A tenant's settings: its own table, else [tenants.default], else the defaults."""
+        found = self.tenants.get(name) or self.tenants.get("default")
+        return found if found is not None else TenantSettings()
 
     @field_validator("routes")
     @classmethod

@@ -13,6 +13,8 @@ from gateway.api.status import failure_to_status
 from gateway.errors import FieldViolation, InvalidArgument
 from gateway.hub import JobEvent
 from gateway.jobs import (
+    DEFAULT_PRIORITY,
+    PRIORITIES,
     WEBHOOK_EVENTS,
     Deadlines,
     Job,
@@ -98,6 +100,7 @@ def job_to_proto(job: Job, with_segments: bool = True) -> pb.Job:
         message.queue_timeout.FromNanoseconds(round(job.queue_timeout * 1e9))
     if job.run_timeout:
         message.run_timeout.FromNanoseconds(round(job.run_timeout * 1e9))
+    message.priority = job.priority
     if job.webhook is not None:
         message.webhook.url = job.webhook.url
         message.webhook.events.extend(WEBHOOK_EVENTS.index(e) + 1 for e in sorted(job.webhook.events, key=WEBHOOK_EVENTS.index))
@@ -164,9 +167,9 @@ def jobs_heartbeat_bytes(now: float, token: str) -> bytes:
 
 def submit_from_proto(
     request: pb.SubmitRequest,
-) -> tuple[str, JobInput, dict[str, str], str, WebhookSpec | None, Deadlines]:
-    """(route, input, labels, request_id, webhook); structural problems raise InvalidArgument (the
-    webhook URL's policy is the service's to check)."""
+) -> tuple[str, JobInput, dict[str, str], str, WebhookSpec | None, Deadlines, int]:
+    """(route, input, labels, request_id, webhook, deadlines, priority); structural problems raise
+    InvalidArgument (the webhook URL's policy is the service's to check)."""
     kind = request.WhichOneof("input")
     violations = []
     if not request.route:
@@ -206,9 +209,13 @@ def submit_from_proto(
                 violations.append(FieldViolation("webhook.events", f"unknown event {value}: start, progress or completed"))
         webhook = WebhookSpec(request.webhook.url, frozenset(events or {"completed"}))
     deadlines = Deadlines(*(_timeout(request, name, violations) for name in ("queue_timeout", "run_timeout")))
+    priority = request.priority or DEFAULT_PRIORITY
+    if priority not in PRIORITIES:
+        violations.append(FieldViolation("priority", f"1 (most urgent) to 5, or 0 (unset) for {DEFAULT_PRIORITY}; "
+                                                     f"got {request.priority}"))
     if violations:
         raise InvalidArgument.fields(*violations)
-    return request.route, job_input, dict(request.labels), request.request_id, webhook, deadlines
+    return request.route, job_input, dict(request.labels), request.request_id, webhook, deadlines, priority
 
 
 def _timeout(request: pb.SubmitRequest, name: str, violations: list[FieldViolation]) -> float | None:

@@ -257,8 +257,9 @@ class GatewayServicer:
         converted = submit_from_proto(request) if isinstance(request, pb.SubmitRequest) else request
         if isinstance(converted, GatewayError):
             raise converted
-        route, job_input, labels, request_id, webhook, deadlines = converted
-        job, existing = await self.service.submit(tenant, route, job_input, labels, request_id, webhook, deadlines)
+        route, job_input, labels, request_id, webhook, deadlines, priority = converted
+        job, existing = await self.service.submit(tenant, route, job_input, labels, request_id, webhook, deadlines,
+                                                  priority)
         return pb.SubmitResponse(job=await self._job(job, stored=existing), existing=existing)
 
     async def upload(self, requests: AsyncIterator[Any], tenant: str, context: Any) -> pb.UploadResponse:
@@ -273,7 +274,7 @@ class GatewayServicer:
                 problem = check_request(received.request)
                 if problem is not None:
                     raise problem
-                route, job_input, labels, request_id, webhook, deadlines = submit_from_proto(received.request)
+                route, job_input, labels, request_id, webhook, deadlines, priority = submit_from_proto(received.request)
             except GatewayError as refused:
                 known = received.request.route if received.request.route in self.service.routes else ""
                 metrics.SUBMITS_REFUSED.labels(known, refused.reason).inc()
@@ -282,7 +283,7 @@ class GatewayServicer:
             job_input = replace(job_input, transcription=replace(
                 job_input.transcription, audio_upload=received.sha256, audio_file=received.path))
             job, existing = await self.service.submit(tenant, route, job_input, labels, request_id, webhook,
-                                                      deadlines)
+                                                      deadlines, priority)
             return pb.UploadResponse(job=await self._job(job, stored=existing), existing=existing)
         finally:
             remove(received.path)  # unless the store took it (then it is gone from here already)

@@ -18,10 +18,23 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from gateway.errors import Code, GatewayError, http_status
+from gateway.errors import Code, FieldViolation, GatewayError, InvalidArgument, http_status
+from gateway.jobs import DEFAULT_PRIORITY
 
-__all__ = ["ANYONE", "BEARER", "Access", "Route", "SubApp", "current_tenant", "error_body", "error_response",
-           "json_response", "optional_tenant"]
+__all__ = [
+    "ANYONE",
+    "BEARER",
+    "PRIORITY_HEADER",
+    "Access",
+    "Route",
+    "SubApp",
+    "current_tenant",
+    "error_body",
+    "error_response",
+    "json_response",
+    "optional_tenant",
+    "priority_of",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -87,6 +100,20 @@ def set_tenant(tenant: str | None) -> contextvars.Token[str | None]:
 
 def reset_tenant(token: contextvars.Token[str | None]) -> None:
     _tenant.reset(token)
+
+
+PRIORITY_HEADER = "X-Gateway-Priority"
+
+
+def priority_of(request: web.Request) -> int:
+    """The job's priority from the X-Gateway-Priority header (1 most urgent to 5; absent: 3): the HTTP
+    faces' way to say what Submit's priority field says."""
+    text = request.headers.get(PRIORITY_HEADER, "").strip()
+    if not text:
+        return DEFAULT_PRIORITY
+    if text not in ("1", "2", "3", "4", "5"):
+        raise InvalidArgument.fields(FieldViolation(PRIORITY_HEADER, f"1 (most urgent) to 5, not {text[:20]!r}"))
+    return int(text)
 
 
 def _dumps(value: Any) -> str:

@@ -47,6 +47,7 @@ def job_json(job: Job) -> str:
             "id": job.id, "tenant": job.tenant, "route": job.route, "created": job.created, "labels": dict(job.labels),
             "request_id": job.request_id, **({} if job.webhook is None else {"webhook": job.webhook.to_dict()}),
             **({"timeouts": [job.queue_timeout, job.run_timeout]} if job.queue_timeout or job.run_timeout else {}),
+            **({"priority": job.priority} if job.priority != 3 else {}),
         })[:-1]
         _STATIC_JSON[job.id] = (fixed, job.labels, static)
     if job.terminal:
@@ -70,7 +71,7 @@ def job_from_dict(data: Mapping[str, Any], segments: tuple[Segment, ...] = ()) -
         error=JobFailure.from_dict(data["error"]) if data["error"] else None, segments=segments,
         queue_position=data["queue_position"], request_id=data["request_id"],
         webhook=WebhookSpec.from_dict(data.get("webhook")), logs=data.get("logs", ""),
-        **_timeouts(data.get("timeouts")),
+        **_timeouts(data.get("timeouts")), priority=data.get("priority", 3),
     )
 
 

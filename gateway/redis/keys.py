@@ -2,8 +2,10 @@
 
     <prefix>job:<id>        hash: job (JSON, without segments), rev, att, seg (segment count), pos,
                             tenant, request_id, req_hash, expires, payload, ckpt, result, entry (its
-                            queue entry); until the job ends, qb and qk: its input's bytes and the
-                            counter they count in, and ak: its uploaded audio's key (if any)
+                            queue entry, once a worker took it); while it waits, sq and ss: its tenant's
+                            waiting set and its route's scheduler prefix; until the job ends, qb and qk:
+                            its input's bytes and the counter they count in, and ak: its uploaded audio's
+                            key (if any)
     <prefix>revs:<id>       stream, entry id 0-<revision>: job (JSON), seg (segment count then)
     <prefix>segs:<id>       list: the segments, in order (each once, whatever the revisions)
     <prefix>audio:<id>      list: an Upload's audio in chunks of 1 MiB, while the job's inputs are kept
@@ -18,7 +20,16 @@
     <prefix>tomb:<id>       string: the tenant of an expired or deleted job, until its tombstone ends
     <prefix>webhook:<id>    hash: the job's webhook (url, pending revision, lease, delivery state)
     <prefix>webhooks-due    sorted set: job id -> when its webhook is due (a claimed one: its lease end)
-    <prefix>queue:<route>   stream of queued job ids, read by the consumer group GROUP
+    <prefix>sched:<route>:  the route's scheduler (fair share, priority; scripts.TAKE takes from it):
+        tenants             sorted set: tenant -> its pass (the tenants with jobs waiting)
+        t:<tenant>          sorted set: job id -> priority * 2^40 + arrival (the tenant's waiting jobs)
+        vt                  string: the pass of the last job taken (where a tenant that starts waiting joins)
+        seq                 counter: arrivals
+        weights             hash: tenant -> its weight, as the last Submit's settings said
+        waiting             list: one element per waiting job (its length: what KEDA scales on)
+        wake                list: a token per job queued, popped by a fetch loop blocked on it (at most 64)
+    <prefix>queue:<route>   stream of the jobs workers took (an entry each, added and read in TAKE's step),
+                            pending under the consumer group GROUP while the job runs: the lease
     <prefix>queue-bytes:<route>  counter: input bytes of the route's jobs not ended yet
     <prefix>position        counter: change positions, in commit order
     <prefix>store_id        string: identifies this data (resume tokens carry it)
@@ -31,7 +42,7 @@ global indexes together. Some scripts build keys themselves from a prefix handed
 
 from __future__ import annotations
 
-__all__ = ["GROUP", "Keys", "queue_bytes_key", "queue_key"]
+__all__ = ["GROUP", "Keys", "queue_bytes_key", "queue_key", "sched_key", "waiting_key"]
 
 GROUP = "workers"  # the consumer group of every process's workers on a route's queue (the scripts name it too)
 
@@ -39,6 +50,16 @@ GROUP = "workers"  # the consumer group of every process's workers on a route's 
 def queue_key(prefix: str, route: str) -> str:
     """The stream a route's queued jobs wait in."""
     return f"{prefix}queue:{route}"
+
+
+def sched_key(prefix: str, route: str) -> str:
+    """The prefix of a route's scheduler keys (see above)."""
+    return f"{prefix}sched:{route}:"
+
+
+def waiting_key(prefix: str, route: str) -> str:
+    """The list as long as a route has jobs waiting for a worker (KEDA's redis trigger reads its length)."""
+    return f"{sched_key(prefix, route)}waiting"
 
 
 def queue_bytes_key(prefix: str, route: str) -> str:
@@ -100,6 +121,9 @@ class Keys:
 
     def queue_bytes(self, route: str) -> str:
         return queue_bytes_key(self.prefix, route)
+
+    def sched(self, route: str) -> str:
+        return sched_key(self.prefix, route)
 
     @property
     def active(self) -> str:

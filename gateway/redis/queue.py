@@ -1,29 +1,32 @@
-"""The shared work queue: a Redis stream per route, read by a consumer group of every process's workers.
+"""The shared work queue: a route's scheduler in Redis, and a stream of the jobs its workers took.
 
-The Redis store queues a job in the same script that creates it (``XADD <prefix>queue:<route>``), so a
-stored QUEUED job is always queued. A worker takes the next entry with XREADGROUP; the entry then
-stays pending under that worker (its lease) until the job ends (XACK + XDEL). While a job runs its
-worker renews the lease (XCLAIM of its own entry resets the entry's idle time) every third of the
-lease, so a long transcription is never taken away; an entry idle for a whole lease belongs to a
-worker that died, and any worker reclaims it (XAUTOCLAIM) and resumes the job, as a restart does
-(``max_attempts`` still holds: the store counts attempts). At-least-once, made safe by the store's
-compare-and-set: a run whose job was taken over cannot write it any more.
+The Redis store queues a job in the same script that creates it: into its tenant's set of the route's
+scheduler (``<prefix>sched:<route>:``, see keys.py), so a stored QUEUED job is always queued. A
+worker's fetch loop takes the next jobs with one script (scripts.TAKE: the tenants in weighted round
+robin, each tenant's most urgent job first), which gives each an entry in ``<prefix>queue:<route>``
+and reads it at once under this consumer: the entry then stays pending under that worker (its lease)
+until the job ends (XACK + XDEL). While a job runs its worker renews the lease (XCLAIM of its own
+entry resets the entry's idle time) every third of the lease, so a long transcription is never taken
+away; an entry idle for a whole lease belongs to a worker that died, and any worker reclaims it
+(XAUTOCLAIM) and resumes the job, as a restart does (``max_attempts`` still holds: the store counts
+attempts). At-least-once, made safe by the store's compare-and-set: a run whose job was taken over
+cannot write it any more.
 
-One fetch loop per process reads the stream, for as many entries as it has workers waiting (a
-route may have a thousand workers: they share one blocking read, and the process never takes a job
-it has no worker for).
+One fetch loop per process takes jobs, for as many as it has workers waiting (a route may have a
+thousand workers: they share one loop, and the process never takes a job it has no worker for). With
+nothing waiting it blocks on the route's wake list, where each Submit leaves a token.
 
-Admission (``max_queue``): the store's create script counts the entries not yet taken (the stream's
-length less the pending ones) and refuses a job beyond the limit in the same atomic step that queues
-it, so replicas submitting at once cannot pass it together. The count kept here (refreshed once a
-second) is only for ``len()``: as a gate it would be stale, refusing after a cancel elsewhere.
-Cancel needs nothing here: a queued job is ended in the store, and the worker that takes its entry
-finds it done and drops it; a running one learns it from the event bus.
+Admission (``max_queue``): the store's create script counts the jobs waiting (the scheduler's
+``waiting`` list, which KEDA reads too) and refuses a job beyond the limit in the same atomic step
+that queues it, so replicas submitting at once cannot pass it together. The count kept here
+(refreshed once a second) is only for ``len()``. Cancel needs nothing here: the store's script that
+ends a queued job takes it out of the scheduler; a running one learns it from the event bus.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import secrets
@@ -31,11 +34,11 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.redis import scripts
 from gateway.redis.conn import RespConnection, pool
-from gateway.redis.keys import GROUP, queue_key
+from gateway.redis.keys import GROUP, queue_key, sched_key, waiting_key
 from gateway.tasks import cancel_and_wait
 from gateway.work.queue import QueueClosed
 
@@ -45,6 +48,9 @@ log = logging.getLogger(__name__)
 
 BLOCK_MS = 500
 ACK_GATHER_SECONDS = 0.1
+_TAKE_SHA = hashlib.sha1(scripts.TAKE.encode()).hexdigest()
+
+
 def consumer_name() -> str:
     """A process among the workers with no identity of its own: host, pid and a random tail (a
     restart is a new consumer, whose predecessor's jobs are taken over once their leases lapse)."""
@@ -65,6 +71,9 @@ class RedisQueue:
         self.maxsize = maxsize
         self.lease_ms = int(lease_seconds * 1000)
         self.stream = queue_key(prefix, route)
+        self.sched = sched_key(prefix, route)
+        self.job_prefix = f"{prefix}job:"
+        self.waiting = waiting_key(prefix, route)
         self._identity = consumer or consumer_name
         self.consumer = ""
         self._redis: Any = None
@@ -181,7 +190,8 @@ class RedisQueue:
     def release(self) -> None:
         self._waiting = max(0, self._waiting - 1)
 
-    def put(self, job_id: str, reserved: bool = True, front: bool = False) -> None:
+    def put(self, job_id: str, reserved: bool = True, front: bool = False, tenant: str = "",
+            priority: int = 3) -> None:
         """Nothing to do: the store queued the job with it (and resumed jobs are reclaimed, not put)."""
 
     async def get(self) -> str:
@@ -288,21 +298,30 @@ class RedisQueue:
     # -- Redis -------------------------------------------------------------------------------------
 
     async def _read(self, count: int) -> list[str]:
-        # The fetch loop's own connection (a blocking read holds it), spoken to directly: one read per
-        # batch of jobs, without redis-py's per-command cost.
+        """Up to ``count`` jobs from the route's scheduler (scripts.TAKE: fair share, then priority); with
+        none waiting, a blocking wait (up to BLOCK_MS) for the token a Submit leaves, then a look again.
+        On the fetch loop's own connection (a blocking read holds it), spoken to directly: one round trip
+        per batch of jobs, without redis-py's per-command cost."""
         if self._reader is None or not self._reader.connected:
             self._reader = RespConnection(self.url, timeout=BLOCK_MS / 1000 + 30.0)
             await self._reader.connect()
-        [answer] = await self._reader.execute([("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count, "BLOCK",
-                                                BLOCK_MS, "STREAMS", self.stream, ">")])
+        taken = await self._take_script(count)
+        if taken:
+            return taken
+        [woken] = await self._reader.execute([("BLPOP", f"{self.sched}wake", BLOCK_MS / 1000)])
+        if isinstance(woken, Exception):
+            raise woken
+        return await self._take_script(count) if woken else []
+
+    async def _take_script(self, count: int) -> list[str]:
+        assert self._reader is not None
+        command = ("EVALSHA", _TAKE_SHA, 1, self.stream, self.sched, GROUP, self.consumer, count, self.job_prefix)
+        [answer] = await self._reader.execute([command])
+        if isinstance(answer, NoScriptError):  # Redis restarted (or flushed its scripts): load it again
+            [_loaded, answer] = await self._reader.execute([("SCRIPT", "LOAD", scripts.TAKE), command])
         if isinstance(answer, Exception):
             raise answer
-        taken = []
-        for _stream, entries in answer or ():
-            for entry_id, fields in entries:
-                if fields:  # [b"job", id]
-                    taken.append(self._take(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))))
-        return taken
+        return [self._take(entry_id, {b"job": job_id}) for job_id, entry_id in zip(answer[::2], answer[1::2], strict=True)]
 
     async def _reclaim(self, count: int) -> list[str]:
         answer = await self._redis.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=self.lease_ms,
@@ -366,9 +385,7 @@ class RedisQueue:
                 self._lost(job_id)
 
     async def _count(self) -> None:
-        length = await self._redis.xlen(self.stream)
-        pending = await self._redis.xpending(self.stream, GROUP)
-        self._waiting = max(0, int(length) - int(pending["pending"] if pending else 0))
+        self._waiting = int(await self._redis.llen(self.waiting))
 
     async def _count_forever(self) -> None:
         while not self._closed:
@@ -380,7 +397,7 @@ class RedisQueue:
                 await self._recover(exc)
 
     async def lag(self) -> int:
-        """Entries not yet delivered to the group (what KEDA's Redis Streams scaler reads as lag)."""
+        """Jobs waiting for a worker (the length of the list KEDA's redis trigger reads)."""
         await self._count()
         return self._waiting
 

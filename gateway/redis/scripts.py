@@ -13,19 +13,21 @@ may send a batch twice. The consumer group is named ``'workers'`` inside them: `
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "HOLD", "SAVE", "SPARE", "STORE",
+__all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "HOLD", "SAVE", "SPARE", "STORE", "TAKE",
            "TAKE_OVER"]
 
 # KEYS: job, revs, req (or req-none), jobs index, changes, position, active, queue, queue bytes
 # ARGV: id, job JSON, request hash, payload, has a request id (1/0), job key prefix, created, tenant,
 #       request id, revs key prefix, segs key prefix, events channel, max_queue (0: none),
 #       max_queued_bytes (0: none), uploaded audio bytes (0: none), the uploaded audio's key ('' none),
-#       the queue deadline (ms; 0: none), the queue deadlines key
+#       the queue deadline (ms; 0: none), the queue deadlines key, the route's scheduler prefix
+#       (keys.sched), the job's priority (1-5), its tenant's weight
 # Answers {created (1 new or this very create again, 0 the request's existing job, 2 queue full,
 # 3 queue bytes full), job id, request hash, position (2, 3: what is held)}. Admission is part of it:
-# the entries not taken by a worker (the stream's length less its pending entries) and the input bytes
-# held are checked and counted in the same step that stores and queues the job, so replicas
-# submitting at once cannot pass a limit together.
+# the jobs waiting for a worker and the input bytes held are checked and counted in the same step that
+# stores and queues the job, so replicas submitting at once cannot pass a limit together. The job
+# waits in its tenant's set of the route's scheduler (TAKE); a tenant that had none waiting joins the
+# round at the pass of the last job taken.
 CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'created_as') == ARGV[2] then  -- this very create, sent again: done
@@ -52,10 +54,9 @@ if has_request then
 end
 local size = #ARGV[4] + tonumber(ARGV[15] or '0')  -- an Upload's audio counts as the job's input too
 local max_queue, max_bytes = tonumber(ARGV[13]), tonumber(ARGV[14])
-if max_queue > 0 then  -- entries no worker has taken yet
-  local waiting = redis.call('XLEN', KEYS[8])
-  local pending = redis.pcall('XPENDING', KEYS[8], 'workers')  -- an error until the group exists
-  if type(pending) == 'table' and pending[1] then waiting = waiting - tonumber(pending[1]) end
+local sched = ARGV[19]
+if max_queue > 0 then  -- jobs no worker has taken yet
+  local waiting = redis.call('LLEN', sched .. 'waiting')
   if waiting >= max_queue then return {2, '', '', waiting} end
 end
 local held = tonumber(redis.call('GET', KEYS[9]) or '0')
@@ -74,10 +75,30 @@ if has_request then redis.call('SET', KEYS[3], ARGV[1]) end
 redis.call('ZADD', KEYS[4], 0, ARGV[1])
 redis.call('ZADD', KEYS[5], pos, ARGV[1])
 redis.call('SADD', KEYS[7], ARGV[1])
-local entry = redis.call('XADD', KEYS[8], '*', 'job', ARGV[1])  -- queued for the route's workers, at once
-redis.call('HSET', KEYS[1], 'entry', entry)
+local waiting = sched .. 't:' .. ARGV[8]  -- queued for the route's workers, at once
+if redis.call('ZCARD', waiting) == 0 then
+  redis.call('ZADD', sched .. 'tenants', redis.call('GET', sched .. 'vt') or '0', ARGV[8])
+end
+redis.call('ZADD', waiting, tonumber(ARGV[20]) * 1099511627776 + redis.call('INCR', sched .. 'seq'), ARGV[1])
+redis.call('HSET', sched .. 'weights', ARGV[8], ARGV[21])
+redis.call('RPUSH', sched .. 'waiting', '1')
+redis.call('RPUSH', sched .. 'wake', '1')
+redis.call('LTRIM', sched .. 'wake', -64, -1)
+redis.call('HSET', KEYS[1], 'sq', waiting, 'ss', sched)
 redis.call('PUBLISH', ARGV[12], ARGV[1] .. '|1|0|' .. pos .. '|0|' .. #ARGV[8] .. '|' .. ARGV[8] .. '{"j":' .. ARGV[2] .. ',"s":[]}')
 return {1, ARGV[1], ARGV[3], pos}
+"""
+
+# A job that stops waiting without a worker taking it (it ended, or was deleted) leaves its tenant's set
+# of the route's scheduler, and the tenant the round if that was its last.
+_UNQUEUE = """
+local function unqueue(job_key, id, tenant)
+  local sq = redis.call('HMGET', job_key, 'sq', 'ss')
+  if sq[1] and redis.call('ZREM', sq[1], id) == 1 then
+    redis.call('LPOP', sq[2] .. 'waiting')
+    if redis.call('ZCARD', sq[1]) == 0 then redis.call('ZREM', sq[2] .. 'tenants', tenant) end
+  end
+end
 """
 
 # KEYS: job, revs, segs, changes, position, active, tomb, expiring, req, queue, webhook, webhooks due
@@ -85,7 +106,7 @@ return {1, ARGV[1], ARGV[3], pos}
 #       count, terminal (0/1), result ('' none), ttl ms, tombstone ttl ms, tenant, n new segments,
 #       segments..., expires, tombstone end, events channel, webhook mark (now; '' none), webhook URL
 # Answers the revision's change position; an error reply CONFLICT... when the compare-and-set fails.
-SAVE = """
+SAVE = _UNQUEUE + """
 local cur = redis.call('HMGET', KEYS[1], 'rev', 'att', 'job', 'pos')
 if not cur[1] then return redis.error_reply('CONFLICT job ' .. ARGV[1] .. ' is gone') end
 if tonumber(cur[1]) == tonumber(ARGV[5]) and cur[3] == ARGV[6] then
@@ -121,7 +142,8 @@ if ARGV[8] == '1' then
   if qb[1] then redis.call('DECRBY', qb[2], qb[1]) end  -- its input no longer counts against the queue
   local ak = redis.call('HGET', KEYS[1], 'ak')
   if ak then redis.call('DEL', ak) end  -- its uploaded audio
-  redis.call('HDEL', KEYS[1], 'payload', 'ckpt', 'qb', 'qk', 'ak')
+  unqueue(KEYS[1], ARGV[1], ARGV[12])  -- one that ends waiting (cancelled, timed out) leaves its scheduler
+  redis.call('HDEL', KEYS[1], 'payload', 'ckpt', 'qb', 'qk', 'ak', 'sq', 'ss')
   redis.call('HSET', KEYS[1], 'expires', ARGV[14 + n])
   redis.call('SREM', KEYS[6], ARGV[1])
   local entry = redis.call('HGET', KEYS[1], 'entry')
@@ -144,7 +166,7 @@ return pos
 
 # KEYS: job, revs, segs, tomb, jobs index prefix, changes prefix, active, expiring, webhook, webhooks due
 # ARGV: id, tombstone ttl ms (0: none), req prefix, tombstone end
-DELETE = """
+DELETE = _UNQUEUE + """
 local tenant = redis.call('HGET', KEYS[1], 'tenant')
 if not tenant then
   -- Expired by Redis before a sweep came (the usual case: both happen at the job's expiry): what still
@@ -167,6 +189,7 @@ local qb = redis.call('HMGET', KEYS[1], 'qb', 'qk')
 if qb[1] then redis.call('DECRBY', qb[2], qb[1]) end  -- a job deleted before it ended
 local ak = redis.call('HGET', KEYS[1], 'ak')
 if ak then redis.call('DEL', ak) end
+unqueue(KEYS[1], ARGV[1], tenant)
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[4], tenant .. '|' .. ARGV[4], 'PX', tonumber(ARGV[2]))
 else
@@ -271,6 +294,53 @@ for i = 4, #ARGV do
   end
 end
 return lost
+"""
+
+# KEYS: the route's stream; ARGV: the route's scheduler prefix, group, consumer, how many, job key prefix.
+# Takes up to that many jobs for this consumer, in the scheduler's order: the tenant of the lowest pass
+# (ties: by name), its most urgent job (then the first to come); the tenant's pass then grows by
+# 1/weight, or it leaves the round when it has none left waiting. Each job taken gets a stream entry,
+# read at once by this consumer (pending under it: its lease, renewed and taken over as before). An
+# entry some older gateway added without reading it is delivered first. Answers {job id, entry id, ...}.
+TAKE = """
+local stream, sched, group, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local count = tonumber(ARGV[4])
+redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')  -- again if Redis lost it (emptied)
+local taken = {}
+local old = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
+if old then
+  for _, e in ipairs(old[1][2]) do
+    if e[2] and e[2][2] then taken[#taken + 1] = e[2][2]; taken[#taken + 1] = e[1] end
+  end
+end
+while #taken < 2 * count do
+  local top = redis.call('ZRANGE', sched .. 'tenants', 0, 0, 'WITHSCORES')
+  if not top[1] then break end
+  local tenant, pass = top[1], tonumber(top[2])
+  local waiting = sched .. 't:' .. tenant
+  local next_job = redis.call('ZPOPMIN', waiting)
+  if redis.call('ZCARD', waiting) == 0 then
+    redis.call('ZREM', sched .. 'tenants', tenant)
+  else
+    local weight = tonumber(redis.call('HGET', sched .. 'weights', tenant) or '1') or 1
+    redis.call('ZADD', sched .. 'tenants', string.format('%.17g', pass + 1 / weight), tenant)
+  end
+  if next_job[1] then
+    local id = next_job[1]
+    redis.call('SET', sched .. 'vt', string.format('%.17g', pass))
+    redis.call('LPOP', sched .. 'waiting')
+    local key = ARGV[5] .. id
+    if redis.call('EXISTS', key) == 1 then
+      local entry = redis.call('XADD', stream, '*', 'job', id)
+      redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', stream, '>')
+      redis.call('HSET', key, 'entry', entry)
+      redis.call('HDEL', key, 'sq', 'ss')
+      taken[#taken + 1] = id
+      taken[#taken + 1] = entry
+    end
+  end
+end
+return taken
 """
 
 # The store's scripts by the name it calls them (loaded with SCRIPT LOAD, run with EVALSHA).

@@ -80,10 +80,13 @@ class RedisStore:
     shared = True
 
     def __init__(self, url: str, prefix: str = "gw:", clock: Clock | None = None, max_connections: int = 32,
-                 queue_limits: Mapping[str, tuple[int, int]] | None = None) -> None:
-        """``queue_limits``: route -> (max_queue, max_queued_bytes), checked at each create (0: none)."""
+                 queue_limits: Mapping[str, tuple[int, int]] | None = None,
+                 tenant_weight: Callable[[str], float] | None = None) -> None:
+        """``queue_limits``: route -> (max_queue, max_queued_bytes), checked at each create (0: none);
+        ``tenant_weight``: a tenant's share of a route's workers (the scheduler's round)."""
         self.url = url
         self.queue_limits = dict(queue_limits or {})
+        self.tenant_weight = tenant_weight or (lambda tenant: 1.0)
         self.prefix = prefix
         self.keys = Keys(prefix)
         self.clock = clock or SystemClock()
@@ -292,7 +295,8 @@ class RedisStore:
         uploaded = self._uploads.get(job.id)
         deadline = int((job.created + job.queue_timeout) * 1000) if job.queue_timeout else 0
         args += [uploaded or 0, self.keys.audio(job.id) if uploaded is not None else "", deadline,
-                 self.keys.queue_deadlines]
+                 self.keys.queue_deadlines, self.keys.sched(job.route), job.priority,
+                 repr(float(self.tenant_weight(job.tenant)))]
 
         async def existing(job_id: str, stored_hash: str) -> CreateOutcome:
             found = await self.get_job(job_id)

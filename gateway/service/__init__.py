@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from gateway.bus import EventBus
 from gateway.errors import FailedPrecondition
 from gateway.hub import EventHub, JobEvent
-from gateway.jobs import Clock, Deadlines, Job, JobInput, Result, WebhookSpec
+from gateway.jobs import DEFAULT_PRIORITY, Clock, Deadlines, Job, JobInput, Result, WebhookSpec
 from gateway.lifecycle import Route
 from gateway.service.active import INPUTS_IN_MEMORY_BYTES, ActiveJob, ActiveJobs
 from gateway.service.admission import JOB_ID, MAX_INPUT_DEPTH, Admission, WebhookPolicies, check_input_depth
@@ -104,10 +104,11 @@ class JobService:
 
     async def submit(
         self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str,
-        webhook: WebhookSpec | None = None, deadlines: Deadlines = NO_DEADLINES,
+        webhook: WebhookSpec | None = None, deadlines: Deadlines = NO_DEADLINES, priority: int = DEFAULT_PRIORITY,
     ) -> tuple[Job, bool]:
-        """Stores a new job and queues it; answers (job, existing)."""
-        return await self.admission.submit(tenant, route, job_input, labels, request_id, webhook, deadlines)
+        """Stores a new job and queues it (at ``priority``, 1 most urgent to 5, among its tenant's jobs);
+        answers (job, existing)."""
+        return await self.admission.submit(tenant, route, job_input, labels, request_id, webhook, deadlines, priority)
 
     async def webhook_delivery(self, job: Job) -> dict[str, Any] | None:
         """The delivery state of the job's webhook (gateway.webhooks), when it has one."""

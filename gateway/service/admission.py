@@ -31,7 +31,7 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.hub import JobEvent
-from gateway.jobs import Clock, Deadlines, Job, JobInput, JobState, WebhookSpec, new_job_id
+from gateway.jobs import DEFAULT_PRIORITY, PRIORITIES, Clock, Deadlines, Job, JobInput, JobState, WebhookSpec, new_job_id
 from gateway.lifecycle import Route
 from gateway.service.active import ActiveJobs, Submitting
 from gateway.settings import ROUTE_NAME
@@ -96,23 +96,27 @@ class Admission:
 
     async def submit(
         self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str,
-        webhook: WebhookSpec | None = None, deadlines: Deadlines = _NO_DEADLINES,
+        webhook: WebhookSpec | None = None, deadlines: Deadlines = _NO_DEADLINES, priority: int = DEFAULT_PRIORITY,
     ) -> tuple[Job, bool]:
         """Stores a new job and queues it; answers (job, existing). ``deadlines``: its timeouts (None:
-        the route's defaults). A refusal is counted by reason (gateway_submits_refused_total)."""
+        the route's defaults); ``priority``: 1 (most urgent) to 5, among its tenant's waiting jobs. A
+        refusal is counted by reason (gateway_submits_refused_total)."""
         try:
-            return await self._submit(tenant, route, job_input, labels, request_id, webhook, deadlines)
+            return await self._submit(tenant, route, job_input, labels, request_id, webhook, deadlines, priority)
         except GatewayError as refused:
             metrics.SUBMITS_REFUSED.labels(route if route in self.routes else "", refused.reason).inc()
             raise
 
     async def _submit(
         self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str,
-        webhook: WebhookSpec | None, deadlines: Deadlines,
+        webhook: WebhookSpec | None, deadlines: Deadlines, priority: int,
     ) -> tuple[Job, bool]:
         if not self.accepting:
             raise Unavailable("the gateway is shutting down; retry on another replica", reason="SHUTTING_DOWN")
         _check_submission(route, labels, request_id)
+        if priority not in PRIORITIES:
+            raise InvalidArgument.fields(FieldViolation(
+                "priority", f"must be 1 (most urgent) to 5, or unset for {DEFAULT_PRIORITY}; got {priority}"))
         if job_input.inputs is not None:
             check_input_depth(job_input.inputs)
         runner = self.route(route)
@@ -143,6 +147,7 @@ class Admission:
             webhook=webhook,
             queue_timeout=runner.settings.queue_timeout_seconds if deadlines.queue is None else deadlines.queue,
             run_timeout=runner.settings.run_timeout_seconds if deadlines.run is None else deadlines.run,
+            priority=priority,
         )
         active, bus, shared = self.active, self.bus, self.store.shared
 
@@ -159,12 +164,12 @@ class Admission:
                 active.keep_input(job.id, job_input, len(payload))
             if shared:  # whichever process takes it from the shared queue holds it
                 bus.publish(event)
-                runner.enqueue(job.id)
+                runner.enqueue(job)
                 return
             active.set_head(job.id, job)
             active.set_attempt(job.id, 0)
             bus.publish(event)
-            runner.enqueue(job.id)
+            runner.enqueue(job)
 
         transcription = job_input.transcription
         upload = transcription.audio_file if transcription is not None else None

@@ -408,7 +408,7 @@ class Running:
                 ))
                 continue
             self.active.set_checkpoint(job.id, item.checkpoint)
-            runner.enqueue(job.id, reserved=False)
+            runner.enqueue(job, reserved=False)
         if pending:
             log.info("resumed %d unfinished jobs", len(pending))
         return len(pending)

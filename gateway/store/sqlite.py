@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     logs TEXT NOT NULL DEFAULT '',  -- the tail of an upstream's log (the latest revision's)
     queue_timeout REAL NOT NULL DEFAULT 0,  -- seconds it may wait QUEUED; 0: no limit
     run_timeout REAL NOT NULL DEFAULT 0,  -- seconds it may run; 0: no limit
+    priority INTEGER NOT NULL DEFAULT 3,  -- 1 (most urgent) to 5
     payload BLOB,  -- small inputs inline (large ones in payloads), dropped when the job ends
     result TEXT    -- last: reading the other columns never touches its overflow pages
 ) WITHOUT ROWID;
@@ -114,7 +115,7 @@ CREATE TABLE IF NOT EXISTS webhooks (
 CREATE INDEX IF NOT EXISTS webhooks_by_due ON webhooks (due) WHERE due IS NOT NULL;
 """
 
-_INSERT_JOB = "INSERT INTO jobs ({columns}, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_JOB = "INSERT INTO jobs ({columns}, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, ?)"  # params: (job id, the payload)
 _RESERVE_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, zeroblob(?))"
 _BLOB_CHUNK = 1024 * 1024
@@ -144,7 +145,7 @@ _SAVE_POSITION = "INSERT OR REPLACE INTO meta (key, value) VALUES ('position', ?
 _JOB_COLUMNS = (
     "id, tenant, route, state, revision, progress, created, started, finished, expires, labels, error, "
     "queue_position, request_id, request_hash, segment_count, attempts, checkpoint, webhook, logs, queue_timeout, "
-    "run_timeout"
+    "run_timeout, priority"
 )
 _INSERT_JOB = _INSERT_JOB.format(columns=_JOB_COLUMNS)
 # The writer runs a batch's plain statements kind by kind with executemany, in this order, which
@@ -397,6 +398,8 @@ class SqliteStore:
         for column in ("queue_timeout", "run_timeout"):  # from before deadlines
             if column not in columns:
                 conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} REAL NOT NULL DEFAULT 0")
+        if "priority" not in columns:  # from before priorities
+            conn.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 3")
         conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_queue_deadline ON jobs (created + queue_timeout) "
                      "WHERE state = 1 AND queue_timeout > 0")
         # This process owns the data dir: claims of a process that is gone are due at once.
@@ -572,6 +575,7 @@ class SqliteStore:
             logs=row["logs"],
             queue_timeout=row["queue_timeout"],
             run_timeout=row["run_timeout"],
+            priority=row["priority"],
         )
 
     def _resumable_from_row(self, conn: sqlite3.Connection, row: sqlite3.Row) -> ResumableJob:
@@ -591,7 +595,7 @@ class SqliteStore:
                            job.started, job.finished, job.expires, _dumps(dict(job.labels)) if job.labels else "{}",
                            _error_json(job.error), job.queue_position, job.request_id, request_hash, 0, 0, None,
                            None if job.webhook is None else _dumps(job.webhook.to_dict()), job.logs,
-                           job.queue_timeout, job.run_timeout, position, payload if inline else None)),
+                           job.queue_timeout, job.run_timeout, job.priority, position, payload if inline else None)),
             (_INSERT_REVISION, _revision_row(job, 0)),
         ]
         if not inline:
@@ -764,7 +768,7 @@ class SqliteStore:
                         error=JobFailure.from_dict(json.loads(error)) if error else None,
                         segments=base.segments[:count], queue_position=rev["queue_position"],
                         request_id=base.request_id, webhook=base.webhook, logs=base.logs,
-                        queue_timeout=base.queue_timeout, run_timeout=base.run_timeout,
+                        queue_timeout=base.queue_timeout, run_timeout=base.run_timeout, priority=base.priority,
                     ),
                     offset,
                 ))

@@ -1,6 +1,7 @@
 """Work queues: where a route's jobs wait for a worker.
 
-A queue holds job ids, in order, with admission control: a slot is reserved before the job is
+A queue holds job ids, in the order they will run (fair share between tenants, then priority: see
+:class:`FairOrder`), with admission control: a slot is reserved before the job is
 stored, so a queue never grows past its ``maxsize``. :class:`MemoryQueue` is the one-process
 implementation; a shared queue (Redis Streams) implements the same :class:`WorkQueue`.
 """
@@ -8,11 +9,14 @@ implementation; a shared queue (Redis Streams) implements the same :class:`WorkQ
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-__all__ = ["MemoryQueue", "QueueClosed", "WorkQueue"]
+from gateway.jobs import DEFAULT_PRIORITY
+
+__all__ = ["PRIORITY_SPAN", "FairOrder", "MemoryQueue", "QueueClosed", "WorkQueue"]
 
 
 class WorkQueue(Protocol):
@@ -31,7 +35,7 @@ class WorkQueue(Protocol):
         ...
 
     def __iter__(self) -> Iterator[str]:
-        """The waiting job ids, next first."""
+        """The waiting job ids in the order they will be taken, next first."""
         ...
 
     def reserve(self) -> bool:
@@ -42,8 +46,10 @@ class WorkQueue(Protocol):
         """Gives back a reserved slot unused."""
         ...
 
-    def put(self, job_id: str, reserved: bool = True, front: bool = False) -> None:
-        """Queues a job (in its reserved slot, or beyond the limit with ``reserved=False``: resumed jobs)."""
+    def put(self, job_id: str, reserved: bool = True, front: bool = False, tenant: str = "",
+            priority: int = 3) -> None:
+        """Queues a job (in its reserved slot, or beyond the limit with ``reserved=False``: resumed jobs),
+        in its tenant's share at its priority; ``front``: before every other (a run resumed)."""
         ...
 
     async def get(self) -> str:
@@ -82,12 +88,88 @@ class QueueClosed(Exception):
     pass
 
 
-class MemoryQueue:
-    """The in-process queue: a FIFO of job ids with reservations, removal (cancel) and positions."""
+PRIORITY_SPAN = 1 << 40  # a job's rank within its tenant: priority * PRIORITY_SPAN + arrival (the Redis scripts too)
 
-    def __init__(self, maxsize: int) -> None:
+
+class FairOrder:
+    """The order a route's waiting jobs are taken in: the tenants with jobs waiting in weighted round robin
+    (stride scheduling: each tenant has a pass, the next job is the lowest pass's, whose pass then grows by
+    1/weight; a tenant that starts waiting joins at the pass of the last job taken, so it neither waits
+    behind a backlog nor saves up a share while it had nothing waiting), and within a tenant its most
+    urgent job, first come first among equals. The Redis queue's take script is the same algorithm."""
+
+    def __init__(self, weight: Callable[[str], float] | None = None) -> None:
+        self.weight = weight or (lambda tenant: 1.0)
+        self._jobs: dict[str, list[tuple[int, str]]] = {}  # tenant -> heap of (rank, job id)
+        self._pass: dict[str, float] = {}  # tenants with jobs waiting
+        self._where: dict[str, tuple[str, int]] = {}  # job id -> (tenant, rank)
+        self._seq = 0
+        self.vtime = 0.0
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._where
+
+    def add(self, job_id: str, tenant: str, priority: int) -> None:
+        self._seq += 1
+        rank = priority * PRIORITY_SPAN + self._seq
+        if tenant not in self._pass:
+            self._pass[tenant] = self.vtime
+            self._jobs[tenant] = []
+        heapq.heappush(self._jobs[tenant], (rank, job_id))
+        self._where[job_id] = (tenant, rank)
+
+    @staticmethod
+    def _next_tenant(passes: dict[str, float]) -> str:
+        return min(passes, key=lambda t: (passes[t], t))
+
+    def pop(self) -> str:
+        tenant = self._next_tenant(self._pass)
+        _rank, job_id = heapq.heappop(self._jobs[tenant])
+        del self._where[job_id]
+        self.vtime = self._pass[tenant]
+        if self._jobs[tenant]:
+            self._pass[tenant] += 1.0 / self.weight(tenant)
+        else:
+            del self._jobs[tenant], self._pass[tenant]
+        return job_id
+
+    def remove(self, job_id: str) -> bool:
+        found = self._where.pop(job_id, None)
+        if found is None:
+            return False
+        tenant, rank = found
+        heap = self._jobs[tenant]
+        heap.remove((rank, job_id))
+        heapq.heapify(heap)
+        if not heap:
+            del self._jobs[tenant], self._pass[tenant]
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        """The waiting jobs in the order they would be taken (lazily: positions read the first few)."""
+        passes = dict(self._pass)
+        heaps = {tenant: list(heap) for tenant, heap in self._jobs.items()}
+        while passes:
+            tenant = self._next_tenant(passes)
+            yield heapq.heappop(heaps[tenant])[1]
+            if heaps[tenant]:
+                passes[tenant] += 1.0 / self.weight(tenant)
+            else:
+                del passes[tenant]
+
+
+class MemoryQueue:
+    """The in-process queue: the route's waiting jobs in fair order (:class:`FairOrder`), with
+    reservations, removal (cancel) and positions. Jobs put at the front (interrupted runs resumed) are
+    taken before any other, in the order they were put."""
+
+    def __init__(self, maxsize: int, weight: Callable[[str], float] | None = None) -> None:
         self.maxsize = maxsize
-        self._items: deque[str] = deque()
+        self._order = FairOrder(weight)
+        self._front: deque[str] = deque()
         self._reserved = 0
         self._getters: deque[asyncio.Future[None]] = deque()
         self._closed = False
@@ -99,13 +181,14 @@ class MemoryQueue:
         pass
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._front) + len(self._order)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
+        yield from self._front
+        yield from self._order
 
     def reserve(self) -> bool:
-        if len(self._items) + self._reserved >= self.maxsize:
+        if len(self) + self._reserved >= self.maxsize:
             return False
         self._reserved += 1
         return True
@@ -113,13 +196,17 @@ class MemoryQueue:
     def release(self) -> None:
         self._reserved -= 1
 
-    def put(self, job_id: str, reserved: bool = True, front: bool = False) -> None:
+    def put(self, job_id: str, reserved: bool = True, front: bool = False, tenant: str = "",
+            priority: int = DEFAULT_PRIORITY) -> None:
         if reserved:
             self._reserved -= 1
         if front:
-            self._items.appendleft(job_id)
+            self._front.append(job_id)
         else:
-            self._items.append(job_id)
+            self._order.add(job_id, tenant, priority)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
         while self._getters:
             getter = self._getters.popleft()
             if not getter.done():
@@ -127,7 +214,7 @@ class MemoryQueue:
                 break
 
     async def get(self) -> str:
-        while not self._items:
+        while not len(self):
             if self._closed:
                 raise QueueClosed
             getter = asyncio.get_running_loop().create_future()
@@ -136,20 +223,24 @@ class MemoryQueue:
                 await getter
             except asyncio.CancelledError:
                 # Pass a wake-up we may have consumed on to another getter.
-                if getter.done() and not getter.cancelled() and self._items:
-                    self.put(self._items.popleft(), reserved=False, front=True)
+                if getter.done() and not getter.cancelled() and len(self):
+                    self._wake_one()
                 raise
-        return self._items.popleft()
+        return self._front.popleft() if self._front else self._order.pop()
 
     def remove(self, job_id: str) -> bool:
+        if self._order.remove(job_id):
+            return True
         try:
-            self._items.remove(job_id)
+            self._front.remove(job_id)
         except ValueError:
             return False
         return True
 
     def position(self, job_id: str) -> int:
-        for index, item in enumerate(self._items):
+        if job_id not in self._order and job_id not in self._front:
+            return 0
+        for index, item in enumerate(self):
             if item == job_id:
                 return index + 1
         return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -60,12 +61,14 @@ class RouteRunner:
         self, name: str, settings: RouteSettings, backend: Backend, lifecycle: Lifecycle,
         queue: WorkQueue | None = None,
         workers: int | None = None,
+        tenant_weight: Callable[[str], float] | None = None,
     ) -> None:
+        """``tenant_weight``: a tenant's share of the workers (the in-process queue's fair order)."""
         self.name = name
         self.settings = settings
         self.backend = backend
         self.lifecycle = lifecycle
-        self.queue: WorkQueue = queue if queue is not None else MemoryQueue(settings.max_queue)
+        self.queue: WorkQueue = queue if queue is not None else MemoryQueue(settings.max_queue, tenant_weight)
         self.queue.on_lost(self.abandon)
         # Jobs this process runs at once (0: none); a backend may say how many it takes (a batcher).
         self.workers = workers if workers is not None else (
@@ -154,8 +157,8 @@ class RouteRunner:
     def release(self) -> None:
         self.queue.release()
 
-    def enqueue(self, job_id: str, reserved: bool = True, front: bool = False) -> None:
-        self.queue.put(job_id, reserved=reserved, front=front)
+    def enqueue(self, job: Job, reserved: bool = True, front: bool = False) -> None:
+        self.queue.put(job.id, reserved=reserved, front=front, tenant=job.tenant, priority=job.priority)
         if front:
             self._positions_dirty = True
 

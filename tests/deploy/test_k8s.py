@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from gateway.api.servicer import SERVICE_NAME
-from gateway.redis.keys import GROUP, queue_key
+from gateway.redis.keys import waiting_key
 from gateway.server import FINAL_GRACE_SECONDS
 from gateway.settings import Settings
 from gateway.work import health_name
@@ -251,9 +251,8 @@ def test_the_scaled_overlay_wires_replicas_workers_redis_and_keda(tmp_path: Path
     redis_set = _one(objects, "StatefulSet", "gateway-redis")
     assert "--appendonly" in redis_set["spec"]["template"]["spec"]["containers"][0]["args"]
     trigger = _one(objects, "ScaledObject", "gateway-worker")["spec"]["triggers"][0]
-    assert trigger["type"] == "redis-streams" and trigger["metadata"]["activationLagCount"] == "0"
-    assert trigger["metadata"]["stream"] == queue_key("gw:", "whisper")
-    assert trigger["metadata"]["consumerGroup"] == GROUP
+    assert trigger["type"] == "redis" and trigger["metadata"]["activationListLength"] == "0"
+    assert trigger["metadata"]["listName"] == waiting_key("gw:", "whisper")
     assert trigger["metadata"]["address"].startswith(f"gateway-redis.{redis_set['metadata']['namespace']}.svc")
     # Only the gateway's pods (and KEDA) reach Redis; both kinds of gateway pod carry the label.
     policy = _one(objects, "NetworkPolicy", "gateway-redis-ingress")

@@ -132,3 +132,20 @@ def test_done_is_set_exactly_on_the_terminal_revision(stub: pb_grpc.GatewayServi
     assert updates[-1].state == pb.JOB_STATE_FAILED
     listed = stub.List(pb.ListRequest(), timeout=30).jobs
     assert any(j.id == job.id and j.done for j in listed)
+
+
+@pytest.mark.parametrize("priority", [-1, 6, 1000])
+def test_a_priority_out_of_range_is_invalid_argument_naming_the_field(stub: pb_grpc.GatewayServiceStub,
+                                                                      priority: int) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Submit(pb.SubmitRequest(route="echo", inputs=struct_pb2.Struct(), priority=priority), timeout=30)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert _error_info(refused.value).reason == "INVALID_REQUEST"
+    assert "priority" in (refused.value.details() or "")
+
+
+def test_priority_comes_back_on_the_job_and_defaults_to_3(stub: pb_grpc.GatewayServiceStub) -> None:
+    urgent = stub.Submit(pb.SubmitRequest(route="echo", inputs=struct_pb2.Struct(), priority=1), timeout=30).job
+    plain = _submit(stub)
+    assert (urgent.priority, plain.priority) == (1, 3)
+    assert stub.Get(pb.GetRequest(job_id=urgent.id), timeout=30).job.priority == 1

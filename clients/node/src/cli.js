@@ -28,7 +28,7 @@ Synopsis:
           [--language CODE] [--task {transcribe,translate}] [--beam-size N]
           [--word-timestamps] [--vad-filter | --no-vad-filter] [--label KEY=VALUE]... [--request-id ID]
           [--webhook URL [--webhook-events EVENT[,EVENT]...]]
-          [--queue-timeout SECONDS] [--run-timeout SECONDS]
+          [--queue-timeout SECONDS] [--run-timeout SECONDS] [--priority 1-5]
   ${PROG} get JOB_ID
   ${PROG} watch JOB_ID [--after-revision N] [--timeout SECONDS]
   ${PROG} fetch JOB_ID [--timeout SECONDS | --wait]
@@ -90,7 +90,7 @@ const COMMANDS = {
     options: {
       route: V, inputs: V, "inputs-file": V, audio: V, language: V, "language-code": V, task: V, "beam-size": V,
       "word-timestamps": F, "vad-filter": F, "no-vad-filter": F, label: M, "request-id": V, webhook: V,
-      "webhook-events": V, "queue-timeout": V, "run-timeout": V, help: F,
+      "webhook-events": V, "queue-timeout": V, "run-timeout": V, priority: V, help: F,
     },
     positionals: [],
   },
@@ -350,6 +350,10 @@ async function submit(client, out, o) {
   }
   for (const [flag, field] of [["queue-timeout", "queueTimeout"], ["run-timeout", "runTimeout"]]) {
     if (o[flag] !== undefined) request[field] = duration(seconds(flag, o[flag]));
+  }
+  if (o.priority !== undefined) {
+    if (!/^[1-5]$/.test(o.priority)) throw new UsageError(`argument --priority: 1 (most urgent) to 5, not ${o.priority}`);
+    request.priority = Number(o.priority);
   }
   if (o.audio === undefined) {
     if (o["word-timestamps"] || [language, o.task, beam, vad].some((v) => v !== undefined)) {

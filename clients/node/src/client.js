@@ -285,9 +285,15 @@ export class GatewayClient {
    * `inputs`: a JSON object (echo, upstream routes); or pass `transcription` (a
    * TranscriptionRequest init) for whisper routes. */
   submitJob(route, inputs, {
-    labels = {}, requestId, transcription, audioFile, webhook, queueTimeout, runTimeout, timeout, metadata,
+    labels = {}, requestId, transcription, audioFile, webhook, queueTimeout, runTimeout, priority, timeout, metadata,
   } = {}) {
     const request = { route, labels, requestId: requestId || randomUUID().replaceAll("-", "") };
+    if (priority !== undefined) {
+      if (!Number.isInteger(priority) || priority < 1 || priority > 5) {
+        throw new RangeError(`priority is 1 (most urgent) to 5, not ${priority}`);
+      }
+      request.priority = priority;
+    }
     if (queueTimeout !== undefined) request.queueTimeout = duration(queueTimeout);
     if (runTimeout !== undefined) request.runTimeout = duration(runTimeout);
     if (webhook !== undefined) {

@@ -73,6 +73,8 @@ export interface SubmitOptions extends CallOptions {
   queueTimeout?: number;
   /** Seconds the job may run (then stopped and FAILED, RUN_TIMEOUT); default: the route's. */
   runTimeout?: number;
+  /** 1 (most urgent) to 5, among this tenant's jobs waiting on the route; default 3. */
+  priority?: 1 | 2 | 3 | 4 | 5;
   /** POST the job to this URL as it changes (signed, Standard Webhooks): a URL (completed only), or
    * the URL with the events ("start", "progress", "completed"). */
   webhook?: string | { url: string; events?: Array<"start" | "progress" | "completed" | number> };

@@ -73,10 +73,17 @@ describe("GatewayClient", () => {
     const future = await client.submit("echo", { delay_ms: 60_000, steps: 100 }, { runTimeout: 0.5, queueTimeout: 30 });
     assert.equal(future.job.runTimeout.nanos, 500_000_000);
     assert.equal(future.job.queueTimeout.seconds, 30n);
+    assert.equal(future.job.priority, 3);
     const err = await within(future.result().then(() => null, (e) => e), 30_000, "the future");
     assert.ok(err instanceof JobFailedError, String(err));
     assert.equal(err.reason, "RUN_TIMEOUT");
     assert.equal(err.codeName, "DEADLINE_EXCEEDED");
+  });
+
+  test("priority goes with the Submit and comes back on the job; out of range is refused here", async () => {
+    const { job } = await client.submitJob("echo", {}, { priority: 1 });
+    assert.equal(job.priority, 1);
+    assert.throws(() => client.submitJob("echo", {}, { priority: 7 }), RangeError);
   });
 
   test("cancel: a running job ends CANCELLED and its future rejects", async () => {

@@ -121,7 +121,7 @@ def _audio_bytes(audio: Audio) -> bytes:
 
 def _submit_request(route: str, labels: Mapping[str, str] | None, request_id: str | None, webhook: str | None,
                     webhook_events: Iterable[str], queue_timeout: float | None = None,
-                    run_timeout: float | None = None) -> pb.SubmitRequest:
+                    run_timeout: float | None = None, priority: int | None = None) -> pb.SubmitRequest:
     """A SubmitRequest without its input; a request_id is generated when none is given."""
     request = pb.SubmitRequest(route=route, labels=dict(labels or {}), request_id=request_id or uuid.uuid4().hex)
     if webhook is not None:
@@ -131,6 +131,10 @@ def _submit_request(route: str, labels: Mapping[str, str] | None, request_id: st
         request.queue_timeout.CopyFrom(_duration(queue_timeout))
     if run_timeout is not None:
         request.run_timeout.CopyFrom(_duration(run_timeout))
+    if priority is not None:
+        if not 1 <= priority <= 5:
+            raise ValueError(f"priority is 1 (most urgent) to 5, not {priority}")
+        request.priority = priority
     return request
 
 
@@ -293,6 +297,7 @@ class AsyncClient:
         webhook_events: Iterable[str] = (),
         queue_timeout: float | None = None,
         run_timeout: float | None = None,
+        priority: int | None = None,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Submitted:
@@ -304,11 +309,13 @@ class AsyncClient:
         ``word_timestamps`` and ``vad_filter``. A request_id is generated when none is given, so
         that a retried Submit never creates a second job. ``queue_timeout``, ``run_timeout``: seconds
         the job may wait queued, and run (past them it ends FAILED, QUEUE_TIMEOUT or RUN_TIMEOUT; None:
-        the route's defaults). ``webhook``: a URL the server POSTs the
+        the route's defaults). ``priority``: 1 (most urgent) to 5 among this tenant's waiting jobs (None:
+        3). ``webhook``: a URL the server POSTs the
         job to (signed, Standard Webhooks) on the ``webhook_events`` ("start", "progress",
         "completed"; default: "completed").
         """
-        request = _submit_request(route, labels, request_id, webhook, webhook_events, queue_timeout, run_timeout)
+        request = _submit_request(route, labels, request_id, webhook, webhook_events, queue_timeout, run_timeout,
+                                  priority)
         if audio is not None:
             if inputs is not None:
                 raise ValueError("give inputs or audio, not both")
@@ -340,6 +347,7 @@ class AsyncClient:
         webhook_events: Iterable[str] = (),
         queue_timeout: float | None = None,
         run_timeout: float | None = None,
+        priority: int | None = None,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Submitted:
@@ -350,7 +358,8 @@ class AsyncClient:
         ``timeout``: the client's, plus a quarter second per MiB."""
         if isinstance(audio, AudioUrl):
             raise ValueError("an AudioUrl is fetched by the server: pass it to submit_job")
-        request = _submit_request(route, labels, request_id, webhook, webhook_events, queue_timeout, run_timeout)
+        request = _submit_request(route, labels, request_id, webhook, webhook_events, queue_timeout, run_timeout,
+                                  priority)
         _set_transcription(request, language, task, beam_size, word_timestamps, vad_filter)
         return await self._upload(request, audio, timeout, metadata)
 

@@ -160,6 +160,7 @@ class Client:
         webhook_events: Iterable[str] = (),
         queue_timeout: float | None = None,
         run_timeout: float | None = None,
+        priority: int | None = None,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Submitted:
@@ -168,7 +169,7 @@ class Client:
             route, inputs, audio=audio, language=language, task=task, beam_size=beam_size,
             word_timestamps=word_timestamps, vad_filter=vad_filter, labels=labels, request_id=request_id,
             webhook=webhook, webhook_events=webhook_events, queue_timeout=queue_timeout, run_timeout=run_timeout,
-            timeout=timeout, metadata=metadata,
+            priority=priority, timeout=timeout, metadata=metadata,
         ))
 
     def upload(
@@ -187,6 +188,7 @@ class Client:
         webhook_events: Iterable[str] = (),
         queue_timeout: float | None = None,
         run_timeout: float | None = None,
+        priority: int | None = None,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Submitted:
@@ -194,8 +196,8 @@ class Client:
         return self._run(self._async.upload(
             route, audio, language=language, task=task, beam_size=beam_size, word_timestamps=word_timestamps,
             vad_filter=vad_filter, labels=labels, request_id=request_id, webhook=webhook,
-            webhook_events=webhook_events, queue_timeout=queue_timeout, run_timeout=run_timeout, timeout=timeout,
-            metadata=metadata,
+            webhook_events=webhook_events, queue_timeout=queue_timeout, run_timeout=run_timeout, priority=priority,
+            timeout=timeout, metadata=metadata,
         ))
 
     @overload

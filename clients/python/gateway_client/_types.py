@@ -184,6 +184,8 @@ class Job:
     """Seconds the job may wait queued (past them it fails, QUEUE_TIMEOUT); None: no limit."""
     run_timeout: float | None = None
     """Seconds the job may run (past them it is stopped and fails, RUN_TIMEOUT); None: no limit."""
+    priority: int = 3
+    """1 (most urgent) to 5: its order among its tenant's jobs waiting on the route."""
 
     @classmethod
     def from_proto(cls, m: pb.Job, segments: tuple[Segment, ...] | None = None) -> Job:
@@ -208,6 +210,7 @@ class Job:
             logs=m.logs,
             queue_timeout=m.queue_timeout.ToTimedelta().total_seconds() if m.HasField("queue_timeout") else None,
             run_timeout=m.run_timeout.ToTimedelta().total_seconds() if m.HasField("run_timeout") else None,
+            priority=m.priority or 3,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -43,6 +43,8 @@ async def _submit(session: Session, args: argparse.Namespace) -> ExitCode:
         value = getattr(args, name)
         if value is not None:
             getattr(request, name).FromNanoseconds(int(value * 1e9))
+    if args.priority is not None:
+        request.priority = args.priority
     if args.audio is not None:
         request.transcription.CopyFrom(transcription(args, b""))
     else:
@@ -112,6 +114,8 @@ def add_submit(command: AddCommand) -> None:
                         help="the longest the job may wait queued (then it fails, QUEUE_TIMEOUT); default: the route's")
     submit.add_argument("--run-timeout", type=seconds, metavar="SECONDS",
                         help="the longest the job may run (then it is stopped and fails, RUN_TIMEOUT); default: the route's")
+    submit.add_argument("--priority", type=int, choices=range(1, 6), metavar="1-5",
+                        help="1 (most urgent) to 5, among your jobs waiting on the route; default: 3")
     submit.add_argument("--webhook-events", type=webhook_events, default=[], metavar="EVENT[,EVENT]...",
                         help="which changes: start, progress, completed (default: completed); comma-separated")
     submit.set_defaults(run=_submit)

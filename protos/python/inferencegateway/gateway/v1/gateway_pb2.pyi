@@ -79,7 +79,7 @@ class Word(_message.Message):
     def __init__(self, start_seconds: _Optional[float] = ..., end_seconds: _Optional[float] = ..., word: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "route", "state", "done", "revision", "progress", "create_time", "start_time", "finish_time", "expire_time", "labels", "error", "segments", "queue_position", "request_id", "webhook", "webhook_delivery", "logs", "queue_timeout", "run_timeout")
+    __slots__ = ("id", "route", "state", "done", "revision", "progress", "create_time", "start_time", "finish_time", "expire_time", "labels", "error", "segments", "queue_position", "request_id", "webhook", "webhook_delivery", "logs", "queue_timeout", "run_timeout", "priority")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,7 @@ class Job(_message.Message):
     LOGS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RUN_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     id: str
     route: str
     state: JobState
@@ -127,7 +128,8 @@ class Job(_message.Message):
     logs: str
     queue_timeout: _duration_pb2.Duration
     run_timeout: _duration_pb2.Duration
-    def __init__(self, id: _Optional[str] = ..., route: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., done: _Optional[bool] = ..., revision: _Optional[int] = ..., progress: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., queue_position: _Optional[int] = ..., request_id: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ..., webhook_delivery: _Optional[_Union[WebhookDelivery, _Mapping]] = ..., logs: _Optional[str] = ..., queue_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    priority: int
+    def __init__(self, id: _Optional[str] = ..., route: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., done: _Optional[bool] = ..., revision: _Optional[int] = ..., progress: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., queue_position: _Optional[int] = ..., request_id: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ..., webhook_delivery: _Optional[_Union[WebhookDelivery, _Mapping]] = ..., logs: _Optional[str] = ..., queue_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class Webhook(_message.Message):
     __slots__ = ("url", "events")
@@ -192,7 +194,7 @@ class TranscriptionRequest(_message.Message):
     def __init__(self, audio: _Optional[bytes] = ..., language_code: _Optional[str] = ..., task: _Optional[_Union[TranscriptionTask, str]] = ..., beam_size: _Optional[int] = ..., word_timestamps: _Optional[bool] = ..., vad_filter: _Optional[bool] = ..., audio_url: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("route", "inputs", "transcription", "labels", "request_id", "webhook", "queue_timeout", "run_timeout")
+    __slots__ = ("route", "inputs", "transcription", "labels", "request_id", "webhook", "queue_timeout", "run_timeout", "priority")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +210,7 @@ class SubmitRequest(_message.Message):
     WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     QUEUE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RUN_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     route: str
     inputs: _struct_pb2.Struct
     transcription: TranscriptionRequest
@@ -216,7 +219,8 @@ class SubmitRequest(_message.Message):
     webhook: Webhook
     queue_timeout: _duration_pb2.Duration
     run_timeout: _duration_pb2.Duration
-    def __init__(self, route: _Optional[str] = ..., inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., transcription: _Optional[_Union[TranscriptionRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ..., queue_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    priority: int
+    def __init__(self, route: _Optional[str] = ..., inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., transcription: _Optional[_Union[TranscriptionRequest, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ..., queue_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("submit", "audio_chunk")

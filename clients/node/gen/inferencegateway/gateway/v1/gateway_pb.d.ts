@@ -343,6 +343,13 @@ export declare type Job = Message<"inferencegateway.gateway.v1.Job"> & {
    * @generated from field: google.protobuf.Duration run_timeout = 20;
    */
   runTimeout?: Duration | undefined;
+
+  /**
+   * 1 (most urgent) to 5, as given at Submit (3 when it gave none).
+   *
+   * @generated from field: int32 priority = 21;
+   */
+  priority: number;
 };
 
 /**
@@ -498,6 +505,13 @@ export declare type JobJson = {
    * @generated from field: google.protobuf.Duration run_timeout = 20;
    */
   runTimeout?: DurationJson;
+
+  /**
+   * 1 (most urgent) to 5, as given at Submit (3 when it gave none).
+   *
+   * @generated from field: int32 priority = 21;
+   */
+  priority?: number;
 };
 
 /**
@@ -949,6 +963,15 @@ export declare type SubmitRequest = Message<"inferencegateway.gateway.v1.SubmitR
    * @generated from field: google.protobuf.Duration run_timeout = 8;
    */
   runTimeout?: Duration | undefined;
+
+  /**
+   * Optional: 1 (most urgent) to 5; 0 (unset): 3. Among the same tenant's jobs waiting on a route, a
+   * more urgent one starts first, first come first among equals. Tenants share a route's workers in
+   * weighted round robin whatever their jobs' priorities ([tenants.<name>] weight).
+   *
+   * @generated from field: int32 priority = 9;
+   */
+  priority: number;
 };
 
 /**
@@ -1015,6 +1038,15 @@ export declare type SubmitRequestJson = {
    * @generated from field: google.protobuf.Duration run_timeout = 8;
    */
   runTimeout?: DurationJson;
+
+  /**
+   * Optional: 1 (most urgent) to 5; 0 (unset): 3. Among the same tenant's jobs waiting on a route, a
+   * more urgent one starts first, first come first among equals. Tenants share a route's workers in
+   * weighted round robin whatever their jobs' priorities ([tenants.<name>] weight).
+   *
+   * @generated from field: int32 priority = 9;
+   */
+  priority?: number;
 };
 
 /**
