@@ -79,11 +79,16 @@ class Route(Protocol):
         """Gives back a slot whose job was not stored after all."""
         ...
 
-    def queue_full(self, reason: str, held: int, limit: int) -> ResourceExhausted:
-        """The error for a job a shared store refused at the route's limit (QUEUE_FULL, QUEUE_BYTES_FULL)."""
+    def queue_full(self, reason: str, held: int, limit: int, retry_after: float | None = None) -> ResourceExhausted:
+        """The error for a job refused at the route's limit (QUEUE_FULL, QUEUE_BYTES_FULL) or its tenant's
+        (TENANT_QUEUE_FULL, TENANT_RATE_LIMITED, with ``retry_after``)."""
         ...
 
     def enqueue(self, job: Job, reserved: bool = True, front: bool = False) -> None: ...
+
+    def waiting_of(self, tenant: str) -> int:
+        """How many of the tenant's jobs wait here (in-process queues; 0 for a shared one)."""
+        ...
 
     def queued(self) -> int:
         """How many jobs wait in the queue."""

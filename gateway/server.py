@@ -110,8 +110,7 @@ def make_store(settings: Settings, clock: Clock | None = None) -> Store:
         from gateway.redis import RedisStore
 
         limits = {name: (route.max_queue, route.max_queued_bytes) for name, route in settings.routes.items()}
-        store = RedisStore(settings.store, clock=clock, queue_limits=limits,
-                           tenant_weight=lambda tenant: settings.tenant(tenant).weight)
+        store = RedisStore(settings.store, clock=clock, queue_limits=limits, tenants=settings.tenant)
         store.spool_dir = settings.data_dir / "uploads" / "incoming"
         return store
     return SqliteStore(settings.data_dir / "gateway.sqlite3", settings.sqlite_synchronous)

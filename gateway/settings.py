@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -461,6 +462,20 @@ class TenantSettings(BaseModel):
         1.0, gt=0, le=1000, description="Its share of a route's workers while other tenants have jobs waiting too: "
                                         "free workers take the next job from the tenants in weighted round robin.",
     )
+    max_queued: int = Field(
+        0, ge=0, description="Its jobs waiting on one route at most; beyond, Submit is RESOURCE_EXHAUSTED "
+                             "TENANT_QUEUE_FULL. 0: no limit but the route's max_queue.",
+    )
+    submit_rate: float = Field(
+        0.0, ge=0, description="Jobs it may submit per second (all routes), a token bucket holding submit_burst; "
+                               "beyond, RESOURCE_EXHAUSTED TENANT_RATE_LIMITED with the true wait. 0: no limit.",
+    )
+    submit_burst: int = Field(0, ge=0, description="Submits it may make at once after a pause; 0: one second's "
+                                                    "worth of submit_rate (at least 1).")
+
+    @property
+    def burst(self) -> int:
+        return self.submit_burst or max(1, math.ceil(self.submit_rate))
 
 
 class WebhookTenant(BaseModel):

@@ -31,6 +31,7 @@
     <prefix>queue:<route>   stream of the jobs workers took (an entry each, added and read in TAKE's step),
                             pending under the consumer group GROUP while the job runs: the lease
     <prefix>queue-bytes:<route>  counter: input bytes of the route's jobs not ended yet
+    <prefix>rate:<tenant>   hash: the tenant's Submit token bucket (tokens, ts), when it has a submit_rate
     <prefix>position        counter: change positions, in commit order
     <prefix>store_id        string: identifies this data (resume tokens carry it)
     <prefix>events          pub/sub channel: every committed revision (codec.decode_event)
@@ -124,6 +125,9 @@ class Keys:
 
     def sched(self, route: str) -> str:
         return sched_key(self.prefix, route)
+
+    def rate(self, tenant: str) -> str:
+        return f"{self.prefix}rate:{tenant}"
 
     @property
     def active(self) -> str:

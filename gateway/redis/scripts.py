@@ -21,9 +21,12 @@ __all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "HOLD
 #       request id, revs key prefix, segs key prefix, events channel, max_queue (0: none),
 #       max_queued_bytes (0: none), uploaded audio bytes (0: none), the uploaded audio's key ('' none),
 #       the queue deadline (ms; 0: none), the queue deadlines key, the route's scheduler prefix
-#       (keys.sched), the job's priority (1-5), its tenant's weight
+#       (keys.sched), the job's priority (1-5), its tenant's weight, max_queued (0: none), submit_rate
+#       (0: none), submit burst, and rate bucket key
 # Answers {created (1 new or this very create again, 0 the request's existing job, 2 queue full,
-# 3 queue bytes full), job id, request hash, position (2, 3: what is held)}. Admission is part of it:
+# 3 queue bytes full, 4 the tenant's rate passed, 5 the tenant's queue full), job id, request hash,
+# position (2, 3, 5: what is held; 4: the wait for the next token, ms)}. The rate is a token bucket
+# on Redis's clock (the same for every replica), spent last, by a job that is created. Admission is part of it:
 # the jobs waiting for a worker and the input bytes held are checked and counted in the same step that
 # stores and queues the job, so replicas submitting at once cannot pass a limit together. The job
 # waits in its tenant's set of the route's scheduler (TAKE); a tenant that had none waiting joins the
@@ -61,6 +64,23 @@ if max_queue > 0 then  -- jobs no worker has taken yet
 end
 local held = tonumber(redis.call('GET', KEYS[9]) or '0')
 if max_bytes > 0 and held + size > max_bytes then return {3, '', '', held} end
+local tenant_max = tonumber(ARGV[22] or '0')
+if tenant_max > 0 then
+  local mine = redis.call('ZCARD', sched .. 't:' .. ARGV[8])
+  if mine >= tenant_max then return {5, '', '', mine} end
+end
+local rate = tonumber(ARGV[23] or '0')
+if rate > 0 then
+  local burst = tonumber(ARGV[24])
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+  local bucket = redis.call('HMGET', ARGV[25], 'tokens', 'ts')
+  local tokens = tonumber(bucket[1] or burst)
+  tokens = math.min(burst, tokens + math.max(0, now - tonumber(bucket[2] or now)) * rate)
+  if tokens < 1 then return {4, '', '', math.ceil((1 - tokens) / rate * 1000)} end
+  redis.call('HSET', ARGV[25], 'tokens', string.format('%.17g', tokens - 1), 'ts', string.format('%.17g', now))
+  redis.call('PEXPIRE', ARGV[25], math.ceil(burst / rate * 1000) + 1000)
+end
 redis.call('INCRBY', KEYS[9], size)
 local pos = redis.call('INCR', KEYS[6])
 redis.call('HSET', KEYS[1], 'job', ARGV[2], 'created_as', ARGV[2], 'rev', 1, 'att', 0, 'seg', 0, 'pos', pos, 'tenant', ARGV[8],

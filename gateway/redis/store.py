@@ -46,7 +46,16 @@ from gateway.redis.codec import decode_segments, dumps, job_from_json, job_json
 from gateway.redis.conn import RespConnection, pool
 from gateway.redis.keys import Keys
 from gateway.store import uploads
-from gateway.store.base import CreateOutcome, JobFilter, QueueFull, ResumableJob, RevisionConflict, WebhookClaim, Writability
+from gateway.store.base import (
+    CreateOutcome,
+    JobFilter,
+    QueueFull,
+    ResumableJob,
+    RevisionConflict,
+    TenantPolicy,
+    WebhookClaim,
+    Writability,
+)
 from gateway.store.writer import BatchFailed, CannotWrite, Outcome, TaskWriter
 from gateway.tasks import cancel_and_wait
 
@@ -73,6 +82,17 @@ class _Write:
     on_commit: Callable[[Any], None] | None
 
 
+
+@dataclass(frozen=True)
+class _Unlimited:
+    weight: float = 1.0
+    max_queued: int = 0
+    submit_rate: float = 0.0
+    burst: int = 1
+
+
+_NO_POLICY = _Unlimited()
+
 class RedisStore:
     """Use as ``async with RedisStore("redis://host:6379/0") as store``. Its commits publish every
     revision on ``keys.events`` (see the module's docstring): it is the engine's only publisher."""
@@ -81,12 +101,12 @@ class RedisStore:
 
     def __init__(self, url: str, prefix: str = "gw:", clock: Clock | None = None, max_connections: int = 32,
                  queue_limits: Mapping[str, tuple[int, int]] | None = None,
-                 tenant_weight: Callable[[str], float] | None = None) -> None:
+                 tenants: Callable[[str], TenantPolicy] | None = None) -> None:
         """``queue_limits``: route -> (max_queue, max_queued_bytes), checked at each create (0: none);
-        ``tenant_weight``: a tenant's share of a route's workers (the scheduler's round)."""
+        ``tenants``: a tenant's share of a route's workers and its own limits, checked there too."""
         self.url = url
         self.queue_limits = dict(queue_limits or {})
-        self.tenant_weight = tenant_weight or (lambda tenant: 1.0)
+        self.tenants = tenants or (lambda tenant: _NO_POLICY)
         self.prefix = prefix
         self.keys = Keys(prefix)
         self.clock = clock or SystemClock()
@@ -295,8 +315,10 @@ class RedisStore:
         uploaded = self._uploads.get(job.id)
         deadline = int((job.created + job.queue_timeout) * 1000) if job.queue_timeout else 0
         args += [uploaded or 0, self.keys.audio(job.id) if uploaded is not None else "", deadline,
-                 self.keys.queue_deadlines, self.keys.sched(job.route), job.priority,
-                 repr(float(self.tenant_weight(job.tenant)))]
+                 self.keys.queue_deadlines, self.keys.sched(job.route), job.priority]
+        policy = self.tenants(job.tenant)
+        args += [repr(float(policy.weight)), policy.max_queued, repr(float(policy.submit_rate)), policy.burst,
+                 self.keys.rate(job.tenant)]
 
         async def existing(job_id: str, stored_hash: str) -> CreateOutcome:
             found = await self.get_job(job_id)
@@ -310,6 +332,10 @@ class RedisStore:
                 return QueueFull("QUEUE_FULL", int(position), max_queue)
             if int(created) == 3:
                 return QueueFull("QUEUE_BYTES_FULL", int(position), max_bytes)
+            if int(created) == 4:  # position: the wait for the tenant's next Submit, in ms
+                return QueueFull("TENANT_RATE_LIMITED", 0, policy.burst, int(position) / 1000)
+            if int(created) == 5:
+                return QueueFull("TENANT_QUEUE_FULL", int(position), policy.max_queued)
             if int(created):
                 return CreateOutcome(job, True, request_hash, self._seen(int(position)))
             return (job_id.decode(), stored_hash.decode() if stored_hash else "")

@@ -84,7 +84,7 @@ class JobService:
         self.active = ActiveJobs()
         self.lifecycle = Running(settings, store, bus, hub, clock, routes, self.active,
                                  on_webhook_due=webhooks.poke if webhooks is not None else None)
-        self.admission = Admission(store, bus, clock, routes, self.active, webhooks)
+        self.admission = Admission(store, bus, clock, routes, self.active, webhooks, tenants=settings.tenant)
         self.streams = Streams(settings, store, hub, clock, self.active)
 
     @property

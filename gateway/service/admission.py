@@ -14,7 +14,8 @@ import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,7 +36,7 @@ from gateway.jobs import DEFAULT_PRIORITY, PRIORITIES, Clock, Deadlines, Job, Jo
 from gateway.lifecycle import Route
 from gateway.service.active import ActiveJobs, Submitting
 from gateway.settings import ROUTE_NAME
-from gateway.store.base import QueueFull, Store
+from gateway.store.base import QueueFull, Store, TenantPolicy
 
 if TYPE_CHECKING:
     from gateway.webhooks import WebhookPolicy
@@ -58,6 +59,43 @@ class WebhookPolicies(Protocol):
     def policy(self, tenant: str) -> WebhookPolicy: ...
 
 
+class TenantLimits:
+    """The tenants' own limits (``[tenants.<tenant>]``) where the store is this process's alone: jobs
+    waiting on a route (``max_queued``, counting those being stored) and Submits per second (a token
+    bucket per tenant). A shared store checks the same in its create script instead, atomically across
+    replicas."""
+
+    def __init__(self, policy: Callable[[str], TenantPolicy], clock: Clock) -> None:
+        self.policy = policy
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, when)
+        self._storing: Counter[tuple[str, str]] = Counter()  # (route, tenant) -> jobs admitted, not queued yet
+
+    def admit(self, tenant: str, route: str, runner: Route) -> None:
+        """Raises QueueFull (TENANT_QUEUE_FULL, TENANT_RATE_LIMITED), or counts the job as being stored
+        until ``stored`` is called."""
+        policy = self.policy(tenant)
+        if policy.max_queued:
+            waiting = runner.waiting_of(tenant) + self._storing[route, tenant]
+            if waiting >= policy.max_queued:
+                raise QueueFull("TENANT_QUEUE_FULL", waiting, policy.max_queued)
+        if policy.submit_rate:
+            now = self.clock.now()
+            tokens, then = self._buckets.get(tenant, (float(policy.burst), now))
+            tokens = min(float(policy.burst), tokens + max(0.0, now - then) * policy.submit_rate)
+            if tokens < 1:
+                raise QueueFull("TENANT_RATE_LIMITED", 0, policy.burst, (1 - tokens) / policy.submit_rate)
+            self._buckets[tenant] = (tokens - 1, now)
+            if len(self._buckets) > 100_000:  # (tenants come from tokens: bounded anyway, but be safe)
+                self._buckets.clear()
+        self._storing[route, tenant] += 1
+
+    def stored(self, tenant: str, route: str) -> None:
+        self._storing[route, tenant] -= 1
+        if self._storing[route, tenant] <= 0:
+            del self._storing[route, tenant]
+
+
 class Admission:
     """Submit: checks, idempotency, quotas (the route's queue slots), and the first revision's commit.
 
@@ -65,8 +103,10 @@ class Admission:
     read. ``webhooks`` None: this process delivers none (a worker), so Submit refuses a webhook."""
 
     def __init__(self, store: Store, bus: EventBus, clock: Clock, routes: Mapping[str, Route], active: ActiveJobs,
-                 webhooks: WebhookPolicies | None = None) -> None:
+                 webhooks: WebhookPolicies | None = None, tenants: Callable[[str], TenantPolicy] | None = None) -> None:
         self.store = store
+        # In-process tenant limits; a shared store's create script enforces them (atomically, across replicas).
+        self.tenant_limits = TenantLimits(tenants, clock) if tenants is not None and not store.shared else None
         self.bus = bus
         self.clock = clock
         self.routes = routes
@@ -127,12 +167,31 @@ class Admission:
         request_hash = self._request_hash(route, payload, labels, webhook) if request_id else ""
         try:
             runner.reserve()
+            if self.tenant_limits is not None:
+                try:
+                    self.tenant_limits.admit(tenant, route, runner)
+                except QueueFull as full:
+                    runner.release()
+                    raise runner.queue_full(full.reason, full.held, full.limit, full.retry_after) from None
         except ResourceExhausted:
             # A retried Submit of a job already accepted answers that job, even with the queue full.
             found = await self.store.find_request(tenant, request_id, self.clock.now()) if request_id else None
             if found is None:
                 raise
             return self._existing(found[0], found[1], request_id, request_hash), True
+        try:
+            return await self._store(tenant, route, job_input, labels, request_id, webhook, deadlines, priority,
+                                     runner, payload, request_hash)
+        finally:
+            if self.tenant_limits is not None:
+                self.tenant_limits.stored(tenant, route)
+
+    async def _store(
+        self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str,
+        webhook: WebhookSpec | None, deadlines: Deadlines, priority: int, runner: Route, payload: bytes,
+        request_hash: str,
+    ) -> tuple[Job, bool]:
+        """The job made, stored and queued in its reserved slot (given back if it is not)."""
         now = self.clock.now()
         job = Job(
             id=new_job_id(now),
@@ -191,7 +250,7 @@ class Admission:
         except QueueFull as full:  # a shared store's own count, across replicas
             runner.release()
             await self._drop_upload(job.id, upload)
-            raise runner.queue_full(full.reason, full.held, full.limit) from None
+            raise runner.queue_full(full.reason, full.held, full.limit, full.retry_after) from None
         except BaseException:
             runner.release()
             await self._drop_upload(job.id, upload)

@@ -127,15 +127,32 @@ class RevisionConflict(Exception):
     written by a run (attempt) that is no longer the job's current one: refused, nothing stored."""
 
 
-class QueueFull(Exception):
-    """A shared store refused a new job because its route's queue is at a limit, checked in the same
-    atomic step as the create (so replicas submitting at once cannot pass it together)."""
+class TenantPolicy(Protocol):
+    """What a tenant may have of a route (``[tenants.<tenant>]``: gateway.settings.TenantSettings)."""
 
-    def __init__(self, reason: str, held: int, limit: int) -> None:
+    @property
+    def weight(self) -> float: ...  # its share of the workers
+    @property
+    def max_queued(self) -> int: ...  # its jobs waiting on one route at most (0: no limit)
+    @property
+    def submit_rate(self) -> float: ...  # Submits per second (0: no limit)
+    @property
+    def burst(self) -> int: ...  # Submits at once after a pause
+
+
+class QueueFull(Exception):
+    """A shared store refused a new job because its route's queue is at a limit, or its tenant at one of
+    its own, checked in the same atomic step as the create (so replicas submitting at once cannot pass
+    it together)."""
+
+    def __init__(self, reason: str, held: int, limit: int, retry_after: float | None = None) -> None:
         super().__init__(f"{reason}: {held} held, limit {limit}")
-        self.reason = reason  # QUEUE_FULL (jobs waiting) or QUEUE_BYTES_FULL (input bytes held)
+        # QUEUE_FULL (jobs waiting), QUEUE_BYTES_FULL (input bytes held), TENANT_QUEUE_FULL (the tenant's
+        # jobs waiting), TENANT_RATE_LIMITED (its Submits per second; retry_after: when the next is allowed)
+        self.reason = reason
         self.held = held
         self.limit = limit
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,10 @@ class WorkQueue(Protocol):
         """The next job id, waiting for one; QueueClosed once closed and empty."""
         ...
 
+    def waiting_of(self, tenant: str) -> int:
+        """How many of the tenant's jobs wait (in memory; a shared queue's count is its store's)."""
+        ...
+
     def remove(self, job_id: str) -> bool:
         """Takes a waiting job out (cancel); False if it was not waiting."""
         ...
@@ -108,6 +112,9 @@ class FairOrder:
 
     def __len__(self) -> int:
         return len(self._where)
+
+    def waiting_of(self, tenant: str) -> int:
+        return len(self._jobs.get(tenant, ()))
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._where
@@ -186,6 +193,9 @@ class MemoryQueue:
     def __iter__(self) -> Iterator[str]:
         yield from self._front
         yield from self._order
+
+    def waiting_of(self, tenant: str) -> int:
+        return self._order.waiting_of(tenant)
 
     def reserve(self) -> bool:
         if len(self) + self._reserved >= self.maxsize:

@@ -136,8 +136,20 @@ class RouteRunner:
         if not self.queue.reserve():
             raise self.queue_full("QUEUE_FULL", self.queue.maxsize, self.queue.maxsize)
 
-    def queue_full(self, reason: str, held: int, limit: int) -> ResourceExhausted:
-        """The error for a job the shared store refused at its limit (jobs waiting, or input bytes held)."""
+    def queue_full(self, reason: str, held: int, limit: int, retry_after: float | None = None) -> ResourceExhausted:
+        """The error for a job refused at a limit: the route's (jobs waiting, input bytes held) or its
+        tenant's (jobs waiting, Submits per second; ``retry_after``: when the next one is allowed)."""
+        if reason == "TENANT_RATE_LIMITED":
+            wait = max(0.001, retry_after or 0.0)
+            return ResourceExhausted(
+                f"you submit faster than your tenant's submit_rate allows (bursts of {limit}); the next Submit is "
+                f"allowed in {wait:.3f} s", reason=reason,
+                metadata={"route": self.name, "submit_burst": str(limit)}, retry_after=wait)
+        if reason == "TENANT_QUEUE_FULL":
+            return ResourceExhausted(
+                f"you have {held} jobs waiting on route {self.name!r}, your limit of {limit} (max_queued); retry "
+                "later", reason=reason, metadata={"route": self.name, "max_queued": str(limit)},
+                retry_after=self._retry_after())
         if reason == "QUEUE_BYTES_FULL":
             message = (f"route {self.name!r} holds {held} bytes of queued and running inputs; with this one it would "
                        f"pass its limit of {limit}; retry later")
@@ -156,6 +168,9 @@ class RouteRunner:
 
     def release(self) -> None:
         self.queue.release()
+
+    def waiting_of(self, tenant: str) -> int:
+        return self.queue.waiting_of(tenant)
 
     def enqueue(self, job: Job, reserved: bool = True, front: bool = False) -> None:
         self.queue.put(job.id, reserved=reserved, front=front, tenant=job.tenant, priority=job.priority)

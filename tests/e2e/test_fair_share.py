@@ -6,21 +6,25 @@ submitting through one replica and the light one through the other."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
 
-from gateway_client import Client, Job, JobState
+from gateway_client import NO_RETRY, Client, Job, JobState, ResourceExhaustedError
 from harness import ServerProcess, cli, wait_until
 from harness.redis import RedisProcess
 
-TOKENS = {"heavy": "heavy-token", "light": "light-token", "boss": "boss-token"}
+TOKENS = {"heavy": "heavy-token", "light": "light-token", "boss": "boss-token", "capped": "capped-token",
+          "metered": "metered-token"}
 CONFIG = (
     '[auth]\nenabled = true\n[auth.tokens]\n' + "".join(f'{token} = "{tenant}"\n' for tenant, token in TOKENS.items())
-    + '[tenants.boss]\nweight = 4\n'
+    + '[tenants.boss]\nweight = 4\n[tenants.capped]\nmax_queued = 4\n'
+    '[tenants.metered]\nsubmit_rate = 5\nsubmit_burst = 1\n'
     '[routes.echo]\nbackend = "echo"\nworkers = 1\n'
 )
 RUN = {"delay_ms": 150}
@@ -132,3 +136,36 @@ def test_the_cli_and_the_http_face_take_a_priority_and_refuse_a_bad_one(deployme
                 assert client.get(body["response_id"]).priority == 1
         else:
             assert body["error"]["code"] == "INVALID_ARGUMENT" and "X-Gateway-Priority" in body["error"]["message"]
+
+
+def test_max_queued_holds_for_submits_at_once_through_every_replica(deployment: Deployment) -> None:
+    with _client(deployment, "heavy") as heavy:
+        busy = [heavy.submit_job("echo", {"delay_ms": 60_000}).job for _ in range(deployment.workers)]
+        for job in busy:
+            wait_until(lambda j=job: heavy.get(j.id).state is JobState.RUNNING, "the workers to be busy")
+        clients = [Client(api.target, token=TOKENS["capped"], retry=NO_RETRY) for api in deployment.apis]
+
+        def submit(i: int) -> str:
+            try:
+                clients[i % len(clients)].submit_job("echo", {"i": i})
+            except ResourceExhaustedError as exc:
+                assert exc.retry_delay is not None and exc.metadata["maxQueued"] == "4"
+                return exc.reason
+            return "OK"
+
+        with ThreadPoolExecutor(12) as pool:
+            outcomes = list(pool.map(submit, range(12)))
+        for client in clients:
+            client.close()
+        assert outcomes.count("OK") == 4 and outcomes.count("TENANT_QUEUE_FULL") == 8, outcomes
+        for job in busy:
+            heavy.cancel(job.id)
+
+
+def test_the_client_waits_out_the_submit_rate_by_itself(deployment: Deployment) -> None:
+    with _client(deployment, "metered") as client:
+        began = time.monotonic()
+        jobs = [client.submit_job("echo", {"i": i}).job for i in range(4)]  # a burst of 1, then 5 per second
+        took = time.monotonic() - began
+    assert len({j.id for j in jobs}) == 4
+    assert took >= 0.5, f"4 Submits at 5 per second after a burst of 1 took only {took:.2f} s"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import InvalidArgument
+from gateway.errors import InvalidArgument, ResourceExhausted
 from gateway.jobs import Job, JobState
 from gateway.server import Gateway
 from gateway.settings import EchoRoute, TenantSettings
@@ -99,3 +99,33 @@ async def test_priority_out_of_range_is_refused(tmp_path: Path) -> None:
             with pytest.raises(InvalidArgument) as refused:
                 await _submit(gw, "t", priority=priority)
             assert refused.value.field_violations[0].field == "priority"
+
+
+async def test_a_tenant_past_its_max_queued_is_refused_and_the_others_are_not(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, EchoRoute(workers=1), tenants={"capped": TenantSettings(max_queued=2)})
+    async with Gateway(settings) as gw:
+        await _blocked(gw)
+        kept = [await _submit(gw, "capped") for _ in range(2)]
+        with pytest.raises(ResourceExhausted) as refused:
+            await _submit(gw, "capped")
+        assert refused.value.reason == "TENANT_QUEUE_FULL" and refused.value.retry_after
+        assert refused.value.metadata["max_queued"] == "2"
+        await _submit(gw, "other")  # another tenant's jobs wait as before
+        await gw.service.cancel("capped", kept[0].id)  # one fewer waiting: room for one more
+        await _submit(gw, "capped")
+
+
+async def test_a_tenant_past_its_submit_rate_waits_the_delay_it_is_told(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, EchoRoute(), tenants={"default": TenantSettings(submit_rate=4, submit_burst=2)})
+    async with Gateway(settings) as gw:
+        first, _ = await gw.service.submit("any", "echo", inputs(delay_ms=0), {}, "same")
+        await _submit(gw, "any", delay_ms=0)
+        with pytest.raises(ResourceExhausted) as refused:
+            await _submit(gw, "any", delay_ms=0)
+        wait = refused.value.retry_after
+        assert refused.value.reason == "TENANT_RATE_LIMITED" and wait is not None and 0 < wait <= 0.25
+        # A retried Submit of a job it made answers that job, rate or not.
+        retried, existing = await gw.service.submit("any", "echo", inputs(delay_ms=0), {}, "same")
+        assert existing and retried.id == first.id
+        await asyncio.sleep(wait)  # the delay the refusal gave: then it is allowed
+        await _submit(gw, "any", delay_ms=0)

@@ -14,6 +14,7 @@ from gateway.jobs import JobState
 from gateway.redis import RedisStore
 from gateway.redis.keys import GROUP, queue_key, sched_key
 from gateway.redis.scripts import TAKE
+from gateway.settings import TenantSettings
 from gateway.work.queue import FairOrder
 from harness.redis import RedisProcess
 from tests.helpers.jobs import T0, FakeClock, finish, make_job
@@ -69,7 +70,7 @@ async def test_redis_takes_jobs_in_the_order_of_fair_order(redis_server: RedisPr
     expected = FairOrder(lambda tenant: WEIGHTS[tenant])
     taken_here: list[str] = []
     taken_there: list[str] = []
-    async with RedisStore(redis_server.url, clock=FakeClock(T0), tenant_weight=WEIGHTS.__getitem__) as store:
+    async with RedisStore(redis_server.url, clock=FakeClock(T0), tenants=lambda t: TenantSettings(weight=WEIGHTS[t])) as store:
         raw = store._redis
         take = raw.register_script(TAKE)
         jobs = {}

@@ -55,7 +55,9 @@ export const CHANNEL_OPTIONS = {
 // The RPCs that may be sent again after UNAVAILABLE: Get, Fetch, List only read, Cancel is
 // idempotent, Submit always carries a request_id (so a retried Submit answers the same job).
 const RETRYABLE = new Set(["Submit", "Upload", "Get", "Fetch", "List", "Cancel"]);
-const RETRYABLE_SUBMIT_REASONS = new Set(["QUEUE_FULL", "QUEUE_BYTES_FULL", "SUBMIT_BYTES_IN_FLIGHT"]);
+const RETRYABLE_SUBMIT_REASONS = new Set([
+  "QUEUE_FULL", "QUEUE_BYTES_FULL", "SUBMIT_BYTES_IN_FLIGHT", "TENANT_QUEUE_FULL", "TENANT_RATE_LIMITED",
+]);
 
 /** How the client retries unary calls and how long cut streams keep resuming (seconds). */
 export const DEFAULT_RETRY = Object.freeze({

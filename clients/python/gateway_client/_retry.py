@@ -5,8 +5,9 @@ What is retried, and why it is safe:
   connection reset) on Submit, Get, Fetch, List and Cancel. Get, Fetch and List only read;
   Cancel is idempotent (cancelling twice is cancelling once); Submit is retried only because the
   client always sends a request_id, so a retried Submit answers the job the first one created.
-- RESOURCE_EXHAUSTED with reason QUEUE_FULL, QUEUE_BYTES_FULL or SUBMIT_BYTES_IN_FLIGHT on Submit, no sooner
-  than the server's RetryInfo delay (nothing was created: the route's queue, or the server's intake, was full).
+- RESOURCE_EXHAUSTED with reason QUEUE_FULL, QUEUE_BYTES_FULL, SUBMIT_BYTES_IN_FLIGHT, TENANT_QUEUE_FULL or
+  TENANT_RATE_LIMITED on Submit, no sooner than the server's RetryInfo delay (nothing was created: the route's
+  queue, the server's intake, or the tenant's own queue or rate was full).
 - Never Delete (a second try would answer NOT_FOUND for a job the first one deleted), and no
   other code: DEADLINE_EXCEEDED and CANCELLED are the caller's own limits, the rest cannot succeed
   by trying again.
@@ -77,6 +78,12 @@ DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 
+# Submit refusals that created nothing and pass with time: the route's queue or the server's intake full,
+# or the tenant's own queue or rate (its RetryInfo says when the next Submit is allowed).
+SUBMIT_RETRY_REASONS = frozenset({"QUEUE_FULL", "QUEUE_BYTES_FULL", "SUBMIT_BYTES_IN_FLIGHT", "TENANT_QUEUE_FULL",
+                                  "TENANT_RATE_LIMITED"})
+
+
 def retry_floor(method: str, error: RpcError) -> float | None:
     """None when ``error`` must not be retried for ``method``; otherwise the least wait in seconds
     (the server's RetryInfo delay, or 0)."""
@@ -85,7 +92,7 @@ def retry_floor(method: str, error: RpcError) -> float | None:
     if error.code is grpc.StatusCode.UNAVAILABLE:
         return error.retry_delay or 0.0
     if (method in ("Submit", "Upload") and error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
-            and error.reason in ("QUEUE_FULL", "QUEUE_BYTES_FULL", "SUBMIT_BYTES_IN_FLIGHT")):
+            and error.reason in SUBMIT_RETRY_REASONS):
         return error.retry_delay or 0.0
     return None
 
