@@ -95,6 +95,7 @@ class Server:
         self._tmp = tempfile.TemporaryDirectory(prefix=f"bench-{self.label}-")
         self.workdir = Path(self._tmp.name)
         self.log_path = self.workdir / "server.log"
+        self.cwd = self.workdir  # where it runs (python -m imports from there first)
         self.proc: subprocess.Popen[str] | None = None
         self.target = ""
         self.http = ""  # HOST:PORT of its HTTP face, when it has one
@@ -110,7 +111,7 @@ class Server:
     def start(self, timeout: float = 60.0) -> Server:
         try:
             self.proc, event, _ = start_serving(self.command(), what=self.label, timeout=timeout,
-                                                log_path=self.log_path, cwd=self.workdir)
+                                                log_path=self.log_path, cwd=self.cwd)
         except (RuntimeError, TimeoutError) as exc:
             self._tmp.cleanup()
             raise RuntimeError(f"{self.label} did not start: {exc}") from exc
