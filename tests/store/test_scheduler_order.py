@@ -101,3 +101,28 @@ async def test_redis_takes_jobs_in_the_order_of_fair_order(redis_server: RedisPr
         taken_there += [j.decode() for j in answer[::2]]
         assert taken_there == taken_here
         assert int(await raw.llen(sched_key("gw:", "echo") + "waiting")) == 0
+
+
+async def test_entries_queued_by_an_older_gateway_are_taken_first(redis_server: RedisProcess) -> None:
+    """Before the scheduler, CREATE added a stream entry per job, unread: after an upgrade the workers'
+    take script delivers those first, then the scheduler's."""
+    redis_server.flush()
+    async with RedisStore(redis_server.url, clock=FakeClock(T0)) as store:
+        raw = store._redis
+        stream = queue_key("gw:", "echo")
+        await raw.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        old = make_job(tenant="a")
+        await store.create_job(old, "", b"{}")
+        # What the old create script left: the job out of the scheduler, an unread entry in the stream.
+        await raw.eval("redis.call('ZREM', KEYS[1], ARGV[1]); redis.call('LPOP', KEYS[2]); "
+                       "redis.call('ZREM', KEYS[3], 'a'); redis.call('HDEL', KEYS[4], 'sq', 'ss')", 4,
+                       sched_key("gw:", "echo") + "t:a", sched_key("gw:", "echo") + "waiting",
+                       sched_key("gw:", "echo") + "tenants", f"gw:job:{old.id}", old.id)
+        entry = await raw.xadd(stream, {"job": old.id})
+        new = make_job(tenant="b")
+        await store.create_job(new, "", b"{}")
+        take = raw.register_script(TAKE)
+        answer = await take(keys=[stream], args=[sched_key("gw:", "echo"), GROUP, "tester", 5, "gw:job:"])
+        assert [a.decode() for a in answer] == [old.id, entry.decode(), new.id, answer[3].decode()]
+        pending = await raw.xpending(stream, GROUP)
+        assert pending["pending"] == 2  # both held by this consumer now: its leases
