@@ -202,7 +202,7 @@ class Gateway:
                                  self.service.lifecycle,
                                  queue=self._queue(name, route_settings.max_queue),
                                  workers=0 if settings.workers == 0 else None,
-                                 tenant_weight=lambda tenant: settings.tenant(tenant).weight)
+                                 tenants=settings.tenant)
             self.runners[name] = runner
             metrics.track_queue_depth(name, runner.queued)
             await self._set_health(health_name(name), False)

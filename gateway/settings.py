@@ -466,6 +466,10 @@ class TenantSettings(BaseModel):
         0, ge=0, description="Its jobs waiting on one route at most; beyond, Submit is RESOURCE_EXHAUSTED "
                              "TENANT_QUEUE_FULL. 0: no limit but the route's max_queue.",
     )
+    max_running: int = Field(
+        0, ge=0, description="Its jobs running at once on one route at most; its others wait (the other tenants' "
+                             "jobs are taken meanwhile). 0: no limit.",
+    )
     submit_rate: float = Field(
         0.0, ge=0, description="Jobs it may submit per second (all routes), a token bucket holding submit_burst; "
                                "beyond, RESOURCE_EXHAUSTED TENANT_RATE_LIMITED with the true wait. 0: no limit.",

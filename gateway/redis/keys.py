@@ -3,7 +3,8 @@
     <prefix>job:<id>        hash: job (JSON, without segments), rev, att, seg (segment count), pos,
                             tenant, request_id, req_hash, expires, payload, ckpt, result, entry (its
                             queue entry, once a worker took it); while it waits, sq and ss: its tenant's
-                            waiting set and its route's scheduler prefix; until the job ends, qb and qk:
+                            waiting set and its route's scheduler prefix; once taken until it ends, rt:
+                            that prefix (its tenant's running count); until the job ends, qb and qk:
                             its input's bytes and the counter they count in, and ak: its uploaded audio's
                             key (if any)
     <prefix>revs:<id>       stream, entry id 0-<revision>: job (JSON), seg (segment count then)
@@ -26,6 +27,8 @@
         vt                  string: the pass of the last job taken (where a tenant that starts waiting joins)
         seq                 counter: arrivals
         weights             hash: tenant -> its weight, as the last Submit's settings said
+        maxrun              hash: tenant -> its max_running (0: none), likewise
+        running             hash: tenant -> its jobs taken by a worker and not ended
         waiting             list: one element per waiting job (its length: what KEDA scales on)
         wake                list: a token per job queued, popped by a fetch loop blocked on it (at most 64)
     <prefix>queue:<route>   stream of the jobs workers took (an entry each, added and read in TAKE's step),

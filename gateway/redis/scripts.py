@@ -22,7 +22,7 @@ __all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "HOLD
 #       max_queued_bytes (0: none), uploaded audio bytes (0: none), the uploaded audio's key ('' none),
 #       the queue deadline (ms; 0: none), the queue deadlines key, the route's scheduler prefix
 #       (keys.sched), the job's priority (1-5), its tenant's weight, max_queued (0: none), submit_rate
-#       (0: none), submit burst, and rate bucket key
+#       (0: none), submit burst, rate bucket key, max_running (0: none)
 # Answers {created (1 new or this very create again, 0 the request's existing job, 2 queue full,
 # 3 queue bytes full, 4 the tenant's rate passed, 5 the tenant's queue full), job id, request hash,
 # position (2, 3, 5: what is held; 4: the wait for the next token, ms)}. The rate is a token bucket
@@ -101,6 +101,7 @@ if redis.call('ZCARD', waiting) == 0 then
 end
 redis.call('ZADD', waiting, tonumber(ARGV[20]) * 1099511627776 + redis.call('INCR', sched .. 'seq'), ARGV[1])
 redis.call('HSET', sched .. 'weights', ARGV[8], ARGV[21])
+redis.call('HSET', sched .. 'maxrun', ARGV[8], ARGV[26] or '0')
 redis.call('RPUSH', sched .. 'waiting', '1')
 redis.call('RPUSH', sched .. 'wake', '1')
 redis.call('LTRIM', sched .. 'wake', -64, -1)
@@ -110,13 +111,22 @@ return {1, ARGV[1], ARGV[3], pos}
 """
 
 # A job that stops waiting without a worker taking it (it ended, or was deleted) leaves its tenant's set
-# of the route's scheduler, and the tenant the round if that was its last.
+# of the route's scheduler, and the tenant the round if that was its last; one a worker took leaves its
+# tenant's running count (and wakes the workers, if the tenant has a max_running).
 _UNQUEUE = """
 local function unqueue(job_key, id, tenant)
-  local sq = redis.call('HMGET', job_key, 'sq', 'ss')
+  local sq = redis.call('HMGET', job_key, 'sq', 'ss', 'rt')
   if sq[1] and redis.call('ZREM', sq[1], id) == 1 then
     redis.call('LPOP', sq[2] .. 'waiting')
     if redis.call('ZCARD', sq[1]) == 0 then redis.call('ZREM', sq[2] .. 'tenants', tenant) end
+  end
+  if sq[3] then  -- taken by a worker: no longer one of its tenant's running jobs
+    if redis.call('HINCRBY', sq[3] .. 'running', tenant, -1) <= 0 then redis.call('HDEL', sq[3] .. 'running', tenant) end
+    redis.call('HDEL', job_key, 'rt')
+    if tonumber(redis.call('HGET', sq[3] .. 'maxrun', tenant) or '0') > 0 then  -- its next may be taken now
+      redis.call('RPUSH', sq[3] .. 'wake', '1')
+      redis.call('LTRIM', sq[3] .. 'wake', -64, -1)
+    end
   end
 end
 """
@@ -318,8 +328,9 @@ return lost
 
 # KEYS: the route's stream; ARGV: the route's scheduler prefix, group, consumer, how many, job key prefix.
 # Takes up to that many jobs for this consumer, in the scheduler's order: the tenant of the lowest pass
-# (ties: by name), its most urgent job (then the first to come); the tenant's pass then grows by
-# 1/weight, or it leaves the round when it has none left waiting. Each job taken gets a stream entry,
+# (ties: by name) not at its max_running (of the next 64 in the round), its most urgent job (then the
+# first to come); the tenant's pass then grows by 1/weight, or it leaves the round when it has none left
+# waiting. Each job taken gets a stream entry,
 # read at once by this consumer (pending under it: its lease, renewed and taken over as before). An
 # entry some older gateway added without reading it is delivered first. Answers {job id, entry id, ...}.
 TAKE = """
@@ -334,9 +345,16 @@ if old then
   end
 end
 while #taken < 2 * count do
-  local top = redis.call('ZRANGE', sched .. 'tenants', 0, 0, 'WITHSCORES')
-  if not top[1] then break end
-  local tenant, pass = top[1], tonumber(top[2])
+  local ring = redis.call('ZRANGE', sched .. 'tenants', 0, 63, 'WITHSCORES')  -- the next 64 in the round
+  local tenant, pass
+  for i = 1, #ring, 2 do  -- the first not at its max_running
+    local cap = tonumber(redis.call('HGET', sched .. 'maxrun', ring[i]) or '0') or 0
+    if cap <= 0 or tonumber(redis.call('HGET', sched .. 'running', ring[i]) or '0') < cap then
+      tenant, pass = ring[i], tonumber(ring[i + 1])
+      break
+    end
+  end
+  if not tenant then break end
   local waiting = sched .. 't:' .. tenant
   local next_job = redis.call('ZPOPMIN', waiting)
   if redis.call('ZCARD', waiting) == 0 then
@@ -353,8 +371,9 @@ while #taken < 2 * count do
     if redis.call('EXISTS', key) == 1 then
       local entry = redis.call('XADD', stream, '*', 'job', id)
       redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', stream, '>')
-      redis.call('HSET', key, 'entry', entry)
+      redis.call('HSET', key, 'entry', entry, 'rt', sched)
       redis.call('HDEL', key, 'sq', 'ss')
+      redis.call('HINCRBY', sched .. 'running', tenant, 1)
       taken[#taken + 1] = id
       taken[#taken + 1] = entry
     end

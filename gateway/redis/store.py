@@ -45,6 +45,7 @@ from gateway.redis import scripts
 from gateway.redis.codec import decode_segments, dumps, job_from_json, job_json
 from gateway.redis.conn import RespConnection, pool
 from gateway.redis.keys import Keys
+from gateway.settings import TenantSettings
 from gateway.store import uploads
 from gateway.store.base import (
     CreateOutcome,
@@ -83,16 +84,6 @@ class _Write:
 
 
 
-@dataclass(frozen=True)
-class _Unlimited:
-    weight: float = 1.0
-    max_queued: int = 0
-    submit_rate: float = 0.0
-    burst: int = 1
-
-
-_NO_POLICY = _Unlimited()
-
 class RedisStore:
     """Use as ``async with RedisStore("redis://host:6379/0") as store``. Its commits publish every
     revision on ``keys.events`` (see the module's docstring): it is the engine's only publisher."""
@@ -106,7 +97,8 @@ class RedisStore:
         ``tenants``: a tenant's share of a route's workers and its own limits, checked there too."""
         self.url = url
         self.queue_limits = dict(queue_limits or {})
-        self.tenants = tenants or (lambda tenant: _NO_POLICY)
+        unlimited = TenantSettings()
+        self.tenants = tenants or (lambda tenant: unlimited)
         self.prefix = prefix
         self.keys = Keys(prefix)
         self.clock = clock or SystemClock()
@@ -318,7 +310,7 @@ class RedisStore:
                  self.keys.queue_deadlines, self.keys.sched(job.route), job.priority]
         policy = self.tenants(job.tenant)
         args += [repr(float(policy.weight)), policy.max_queued, repr(float(policy.submit_rate)), policy.burst,
-                 self.keys.rate(job.tenant)]
+                 self.keys.rate(job.tenant), policy.max_running]
 
         async def existing(job_id: str, stored_hash: str) -> CreateOutcome:
             found = await self.get_job(job_id)

@@ -135,6 +135,8 @@ class TenantPolicy(Protocol):
     @property
     def max_queued(self) -> int: ...  # its jobs waiting on one route at most (0: no limit)
     @property
+    def max_running(self) -> int: ...  # its jobs running at once on one route (0: no limit)
+    @property
     def submit_rate(self) -> float: ...  # Submits per second (0: no limit)
     @property
     def burst(self) -> int: ...  # Submits at once after a pause

@@ -109,6 +109,7 @@ class FairOrder:
         self._where: dict[str, tuple[str, int]] = {}  # job id -> (tenant, rank)
         self._seq = 0
         self.vtime = 0.0
+        self.last_tenant = ""  # whose job pop() took last
 
     def __len__(self) -> int:
         return len(self._where)
@@ -132,10 +133,19 @@ class FairOrder:
     def _next_tenant(passes: dict[str, float]) -> str:
         return min(passes, key=lambda t: (passes[t], t))
 
-    def pop(self) -> str:
-        tenant = self._next_tenant(self._pass)
+    def pop(self, blocked: Callable[[str], bool] | None = None) -> str | None:
+        """The next job, of the lowest pass's tenant among those not ``blocked`` (at their max_running);
+        None when every tenant with jobs waiting is."""
+        if blocked is None:
+            tenant = self._next_tenant(self._pass)
+        else:
+            open_ = {t: p for t, p in self._pass.items() if not blocked(t)}
+            if not open_:
+                return None
+            tenant = self._next_tenant(open_)
         _rank, job_id = heapq.heappop(self._jobs[tenant])
         del self._where[job_id]
+        self.last_tenant = tenant
         self.vtime = self._pass[tenant]
         if self._jobs[tenant]:
             self._pass[tenant] += 1.0 / self.weight(tenant)
@@ -173,9 +183,15 @@ class MemoryQueue:
     reservations, removal (cancel) and positions. Jobs put at the front (interrupted runs resumed) are
     taken before any other, in the order they were put."""
 
-    def __init__(self, maxsize: int, weight: Callable[[str], float] | None = None) -> None:
+    def __init__(self, maxsize: int, weight: Callable[[str], float] | None = None,
+                 max_running: Callable[[str], int] | None = None) -> None:
+        """``max_running``: a tenant's jobs running at once at most (0: no limit); its other jobs wait
+        while the other tenants' are taken."""
         self.maxsize = maxsize
         self._order = FairOrder(weight)
+        self._max_running = max_running
+        self._running: dict[str, int] = {}  # tenant -> its jobs taken and not done
+        self._taken: dict[str, str] = {}  # job id -> tenant, while it runs
         self._front: deque[str] = deque()
         self._reserved = 0
         self._getters: deque[asyncio.Future[None]] = deque()
@@ -224,7 +240,7 @@ class MemoryQueue:
                 break
 
     async def get(self) -> str:
-        while not len(self):
+        while (job_id := self._take()) is None:
             if self._closed:
                 raise QueueClosed
             getter = asyncio.get_running_loop().create_future()
@@ -236,7 +252,37 @@ class MemoryQueue:
                 if getter.done() and not getter.cancelled() and len(self):
                     self._wake_one()
                 raise
-        return self._front.popleft() if self._front else self._order.pop()
+        return job_id
+
+    def _blocked(self, tenant: str) -> bool:
+        assert self._max_running is not None
+        limit = self._max_running(tenant)
+        return bool(limit) and self._running.get(tenant, 0) >= limit
+
+    def _take(self) -> str | None:
+        if self._front:
+            return self._front.popleft()
+        if not len(self._order):
+            return None
+        if self._max_running is None:
+            return self._order.pop()
+        job_id = self._order.pop(self._blocked)
+        if job_id is not None:
+            tenant = self._order.last_tenant
+            self._taken[job_id] = tenant
+            self._running[tenant] = self._running.get(tenant, 0) + 1
+        return job_id
+
+    def task_done(self, job_id: str) -> None:
+        tenant = self._taken.pop(job_id, None)
+        if tenant is not None:
+            left = self._running[tenant] - 1
+            if left:
+                self._running[tenant] = left
+            else:
+                del self._running[tenant]
+            if len(self._order):
+                self._wake_one()  # a job of that tenant may be taken now
 
     def remove(self, job_id: str) -> bool:
         if self._order.remove(job_id):
@@ -259,9 +305,6 @@ class MemoryQueue:
         pass  # one process: nobody else takes a job
 
     def let_go(self, job_id: str) -> None:
-        pass  # taken is gone, in one process
-
-    def task_done(self, job_id: str) -> None:
         pass  # taken is gone, in one process
 
     def close(self) -> None:

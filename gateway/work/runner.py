@@ -25,6 +25,7 @@ from gateway.errors import Code, FailedPrecondition, GatewayError, ResourceExhau
 from gateway.jobs import Job, JobFailure
 from gateway.lifecycle import Lifecycle
 from gateway.settings import RouteSettings
+from gateway.store.base import TenantPolicy
 from gateway.tasks import cancel_and_wait
 from gateway.work.queue import MemoryQueue, QueueClosed, WorkQueue
 
@@ -61,14 +62,16 @@ class RouteRunner:
         self, name: str, settings: RouteSettings, backend: Backend, lifecycle: Lifecycle,
         queue: WorkQueue | None = None,
         workers: int | None = None,
-        tenant_weight: Callable[[str], float] | None = None,
+        tenants: Callable[[str], TenantPolicy] | None = None,
     ) -> None:
-        """``tenant_weight``: a tenant's share of the workers (the in-process queue's fair order)."""
+        """``tenants``: a tenant's share of the workers and its max_running (the in-process queue's order)."""
         self.name = name
         self.settings = settings
         self.backend = backend
         self.lifecycle = lifecycle
-        self.queue: WorkQueue = queue if queue is not None else MemoryQueue(settings.max_queue, tenant_weight)
+        self.queue: WorkQueue = queue if queue is not None else MemoryQueue(
+            settings.max_queue, (lambda t: tenants(t).weight) if tenants else None,
+            (lambda t: tenants(t).max_running) if tenants else None)
         self.queue.on_lost(self.abandon)
         # Jobs this process runs at once (0: none); a backend may say how many it takes (a batcher).
         self.workers = workers if workers is not None else (

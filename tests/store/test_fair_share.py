@@ -129,3 +129,22 @@ async def test_a_tenant_past_its_submit_rate_waits_the_delay_it_is_told(tmp_path
         assert existing and retried.id == first.id
         await asyncio.sleep(wait)  # the delay the refusal gave: then it is allowed
         await _submit(gw, "any", delay_ms=0)
+
+
+async def test_a_tenant_at_its_max_running_waits_while_the_others_run(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, EchoRoute(workers=3), tenants={"capped": TenantSettings(max_running=1)})
+    async with Gateway(settings) as gw:
+        capped = [await _submit(gw, "capped", delay_ms=300, which=f"c{i}") for i in range(3)]
+        others = [await _submit(gw, "other", delay_ms=300, which=f"o{i}") for i in range(2)]
+        most = 0
+        async with asyncio.timeout(30):
+            while True:
+                states = [(await gw.service.get(j.tenant, j.id)).state for j in capped]
+                most = max(most, states.count(JobState.RUNNING))
+                if all(s is JobState.SUCCEEDED for s in states):
+                    break
+                await asyncio.sleep(0.02)
+        order = await _start_order(gw, [*capped, *others])
+    assert most == 1
+    # The other tenant's two ran beside the first capped one, not after all three.
+    assert [j.tenant for j in order[:3]].count("other") == 2, [j.tenant for j in order]
