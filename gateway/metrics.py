@@ -18,16 +18,25 @@ that Prometheus sums them across replicas and workers without counting a job twi
     gateway_store_commit_batch_size{store}                writes per store commit (histogram)
     gateway_store_commit_seconds{store}                   how long a commit took (histogram)
     gateway_whisper_real_time_factor{route}               transcription time / audio duration (histogram)
+
+The scheduler's state is the route's, not this process's: with Redis every process reports the same
+figures (read from Redis once a second), so take their max across pods, not their sum:
+
+    gateway_queue_waiting{route,priority}                 jobs waiting for a worker, by priority (1-5)
+    gateway_queue_oldest_seconds{route}                   how long the oldest waiting job has waited (0: none)
+    gateway_tenant_waiting{route,tenant}                  a tenant's jobs waiting (tenants named in [tenants]
+    gateway_tenant_running{route,tenant}                  ...and running: own series; the rest summed as "other")
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 __all__ = ["CONTENT_TYPE_LATEST", "REGISTRY", "RpcMetrics", "render"]
 
@@ -66,6 +75,51 @@ WHISPER_RTF = Histogram("gateway_whisper_real_time_factor", "Transcription time 
 
 def render() -> bytes:
     return generate_latest(REGISTRY)
+
+
+class _Scheduler:
+    """The routes' queue snapshots (``QueueSnapshot``), read when scraped."""
+
+    def __init__(self) -> None:
+        self.snapshots: dict[str, Callable[[], Any]] = {}
+        self.named: frozenset[str] = frozenset()
+
+    def collect(self) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily("gateway_queue_waiting", "Jobs waiting for a worker on the route, by priority.",
+                                    labels=["route", "priority"])
+        oldest = GaugeMetricFamily("gateway_queue_oldest_seconds", "How long the route's oldest waiting job has "
+                                   "waited (0: none waits).", labels=["route"])
+        tenant_waiting = GaugeMetricFamily("gateway_tenant_waiting", "A tenant's jobs waiting on the route (tenants "
+                                           "not named in the settings: other).", labels=["route", "tenant"])
+        tenant_running = GaugeMetricFamily("gateway_tenant_running", "A tenant's jobs running on the route (tenants "
+                                           "not named in the settings: other).", labels=["route", "tenant"])
+        now = time.time()
+        for route, snapshot_of in list(self.snapshots.items()):
+            snapshot = snapshot_of()
+            for priority in range(1, 6):
+                waiting.add_metric([route, str(priority)], snapshot.by_priority.get(priority, 0))
+            created = snapshot.oldest_created
+            oldest.add_metric([route], max(0.0, now - created) if created is not None else 0.0)
+            sums: dict[str, list[int]] = {}
+            for tenant, (queued, running) in snapshot.tenants.items():
+                both = sums.setdefault(tenant if tenant in self.named else "other", [0, 0])
+                both[0] += queued
+                both[1] += running
+            for tenant, (queued, running) in sums.items():
+                tenant_waiting.add_metric([route, tenant], queued)
+                tenant_running.add_metric([route, tenant], running)
+        yield from (waiting, oldest, tenant_waiting, tenant_running)
+
+
+_SCHEDULER = _Scheduler()
+REGISTRY.register(_SCHEDULER)  # type: ignore[arg-type]
+
+
+def track_queue(route: str, snapshot: Callable[[], Any], named_tenants: frozenset[str]) -> None:
+    """The route's scheduler figures, from ``snapshot()`` (a QueueSnapshot) when scraped; per-tenant series
+    only for ``named_tenants`` (bounded cardinality)."""
+    _SCHEDULER.snapshots[route] = snapshot
+    _SCHEDULER.named = named_tenants
 
 
 def track_queue_depth(route: str, depth: Callable[[], float]) -> None:

@@ -205,6 +205,7 @@ class Gateway:
                                  tenants=settings.tenant)
             self.runners[name] = runner
             metrics.track_queue_depth(name, runner.queued)
+            metrics.track_queue(name, runner.queue.snapshot, frozenset(settings.tenants) - {"default"})
             await self._set_health(health_name(name), False)
             runner.backend.readiness.listen(self._health_listener(name))
         # Bound before any job runs: a start that fails on its address has run nothing (and counted

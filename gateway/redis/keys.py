@@ -30,6 +30,7 @@
         maxrun              hash: tenant -> its max_running (0: none), likewise
         running             hash: tenant -> its jobs taken by a worker and not ended
         waiting             list: one element per waiting job (its length: what KEDA scales on)
+        arrived             sorted set: waiting job id -> its creation (ms): the oldest's age (metrics)
         wake                list: a token per job queued, popped by a fetch loop blocked on it (at most 64)
     <prefix>queue:<route>   stream of the jobs workers took (an entry each, added and read in TAKE's step),
                             pending under the consumer group GROUP while the job runs: the lease

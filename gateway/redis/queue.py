@@ -40,7 +40,7 @@ from gateway.redis import scripts
 from gateway.redis.conn import RespConnection, pool
 from gateway.redis.keys import GROUP, queue_key, sched_key, waiting_key
 from gateway.tasks import cancel_and_wait
-from gateway.work.queue import QueueClosed
+from gateway.work.queue import QueueClosed, QueueSnapshot
 
 __all__ = ["GROUP", "RedisQueue", "consumer_name"]
 
@@ -91,11 +91,14 @@ class RedisQueue:
         self._want = asyncio.Event()
         self._lost: Callable[[str], None] = lambda job_id: None
         self._hold: Any = None
+        self._stats: Any = None
+        self._snapshot = QueueSnapshot()
 
     async def open(self) -> None:
         self.consumer = self._identity()
         self._redis = pool(self.url, 8)
         self._hold = self._redis.register_script(scripts.HOLD)
+        self._stats = self._redis.register_script(scripts.STATS)
         await self._ensure_group()
         await self._release_own()
         loop = asyncio.get_running_loop()
@@ -194,7 +197,7 @@ class RedisQueue:
         self._waiting = max(0, self._waiting - 1)
 
     def put(self, job_id: str, reserved: bool = True, front: bool = False, tenant: str = "",
-            priority: int = 3) -> None:
+            priority: int = 3, created: float = 0.0) -> None:
         """Nothing to do: the store queued the job with it (and resumed jobs are reclaimed, not put)."""
 
     async def get(self) -> str:
@@ -389,6 +392,18 @@ class RedisQueue:
 
     async def _count(self) -> None:
         self._waiting = int(await self._redis.llen(self.waiting))
+        answer = await self._stats(args=[self.sched])
+        oldest = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
+        rest = answer[6:]
+        self._snapshot = QueueSnapshot(
+            by_priority={p: int(n) for p, n in enumerate(answer[1:6], start=1) if int(n)},
+            oldest_created=float(oldest) / 1000 if oldest else None,
+            tenants={(rest[i].decode() if isinstance(rest[i], bytes) else rest[i]): (int(rest[i + 1]), int(rest[i + 2]))
+                     for i in range(0, len(rest), 3)},
+        )
+
+    def snapshot(self) -> QueueSnapshot:
+        return self._snapshot
 
     async def _count_forever(self) -> None:
         while not self._closed:

@@ -13,7 +13,7 @@ may send a batch twice. The consumer group is named ``'workers'`` inside them: `
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "HOLD", "SAVE", "SPARE", "STORE", "TAKE",
+__all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "HOLD", "SAVE", "SPARE", "STATS", "STORE", "TAKE",
            "TAKE_OVER"]
 
 # KEYS: job, revs, req (or req-none), jobs index, changes, position, active, queue, queue bytes
@@ -103,6 +103,7 @@ redis.call('ZADD', waiting, tonumber(ARGV[20]) * 1099511627776 + redis.call('INC
 redis.call('HSET', sched .. 'weights', ARGV[8], ARGV[21])
 redis.call('HSET', sched .. 'maxrun', ARGV[8], ARGV[26] or '0')
 redis.call('RPUSH', sched .. 'waiting', '1')
+redis.call('ZADD', sched .. 'arrived', math.floor(tonumber(ARGV[7]) * 1000), ARGV[1])
 redis.call('RPUSH', sched .. 'wake', '1')
 redis.call('LTRIM', sched .. 'wake', -64, -1)
 redis.call('HSET', KEYS[1], 'sq', waiting, 'ss', sched)
@@ -118,6 +119,7 @@ local function unqueue(job_key, id, tenant)
   local sq = redis.call('HMGET', job_key, 'sq', 'ss', 'rt')
   if sq[1] and redis.call('ZREM', sq[1], id) == 1 then
     redis.call('LPOP', sq[2] .. 'waiting')
+    redis.call('ZREM', sq[2] .. 'arrived', id)
     if redis.call('ZCARD', sq[1]) == 0 then redis.call('ZREM', sq[2] .. 'tenants', tenant) end
   end
   if sq[3] then  -- taken by a worker: no longer one of its tenant's running jobs
@@ -367,6 +369,7 @@ while #taken < 2 * count do
     local id = next_job[1]
     redis.call('SET', sched .. 'vt', string.format('%.17g', pass))
     redis.call('LPOP', sched .. 'waiting')
+    redis.call('ZREM', sched .. 'arrived', id)
     local key = ARGV[5] .. id
     if redis.call('EXISTS', key) == 1 then
       local entry = redis.call('XADD', stream, '*', 'job', id)
@@ -380,6 +383,29 @@ while #taken < 2 * count do
   end
 end
 return taken
+"""
+
+# KEYS: none; ARGV: the route's scheduler prefix. Read only (metrics, once a second): {oldest waiting job's
+# creation (ms; '' none), its waiting jobs by priority 1-5 (five counts), then per tenant with jobs waiting
+# or running: name, waiting, running}.
+STATS = """
+local sched = ARGV[1]
+local oldest = redis.call('ZRANGE', sched .. 'arrived', 0, 0, 'WITHSCORES')
+local out = {oldest[2] or '', 0, 0, 0, 0, 0}
+local tenants = {}
+for _, tenant in ipairs(redis.call('ZRANGE', sched .. 'tenants', 0, -1)) do tenants[tenant] = true end
+local running = redis.call('HGETALL', sched .. 'running')
+for i = 1, #running, 2 do tenants[running[i]] = true end
+for tenant in pairs(tenants) do
+  local set = sched .. 't:' .. tenant
+  for p = 1, 5 do
+    out[1 + p] = out[1 + p] + redis.call('ZCOUNT', set, p * 1099511627776, '(' .. ((p + 1) * 1099511627776))
+  end
+  out[#out + 1] = tenant
+  out[#out + 1] = redis.call('ZCARD', set)
+  out[#out + 1] = tonumber(redis.call('HGET', sched .. 'running', tenant) or '0')
+end
+return out
 """
 
 # The store's scripts by the name it calls them (loaded with SCRIPT LOAD, run with EVALSHA).

@@ -12,11 +12,12 @@ import asyncio
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.jobs import DEFAULT_PRIORITY
 
-__all__ = ["PRIORITY_SPAN", "FairOrder", "MemoryQueue", "QueueClosed", "WorkQueue"]
+__all__ = ["PRIORITY_SPAN", "FairOrder", "MemoryQueue", "QueueClosed", "QueueSnapshot", "WorkQueue"]
 
 
 class WorkQueue(Protocol):
@@ -47,7 +48,7 @@ class WorkQueue(Protocol):
         ...
 
     def put(self, job_id: str, reserved: bool = True, front: bool = False, tenant: str = "",
-            priority: int = 3) -> None:
+            priority: int = 3, created: float = 0.0) -> None:
         """Queues a job (in its reserved slot, or beyond the limit with ``reserved=False``: resumed jobs),
         in its tenant's share at its priority; ``front``: before every other (a run resumed)."""
         ...
@@ -58,6 +59,10 @@ class WorkQueue(Protocol):
 
     def waiting_of(self, tenant: str) -> int:
         """How many of the tenant's jobs wait (in memory; a shared queue's count is its store's)."""
+        ...
+
+    def snapshot(self) -> QueueSnapshot:
+        """The queue by priority, age and tenant (metrics; a shared queue's as last read, once a second)."""
         ...
 
     def remove(self, job_id: str) -> bool:
@@ -88,6 +93,16 @@ class WorkQueue(Protocol):
         ...
 
 
+@dataclass
+class QueueSnapshot:
+    """What a route's queue holds, for metrics: waiting jobs by priority, the oldest one's creation
+    time, and per tenant (waiting, running). A shared queue's is the store's, as last read."""
+
+    by_priority: dict[int, int] = field(default_factory=dict)
+    oldest_created: float | None = None
+    tenants: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
 class QueueClosed(Exception):
     pass
 
@@ -107,6 +122,7 @@ class FairOrder:
         self._jobs: dict[str, list[tuple[int, str]]] = {}  # tenant -> heap of (rank, job id)
         self._pass: dict[str, float] = {}  # tenants with jobs waiting
         self._where: dict[str, tuple[str, int]] = {}  # job id -> (tenant, rank)
+        self.created: dict[str, float] = {}  # job id -> when it was created (metrics: the oldest's age)
         self._seq = 0
         self.vtime = 0.0
         self.last_tenant = ""  # whose job pop() took last
@@ -117,10 +133,20 @@ class FairOrder:
     def waiting_of(self, tenant: str) -> int:
         return len(self._jobs.get(tenant, ()))
 
+    def by_priority(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for _tenant, rank in self._where.values():
+            priority = rank // PRIORITY_SPAN
+            counts[priority] = counts.get(priority, 0) + 1
+        return counts
+
+    def tenants(self) -> dict[str, int]:
+        return {tenant: len(heap) for tenant, heap in self._jobs.items()}
+
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._where
 
-    def add(self, job_id: str, tenant: str, priority: int) -> None:
+    def add(self, job_id: str, tenant: str, priority: int, created: float = 0.0) -> None:
         self._seq += 1
         rank = priority * PRIORITY_SPAN + self._seq
         if tenant not in self._pass:
@@ -128,6 +154,7 @@ class FairOrder:
             self._jobs[tenant] = []
         heapq.heappush(self._jobs[tenant], (rank, job_id))
         self._where[job_id] = (tenant, rank)
+        self.created[job_id] = created
 
     @staticmethod
     def _next_tenant(passes: dict[str, float]) -> str:
@@ -145,6 +172,7 @@ class FairOrder:
             tenant = self._next_tenant(open_)
         _rank, job_id = heapq.heappop(self._jobs[tenant])
         del self._where[job_id]
+        self.created.pop(job_id, None)
         self.last_tenant = tenant
         self.vtime = self._pass[tenant]
         if self._jobs[tenant]:
@@ -157,6 +185,7 @@ class FairOrder:
         found = self._where.pop(job_id, None)
         if found is None:
             return False
+        self.created.pop(job_id, None)
         tenant, rank = found
         heap = self._jobs[tenant]
         heap.remove((rank, job_id))
@@ -213,6 +242,15 @@ class MemoryQueue:
     def waiting_of(self, tenant: str) -> int:
         return self._order.waiting_of(tenant)
 
+    def snapshot(self) -> QueueSnapshot:
+        waiting = self._order.tenants()
+        names = set(waiting) | set(self._running)
+        return QueueSnapshot(
+            by_priority=self._order.by_priority(),
+            oldest_created=min(self._order.created.values(), default=None),
+            tenants={t: (waiting.get(t, 0), self._running.get(t, 0)) for t in names},
+        )
+
     def reserve(self) -> bool:
         if len(self) + self._reserved >= self.maxsize:
             return False
@@ -223,13 +261,13 @@ class MemoryQueue:
         self._reserved -= 1
 
     def put(self, job_id: str, reserved: bool = True, front: bool = False, tenant: str = "",
-            priority: int = DEFAULT_PRIORITY) -> None:
+            priority: int = DEFAULT_PRIORITY, created: float = 0.0) -> None:
         if reserved:
             self._reserved -= 1
         if front:
             self._front.append(job_id)
         else:
-            self._order.add(job_id, tenant, priority)
+            self._order.add(job_id, tenant, priority, created)
         self._wake_one()
 
     def _wake_one(self) -> None:
@@ -264,9 +302,7 @@ class MemoryQueue:
             return self._front.popleft()
         if not len(self._order):
             return None
-        if self._max_running is None:
-            return self._order.pop()
-        job_id = self._order.pop(self._blocked)
+        job_id = self._order.pop(self._blocked if self._max_running is not None else None)
         if job_id is not None:
             tenant = self._order.last_tenant
             self._taken[job_id] = tenant

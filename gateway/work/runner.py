@@ -176,7 +176,8 @@ class RouteRunner:
         return self.queue.waiting_of(tenant)
 
     def enqueue(self, job: Job, reserved: bool = True, front: bool = False) -> None:
-        self.queue.put(job.id, reserved=reserved, front=front, tenant=job.tenant, priority=job.priority)
+        self.queue.put(job.id, reserved=reserved, front=front, tenant=job.tenant, priority=job.priority,
+                       created=job.created)
         if front:
             self._positions_dirty = True
 

@@ -37,9 +37,9 @@ async def _start_order(gw: Gateway, jobs: list[Job]) -> list[Job]:
     return sorted(done, key=lambda j: (j.started or 0.0))
 
 
-async def _blocked(gw: Gateway) -> Job:
+async def _blocked(gw: Gateway, delay_ms: int = 400) -> Job:
     """A job that holds the only worker while the test queues the rest behind it."""
-    blocker = await _submit(gw, "blocker", delay_ms=400)
+    blocker = await _submit(gw, "blocker", delay_ms=delay_ms)
     async with asyncio.timeout(10):
         while (await gw.service.get("blocker", blocker.id)).state is JobState.QUEUED:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -148,3 +148,41 @@ async def test_a_tenant_at_its_max_running_waits_while_the_others_run(tmp_path: 
     assert most == 1
     # The other tenant's two ran beside the first capped one, not after all three.
     assert [j.tenant for j in order[:3]].count("other") == 2, [j.tenant for j in order]
+
+
+def _samples(name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gateway import metrics
+
+    found = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+async def test_the_scheduler_metrics_show_priorities_age_and_named_tenants(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, EchoRoute(workers=1), tenants={"named": TenantSettings()})
+    async with Gateway(settings) as gw:
+        await _blocked(gw, delay_ms=5000)  # (long enough for Redis's once-a-second read)
+        for priority in (1, 1, 4):
+            await _submit(gw, "named", priority=priority)
+        await _submit(gw, "someone", priority=2)
+        await _submit(gw, "anyone", priority=2)
+        route = (("route", "echo"),)
+
+        def figures() -> tuple[dict[int, float], dict[str, float], dict[str, float], float]:
+            waiting = {int(dict(k)["priority"]): v for k, v in _samples("gateway_queue_waiting").items() if k[1:] == route}
+            tenants = {dict(k)["tenant"]: v for k, v in _samples("gateway_tenant_waiting").items() if dict(k)["route"] == "echo"}
+            running = {dict(k)["tenant"]: v for k, v in _samples("gateway_tenant_running").items() if dict(k)["route"] == "echo"}
+            return waiting, tenants, running, _samples("gateway_queue_oldest_seconds").get(route, 0.0)
+
+        async with asyncio.timeout(10):  # (with Redis: read from Redis once a second)
+            while figures()[0] != {1: 2, 2: 2, 3: 0, 4: 1, 5: 0}:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        _waiting, tenants, running, oldest = figures()
+        assert tenants == {"named": 3, "other": 2}
+        assert running.get("other") == 1  # the blocker, a tenant not named
+        assert oldest > 0
