@@ -86,6 +86,10 @@ class Route(Protocol):
 
     def enqueue(self, job: Job, reserved: bool = True, front: bool = False) -> None: ...
 
+    async def live_position(self, job_id: str, tenant: str) -> int:
+        """The job's queue position now (1: next; 0: not waiting, or unknown)."""
+        ...
+
     def waiting_of(self, tenant: str) -> int:
         """How many of the tenant's jobs wait here (in-process queues; 0 for a shared one)."""
         ...

@@ -47,6 +47,7 @@ __all__ = ["GROUP", "RedisQueue", "consumer_name"]
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 500
+POSITION_WINDOW = 1000  # a queue position is looked for this far (further: 0, unknown)
 ACK_GATHER_SECONDS = 0.1
 _TAKE_SHA = hashlib.sha1(scripts.TAKE.encode()).hexdigest()
 
@@ -92,6 +93,7 @@ class RedisQueue:
         self._lost: Callable[[str], None] = lambda job_id: None
         self._hold: Any = None
         self._stats: Any = None
+        self._position: Any = None
         self._snapshot = QueueSnapshot()
 
     async def open(self) -> None:
@@ -99,6 +101,7 @@ class RedisQueue:
         self._redis = pool(self.url, 8)
         self._hold = self._redis.register_script(scripts.HOLD)
         self._stats = self._redis.register_script(scripts.STATS)
+        self._position = self._redis.register_script(scripts.POSITION)
         await self._ensure_group()
         await self._release_own()
         loop = asyncio.get_running_loop()
@@ -182,7 +185,7 @@ class RedisQueue:
         return self._waiting
 
     def __iter__(self) -> Iterator[str]:
-        return iter(())  # positions in a shared queue are not tracked (Job.queue_position stays 0)
+        return iter(())  # positions in a shared queue are read live, at Get (not revisions)
 
     def waiting_of(self, tenant: str) -> int:
         return 0  # the store's create script counts the tenant's jobs (its set of the scheduler)
@@ -270,7 +273,12 @@ class RedisQueue:
         return False
 
     def position(self, job_id: str) -> int:
-        return 0
+        return 0  # (not pushed as revisions: read live by live_position)
+
+    async def live_position(self, job_id: str, tenant: str) -> int:
+        if self._position is None:
+            return 0
+        return int(await self._position(args=[self.sched, job_id, tenant, POSITION_WINDOW]))
 
     def close(self) -> None:
         self._closed = True

@@ -13,7 +13,7 @@ may send a batch twice. The consumer group is named ``'workers'`` inside them: `
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "HOLD", "SAVE", "SPARE", "STATS", "STORE", "TAKE",
+__all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "HOLD", "POSITION", "SAVE", "SPARE", "STATS", "STORE", "TAKE",
            "TAKE_OVER"]
 
 # KEYS: job, revs, req (or req-none), jobs index, changes, position, active, queue, queue bytes
@@ -406,6 +406,39 @@ for tenant in pairs(tenants) do
   out[#out + 1] = tonumber(redis.call('HGET', sched .. 'running', tenant) or '0')
 end
 return out
+"""
+
+# KEYS: none; ARGV: the route's scheduler prefix, a job id, its tenant, how far to look. Read only: the job's
+# place in the order TAKE would take the waiting jobs (1: next), by running TAKE's algorithm on copies of the
+# passes; 0 if it does not wait, or is further than that. (Tenants at their max_running are not skipped.)
+POSITION = """
+local sched, target, limit = ARGV[1], ARGV[2], tonumber(ARGV[4])
+if not redis.call('ZSCORE', sched .. 't:' .. ARGV[3], target) then return 0 end
+local ring = redis.call('ZRANGE', sched .. 'tenants', 0, -1, 'WITHSCORES')
+local names, passes, taken, left, weights = {}, {}, {}, {}, {}
+for i = 1, #ring, 2 do
+  local t = ring[i]
+  names[#names + 1] = t
+  passes[t] = tonumber(ring[i + 1])
+  taken[t] = 0
+  left[t] = redis.call('ZCARD', sched .. 't:' .. t)
+  weights[t] = tonumber(redis.call('HGET', sched .. 'weights', t) or '1') or 1
+end
+for position = 1, limit do
+  local best
+  for _, t in ipairs(names) do
+    if left[t] > 0 and (best == nil or passes[t] < passes[best] or (passes[t] == passes[best] and t < best)) then
+      best = t
+    end
+  end
+  if not best then return 0 end
+  local job = redis.call('ZRANGE', sched .. 't:' .. best, taken[best], taken[best])
+  if job[1] == target then return position end
+  taken[best] = taken[best] + 1
+  left[best] = left[best] - 1
+  passes[best] = tonumber(string.format('%.17g', passes[best] + 1 / weights[best]))
+end
+return 0
 """
 
 # The store's scripts by the name it calls them (loaded with SCRIPT LOAD, run with EVALSHA).

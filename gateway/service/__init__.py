@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from gateway.bus import EventBus
 from gateway.errors import FailedPrecondition
 from gateway.hub import EventHub, JobEvent
-from gateway.jobs import DEFAULT_PRIORITY, Clock, Deadlines, Job, JobInput, Result, WebhookSpec
+from gateway.jobs import DEFAULT_PRIORITY, Clock, Deadlines, Job, JobInput, JobState, Result, WebhookSpec
 from gateway.lifecycle import Route
 from gateway.service.active import INPUTS_IN_MEMORY_BYTES, ActiveJob, ActiveJobs
 from gateway.service.admission import JOB_ID, MAX_INPUT_DEPTH, Admission, WebhookPolicies, check_input_depth
@@ -117,7 +117,17 @@ class JobService:
     # -- reads and streams -----------------------------------------------------------------------
 
     async def get(self, tenant: str, job_id: str) -> Job:
-        return await self.streams.get(tenant, job_id)
+        """The job as it is; a queued one with its queue position now (the scheduler's order)."""
+        return await self._placed(await self.streams.get(tenant, job_id))
+
+    async def _placed(self, job: Job) -> Job:
+        """A QUEUED job's queue_position read from its route's queue now: revisions carry it at most once
+        a second in one process, and never with a shared queue, where every start would move them all."""
+        runner = self.routes.get(job.route) if job.state is JobState.QUEUED else None
+        if runner is None:
+            return job
+        position = await runner.live_position(job.id, job.tenant)
+        return job if position == job.queue_position else job.evolve(queue_position=position)
 
     def watch(self, tenant: str, job_id: str, after_revision: int = 0) -> AsyncIterator[Update | Heartbeat]:
         """See :meth:`Streams.watch`."""
@@ -125,7 +135,8 @@ class JobService:
 
     async def fetch(self, tenant: str, job_id: str, wait: float | None = None) -> tuple[Job, Result | None]:
         """See :meth:`Streams.fetch`."""
-        return await self.streams.fetch(tenant, job_id, wait)
+        job, result = await self.streams.fetch(tenant, job_id, wait)
+        return await self._placed(job), result
 
     async def list(self, tenant: str, flt: JobFilter, page_size: int, page_token: str) -> tuple[list[Job], str]:
         return await self.streams.list(tenant, flt, page_size, page_token)

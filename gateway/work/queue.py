@@ -65,6 +65,11 @@ class WorkQueue(Protocol):
         """The queue by priority, age and tenant (metrics; a shared queue's as last read, once a second)."""
         ...
 
+    async def live_position(self, job_id: str, tenant: str) -> int:
+        """The job's place in the order the waiting jobs will be taken, now (1: next; 0: not waiting, or
+        further than the first POSITION_WINDOW)."""
+        ...
+
     def remove(self, job_id: str) -> bool:
         """Takes a waiting job out (cancel); False if it was not waiting."""
         ...
@@ -336,6 +341,9 @@ class MemoryQueue:
             if item == job_id:
                 return index + 1
         return 0
+
+    async def live_position(self, job_id: str, tenant: str) -> int:
+        return self.position(job_id)
 
     def on_lost(self, callback: Callable[[str], None]) -> None:
         pass  # one process: nobody else takes a job

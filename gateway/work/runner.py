@@ -175,6 +175,9 @@ class RouteRunner:
     def waiting_of(self, tenant: str) -> int:
         return self.queue.waiting_of(tenant)
 
+    async def live_position(self, job_id: str, tenant: str) -> int:
+        return await self.queue.live_position(job_id, tenant)
+
     def enqueue(self, job: Job, reserved: bool = True, front: bool = False) -> None:
         self.queue.put(job.id, reserved=reserved, front=front, tenant=job.tenant, priority=job.priority,
                        created=job.created)

@@ -186,3 +186,16 @@ async def test_the_scheduler_metrics_show_priorities_age_and_named_tenants(tmp_p
         assert tenants == {"named": 3, "other": 2}
         assert running.get("other") == 1  # the blocker, a tenant not named
         assert oldest > 0
+
+
+async def test_queue_positions_are_the_order_the_jobs_start_in(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, EchoRoute(workers=1), tenants={"a": TenantSettings(weight=2)})
+    async with Gateway(settings) as gw:
+        blocker = await _blocked(gw, delay_ms=1500)
+        plan = [("a", 3), ("a", 3), ("b", 3), ("a", 1), ("c", 5), ("b", 2), ("a", 3), ("c", 5)]
+        jobs = [await _submit(gw, tenant, priority=priority, which=str(i)) for i, (tenant, priority) in enumerate(plan)]
+        positions = {j.id: (await gw.service.get(j.tenant, j.id)).queue_position for j in jobs}
+        assert (await gw.service.get("blocker", blocker.id)).queue_position == 0  # running: not queued
+        order = await _start_order(gw, [blocker, *jobs])
+    assert sorted(positions.values()) == list(range(1, len(jobs) + 1)), positions
+    assert [positions[j.id] for j in order[1:]] == list(range(1, len(jobs) + 1))

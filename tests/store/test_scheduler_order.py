@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from gateway.jobs import JobState
 from gateway.redis import RedisStore
 from gateway.redis.keys import GROUP, queue_key, sched_key
-from gateway.redis.scripts import TAKE
+from gateway.redis.scripts import POSITION, TAKE
 from gateway.settings import TenantSettings
 from gateway.work.queue import FairOrder
 from harness.redis import RedisProcess
@@ -95,6 +95,10 @@ async def test_redis_takes_jobs_in_the_order_of_fair_order(redis_server: RedisPr
                     expected.remove(job_id)
                     job = jobs[job_id]
                     await store.save_revision(finish(job, JobState.CANCELLED, T0))
+        position = raw.register_script(POSITION)
+        for place, job_id in enumerate(expected, start=1):  # each waiting job's place, as Get reads it
+            found = await position(args=[sched_key("gw:", "echo"), job_id, jobs[job_id].tenant, 1000])
+            assert int(found) == place, (job_id, place, found)
         for _ in range(len(expected)):  # what is left, in order
             taken_here.append(expected.pop())
         answer = await take(keys=[queue_key("gw:", "echo")], args=[sched_key("gw:", "echo"), GROUP, "tester", 100, "gw:job:"])

@@ -292,7 +292,9 @@ export declare type Job = Message<"inferencegateway.gateway.v1.Job"> & {
   segments: Segment[];
 
   /**
-   * 1 for the next job to run; 0 when not queued or unknown.
+   * 1 for the next job to run, in the order the route's workers take jobs (fair share between
+   * tenants, then priority); 0 when not queued or unknown. Get and Fetch read it live; in Watch
+   * it is the latest a revision carried (with a shared Redis store: 0).
    *
    * @generated from field: int32 queue_position = 13;
    */
@@ -454,7 +456,9 @@ export declare type JobJson = {
   segments?: SegmentJson[];
 
   /**
-   * 1 for the next job to run; 0 when not queued or unknown.
+   * 1 for the next job to run, in the order the route's workers take jobs (fair share between
+   * tenants, then priority); 0 when not queued or unknown. Get and Fetch read it live; in Watch
+   * it is the latest a revision carried (with a shared Redis store: 0).
    *
    * @generated from field: int32 queue_position = 13;
    */
