@@ -194,6 +194,7 @@ class Job:
     queue_timeout: float = 0.0  # seconds it may wait QUEUED (from created); 0: no limit
     run_timeout: float = 0.0  # seconds it may run (from started); 0: no limit
     priority: int = 3  # 1 (most urgent) to 5 (DEFAULT_PRIORITY 3): its order among its tenant's waiting jobs
+    estimated_start: float | None = None  # a queued job, as read (Get): when it is likely to start; not stored
 
     @property
     def terminal(self) -> bool:

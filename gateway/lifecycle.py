@@ -90,6 +90,10 @@ class Route(Protocol):
         """The job's queue position now (1: next; 0: not waiting, or unknown)."""
         ...
 
+    def start_estimate(self, position: int) -> float | None:
+        """Seconds until the job at ``position`` likely starts (None: nothing to go by)."""
+        ...
+
     def waiting_of(self, tenant: str) -> int:
         """How many of the tenant's jobs wait here (in-process queues; 0 for a shared one)."""
         ...

@@ -88,6 +88,8 @@ def job_to_proto(job: Job, with_segments: bool = True) -> pb.Job:
         message.labels.update(job.labels)
     if job.started is not None:
         message.start_time.CopyFrom(_timestamp(job.started))
+    if job.estimated_start is not None:
+        message.estimated_start_time.CopyFrom(_timestamp(job.estimated_start))
     if job.finished is not None:
         message.finish_time.CopyFrom(_timestamp(job.finished))
     if job.expires is not None:

@@ -31,6 +31,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -47,6 +48,7 @@ __all__ = ["GROUP", "RedisQueue", "consumer_name"]
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 500
+RUN_TIME_FRESH_SECONDS = 60.0  # a process's mean run time counts this long after it said it
 POSITION_WINDOW = 1000  # a queue position is looked for this far (further: 0, unknown)
 ACK_GATHER_SECONDS = 0.1
 _TAKE_SHA = hashlib.sha1(scripts.TAKE.encode()).hexdigest()
@@ -95,6 +97,8 @@ class RedisQueue:
         self._stats: Any = None
         self._position: Any = None
         self._snapshot = QueueSnapshot()
+        self._local_run_time: float | None = None  # this process's workers' mean, as the runner last said
+        self._run_time: float | None = None  # every worker's (their means averaged), as last read
 
     async def open(self) -> None:
         self.consumer = self._identity()
@@ -275,6 +279,10 @@ class RedisQueue:
     def position(self, job_id: str) -> int:
         return 0  # (not pushed as revisions: read live by live_position)
 
+    def run_time(self, local: float | None) -> float | None:
+        self._local_run_time = local  # published with the next count
+        return self._run_time if self._run_time is not None else local
+
     async def live_position(self, job_id: str, tenant: str) -> int:
         if self._position is None:
             return 0
@@ -400,6 +408,7 @@ class RedisQueue:
 
     async def _count(self) -> None:
         self._waiting = int(await self._redis.llen(self.waiting))
+        await self._share_run_times()
         answer = await self._stats(args=[self.sched])
         oldest = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
         rest = answer[6:]
@@ -412,6 +421,25 @@ class RedisQueue:
 
     def snapshot(self) -> QueueSnapshot:
         return self._snapshot
+
+    async def _share_run_times(self) -> None:
+        """Each process that runs jobs leaves its mean run time in the scheduler's ``runtimes`` hash (with
+        when); every process averages the fresh ones (a minute), for the estimated start of a queued job."""
+        key, now = f"{self.sched}runtimes", time.time()
+        if self._local_run_time is not None:
+            await self._redis.hset(key, self.consumer, f"{self._local_run_time:.6f}|{now:.3f}")
+            await self._redis.expire(key, 3600)
+        fresh = []
+        for name, value in (await self._redis.hgetall(key)).items():
+            mean, _, when = value.decode().partition("|")
+            try:
+                if now - float(when) < RUN_TIME_FRESH_SECONDS:
+                    fresh.append(float(mean))
+                elif now - float(when) > 10 * RUN_TIME_FRESH_SECONDS:
+                    await self._redis.hdel(key, name)
+            except ValueError:
+                await self._redis.hdel(key, name)
+        self._run_time = sum(fresh) / len(fresh) if fresh else None
 
     async def _count_forever(self) -> None:
         while not self._closed:

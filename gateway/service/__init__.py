@@ -127,7 +127,8 @@ class JobService:
         if runner is None:
             return job
         position = await runner.live_position(job.id, job.tenant)
-        return job if position == job.queue_position else job.evolve(queue_position=position)
+        wait = runner.start_estimate(position)
+        return job.evolve(queue_position=position, estimated_start=None if wait is None else self.clock.now() + wait)
 
     def watch(self, tenant: str, job_id: str, after_revision: int = 0) -> AsyncIterator[Update | Heartbeat]:
         """See :meth:`Streams.watch`."""

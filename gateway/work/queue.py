@@ -70,6 +70,11 @@ class WorkQueue(Protocol):
         further than the first POSITION_WINDOW)."""
         ...
 
+    def run_time(self, local: float | None) -> float | None:
+        """The route's recent mean run time in seconds, given this process's (``local``; None: none ran
+        here yet): a shared queue's is every worker's, as last read."""
+        ...
+
     def remove(self, job_id: str) -> bool:
         """Takes a waiting job out (cancel); False if it was not waiting."""
         ...
@@ -344,6 +349,9 @@ class MemoryQueue:
 
     async def live_position(self, job_id: str, tenant: str) -> int:
         return self.position(job_id)
+
+    def run_time(self, local: float | None) -> float | None:
+        return local
 
     def on_lost(self, callback: Callable[[str], None]) -> None:
         pass  # one process: nobody else takes a job

@@ -178,6 +178,15 @@ class RouteRunner:
     async def live_position(self, job_id: str, tenant: str) -> int:
         return await self.queue.live_position(job_id, tenant)
 
+    def start_estimate(self, position: int) -> float | None:
+        """``position`` jobs to go, at the rate the busy workers end theirs: position / workers x the mean
+        run time (the route's workers with a shared queue: those running jobs now, every process's)."""
+        mean = self.queue.run_time(self._mean_duration)
+        if mean is None or position <= 0:
+            return None
+        running = sum(r for _w, r in self.queue.snapshot().tenants.values())
+        return position / max(1, running or self.workers) * mean
+
     def enqueue(self, job: Job, reserved: bool = True, front: bool = False) -> None:
         self.queue.put(job.id, reserved=reserved, front=front, tenant=job.tenant, priority=job.priority,
                        created=job.created)

@@ -199,3 +199,24 @@ async def test_queue_positions_are_the_order_the_jobs_start_in(tmp_path: Path) -
         order = await _start_order(gw, [blocker, *jobs])
     assert sorted(positions.values()) == list(range(1, len(jobs) + 1)), positions
     assert [positions[j.id] for j in order[1:]] == list(range(1, len(jobs) + 1))
+
+
+async def test_a_queued_job_has_an_estimated_start_from_the_routes_run_times(tmp_path: Path) -> None:
+    async with Gateway(make_settings(tmp_path, EchoRoute(workers=2))) as gw:
+        for _ in range(2):  # run times to go by: 200 ms each
+            await _start_order(gw, [await _submit(gw, "t", delay_ms=200)])
+        busy = [await _submit(gw, "t", delay_ms=3000) for _ in range(2)]
+        async with asyncio.timeout(10):
+            while [(await gw.service.get("t", j.id)).state for j in busy] != [JobState.RUNNING] * 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        waiting = [await _submit(gw, "t", delay_ms=10) for _ in range(4)]
+        async with asyncio.timeout(10):  # (with Redis: the run times are shared once a second)
+            while (await gw.service.get("t", waiting[-1].id)).estimated_start is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        now = gw.clock.now()
+        estimates = [(await gw.service.get("t", j.id)).estimated_start for j in waiting]
+        assert all(e is not None for e in estimates)
+        waits = [e - now for e in estimates]  # type: ignore[operator]
+        # 2 workers, ~0.2 s a job: the 4th waits about twice the 2nd, each within reason.
+        assert waits == sorted(waits) and 0.05 < waits[0] < 2 and waits[-1] < 5, waits
+        assert (await gw.service.get("t", busy[0].id)).estimated_start is None  # running: no estimate

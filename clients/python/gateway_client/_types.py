@@ -186,6 +186,8 @@ class Job:
     """Seconds the job may run (past them it is stopped and fails, RUN_TIMEOUT); None: no limit."""
     priority: int = 3
     """1 (most urgent) to 5: its order among its tenant's jobs waiting on the route."""
+    estimated_start_time: datetime | None = None
+    """A queued job, in get() and fetch(): when it is likely to start (a guess from the route's run times)."""
 
     @classmethod
     def from_proto(cls, m: pb.Job, segments: tuple[Segment, ...] | None = None) -> Job:
@@ -211,6 +213,7 @@ class Job:
             queue_timeout=m.queue_timeout.ToTimedelta().total_seconds() if m.HasField("queue_timeout") else None,
             run_timeout=m.run_timeout.ToTimedelta().total_seconds() if m.HasField("run_timeout") else None,
             priority=m.priority or 3,
+            estimated_start_time=_optional_time(m, "estimated_start_time"),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -352,6 +352,14 @@ export declare type Job = Message<"inferencegateway.gateway.v1.Job"> & {
    * @generated from field: int32 priority = 21;
    */
   priority: number;
+
+  /**
+   * A queued job, in Get and Fetch: when it is likely to start, from its queue_position, the route's
+   * workers busy now and their recent run times (a guess: unset when there is nothing to go by).
+   *
+   * @generated from field: google.protobuf.Timestamp estimated_start_time = 22;
+   */
+  estimatedStartTime?: Timestamp | undefined;
 };
 
 /**
@@ -516,6 +524,14 @@ export declare type JobJson = {
    * @generated from field: int32 priority = 21;
    */
   priority?: number;
+
+  /**
+   * A queued job, in Get and Fetch: when it is likely to start, from its queue_position, the route's
+   * workers busy now and their recent run times (a guess: unset when there is nothing to go by).
+   *
+   * @generated from field: google.protobuf.Timestamp estimated_start_time = 22;
+   */
+  estimatedStartTime?: TimestampJson;
 };
 
 /**
