@@ -20,11 +20,11 @@ from harness import ServerProcess, cli, wait_until
 from harness.redis import RedisProcess
 
 TOKENS = {"heavy": "heavy-token", "light": "light-token", "boss": "boss-token", "capped": "capped-token",
-          "metered": "metered-token"}
+          "metered": "metered-token", "single": "single-token"}
 CONFIG = (
     '[auth]\nenabled = true\n[auth.tokens]\n' + "".join(f'{token} = "{tenant}"\n' for tenant, token in TOKENS.items())
     + '[tenants.boss]\nweight = 4\n[tenants.capped]\nmax_queued = 4\n'
-    '[tenants.metered]\nsubmit_rate = 5\nsubmit_burst = 1\n'
+    '[tenants.metered]\nsubmit_rate = 5\nsubmit_burst = 1\n[tenants.single]\nmax_running = 1\n'
     '[routes.echo]\nbackend = "echo"\nworkers = 1\n'
 )
 RUN = {"delay_ms": 150}
@@ -169,3 +169,21 @@ def test_the_client_waits_out_the_submit_rate_by_itself(deployment: Deployment) 
         took = time.monotonic() - began
     assert len({j.id for j in jobs}) == 4
     assert took >= 0.5, f"4 Submits at 5 per second after a burst of 1 took only {took:.2f} s"
+
+
+def test_max_running_holds_across_every_worker_process(deployment: Deployment) -> None:
+    with _client(deployment, "single") as single, _client(deployment, "light") as light:
+        mine = [single.submit_job("echo", {"delay_ms": 300}).job for _ in range(4)]
+        theirs = [light.submit_job("echo", {"delay_ms": 300}).job for _ in range(2 * deployment.workers)]
+        most = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = [single.get(j.id).state for j in mine]
+            most = max(most, states.count(JobState.RUNNING))
+            if all(s is JobState.SUCCEEDED for s in states):
+                break
+            time.sleep(0.02)  # (sampling how many run at once, not waiting for a condition)
+        for job in theirs:
+            light.future(job.id).result(timeout=60)
+        assert all(single.get(j.id).state is JobState.SUCCEEDED for j in mine)
+        assert most == 1, f"{most} of its jobs ran at once, with max_running = 1"
