@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 BLOCK_MS = 500
 RUN_TIME_FRESH_SECONDS = 60.0  # a process's mean run time counts this long after it said it
-POSITION_WINDOW = 1000  # a queue position is looked for this far (further: 0, unknown)
 ACK_GATHER_SECONDS = 0.1
 _TAKE_SHA = hashlib.sha1(scripts.TAKE.encode()).hexdigest()
 
@@ -286,7 +285,7 @@ class RedisQueue:
     async def live_position(self, job_id: str, tenant: str) -> int:
         if self._position is None:
             return 0
-        return int(await self._position(args=[self.sched, job_id, tenant, POSITION_WINDOW]))
+        return int(await self._position(args=[self.sched, job_id, tenant]))
 
     def close(self) -> None:
         self._closed = True

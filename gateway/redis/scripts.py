@@ -330,11 +330,10 @@ return lost
 
 # KEYS: the route's stream; ARGV: the route's scheduler prefix, group, consumer, how many, job key prefix.
 # Takes up to that many jobs for this consumer, in the scheduler's order: the tenant of the lowest pass
-# (ties: by name) not at its max_running (of the next 64 in the round), its most urgent job (then the
-# first to come); the tenant's pass then grows by 1/weight, or it leaves the round when it has none left
-# waiting. Each job taken gets a stream entry,
-# read at once by this consumer (pending under it: its lease, renewed and taken over as before). An
-# entry some older gateway added without reading it is delivered first. Answers {job id, entry id, ...}.
+# (ties: by name) not at its max_running, its most urgent job (then the first to come); the tenant's pass
+# then grows by 1/weight, or it leaves the round when it has none left waiting. Each job taken gets a
+# stream entry, read at once by this consumer (pending under it: its lease, renewed and taken over as
+# before). An entry some older gateway added without reading it is delivered first. Answers {job id, entry id, ...}.
 TAKE = """
 local stream, sched, group, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local count = tonumber(ARGV[4])
@@ -347,15 +346,19 @@ if old then
   end
 end
 while #taken < 2 * count do
-  local ring = redis.call('ZRANGE', sched .. 'tenants', 0, 63, 'WITHSCORES')  -- the next 64 in the round
   local tenant, pass
-  for i = 1, #ring, 2 do  -- the first not at its max_running
-    local cap = tonumber(redis.call('HGET', sched .. 'maxrun', ring[i]) or '0') or 0
-    if cap <= 0 or tonumber(redis.call('HGET', sched .. 'running', ring[i]) or '0') < cap then
-      tenant, pass = ring[i], tonumber(ring[i + 1])
-      break
+  local from = 0
+  repeat  -- the first in the round not at its max_running, 64 at a time
+    local ring = redis.call('ZRANGE', sched .. 'tenants', from, from + 63, 'WITHSCORES')
+    for i = 1, #ring, 2 do
+      local cap = tonumber(redis.call('HGET', sched .. 'maxrun', ring[i]) or '0') or 0
+      if cap <= 0 or tonumber(redis.call('HGET', sched .. 'running', ring[i]) or '0') < cap then
+        tenant, pass = ring[i], tonumber(ring[i + 1])
+        break
+      end
     end
-  end
+    from = from + 64
+  until tenant or #ring < 128
   if not tenant then break end
   local waiting = sched .. 't:' .. tenant
   local next_job = redis.call('ZPOPMIN', waiting)
@@ -408,37 +411,34 @@ end
 return out
 """
 
-# KEYS: none; ARGV: the route's scheduler prefix, a job id, its tenant, how far to look. Read only: the job's
-# place in the order TAKE would take the waiting jobs (1: next), by running TAKE's algorithm on copies of the
-# passes; 0 if it does not wait, or is further than that. (Tenants at their max_running are not skipped.)
+# KEYS: none; ARGV: the route's scheduler prefix, a job id, its tenant. Read only: the job's place in the
+# order TAKE would take the waiting jobs (1: next; 0: it does not wait). Each tenant's passes go on by 1/weight
+# whatever the others do, so the job is taken at pass p = its tenant's pass + (jobs of its tenant before it) /
+# weight, and before it go, of each other tenant, the jobs whose pass is lower (ties: by name): one look per
+# tenant, not a replay. (Passes within 1e-9 count as a tie. Tenants at their max_running are not skipped.)
 POSITION = """
-local sched, target, limit = ARGV[1], ARGV[2], tonumber(ARGV[4])
-if not redis.call('ZSCORE', sched .. 't:' .. ARGV[3], target) then return 0 end
+local sched, target, mine = ARGV[1], ARGV[2], ARGV[3]
+local rank = redis.call('ZRANK', sched .. 't:' .. mine, target)
+if not rank then return 0 end
+local function weight(t) return tonumber(redis.call('HGET', sched .. 'weights', t) or '1') or 1 end
+local at = tonumber(redis.call('ZSCORE', sched .. 'tenants', mine)) + rank / weight(mine)
+local position = rank + 1
 local ring = redis.call('ZRANGE', sched .. 'tenants', 0, -1, 'WITHSCORES')
-local names, passes, taken, left, weights = {}, {}, {}, {}, {}
 for i = 1, #ring, 2 do
   local t = ring[i]
-  names[#names + 1] = t
-  passes[t] = tonumber(ring[i + 1])
-  taken[t] = 0
-  left[t] = redis.call('ZCARD', sched .. 't:' .. t)
-  weights[t] = tonumber(redis.call('HGET', sched .. 'weights', t) or '1') or 1
-end
-for position = 1, limit do
-  local best
-  for _, t in ipairs(names) do
-    if left[t] > 0 and (best == nil or passes[t] < passes[best] or (passes[t] == passes[best] and t < best)) then
-      best = t
+  if t ~= mine then
+    local x = (at - tonumber(ring[i + 1])) * weight(t)
+    local tie = math.floor(x + 0.5)
+    local before
+    if math.abs(x - tie) < 1e-9 * math.max(1, math.abs(x)) then
+      before = tie + ((t < mine) and 1 or 0)
+    else
+      before = math.floor(x) + 1
     end
+    if before > 0 then position = position + math.min(before, redis.call('ZCARD', sched .. 't:' .. t)) end
   end
-  if not best then return 0 end
-  local job = redis.call('ZRANGE', sched .. 't:' .. best, taken[best], taken[best])
-  if job[1] == target then return position end
-  taken[best] = taken[best] + 1
-  left[best] = left[best] - 1
-  passes[best] = tonumber(string.format('%.17g', passes[best] + 1 / weights[best]))
 end
-return 0
+return position
 """
 
 # The store's scripts by the name it calls them (loaded with SCRIPT LOAD, run with EVALSHA).

@@ -73,7 +73,7 @@ class TenantLimits:
 
     def admit(self, tenant: str, route: str, runner: Route) -> None:
         """Raises QueueFull (TENANT_QUEUE_FULL, TENANT_RATE_LIMITED), or counts the job as being stored
-        until ``stored`` is called."""
+        until its ``admitted(...).queued()``."""
         policy = self.policy(tenant)
         if policy.max_queued:
             waiting = runner.waiting_of(tenant) + self._storing[route, tenant]
@@ -90,10 +90,33 @@ class TenantLimits:
                 self._buckets.clear()
         self._storing[route, tenant] += 1
 
-    def stored(self, tenant: str, route: str) -> None:
+    def admitted(self, tenant: str, route: str) -> _Admitted:
+        """The job just admitted: its ``queued()`` (once, whoever calls it first) ends its count as being stored."""
+        return _Admitted(self, tenant, route)
+
+    def _queued(self, tenant: str, route: str) -> None:
         self._storing[route, tenant] -= 1
         if self._storing[route, tenant] <= 0:
             del self._storing[route, tenant]
+
+    def refund(self, tenant: str) -> None:
+        """The token of a Submit that made no job, given back."""
+        policy = self.policy(tenant)
+        if policy.submit_rate and tenant in self._buckets:
+            tokens, then = self._buckets[tenant]
+            self._buckets[tenant] = (min(float(policy.burst), tokens + 1), then)
+
+
+class _Admitted:
+    __slots__ = ("_done", "_limits", "_route", "_tenant")
+
+    def __init__(self, limits: TenantLimits, tenant: str, route: str) -> None:
+        self._limits, self._tenant, self._route, self._done = limits, tenant, route, False
+
+    def queued(self) -> None:
+        if not self._done:
+            self._done = True
+            self._limits._queued(self._tenant, self._route)
 
 
 class Admission:
@@ -179,17 +202,26 @@ class Admission:
             if found is None:
                 raise
             return self._existing(found[0], found[1], request_id, request_hash), True
-        try:
+        limits = self.tenant_limits
+        if limits is None:
             return await self._store(tenant, route, job_input, labels, request_id, webhook, deadlines, priority,
                                      runner, payload, request_hash)
+        admitted = limits.admitted(tenant, route)
+        created = False
+        try:
+            job, existing = await self._store(tenant, route, job_input, labels, request_id, webhook, deadlines,
+                                              priority, runner, payload, request_hash, admitted.queued)
+            created = not existing
+            return job, existing
         finally:
-            if self.tenant_limits is not None:
-                self.tenant_limits.stored(tenant, route)
+            admitted.queued()  # (if the commit did not already: a job refused, failed, or found existing)
+            if not created:
+                limits.refund(tenant)  # as the Redis script, a Submit that made no job spends no token
 
     async def _store(
         self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str,
         webhook: WebhookSpec | None, deadlines: Deadlines, priority: int, runner: Route, payload: bytes,
-        request_hash: str,
+        request_hash: str, queued: Callable[[], None] | None = None,
     ) -> tuple[Job, bool]:
         """The job made, stored and queued in its reserved slot (given back if it is not)."""
         now = self.clock.now()
@@ -214,6 +246,8 @@ class Admission:
             taken = shared and active.take_submitting(job.id) is None
             if not outcome.created:
                 return
+            if queued is not None:  # counted in the queue from here on, no longer as being stored
+                queued()
             event = JobEvent(job, 0, outcome.position)
             if taken:  # already running here (Running._take_over): it holds the job and its input
                 bus.publish(event)

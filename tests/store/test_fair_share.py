@@ -220,3 +220,15 @@ async def test_a_queued_job_has_an_estimated_start_from_the_routes_run_times(tmp
         # 2 workers, ~0.2 s a job: the 4th waits about twice the 2nd, each within reason.
         assert waits == sorted(waits) and 0.05 < waits[0] < 2 and waits[-1] < 5, waits
         assert (await gw.service.get("t", busy[0].id)).estimated_start is None  # running: no estimate
+
+
+async def test_a_retried_submit_spends_none_of_the_rate(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, EchoRoute(), tenants={"default": TenantSettings(submit_rate=0.01, submit_burst=2)})
+    async with Gateway(settings) as gw:
+        first, _ = await gw.service.submit("any", "echo", inputs(delay_ms=0), {}, "again")
+        for _ in range(3):  # the same Submit, retried: answered with its job, no token spent
+            retried, existing = await gw.service.submit("any", "echo", inputs(delay_ms=0), {}, "again")
+            assert existing and retried.id == first.id
+        await _submit(gw, "any", delay_ms=0)  # the burst's second
+        with pytest.raises(ResourceExhausted):
+            await _submit(gw, "any", delay_ms=0)

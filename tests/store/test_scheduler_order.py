@@ -97,8 +97,8 @@ async def test_redis_takes_jobs_in_the_order_of_fair_order(redis_server: RedisPr
                     await store.save_revision(finish(job, JobState.CANCELLED, T0))
         position = raw.register_script(POSITION)
         for place, job_id in enumerate(expected, start=1):  # each waiting job's place, as Get reads it
-            found = await position(args=[sched_key("gw:", "echo"), job_id, jobs[job_id].tenant, 1000])
-            assert int(found) == place, (job_id, place, found)
+            found = await position(args=[sched_key("gw:", "echo"), job_id, jobs[job_id].tenant])
+            assert int(found) == place == expected.position(job_id), (job_id, place, found)
         for _ in range(len(expected)):  # what is left, in order
             taken_here.append(expected.pop())
         answer = await take(keys=[queue_key("gw:", "echo")], args=[sched_key("gw:", "echo"), GROUP, "tester", 100, "gw:job:"])
@@ -130,3 +130,28 @@ async def test_entries_queued_by_an_older_gateway_are_taken_first(redis_server: 
         assert [a.decode() for a in answer] == [old.id, entry.decode(), new.id, answer[3].decode()]
         pending = await raw.xpending(stream, GROUP)
         assert pending["pending"] == 2  # both held by this consumer now: its leases
+
+
+async def test_tenants_at_their_max_running_do_not_hide_the_others_however_many(redis_server: RedisProcess) -> None:
+    """Seventy tenants at their max_running, each with a job waiting, ahead in the round: the take
+    script still finds the one tenant that may run."""
+    redis_server.flush()
+    capped = TenantSettings(max_running=1)
+    async with RedisStore(redis_server.url, clock=FakeClock(T0),
+                          tenants=lambda t: capped if t.startswith("c") else TenantSettings()) as store:
+        take = store._redis.register_script(TAKE)
+
+        async def taken(count: int) -> list[str]:
+            answer = await take(keys=[queue_key("gw:", "echo")],
+                                args=[sched_key("gw:", "echo"), GROUP, "tester", count, "gw:job:"])
+            return [a.decode() for a in answer[::2]]
+
+        for i in range(70):
+            for _ in range(2):
+                await store.create_job(make_job(tenant=f"c{i:02}"), "", b"{}")
+        free = [make_job(tenant="z") for _ in range(5)]
+        for job in free:
+            await store.create_job(job, "", b"{}")
+        got = await taken(200)
+        # One of each capped tenant's (then all at their max_running, ahead of z in the round), and all of z's.
+        assert len(got) == 75 and set(got) >= {j.id for j in free}
