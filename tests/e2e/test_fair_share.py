@@ -110,6 +110,7 @@ def test_priority_orders_a_tenants_jobs_and_comes_back_on_the_job(deployment: De
         assert all(abs(p - (i + 1)) <= deployment.workers - 1 for i, p in enumerate(started)), started
         with pytest.raises(ValueError, match="priority"):  # the client's own check, before any call
             client.submit_job("echo", {}, priority=6)
+        assert client.submit("echo", {}, priority=2).job.priority == 2  # the future's submit takes it too
 
 
 def test_the_cli_and_the_http_face_take_a_priority_and_refuse_a_bad_one(deployment: Deployment) -> None:

@@ -373,12 +373,14 @@ class AsyncClient:
     @overload
     async def submit(
         self, route: str, inputs: Mapping[str, Any] | None = None, *, labels: Mapping[str, str] | None = None,
-        request_id: str | None = None, timeout: float | None = None, metadata: Metadata | None = None,
+        request_id: str | None = None, priority: int | None = None,
+        timeout: float | None = None, metadata: Metadata | None = None,
     ) -> AsyncJobFuture[Output]: ...
     @overload
     async def submit(
         self, route: str, inputs: Mapping[str, Any] | None = None, *, result_type: type[R],
-        labels: Mapping[str, str] | None = None, request_id: str | None = None, timeout: float | None = None,
+        labels: Mapping[str, str] | None = None, request_id: str | None = None, priority: int | None = None,
+        timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> AsyncJobFuture[R]: ...
     async def submit(
@@ -389,26 +391,29 @@ class AsyncClient:
         result_type: type[Any] = Output,
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        priority: int | None = None,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> AsyncJobFuture[Any]:
         """Submits JSON inputs and answers the job's future (an ``Output``; a whisper route given
         OctoAI-style JSON answers a ``Transcript``: pass ``result_type=Transcript``)."""
-        job, _ = await self.submit_job(route, inputs, labels=labels, request_id=request_id, timeout=timeout,
-                                       metadata=metadata)
+        job, _ = await self.submit_job(route, inputs, labels=labels, request_id=request_id, priority=priority,
+                                       timeout=timeout, metadata=metadata)
         return AsyncJobFuture(self, job, result_type)
 
     @overload
     async def transcribe(
         self, audio: Audio, *, route: str = "whisper", language: str = "", task: str = "", beam_size: int = 0,
         word_timestamps: bool = False, vad_filter: bool | None = None, labels: Mapping[str, str] | None = None,
-        request_id: str | None = None, timeout: float | None = None, metadata: Metadata | None = None,
+        request_id: str | None = None, priority: int | None = None,
+        timeout: float | None = None, metadata: Metadata | None = None,
     ) -> AsyncJobFuture[Transcript]: ...
     @overload
     async def transcribe(
         self, audio: Audio, *, result_type: type[R], route: str = "whisper", language: str = "", task: str = "",
         beam_size: int = 0, word_timestamps: bool = False, vad_filter: bool | None = None,
-        labels: Mapping[str, str] | None = None, request_id: str | None = None, timeout: float | None = None,
+        labels: Mapping[str, str] | None = None, request_id: str | None = None, priority: int | None = None,
+        timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> AsyncJobFuture[R]: ...
     async def transcribe(
@@ -424,6 +429,7 @@ class AsyncClient:
         vad_filter: bool | None = None,
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        priority: int | None = None,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> AsyncJobFuture[Any]:
@@ -432,7 +438,8 @@ class AsyncClient:
         ``result_type=Output``). See submit_job for the options."""
         job, _ = await self.submit_job(
             route, audio=audio, language=language, task=task, beam_size=beam_size, word_timestamps=word_timestamps,
-            vad_filter=vad_filter, labels=labels, request_id=request_id, timeout=timeout, metadata=metadata,
+            vad_filter=vad_filter, labels=labels, request_id=request_id, priority=priority, timeout=timeout,
+            metadata=metadata,
         )
         return AsyncJobFuture(self, job, result_type)
 

@@ -203,12 +203,14 @@ class Client:
     @overload
     def submit(
         self, route: str, inputs: Mapping[str, Any] | None = None, *, labels: Mapping[str, str] | None = None,
-        request_id: str | None = None, timeout: float | None = None, metadata: Metadata | None = None,
+        request_id: str | None = None, priority: int | None = None,
+        timeout: float | None = None, metadata: Metadata | None = None,
     ) -> JobFuture[Output]: ...
     @overload
     def submit(
         self, route: str, inputs: Mapping[str, Any] | None = None, *, result_type: type[R],
-        labels: Mapping[str, str] | None = None, request_id: str | None = None, timeout: float | None = None,
+        labels: Mapping[str, str] | None = None, request_id: str | None = None, priority: int | None = None,
+        timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> JobFuture[R]: ...
     def submit(
@@ -219,24 +221,28 @@ class Client:
         result_type: type[Any] = Output,
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        priority: int | None = None,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> JobFuture[Any]:
         """Submits JSON inputs and answers the job's future (see AsyncClient.submit)."""
         return self._future(self._async.submit(route, inputs, result_type=result_type, labels=labels,
-                                               request_id=request_id, timeout=timeout, metadata=metadata))
+                                               request_id=request_id, priority=priority, timeout=timeout,
+                                               metadata=metadata))
 
     @overload
     def transcribe(
         self, audio: Audio, *, route: str = "whisper", language: str = "", task: str = "", beam_size: int = 0,
         word_timestamps: bool = False, vad_filter: bool | None = None, labels: Mapping[str, str] | None = None,
-        request_id: str | None = None, timeout: float | None = None, metadata: Metadata | None = None,
+        request_id: str | None = None, priority: int | None = None,
+        timeout: float | None = None, metadata: Metadata | None = None,
     ) -> JobFuture[Transcript]: ...
     @overload
     def transcribe(
         self, audio: Audio, *, result_type: type[R], route: str = "whisper", language: str = "", task: str = "",
         beam_size: int = 0, word_timestamps: bool = False, vad_filter: bool | None = None,
-        labels: Mapping[str, str] | None = None, request_id: str | None = None, timeout: float | None = None,
+        labels: Mapping[str, str] | None = None, request_id: str | None = None, priority: int | None = None,
+        timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> JobFuture[R]: ...
     def transcribe(
@@ -252,6 +258,7 @@ class Client:
         vad_filter: bool | None = None,
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        priority: int | None = None,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> JobFuture[Any]:
@@ -259,7 +266,7 @@ class Client:
         return self._future(self._async.transcribe(
             audio, result_type=result_type, route=route, language=language, task=task, beam_size=beam_size,
             word_timestamps=word_timestamps, vad_filter=vad_filter, labels=labels, request_id=request_id,
-            timeout=timeout, metadata=metadata,
+            priority=priority, timeout=timeout, metadata=metadata,
         ))
 
     @overload
