@@ -19,8 +19,9 @@ Its parts, each built with what it needs and testable alone:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Protocol
 
 from gateway.bus import EventBus
@@ -130,9 +131,15 @@ class JobService:
         wait = runner.start_estimate(position)
         return job.evolve(queue_position=position, estimated_start=None if wait is None else self.clock.now() + wait)
 
-    def watch(self, tenant: str, job_id: str, after_revision: int = 0) -> AsyncIterator[Update | Heartbeat]:
-        """See :meth:`Streams.watch`."""
-        return self.streams.watch(tenant, job_id, after_revision)
+    async def watch(self, tenant: str, job_id: str, after_revision: int = 0) -> AsyncGenerator[Update | Heartbeat, None]:
+        """See :meth:`Streams.watch`; its first message, a queued job whole, carries its queue position now."""
+        async with contextlib.aclosing(self.streams.watch(tenant, job_id, after_revision)) as updates:
+            async for item in updates:
+                if isinstance(item, Update) and item.whole and item.job.state is JobState.QUEUED:
+                    event = item.event
+                    placed = await self._placed(event.job)
+                    item = Update(JobEvent(placed, event.segments_offset, event.position, event.partial), whole=True)
+                yield item
 
     async def fetch(self, tenant: str, job_id: str, wait: float | None = None) -> tuple[Job, Result | None]:
         """See :meth:`Streams.fetch`."""

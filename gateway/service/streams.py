@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +106,7 @@ class Streams:
 
     # -- Watch -----------------------------------------------------------------------------------
 
-    async def watch(self, tenant: str, job_id: str, after_revision: int = 0) -> AsyncIterator[Update | Heartbeat]:
+    async def watch(self, tenant: str, job_id: str, after_revision: int = 0) -> AsyncGenerator[Update | Heartbeat, None]:
         """The Watch contract: the whole job (or the revisions after ``after_revision``), each change
         once and in order with the segments it added, heartbeats while idle, the terminal revision
         last."""

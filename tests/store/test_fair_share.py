@@ -12,6 +12,7 @@ import pytest
 from gateway.errors import InvalidArgument, ResourceExhausted
 from gateway.jobs import Job, JobState
 from gateway.server import Gateway
+from gateway.service import Update
 from gateway.settings import EchoRoute, TenantSettings
 from tests.helpers.service import inputs, make_settings
 
@@ -232,3 +233,14 @@ async def test_a_retried_submit_spends_none_of_the_rate(tmp_path: Path) -> None:
         await _submit(gw, "any", delay_ms=0)  # the burst's second
         with pytest.raises(ResourceExhausted):
             await _submit(gw, "any", delay_ms=0)
+
+
+async def test_a_watch_of_a_queued_job_starts_with_its_position_now(tmp_path: Path) -> None:
+    async with Gateway(make_settings(tmp_path, EchoRoute(workers=1))) as gw:
+        await _blocked(gw, delay_ms=1500)
+        jobs = [await _submit(gw, "t") for _ in range(3)]
+        stream = gw.service.watch("t", jobs[2].id)
+        first = await anext(stream)
+        await stream.aclose()
+        assert isinstance(first, Update) and first.whole
+        assert first.job.queue_position == 3 == (await gw.service.get("t", jobs[2].id)).queue_position

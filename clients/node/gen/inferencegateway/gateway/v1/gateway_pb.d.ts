@@ -293,8 +293,8 @@ export declare type Job = Message<"inferencegateway.gateway.v1.Job"> & {
 
   /**
    * 1 for the next job to run, in the order the route's workers take jobs (fair share between
-   * tenants, then priority); 0 when not queued or unknown. Get and Fetch read it live; in Watch
-   * it is the latest a revision carried (with a shared Redis store: 0).
+   * tenants, then priority); 0 when not queued or unknown. Get, Fetch and a Watch's first message
+   * read it live; later Watch messages what their revision stored (with Redis: 0).
    *
    * @generated from field: int32 queue_position = 13;
    */
@@ -465,8 +465,8 @@ export declare type JobJson = {
 
   /**
    * 1 for the next job to run, in the order the route's workers take jobs (fair share between
-   * tenants, then priority); 0 when not queued or unknown. Get and Fetch read it live; in Watch
-   * it is the latest a revision carried (with a shared Redis store: 0).
+   * tenants, then priority); 0 when not queued or unknown. Get, Fetch and a Watch's first message
+   * read it live; later Watch messages what their revision stored (with Redis: 0).
    *
    * @generated from field: int32 queue_position = 13;
    */
