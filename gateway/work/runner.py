@@ -50,6 +50,7 @@ class _Running:
     cancel_requested: bool = False
     lost: bool = False  # another worker holds the job now: nothing more is written to it from here
     in_backend: bool = False
+    finishing: bool = False  # the backend is done: the job's end is being written (which ends its lease)
     started: float = field(default_factory=time.monotonic)
     ending: JobFailure | None = None  # why the job is being stopped, when not by a cancel (a timeout)
 
@@ -221,8 +222,12 @@ class RouteRunner:
     def abandon(self, job_id: str) -> None:
         """The queue found the job's lease taken by another worker (this process stalled past it): the
         run stops here without a word more to the job, which goes on where the other worker took it."""
-        self.queue.let_go(job_id)
         running = self._running.get(job_id)
+        if running is not None and running.finishing:
+            # Its lease entry went with the job's own end, being written now (or another's end of it, which
+            # the store's compare-and-set tells that write): nothing to stop.
+            return
+        self.queue.let_go(job_id)
         if running is None:
             return
         log.warning("route %s: job %s was taken over by another worker or lost by the store; stopping it here",
@@ -312,6 +317,7 @@ class RouteRunner:
                 result = await self.backend.run(ctx)
             finally:
                 running.in_backend = False
+                running.finishing = True
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if (running.cancel_requested or running.lost) and task is not None and task.uncancel() == 0:
