@@ -39,7 +39,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.redis import scripts
 from gateway.redis.conn import RespConnection, pool
-from gateway.redis.keys import GROUP, queue_key, sched_key, waiting_key
+from gateway.redis.keys import GROUP, queue_key, sched_key
 from gateway.tasks import cancel_and_wait
 from gateway.work.queue import QueueClosed, QueueSnapshot
 
@@ -75,7 +75,6 @@ class RedisQueue:
         self.stream = queue_key(prefix, route)
         self.sched = sched_key(prefix, route)
         self.job_prefix = f"{prefix}job:"
-        self.waiting = waiting_key(prefix, route)
         self._identity = consumer or consumer_name
         self.consumer = ""
         self._redis: Any = None
@@ -406,7 +405,7 @@ class RedisQueue:
                 self._lost(job_id)
 
     async def _count(self) -> None:
-        self._waiting = int(await self._redis.llen(self.waiting))
+        """The scheduler's figures (one read-only script: the waiting count is their sum) and run times."""
         await self._share_run_times()
         answer = await self._stats(args=[self.sched])
         oldest = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
@@ -417,6 +416,7 @@ class RedisQueue:
             tenants={(rest[i].decode() if isinstance(rest[i], bytes) else rest[i]): (int(rest[i + 1]), int(rest[i + 2]))
                      for i in range(0, len(rest), 3)},
         )
+        self._waiting = sum(self._snapshot.by_priority.values())
 
     def snapshot(self) -> QueueSnapshot:
         return self._snapshot
