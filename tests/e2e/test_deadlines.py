@@ -33,17 +33,23 @@ class Gateway:
     others: list[ServerProcess]  # the workers, with Redis
 
 
+def _on_redis(make_server: Callable[..., ServerProcess], redis: RedisProcess,
+              lease_seconds: float = 2) -> tuple[str, ServerProcess, ServerProcess]:
+    """(its config, an API replica running no jobs, a worker serving the echo route) on an emptied Redis."""
+    redis.flush()
+    config = f'store = "{redis.url}"\nshutdown_grace_seconds = 0\nlease_seconds = {lease_seconds}\n' + ROUTES
+    api = make_server(config, args=("--workers", "0"))
+    worker = make_server(config, command="worker")
+    worker.wait_serving("route/echo")
+    return config, api, worker
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 def gateway(request: pytest.FixtureRequest, make_server: Callable[..., ServerProcess]) -> Iterator[Gateway]:
     if request.param == "sqlite":
         yield Gateway(make_server(ROUTES), [])
         return
-    redis: RedisProcess = request.getfixturevalue("redis_process")
-    redis.flush()
-    config = f'store = "{redis.url}"\nshutdown_grace_seconds = 0\nlease_seconds = 2\n' + ROUTES
-    api = make_server(config, args=("--workers", "0"))
-    worker = make_server(config, command="worker")
-    worker.wait_serving("route/echo")
+    _config, api, worker = _on_redis(make_server, request.getfixturevalue("redis_process"))
     yield Gateway(api, [worker])
 
 
@@ -91,11 +97,7 @@ def test_a_job_queued_past_its_queue_timeout_fails_without_running(gateway: Gate
 def test_with_redis_any_process_ends_a_queued_job_past_its_deadline(
     make_server: Callable[..., ServerProcess], redis_process: RedisProcess,
 ) -> None:
-    redis_process.flush()
-    config = f'store = "{redis_process.url}"\nshutdown_grace_seconds = 0\nlease_seconds = 2\n' + ROUTES
-    api = make_server(config, args=("--workers", "0"))
-    worker = make_server(config, command="worker")
-    worker.wait_serving("route/echo")
+    config, api, _worker = _on_redis(make_server, redis_process)
     with Client(api.target) as client:
         busy, _ = client.submit_job("echo", LONG)
         wait_until(lambda: client.get(busy.id).state is JobState.RUNNING, "the first job to run")
@@ -132,11 +134,7 @@ def test_a_job_taken_over_keeps_its_run_deadline(make_server: Callable[..., Serv
                                                  redis_process: RedisProcess, how: str) -> None:
     """Its worker killed (or drained by SIGTERM) mid-run, another worker takes the job over and ends it at
     the deadline counted from its first start, not from the takeover."""
-    redis_process.flush()
-    config = f'store = "{redis_process.url}"\nshutdown_grace_seconds = 0\nlease_seconds = 1\n' + ROUTES
-    api = make_server(config, args=("--workers", "0"))
-    first = make_server(config, command="worker")
-    first.wait_serving("route/echo")
+    config, api, first = _on_redis(make_server, redis_process, lease_seconds=1)
     with Client(api.target) as client:
         job, _ = client.submit_job("echo", LONG, run_timeout=4.0)
         wait_until(lambda: client.get(job.id).state is JobState.RUNNING, "the job to run")
