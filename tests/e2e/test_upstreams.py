@@ -176,9 +176,11 @@ def test_kill9_mid_job_resumes_without_a_second_submit(gateway, fake: FakeProces
 
 def test_webhooks_lost_repeated_or_out_of_order_change_nothing(gateway, fake: FakeProcess, profile: Profile) -> None:  # type: ignore[no-untyped-def]
     """The gateway asks for the provider's webhooks (it has an HTTP face): with some lost, every one sent
-    twice (and Replicate's non-final ones out of order), every job still ends once, with its outputs in order."""
-    server = gateway()
-    faults: dict[str, Any] = {"webhook_repeat_rate": 1.0, "webhook_drop_rate": 0.3, "seed": 5}
+    twice (and Replicate's non-final ones out of order), every job still ends once, with its outputs in order.
+    The event streams are cut and the fallback poll is slow, so that a webhook (fal's and RunPod's come only
+    at the end) is not beaten by the stream and answered "already ended"."""
+    server = gateway(poll_interval_seconds=2, poll_max_seconds=2)
+    faults: dict[str, Any] = {"webhook_repeat_rate": 1.0, "webhook_drop_rate": 0.3, "seed": 5, "stream_cut_after": 0}
     if profile.name == "replicate":
         faults["webhook_shuffle"] = True
     fake.control(**faults)
