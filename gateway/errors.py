@@ -195,7 +195,9 @@ class Unavailable(_kind(Code.UNAVAILABLE, "UNAVAILABLE")):  # type: ignore[misc]
 
 
 class JobError(GatewayError):
-    """Raised by a backend: the job ends FAILED with this code, reason and message."""
+    """Raised by a backend: the job ends FAILED with this code, reason and message. ``transient``: the
+    same run may well succeed later and running it again does no harm (nothing reached an upstream, a
+    URL's server was briefly down): the route's retry policy may run the job again first."""
 
     def __init__(
         self,
@@ -203,8 +205,10 @@ class JobError(GatewayError):
         reason: str = "JOB_FAILED",
         code: Code = Code.UNKNOWN,
         metadata: Mapping[str, str] | None = None,
+        transient: bool = False,
     ) -> None:
         super().__init__(message, reason, code, dict(metadata or {}))
+        self.transient = transient
 
 
 class StartupError(Exception):

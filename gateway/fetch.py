@@ -104,8 +104,11 @@ def discard(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _failed(message: str, reason: str = "AUDIO_URL_FETCH_FAILED", code: Code = Code.FAILED_PRECONDITION) -> JobError:
-    return JobError(f"the audio URL could not be fetched: {message}", reason, code)
+def _failed(message: str, reason: str = "AUDIO_URL_FETCH_FAILED", code: Code = Code.FAILED_PRECONDITION,
+            transient: bool = False) -> JobError:
+    """``transient``: the server was briefly away or busy (a timeout, no connection, 408, 429, 5xx): the
+    route's retry policy may fetch again."""
+    return JobError(f"the audio URL could not be fetched: {message}", reason, code, transient=transient)
 
 
 async def fetch_audio(url: str, settings: AudioUrlSettings, max_bytes: int) -> Path:
@@ -135,7 +138,8 @@ async def fetch_audio(url: str, settings: AudioUrlSettings, max_bytes: int) -> P
                         continue
                     if response.status != 200:
                         body = (await response.content.read(300)).decode("utf-8", "replace")
-                        raise _failed(f"HTTP {response.status}: {clip(body, 200)}", "AUDIO_URL_FETCH_FAILED")
+                        raise _failed(f"HTTP {response.status}: {clip(body, 200)}", "AUDIO_URL_FETCH_FAILED",
+                                      transient=response.status in (408, 429) or response.status >= 500)
                     if response.content_length is not None and response.content_length > limit:
                         raise _failed(f"{response.content_length} bytes, over the limit of {limit}", "AUDIO_TOO_LARGE",
                                       Code.INVALID_ARGUMENT)
@@ -155,10 +159,10 @@ async def fetch_audio(url: str, settings: AudioUrlSettings, max_bytes: int) -> P
     except TimeoutError:
         discard(path)
         raise _failed(f"not fetched within {settings.timeout_seconds:.0f} s (audio_url.timeout_seconds)",
-                      "AUDIO_URL_TIMEOUT", Code.DEADLINE_EXCEEDED) from None
+                      "AUDIO_URL_TIMEOUT", Code.DEADLINE_EXCEEDED, transient=True) from None
     except (aiohttp.ClientError, OSError) as exc:
         discard(path)
-        raise _failed(str(exc) or type(exc).__name__) from None
+        raise _failed(str(exc) or type(exc).__name__, transient=True) from None
     except BaseException:
         discard(path)
         raise

@@ -195,6 +195,9 @@ class Job:
     run_timeout: float = 0.0  # seconds it may run (from started); 0: no limit
     priority: int = 3  # 1 (most urgent) to 5 (DEFAULT_PRIORITY 3): its order among its tenant's waiting jobs
     estimated_start: float | None = None  # a queued job, as read (Get): when it is likely to start; not stored
+    retry_of: str = ""  # made by Retry: the job it runs again
+    attempt: int = 1  # its run: one more for each automatic retry of a transient failure (the route's policy)
+    retried_by: str = ""  # a job Retry ran again, as read (Get): the new job; not stored
 
     @property
     def terminal(self) -> bool:

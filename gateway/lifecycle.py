@@ -45,6 +45,12 @@ class Lifecycle(JobLifecycle, Protocol):
 
     async def fail(self, job_id: str, failure: JobFailure) -> None: ...
 
+    async def retrying(self, job_id: str, failure: JobFailure) -> Job | None:
+        """The run failed with ``failure``, which its route's retry policy runs again: the job's next
+        revision (attempt one more, progress 0), stored; None when it cannot run again (it has streamed
+        segments, or is no longer active): then the caller fails it."""
+        ...
+
     async def cancelled(self, job_id: str) -> None: ...
 
     async def queue_timed_out(self, job_id: str) -> None:

@@ -47,6 +47,8 @@ _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300
 JOBS_SUBMITTED = Counter("gateway_jobs_submitted", "Jobs stored by Submit in this process.", ["route"], registry=REGISTRY)
 SUBMITS_REFUSED = Counter("gateway_submits_refused", "Submits refused by this process, by error reason.",
                           ["route", "reason"], registry=REGISTRY)
+JOB_RETRIES = Counter("gateway_job_retries", "Runs of a job started again by its route's retry policy after a "
+                      "transient failure, by the failure's reason.", ["route", "reason"], registry=REGISTRY)
 JOBS_FINISHED = Counter("gateway_jobs_finished", "Jobs ended by this process, by final state and error reason.",
                         ["route", "state", "reason"], registry=REGISTRY)
 QUEUE_DEPTH = Gauge("gateway_queue_depth", "Jobs waiting in this process's queue of the route.", ["route"],

@@ -106,14 +106,17 @@ def create_server(
 
 def make_store(settings: Settings, clock: Clock | None = None) -> Store:
     """The store the settings name: Redis for a redis:// URL, else SQLite in data_dir."""
+    store: Store
     if settings.store:
         from gateway.redis import RedisStore
 
         limits = {name: (route.max_queue, route.max_queued_bytes) for name, route in settings.routes.items()}
         store = RedisStore(settings.store, clock=clock, queue_limits=limits, tenants=settings.tenant)
         store.spool_dir = settings.data_dir / "uploads" / "incoming"
-        return store
-    return SqliteStore(settings.data_dir / "gateway.sqlite3", settings.sqlite_synchronous)
+    else:
+        store = SqliteStore(settings.data_dir / "gateway.sqlite3", settings.sqlite_synchronous)
+    store.keep_failed_inputs = settings.keep_failed_inputs
+    return store
 
 
 def make_bus(settings: Settings) -> EventBus:

@@ -25,6 +25,7 @@ __all__ = [
     "AuthSettings",
     "EchoRoute",
     "OctoAIRoute",
+    "RetryPolicy",
     "RouteSettings",
     "Settings",
     "TenantSettings",
@@ -89,8 +90,30 @@ def _port(text: str, value: str) -> int:
 MAX_TIMEOUT_SECONDS = 30 * 24 * 3600.0  # a queue_timeout or run_timeout, at most
 
 
+class RetryPolicy(BaseModel):
+    """A route's automatic retry of failures its backend marks transient ([routes.<name>.retry]): the job stays
+    RUNNING, its worker waits the backoff and runs it again, and Job.attempt counts the runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(
+        1, ge=1, le=100, description="Runs of a job at most, the first included; 1: no automatic retry. Only a "
+                                     "failure its backend marks transient is retried, and only while the job "
+                                     "has streamed no segments (a run again would contradict them).",
+    )
+    initial_backoff_seconds: float = Field(1.0, gt=0, le=3600, description="The wait before the first retry.")
+    backoff_multiplier: float = Field(2.0, ge=1, le=10, description="Each further wait is this times the last.")
+    max_backoff_seconds: float = Field(30.0, gt=0, le=3600, description="The longest wait between two runs.")
+
+    def backoff(self, attempt: int) -> float:
+        """The wait after run ``attempt`` (1-based) failed, before the next."""
+        return min(self.max_backoff_seconds, self.initial_backoff_seconds * self.backoff_multiplier ** (attempt - 1))
+
+
 class _Route(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
     max_queue: int = Field(1000, ge=1, description="Jobs waiting beyond this are refused (RESOURCE_EXHAUSTED).")
     max_queued_bytes: int = Field(
@@ -651,6 +674,11 @@ class Settings(BaseSettings):
     )
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="Drain time on SIGTERM.")
     max_attempts: int = Field(3, ge=1, description="Runs of one job across restarts before it FAILS.")
+    keep_failed_inputs: bool = Field(
+        True, description="Keeps the inputs of FAILED and CANCELLED jobs (uploaded audio included) until the job "
+                          "expires, so that Retry can run them again; false: every job's inputs go when it ends, "
+                          "and Retry answers FAILED_PRECONDITION INPUT_LOST.",
+    )
     http_read_timeout_seconds: float = Field(
         30.0, gt=0, description="An HTTP request body not received within this is answered 408 and dropped."
     )

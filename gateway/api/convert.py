@@ -103,6 +103,11 @@ def job_to_proto(job: Job, with_segments: bool = True) -> pb.Job:
     if job.run_timeout:
         message.run_timeout.FromNanoseconds(round(job.run_timeout * 1e9))
     message.priority = job.priority
+    message.attempt = job.attempt
+    if job.retry_of:
+        message.retry_of = job.retry_of
+    if job.retried_by:
+        message.retried_by = job.retried_by
     if job.webhook is not None:
         message.webhook.url = job.webhook.url
         message.webhook.events.extend(WEBHOOK_EVENTS.index(e) + 1 for e in sorted(job.webhook.events, key=WEBHOOK_EVENTS.index))

@@ -248,6 +248,7 @@ class GatewayServicer:
             "Delete": unary(self.delete, pb.DeleteRequest),
             "List": unary(self.list, pb.ListRequest),
             "WatchJobs": stream(self.watch_jobs, pb.WatchJobsRequest),
+            "Retry": unary(self.retry, pb.RetryRequest),
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
@@ -345,6 +346,10 @@ class GatewayServicer:
 
     async def cancel(self, request: pb.CancelRequest, tenant: str, context: Any) -> pb.CancelResponse:
         return pb.CancelResponse(job=job_to_proto(await self.service.cancel(tenant, request.job_id)))
+
+    async def retry(self, request: pb.RetryRequest, tenant: str, context: Any) -> pb.RetryResponse:
+        job, existing = await self.service.retry(tenant, request.job_id, self.spool_dir)
+        return pb.RetryResponse(job=await self._job(job, stored=existing), existing=existing)
 
     async def delete(self, request: pb.DeleteRequest, tenant: str, context: Any) -> pb.DeleteResponse:
         await self.service.delete(tenant, request.job_id, force=request.force)

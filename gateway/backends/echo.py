@@ -4,6 +4,8 @@ Inputs (all optional, other keys are echoed too):
 - ``delay_ms``: total run time in milliseconds (0 to 3,600,000);
 - ``steps``: how many progress updates to publish along the way (0 to 10,000);
 - ``fail_with``: a message: the job ends FAILED with it (reason ECHO_FAILURE).
+- ``fail_attempts``: its first N runs fail with a transient error (ECHO_TRANSIENT_FAILURE), which the
+  route's retry policy ([routes.<name>.retry]) runs again.
 The result is the inputs, unchanged. Useful to smoke-test a deployment and to load-test it.
 """
 
@@ -14,7 +16,7 @@ import math
 from typing import Any
 
 from gateway.backends.base import JobContext, ReadyState
-from gateway.errors import FieldViolation, InvalidArgument, JobError
+from gateway.errors import Code, FieldViolation, InvalidArgument, JobError
 from gateway.jobs import JobInput, JobOutput, Result
 from gateway.settings import EchoRoute
 
@@ -57,6 +59,7 @@ class EchoBackend:
         problems = [
             _number(inputs, "delay_ms", MAX_DELAY_MS, integral=False),
             _number(inputs, "steps", MAX_STEPS, integral=True),
+            _number(inputs, "fail_attempts", 100, integral=True),
         ]
         fail_with = inputs.get("fail_with")
         if fail_with is not None and (not isinstance(fail_with, str) or not 0 < len(fail_with) <= 1024):
@@ -77,6 +80,9 @@ class EchoBackend:
                 await ctx.report(progress=step / steps)
         elif delay:
             await asyncio.sleep(delay)
+        if ctx.job.attempt <= int(inputs.get("fail_attempts") or 0):
+            raise JobError(f"run {ctx.job.attempt} fails as asked (fail_attempts)", reason="ECHO_TRANSIENT_FAILURE",
+                           code=Code.UNAVAILABLE, transient=True)
         if inputs.get("fail_with"):
             raise JobError(str(inputs["fail_with"]), reason="ECHO_FAILURE")
         return JobOutput(inputs)

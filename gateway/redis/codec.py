@@ -48,6 +48,7 @@ def job_json(job: Job) -> str:
             "request_id": job.request_id, **({} if job.webhook is None else {"webhook": job.webhook.to_dict()}),
             **({"timeouts": [job.queue_timeout, job.run_timeout]} if job.queue_timeout or job.run_timeout else {}),
             **({"priority": job.priority} if job.priority != 3 else {}),
+            **({"retry_of": job.retry_of} if job.retry_of else {}),
         })[:-1]
         _STATIC_JSON[job.id] = (fixed, job.labels, static)
     if job.terminal:
@@ -56,6 +57,7 @@ def job_json(job: Job) -> str:
     return (f'{static},"state":{int(job.state)},"revision":{job.revision},"progress":{_number(job.progress)},'
             f'"started":{_number(job.started)},"finished":{_number(job.finished)},"expires":{_number(job.expires)},'
             f'"error":{error},"queue_position":{job.queue_position}'
+            + (f',"attempt":{job.attempt}' if job.attempt != 1 else '')
             + (f',"logs":{dumps(job.logs)}}}' if job.logs else '}'))
 
 
@@ -71,11 +73,12 @@ def job_from_dict(data: Mapping[str, Any], segments: tuple[Segment, ...] = ()) -
         error=JobFailure.from_dict(data["error"]) if data["error"] else None, segments=segments,
         queue_position=data["queue_position"], request_id=data["request_id"],
         webhook=WebhookSpec.from_dict(data.get("webhook")), logs=data.get("logs", ""),
-        **_timeouts(data.get("timeouts")), priority=data.get("priority", 3),
+        **_timeouts(data.get("timeouts")), priority=data.get("priority", 3), retry_of=data.get("retry_of", ""),
+        attempt=data.get("attempt", 1),
     )
 
 
-def _timeouts(value: Any) -> dict[str, float]:
+def _timeouts(value: Any) -> dict[str, Any]:
     return {} if not value else {"queue_timeout": value[0], "run_timeout": value[1]}
 
 

@@ -136,7 +136,8 @@ end
 # KEYS: job, revs, segs, changes, position, active, tomb, expiring, req, queue, webhook, webhooks due
 # ARGV: id, expected revision, attempt (-1: any), count attempt (0/1), revision, job JSON, segment
 #       count, terminal (0/1), result ('' none), ttl ms, tombstone ttl ms, tenant, n new segments,
-#       segments..., expires, tombstone end, events channel, webhook mark (now; '' none), webhook URL
+#       segments..., expires, tombstone end, events channel, webhook mark (now; '' none), webhook URL,
+#       keep inputs (1: an ended job keeps its inputs and uploaded audio until it expires, for Retry)
 # Answers the revision's change position; an error reply CONFLICT... when the compare-and-set fails.
 SAVE = _UNQUEUE + """
 local cur = redis.call('HMGET', KEYS[1], 'rev', 'att', 'job', 'pos')
@@ -173,9 +174,14 @@ if ARGV[8] == '1' then
   local qb = redis.call('HMGET', KEYS[1], 'qb', 'qk')
   if qb[1] then redis.call('DECRBY', qb[2], qb[1]) end  -- its input no longer counts against the queue
   local ak = redis.call('HGET', KEYS[1], 'ak')
-  if ak then redis.call('DEL', ak) end  -- its uploaded audio
   unqueue(KEYS[1], ARGV[1], ARGV[12])  -- one that ends waiting (cancelled, timed out) leaves its scheduler
-  redis.call('HDEL', KEYS[1], 'payload', 'ckpt', 'qb', 'qk', 'ak', 'sq', 'ss')
+  if ARGV[19 + n] == '1' then
+    if ak then redis.call('PEXPIRE', ak, ttl) end  -- its uploaded audio, kept as long as the job
+    redis.call('HDEL', KEYS[1], 'ckpt', 'qb', 'qk', 'sq', 'ss')
+  else
+    if ak then redis.call('DEL', ak) end  -- its uploaded audio
+    redis.call('HDEL', KEYS[1], 'payload', 'ckpt', 'qb', 'qk', 'ak', 'sq', 'ss')
+  end
   redis.call('HSET', KEYS[1], 'expires', ARGV[14 + n])
   redis.call('SREM', KEYS[6], ARGV[1])
   local entry = redis.call('HGET', KEYS[1], 'entry')

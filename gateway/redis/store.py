@@ -56,6 +56,7 @@ from gateway.store.base import (
     TenantPolicy,
     WebhookClaim,
     Writability,
+    keeps_inputs,
 )
 from gateway.store.writer import BatchFailed, CannotWrite, Outcome, TaskWriter
 from gateway.tasks import cancel_and_wait
@@ -114,6 +115,7 @@ class RedisStore:
         self._reset_listeners: list[Callable[[], None]] = []
         self._uploads: dict[str, int] = {}  # jobs about to be created with an upload kept: its bytes
         self.spool_dir: Path | None = None  # where a worker's copies of uploads go (None: the system's temp)
+        self.keep_failed_inputs = True  # (Store.keep_failed_inputs)
         self._unreachable = False  # the epoch check could not reach Redis (health says so)
         self._epoch_task: asyncio.Task[None] | None = None
 
@@ -370,6 +372,7 @@ class RedisStore:
             encode_result(result) if result is not None else "", ttl_ms, 2 * ttl_ms, job.tenant, len(segments),
             *segments, repr(expires), repr(expires + (expires - now)), self.keys.events,
             repr(time.time()) if marked else "", job.webhook.url if marked and job.webhook else "",
+            "1" if terminal and keeps_inputs(job, self.keep_failed_inputs) else "",
         ]
 
         def decode(answer: Any) -> int:

@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.bus import EventBus
@@ -36,6 +38,7 @@ from gateway.service.running import Running
 from gateway.service.streams import Heartbeat, Streams, Update
 from gateway.settings import Settings
 from gateway.store.base import JobFilter, Store
+from gateway.store.uploads import copy_upload, remove
 
 __all__ = [
     "INPUTS_IN_MEMORY_BYTES",
@@ -56,6 +59,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NO_DEADLINES = Deadlines()
+
+
+def retry_request_id(job_id: str) -> str:
+    """The request_id of the job a Retry of ``job_id`` makes: one retry per job, found again by it."""
+    return f"retry:{job_id}"
+
 DELETE_WAIT_SECONDS = 10.0
 QUEUE_DEADLINE_CHECK_SECONDS = 0.25  # Delete with force: how long a running job gets to stop
 
@@ -111,6 +120,45 @@ class JobService:
         answers (job, existing)."""
         return await self.admission.submit(tenant, route, job_input, labels, request_id, webhook, deadlines, priority)
 
+    async def retry(self, tenant: str, job_id: str, spool_dir: Path | None = None) -> tuple[Job, bool]:
+        """Runs a FAILED or CANCELLED job again as a new job (its inputs, route, labels, priority, deadlines
+        and webhook), admitted as a Submit; answers (job, existing). A job is retried once: the new job's
+        request_id is made from the old id, so a repeated Retry (or two at once, on any replica) answers
+        the same new job. ``spool_dir``: where a copy of an uploaded audio file is made, if one is needed."""
+        old = await self.streams.get(tenant, job_id)
+        meta = {"job_id": job_id, "state": old.state.name}
+        if not old.terminal:
+            raise FailedPrecondition(f"job {job_id} is {old.state.name}; only a FAILED or CANCELLED job is retried",
+                                     reason="JOB_NOT_DONE", metadata=meta)
+        if old.state is JobState.SUCCEEDED:
+            raise FailedPrecondition(f"job {job_id} SUCCEEDED; only a FAILED or CANCELLED job is retried (submit it "
+                                     "again to run it again)", reason="JOB_NOT_RETRYABLE", metadata=meta)
+        request_id = retry_request_id(job_id)
+        found = await self.store.find_request(tenant, request_id, self.clock.now())
+        if found is not None:
+            return found[0], True
+        lost = FailedPrecondition(f"the inputs of job {job_id} are no longer kept (keep_failed_inputs is off, or the "
+                                  "job ended before it was on); submit it again", reason="INPUT_LOST", metadata=meta)
+        payload = await self.store.get_payload(job_id)
+        if payload is None:
+            raise lost
+        job_input = JobInput.decode(payload)
+        transcription = job_input.transcription
+        copy: Path | None = None
+        if transcription is not None and transcription.audio_upload:  # the audio came by Upload: the store's file
+            opened = await self.store.open_upload(job_id)
+            if opened is None:
+                raise lost
+            copy = opened[0] if opened[1] else await asyncio.to_thread(copy_upload, opened[0], spool_dir)
+            job_input = replace(job_input, transcription=replace(transcription, audio_file=copy))
+        try:
+            return await self.admission.submit(tenant, old.route, job_input, old.labels, request_id, old.webhook,
+                                               Deadlines(old.queue_timeout, old.run_timeout), old.priority,
+                                               retry_of=job_id)
+        finally:
+            if copy is not None:
+                remove(copy)  # (unless the store took it in)
+
     async def webhook_delivery(self, job: Job) -> dict[str, Any] | None:
         """The delivery state of the job's webhook (gateway.webhooks), when it has one."""
         return await self.streams.webhook_delivery(job)
@@ -123,7 +171,11 @@ class JobService:
 
     async def _placed(self, job: Job) -> Job:
         """A QUEUED job's queue_position read from its route's queue now: revisions carry it at most once
-        a second in one process, and never with a shared queue, where every start would move them all."""
+        a second in one process, and never with a shared queue, where every start would move them all. A
+        FAILED or CANCELLED one with the job that retried it, if any (read, never written to the old job)."""
+        if job.state in (JobState.FAILED, JobState.CANCELLED):
+            found = await self.store.find_request(job.tenant, retry_request_id(job.id), self.clock.now())
+            return job if found is None else job.evolve(retried_by=found[0].id)
         runner = self.routes.get(job.route) if job.state is JobState.QUEUED else None
         if runner is None:
             return job

@@ -160,19 +160,21 @@ class Admission:
     async def submit(
         self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str,
         webhook: WebhookSpec | None = None, deadlines: Deadlines = _NO_DEADLINES, priority: int = DEFAULT_PRIORITY,
+        retry_of: str = "",
     ) -> tuple[Job, bool]:
         """Stores a new job and queues it; answers (job, existing). ``deadlines``: its timeouts (None:
-        the route's defaults); ``priority``: 1 (most urgent) to 5, among its tenant's waiting jobs. A
-        refusal is counted by reason (gateway_submits_refused_total)."""
+        the route's defaults); ``priority``: 1 (most urgent) to 5, among its tenant's waiting jobs;
+        ``retry_of``: the job a Retry runs again. A refusal is counted by reason (gateway_submits_refused_total)."""
         try:
-            return await self._submit(tenant, route, job_input, labels, request_id, webhook, deadlines, priority)
+            return await self._submit(tenant, route, job_input, labels, request_id, webhook, deadlines, priority,
+                                      retry_of)
         except GatewayError as refused:
             metrics.SUBMITS_REFUSED.labels(route if route in self.routes else "", refused.reason).inc()
             raise
 
     async def _submit(
         self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str,
-        webhook: WebhookSpec | None, deadlines: Deadlines, priority: int,
+        webhook: WebhookSpec | None, deadlines: Deadlines, priority: int, retry_of: str = "",
     ) -> tuple[Job, bool]:
         if not self.accepting:
             raise Unavailable("the gateway is shutting down; retry on another replica", reason="SHUTTING_DOWN")
@@ -205,12 +207,12 @@ class Admission:
         limits = self.tenant_limits
         if limits is None:
             return await self._store(tenant, route, job_input, labels, request_id, webhook, deadlines, priority,
-                                     runner, payload, request_hash)
+                                     runner, payload, request_hash, retry_of=retry_of)
         admitted = limits.admitted(tenant, route)
         created = False
         try:
             job, existing = await self._store(tenant, route, job_input, labels, request_id, webhook, deadlines,
-                                              priority, runner, payload, request_hash, admitted.queued)
+                                              priority, runner, payload, request_hash, admitted.queued, retry_of)
             created = not existing
             return job, existing
         finally:
@@ -221,7 +223,7 @@ class Admission:
     async def _store(
         self, tenant: str, route: str, job_input: JobInput, labels: Mapping[str, str], request_id: str,
         webhook: WebhookSpec | None, deadlines: Deadlines, priority: int, runner: Route, payload: bytes,
-        request_hash: str, queued: Callable[[], None] | None = None,
+        request_hash: str, queued: Callable[[], None] | None = None, retry_of: str = "",
     ) -> tuple[Job, bool]:
         """The job made, stored and queued in its reserved slot (given back if it is not)."""
         now = self.clock.now()
@@ -239,6 +241,7 @@ class Admission:
             queue_timeout=runner.settings.queue_timeout_seconds if deadlines.queue is None else deadlines.queue,
             run_timeout=runner.settings.run_timeout_seconds if deadlines.run is None else deadlines.run,
             priority=priority,
+            retry_of=retry_of,
         )
         active, bus, shared = self.active, self.bus, self.store.shared
 

@@ -319,6 +319,18 @@ class Running:
             log.info("job %s failed: %s %s: %s", job_id, failure.code.name, failure.reason, failure.message)
             await self._save(job)
 
+    async def retrying(self, job_id: str, failure: JobFailure) -> Job | None:
+        head = self.active.head(job_id)
+        if head is None or head.terminal or head.segments:  # (a run again would contradict what was streamed)
+            return None
+        job = self._next(job_id, attempt=head.attempt + 1, progress=0.0)
+        if job is None or not await self._save(job):
+            return None
+        metrics.JOB_RETRIES.labels(job.route, failure.reason).inc()
+        log.info("job %s: run %d failed (%s %s: %s); it runs again", job_id, head.attempt, failure.code.name,
+                 failure.reason, failure.message)
+        return job
+
     async def cancelled(self, job_id: str) -> None:
         await self._end(job_id, JobState.CANCELLED, JobFailure(Code.CANCELLED, "CANCELLED", "the job was cancelled"))
 

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 W = TypeVar("W")
 
 __all__ = ["Backoff", "CreateOutcome", "JobFilter", "JobStore", "QueueFull", "ReportsWritability", "ResumableJob",
-           "RevisionConflict", "Store", "WebhookClaim", "WebhookStore", "Writability", "settle", "take_batch"]
+           "RevisionConflict", "Store", "WebhookClaim", "WebhookStore", "Writability", "keeps_inputs", "settle",
+           "take_batch"]
 
 
 class Writability:
@@ -204,6 +205,7 @@ class JobStore(Protocol):
 
     store_id: str  # identifies the data a change position belongs to (resume tokens carry it)
     shared: bool  # several processes use it (jobs are queued and resumed through a shared queue)
+    keep_failed_inputs: bool  # a FAILED or CANCELLED job keeps its inputs until it expires (for Retry)
 
     async def open(self) -> None: ...
 
@@ -228,7 +230,8 @@ class JobStore(Protocol):
         count_attempt: bool = False,
         attempt: int | None = None,
     ) -> Awaitable[None]:
-        """Stores the job's next revision; a terminal one also drops the job's inputs and checkpoint.
+        """Stores the job's next revision; a terminal one also drops the job's checkpoint, and its inputs
+        unless :func:`keeps_inputs` says they stay.
         ``count_attempt`` counts one more run of the job in the same write. ``on_commit`` receives
         the revision's change position.
 
@@ -384,3 +387,9 @@ class ReportsWritability(Protocol):
     def on_writable(self, listener: Callable[[bool], None]) -> None:
         """``listener(writable)`` on the event loop whenever writing stops or works again."""
         ...
+
+
+def keeps_inputs(job: Job, keep_failed_inputs: bool) -> bool:
+    """Whether a job's inputs stay stored after this revision: while it has not ended, and (for Retry, with
+    ``keep_failed_inputs``) once it has FAILED or been CANCELLED, until it expires."""
+    return not job.terminal or (keep_failed_inputs and job.state is not JobState.SUCCEEDED)

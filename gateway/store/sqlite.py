@@ -41,7 +41,15 @@ from gateway.jobs import (
     encode_result,
     webhook_wanted,
 )
-from gateway.store.base import CreateOutcome, JobFilter, ResumableJob, RevisionConflict, WebhookClaim, Writability
+from gateway.store.base import (
+    CreateOutcome,
+    JobFilter,
+    ResumableJob,
+    RevisionConflict,
+    WebhookClaim,
+    Writability,
+    keeps_inputs,
+)
 from gateway.store.uploads import UploadFiles
 from gateway.store.writer import CannotWrite, Outcome, ThreadWriter
 
@@ -76,7 +84,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     queue_timeout REAL NOT NULL DEFAULT 0,  -- seconds it may wait QUEUED; 0: no limit
     run_timeout REAL NOT NULL DEFAULT 0,  -- seconds it may run; 0: no limit
     priority INTEGER NOT NULL DEFAULT 3,  -- 1 (most urgent) to 5
-    payload BLOB,  -- small inputs inline (large ones in payloads), dropped when the job ends
+    retry_of TEXT NOT NULL DEFAULT '',  -- made by Retry: the job it runs again
+    attempt INTEGER NOT NULL DEFAULT 1,  -- the run (automatic retries of transient failures add one)
+    payload BLOB,  -- small inputs inline (large ones in payloads), dropped when the job ends (a failed one's kept)
     result TEXT    -- last: reading the other columns never touches its overflow pages
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_request ON jobs (tenant, request_id) WHERE request_id != '';
@@ -94,6 +104,7 @@ CREATE TABLE IF NOT EXISTS revisions (
     error TEXT,
     queue_position INTEGER NOT NULL,
     segment_count INTEGER NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (job_id, revision)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS segments (
@@ -115,13 +126,13 @@ CREATE TABLE IF NOT EXISTS webhooks (
 CREATE INDEX IF NOT EXISTS webhooks_by_due ON webhooks (due) WHERE due IS NOT NULL;
 """
 
-_INSERT_JOB = "INSERT INTO jobs ({columns}, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_JOB = "INSERT INTO jobs ({columns}, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, ?)"  # params: (job id, the payload)
 _RESERVE_PAYLOAD = "INSERT INTO payloads (job_id, data) VALUES (?, zeroblob(?))"
 _BLOB_CHUNK = 1024 * 1024
 _UPDATE_JOB = (
     "UPDATE jobs SET state = ?, revision = ?, progress = ?, started = ?, finished = ?, expires = ?, "
-    "error = ?, queue_position = ?, logs = ?, segment_count = ?, attempts = attempts + ?, position = ?, "
+    "error = ?, queue_position = ?, logs = ?, attempt = ?, segment_count = ?, attempts = attempts + ?, position = ?, "
     "checkpoint = CASE WHEN ? THEN NULL ELSE checkpoint END, "
     "payload = CASE WHEN ? THEN NULL ELSE payload END, result = COALESCE(?, result) "
     # The compare-and-set: the job is at the revision before this one, and (when the writer says
@@ -130,7 +141,7 @@ _UPDATE_JOB = (
 )
 _INSERT_REVISION = (
     "INSERT INTO revisions (job_id, revision, state, progress, started, finished, expires, error, "
-    "queue_position, segment_count) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    "queue_position, segment_count, attempt) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 _INSERT_SEGMENT = "INSERT OR REPLACE INTO segments (job_id, idx, data) VALUES (?, ?, ?)"
 _DELETE_PAYLOAD = "DELETE FROM payloads WHERE job_id = ?"
@@ -145,7 +156,7 @@ _SAVE_POSITION = "INSERT OR REPLACE INTO meta (key, value) VALUES ('position', ?
 _JOB_COLUMNS = (
     "id, tenant, route, state, revision, progress, created, started, finished, expires, labels, error, "
     "queue_position, request_id, request_hash, segment_count, attempts, checkpoint, webhook, logs, queue_timeout, "
-    "run_timeout, priority"
+    "run_timeout, priority, retry_of, attempt"
 )
 _INSERT_JOB = _INSERT_JOB.format(columns=_JOB_COLUMNS)
 # The writer runs a batch's plain statements kind by kind with executemany, in this order, which
@@ -171,7 +182,7 @@ def _error_json(error: JobFailure | None) -> str | None:
 
 def _revision_row(job: Job, segment_count: int) -> tuple[Any, ...]:
     return (job.id, job.revision, int(job.state), job.progress, job.started, job.finished, job.expires,
-            _error_json(job.error), job.queue_position, segment_count)
+            _error_json(job.error), job.queue_position, segment_count, job.attempt)
 
 
 def _then(first: Callable[[Any], None] | None, then: Callable[[], None]) -> Callable[[Any], None]:
@@ -314,6 +325,7 @@ class SqliteStore:
     """The embedded default store. Use as ``async with SqliteStore(path) as store``."""
 
     shared = False
+    keep_failed_inputs = True
 
     def __init__(self, path: Path, synchronous: str = "NORMAL", readers: int = 2) -> None:
         self.path = path
@@ -400,6 +412,11 @@ class SqliteStore:
                 conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} REAL NOT NULL DEFAULT 0")
         if "priority" not in columns:  # from before priorities
             conn.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 3")
+        if "retry_of" not in columns:  # from before retries
+            conn.execute("ALTER TABLE jobs ADD COLUMN retry_of TEXT NOT NULL DEFAULT ''")
+            conn.execute("ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1")
+        if "attempt" not in {row["name"] for row in conn.execute("PRAGMA table_info(revisions)")}:
+            conn.execute("ALTER TABLE revisions ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1")
         conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_queue_deadline ON jobs (created + queue_timeout) "
                      "WHERE state = 1 AND queue_timeout > 0")
         # This process owns the data dir: claims of a process that is gone are due at once.
@@ -576,6 +593,8 @@ class SqliteStore:
             queue_timeout=row["queue_timeout"],
             run_timeout=row["run_timeout"],
             priority=row["priority"],
+            retry_of=row["retry_of"],
+            attempt=row["attempt"],
         )
 
     def _resumable_from_row(self, conn: sqlite3.Connection, row: sqlite3.Row) -> ResumableJob:
@@ -595,7 +614,8 @@ class SqliteStore:
                            job.started, job.finished, job.expires, _dumps(dict(job.labels)) if job.labels else "{}",
                            _error_json(job.error), job.queue_position, job.request_id, request_hash, 0, 0, None,
                            None if job.webhook is None else _dumps(job.webhook.to_dict()), job.logs,
-                           job.queue_timeout, job.run_timeout, job.priority, position, payload if inline else None)),
+                           job.queue_timeout, job.run_timeout, job.priority, job.retry_of, job.attempt, position,
+                           payload if inline else None)),
             (_INSERT_REVISION, _revision_row(job, 0)),
         ]
         if not inline:
@@ -634,21 +654,23 @@ class SqliteStore:
         count = len(job.segments)
         first = count - len(new_segments)
         terminal = job.terminal
+        drop = not keeps_inputs(job, self.keep_failed_inputs)
         position = self._next_position()
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (_UPDATE_JOB, (int(job.state), job.revision, job.progress, job.started, job.finished, job.expires,
-                           _error_json(job.error), job.queue_position, job.logs, count, 1 if count_attempt else 0,
+                           _error_json(job.error), job.queue_position, job.logs, job.attempt, count,
+                           1 if count_attempt else 0,
                            position,
-                           terminal, terminal, None if result is None else encode_result(result), job.id,
+                           terminal, drop, None if result is None else encode_result(result), job.id,
                            job.revision - 1, -1 if attempt is None else attempt, 1 if count_attempt else 0,
                            -1 if attempt is None else attempt)),
             (_INSERT_REVISION, _revision_row(job, count)),
         ]
         statements += [(_INSERT_SEGMENT, (job.id, first + i, _dumps(s.to_dict()))) for i, s in enumerate(new_segments)]
-        if terminal and job.id in self._large_payloads:
+        if drop and job.id in self._large_payloads:
             self._large_payloads.discard(job.id)
             statements.append((_DELETE_PAYLOAD, (job.id,)))
-        if terminal and job.id in self._uploads.held:  # its audio goes once the end is stored
+        if drop and job.id in self._uploads.held:  # its audio goes once the end is stored
             on_commit = _then(on_commit, functools.partial(self._uploads.drop, job.id))
         if job.webhook is not None and webhook_wanted(job):
             statements.append((_MARK_WEBHOOK, (job.id, job.webhook.url, job.revision, time.time())))
@@ -700,6 +722,7 @@ class SqliteStore:
                 )
             self._delete(conn, job_id)
             self._uploads.drop(job_id)
+            self._large_payloads.discard(job_id)
 
         await self._submit(write)
 
@@ -716,6 +739,7 @@ class SqliteStore:
                 )
                 self._delete(conn, job.id)
                 self._uploads.drop(job.id)
+                self._large_payloads.discard(job.id)
             conn.execute("DELETE FROM tombstones WHERE until <= ?", (now,))
             return expired
 
@@ -749,7 +773,7 @@ class SqliteStore:
                 return []
             base = self._job_from_row(conn, row)
             revs = conn.execute(
-                "SELECT revision, state, progress, started, finished, expires, error, queue_position, segment_count "
+                "SELECT revision, state, progress, started, finished, expires, error, queue_position, segment_count, attempt "
                 "FROM revisions WHERE job_id = ? AND revision >= ? ORDER BY revision",
                 (job_id, after),
             ).fetchall()
@@ -769,6 +793,7 @@ class SqliteStore:
                         segments=base.segments[:count], queue_position=rev["queue_position"],
                         request_id=base.request_id, webhook=base.webhook, logs=base.logs,
                         queue_timeout=base.queue_timeout, run_timeout=base.run_timeout, priority=base.priority,
+                        retry_of=base.retry_of, attempt=rev["attempt"],
                     ),
                     offset,
                 ))

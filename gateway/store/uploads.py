@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["SPOOL_PREFIX", "UploadFiles", "new_copy", "reader", "remove", "spool_file", "sweep_spools", "sync_dir"]
+__all__ = ["SPOOL_PREFIX", "UploadFiles", "copy_upload", "new_copy", "reader", "remove", "spool_file", "sweep_spools", "sync_dir"]
 
 SPOOL_PREFIX = "upload-"  # then the writing process's pid and "-": a spool whose process is gone is a leftover
 
@@ -46,6 +46,19 @@ def new_copy(folder: Path | None) -> tuple[BinaryIO, Path]:
     job's upload kept elsewhere."""
     path = spool_file(folder) if folder is not None else Path(tempfile.mkstemp(prefix=SPOOL_PREFIX)[1])
     return open(path, "wb"), path
+
+
+def copy_upload(source: Path, folder: Path | None) -> Path:
+    """A copy of a job's uploaded audio in ``folder`` (or the system's temporary folder): what the store
+    takes in for another job (a retry) while the first keeps its own."""
+    f, path = new_copy(folder)
+    try:
+        with f, open(source, "rb") as src:
+            shutil.copyfileobj(src, f, 1024 * 1024)
+    except BaseException:
+        remove(path)
+        raise
+    return path
 
 
 def spool_file(folder: Path) -> Path:

@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway import logcontext
 from gateway.backends.base import Backend, JobContext
-from gateway.errors import Code, FailedPrecondition, GatewayError, ResourceExhausted
+from gateway.errors import Code, FailedPrecondition, GatewayError, JobError, ResourceExhausted
 from gateway.jobs import Job, JobFailure
 from gateway.lifecycle import Lifecycle
 from gateway.settings import RouteSettings
@@ -306,49 +306,95 @@ class RouteRunner:
         return loop.call_later(remaining, due)
 
     async def _run_backend(self, running: _Running, ctx: JobContext) -> None:
+        """Runs the job on the backend, and again (after the policy's backoff, the job still RUNNING and
+        still this worker's) while it fails transiently and the route's retry policy allows."""
         lifecycle = self.lifecycle
         job_id = running.job_id
         # The backend runs in this worker's own task (no task per job); Cancel cancels this task while,
-        # and only while, it is inside backend.run, so the CancelledError always surfaces here.
+        # and only while, it is inside backend.run (or a retry's backoff), so the CancelledError always
+        # surfaces here.
         running.task = asyncio.current_task()
-        try:
-            running.in_backend = True
+        backoff = 0.0
+        while True:
+            again: JobFailure | None = None
             try:
-                result = await self.backend.run(ctx)
-            finally:
-                running.in_backend = False
-                running.finishing = True
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if (running.cancel_requested or running.lost) and task is not None and task.uncancel() == 0:
+                running.in_backend = True
+                try:
+                    if backoff:
+                        await asyncio.sleep(backoff)
+                    result = await self.backend.run(ctx)
+                finally:
+                    running.in_backend = False
+                    running.finishing = True
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if (running.cancel_requested or running.lost) and task is not None and task.uncancel() == 0:
+                    if not running.lost:
+                        await self._stopped(running)  # cancelled by the caller, or timed out
+                    return
+                # The server is stopping: the job stays RUNNING and resumes at the next start (or on
+                # another worker), and this run does not count as a crashed attempt.
+                try:
+                    await lifecycle.interrupted(job_id)
+                except Exception:
+                    log.warning("route %s: job %s: could not mark its run as interrupted", self.name, job_id,
+                                exc_info=True)
+                raise
+            except GatewayError as exc:
                 if not running.lost:
-                    await self._stopped(running)  # cancelled by the caller, or timed out
-                return
-            # The server is stopping: the job stays RUNNING and resumes at the next start (or on
-            # another worker), and this run does not count as a crashed attempt.
-            try:
-                await lifecycle.interrupted(job_id)
-            except Exception:
-                log.warning("route %s: job %s: could not mark its run as interrupted", self.name, job_id, exc_info=True)
-            raise
-        except GatewayError as exc:
-            if not running.lost:
-                await lifecycle.fail(job_id, JobFailure(exc.code, exc.reason, exc.message, dict(exc.metadata)))
-        except Exception as exc:
-            if not running.lost:
-                log.exception("route %s: job %s crashed", self.name, job_id)
-                await lifecycle.fail(job_id, JobFailure(Code.INTERNAL, "BACKEND_ERROR", f"{type(exc).__name__}: {exc}"))
-        else:
-            if running.lost:
-                return
-            if running.cancel_requested:
-                await self._stopped(running)
+                    failure = JobFailure(exc.code, exc.reason, exc.message, dict(exc.metadata))
+                    if self._retryable(running, ctx, exc):
+                        again = failure
+                    else:
+                        await lifecycle.fail(job_id, failure)
+            except Exception as exc:
+                if not running.lost:
+                    log.exception("route %s: job %s crashed", self.name, job_id)
+                    await lifecycle.fail(job_id, JobFailure(Code.INTERNAL, "BACKEND_ERROR",
+                                                            f"{type(exc).__name__}: {exc}"))
             else:
-                await lifecycle.succeed(job_id, result)
-        finally:
-            elapsed = time.monotonic() - running.started
-            mean = self._mean_duration
-            self._mean_duration = elapsed if mean is None else 0.8 * mean + 0.2 * elapsed
+                if running.lost:
+                    return
+                if running.cancel_requested:
+                    await self._stopped(running)
+                else:
+                    await lifecycle.succeed(job_id, result)
+            finally:
+                elapsed = time.monotonic() - running.started
+                mean = self._mean_duration
+                self._mean_duration = elapsed if mean is None else 0.8 * mean + 0.2 * elapsed
+            if again is None:
+                return
+            retried = await self._next_run(running, ctx, again)
+            if retried is None:
+                return
+            ctx = retried
+            backoff = self.settings.retry.backoff(ctx.job.attempt - 1)
+            running.started = time.monotonic()
+
+    def _retryable(self, running: _Running, ctx: JobContext, exc: GatewayError) -> bool:
+        """Whether the route's retry policy runs the job again after this failure (one its backend marks
+        transient, runs left, and nobody asked the job to stop)."""
+        return (isinstance(exc, JobError) and exc.transient and ctx.job.attempt < self.settings.retry.max_attempts
+                and not running.cancel_requested and running.ending is None)
+
+    async def _next_run(self, running: _Running, ctx: JobContext, failure: JobFailure) -> JobContext | None:
+        """The context of the job's next run (its revision stored), or None: then the job has ended (FAILED
+        with ``failure`` when it could not run again, or stopped as asked meanwhile)."""
+        job = await self.lifecycle.retrying(running.job_id, failure)
+        if running.lost:
+            return None
+        if job is None:
+            await self.lifecycle.fail(running.job_id, failure)
+            return None
+        if running.cancel_requested:  # asked to stop while the failure was handled
+            await self._stopped(running)
+            return None
+        if ctx.checkpoint:  # what the failed run kept (an upstream's prediction) is not the next run's
+            await self.lifecycle.save_checkpoint(running.job_id, {})
+        running.finishing = False
+        running.ctx = JobContext(job, ctx.input, None, self.lifecycle)
+        return running.ctx
 
     async def _stopped(self, running: _Running) -> None:
         if running.ending is not None:

@@ -280,3 +280,37 @@ def test_a_spool_left_by_kill_9_is_deleted_at_the_next_start(
     assert _spooled(server)  # what the crash left
     server.start()
     assert not _spooled(server)
+
+
+def test_a_cancelled_upload_keeps_its_audio_and_retry_transcribes_it(gateway: ServerProcess, big_wav: Path) -> None:
+    with Client(gateway.target) as client:
+        job, _ = client.submit_job("whisper", audio=big_wav)
+        client.cancel(job.id)
+        assert list(client.watch(job.id))[-1].state.name == "CANCELLED"
+        assert (gateway.data_dir / "uploads" / job.id).is_file()  # kept for Retry while the job is
+        retried, existing = client.retry_job(job.id)
+        assert not existing and retried.retry_of == job.id
+        assert client.future(retried.id).result(timeout=180).text.strip() == TEXT
+        assert (gateway.data_dir / "uploads" / job.id).is_file()  # the old job still has its own
+        client.delete(job.id)
+        client.delete(retried.id)
+    wait_until(lambda: not _spooled(gateway), "the uploads to go with their jobs")
+
+
+def test_with_redis_a_cancelled_upload_is_retried_on_another_process(
+    make_server: Callable[..., ServerProcess], redis_process: RedisProcess, big_wav: Path,
+) -> None:
+    redis_process.flush()
+    config = (f'store = "{redis_process.url}"\nshutdown_grace_seconds = 0\n' + SMALL_RECEIVE + WHISPER_CONFIG
+              + f"max_audio_bytes = {8 * MiB}\n")
+    api = make_server(config, args=("--workers", "0"))
+    other = make_server(config, args=("--workers", "0"))
+    with Client(api.target) as client, Client(other.target) as second:
+        job, _ = client.submit_job("whisper", audio=big_wav)
+        client.cancel(job.id)  # queued: no worker runs it yet
+        assert int(redis_process.command("PTTL", f"gw:audio:{job.id}")) > 0  # kept as long as the job
+        retried, _ = second.retry_job(job.id)
+        assert redis_process.command("LLEN", f"gw:audio:{retried.id}") == "6"
+        make_server(config, command="worker", args=("--route", "whisper", "--workers", "1"))
+        assert second.future(retried.id).result(timeout=180).text.strip() == TEXT
+    assert not _spooled(api) and not _spooled(other)

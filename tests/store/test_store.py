@@ -136,8 +136,27 @@ async def test_failed_job_keeps_its_error(store: Store) -> None:
     await store.save_revision(failed)
     stored = await store.get_job(job.id)
     assert stored is not None and stored.error == failure and stored.state is JobState.FAILED
-    assert await store.get_payload(job.id) is None and await store.get_result(job.id) is None
+    assert await store.get_result(job.id) is None
     assert (await store.revisions_after(job.id, 1))[0][0].error == failure
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("size", [20, 300_000])  # inline in the job, and a payload of its own
+async def test_failed_and_cancelled_jobs_keep_their_inputs_for_retry_unless_told_not_to(
+        store: Store, keep: bool, size: int) -> None:
+    store.keep_failed_inputs = keep
+    payload = b'{"inputs":{}}\n' + b"a" * size
+    jobs = {state: make_job() for state in (JobState.FAILED, JobState.CANCELLED, JobState.SUCCEEDED)}
+    for state, job in jobs.items():
+        await store.create_job(job, "", payload)
+        await store.save_revision(finish(job, state, T0 + 1, error=None if state is JobState.SUCCEEDED else
+                                         JobFailure(Code.UNKNOWN, "X", "x")), result=JobOutput(1) if
+                                  state is JobState.SUCCEEDED else None)
+    assert await store.get_payload(jobs[JobState.SUCCEEDED].id) is None
+    for state in (JobState.FAILED, JobState.CANCELLED):
+        assert await store.get_payload(jobs[state].id) == (payload if keep else None)
+    await store.delete(jobs[JobState.FAILED].id)
+    assert await store.get_payload(jobs[JobState.FAILED].id) is None
 
 
 async def test_start_attempt_counts(store: Store) -> None:
@@ -357,3 +376,18 @@ async def test_a_job_redis_expired_before_the_sweep_leaves_nothing_naming_it(
             assert await store.tombstone(job.id, T0 + 21) == "t"
         finally:
             await raw.aclose()
+
+
+async def test_retry_of_and_attempt_are_stored_and_each_revision_keeps_its_attempt(store: Store) -> None:
+    job = replace(make_job(), retry_of="a" * 32)
+    await store.create_job(job, "", PAYLOAD)
+    running = step(job, state=JobState.RUNNING, started=T0, queue_position=0)
+    await store.save_revision(running)
+    again = step(running, attempt=2, progress=0.0)
+    await store.save_revision(again)
+    done = finish(again, JobState.SUCCEEDED, T0 + 2, progress=1.0)
+    await store.save_revision(done, result=JobOutput(1))
+    stored = await store.get_job(job.id)
+    assert stored is not None and (stored.retry_of, stored.attempt) == ("a" * 32, 2)
+    assert [(j.revision, j.attempt, j.retry_of) for j, _ in await store.revisions_after(job.id, 0)] == [
+        (1, 1, "a" * 32), (2, 1, "a" * 32), (3, 2, "a" * 32), (4, 2, "a" * 32)]

@@ -9,6 +9,7 @@ import {
 import { GatewayError, codeName, statusDetails } from "./errors.js";
 import {
   CancelResponseSchema, DeleteResponseSchema, FetchResponseSchema, GetResponseSchema, JobSchema, JobState,
+  RetryResponseSchema,
   ListResponseSchema, SubmitResponseSchema, TranscriptionTask, UploadResponseSchema, WatchJobsResponseSchema,
   WatchResponseSchema,
 } from "../gen/inferencegateway/gateway/v1/gateway_pb.js";
@@ -33,6 +34,7 @@ Synopsis:
   ${PROG} watch JOB_ID [--after-revision N] [--timeout SECONDS]
   ${PROG} fetch JOB_ID [--timeout SECONDS | --wait]
   ${PROG} cancel JOB_ID
+  ${PROG} retry JOB_ID
   ${PROG} delete JOB_ID [--force]
   ${PROG} list [--state STATE]... [--route NAME] [--label KEY=VALUE]...
           [--page-size N] [--page-token TOKEN] [--pages N]
@@ -43,8 +45,8 @@ Output:
   stdout carries only response messages of the API, one per line, in the canonical protobuf JSON
   mapping (lowerCamelCase names, enums by name, int64 as strings, RFC 3339 times, fields at their
   zero value printed too), compact: submit a SubmitResponse, get a GetResponse, watch one
-  WatchResponse per message, fetch a FetchResponse, cancel a CancelResponse, delete a
-  DeleteResponse ({}), list one ListResponse per page, watch-jobs one WatchJobsResponse per message.
+  WatchResponse per message, fetch a FetchResponse, cancel a CancelResponse, retry a
+  RetryResponse, delete a DeleteResponse ({}), list one ListResponse per page, watch-jobs one WatchJobsResponse per message.
   stderr carries errors and notes. An RPC error prints "CODE REASON: <the server's message>", then
   the ErrorInfo metadata as one JSON object, keys sorted (when there is any), then
   "  FIELD: DESCRIPTION" per invalid field.
@@ -98,6 +100,7 @@ const COMMANDS = {
   watch: { options: { "after-revision": V, timeout: V, help: F }, positionals: ["JOB_ID"] },
   fetch: { options: { timeout: V, wait: F, help: F }, positionals: ["JOB_ID"] },
   cancel: { options: { help: F }, positionals: ["JOB_ID"] },
+  retry: { options: { help: F }, positionals: ["JOB_ID"] },
   delete: { options: { force: F, help: F }, positionals: ["JOB_ID"] },
   list: { options: { ...FILTERS, "page-size": V, "page-token": V, pages: V, help: F }, positionals: [] },
   "watch-jobs": { options: { ...FILTERS, "resume-token": V, timeout: V, limit: V, help: F }, positionals: [] },
@@ -401,6 +404,11 @@ async function cancel(client, out, o, [jobId]) {
   return ExitCode.OK;
 }
 
+async function retry(client, out, o, [jobId]) {
+  out.emit(RetryResponseSchema, await client.call("Retry", { jobId }));
+  return ExitCode.OK;
+}
+
 async function del(client, out, o, [jobId]) {
   out.emit(DeleteResponseSchema, await client.call("Delete", { jobId, force: Boolean(o.force) }));
   return ExitCode.OK;
@@ -481,7 +489,7 @@ async function watchJobs(client, out, o) {
   return ExitCode.OK;
 }
 
-const RUN = { submit, get, watch, fetch, cancel, delete: del, list, "watch-jobs": watchJobs };
+const RUN = { submit, get, watch, fetch, cancel, retry, delete: del, list, "watch-jobs": watchJobs };
 
 /** Runs the command line; resolves with the exit code. */
 export async function main(argv, { env = process.env, stdout = process.stdout, stderr = process.stderr } = {}) {

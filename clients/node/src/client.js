@@ -52,9 +52,10 @@ export const CHANNEL_OPTIONS = {
   "grpc.max_reconnect_backoff_ms": 5_000,
 };
 
-// The RPCs that may be sent again after UNAVAILABLE: Get, Fetch, List only read, Cancel is
-// idempotent, Submit always carries a request_id (so a retried Submit answers the same job).
-const RETRYABLE = new Set(["Submit", "Upload", "Get", "Fetch", "List", "Cancel"]);
+// The RPCs that may be sent again after UNAVAILABLE: Get, Fetch, List only read, Cancel and Retry
+// are idempotent (a job is retried once), Submit always carries a request_id (so a retried Submit
+// answers the same job).
+const RETRYABLE = new Set(["Submit", "Upload", "Get", "Fetch", "List", "Cancel", "Retry"]);
 const RETRYABLE_SUBMIT_REASONS = new Set([
   "QUEUE_FULL", "QUEUE_BYTES_FULL", "SUBMIT_BYTES_IN_FLIGHT", "TENANT_QUEUE_FULL", "TENANT_RATE_LIMITED",
 ]);
@@ -360,6 +361,12 @@ export class GatewayClient {
     return (await this._call("Cancel", { jobId }, { timeout, metadata })).job;
   }
 
+  /** Runs a FAILED or CANCELLED job again as a new job (its retryOf names the old one); answers the
+   * RetryResponse ({ job, existing }: existing when the job had been retried already). */
+  async retryJob(jobId, { timeout, metadata } = {}) {
+    return this._call("Retry", { jobId }, { timeout, metadata });
+  }
+
   /** Forgets a finished job (with `force`, a running one too). Never retried. */
   async delete(jobId, { force = false, timeout, metadata } = {}) {
     await this._call("Delete", { jobId, force }, { timeout, metadata });
@@ -505,7 +512,7 @@ async function* audioChunks(audio) {
 function retryFloor(name, err) {
   if (!(err instanceof RpcError) || !RETRYABLE.has(name)) return null;
   if (err.code === grpc.status.UNAVAILABLE) return err.retryAfter ?? 0;
-  if ((name === "Submit" || name === "Upload") && err.code === grpc.status.RESOURCE_EXHAUSTED && RETRYABLE_SUBMIT_REASONS.has(err.reason)) {
+  if ((name === "Submit" || name === "Upload" || name === "Retry") && err.code === grpc.status.RESOURCE_EXHAUSTED && RETRYABLE_SUBMIT_REASONS.has(err.reason)) {
     return err.retryAfter ?? 0;
   }
   return null;

@@ -5,7 +5,7 @@ import type { JsonObject, JsonValue, Registry } from "@bufbuild/protobuf";
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import type { Status } from "../gen/google/rpc/status_pb.js";
 import type {
-  FetchResponse, Heartbeat, Job, JobState, ListResponse, SubmitResponse, Transcript, TranscriptionRequest, WebhookEvent,
+  FetchResponse, Heartbeat, Job, JobState, ListResponse, RetryResponse, SubmitResponse, Transcript, TranscriptionRequest, WebhookEvent,
   WatchJobsResponse, WatchResponse,
 } from "../gen/inferencegateway/gateway/v1/gateway_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -107,7 +107,7 @@ export declare class GatewayClient {
   /** Stops every call, stream and future of this client. */
   close(): void;
   /** Any unary RPC by name, with the retry policy. */
-  call(name: "Submit" | "Upload" | "Get" | "Fetch" | "Cancel" | "Delete" | "List", request: object, options?: CallOptions): Promise<any>;
+  call(name: "Submit" | "Upload" | "Get" | "Fetch" | "Cancel" | "Retry" | "Delete" | "List", request: object, options?: CallOptions): Promise<any>;
   readonly uploadAbove: number;
   submitJob(route: string, inputs?: JsonObject, options?: SubmitOptions): Promise<SubmitResponse>;
   /** Submits a job; resolves (once the server accepted it) with its future. */
@@ -118,6 +118,9 @@ export declare class GatewayClient {
    * (seconds) the server waits up to it. See resultOf for the result. */
   fetch(jobId: string, options?: CallOptions & { wait?: number }): Promise<FetchResponse>;
   cancel(jobId: string, options?: CallOptions): Promise<Job>;
+  /** Runs a FAILED or CANCELLED job again as a new job (job.retryOf names the old one); `existing` when
+   * the job had been retried already (a job is retried once). */
+  retryJob(jobId: string, options?: CallOptions): Promise<RetryResponse>;
   delete(jobId: string, options?: CallOptions & { force?: boolean }): Promise<void>;
   /** Every revision once, in order, each Job with the whole transcript so far; resumes when cut. */
   watch(jobId: string, options?: WatchOptions & { heartbeats?: false }): AsyncGenerator<Job, void, undefined>;

@@ -141,6 +141,21 @@ describe("gateway-client-node", () => {
     assert.match(watched.stderr, /job \w+ was cancelled: CANCELLED CANCELLED: the job was cancelled/);
   });
 
+  test("retry prints the RetryResponse as the Python CLI does; a second retry the same job", async () => {
+    const node = await nodeCli(gateway.target, ["retry", ids.failed]);
+    assert.equal(node.code, 0, node.stderr);
+    const [first] = lines(node.stdout);
+    assert.equal(first.job.retryOf, ids.failed);
+    assert.equal(first.existing, false);
+    const python = await pythonCli(gateway.target, ["retry", ids.failed]);
+    assert.equal(python.code, 0, python.stderr);
+    const [second] = lines(python.stdout);
+    assert.equal(second.job.id, first.job.id);
+    assert.equal(second.existing, true);
+    assert.deepEqual(Object.keys(first).sort(), Object.keys(second).sort()); // (the job may have run meanwhile)
+    await same(["retry", ids.done], { exitCode: 1 }); // SUCCEEDED: FAILED_PRECONDITION JOB_NOT_RETRYABLE
+  });
+
   test("RPC errors print CODE REASON: message, the metadata, the field violations; exit 1", async () => {
     await same(["get", "0".repeat(32)], { exitCode: 1 });
     await same(["submit", "--route", "echo", "--inputs", '{"delay_ms": -1, "steps": "x"}'], { exitCode: 1 });

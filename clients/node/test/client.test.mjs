@@ -86,6 +86,20 @@ describe("GatewayClient", () => {
     assert.throws(() => client.submitJob("echo", {}, { priority: 7 }), RangeError);
   });
 
+  test("retryJob runs a failed job again as a new job linked to it; a second retry answers the same", async () => {
+    const future = await client.submit("echo", { fail_with: "flaky" }, { labels: { retry: "node" } });
+    await within(future.result().then(() => null, (e) => e), 30_000, "the future");
+    const { job, existing } = await client.retryJob(future.jobId);
+    assert.equal(existing, false);
+    assert.equal(job.retryOf, future.jobId);
+    assert.equal(job.attempt, 1);
+    assert.deepEqual(job.labels, { retry: "node" });
+    const again = await client.retryJob(future.jobId);
+    assert.equal(again.existing, true);
+    assert.equal(again.job.id, job.id);
+    assert.equal((await client.get(future.jobId)).retriedBy, job.id);
+  });
+
   test("cancel: a running job ends CANCELLED and its future rejects", async () => {
     const future = await client.submit("echo", { delay_ms: 20_000, steps: 100 });
     await waitFor(() => future.job.state === JobState.RUNNING, { what: "the job to run" });

@@ -577,6 +577,16 @@ class AsyncClient:
         response = await self._call("Cancel", lambda _: pb.CancelRequest(job_id=job_id), timeout, metadata)
         return Job.from_proto(response.job)
 
+    async def retry_job(
+        self, job_id: str, *, timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> tuple[Job, bool]:
+        """Runs a FAILED or CANCELLED job again as a new job (same inputs, route, labels, priority, deadlines,
+        webhook; its ``retry_of`` names the old one); answers (new job, existing). A job is retried once: a
+        second call answers the first's job (existing True). FailedPreconditionError JOB_NOT_DONE while the
+        job runs, JOB_NOT_RETRYABLE if it SUCCEEDED, INPUT_LOST if its inputs are no longer kept."""
+        response = await self._call("Retry", lambda _: pb.RetryRequest(job_id=job_id), timeout, metadata)
+        return Job.from_proto(response.job), response.existing
+
     async def delete(
         self, job_id: str, *, force: bool = False, timeout: float | None = None, metadata: Metadata | None = None,
     ) -> None:

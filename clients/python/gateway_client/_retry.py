@@ -2,9 +2,10 @@
 
 What is retried, and why it is safe:
 - UNAVAILABLE (the one code AIP-194 calls retryable: the server restarting or draining, a
-  connection reset) on Submit, Get, Fetch, List and Cancel. Get, Fetch and List only read;
-  Cancel is idempotent (cancelling twice is cancelling once); Submit is retried only because the
-  client always sends a request_id, so a retried Submit answers the job the first one created.
+  connection reset) on Submit, Get, Fetch, List, Cancel and Retry. Get, Fetch and List only read;
+  Cancel is idempotent (cancelling twice is cancelling once), and so is Retry (a job is retried once:
+  a second Retry answers the job the first made); Submit is retried only because the client always
+  sends a request_id, so a retried Submit answers the job the first one created.
 - RESOURCE_EXHAUSTED with reason QUEUE_FULL, QUEUE_BYTES_FULL, SUBMIT_BYTES_IN_FLIGHT, TENANT_QUEUE_FULL or
   TENANT_RATE_LIMITED on Submit, no sooner than the server's RetryInfo delay (nothing was created: the route's
   queue, the server's intake, or the tenant's own queue or rate was full).
@@ -31,7 +32,7 @@ from gateway_client._errors import GatewayError, RpcError
 __all__ = ["DEFAULT_RETRY", "NO_RETRY", "RetryPolicy", "stream_resumable"]
 
 # The RPCs that may be sent again after UNAVAILABLE (see the module docstring).
-RETRYABLE_METHODS = frozenset({"Submit", "Upload", "Get", "Fetch", "List", "Cancel"})
+RETRYABLE_METHODS = frozenset({"Submit", "Upload", "Get", "Fetch", "List", "Cancel", "Retry"})
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def retry_floor(method: str, error: RpcError) -> float | None:
         return None
     if error.code is grpc.StatusCode.UNAVAILABLE:
         return error.retry_delay or 0.0
-    if (method in ("Submit", "Upload") and error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    if (method in ("Submit", "Upload", "Retry") and error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
             and error.reason in SUBMIT_RETRY_REASONS):
         return error.retry_delay or 0.0
     return None

@@ -335,6 +335,12 @@ class Client:
         """Asks the job to stop; answers at once with the job then (see AsyncClient.cancel)."""
         return self._run(self._async.cancel(job_id, timeout=timeout, metadata=metadata))
 
+    def retry_job(
+        self, job_id: str, *, timeout: float | None = None, metadata: Metadata | None = None,
+    ) -> tuple[Job, bool]:
+        """Runs a FAILED or CANCELLED job again as a new job; answers (job, existing) (see AsyncClient.retry_job)."""
+        return self._run(self._async.retry_job(job_id, timeout=timeout, metadata=metadata))
+
     def delete(
         self, job_id: str, *, force: bool = False, timeout: float | None = None, metadata: Metadata | None = None,
     ) -> None:

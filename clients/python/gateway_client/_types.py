@@ -188,6 +188,12 @@ class Job:
     """1 (most urgent) to 5: its order among its tenant's jobs waiting on the route."""
     estimated_start_time: datetime | None = None
     """A queued job, in get() and fetch(): when it is likely to start (a guess from the route's run times)."""
+    retry_of: str = ""
+    """A job made by retry(): the job it runs again."""
+    retried_by: str = ""
+    """A FAILED or CANCELLED job that retry() ran again, in get(), fetch() and cancel(): the new job."""
+    attempt: int = 1
+    """Which run this is: 1, then one more each time the route's retry policy ran it again after a transient failure."""
 
     @classmethod
     def from_proto(cls, m: pb.Job, segments: tuple[Segment, ...] | None = None) -> Job:
@@ -214,6 +220,9 @@ class Job:
             run_timeout=m.run_timeout.ToTimedelta().total_seconds() if m.HasField("run_timeout") else None,
             priority=m.priority or 3,
             estimated_start_time=_optional_time(m, "estimated_start_time"),
+            retry_of=m.retry_of,
+            retried_by=m.retried_by,
+            attempt=m.attempt or 1,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -209,6 +209,7 @@ class UpstreamHttp:
         raise UpstreamError(
             f"the upstream's {what} kept failing ({max_retries + 1} attempts); last: {last}",
             "UPSTREAM_UNAVAILABLE", Code.UNAVAILABLE, {"step": what},
+            transient=creates,  # the upstream never took the job: running it again makes no second one
         )
 
     async def _send(self, method: str, url: str, what: str, json_body: Any, headers: Mapping[str, str] | None,

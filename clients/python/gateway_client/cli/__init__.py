@@ -1,7 +1,7 @@
 """`gateway-client`: the command line of the gateway.
 
 This package's docstring is its manual (the --help epilog). One module per group of commands:
-jobs (submit, get, fetch, cancel, delete, list), watch (watch, watch-jobs), transcribe; beside
+jobs (submit, get, fetch, cancel, retry, delete, list), watch (watch, watch-jobs), transcribe; beside
 them args (argument types, shared options), connection (target, token, TLS, the session), output
 (stdout, stderr, exit codes) and streams (reading within --timeout, Watch resumed after a cut).
 
@@ -19,6 +19,7 @@ Synopsis:
   gateway-client watch JOB_ID [--after-revision N] [--timeout SECONDS]
   gateway-client fetch JOB_ID [--timeout SECONDS | --wait]
   gateway-client cancel JOB_ID
+  gateway-client retry JOB_ID
   gateway-client delete JOB_ID [--force]
   gateway-client list [--state STATE]... [--route NAME] [--label KEY=VALUE]...
                       [--page-size N] [--page-token TOKEN] [--pages N]
@@ -34,7 +35,7 @@ Output:
   mapping (lowerCamelCase names, enums by name, int64 as strings, RFC 3339 times, fields at
   their zero value printed too), compact: submit a SubmitResponse, get a GetResponse, watch one
   WatchResponse per message (updates and heartbeats), fetch a FetchResponse, cancel a
-  CancelResponse, delete a DeleteResponse ({}), list one ListResponse per page, watch-jobs one
+  CancelResponse, retry a RetryResponse, delete a DeleteResponse ({}), list one ListResponse per page, watch-jobs one
   WatchJobsResponse per message (each with its resume token), transcribe --format json (--json)
   the FetchResponse. Messages are printed as received: read Job.done, not Job.state, to tell
   whether a job has ended (states may be added in v1). The other formats of transcribe print no
@@ -92,7 +93,7 @@ __all__ = ["ExitCode", "main"]
 
 # The commands in the order of --help: each module adds its own.
 _COMMANDS: tuple[Callable[[AddCommand], None], ...] = (
-    jobs.add_submit, jobs.add_get, watch.add_watch, jobs.add_fetch, jobs.add_cancel, jobs.add_delete, jobs.add_list,
+    jobs.add_submit, jobs.add_get, watch.add_watch, jobs.add_fetch, jobs.add_cancel, jobs.add_retry, jobs.add_delete, jobs.add_list,
     watch.add_watch_jobs, transcribe.add_transcribe,
 )
 

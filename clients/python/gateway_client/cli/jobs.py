@@ -64,6 +64,11 @@ async def _cancel(session: Session, args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
+async def _retry(session: Session, args: argparse.Namespace) -> ExitCode:
+    emit(await session.call("Retry", pb.RetryRequest(job_id=args.job_id)))
+    return ExitCode.OK
+
+
 async def _delete(session: Session, args: argparse.Namespace) -> ExitCode:
     emit(await session.call("Delete", pb.DeleteRequest(job_id=args.job_id, force=args.force)))
     return ExitCode.OK
@@ -146,6 +151,15 @@ def add_cancel(command: AddCommand) -> None:
                      "running one ends CANCELLED soon: watch it).", EXITS_OF_A_CALL)
     cancel.add_argument("job_id", metavar="JOB_ID")
     cancel.set_defaults(run=_cancel)
+
+
+def add_retry(command: AddCommand) -> None:
+    retry = command("retry", "run a failed or cancelled job again (RetryResponse)",
+                    "Runs a FAILED or CANCELLED job again as a new job (the same inputs, route, labels, priority, "
+                    "deadlines and webhook; its retryOf names the old job) and prints the RetryResponse. A job is "
+                    "retried once: retrying it again prints the same new job (existing true).", EXITS_OF_A_CALL)
+    retry.add_argument("job_id", metavar="JOB_ID")
+    retry.set_defaults(run=_retry)
 
 
 def add_delete(command: AddCommand) -> None:

@@ -84,6 +84,11 @@ class GatewayServiceStub:
                 request_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobsRequest.SerializeToString,
                 response_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobsResponse.FromString,
                 _registered_method=True)
+        self.Retry = channel.unary_unary(
+                '/inferencegateway.gateway.v1.GatewayService/Retry',
+                request_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.RetryRequest.SerializeToString,
+                response_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.RetryResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -169,6 +174,18 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Retry(self, request, context):
+        """Runs a FAILED or CANCELLED job again as a new job: the same inputs, route, labels, priority,
+        deadlines and webhook, its retry_of naming the old job (whose retried_by then names the new
+        one). A job is retried once: Retry of a job already retried answers that retry (existing
+        true); retry the new job to try again. Admitted as Submit is (the tenant's limits hold).
+        FAILED_PRECONDITION with reason JOB_NOT_DONE while the job runs, JOB_NOT_RETRYABLE for a
+        SUCCEEDED job, INPUT_LOST when its inputs are no longer kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -216,6 +233,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.WatchJobs,
                     request_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobsRequest.FromString,
                     response_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobsResponse.SerializeToString,
+            ),
+            'Retry': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retry,
+                    request_deserializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.RetryRequest.FromString,
+                    response_serializer=inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.RetryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -465,6 +487,33 @@ class GatewayService:
             '/inferencegateway.gateway.v1.GatewayService/WatchJobs',
             inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobsRequest.SerializeToString,
             inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inferencegateway.gateway.v1.GatewayService/Retry',
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.RetryRequest.SerializeToString,
+            inferencegateway_dot_gateway_dot_v1_dot_gateway__pb2.RetryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -360,6 +360,30 @@ export declare type Job = Message<"inferencegateway.gateway.v1.Job"> & {
    * @generated from field: google.protobuf.Timestamp estimated_start_time = 22;
    */
   estimatedStartTime?: Timestamp | undefined;
+
+  /**
+   * Set on a job made by Retry: the job it runs again.
+   *
+   * @generated from field: string retry_of = 23;
+   */
+  retryOf: string;
+
+  /**
+   * A FAILED or CANCELLED job that Retry ran again, in Get, Fetch and Cancel: the new job (while
+   * that one is retained).
+   *
+   * @generated from field: string retried_by = 24;
+   */
+  retriedBy: string;
+
+  /**
+   * Which run of the job this is: 1, then one more for each time the route's retry policy ran it
+   * again after a failure its backend marks transient (the job stays RUNNING meanwhile). See the
+   * route's [routes.<name>.retry] settings.
+   *
+   * @generated from field: int32 attempt = 25;
+   */
+  attempt: number;
 };
 
 /**
@@ -532,6 +556,30 @@ export declare type JobJson = {
    * @generated from field: google.protobuf.Timestamp estimated_start_time = 22;
    */
   estimatedStartTime?: TimestampJson;
+
+  /**
+   * Set on a job made by Retry: the job it runs again.
+   *
+   * @generated from field: string retry_of = 23;
+   */
+  retryOf?: string;
+
+  /**
+   * A FAILED or CANCELLED job that Retry ran again, in Get, Fetch and Cancel: the new job (while
+   * that one is retained).
+   *
+   * @generated from field: string retried_by = 24;
+   */
+  retriedBy?: string;
+
+  /**
+   * Which run of the job this is: 1, then one more for each time the route's retry policy ran it
+   * again after a failure its backend marks transient (the job stays RUNNING meanwhile). See the
+   * route's [routes.<name>.retry] settings.
+   *
+   * @generated from field: int32 attempt = 25;
+   */
+  attempt?: number;
 };
 
 /**
@@ -1883,6 +1931,80 @@ export declare type ListResponseJson = {
 export declare const ListResponseSchema: GenMessage<ListResponse, {jsonType: ListResponseJson}>;
 
 /**
+ * @generated from message inferencegateway.gateway.v1.RetryRequest
+ */
+export declare type RetryRequest = Message<"inferencegateway.gateway.v1.RetryRequest"> & {
+  /**
+   * A FAILED or CANCELLED job of the caller's tenant.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+};
+
+/**
+ * @generated from message inferencegateway.gateway.v1.RetryRequest
+ */
+export declare type RetryRequestJson = {
+  /**
+   * A FAILED or CANCELLED job of the caller's tenant.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId?: string;
+};
+
+/**
+ * Describes the message inferencegateway.gateway.v1.RetryRequest.
+ * Use `create(RetryRequestSchema)` to create a new message.
+ */
+export declare const RetryRequestSchema: GenMessage<RetryRequest, {jsonType: RetryRequestJson}>;
+
+/**
+ * @generated from message inferencegateway.gateway.v1.RetryResponse
+ */
+export declare type RetryResponse = Message<"inferencegateway.gateway.v1.RetryResponse"> & {
+  /**
+   * The new job (QUEUED), or the one an earlier Retry of the same job made.
+   *
+   * @generated from field: inferencegateway.gateway.v1.Job job = 1;
+   */
+  job?: Job | undefined;
+
+  /**
+   * True when the job had been retried already and no new job was created.
+   *
+   * @generated from field: bool existing = 2;
+   */
+  existing: boolean;
+};
+
+/**
+ * @generated from message inferencegateway.gateway.v1.RetryResponse
+ */
+export declare type RetryResponseJson = {
+  /**
+   * The new job (QUEUED), or the one an earlier Retry of the same job made.
+   *
+   * @generated from field: inferencegateway.gateway.v1.Job job = 1;
+   */
+  job?: JobJson;
+
+  /**
+   * True when the job had been retried already and no new job was created.
+   *
+   * @generated from field: bool existing = 2;
+   */
+  existing?: boolean;
+};
+
+/**
+ * Describes the message inferencegateway.gateway.v1.RetryResponse.
+ * Use `create(RetryResponseSchema)` to create a new message.
+ */
+export declare const RetryResponseSchema: GenMessage<RetryResponse, {jsonType: RetryResponseJson}>;
+
+/**
  * @generated from message inferencegateway.gateway.v1.WatchJobsRequest
  */
 export declare type WatchJobsRequest = Message<"inferencegateway.gateway.v1.WatchJobsRequest"> & {
@@ -2259,6 +2381,21 @@ export declare const GatewayService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchJobsRequestSchema;
     output: typeof WatchJobsResponseSchema;
+  },
+  /**
+   * Runs a FAILED or CANCELLED job again as a new job: the same inputs, route, labels, priority,
+   * deadlines and webhook, its retry_of naming the old job (whose retried_by then names the new
+   * one). A job is retried once: Retry of a job already retried answers that retry (existing
+   * true); retry the new job to try again. Admitted as Submit is (the tenant's limits hold).
+   * FAILED_PRECONDITION with reason JOB_NOT_DONE while the job runs, JOB_NOT_RETRYABLE for a
+   * SUCCEEDED job, INPUT_LOST when its inputs are no longer kept.
+   *
+   * @generated from rpc inferencegateway.gateway.v1.GatewayService.Retry
+   */
+  retry: {
+    methodKind: "unary";
+    input: typeof RetryRequestSchema;
+    output: typeof RetryResponseSchema;
   },
 }>;
 
