@@ -41,6 +41,11 @@ class Origin:
                     self.send_response(302)
                     self.send_header("Location", f"http://localhost:{origin.port}/audio.wav")
                     self.end_headers()
+                elif path.startswith("/flaky/"):  # busy (503) for its first two requests, then the audio
+                    seen = sum(1 for r in origin.requests if r["path"].split("?", 1)[0] == path)
+                    self._send(503, b"busy") if seen <= 2 else self._send(200, AUDIO)
+                elif path == "/down.wav":
+                    self._send(503, b"down for maintenance")
                 elif path == "/here":
                     self.send_response(302)
                     self.send_header("Location", "/audio.wav?moved=1")
@@ -73,7 +78,8 @@ def origin() -> Iterator[Origin]:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, origin: Origin) -> Iterator[ServerProcess]:
     config = (f'[audio_url]\nallowed_prefixes = ["{origin.base}/"]\nallowed_networks = ["127.0.0.0/8"]\n'
-              f"max_bytes = {len(AUDIO) * 4}\n" + WHISPER_CONFIG)
+              f"max_bytes = {len(AUDIO) * 4}\n" + WHISPER_CONFIG
+              + "[routes.whisper.retry]\nmax_attempts = 3\ninitial_backoff_seconds = 0.2\n")
     server = ServerProcess(tmp_path_factory.mktemp("audio-url"), config).start()
     server.wait_serving("route/whisper")
     yield server
@@ -115,6 +121,7 @@ def test_a_fetch_that_fails_ends_the_job_with_its_reason(gateway: ServerProcess,
         with pytest.raises(JobFailedError) as failed:
             future.result(timeout=60)
     assert failed.value.reason == reason
+    assert failed.value.job.attempt == 1  # none of these is transient: not run again
     if path == "/away":  # the redirect was not followed
         assert not any(r["headers"].get("Host", "").startswith("localhost") for r in origin.requests)
 
@@ -133,3 +140,16 @@ def test_loopback_is_refused_unless_allowed_networks_says_so(make_server, origin
         client.transcribe(AudioUrl(f"{origin.base}/audio.wav"))
     assert refused.value.reason == "AUDIO_URL_NOT_ALLOWED" and "loopback" in str(refused.value)
     assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_url_whose_server_is_briefly_busy_is_fetched_again_by_the_routes_retry_policy(
+        gateway: ServerProcess, origin: Origin) -> None:
+    with Client(gateway.target) as client:
+        future = client.transcribe(AudioUrl(f"{origin.base}/flaky/{uuid.uuid4().hex}.wav"))
+        assert "seashells" in future.result(timeout=120).text.lower()
+        assert client.get(future.job_id).attempt == 3  # two 503s, then the audio
+        down = client.transcribe(AudioUrl(f"{origin.base}/down.wav"))
+        with pytest.raises(JobFailedError) as failed:
+            down.result(timeout=120)
+    assert failed.value.reason == "AUDIO_URL_FETCH_FAILED" and "503" in str(failed.value)
+    assert failed.value.job.attempt == 3  # max_attempts, then the last run's error

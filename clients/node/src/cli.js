@@ -278,7 +278,7 @@ class Output {
   }
 
   error(err) {
-    const head = err.reason ? `${err.codeName} ${err.reason}` : err.codeName;
+    const head = errorHead(err.codeName, err.reason);
     let text = `${head}: ${err.details ?? err.message}\n`;
     if (err.metadata && Object.keys(err.metadata).length) {
       const sorted = Object.fromEntries(Object.keys(err.metadata).sort().map((k) => [k, err.metadata[k]]));
@@ -301,7 +301,7 @@ function ending(out, job) {
   const how = cancelled ? "was cancelled" : "failed";
   if (job.error !== undefined) {
     const d = statusDetails(job.error);
-    const head = d.reason ? `${codeName(d.code)} ${d.reason}` : codeName(d.code);
+    const head = errorHead(codeName(d.code), d.reason);
     out.note(`job ${job.id} ${how}: ${head}: ${d.message}`);
   } else {
     out.note(`job ${job.id} ${how}`);
@@ -402,6 +402,11 @@ async function get(client, out, o, [jobId]) {
 async function cancel(client, out, o, [jobId]) {
   out.emit(CancelResponseSchema, await client.call("Cancel", { jobId }));
   return ExitCode.OK;
+}
+
+/** "CODE REASON", or the code alone when there is no reason or it only says the code again (CANCELLED). */
+function errorHead(code, reason) {
+  return reason && reason !== code ? `${code} ${reason}` : code;
 }
 
 async function retry(client, out, o, [jobId]) {

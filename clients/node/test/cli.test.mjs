@@ -138,7 +138,7 @@ describe("gateway-client-node", () => {
     const again = await same(["cancel", job.id], { exitCode: 0 });
     assert.deepEqual(shape(again.messages[0]), shape(golden("cancel")[1].stdout[0]));
     const watched = await same(["watch", job.id], { exitCode: 4 });
-    assert.match(watched.stderr, /job \w+ was cancelled: CANCELLED CANCELLED: the job was cancelled/);
+    assert.match(watched.stderr, /job \w+ was cancelled: CANCELLED: the job was cancelled/);
   });
 
   test("retry prints the RetryResponse as the Python CLI does; a second retry the same job", async () => {

@@ -15,20 +15,23 @@ Synopsis:
                         [--word-timestamps] [--vad-filter | --no-vad-filter]
                         [--label KEY=VALUE]... [--request-id ID]
                         [--webhook URL [--webhook-events EVENT[,EVENT]...]]
-  gateway-client get JOB_ID
+                        [--queue-timeout SECONDS] [--run-timeout SECONDS] [--priority 1-5]
+                        [-o {json,table,id} | -q]
+  gateway-client get JOB_ID [-o {json,table,id} | -q]
   gateway-client watch JOB_ID [--after-revision N] [--timeout SECONDS]
   gateway-client fetch JOB_ID [--timeout SECONDS | --wait]
-  gateway-client cancel JOB_ID
-  gateway-client retry JOB_ID
+  gateway-client cancel JOB_ID [-o {json,table,id} | -q]
+  gateway-client retry JOB_ID [-o {json,table,id} | -q]
   gateway-client delete JOB_ID [--force]
   gateway-client list [--state STATE]... [--route NAME] [--label KEY=VALUE]...
-                      [--page-size N] [--page-token TOKEN] [--pages N]
+                      [--page-size N] [--page-token TOKEN] [--pages N] [-o {json,table,id} | -q]
   gateway-client watch-jobs [--state STATE]... [--route NAME] [--label KEY=VALUE]...
                             [--resume-token TOKEN] [--timeout SECONDS] [--limit N]
   gateway-client transcribe FILE [--route NAME] [--language CODE] [--task {transcribe,translate}]
                             [--beam-size N] [--word-timestamps] [--vad-filter | --no-vad-filter]
                             [--label KEY=VALUE]... [--request-id ID] [--timeout SECONDS]
                             [--format {text,json,srt,vtt} | --json] [--quiet]
+  gateway-client completion {bash,zsh}
 
 Output:
   stdout carries only response messages of the API, one per line, in the canonical protobuf JSON
@@ -41,6 +44,10 @@ Output:
   whether a job has ended (states may be added in v1). The other formats of transcribe print no
   message: text (the default) the transcript's text, one line; srt and vtt its segments as SubRip
   or WebVTT subtitles (the writer of Transcript.to_srt() and to_vtt()), ready for `> FILE`.
+  On a terminal, get and list print a table instead (a job's fields one per line; a row per job with
+  its state, progress, age and error); -o json asks for the JSON lines anywhere, -o table for the
+  table anywhere, and -o id (-q) for the job ids alone, one per line, as in
+  `JOB=$(gateway-client submit --route echo --inputs '{}' -q)`.
   stderr carries errors, notes and transcribe's progress. An RPC error prints
   "CODE REASON: <the server's message>", then the ErrorInfo metadata as one JSON object, keys
   sorted (when there is any), then "  FIELD: DESCRIPTION" per invalid field.
@@ -81,15 +88,21 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 
+import grpc
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from gateway_client._errors import GatewayError
 from gateway_client.cli import connection, jobs, transcribe, watch
 from gateway_client.cli.args import AddCommand, UsageError
+from gateway_client.cli.completion import add_completion
 from gateway_client.cli.connection import Session, resolve_token
 from gateway_client.cli.output import PROG, ExitCode, print_error
 
 __all__ = ["ExitCode", "main"]
+
+# How gRPC says that no connection could be made (rather than a server answering UNAVAILABLE).
+_CONNECT_FAILED = re.compile(r"failed to connect to all addresses|Connection refused|DNS resolution failed|"
+                             r"Name or service not known|errors resolving|lookup error", re.IGNORECASE)
 
 # The commands in the order of --help: each module adds its own.
 _COMMANDS: tuple[Callable[[AddCommand], None], ...] = (
@@ -133,19 +146,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     for add in _COMMANDS:
         add(command)
+    add_completion(command("completion", "print a shell completion script (bash, zsh)",
+                           "Prints a completion script for bash or zsh; load it with "
+                           f'eval "$({PROG} completion bash)" in ~/.bashrc (or zsh in ~/.zshrc).',
+                           "exit codes: 0 ok, 2 usage"), parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; answers the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)  # exits 2 on bad arguments
+    if getattr(args, "offline", None) is not None:  # needs no gateway
+        return int(args.offline(args))
     try:
         return int(asyncio.run(_run(args, resolve_token(args, os.environ))))
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     except GatewayError as exc:
-        print_error(exc)
+        if exc.code is grpc.StatusCode.UNAVAILABLE and _CONNECT_FAILED.search(exc.message):
+            lowered = exc.message.lower()
+            why = ("connection refused" if "refused" in lowered else
+                   "its name does not resolve" if "resolv" in lowered or "lookup" in lowered else "no connection")
+            print(f"UNAVAILABLE: cannot connect to {args.target} ({why}): is a gateway running there? Start one with "
+                  "`gateway serve` (`make run` in a checkout), or point --target or $GATEWAY_TARGET at one.",
+                  file=sys.stderr)
+        else:
+            print_error(exc)
         return ExitCode.RPC_ERROR
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED

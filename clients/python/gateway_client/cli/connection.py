@@ -23,7 +23,7 @@ from gateway_client._aio import (
 from gateway_client._errors import translate_errors
 from gateway_client.cli.args import UsageError, read_bytes, seconds
 
-__all__ = ["DEFAULT_RPC_TIMEOUT", "Session", "add_options", "channel", "resolve_token"]
+__all__ = ["DEFAULT_RPC_TIMEOUT", "Session", "add_options", "channel", "check_target", "resolve_token"]
 
 DEFAULT_RPC_TIMEOUT = 30.0
 
@@ -90,7 +90,25 @@ def resolve_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str |
     return None
 
 
+_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")  # gRPC name syntax, taken as given
+
+
+def check_target(target: str) -> str:
+    """A gRPC target the CLI can use: HOST:PORT, [IPV6]:PORT, or a gRPC URI (unix:PATH, dns:///HOST:PORT...). A
+    host without a port is refused rather than sent to port 443, which gRPC would pick."""
+    if target.startswith(_SCHEMES):
+        return target
+    host, colon, port = target.rpartition(":")
+    if not colon or not host or (host.count(":") and not (host.startswith("[") and host.endswith("]"))):
+        raise UsageError(f"--target {target!r} has no port: give HOST:PORT (a gateway listens on port 50051 unless "
+                         "told otherwise), or unix:PATH")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--target {target!r}: the port must be a number from 1 to 65535")
+    return target
+
+
 def channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    check_target(args.target)
     if (args.cert_file is None) != (args.key_file is None):
         raise UsageError("--cert-file and --key-file go together")
     if not (args.tls or args.ca_file or args.cert_file):

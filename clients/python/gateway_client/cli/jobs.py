@@ -1,4 +1,4 @@
-"""The commands of one call each: submit, get, fetch, cancel, delete, list."""
+"""The commands of one call each: submit, get, fetch, cancel, retry, delete, list."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from gateway_client.cli.args import (
 )
 from gateway_client.cli.connection import Session
 from gateway_client.cli.output import EXITS_OF_A_CALL, EXITS_OF_A_JOB, ExitCode, emit, ending, timed_out
+from gateway_client.cli.table import add_output, output_format, show
 
-__all__ = ["MAX_FETCH_WAIT", "add_cancel", "add_delete", "add_fetch", "add_get", "add_list", "add_submit"]
+__all__ = ["MAX_FETCH_WAIT", "add_cancel", "add_delete", "add_fetch", "add_get", "add_list", "add_retry", "add_submit"]
 
 # The server waits at most an hour in Fetch; --wait asks for all of it.
 MAX_FETCH_WAIT = 3600.0
@@ -50,22 +51,22 @@ async def _submit(session: Session, args: argparse.Namespace) -> ExitCode:
     else:
         request.inputs.SetInParent()  # {} is an input too
         json_format.ParseDict(inputs(args), request.inputs)
-    emit(await session.submit(request, args.audio))
+    show(await session.submit(request, args.audio), output_format(args))
     return ExitCode.OK
 
 
 async def _get(session: Session, args: argparse.Namespace) -> ExitCode:
-    emit(await session.call("Get", pb.GetRequest(job_id=args.job_id)))
+    show(await session.call("Get", pb.GetRequest(job_id=args.job_id)), output_format(args))
     return ExitCode.OK
 
 
 async def _cancel(session: Session, args: argparse.Namespace) -> ExitCode:
-    emit(await session.call("Cancel", pb.CancelRequest(job_id=args.job_id)))
+    show(await session.call("Cancel", pb.CancelRequest(job_id=args.job_id)), output_format(args))
     return ExitCode.OK
 
 
 async def _retry(session: Session, args: argparse.Namespace) -> ExitCode:
-    emit(await session.call("Retry", pb.RetryRequest(job_id=args.job_id)))
+    show(await session.call("Retry", pb.RetryRequest(job_id=args.job_id)), output_format(args))
     return ExitCode.OK
 
 
@@ -90,9 +91,10 @@ async def _list(session: Session, args: argparse.Namespace) -> ExitCode:
     request = pb.ListRequest(page_size=args.page_size, page_token=args.page_token or "", states=args.state,
                              route=args.route or "", labels=dict(args.label))
     pages = 0
+    fmt = output_format(args)
     while True:
         response = await session.call("List", request)
-        emit(response)
+        show(response, fmt, first=pages == 0)
         pages += 1
         if not response.next_page_token or pages == args.pages:
             return ExitCode.OK
@@ -123,6 +125,7 @@ def add_submit(command: AddCommand) -> None:
                         help="1 (most urgent) to 5, among your jobs waiting on the route; default: 3")
     submit.add_argument("--webhook-events", type=webhook_events, default=[], metavar="EVENT[,EVENT]...",
                         help="which changes: start, progress, completed (default: completed); comma-separated")
+    add_output(submit, table_on_a_terminal=False)
     submit.set_defaults(run=_submit)
 
 
@@ -130,6 +133,7 @@ def add_get(command: AddCommand) -> None:
     get = command("get", "print a job (GetResponse)", "Prints the job now (GetResponse), every segment included.",
                   EXITS_OF_A_CALL)
     get.add_argument("job_id", metavar="JOB_ID")
+    add_output(get, table_on_a_terminal=True)
     get.set_defaults(run=_get)
 
 
@@ -150,6 +154,7 @@ def add_cancel(command: AddCommand) -> None:
                      "Asks the job to stop; prints the CancelResponse at once (a queued job is CANCELLED already, a "
                      "running one ends CANCELLED soon: watch it).", EXITS_OF_A_CALL)
     cancel.add_argument("job_id", metavar="JOB_ID")
+    add_output(cancel, table_on_a_terminal=False)
     cancel.set_defaults(run=_cancel)
 
 
@@ -159,6 +164,7 @@ def add_retry(command: AddCommand) -> None:
                     "deadlines and webhook; its retryOf names the old job) and prints the RetryResponse. A job is "
                     "retried once: retrying it again prints the same new job (existing true).", EXITS_OF_A_CALL)
     retry.add_argument("job_id", metavar="JOB_ID")
+    add_output(retry, table_on_a_terminal=False)
     retry.set_defaults(run=_retry)
 
 
@@ -178,4 +184,5 @@ def add_list(command: AddCommand) -> None:
     list_.add_argument("--page-size", type=count, default=0, metavar="N", help="jobs per page (default: the server's, 50)")
     list_.add_argument("--page-token", metavar="TOKEN", help="start at this page (a nextPageToken)")
     list_.add_argument("--pages", type=count, default=0, metavar="N", help="print at most N pages (default: all)")
+    add_output(list_, table_on_a_terminal=True)
     list_.set_defaults(run=_list)

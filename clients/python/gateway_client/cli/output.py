@@ -14,7 +14,7 @@ from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 from gateway_client._errors import GatewayError, RpcError
 
-__all__ = ["EXITS_OF_A_CALL", "EXITS_OF_A_JOB", "PROG", "ExitCode", "emit", "ending", "note", "print_error",
+__all__ = ["EXITS_OF_A_CALL", "EXITS_OF_A_JOB", "PROG", "ExitCode", "emit", "ending", "error_head", "note", "print_error",
            "state_name", "timed_out"]
 
 PROG = "gateway-client"
@@ -54,8 +54,13 @@ def state_name(state: int) -> str:
         return str(state)  # a state added after this client was built
 
 
+def error_head(code: str, reason: str) -> str:
+    """"CODE REASON", or the code alone when there is no reason or it only says the code again (CANCELLED)."""
+    return f"{code} {reason}" if reason and reason != code else code
+
+
 def print_error(exc: GatewayError) -> None:
-    head = f"{exc.code.name} {exc.reason}" if exc.reason else exc.code.name
+    head = error_head(exc.code.name, exc.reason)
     print(f"{head}: {exc.message}", file=sys.stderr)
     if exc.metadata:
         print(json.dumps(exc.metadata, separators=(",", ":"), ensure_ascii=False, sort_keys=True), file=sys.stderr)
@@ -76,8 +81,7 @@ def ending(job: pb.Job) -> ExitCode:
     how = "was cancelled" if cancelled else "failed"
     if job.HasField("error"):
         error = RpcError.from_status(job.error)
-        head = f"{error.code.name} {error.reason}" if error.reason else error.code.name
-        note(f"job {job.id} {how}: {head}: {error.message}")
+        note(f"job {job.id} {how}: {error_head(error.code.name, error.reason)}: {error.message}")
     else:
         note(f"job {job.id} {how}")
     return ExitCode.JOB_CANCELLED if cancelled else ExitCode.JOB_FAILED
