@@ -8,7 +8,6 @@ that Prometheus sums them across replicas and workers without counting a job twi
     gateway_submits_refused_total{route,reason}           Submits (and Uploads) refused here, by ErrorInfo reason
                                                           (route: "" when it names no configured route)
     gateway_jobs_finished_total{route,state,reason}       jobs ended here (state SUCCEEDED/FAILED/CANCELLED)
-    gateway_queue_depth{route}                            jobs waiting in this process's queue of the route
     gateway_queue_wait_seconds{route}                     submitted -> running (histogram)
     gateway_job_run_seconds{route}                        running -> ended (histogram)
     gateway_watch_streams{rpc}                            Watch and WatchJobs streams open now
@@ -18,9 +17,15 @@ that Prometheus sums them across replicas and workers without counting a job twi
     gateway_store_commit_batch_size{store}                writes per store commit (histogram)
     gateway_store_commit_seconds{store}                   how long a commit took (histogram)
     gateway_whisper_real_time_factor{route}               transcription time / audio duration (histogram)
+    gateway_job_retries_total{route,reason}               runs started again by the route's retry policy
+    gateway_route_up{route}                               1 when the route can run (or take in) jobs here
+    gateway_build_info{version,commit,python}             1
+    process_*, python_info, python_gc_*                   the process and its Python runtime (prometheus-client's)
 
 The scheduler's state is the route's, not this process's: with Redis every process reports the same
 figures (read from Redis once a second), so take their max across pods, not their sum:
+
+    gateway_queue_depth{route}                            jobs waiting on the route
 
     gateway_queue_waiting{route,priority}                 jobs waiting for a worker, by priority (1-5)
     gateway_queue_oldest_seconds{route}                   how long the oldest waiting job has waited (0: none)
@@ -30,17 +35,65 @@ figures (read from Redis once a second), so take their max across pods, not thei
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-__all__ = ["CONTENT_TYPE_LATEST", "REGISTRY", "RpcMetrics", "render"]
+from gateway import __version__
 
+__all__ = ["CONTENT_TYPE_LATEST", "REGISTRY", "RpcMetrics", "build_commit", "render", "track_route_up"]
+
+# Counters and histograms get no `_created` series: a second series per counter that no dashboard reads, and
+# one that duplicates each counter's samples for Prometheus's OpenMetrics parser.
+disable_created_metrics()
 REGISTRY = CollectorRegistry(auto_describe=True)
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_info, python_gc_*
+    REGISTRY.register(_collector)  # type: ignore[arg-type]
+
+
+def build_commit() -> str:
+    """The commit this gateway was built from: $GATEWAY_COMMIT (the images set it), else the git checkout's
+    HEAD it runs from, else "unknown"."""
+    commit = os.environ.get("GATEWAY_COMMIT", "").strip()
+    if commit:
+        return commit[:40]
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / ".git").exists():
+        try:
+            done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                  text=True, timeout=5, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return "unknown"
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()
+    return "unknown"
+
+
+BUILD_INFO = Gauge("gateway_build_info", "1, labelled with the gateway's version, commit and Python version.",
+                   ["version", "commit", "python"], registry=REGISTRY)
+BUILD_INFO.labels(__version__, build_commit(), platform.python_version()).set(1)
+ROUTE_UP = Gauge("gateway_route_up", "1 when the route can run jobs here (its backend loaded and warm, or, in a "
+                 "process that runs none of its jobs, taking jobs in for the workers); 0 while it loads or after it "
+                 "failed to start.", ["route"], registry=REGISTRY)
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -51,8 +104,8 @@ JOB_RETRIES = Counter("gateway_job_retries", "Runs of a job started again by its
                       "transient failure, by the failure's reason.", ["route", "reason"], registry=REGISTRY)
 JOBS_FINISHED = Counter("gateway_jobs_finished", "Jobs ended by this process, by final state and error reason.",
                         ["route", "state", "reason"], registry=REGISTRY)
-QUEUE_DEPTH = Gauge("gateway_queue_depth", "Jobs waiting in this process's queue of the route.", ["route"],
-                    registry=REGISTRY)
+QUEUE_DEPTH = Gauge("gateway_queue_depth", "Jobs waiting on the route (with Redis: in the shared scheduler, as "
+                    "every process reads it).", ["route"], registry=REGISTRY)
 QUEUE_WAIT = Histogram("gateway_queue_wait_seconds", "From Submit to RUNNING.", ["route"], buckets=_SECONDS,
                        registry=REGISTRY)
 RUN_TIME = Histogram("gateway_job_run_seconds", "From RUNNING to the end.", ["route"], buckets=_SECONDS,
@@ -127,6 +180,11 @@ def track_queue(route: str, snapshot: Callable[[], Any], named_tenants: frozense
 def track_queue_depth(route: str, depth: Callable[[], float]) -> None:
     """The route's queue depth, read from ``depth`` when scraped."""
     QUEUE_DEPTH.labels(route).set_function(depth)
+
+
+def track_route_up(route: str, up: Callable[[], bool]) -> None:
+    """gateway_route_up of the route, read from ``up`` when scraped."""
+    ROUTE_UP.labels(route).set_function(lambda: 1.0 if up() else 0.0)
 
 
 def job_ended(route: str, state: str, reason: str, started: float | None, finished: float | None) -> None:

@@ -14,6 +14,7 @@ terminationGracePeriodSeconds must be longer than shutdown_grace_seconds plus a 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -102,6 +103,11 @@ def create_server(
         raise StartupError(f"cannot listen for gRPC on {address}: the address is in use or not available here; "
                            "set listen (--listen)", StartupError.GRPC_ADDRESS)
     return server, port
+
+
+def _route_up(runner: RouteRunner) -> bool:
+    """Whether the route can run jobs here (or, with no workers here, take them in): gateway_route_up."""
+    return runner.backend.readiness.ready and runner.start_error is None
 
 
 def make_store(settings: Settings, clock: Clock | None = None) -> Store:
@@ -208,6 +214,7 @@ class Gateway:
                                  tenants=settings.tenant)
             self.runners[name] = runner
             metrics.track_queue_depth(name, runner.queued)
+            metrics.track_route_up(name, functools.partial(_route_up, runner))
             metrics.track_queue(name, runner.queue.snapshot, frozenset(settings.tenants) - {"default"})
             await self._set_health(health_name(name), False)
             runner.backend.readiness.listen(self._health_listener(name))
@@ -276,6 +283,14 @@ class Gateway:
             "gateway serving gRPC%s on port %d%s; routes: %s", " (TLS)" if self.tls else "", self.grpc_port,
             f", HTTP on port {self.http_port}" if self.http else "", ", ".join(settings.routes),
         )
+        if settings.workers == 0:
+            if self.store.shared:
+                log.info("this process runs no jobs (--workers 0): its routes take jobs in for the `gateway worker` "
+                         "processes on the same store")
+            else:
+                log.warning("this process runs no jobs (--workers 0) and its SQLite store is its own: jobs submitted "
+                            "here wait until a gateway with workers runs on this data dir (for separate workers, use "
+                            "a Redis store: store = \"redis://...\")")
 
     def _inbox(self) -> Inbox:
         """Where upstream webhooks reach the jobs this process runs (across replicas: Redis)."""

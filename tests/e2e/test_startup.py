@@ -3,9 +3,11 @@ nothing left half-started; one gateway process owns a data dir."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -75,3 +77,17 @@ def test_a_busy_http_port(tmp_path: Path, busy_port: int) -> None:
     again = _gateway(tmp_path, "--listen", f"127.0.0.1:{busy_port}", "--http-listen", "", "--data-dir",
                      str(tmp_path / "data"))
     assert again.returncode == 5
+
+
+def test_serve_with_no_workers_on_the_default_settings_serves_and_says_its_jobs_wait(
+        make_server: Callable[..., ServerProcess]) -> None:
+    """`gateway serve --workers 0` with the default routes (whisper and echo) and the SQLite store: it serves
+    without a traceback, its routes are up at once (no model to load), and its log says that with a store of
+    its own nothing will run the jobs."""
+    server = make_server(None, args=("--workers", "0"))
+    for route in ("echo", "whisper"):
+        server.wait_serving(f"route/{route}", timeout=30)
+    with urllib.request.urlopen(f"{server.http_url}/whisper/healthcheck", timeout=10) as answer:
+        assert answer.status == 200 and json.loads(answer.read())["status"] == "ok"
+    log = server.log()
+    assert "Traceback" not in log and "runs no jobs (--workers 0)" in log and "Redis store" in log

@@ -114,6 +114,27 @@ def test_counters_move_as_jobs_run(make_server: Callable[..., ServerProcess], up
     assert about and all(line["route"] == "echo" and line["tenant"] == "default" for line in about)
 
 
+def test_process_runtime_build_and_route_up_series_and_no_created_series(
+        make_server: Callable[..., ServerProcess]) -> None:
+    server = make_server('[routes.echo]\nbackend = "echo"\n[routes.broken]\nbackend = "whisper"\n'
+                         'model = "/nonexistent/model"\n', env={"GATEWAY_COMMIT": "abc123def456"})
+    wait_until(lambda: ("gateway_route_up", (("route", "broken"),)) in scrape(server.http_url), "the route's series")
+    with Client(server.target) as client:
+        client.submit("echo", {}).result(timeout=30)
+    samples = scrape(server.http_url)
+    assert value(samples, "gateway_route_up", route="echo") == 1
+    assert value(samples, "gateway_route_up", route="broken") == 0  # its model cannot load
+    build = [labels for (name, labels) in samples if name == "gateway_build_info"]
+    assert len(build) == 1 and dict(build[0])["commit"] == "abc123def456" and dict(build[0])["version"]
+    assert value(samples, "process_resident_memory_bytes") > 10_000_000
+    assert value(samples, "process_open_fds") > 0 and value(samples, "process_cpu_seconds_total") > 0
+    assert any(name == "python_info" for name, _ in samples)
+    assert any(name.startswith("python_gc_") for name, _ in samples)
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    assert "_created" not in text  # counters and histograms carry no second, _created series
+
+
 def test_a_worker_serves_its_metrics_on_metrics_listen(make_server: Callable[..., ServerProcess]) -> None:
     server = make_server('metrics_listen = "127.0.0.1:0"\n[routes.echo]\nbackend = "echo"\n', start=False)
     server.start()
