@@ -91,6 +91,18 @@ async def _serve(settings: Settings, api: bool = True) -> None:
         await gateway.wait_for_stop()
 
 
+def _configuration_error(exc: Exception) -> str:
+    """One line: each problem of a ValidationError as "where: what" (its own str() takes several lines)."""
+    if not isinstance(exc, ValidationError):
+        return " ".join(str(exc).split())
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(" ".join(p.split()) for p in problems)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="A streaming gRPC gateway for asynchronous inference.")
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
@@ -130,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 store=args.store, workers=args.workers, log_level=args.log_level,
             )
     except (ValidationError, FileNotFoundError, ValueError) as exc:
-        print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
+        print(f"gateway: invalid configuration: {_configuration_error(exc)}", file=sys.stderr)
         return 2
     _configure_logging(settings)
     # Large uploads' buffers go back to the system once done. The threshold is the inference's to pay:

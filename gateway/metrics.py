@@ -19,6 +19,8 @@ that Prometheus sums them across replicas and workers without counting a job twi
     gateway_whisper_real_time_factor{route}               transcription time / audio duration (histogram)
     gateway_job_retries_total{route,reason}               runs started again by the route's retry policy
     gateway_route_up{route}                               1 when the route can run (or take in) jobs here
+    gateway_route_workers{route}                          its workers here that can run jobs now
+    gateway_store_writable                                1 while the store takes writes
     gateway_build_info{version,commit,python}             1
     process_*, python_info, python_gc_*                   the process and its Python runtime (prometheus-client's)
 
@@ -91,6 +93,11 @@ def build_commit() -> str:
 BUILD_INFO = Gauge("gateway_build_info", "1, labelled with the gateway's version, commit and Python version.",
                    ["version", "commit", "python"], registry=REGISTRY)
 BUILD_INFO.labels(__version__, build_commit(), platform.python_version()).set(1)
+ROUTE_WORKERS = Gauge("gateway_route_workers", "The route's workers in this process that can run jobs now (0 while its "
+                      "backend loads, after it failed to start, or in a process that runs none of its jobs).",
+                      ["route"], registry=REGISTRY)
+STORE_WRITABLE = Gauge("gateway_store_writable", "1 while the store takes writes (0: its disk is full, its Redis refuses "
+                       "writes or cannot be reached; Submits are refused meanwhile).", registry=REGISTRY)
 ROUTE_UP = Gauge("gateway_route_up", "1 when the route can run jobs here (its backend loaded and warm, or, in a "
                  "process that runs none of its jobs, taking jobs in for the workers); 0 while it loads or after it "
                  "failed to start.", ["route"], registry=REGISTRY)
@@ -182,9 +189,15 @@ def track_queue_depth(route: str, depth: Callable[[], float]) -> None:
     QUEUE_DEPTH.labels(route).set_function(depth)
 
 
-def track_route_up(route: str, up: Callable[[], bool]) -> None:
-    """gateway_route_up of the route, read from ``up`` when scraped."""
+def track_route_up(route: str, up: Callable[[], bool], workers: int) -> None:
+    """gateway_route_up and gateway_route_workers of the route, read from ``up`` when scraped."""
     ROUTE_UP.labels(route).set_function(lambda: 1.0 if up() else 0.0)
+    ROUTE_WORKERS.labels(route).set_function(lambda: float(workers) if up() else 0.0)
+
+
+def track_store(writable: Callable[[], bool]) -> None:
+    """gateway_store_writable, read from ``writable`` when scraped."""
+    STORE_WRITABLE.set_function(lambda: 1.0 if writable() else 0.0)
 
 
 def job_ended(route: str, state: str, reason: str, started: float | None, finished: float | None) -> None:

@@ -200,8 +200,10 @@ class Gateway:
         swept = await asyncio.to_thread(sweep_spools, settings.data_dir / "uploads" / "incoming")
         if swept:
             log.info("deleted %d partial upload(s) left by a process that is gone", swept)
-        if isinstance(self.store, ReportsWritability):
-            self.store.on_writable(self._store_listener)
+        store = self.store
+        if isinstance(store, ReportsWritability):
+            store.on_writable(self._store_listener)
+            metrics.track_store(lambda: store.writable)
         await self.bus.open()
         self.inbox = self._inbox()
         for name, route_settings in settings.routes.items():
@@ -214,7 +216,7 @@ class Gateway:
                                  tenants=settings.tenant)
             self.runners[name] = runner
             metrics.track_queue_depth(name, runner.queued)
-            metrics.track_route_up(name, functools.partial(_route_up, runner))
+            metrics.track_route_up(name, functools.partial(_route_up, runner), runner.workers)
             metrics.track_queue(name, runner.queue.snapshot, frozenset(settings.tenants) - {"default"})
             await self._set_health(health_name(name), False)
             runner.backend.readiness.listen(self._health_listener(name))

@@ -394,6 +394,15 @@ def _default_routes() -> dict[str, Any]:
     return {"echo": EchoRoute(), "whisper": WhisperRoute()}
 
 
+# Tokens that appear in this project's documentation and manifests as examples (and the usual stand-ins): whoever
+# read them holds them, so a gateway given one refuses to start rather than let it authenticate.
+PLACEHOLDER_TOKENS = frozenset({
+    "replace-this-token", "replace-me", "replace_me", "change-me", "changeme", "change_me", "changeit",
+    "s3cr3t-token-a", "your-token", "your-token-here", "example-token", "placeholder", "token", "secret",
+    "password", "xxx", "todo",
+})
+
+
 class AuthSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -415,6 +424,15 @@ class AuthSettings(BaseModel):
         if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()):
             raise ValueError(f"auth.tokens_file {self.tokens_file}: expected a JSON object of token -> tenant strings")
         self.tokens = {**self.tokens, **loaded}
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> AuthSettings:
+        for token, tenant in self.tokens.items():
+            if token.strip().lower() in PLACEHOLDER_TOKENS or not token.strip():
+                raise ValueError(
+                    f"auth: the token of tenant {tenant!r} is {token!r}, a documented placeholder that anyone can "
+                    "read: put a secret of your own in its place (e.g. `openssl rand -hex 32`)")
         return self
 
 

@@ -8,8 +8,9 @@ each overlay ships load. checkov and kubernetes-validate live in a venv of their
 
 from __future__ import annotations
 
-import base64
 import json
+import re
+import secrets
 import shutil
 import subprocess
 import tomllib
@@ -66,12 +67,11 @@ def _workloads(objects: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 def _settings(objects: list[dict[str, Any]], tmp_path: Path) -> Settings:
     """The gateway.toml the overlay's ConfigMap carries, loaded as the server loads it (the tokens file
-    it names replaced by a copy of the overlay's Secret, which the pods mount there)."""
+    it names replaced by one as an operator makes it for the gateway-tokens Secret, which the pods mount)."""
     [config_map] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("gateway-config")]
     data = tomllib.loads(config_map["data"]["gateway.toml"])
-    [secret] = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"].startswith("gateway-tokens")]
     tokens = tmp_path / "tokens.json"
-    tokens.write_bytes(base64.b64decode(secret["data"]["tokens.json"]))
+    tokens.write_text(json.dumps({secrets.token_hex(32): "team-a"}))
     data["auth"]["tokens_file"] = str(tokens)
     return Settings(**data)
 
@@ -85,7 +85,8 @@ _VALIDATE = r"""
 import json, sys, yaml, jsonschema, kubernetes_validate
 version, schemas, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 crds = {"keda.sh/v1alpha1/ScaledObject": json.load(open(f"{schemas}/keda.sh_v1alpha1_scaledobject.json")),
-        "monitoring.coreos.com/v1/ServiceMonitor": json.load(open(f"{schemas}/monitoring.coreos.com_v1_servicemonitor.json"))}
+        "monitoring.coreos.com/v1/ServiceMonitor": json.load(open(f"{schemas}/monitoring.coreos.com_v1_servicemonitor.json")),
+        "monitoring.coreos.com/v1/PrometheusRule": json.load(open(f"{schemas}/monitoring.coreos.com_v1_prometheusrule.json"))}
 errors, checked = [], 0
 for path in files:
     for doc in yaml.safe_load_all(open(path)):
@@ -280,3 +281,107 @@ def test_the_service_monitor_scrapes_every_metrics_port(overlay: str) -> None:
         # Prometheus may reach that port: the workers' NetworkPolicy lets the monitoring namespace in.
         policy = _one(objects, "NetworkPolicy", "gateway-worker-ingress")
         assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [9090]
+
+
+# -- a first apply that works ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_example_token_ships_and_the_pods_ask_for_the_tokens_secret(overlay: str) -> None:
+    objects = _objects(overlay)
+    assert not [o for o in objects if o["kind"] == "Secret"], "no Secret is shipped: the operator makes gateway-tokens"
+    for workload in _workloads(objects):
+        volumes = workload["spec"]["template"]["spec"].get("volumes", [])
+        secrets_used = [v["secret"]["secretName"] for v in volumes if "secret" in v]
+        if workload["metadata"]["name"].startswith("gateway-api") or workload["metadata"]["name"] == "gateway-worker":
+            assert secrets_used == ["gateway-tokens"], workload["metadata"]["name"]
+    # And the gateway itself refuses a token from its docs or the old example.
+    for placeholder in ("replace-this-token", "s3cr3t-token-a", "CHANGE-ME"):
+        with pytest.raises(ValueError, match="placeholder"):
+            Settings(auth={"enabled": True, "tokens": {placeholder: "team-a"}})
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_what_an_autoscaler_scales_carries_no_replicas(overlay: str) -> None:
+    objects = _objects(overlay)
+    scaled = {o["spec"]["scaleTargetRef"]["name"] for o in objects if o["kind"] in ("HorizontalPodAutoscaler",
+                                                                                  "ScaledObject")}
+    for workload in _workloads(objects):
+        name = workload["metadata"]["name"]
+        assert ("replicas" in workload["spec"]) is (name not in scaled), name
+    if overlay == "scaled":
+        assert scaled == {"gateway-api", "gateway-worker"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_image_is_set_in_the_overlays_images_list_with_the_default_pull_policy(overlay: str) -> None:
+    kustomization = yaml.safe_load((ROOT / "k8s" / "overlays" / overlay / "kustomization.yaml").read_text())
+    listed = {(i.get("newName", i["name"]), i["newTag"]) for i in kustomization["images"]}
+    for workload in _workloads(_objects(overlay)):
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            name, _, tag = container["image"].rpartition(":")
+            assert (name, tag) in listed, container["image"]
+            assert "imagePullPolicy" not in container, container["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_ingress_serves_http_and_grpc_with_tls_from_cert_manager(overlay: str) -> None:
+    objects = _objects(overlay)
+    service = _one(objects, "Service", "gateway-api")
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    http, grpc_ingress = _one(objects, "Ingress", "gateway-http"), _one(objects, "Ingress", "gateway-grpc")
+    for ingress, port in ((http, "http"), (grpc_ingress, "grpc")):
+        annotations = ingress["metadata"]["annotations"]
+        assert annotations["cert-manager.io/cluster-issuer"]
+        [tls] = ingress["spec"]["tls"]
+        [rule] = ingress["spec"]["rules"]
+        assert tls["hosts"] == [rule["host"]] and tls["secretName"]
+        backend = rule["http"]["paths"][0]["backend"]["service"]
+        assert backend["name"] == "gateway-api" and backend["port"]["name"] == port and port in ports
+    assert grpc_ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+    # The controller may reach the API's ports.
+    policy = _one(objects, "NetworkPolicy", "gateway-api-from-ingress")
+    assert {p["port"] for p in policy["spec"]["ingress"][0]["ports"]} == set(ports.values())
+
+
+def _metric_names(text: str) -> set[str]:
+    """The gateway's (and the process collector's) metric names a PromQL text reads."""
+    names = set(re.findall(r"\b((?:gateway|process|python)_[a-z_]+)", text))
+    return {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in names}
+
+
+@pytest.fixture(scope="module")
+def served_metrics(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """The metric families a real gateway serves (one with a route of each kind the rules name)."""
+    import urllib.request
+
+    from harness import ECHO_CONFIG, ServerProcess
+
+    server = ServerProcess(tmp_path_factory.mktemp("metrics"), ECHO_CONFIG).start()
+    try:
+        with urllib.request.urlopen(server.http_url + "/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+    finally:
+        server.stop()
+    return {re.sub(r"_(bucket|sum|count|total)$", "", line.split()[2]) for line in text.splitlines()
+            if line.startswith("# TYPE ")}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_alerts_and_the_dashboard_read_metrics_the_gateway_serves(overlay: str, served_metrics: set[str]) -> None:
+    objects = _objects(overlay)
+    [monitor] = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    [rule] = [o for o in objects if o["kind"] == "PrometheusRule"]
+    assert monitor["metadata"]["labels"]["release"] == rule["metadata"]["labels"]["release"]  # one selector for both
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert {"GatewayQueueTooOld", "GatewayFailureRateHigh", "GatewayNoHealthyWorker", "GatewayStoreUnavailable"} <= set(alerts)
+    for alert in alerts.values():
+        assert _metric_names(alert["expr"]) <= served_metrics, alert["alert"]
+        assert alert["labels"]["severity"] in ("warning", "critical") and alert["annotations"]["summary"]
+    [dashboard_map] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "inference-gateway-dashboard"]
+    assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(dashboard_map["data"]["grafana-dashboard.json"])
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 10
+    for expr in exprs:
+        assert _metric_names(expr) <= served_metrics, expr

@@ -91,3 +91,16 @@ def test_serve_with_no_workers_on_the_default_settings_serves_and_says_its_jobs_
         assert answer.status == 200 and json.loads(answer.read())["status"] == "ok"
     log = server.log()
     assert "Traceback" not in log and "runs no jobs (--workers 0)" in log and "Redis store" in log
+
+
+def test_a_documented_placeholder_token_stops_the_start(tmp_path: Path) -> None:
+    """The token the old manifests shipped (and the docs' example) would let anyone in: the gateway exits 2."""
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text('{"replace-this-token": "team-a"}')
+    config = tmp_path / "placeholder.toml"
+    config.write_text(ECHO_CONFIG + f'[auth]\nenabled = true\ntokens_file = "{tokens}"\n')
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
+                           "--data-dir", str(tmp_path / "data")], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2
+    line = _one_line(done)
+    assert "placeholder" in line and "team-a" in line and "replace-this-token" in line
