@@ -17,6 +17,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -647,6 +648,10 @@ class Settings(BaseSettings):
         "", description="Empty: the embedded SQLite store in data_dir. redis://HOST:PORT/DB (rediss:// for TLS): "
         "a shared Redis or Valkey, for several replicas and workers."
     )
+    store_password_file: Path | None = Field(
+        None, description="A file holding the Redis password (a mounted Secret), sent with store's URL: the password "
+                          "is then in neither the settings nor the environment.",
+    )
     workers: int | None = Field(
         None, ge=0, description="Workers of every route in this process, instead of each route's own; 0: it runs no jobs."
     )
@@ -788,6 +793,31 @@ class Settings(BaseSettings):
         if value and not re.match(r"^(redis|rediss|unix)://", value):
             raise ValueError(f"{value!r}: expected empty (SQLite) or a redis:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _store_password(self) -> Settings:
+        """The password of store_password_file, put in the store's URL (percent-encoded)."""
+        if self.store_password_file is None:
+            return self
+        if not self.store:
+            raise ValueError("store_password_file: there is no Redis store to use it with (store is empty)")
+        try:
+            password = self.store_password_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"store_password_file {self.store_password_file}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+        if not password:
+            raise ValueError(f"store_password_file {self.store_password_file} is empty")
+        parts = urlsplit(self.store)
+        if parts.password or "password=" in parts.query:
+            raise ValueError("store names a password already, and store_password_file another: keep one")
+        if parts.scheme == "unix":
+            query = "&".join(q for q in (parts.query, f"password={quote(password, safe='')}") if q)
+            self.store = f"{self.store.partition('?')[0]}?{query}"
+        else:
+            user, _, host = parts.netloc.rpartition("@")
+            self.store = urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
+        return self
 
     @field_validator("listen", "http_listen", "metrics_listen")
     @classmethod

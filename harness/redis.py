@@ -42,7 +42,7 @@ class RedisProcess:
 
     def __init__(self, workdir: Path, appendonly: bool = True, unix_socket: bool = False,
                  tls: Path | None = None, appendfsync: str = "always",
-                 die_with_parent: bool = False) -> None:
+                 die_with_parent: bool = False, password: str | None = None) -> None:
         self.binary = require_redis_server()
         self.workdir = workdir
         self.port = _free_port()
@@ -52,6 +52,7 @@ class RedisProcess:
         self.socket = workdir / "redis.sock" if unix_socket else None
         self.tls = tls
         self.tls_port = _free_port() if tls is not None else 0
+        self.password = password  # requirepass, and protected mode on
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -82,7 +83,9 @@ class RedisProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,
-               "--protected-mode", "no", "--logfile", str(self.workdir / "redis.log"), *self._transports()]
+               "--logfile", str(self.workdir / "redis.log"), *self._transports(),
+               *(["--requirepass", self.password, "--protected-mode", "yes"] if self.password else
+                 ["--protected-mode", "no"])]
         self.proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, die_with_parent=self.die_with_parent)
         deadline = time.monotonic() + timeout
         while not self._answers():
@@ -96,8 +99,8 @@ class RedisProcess:
     def _answers(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                sock.sendall(self._auth() + b"PING\r\n")
+                return b"+PONG" in sock.recv(64)
         except OSError:
             return False
 
@@ -116,13 +119,22 @@ class RedisProcess:
 
     def flush(self) -> None:
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            sock.sendall(b"FLUSHALL\r\n")
-            sock.recv(16)
+            sock.sendall(self._auth() + b"FLUSHALL\r\n")
+            sock.recv(64)
+
+    def _auth(self) -> bytes:
+        return f"AUTH {self.password}\r\n".encode() if self.password else b""
+
+    def command_without_auth(self, *args: str) -> str:
+        """A command sent with no password (what a stranger on the network gets)."""
+        done = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10)
+        return (done.stdout + done.stderr).strip()
 
     def command(self, *args: str) -> str:
         """A command through redis-cli (its answer as text; empty when Redis does not answer)."""
         try:
-            done = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True,
+            auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+            done = subprocess.run(["redis-cli", "-p", str(self.port), *auth, *args], capture_output=True, text=True,
                                   timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return ""

@@ -73,6 +73,10 @@ def _settings(objects: list[dict[str, Any]], tmp_path: Path) -> Settings:
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({secrets.token_hex(32): "team-a"}))
     data["auth"]["tokens_file"] = str(tokens)
+    if "store_password_file" in data:  # (the gateway-redis Secret's password, mounted there)
+        password = tmp_path / "redis-password"
+        password.write_text(secrets.token_hex(32))
+        data["store_password_file"] = str(password)
     return Settings(**data)
 
 
@@ -164,7 +168,7 @@ def test_probes_ports_and_grace_match_the_server(overlay: str, tmp_path: Path) -
         pod = workload["spec"]["template"]["spec"]
         for container in pod["containers"]:
             args = container.get("args", [])
-            if container["name"] == "redis":
+            if container["name"] in ("redis", "exporter"):
                 continue
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
             if args[0] == "serve":
@@ -175,7 +179,7 @@ def test_probes_ports_and_grace_match_the_server(overlay: str, tmp_path: Path) -
             else:
                 assert args[0] == "worker"
                 port = int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
-                env = {e["name"]: e["value"] for e in container.get("env", [])}
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
                 metrics_port = int(env["GATEWAY_METRICS_LISTEN"].rsplit(":", 1)[1])
                 assert ports == {"health": port, "metrics": metrics_port}
                 served = served_by_worker
@@ -248,7 +252,8 @@ def test_the_scaled_overlay_wires_replicas_workers_redis_and_keda(tmp_path: Path
     assert settings.routes["whisper"].device == "cuda"
     # The store URL names the Redis Service; KEDA reads the whisper queue's lag from it.
     redis_service = _one(objects, "Service", "gateway-redis")
-    assert settings.store.startswith(f"redis://{redis_service['metadata']['name']}:{redis_service['spec']['ports'][0]['port']}/")
+    host = f"{redis_service['metadata']['name']}:{redis_service['spec']['ports'][0]['port']}/"
+    assert settings.store.startswith("rediss://:") and host in settings.store  # TLS, and the password
     redis_set = _one(objects, "StatefulSet", "gateway-redis")
     assert "--appendonly" in redis_set["spec"]["template"]["spec"]["containers"][0]["args"]
     trigger = _one(objects, "ScaledObject", "gateway-worker")["spec"]["triggers"][0]
@@ -292,9 +297,9 @@ def test_no_example_token_ships_and_the_pods_ask_for_the_tokens_secret(overlay: 
     assert not [o for o in objects if o["kind"] == "Secret"], "no Secret is shipped: the operator makes gateway-tokens"
     for workload in _workloads(objects):
         volumes = workload["spec"]["template"]["spec"].get("volumes", [])
-        secrets_used = [v["secret"]["secretName"] for v in volumes if "secret" in v]
-        if workload["metadata"]["name"].startswith("gateway-api") or workload["metadata"]["name"] == "gateway-worker":
-            assert secrets_used == ["gateway-tokens"], workload["metadata"]["name"]
+        secrets_used = {v["secret"]["secretName"] for v in volumes if "secret" in v}
+        if workload["metadata"]["name"] in ("gateway-api", "gateway-worker"):
+            assert "gateway-tokens" in secrets_used, workload["metadata"]["name"]
     # And the gateway itself refuses a token from its docs or the old example.
     for placeholder in ("replace-this-token", "s3cr3t-token-a", "CHANGE-ME"):
         with pytest.raises(ValueError, match="placeholder"):
@@ -385,3 +390,36 @@ def test_the_alerts_and_the_dashboard_read_metrics_the_gateway_serves(overlay: s
     assert len(exprs) >= 10
     for expr in exprs:
         assert _metric_names(expr) <= served_metrics, expr
+
+
+def test_redis_runs_as_production_needs_it() -> None:
+    """Password from a Secret with protected mode on, TLS only, AOF on a claim, noeviction under a memory limit
+    with headroom, a startup probe, a PodDisruptionBudget, the exporter scraped; and KEDA connects as the
+    gateway does."""
+    objects = _objects("scaled")
+    redis_set = _one(objects, "StatefulSet", "gateway-redis")
+    pod = redis_set["spec"]["template"]["spec"]
+    redis, exporter = pod["containers"]
+    args = redis["args"]
+    option = {args[i]: args[i + 1] for i in range(1, len(args) - 1) if args[i].startswith("--")}
+    assert option["--port"] == "0" and option["--tls-port"] == "6379"  # nothing but TLS
+    assert option["--requirepass"] == "$(REDIS_PASSWORD)" and option["--protected-mode"] == "yes"
+    [password_env] = [e for e in redis["env"] if e["name"] == "REDIS_PASSWORD"]
+    assert password_env["valueFrom"]["secretKeyRef"] == {"name": "gateway-redis", "key": "password"}
+    assert option["--appendonly"] == "yes" and option["--maxmemory-policy"] == "noeviction"
+    assert redis_set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    maxmemory = int(option["--maxmemory"].removesuffix("gb")) * 2**30
+    limit = int(redis["resources"]["limits"]["memory"].removesuffix("Gi")) * 2**30
+    assert limit >= maxmemory * 1.25, "headroom above maxmemory for a rewrite's copy-on-write and buffers"
+    assert redis["resources"]["requests"]["memory"] == redis["resources"]["limits"]["memory"]  # never squeezed
+    assert redis["startupProbe"]["failureThreshold"] * redis["startupProbe"]["periodSeconds"] >= 120
+    assert _one(objects, "PodDisruptionBudget", "gateway-redis")["spec"]["selector"]["matchLabels"] == \
+        redis_set["spec"]["selector"]["matchLabels"]
+    assert exporter["ports"][0]["containerPort"] == 9121
+    service = _one(objects, "Service", "gateway-redis")
+    assert service["metadata"]["labels"]["inference-gateway/metrics"] == "true"
+    assert {"redis", "metrics"} == {p["name"] for p in service["spec"]["ports"]}
+    trigger = _one(objects, "ScaledObject", "gateway-worker")["spec"]["triggers"][0]["metadata"]
+    assert trigger["enableTLS"] == "true" and trigger["passwordFromEnv"] == "REDIS_PASSWORD"
+    worker = _one(objects, "Deployment", "gateway-worker")["spec"]["template"]["spec"]["containers"][0]
+    assert "REDIS_PASSWORD" in {e["name"] for e in worker["env"]}

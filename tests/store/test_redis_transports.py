@@ -7,7 +7,9 @@ way the processes are told, so a process that fell back to plain TCP could not w
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
+from urllib.parse import quote
 
 import grpc
 import pytest
@@ -16,6 +18,7 @@ from inferencegateway.gateway.v1 import gateway_pb2 as pb
 from inferencegateway.gateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from harness import ECHO_CONFIG, ServerProcess
+from harness.certs import Authority
 from harness.redis import RedisProcess
 
 
@@ -56,3 +59,38 @@ def test_replicas_and_a_worker_share_redis_over(transport: str, redis_transports
                 if r.WhichOneof("event") == "update"][-1]
         assert last.state == pb.JOB_STATE_CANCELLED
         assert last.progress < 0.5  # stopped by the cancel, not run to its end
+
+
+def test_a_redis_with_a_password_from_a_file_and_tls(tmp_path_factory: pytest.TempPathFactory,
+                                                     make_server: Callable[..., ServerProcess]) -> None:
+    """Redis as production runs it: requirepass with protected mode on, and TLS. The password comes from
+    store_password_file (a mounted Secret), never in the settings; it is in no log line; a wrong one stops the
+    start with one line."""
+    folder = tmp_path_factory.mktemp("redis-auth-tls")
+    Authority(folder).issue("server")
+    password = secrets.token_urlsafe(24) + "@:/"  # characters a URL must escape
+    redis = RedisProcess(tmp_path_factory.mktemp("redis-auth"), tls=folder, password=password).start()
+    try:
+        assert "NOAUTH" in redis.command_without_auth("PING")
+        secret = tmp_path_factory.mktemp("secret") / "password"
+        secret.write_text(password + "\n")
+        config = (f'store = "{redis.tls_url}"\nstore_password_file = "{secret}"\nlease_seconds = 2\n'
+                  'shutdown_grace_seconds = 0\n' + ECHO_CONFIG)
+        api = make_server(config, args=("--workers", "0"))
+        worker = make_server(config, command="worker", args=("--route", "echo", "--workers", "2"))
+        worker.wait_serving("route/echo")
+        with grpc.insecure_channel(api.target) as channel:
+            stub = pb_grpc.GatewayServiceStub(channel)
+            job = _submit(stub, x=5)
+            last = [r.update.job for r in stub.Watch(pb.WatchRequest(job_id=job.id), timeout=60)
+                    if r.WhichOneof("event") == "update"][-1]
+            assert last.state == pb.JOB_STATE_SUCCEEDED
+        for process in (api, worker):
+            assert password not in process.log() and quote(password, safe="") not in process.log()
+        secret.write_text("not-the-password")
+        wrong = make_server(config, start=False)
+        with pytest.raises(RuntimeError) as failed:
+            wrong.start()
+        assert "password" in str(failed.value).lower() or "auth" in str(failed.value).lower()
+    finally:
+        redis.stop()
