@@ -116,3 +116,8 @@ class Route(Protocol):
     def abandon(self, job_id: str) -> None:
         """Stops running the job here without writing to it (the store lost it, or another holds it)."""
         ...
+
+    async def overview(self) -> dict[str, Any]:
+        """The route now, for the operator's console: jobs waiting and running (every process's, with a
+        shared queue) and its workers (this process's, and a shared queue's worker processes)."""
+        ...

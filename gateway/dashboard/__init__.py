@@ -7,6 +7,13 @@
     GET  /api/dashboard/jobs                  List: ?state=RUNNING&state=...&route=&label=k=v&page_token=&page_size=
     GET  /api/dashboard/jobs/{id}             the job with its segments, and its revisions (?after=N: those after N)
     POST /api/dashboard/jobs/{id}/cancel      Cancel
+    POST /api/dashboard/jobs/{id}/retry       Retry: {"job", "existing"}
+    DELETE /api/dashboard/jobs/{id}           Delete (a finished job)
+    POST /api/dashboard/cancel-matching       Cancel every queued or running job of a filter (?route=&label=k=v
+                                              &state=QUEUED|RUNNING): {"asked", "cancelled"}
+    GET  /api/dashboard/find?q=               a job by its id or its request id: {"job"}
+    GET  /api/dashboard/overview              per route: jobs waiting and running (the server's counts, every
+                                              process's), its workers, and jobs ended per minute by state
     GET  /api/dashboard/events                server-sent events: the WatchJobs stream of the tenant
                                               (?route=&label=k=v), ``id:`` = the WatchJobs resume token,
                                               so ``Last-Event-ID`` (or ?resume=) resumes without gaps
@@ -42,6 +49,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,7 +58,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.auth import DEFAULT_TENANT, Authenticator
-from gateway.errors import FieldViolation, GatewayError, InvalidArgument, Unauthenticated
+from gateway.errors import FieldViolation, GatewayError, InvalidArgument, NotFound, Unauthenticated
 from gateway.http.face import ANYONE, Access, Route, current_tenant, optional_tenant
 from gateway.hub import HubClosed, JobEvent
 from gateway.jobs import Job, JobState, Segment
@@ -80,6 +89,39 @@ _MAYBE_SIGNED_IN = Access(optional=True, cookie=COOKIE, write_header="X-Dashboar
 _ANYONE = Access(authenticate=False, write_header="X-Dashboard")
 
 
+MAX_BULK = 10_000  # jobs one cancel-matching cancels at most
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class Throughput:
+    """Jobs ended per minute, by route and final state, over the last MINUTES minutes: counted off the
+    event bus, so every job of every tenant, whichever process ended it (with Redis, every replica's
+    bus carries every end)."""
+
+    MINUTES = 15
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], dict[int, int]] = {}
+
+    def on_event(self, event: JobEvent) -> None:
+        if not event.terminal:
+            return
+        job = event.job
+        minute = int((job.finished or time.time()) // 60)
+        counts = self._counts.setdefault((job.route, job.state.name), {})
+        counts[minute] = counts.get(minute, 0) + 1
+        if len(counts) > self.MINUTES + 2:
+            for old in [m for m in counts if m < minute - self.MINUTES]:
+                del counts[old]
+
+    def per_minute(self, route: str, now: float | None = None) -> dict[str, list[int]]:
+        """{state: [jobs ended in each of the last MINUTES minutes, oldest first, this one last]}."""
+        this = int((now if now is not None else time.time()) // 60)
+        minutes = range(this - self.MINUTES + 1, this + 1)
+        return {state: [self._counts.get((route, state), {}).get(m, 0) for m in minutes]
+                for state in ("SUCCEEDED", "FAILED", "CANCELLED")}
+
+
 def _segment_json(segment: Segment) -> dict[str, Any]:
     return {"start": segment.start, "end": segment.end, "text": segment.text}
 
@@ -100,6 +142,9 @@ def job_json(job: Job, segments: bool = False) -> dict[str, Any]:
         "finishTime": job.finished,
         "expireTime": job.expires,
         "requestId": job.request_id,
+        "attempt": job.attempt,
+        "retryOf": job.retry_of,
+        "retriedBy": job.retried_by,
         "error": None if job.error is None else {
             "code": job.error.code.name, "reason": job.error.reason, "message": job.error.message},
     }
@@ -142,6 +187,8 @@ class Dashboard:
         self.auth = auth
         self._secure = bool(getattr(settings.tls, "cert_file", ""))
         self._files: dict[str, bytes] = {}
+        self.throughput = Throughput()
+        service.bus.subscribe(self.throughput.on_event)
 
     def routes(self) -> Iterable[Route]:
         return [
@@ -154,6 +201,11 @@ class Dashboard:
             Route("GET", "/api/dashboard/jobs", self.list_jobs, _SIGNED_IN),
             Route("GET", "/api/dashboard/jobs/{job_id}", self.job, _SIGNED_IN),
             Route("POST", "/api/dashboard/jobs/{job_id}/cancel", self.cancel, _SIGNED_IN),
+            Route("POST", "/api/dashboard/jobs/{job_id}/retry", self.retry, _SIGNED_IN),
+            Route("DELETE", "/api/dashboard/jobs/{job_id}", self.delete, _SIGNED_IN),
+            Route("POST", "/api/dashboard/cancel-matching", self.cancel_matching, _SIGNED_IN),
+            Route("GET", "/api/dashboard/find", self.find, _SIGNED_IN),
+            Route("GET", "/api/dashboard/overview", self.overview, _SIGNED_IN),
             Route("GET", "/api/dashboard/events", self.events, _SIGNED_IN),
         ]
 
@@ -247,6 +299,62 @@ class Dashboard:
     async def cancel(self, request: web.Request) -> web.Response:
         job = await self.service.cancel(current_tenant(), request.match_info["job_id"])
         return web.json_response({"job": job_json(job)}, headers={"Cache-Control": "no-store"}, dumps=_dumps)
+
+    async def retry(self, request: web.Request) -> web.Response:
+        job, existing = await self.service.retry(current_tenant(), request.match_info["job_id"],
+                                                 self.settings.data_dir / "uploads" / "incoming")
+        return web.json_response({"job": job_json(job), "existing": existing}, headers={"Cache-Control": "no-store"},
+                                 dumps=_dumps)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        await self.service.delete(current_tenant(), request.match_info["job_id"])
+        return web.json_response({}, headers={"Cache-Control": "no-store"})
+
+    async def cancel_matching(self, request: web.Request) -> web.Response:
+        """Cancels the tenant's queued and running jobs that match the filter (at most MAX_BULK), as they
+        are listed now: a job submitted meanwhile is not one of them."""
+        tenant = current_tenant()
+        flt = _filter(request.query, request.query, with_states=True)
+        active = frozenset({JobState.QUEUED, JobState.RUNNING})
+        flt = JobFilter(flt.states & active if flt.states else active, flt.route, flt.labels)
+        ids: list[str] = []
+        token = ""
+        while len(ids) < MAX_BULK:
+            jobs, token = await self.service.list(tenant, flt, min(1000, MAX_BULK - len(ids)), token)
+            ids += [j.id for j in jobs]
+            if not token:
+                break
+        cancelled = 0
+        for job_id in ids:
+            try:
+                job = await self.service.cancel(tenant, job_id)
+            except GatewayError:  # gone meanwhile (deleted, expired)
+                continue
+            cancelled += job.state is JobState.CANCELLED or not job.terminal
+        return web.json_response({"asked": len(ids), "cancelled": cancelled}, headers={"Cache-Control": "no-store"})
+
+    async def find(self, request: web.Request) -> web.Response:
+        tenant = current_tenant()
+        wanted = request.query.get("q", "").strip()
+        if not wanted or len(wanted) > 256:
+            raise InvalidArgument.fields(FieldViolation("q", "a job id or a request id"))
+        if _JOB_ID.fullmatch(wanted.lower()):
+            job = await self.service.get(tenant, wanted.lower())
+        else:
+            found = await self.service.store.find_request(tenant, wanted, self.service.clock.now())
+            if found is None:
+                raise NotFound(f"no job with the id or request id {wanted!r}", metadata={"q": wanted})
+            job = await self.service.get(tenant, found[0].id)
+        return web.json_response({"job": job_json(job)}, headers={"Cache-Control": "no-store"}, dumps=_dumps)
+
+    async def overview(self, request: web.Request) -> web.Response:
+        routes = []
+        for name, runner in sorted(self.service.routes.items()):
+            route = await runner.overview()
+            route["ended"] = self.throughput.per_minute(name)
+            routes.append(route)
+        return web.json_response({"routes": routes, "minutes": Throughput.MINUTES, "now": time.time()},
+                                 headers={"Cache-Control": "no-store"}, dumps=_dumps)
 
     # -- the push stream -------------------------------------------------------------------------
 

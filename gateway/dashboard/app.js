@@ -258,8 +258,8 @@
     }
     let info = '';
     let infoClass = 'info';
-    if (job.error && job.state !== 'SUCCEEDED') {
-      info = job.error.reason || job.error.code;
+    if (job.error && job.state !== 'SUCCEEDED') { // the failure's reason and its message, in the list
+      info = `${job.error.reason || job.error.code}: ${job.error.message}`;
       infoClass = job.state === 'FAILED' ? 'info failed' : 'info';
     }
     const text = transcriptOf(entry.segments);
@@ -353,6 +353,85 @@
     const now = Date.now() / 1000;
     for (const entry of jobs.values()) setText(entry.ageCell, age(now - entry.job.createTime));
     if (detail) renderDetailAge();
+  }
+
+  // -- the routes: the server's counts --------------------------------------------------------
+
+  // Jobs ended per minute as a small bar chart (SVG, no library): succeeded below, failed above them.
+  function chart(ended) {
+    const ns = 'http://www.w3.org/2000/svg';
+    const ok = ended.SUCCEEDED || [];
+    const bad = (ended.FAILED || []).map((n, i) => n + ((ended.CANCELLED || [])[i] || 0));
+    const top = Math.max(1, ...ok.map((n, i) => n + bad[i]));
+    const svg = document.createElementNS(ns, 'svg');
+    svg.setAttribute('viewBox', `0 0 ${ok.length * 6} 30`);
+    svg.setAttribute('class', 'chart');
+    svg.setAttribute('role', 'img');
+    ok.forEach((n, i) => {
+      for (const [value, base, cls] of [[n, 0, 'ok'], [bad[i], n, 'bad']]) {
+        if (!value) continue;
+        const bar = document.createElementNS(ns, 'rect');
+        bar.setAttribute('x', String(i * 6));
+        bar.setAttribute('width', '5');
+        bar.setAttribute('height', String((value / top) * 30));
+        bar.setAttribute('y', String(30 - ((value + base) / top) * 30));
+        bar.setAttribute('class', cls);
+        svg.append(bar);
+      }
+    });
+    return svg;
+  }
+
+  function routeCard(route, minutes) {
+    const card = el('article', `route-card${route.up ? '' : ' down'}`);
+    card.dataset.route = route.name;
+    const ended = route.ended || {};
+    const sum = (xs) => (xs || []).reduce((a, b) => a + b, 0);
+    const done = sum(ended.SUCCEEDED) + sum(ended.FAILED) + sum(ended.CANCELLED);
+    const failed = sum(ended.FAILED);
+    const head = el('h2', '', route.name);
+    head.append(el('span', `badge ${route.up ? 's-succeeded' : 's-failed'}`, route.up ? 'up' : 'down'));
+    const numbers = el('dl', 'numbers');
+    const put = (name, value, key) => {
+      const dd = el('dd', '', value);
+      dd.dataset.key = key;
+      numbers.append(el('dt', '', name), dd);
+    };
+    put('waiting', String(route.waiting), 'waiting');
+    put('running', String(route.running), 'running');
+    put('oldest', route.oldestSeconds == null ? '—' : age(route.oldestSeconds), 'oldest');
+    put(`ended / ${minutes} min`, String(done), 'ended');
+    put('failed', done ? `${Math.round((failed / done) * 100)}%` : '—', 'failed');
+    const chartBox = el('div', 'chart-box');
+    chartBox.title = `jobs ended per minute over ${minutes} minutes (failed and cancelled in red)`;
+    chartBox.append(chart(ended));
+    const workers = el('ul', 'workers');
+    for (const w of route.workers) {
+      const item = el('li', w.healthy ? 'healthy' : 'silent');
+      const jobsHeld = Array.isArray(w.jobs) ? w.jobs.length : w.jobs;
+      item.textContent = `${w.name}: ${w.healthy ? 'healthy' : `silent ${age(w.silentSeconds)}`}, ${jobsHeld} running`;
+      if (Array.isArray(w.jobs) && w.jobs.length) item.title = w.jobs.join('\n');
+      workers.append(item);
+    }
+    if (!route.workers.length) workers.append(el('li', 'silent', 'no worker'));
+    card.append(head, numbers, chartBox, workers);
+    if (route.startError) card.append(el('p', 'error', route.startError));
+    return card;
+  }
+
+  let overviewLoading = false;
+  async function loadOverview() {
+    if (overviewLoading || $('main').hidden || document.hidden) return;
+    overviewLoading = true;
+    try {
+      const data = await call('GET', `${API}/overview`);
+      const box = $('overview');
+      box.replaceChildren(...data.routes.map((route) => routeCard(route, data.minutes)));
+    } catch (_) {
+      // the next tick tries again
+    } finally {
+      overviewLoading = false;
+    }
   }
 
   // -- history (List) --------------------------------------------------------------------------
@@ -575,6 +654,9 @@
       ['Labels', Object.entries(job.labels || {}).map(([k, v]) => `${k}=${v}`).join(', ') || '—'],
       ['Request id', job.requestId || '—'],
     ];
+    if (job.attempt > 1) fields.push(['Attempt', String(job.attempt)]);
+    if (job.retryOf) fields.push(['Retry of', job.retryOf]);
+    if (job.retriedBy) fields.push(['Retried by', job.retriedBy]);
     if (job.error) fields.push(['Error', `${job.error.code} ${job.error.reason}: ${job.error.message}`]);
     const list = $('detail-fields');
     list.textContent = '';
@@ -586,6 +668,8 @@
     const segments = entry ? entry.segments : detail.segments || [];
     $('detail-transcript').textContent = transcriptOf(segments) || '—';
     $('detail-cancel').hidden = job.done;
+    $('detail-retry').hidden = !(job.state === 'FAILED' || job.state === 'CANCELLED');
+    $('detail-delete').hidden = !job.done;
     $('detail').dataset.state = job.state;
   }
 
@@ -597,7 +681,76 @@
 
   // -- actions ---------------------------------------------------------------------------------
 
+  // Asks before an action: resolves true when confirmed (a <dialog>, so it looks like the page and tests can
+  // click it; nothing happens on Escape or Keep).
+  function confirmAction(text) {
+    const dialog = $('confirm');
+    $('confirm-text').textContent = text;
+    return new Promise((resolve) => {
+      dialog.addEventListener('close', () => resolve(dialog.returnValue === 'yes'), { once: true });
+      dialog.returnValue = '';
+      dialog.showModal();
+      $('confirm-no').focus();
+    });
+  }
+
+  async function retryJob(id, button) {
+    if (!(await confirmAction(`Run job ${id.slice(-12)} again, as a new job?`))) return;
+    if (button) button.disabled = true;
+    try {
+      const data = await call('POST', `${API}/jobs/${encodeURIComponent(id)}/retry`);
+      apply(data.job, undefined, []);
+      openDetail(data.job.id, true);
+    } catch (error) {
+      $('notice').textContent = `Could not retry ${id}: ${error.message}`;
+    } finally {
+      if (button) button.disabled = false;
+    }
+  }
+
+  async function deleteJob(id, button) {
+    if (!(await confirmAction(`Delete job ${id.slice(-12)} and its result now? This cannot be undone.`))) return;
+    if (button) button.disabled = true;
+    try {
+      await call('DELETE', `${API}/jobs/${encodeURIComponent(id)}`);
+      const entry = jobs.get(id);
+      if (entry) removeRow(entry);
+      closeDetail(true);
+      scheduleSummary();
+    } catch (error) {
+      $('notice').textContent = `Could not delete ${id}: ${error.message}`;
+    } finally {
+      if (button) button.disabled = false;
+    }
+  }
+
+  async function cancelMatching() {
+    const what = query(filter, true).toString();
+    if (!(await confirmAction(`Cancel every queued and running job${what ? ' that matches the filter' : ''}?`))) return;
+    try {
+      const data = await call('POST', `${API}/cancel-matching${what ? `?${what}` : ''}`);
+      $('notice').textContent = `Cancelled ${data.cancelled} of ${data.asked} job${data.asked === 1 ? '' : 's'}.`;
+    } catch (error) {
+      $('notice').textContent = `Could not cancel: ${error.message}`;
+    }
+  }
+
+  async function find(event) {
+    event.preventDefault();
+    const wanted = $('find-q').value.trim();
+    $('find-error').textContent = '';
+    if (!wanted) return;
+    try {
+      const data = await call('GET', `${API}/find?q=${encodeURIComponent(wanted)}`);
+      apply(data.job, undefined, []);
+      openDetail(data.job.id, true);
+    } catch (error) {
+      $('find-error').textContent = error.status === 404 ? `No job ${wanted}.` : error.message;
+    }
+  }
+
   async function cancelJob(id, button) {
+    if (!(await confirmAction(`Cancel job ${id.slice(-12)}?`))) return;
     if (button) button.disabled = true;
     try {
       const data = await call('POST', `${API}/jobs/${encodeURIComponent(id)}/cancel`);
@@ -664,6 +817,7 @@
   }
 
   function showMain() {
+    loadOverview();
     $('login').hidden = true;
     $('main').hidden = false;
     $('tenant').textContent = config.auth && config.tenant ? `tenant ${config.tenant}` : '';
@@ -749,6 +903,10 @@
     });
     $('detail-close').addEventListener('click', () => closeDetail(true));
     $('detail-cancel').addEventListener('click', (event) => detail && cancelJob(detail.id, event.target));
+    $('detail-retry').addEventListener('click', (event) => detail && retryJob(detail.id, event.target));
+    $('detail-delete').addEventListener('click', (event) => detail && deleteJob(detail.id, event.target));
+    $('cancel-matching').addEventListener('click', cancelMatching);
+    $('find').addEventListener('submit', find);
     document.addEventListener('keydown', (event) => {
       if (event.key === 'Escape' && detail) closeDetail(true);
     });
@@ -757,6 +915,7 @@
     });
     setInterval(tickAges, 1000);
     setInterval(watchdog, 5000);
+    setInterval(loadOverview, 2000);
   }
 
   async function start() {

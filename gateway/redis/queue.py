@@ -53,6 +53,10 @@ ACK_GATHER_SECONDS = 0.1
 _TAKE_SHA = hashlib.sha1(scripts.TAKE.encode()).hexdigest()
 
 
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def consumer_name() -> str:
     """A process among the workers with no identity of its own: host, pid and a random tail (a
     restart is a new consumer, whose predecessor's jobs are taken over once their leases lapse)."""
@@ -280,6 +284,20 @@ class RedisQueue:
     def run_time(self, local: float | None) -> float | None:
         self._local_run_time = local  # published with the next count
         return self._run_time if self._run_time is not None else local
+
+    async def consumers(self) -> list[tuple[str, int, float]]:
+        """XINFO CONSUMERS of the route's stream: every worker process that ever read it (a gone one stays
+        listed, ever longer silent, until its name is reused or the group is reset)."""
+        try:
+            found = await self._redis.xinfo_consumers(self.stream, GROUP)
+        except ResponseError:
+            return []  # no group yet: no worker has looked
+        consumers = []
+        for raw in found:
+            info = {_text(k): v for k, v in raw.items()}
+            silent = info.get("idle", 0)  # since it last looked (its reclaim loop does, every second)
+            consumers.append((_text(info["name"]), int(info["pending"]), max(0, int(silent)) / 1000))
+        return consumers
 
     async def live_position(self, job_id: str, tenant: str) -> int:
         if self._position is None:

@@ -76,6 +76,11 @@ class WorkQueue(Protocol):
         here yet): a shared queue's is every worker's, as last read."""
         ...
 
+    async def consumers(self) -> list[tuple[str, int, float]]:
+        """The worker processes of a shared queue: (name, jobs it holds, seconds since it was last
+        heard from); a queue of this process alone: [] (its runner knows its own)."""
+        ...
+
     def remove(self, job_id: str) -> bool:
         """Takes a waiting job out (cancel); False if it was not waiting."""
         ...
@@ -375,6 +380,9 @@ class MemoryQueue:
 
     def run_time(self, local: float | None) -> float | None:
         return local
+
+    async def consumers(self) -> list[tuple[str, int, float]]:
+        return []
 
     def on_lost(self, callback: Callable[[str], None]) -> None:
         pass  # one process: nobody else takes a job

@@ -243,6 +243,23 @@ class RouteRunner:
     def running_count(self) -> int:
         return len(self._running)
 
+    async def overview(self) -> dict[str, Any]:
+        snapshot = self.queue.snapshot()
+        ready = self.backend.readiness.ready and self.start_error is None
+        workers: list[dict[str, Any]] = []
+        if self.workers:
+            workers.append({"name": "this process", "workers": self.workers, "jobs": sorted(self._running),
+                            "healthy": ready, "silentSeconds": 0.0})
+        lease = getattr(self.queue, "lease_ms", 10_000) / 1000
+        for name, held, silent in await self.queue.consumers():
+            if silent < 3600:  # one gone for an hour is history, not a worker
+                workers.append({"name": name, "workers": None, "jobs": held, "healthy": silent < lease,
+                                "silentSeconds": round(silent, 1)})
+        return {"name": self.name, "backend": self.settings.backend, "up": ready, "startError": self.start_error,
+                "waiting": self.queued(), "running": sum(r for _w, r in snapshot.tenants.values()),
+                "oldestSeconds": None if snapshot.oldest_created is None else max(0.0, time.time() - snapshot.oldest_created),
+                "workers": workers}
+
     # -- workers ---------------------------------------------------------------------------------
 
     async def _work(self) -> None:

@@ -19,7 +19,7 @@ from urllib.request import Request, urlopen
 
 import pytest
 
-from gateway_client import AsyncClient, Client
+from gateway_client import AsyncClient, Client, NotFoundError
 from harness import FIXTURES, ServerProcess, unavailable
 from harness.browser import CHROMIUM, Browser, missing, open_page, shown, wait_live, wait_rows
 from harness.stats import percentile
@@ -102,7 +102,7 @@ def test_dashboard_shows_jobs_live_filters_cancels(make_server: Any, browser: Br
         revisions = [r for i, _, r, *_ in browser.seen(page) if i == echo.id]
         assert revisions == sorted(revisions) and len(set(revisions)) >= 4, revisions  # progress on the way
         failed = browser.wait_row(page, failing.id, "FAILED")
-        assert "ECHO_FAILURE" in failed["info"]
+        assert "ECHO_FAILURE: the model fell over" in failed["info"]  # the reason and the message, in the list
         transcribed = browser.wait_row(page, whisper.id, "SUCCEEDED", timeout=120)
         assert "seashells" in transcribed["info"].lower(), transcribed
         # A longer recording: its transcript grows on the page while the job runs, segment by segment.
@@ -127,6 +127,7 @@ def test_dashboard_shows_jobs_live_filters_cancels(make_server: Any, browser: Br
         browser.wait_for(page, "() => document.querySelectorAll('#detail-revisions tr').length >= 5",
                          what="revisions arriving in the detail view")
         browser.call("click", page=page, selector="#detail-cancel")
+        browser.call("click", page=page, selector="#confirm-yes")  # asked first
         browser.wait_row(page, long.id, "CANCELLED")
         browser.wait_for(page, "() => document.getElementById('detail').dataset.state === 'CANCELLED'")
         final = client.get(long.id)
@@ -316,3 +317,101 @@ def test_dashboard_shows_every_state_change_of_200_jobs_at_once(
               f"p50 {percentile(latencies, 0.5):.0f} ms, p99 {percentile(latencies, 0.99):.0f} ms (this run, "
               f"not asserted; Chromium {browser.version})")
     _no_page_errors(browser, "load", server.http_url)
+
+
+CONSOLE_CONFIG = """
+shutdown_grace_seconds = 0
+[routes.echo]
+backend = "echo"
+
+[routes.slow]
+backend = "echo"
+workers = 1
+"""
+
+
+def _overview(browser: Browser, page: str, route: str) -> dict[str, str]:
+    return browser.eval(page, """(route) => {
+        const card = document.querySelector(`#overview .route-card[data-route="${route}"]`);
+        if (!card) return null;
+        const out = {};
+        for (const dd of card.querySelectorAll('dd[data-key]')) out[dd.dataset.key] = dd.textContent;
+        out.workers = [...card.querySelectorAll('.workers li')].map((li) => li.textContent);
+        return out;
+    }""", route)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_the_console_counts_searches_retries_deletes_and_cancels_in_bulk(
+        store: str, make_server: Any, browser: Browser, request: pytest.FixtureRequest) -> None:
+    """The operator's side of the page: per route the server's own counts (jobs waiting behind a busy worker,
+    running, ended and failed over the last minutes) and its workers; find by job id and by request id; on a
+    job retry, delete and cancel, each confirmed first; and cancel every job a filter matches. With Redis the
+    page is served by an API replica that runs nothing, and the workers are another process's."""
+    if store == "sqlite":
+        server: ServerProcess = make_server(CONSOLE_CONFIG)
+        api = server
+    else:
+        redis = request.getfixturevalue("redis_process")
+        redis.flush()
+        config = f'store = "{redis.url}"\nlease_seconds = 2\n' + CONSOLE_CONFIG
+        api = make_server(config, args=("--workers", "0"))
+        worker = make_server(config, command="worker")
+        worker.wait_serving("route/slow")
+    page = f"console-{store}"
+    open_page(browser, page, api.http_url + "/")
+    wait_live(browser, page)
+    with Client(api.target) as client:
+        failed = client.submit_job("echo", {"fail_with": "broken"}, request_id="find-me-by-request").job
+        client.future(failed.id).exception(timeout=30)
+        blockers = [client.submit_job("slow", {"delay_ms": 60_000, "steps": 60}, labels={"bulk": "yes"}).job
+                    for _ in range(4)]
+        browser.wait_for(page, """() => {
+            const card = document.querySelector('#overview .route-card[data-route="slow"]');
+            return card && card.querySelector('dd[data-key="waiting"]').textContent === '3'
+                && card.querySelector('dd[data-key="running"]').textContent === '1';
+        }""", timeout=30, what="the slow route's counts: 3 waiting behind 1 running")
+        echo = _overview(browser, page, "echo")
+        assert echo["ended"] == "1" and echo["failed"] == "100%", echo
+        slow = _overview(browser, page, "slow")
+        assert any("healthy, 1 running" in w for w in slow["workers"]), slow
+
+        # Find by request id, then retry the failed job from its detail view (confirmed first).
+        browser.call("fill", page=page, selector="#find-q", value="find-me-by-request")
+        browser.call("click", page=page, selector='#find button[type="submit"]')
+        browser.wait_for(page, "(id) => location.search.includes(`job=${id}`)", failed.id, what="the found job")
+        browser.wait_for(page, "() => !document.getElementById('detail-retry').hidden", what="a retry button")
+        browser.call("click", page=page, selector="#detail-retry")
+        browser.call("click", page=page, selector="#confirm-no")  # kept: nothing happens
+        assert client.get(failed.id).retried_by == ""
+        browser.call("click", page=page, selector="#detail-retry")
+        browser.call("click", page=page, selector="#confirm-yes")
+        browser.wait_for(page, "(id) => !location.search.includes(`job=${id}`)", failed.id, what="the retry opened")
+        retried = client.get(failed.id).retried_by
+        assert retried and browser.call("url", page=page).endswith(f"job={retried}")
+
+        # Delete the original (done), confirmed; it leaves the list and the store.
+        browser.call("fill", page=page, selector="#find-q", value=failed.id)
+        browser.call("click", page=page, selector='#find button[type="submit"]')
+        browser.wait_for(page, "(id) => location.search.includes(`job=${id}`) && "
+                               "!document.getElementById('detail-delete').hidden", failed.id, what="delete")
+        browser.call("click", page=page, selector="#detail-delete")
+        browser.call("click", page=page, selector="#confirm-yes")
+        browser.wait_for(page, "(id) => !document.querySelector(`#rows > tr[data-id='${id}']`)", failed.id,
+                         what="the deleted job gone from the list")
+        with pytest.raises(NotFoundError):
+            client.get(failed.id)
+
+        # Cancel every job of a filter (the label), confirmed; the others go on.
+        other = client.submit_job("slow", {"delay_ms": 60_000}).job
+        browser.call("fill", page=page, selector="#labels", value="bulk=yes")
+        browser.call("click", page=page, selector='#filters button[type="submit"]')
+        browser.call("click", page=page, selector="#cancel-matching")
+        browser.call("click", page=page, selector="#confirm-yes")
+        browser.wait_for(page, "() => document.getElementById('notice').textContent.startsWith('Cancelled 4 of 4')",
+                         what="the bulk cancel's answer")
+        for job in blockers:
+            browser.wait_row(page, job.id, "CANCELLED")
+        assert client.get(other.id).state.name in ("QUEUED", "RUNNING")
+        client.cancel(other.id)
+    _no_page_errors(browser, page, api.http_url)
