@@ -39,7 +39,7 @@ from typing import Any
 from bench.common import Row, kill_all
 
 SECTIONS: list[str] = ["core", "whisper", "octoai", "watch_bytes", "scale", "memory", "long_audio", "webhooks", "dashboard",
-                       "upstreams", "uploads", "fairness"]
+                       "upstreams", "uploads", "fairness", "watch_replay"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -449,7 +449,7 @@ class RedisStore:
             return None
         return job, (request_hash or b"").decode()
 
-    async def revisions_after(self, job_id: str, after: int) -> list[tuple[Job, int]]:
+    async def revisions_after(self, job_id: str, after: int, whole: bool = True) -> list[tuple[Job, int]]:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xrange(self.keys.revs(job_id), min=f"0-{max(after, 0)}", max="+")
             pipe.lrange(self.keys.segs(job_id), 0, -1)
@@ -465,7 +465,7 @@ class RedisStore:
             if revision == after:
                 offset = count
                 continue
-            out.append((job_from_json(fields[b"job"], segments[:count]), offset))
+            out.append((job_from_json(fields[b"job"], segments[:count] if whole else segments[offset:count]), offset))
             offset = count
         return out
 

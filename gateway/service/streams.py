@@ -127,8 +127,8 @@ class Streams:
                 last, done = current, snapshot.job.terminal
             elif after_revision < current:
                 # The store may already hold revisions newer than the snapshot: send them all.
-                for job, offset in await self.store.revisions_after(job_id, after_revision):
-                    yield Update(JobEvent(job, offset))
+                for job, offset in await self.store.revisions_after(job_id, after_revision, whole=False):
+                    yield Update(JobEvent(job, offset, partial=True))
                     last, done = job.revision, job.terminal
             else:
                 done = snapshot.job.terminal
@@ -144,11 +144,11 @@ class Streams:
                     # A gap (the ring moved past this watcher) or a resync (a shared bus may have
                     # lost events): the store holds every committed revision, with its segments.
                     generation = channel.generation
-                    missed = await self.store.revisions_after(job_id, last)
+                    missed = await self.store.revisions_after(job_id, last, whole=False)
                     if not missed:
                         await self._check_kept(tenant, job_id, last)
                     for job, offset in missed:
-                        yield Update(JobEvent(job, offset))
+                        yield Update(JobEvent(job, offset, partial=True))
                         last = job.revision
                         if job.terminal:
                             return

@@ -270,9 +270,11 @@ class JobStore(Protocol):
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
-    async def revisions_after(self, job_id: str, after: int) -> list[tuple[Job, int]]:
+    async def revisions_after(self, job_id: str, after: int, whole: bool = True) -> list[tuple[Job, int]]:
         """Every stored revision after ``after``, each with its segments offset: how many segments
-        the revision before it had (what a watcher that saw that one already holds)."""
+        the revision before it had (what a watcher that saw that one already holds). ``whole``: each
+        job with every segment it had then; False: with only the segments it added (a partial
+        JobEvent's), so that replaying a long transcript's revisions costs its length, not its square."""
         ...
 
     async def get_result(self, job_id: str) -> Result | None: ...

@@ -766,7 +766,7 @@ class SqliteStore:
 
         return await self._read(read)
 
-    async def revisions_after(self, job_id: str, after: int) -> list[tuple[Job, int]]:
+    async def revisions_after(self, job_id: str, after: int, whole: bool = True) -> list[tuple[Job, int]]:
         def read(conn: sqlite3.Connection) -> list[tuple[Job, int]]:
             row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
@@ -790,7 +790,8 @@ class SqliteStore:
                         revision=revision, created=base.created, progress=rev["progress"], started=rev["started"],
                         finished=rev["finished"], expires=rev["expires"], labels=base.labels,
                         error=JobFailure.from_dict(json.loads(error)) if error else None,
-                        segments=base.segments[:count], queue_position=rev["queue_position"],
+                        segments=base.segments[:count] if whole else base.segments[offset:count],
+                        queue_position=rev["queue_position"],
                         request_id=base.request_id, webhook=base.webhook, logs=base.logs,
                         queue_timeout=base.queue_timeout, run_timeout=base.run_timeout, priority=base.priority,
                         retry_of=base.retry_of, attempt=rev["attempt"],

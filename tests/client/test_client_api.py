@@ -314,3 +314,28 @@ def test_vermin_agrees_with_requires_python() -> None:
     found = re.search(r"Minimum required versions:\s*(\d+\.\d+)", done.stdout)
     assert found, done.stdout + done.stderr
     assert found.group(1) == match.group(1), done.stdout
+
+
+def test_the_jobs_a_watch_yields_keep_their_own_transcript_as_it_grows_or_is_rewritten() -> None:
+    """TranscriptBuilder shares its segments between the jobs it makes (an update costs what it adds): each job
+    keeps the transcript of its revision, after later appends and after a revision that rewrites the tail."""
+    def seg(i: int) -> pb.Segment:
+        return pb.Segment(start_seconds=i, end_seconds=i + 1, text=f"s{i}")
+
+    builder = TranscriptBuilder()
+    made = []
+    for i in range(5):
+        assert builder.apply(i, [seg(i)])
+        made.append(builder.job(pb.Job(id="j", revision=i + 1, segments=[seg(i)])))
+    assert builder.apply(3, [seg(30)])  # revision 6 rewrote the tail from index 3
+    rewritten = builder.job(pb.Job(id="j", revision=6, segments=[seg(30)]))
+    assert [[s.text for s in job.segments] for job in made] == [[f"s{k}" for k in range(i + 1)] for i in range(5)]
+    assert [s.text for s in rewritten.segments] == ["s0", "s1", "s2", "s30"]
+    assert [s.text for s in made[4].raw.segments] == ["s0", "s1", "s2", "s3", "s4"]  # made when read
+    assert [s.text for s in rewritten.raw.segments] == ["s0", "s1", "s2", "s30"]
+    # Tuple-like: equality, slicing, concatenation, hashing, negative indexes.
+    assert made[1].segments == tuple(made[1].segments) and made[1].segments[-1].text == "s1"
+    assert made[2].segments[:2] == made[1].segments and isinstance(made[2].segments[:2], tuple)
+    assert len(made[0].segments + made[1].segments) == 3 and hash(made[1].segments) == hash(tuple(made[1].segments))
+    with pytest.raises(IndexError):
+        made[0].segments[1]

@@ -21,7 +21,7 @@ from inferencegateway.gateway.v1 import gateway_pb2 as pb
 
 from gateway_client._errors import DataLossError, DeadlineExceededError
 from gateway_client._resume import ResumedStream, Resumption
-from gateway_client._types import Heartbeat, Job, Segment
+from gateway_client._types import Heartbeat, Job, Segment, Segments
 
 if TYPE_CHECKING:
     from gateway_client._aio import AsyncClient
@@ -40,20 +40,22 @@ class _Gap(Exception):
 
 
 class TranscriptBuilder:
-    """The segments of one job so far, rebuilt as ``transcript[:offset] + added``."""
+    """The segments of one job so far, rebuilt as ``transcript[:offset] + added``. Appends in place: the jobs
+    it made share its lists (each its own length), and a revision that rewrites the tail gets new lists, so
+    the ones already made keep theirs. An update costs what it adds, not the whole transcript."""
 
     def __init__(self, raw: Sequence[pb.Segment] = (), segments: Sequence[Segment] | None = None) -> None:
         self._raw: list[pb.Segment] = list(raw)
-        self._segments: tuple[Segment, ...] = (
-            tuple(segments) if segments is not None else tuple(Segment.from_proto(s) for s in raw)
+        self._segments: list[Segment] = (
+            list(segments) if segments is not None else [Segment.from_proto(s) for s in raw]
         )
 
     def __len__(self) -> int:
         return len(self._raw)
 
     @property
-    def segments(self) -> tuple[Segment, ...]:
-        return self._segments
+    def segments(self) -> Segments:
+        return Segments(self._segments, len(self._segments))
 
     def apply(self, offset: int, added: Sequence[pb.Segment]) -> bool:
         """Adds a revision's segments; False (and nothing changed) when ``offset`` leaves a gap,
@@ -62,19 +64,29 @@ class TranscriptBuilder:
             return False
         if offset == len(self._raw) and not added:
             return True
-        self._raw[offset:] = list(added)
-        self._segments = self._segments[:offset] + tuple(Segment.from_proto(s) for s in added)
+        if offset < len(self._raw):  # the tail rewritten: new lists, the jobs already made keep theirs
+            self._raw = self._raw[:offset]
+            self._segments = self._segments[:offset]
+        self._raw.extend(added)
+        self._segments.extend(Segment.from_proto(s) for s in added)
         return True
 
     def job(self, message: pb.Job) -> Job:
-        """The job of an update's message, with the whole transcript instead of the increment."""
-        if len(message.segments) != len(self._raw):
-            whole = pb.Job()
-            whole.CopyFrom(message)
-            del whole.segments[:]
-            whole.segments.extend(self._raw)
-            message = whole
-        return Job.from_proto(message, self._segments)
+        """The job of an update's message, with the whole transcript instead of the increment (its ``raw``
+        message with every segment is made when first read)."""
+        segments = self.segments
+        if len(message.segments) == len(self._raw):
+            return Job.from_proto(message, segments)
+        raw, count = self._raw, len(self._raw)
+
+        def whole() -> pb.Job:
+            made = pb.Job()
+            made.CopyFrom(message)
+            del made.segments[:]
+            made.segments.extend(raw[:count])
+            return made
+
+        return Job.from_proto(message, segments, raw=whole)
 
 
 class AsyncJobChanges(Generic[E]):

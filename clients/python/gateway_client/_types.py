@@ -8,7 +8,8 @@ are BCP-47 codes (``en``, ``pt-BR``). Everything here is immutable.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -148,6 +149,50 @@ class ErrorDetails:
         return cls(_CODES.get(status.code, grpc.StatusCode.UNKNOWN), status.message, reason, metadata)
 
 
+class Segments(Sequence["Segment"]):
+    """A job's segments as of one revision, read-only and tuple-like (indexing, slicing to a tuple, ==, +, hash).
+    The jobs ``watch()`` yields share the transcript the client rebuilds from the stream, each seeing its own
+    revision's length, so an update costs the segments it adds, not the whole transcript again."""
+
+    __slots__ = ("_items", "_length")
+
+    def __init__(self, items: list[Segment], length: int) -> None:
+        self._items = items  # never changed below _length by the owner (a rewritten tail gets a new list)
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return tuple(self._items[:self._length][index])
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError("segment index out of range")
+        return self._items[index]
+
+    def __iter__(self) -> Any:
+        return itertools.islice(self._items, self._length)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Segments, tuple, list)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __add__(self, other: Sequence[Segment]) -> tuple[Segment, ...]:
+        return (*self, *other)
+
+    def __radd__(self, other: Sequence[Segment]) -> tuple[Segment, ...]:
+        return (*other, *self)
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
 @dataclass(frozen=True)
 class Job:
     """A job as of one revision.
@@ -172,12 +217,12 @@ class Job:
     expire_time: datetime | None
     labels: Mapping[str, str]
     error: ErrorDetails | None
-    segments: tuple[Segment, ...]
+    segments: Sequence[Segment]
+    """A tuple, or (on the jobs of ``watch()``) a tuple-like ``Segments`` view of the transcript so far."""
     queue_position: int
     """1 for the next job to run; 0 when not queued or unknown."""
     request_id: str
-    raw: pb.Job = field(repr=False, compare=False)
-    """The protobuf message (with every segment of ``segments``)."""
+    _raw: Any = field(repr=False, compare=False)  # the message, or a function that makes it (watch: on demand)
     logs: str = ""
     """Upstream routes: the tail of the provider's log, as of this revision."""
     queue_timeout: float | None = None
@@ -195,9 +240,20 @@ class Job:
     attempt: int = 1
     """Which run this is: 1, then one more each time the route's retry policy ran it again after a transient failure."""
 
+    @property
+    def raw(self) -> pb.Job:
+        """The protobuf message (with every segment of ``segments``)."""
+        raw = self._raw
+        if callable(raw):  # made once, when first asked for
+            raw = raw()
+            object.__setattr__(self, "_raw", raw)
+        return raw  # type: ignore[no-any-return]
+
     @classmethod
-    def from_proto(cls, m: pb.Job, segments: tuple[Segment, ...] | None = None) -> Job:
-        """The job of a message; ``segments``, when given, are its already converted segments."""
+    def from_proto(cls, m: pb.Job, segments: Sequence[Segment] | None = None,
+                   raw: Callable[[], pb.Job] | None = None) -> Job:
+        """The job of a message; ``segments``, when given, are its already converted segments; ``raw``, a
+        function making the whole message (when ``m`` carries only some of the segments)."""
         return cls(
             id=m.id,
             route=m.route,
@@ -214,7 +270,7 @@ class Job:
             segments=segments if segments is not None else tuple(Segment.from_proto(s) for s in m.segments),
             queue_position=m.queue_position,
             request_id=m.request_id,
-            raw=m,
+            _raw=raw if raw is not None else m,
             logs=m.logs,
             queue_timeout=m.queue_timeout.ToTimedelta().total_seconds() if m.HasField("queue_timeout") else None,
             run_timeout=m.run_timeout.ToTimedelta().total_seconds() if m.HasField("run_timeout") else None,
