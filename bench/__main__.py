@@ -39,7 +39,8 @@ from typing import Any
 from bench.common import Row, kill_all
 
 SECTIONS: list[str] = ["core", "whisper", "octoai", "watch_bytes", "scale", "memory", "long_audio", "webhooks", "dashboard",
-                       "upstreams", "uploads", "fairness", "watch_replay"]
+                       "upstreams", "uploads", "fairness", "watch_replay",
+                       "redis_memory"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -17,7 +17,8 @@ from typing import Any
 from gateway.hub import JobEvent
 from gateway.jobs import Job, JobFailure, JobState, Segment, WebhookSpec
 
-__all__ = ["RemoteEvent", "decode_event", "decode_segments", "dumps", "job_from_dict", "job_from_json", "job_json"]
+__all__ = ["RemoteEvent", "decode_event", "decode_segments", "dumps", "fixed_length", "job_from_dict", "job_from_json",
+           "job_json"]
 
 
 def dumps(value: Any) -> str:
@@ -36,6 +37,23 @@ def _number(value: float | None) -> str:
 
 def job_json(job: Job) -> str:
     """The job as stored and published: its fixed fields' JSON (made once per job), then the others."""
+    static = _static_json(job)
+    if job.terminal:
+        _STATIC_JSON.pop(job.id, None)
+    error = "null" if job.error is None else dumps(job.error.to_dict())
+    return (f'{static},"state":{int(job.state)},"revision":{job.revision},"progress":{_number(job.progress)},'
+            f'"started":{_number(job.started)},"finished":{_number(job.finished)},"expires":{_number(job.expires)},'
+            f'"error":{error},"queue_position":{job.queue_position}'
+            + (f',"attempt":{job.attempt}' if job.attempt != 1 else '')
+            + (f',"logs":{dumps(job.logs)}}}' if job.logs else '}'))
+
+
+def fixed_length(job: Job) -> int:
+    """How long the part of ``job_json(job)`` made of the job's fixed fields is: the same in every revision."""
+    return len(_static_json(job))
+
+
+def _static_json(job: Job) -> str:
     fixed = (job.tenant, job.route, job.created, job.request_id, job.webhook)
     cached = _STATIC_JSON.get(job.id)
     if cached is not None and cached[1] is job.labels and cached[0] == fixed:
@@ -51,14 +69,7 @@ def job_json(job: Job) -> str:
             **({"retry_of": job.retry_of} if job.retry_of else {}),
         })[:-1]
         _STATIC_JSON[job.id] = (fixed, job.labels, static)
-    if job.terminal:
-        _STATIC_JSON.pop(job.id, None)
-    error = "null" if job.error is None else dumps(job.error.to_dict())
-    return (f'{static},"state":{int(job.state)},"revision":{job.revision},"progress":{_number(job.progress)},'
-            f'"started":{_number(job.started)},"finished":{_number(job.finished)},"expires":{_number(job.expires)},'
-            f'"error":{error},"queue_position":{job.queue_position}'
-            + (f',"attempt":{job.attempt}' if job.attempt != 1 else '')
-            + (f',"logs":{dumps(job.logs)}}}' if job.logs else '}'))
+    return static
 
 
 def job_from_json(text: str | bytes, segments: tuple[Segment, ...] = ()) -> Job:

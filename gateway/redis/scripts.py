@@ -137,7 +137,8 @@ end
 # ARGV: id, expected revision, attempt (-1: any), count attempt (0/1), revision, job JSON, segment
 #       count, terminal (0/1), result ('' none), ttl ms, tombstone ttl ms, tenant, n new segments,
 #       segments..., expires, tombstone end, events channel, webhook mark (now; '' none), webhook URL,
-#       keep inputs (1: an ended job keeps its inputs and uploaded audio until it expires, for Retry)
+#       keep inputs (1: an ended job keeps its inputs and uploaded audio until it expires, for Retry),
+#       the length of the job JSON's fixed fields (every revision's JSON starts with the same ones)
 # Answers the revision's change position; an error reply CONFLICT... when the compare-and-set fails.
 SAVE = _UNQUEUE + """
 local cur = redis.call('HMGET', KEYS[1], 'rev', 'att', 'job', 'pos')
@@ -189,6 +190,28 @@ if ARGV[8] == '1' then
     redis.call('XACK', KEYS[10], 'workers', entry)
     redis.call('XDEL', KEYS[10], entry)
   end
+  -- Compacted: the revisions stream goes (a stream costs some 4 KB even for three entries); its entries go into
+  -- one field of the job, 'hist', a line each: "revision|segment count|+" and the JSON after the fixed fields
+  -- (the same in every revision, kept once in 'job'; 'hn' their length), "=" and the whole JSON, or "^" for
+  -- the end itself (the JSON in 'job').
+  local n_fixed = tonumber(ARGV[20 + n]) or 0
+  local fixed = string.sub(ARGV[6], 1, n_fixed)
+  local lines = {}
+  for i, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
+    local json, seg = entry[2][2], entry[2][4]
+    local rev = string.sub(entry[1], 3)
+    if json == ARGV[6] then  -- the end itself: kept whole in 'job' already
+      lines[i] = rev .. '|' .. seg .. '|^'
+    elseif n_fixed > 0 and string.sub(json, 1, n_fixed) == fixed then
+      lines[i] = rev .. '|' .. seg .. '|+' .. string.sub(json, n_fixed + 1)
+    else
+      lines[i] = rev .. '|' .. seg .. '|=' .. json
+    end
+  end
+  redis.call('HSET', KEYS[1], 'hist', table.concat(lines, '\\n'), 'hn', n_fixed)
+  redis.call('DEL', KEYS[2])
+  -- What only a job still going needs: its create's own JSON (a create sent again, CREATE), its queue entry.
+  redis.call('HDEL', KEYS[1], 'created_as', 'entry')
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
   if redis.call('EXISTS', KEYS[9]) == 1 then redis.call('PEXPIRE', KEYS[9], ttl) end
   if redis.call('EXISTS', KEYS[11]) == 1 then redis.call('PEXPIRE', KEYS[11], ttl) end

@@ -42,7 +42,7 @@ from gateway import metrics
 from gateway.errors import Unavailable
 from gateway.jobs import Clock, Job, Result, Segment, SystemClock, decode_result, encode_result, webhook_wanted
 from gateway.redis import scripts
-from gateway.redis.codec import decode_segments, dumps, job_from_json, job_json
+from gateway.redis.codec import decode_segments, dumps, fixed_length, job_from_json, job_json
 from gateway.redis.conn import RespConnection, pool
 from gateway.redis.keys import Keys
 from gateway.settings import TenantSettings
@@ -373,6 +373,7 @@ class RedisStore:
             *segments, repr(expires), repr(expires + (expires - now)), self.keys.events,
             repr(time.time()) if marked else "", job.webhook.url if marked and job.webhook else "",
             "1" if terminal and keeps_inputs(job, self.keep_failed_inputs) else "",
+            fixed_length(job) if terminal else 0,
         ]
 
         def decode(answer: Any) -> int:
@@ -453,7 +454,10 @@ class RedisStore:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xrange(self.keys.revs(job_id), min=f"0-{max(after, 0)}", max="+")
             pipe.lrange(self.keys.segs(job_id), 0, -1)
-            entries, raw_segments = await pipe.execute()
+            pipe.hmget(self.keys.job(job_id), "hist", "hn", "job")
+            entries, raw_segments, (hist, fixed, final) = await pipe.execute()
+        if not entries and hist:  # ended: its revisions were compacted into 'hist' (scripts.SAVE)
+            entries = _history(hist, final, int(fixed or 0), after)
         if not entries:
             return []
         counts = [int(fields[b"seg"]) for _, fields in entries]
@@ -659,3 +663,18 @@ def _translate(exc: Exception) -> Exception:
     if str(exc).startswith("CONFLICT"):
         return RevisionConflict(str(exc).removeprefix("CONFLICT "))
     return exc
+
+
+def _history(hist: bytes, final: bytes, fixed_length: int, after: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """An ended job's compacted revisions (its 'hist' field) as the stream's entries were, from ``after`` on;
+    ``final``: its last revision's JSON ('job'), whose first ``fixed_length`` bytes every revision shares."""
+    fixed = final[:fixed_length]
+    entries = []
+    for line in hist.split(b"\n"):
+        revision, count, rest = line.split(b"|", 2)
+        if int(revision) < after:
+            continue
+        kind = rest[:1]
+        json_text = final if kind == b"^" else fixed + rest[1:] if kind == b"+" else rest[1:]
+        entries.append((b"0-" + revision, {b"job": json_text, b"seg": count}))
+    return entries

@@ -391,3 +391,33 @@ async def test_retry_of_and_attempt_are_stored_and_each_revision_keeps_its_attem
     assert stored is not None and (stored.retry_of, stored.attempt) == ("a" * 32, 2)
     assert [(j.revision, j.attempt, j.retry_of) for j, _ in await store.revisions_after(job.id, 0)] == [
         (1, 1, "a" * 32), (2, 1, "a" * 32), (3, 2, "a" * 32), (4, 2, "a" * 32)]
+
+
+async def test_an_ended_job_in_redis_keeps_its_revisions_compacted(redis_process: RedisProcess) -> None:
+    """The revisions stream of an ended job goes: its revisions go into one field of the job, the fixed fields
+    once. Every revision reads back as it was, with JSON that could fool a search for where the fixed part ends
+    (a label named "state", an error whose metadata has one), and a finished job holds a fraction of the bytes."""
+    import redis.asyncio as aioredis
+
+    redis_process.flush()
+    async with RedisStore(redis_process.url, clock=FakeClock(T0)) as store:
+        job = replace(make_job(labels={"state": "3", "x": ',"state":2,'}), request_id="r-compact")
+        await store.create_job(job, "h", PAYLOAD)
+        running = step(job, state=JobState.RUNNING, started=T0, queue_position=0)
+        await store.save_revision(running)
+        words = (Word(0.0, 0.5, " one", 0.9),)
+        moved = step(running, progress=0.5, segments=(Segment(0.0, 1.0, " one", words=words),), logs="a\nb|c")
+        await store.save_revision(moved, moved.segments)
+        failure = JobFailure(Code.FAILED_PRECONDITION, "X", "no", {"state": "RUNNING", "revision": "3"})
+        ended = finish(moved, JobState.FAILED, T0 + 1, error=failure)
+        await store.save_revision(ended)
+        history = [j for j, _ in await store.revisions_after(job.id, 0)]
+        assert history == [job, running, moved, ended]
+        assert [o for _, o in await store.revisions_after(job.id, 2, whole=False)] == [0, 1]
+        client = aioredis.from_url(redis_process.url)
+        try:
+            assert not await client.exists(store.keys.revs(job.id))
+            fields = await client.hkeys(store.keys.job(job.id))
+            assert b"hist" in fields and b"created_as" not in fields
+        finally:
+            await client.aclose()
