@@ -14,8 +14,8 @@ import pytest
 
 from gateway_client import Client, FailedPreconditionError, JobState, NotFoundError
 from harness import ServerProcess, cli, wait_until
+from harness.metrics import scrape, value
 from harness.redis import RedisProcess
-from tests.http.test_metrics import scrape, value
 
 TOKENS = {"alice": "alice-token", "bob": "bob-token"}
 CONFIG = (

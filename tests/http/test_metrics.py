@@ -11,30 +11,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway_client import Client, InvalidArgumentError, JobFailedError, NotFoundError
 from harness import FIXTURES, ServerProcess, wait_until
 from harness.fakes.octoai import TOKEN, FakeProcess
 from harness.fakes.octoai import route_config as upstream_config
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as answer:
-        assert answer.headers["Content-Type"].startswith("text/plain")
-        text = answer.read().decode()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of the samples named ``name`` whose labels include ``labels``."""
-    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+from harness.metrics import scrape, value
 
 
 @pytest.fixture
