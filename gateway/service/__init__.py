@@ -117,8 +117,14 @@ class JobService:
         webhook: WebhookSpec | None = None, deadlines: Deadlines = NO_DEADLINES, priority: int = DEFAULT_PRIORITY,
     ) -> tuple[Job, bool]:
         """Stores a new job and queues it (at ``priority``, 1 most urgent to 5, among its tenant's jobs);
-        answers (job, existing)."""
-        return await self.admission.submit(tenant, route, job_input, labels, request_id, webhook, deadlines, priority)
+        answers (job, existing). In one process the answer carries the job's place in the scheduler's order
+        now (fair share and priority counted); with a shared queue, 0 (Get reads it: a read of Redis per
+        Submit would cost every Submit for what few callers look at)."""
+        job, existing = await self.admission.submit(tenant, route, job_input, labels, request_id, webhook, deadlines,
+                                                    priority)
+        if not self.store.shared and job.state is JobState.QUEUED:
+            job = await self._placed(job)
+        return job, existing
 
     async def retry(self, tenant: str, job_id: str, spool_dir: Path | None = None) -> tuple[Job, bool]:
         """Runs a FAILED or CANCELLED job again as a new job (its inputs, route, labels, priority, deadlines

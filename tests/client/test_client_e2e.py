@@ -312,3 +312,12 @@ def test_watch_yields_heartbeats_only_when_asked(make_server) -> None:  # type: 
         assert beats and all(b.time is not None and b.time.tzinfo is not None for b in beats)
         assert all(b.revision <= items[-1].revision for b in beats) and isinstance(items[-1], Job)
         assert all(isinstance(i, Job) for i in client.watch(job.id))
+
+
+def test_the_futures_submit_takes_the_deadlines_too(echo_server: ServerProcess) -> None:
+    with Client(echo_server.target) as client:
+        future = client.submit("echo", {"delay_ms": 60_000, "steps": 60}, run_timeout=0.5, queue_timeout=300)
+        assert future.job is not None and (future.job.run_timeout, future.job.queue_timeout) == (0.5, 300)
+        with pytest.raises(JobFailedError) as failed:
+            future.result(timeout=30)
+        assert failed.value.reason == "RUN_TIMEOUT"

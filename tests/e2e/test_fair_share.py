@@ -188,3 +188,19 @@ def test_max_running_holds_across_every_worker_process(deployment: Deployment) -
             light.future(job.id).result(timeout=60)
         assert all(single.get(j.id).state is JobState.SUCCEEDED for j in mine)
         assert most == 1, f"{most} of its jobs ran at once, with max_running = 1"
+
+
+def test_the_submit_answer_carries_the_fair_position_in_one_process(make_server: Callable[..., ServerProcess]) -> None:
+    """With SQLite (one process) the Submit answer's queue_position is the job's place in the scheduler's order,
+    as Get reads it, not the count of jobs ahead in arrival order."""
+    server = make_server(CONFIG)
+    with Client(server.target, token=TOKENS["heavy"]) as heavy, Client(server.target, token=TOKENS["light"]) as light:
+        blocker = heavy.submit_job("echo", {"delay_ms": 30_000}).job
+        wait_until(lambda: heavy.get(blocker.id).state is JobState.RUNNING, "the worker to be busy")
+        backlog = [heavy.submit_job("echo", {"delay_ms": 10}).job for _ in range(6)]
+        assert [j.queue_position for j in backlog] == [1, 2, 3, 4, 5, 6]
+        mine = light.submit_job("echo", {"delay_ms": 10}).job
+        assert mine.queue_position <= 2, mine.queue_position  # its tenant's turn comes next (or after one)
+        assert mine.queue_position == light.get(mine.id).queue_position
+        for job in (blocker, *backlog):
+            heavy.cancel(job.id)

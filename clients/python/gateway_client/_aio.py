@@ -374,13 +374,14 @@ class AsyncClient:
     async def submit(
         self, route: str, inputs: Mapping[str, Any] | None = None, *, labels: Mapping[str, str] | None = None,
         request_id: str | None = None, priority: int | None = None,
+        queue_timeout: float | None = None, run_timeout: float | None = None,
         timeout: float | None = None, metadata: Metadata | None = None,
     ) -> AsyncJobFuture[Output]: ...
     @overload
     async def submit(
         self, route: str, inputs: Mapping[str, Any] | None = None, *, result_type: type[R],
         labels: Mapping[str, str] | None = None, request_id: str | None = None, priority: int | None = None,
-        timeout: float | None = None,
+        queue_timeout: float | None = None, run_timeout: float | None = None, timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> AsyncJobFuture[R]: ...
     async def submit(
@@ -392,13 +393,14 @@ class AsyncClient:
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         priority: int | None = None,
-        timeout: float | None = None,
+        queue_timeout: float | None = None, run_timeout: float | None = None, timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> AsyncJobFuture[Any]:
         """Submits JSON inputs and answers the job's future (an ``Output``; a whisper route given
         OctoAI-style JSON answers a ``Transcript``: pass ``result_type=Transcript``)."""
         job, _ = await self.submit_job(route, inputs, labels=labels, request_id=request_id, priority=priority,
-                                       timeout=timeout, metadata=metadata)
+                                       queue_timeout=queue_timeout, run_timeout=run_timeout, timeout=timeout,
+                                       metadata=metadata)
         return AsyncJobFuture(self, job, result_type)
 
     @overload
@@ -406,6 +408,7 @@ class AsyncClient:
         self, audio: Audio, *, route: str = "whisper", language: str = "", task: str = "", beam_size: int = 0,
         word_timestamps: bool = False, vad_filter: bool | None = None, labels: Mapping[str, str] | None = None,
         request_id: str | None = None, priority: int | None = None,
+        queue_timeout: float | None = None, run_timeout: float | None = None,
         timeout: float | None = None, metadata: Metadata | None = None,
     ) -> AsyncJobFuture[Transcript]: ...
     @overload
@@ -413,7 +416,7 @@ class AsyncClient:
         self, audio: Audio, *, result_type: type[R], route: str = "whisper", language: str = "", task: str = "",
         beam_size: int = 0, word_timestamps: bool = False, vad_filter: bool | None = None,
         labels: Mapping[str, str] | None = None, request_id: str | None = None, priority: int | None = None,
-        timeout: float | None = None,
+        queue_timeout: float | None = None, run_timeout: float | None = None, timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> AsyncJobFuture[R]: ...
     async def transcribe(
@@ -430,7 +433,7 @@ class AsyncClient:
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         priority: int | None = None,
-        timeout: float | None = None,
+        queue_timeout: float | None = None, run_timeout: float | None = None, timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> AsyncJobFuture[Any]:
         """Submits audio (bytes or a file path) as a typed transcription request and answers the
@@ -438,8 +441,8 @@ class AsyncClient:
         ``result_type=Output``). See submit_job for the options."""
         job, _ = await self.submit_job(
             route, audio=audio, language=language, task=task, beam_size=beam_size, word_timestamps=word_timestamps,
-            vad_filter=vad_filter, labels=labels, request_id=request_id, priority=priority, timeout=timeout,
-            metadata=metadata,
+            vad_filter=vad_filter, labels=labels, request_id=request_id, priority=priority,
+            queue_timeout=queue_timeout, run_timeout=run_timeout, timeout=timeout, metadata=metadata,
         )
         return AsyncJobFuture(self, job, result_type)
 

@@ -204,13 +204,14 @@ class Client:
     def submit(
         self, route: str, inputs: Mapping[str, Any] | None = None, *, labels: Mapping[str, str] | None = None,
         request_id: str | None = None, priority: int | None = None,
+        queue_timeout: float | None = None, run_timeout: float | None = None,
         timeout: float | None = None, metadata: Metadata | None = None,
     ) -> JobFuture[Output]: ...
     @overload
     def submit(
         self, route: str, inputs: Mapping[str, Any] | None = None, *, result_type: type[R],
         labels: Mapping[str, str] | None = None, request_id: str | None = None, priority: int | None = None,
-        timeout: float | None = None,
+        queue_timeout: float | None = None, run_timeout: float | None = None, timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> JobFuture[R]: ...
     def submit(
@@ -222,19 +223,21 @@ class Client:
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         priority: int | None = None,
-        timeout: float | None = None,
+        queue_timeout: float | None = None, run_timeout: float | None = None, timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> JobFuture[Any]:
         """Submits JSON inputs and answers the job's future (see AsyncClient.submit)."""
         return self._future(self._async.submit(route, inputs, result_type=result_type, labels=labels,
-                                               request_id=request_id, priority=priority, timeout=timeout,
-                                               metadata=metadata))
+                                               request_id=request_id, priority=priority,
+                                               queue_timeout=queue_timeout, run_timeout=run_timeout,
+                                               timeout=timeout, metadata=metadata))
 
     @overload
     def transcribe(
         self, audio: Audio, *, route: str = "whisper", language: str = "", task: str = "", beam_size: int = 0,
         word_timestamps: bool = False, vad_filter: bool | None = None, labels: Mapping[str, str] | None = None,
         request_id: str | None = None, priority: int | None = None,
+        queue_timeout: float | None = None, run_timeout: float | None = None,
         timeout: float | None = None, metadata: Metadata | None = None,
     ) -> JobFuture[Transcript]: ...
     @overload
@@ -242,7 +245,7 @@ class Client:
         self, audio: Audio, *, result_type: type[R], route: str = "whisper", language: str = "", task: str = "",
         beam_size: int = 0, word_timestamps: bool = False, vad_filter: bool | None = None,
         labels: Mapping[str, str] | None = None, request_id: str | None = None, priority: int | None = None,
-        timeout: float | None = None,
+        queue_timeout: float | None = None, run_timeout: float | None = None, timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> JobFuture[R]: ...
     def transcribe(
@@ -259,14 +262,15 @@ class Client:
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         priority: int | None = None,
-        timeout: float | None = None,
+        queue_timeout: float | None = None, run_timeout: float | None = None, timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> JobFuture[Any]:
         """Submits audio (bytes or a file path) and answers the job's future (see AsyncClient.transcribe)."""
         return self._future(self._async.transcribe(
             audio, result_type=result_type, route=route, language=language, task=task, beam_size=beam_size,
             word_timestamps=word_timestamps, vad_filter=vad_filter, labels=labels, request_id=request_id,
-            priority=priority, timeout=timeout, metadata=metadata,
+            priority=priority, queue_timeout=queue_timeout, run_timeout=run_timeout, timeout=timeout,
+            metadata=metadata,
         ))
 
     @overload

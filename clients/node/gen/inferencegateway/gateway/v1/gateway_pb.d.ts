@@ -294,7 +294,8 @@ export declare type Job = Message<"inferencegateway.gateway.v1.Job"> & {
   /**
    * 1 for the next job to run, in the order the route's workers take jobs (fair share between
    * tenants, then priority); 0 when not queued or unknown. Get, Fetch and a Watch's first message
-   * read it live; later Watch messages what their revision stored (with Redis: 0).
+   * read it live, and so does the Submit answer of a one-process gateway; later Watch messages
+   * carry what their revision stored (with Redis: 0, as in the Submit answer).
    *
    * @generated from field: int32 queue_position = 13;
    */
@@ -490,7 +491,8 @@ export declare type JobJson = {
   /**
    * 1 for the next job to run, in the order the route's workers take jobs (fair share between
    * tenants, then priority); 0 when not queued or unknown. Get, Fetch and a Watch's first message
-   * read it live; later Watch messages what their revision stored (with Redis: 0).
+   * read it live, and so does the Submit answer of a one-process gateway; later Watch messages
+   * carry what their revision stored (with Redis: 0, as in the Submit answer).
    *
    * @generated from field: int32 queue_position = 13;
    */
