@@ -215,3 +215,21 @@ def test_webhooks_reach_the_worker_that_runs_the_job_through_another_replica(  #
     assert all(j.state is JobState.SUCCEEDED for j in finals), [j.error for j in finals]
     assert webhooks_taken(fake.stats()) >= 3
     assert creates(fake) == 3
+
+
+SUBMIT_TARGET = {"fal": "submit", "replicate": "create_model", "runpod": "run"}  # each fake's create route
+
+
+def test_a_create_the_upstream_refuses_for_a_while_is_run_again_by_the_routes_retry_policy(  # type: ignore[no-untyped-def]
+        gateway, fake: FakeProcess, profile: Profile) -> None:
+    """The provider answers 503 to the first four creates: with one HTTP retry per run, the first two runs end
+    UPSTREAM_UNAVAILABLE (the upstream never took the job: transient), and the route's retry policy runs the job
+    a third time, which the provider takes. One prediction upstream; the job's attempt says 3."""
+    fake.control(fail_rate=1.0, fail_statuses=[503], targets=[SUBMIT_TARGET[profile.name]], max_faults=4)
+    server = gateway(max_retries=1, retry_initial_seconds=0.05, retry_max_seconds=0.05,
+                     retry="{ max_attempts = 3, initial_backoff_seconds = 0.1 }")
+    with Client(server.target) as client:
+        job, _ = client.submit_job("up", {"steps": 2, "delay": 0.05, "prefix": "r"})
+        final = list(client.watch(job.id, timeout=60))[-1]
+    assert final.state is JobState.SUCCEEDED, final.error
+    assert final.attempt == 3 and creates(fake) == 1
