@@ -5,6 +5,7 @@
     POST /api/dashboard/session               {"token": ...} -> an HttpOnly, SameSite=Strict cookie
     DELETE /api/dashboard/session             signs out
     GET  /api/dashboard/jobs                  List: ?state=RUNNING&state=...&route=&label=k=v&page_token=&page_size=
+                                              &since=15m (created in the last 15 minutes; s, m, h, d)
     GET  /api/dashboard/jobs/{id}             the job with its segments, and its revisions (?after=N: those after N)
     POST /api/dashboard/jobs/{id}/cancel      Cancel
     POST /api/dashboard/jobs/{id}/retry       Retry: {"job", "existing"}
@@ -120,6 +121,20 @@ class Throughput:
         minutes = range(this - self.MINUTES + 1, this + 1)
         return {state: [self._counts.get((route, state), {}).get(m, 0) for m in minutes]
                 for state in ("SUCCEEDED", "FAILED", "CANCELLED")}
+
+
+def _since(text: str) -> float | None:
+    """?since=: seconds (a number), or 15m, 1h, 24h, 7d; empty: no limit."""
+    if not text:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise InvalidArgument.fields(FieldViolation("since", "seconds, or a number with s, m, h or d: 15m, 24h"))
+    return value
 
 
 def _segment_json(segment: Segment) -> dict[str, Any]:
@@ -275,6 +290,13 @@ class Dashboard:
         # was read (and maybe some before: the page keeps the newest revision of each).
         resume = self.service.resume_token(self.service.hub.position)
         jobs, token = await self.service.list(tenant, flt, page_size, request.query.get("page_token", ""))
+        since = _since(request.query.get("since", ""))
+        if since is not None:  # jobs created in the last `since` seconds: newest first, so the rest are older
+            oldest = time.time() - since
+            kept = [j for j in jobs if j.created >= oldest]
+            if len(kept) < len(jobs):
+                token = ""
+            jobs = kept
         return web.json_response({"jobs": [job_json(j) for j in jobs], "nextPageToken": token, "resumeToken": resume},
                                  headers={"Cache-Control": "no-store"}, dumps=_dumps)
 
@@ -317,12 +339,14 @@ class Dashboard:
         flt = _filter(request.query, request.query, with_states=True)
         active = frozenset({JobState.QUEUED, JobState.RUNNING})
         flt = JobFilter(flt.states & active if flt.states else active, flt.route, flt.labels)
+        since = _since(request.query.get("since", ""))
+        oldest = time.time() - since if since is not None else 0.0
         ids: list[str] = []
         token = ""
         while len(ids) < MAX_BULK:
             jobs, token = await self.service.list(tenant, flt, min(1000, MAX_BULK - len(ids)), token)
-            ids += [j.id for j in jobs]
-            if not token:
+            ids += [j.id for j in jobs if j.created >= oldest]
+            if not token or (jobs and jobs[-1].created < oldest):  # newest first: the rest are older
                 break
         cancelled = 0
         for job_id in ids:

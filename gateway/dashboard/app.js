@@ -15,7 +15,8 @@
   const $ = (id) => document.getElementById(id);
 
   let config = { auth: false, tenant: null, routes: [], heartbeatSeconds: 10 };
-  let filter = { states: [], route: '', labels: [] };
+  let filter = { states: [], route: '', labels: [], since: '' };
+  const SINCE = { '15m': 900, '1h': 3600, '24h': 86400, '7d': 604800 };
   const whisperRoutes = new Set();
 
   const jobs = new Map(); // id -> row entry (the jobs shown)
@@ -75,7 +76,8 @@
       const at = raw.indexOf('=');
       if (at > 0) labels.push([raw.slice(0, at), raw.slice(at + 1)]);
     }
-    return { states, route: q.get('route') || '', labels };
+    const since = SINCE[q.get('since') || ''] ? q.get('since') : '';
+    return { states, route: q.get('route') || '', labels, since };
   }
 
   function query(f, withStates) {
@@ -83,6 +85,7 @@
     if (withStates && f.states.length) q.set('state', f.states.join(','));
     if (f.route) q.set('route', f.route);
     for (const [k, v] of f.labels) q.append('label', `${k}=${v}`);
+    if (f.since) q.set('since', f.since);
     return q;
   }
 
@@ -97,6 +100,7 @@
     if (filter.states.length && !filter.states.includes(job.state)) return false;
     if (filter.route && job.route !== filter.route) return false;
     for (const [k, v] of filter.labels) if (!job.labels || job.labels[k] !== v) return false;
+    if (filter.since && job.createTime < Date.now() / 1000 - SINCE[filter.since]) return false;
     return true;
   }
 
@@ -110,6 +114,7 @@
       $('route').value = filter.route;
     }
     $('labels').value = filter.labels.map(([k, v]) => `${k}=${v}`).join(', ');
+    $('since').value = filter.since;
   }
 
   function filterFromForm() {
@@ -121,7 +126,7 @@
       const at = text.indexOf('=');
       if (at > 0) labels.push([text.slice(0, at).trim(), text.slice(at + 1).trim()]);
     }
-    return { states, route: $('route').value, labels };
+    return { states, route: $('route').value, labels, since: $('since').value };
   }
 
   // -- formatting ------------------------------------------------------------------------------
@@ -879,7 +884,7 @@
       reset();
     });
     $('clear').addEventListener('click', () => {
-      filter = { states: [], route: '', labels: [] };
+      filter = { states: [], route: '', labels: [], since: '' };
       showFilterForm();
       history.pushState(null, '', pageUrl(filter, detail ? detail.id : ''));
       reset();

@@ -402,6 +402,15 @@ def test_the_console_counts_searches_retries_deletes_and_cancels_in_bulk(
         with pytest.raises(NotFoundError):
             client.get(failed.id)
 
+        # A time window: only jobs created in it are listed (the API's answer, and the page's).
+        status, listed = _http("GET", api.http_url + "/api/dashboard/jobs?since=1h")
+        assert status == 200 and len(listed["jobs"]) >= 5
+        status, refused = _http("GET", api.http_url + "/api/dashboard/jobs?since=soon")
+        assert status == 400 and "since" in refused["error"]["message"]
+        browser.call("select", page=page, selector="#since", value="15m")
+        browser.call("click", page=page, selector='#filters button[type="submit"]')
+        assert "since=15m" in browser.call("url", page=page)
+
         # Cancel every job of a filter (the label), confirmed; the others go on.
         other = client.submit_job("slow", {"delay_ms": 60_000}).job
         browser.call("fill", page=page, selector="#labels", value="bulk=yes")
