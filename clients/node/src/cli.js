@@ -29,15 +29,15 @@ Synopsis:
           [--language CODE] [--task {transcribe,translate}] [--beam-size N]
           [--word-timestamps] [--vad-filter | --no-vad-filter] [--label KEY=VALUE]... [--request-id ID]
           [--webhook URL [--webhook-events EVENT[,EVENT]...]]
-          [--queue-timeout SECONDS] [--run-timeout SECONDS] [--priority 1-5]
-  ${PROG} get JOB_ID
+          [--queue-timeout SECONDS] [--run-timeout SECONDS] [--priority 1-5] [-o {json,table,id} | -q]
+  ${PROG} get JOB_ID [-o {json,table,id} | -q]
   ${PROG} watch JOB_ID [--after-revision N] [--timeout SECONDS]
   ${PROG} fetch JOB_ID [--timeout SECONDS | --wait]
-  ${PROG} cancel JOB_ID
-  ${PROG} retry JOB_ID
+  ${PROG} cancel JOB_ID [-o {json,table,id} | -q]
+  ${PROG} retry JOB_ID [-o {json,table,id} | -q]
   ${PROG} delete JOB_ID [--force]
   ${PROG} list [--state STATE]... [--route NAME] [--label KEY=VALUE]...
-          [--page-size N] [--page-token TOKEN] [--pages N]
+          [--page-size N] [--page-token TOKEN] [--pages N] [-o {json,table,id} | -q]
   ${PROG} watch-jobs [--state STATE]... [--route NAME] [--label KEY=VALUE]...
           [--resume-token TOKEN] [--timeout SECONDS] [--limit N]
 
@@ -47,6 +47,8 @@ Output:
   zero value printed too), compact: submit a SubmitResponse, get a GetResponse, watch one
   WatchResponse per message, fetch a FetchResponse, cancel a CancelResponse, retry a
   RetryResponse, delete a DeleteResponse ({}), list one ListResponse per page, watch-jobs one WatchJobsResponse per message.
+  On a terminal, get and list print a table instead (as the Python CLI does); -o json, -o table and
+  -o id (-q: the job ids alone, one per line) pick a format anywhere.
   stderr carries errors and notes. An RPC error prints "CODE REASON: <the server's message>", then
   the ErrorInfo metadata as one JSON object, keys sorted (when there is any), then
   "  FIELD: DESCRIPTION" per invalid field.
@@ -92,17 +94,17 @@ const COMMANDS = {
     options: {
       route: V, inputs: V, "inputs-file": V, audio: V, language: V, "language-code": V, task: V, "beam-size": V,
       "word-timestamps": F, "vad-filter": F, "no-vad-filter": F, label: M, "request-id": V, webhook: V,
-      "webhook-events": V, "queue-timeout": V, "run-timeout": V, priority: V, help: F,
+      "webhook-events": V, "queue-timeout": V, "run-timeout": V, priority: V, output: V, quiet: F, help: F,
     },
     positionals: [],
   },
-  get: { options: { help: F }, positionals: ["JOB_ID"] },
+  get: { options: { output: V, quiet: F, help: F }, positionals: ["JOB_ID"] },
   watch: { options: { "after-revision": V, timeout: V, help: F }, positionals: ["JOB_ID"] },
   fetch: { options: { timeout: V, wait: F, help: F }, positionals: ["JOB_ID"] },
-  cancel: { options: { help: F }, positionals: ["JOB_ID"] },
-  retry: { options: { help: F }, positionals: ["JOB_ID"] },
+  cancel: { options: { output: V, quiet: F, help: F }, positionals: ["JOB_ID"] },
+  retry: { options: { output: V, quiet: F, help: F }, positionals: ["JOB_ID"] },
   delete: { options: { force: F, help: F }, positionals: ["JOB_ID"] },
-  list: { options: { ...FILTERS, "page-size": V, "page-token": V, pages: V, help: F }, positionals: [] },
+  list: { options: { ...FILTERS, "page-size": V, "page-token": V, pages: V, output: V, quiet: F, help: F }, positionals: [] },
   "watch-jobs": { options: { ...FILTERS, "resume-token": V, timeout: V, limit: V, help: F }, positionals: [] },
 };
 
@@ -127,6 +129,12 @@ export function parseArgs(argv) {
     const arg = argv[i];
     if (!onlyPositionals && arg === "--") { onlyPositionals = true; continue; }
     if (!onlyPositionals && (arg === "-h")) { target.help = true; continue; }
+    if (!onlyPositionals && (arg === "-q" || arg === "-o") && table.output !== undefined) { // -q: -o id
+      if (arg === "-q") target.output = "id";
+      else if (i + 1 < argv.length) target.output = argv[++i];
+      else throw new UsageError("argument -o/--output: expected one argument");
+      continue;
+    }
     if (!onlyPositionals && arg.startsWith("--") && arg.length > 2) {
       const eq = arg.indexOf("=");
       const given = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
@@ -273,6 +281,16 @@ class Output {
     this.stdout.write(`${JSON.stringify(json)}\n`);
   }
 
+  /** One response as -o asks: json (the JSON line), id (the job ids, one per line), table (for people). */
+  show(schema, message, fmt, first = true) {
+    const jobs = message.jobs ?? (message.job?.id ? [message.job] : []);
+    if (fmt === "json") this.emit(schema, message);
+    else if (fmt === "id") for (const job of jobs) this.stdout.write(`${job.id}\n`);
+    else if (message.jobs) this.stdout.write(tableRows(jobs, first));
+    else if (jobs.length) this.stdout.write(tableFields(jobs[0], message.existing));
+    else this.emit(schema, message);
+  }
+
   note(text) {
     this.stderr.write(`${PROG}: ${text}\n`);
   }
@@ -288,6 +306,90 @@ class Output {
     this.stderr.write(text);
   }
 }
+
+// -- the formats for people (the Python CLI's gateway_client/cli/table.py, line for line) ----------
+
+const FORMATS = ["json", "table", "id"];
+
+function format(o, tableOnATerminal) {
+  if (o.output !== undefined && !FORMATS.includes(o.output)) {
+    throw new UsageError(`argument -o/--output: invalid choice: '${o.output}' (choose from ${FORMATS.map((f) => `'${f}'`).join(", ")})`);
+  }
+  if (o.output) return o.output;
+  return tableOnATerminal && process.stdout.isTTY ? "table" : "json";
+}
+
+const shortState = (state) => jobStateName(state).replace(/^JOB_STATE_/, "");
+
+function failureOf(job) {
+  if (!job.error) return "";
+  const details = statusDetails(job.error);
+  return `${details.reason || codeName(job.error.code)}: ${job.error.message}`;
+}
+
+function ageOf(job, now) {
+  if (!job.createTime) return "";
+  const s = Math.max(0, Math.floor(now - Number(job.createTime.seconds) - job.createTime.nanos / 1e9));
+  for (const [unit, size] of [["d", 86400], ["h", 3600], ["m", 60]]) if (s >= size) return `${Math.floor(s / size)}${unit}`;
+  return `${s}s`;
+}
+
+function clip(text, width) {
+  const flat = text.split(/\s+/).filter(Boolean).join(" ");
+  return flat.length <= width ? flat : `${flat.slice(0, width - 1)}…`;
+}
+
+function tableRows(jobs, header) {
+  const now = Date.now() / 1000;
+  const rows = jobs.map((j) => [j.id, j.route, shortState(j.state), `${Math.round(j.progress * 100)}%`, ageOf(j, now),
+    clip(failureOf(j), 60)]);
+  const head = ["ID", "ROUTE", "STATE", "PROGRESS", "AGE", "ERROR"];
+  const widths = head.slice(0, -1).map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  return (header ? [head, ...rows] : rows).map((r) => `${r.slice(0, -1).map((c, i) => c.padEnd(widths[i])).join("  ")}  ${r.at(-1)}`.trimEnd())
+    .map((line) => `${line}\n`).join("");
+}
+
+function timeOf(ts) {
+  if (!ts) return "";
+  const d = new Date(Number(ts.seconds) * 1000 + ts.nanos / 1e6);
+  const two = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
+}
+
+function tableFields(job, existing) {
+  let state = shortState(job.state);
+  if (job.state === JobState.QUEUED && job.queuePosition) state += ` (position ${job.queuePosition})`;
+  const fields = [
+    ["id", job.id], ["route", job.route], ["state", state], ["error", failureOf(job)],
+    ["progress", `${Math.round(job.progress * 100)}%`], ["revision", String(job.revision)], ["priority", String(job.priority)],
+    ["attempt", job.attempt > 1 ? String(job.attempt) : ""],
+    ["created", timeOf(job.createTime)], ["started", timeOf(job.startTime)], ["finished", timeOf(job.finishTime)],
+    ["expires", timeOf(job.expireTime)], ["estimated start", timeOf(job.estimatedStartTime)],
+    ["labels", Object.entries(job.labels ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => `${k}=${v}`).join(", ")],
+    ["request id", job.requestId], ["retry of", job.retryOf], ["retried by", job.retriedBy],
+    ["segments", job.segments?.length ? String(job.segments.length) : ""], ["existing", existing ? "yes" : ""],
+  ].filter(([, value]) => value);
+  const width = Math.max(...fields.map(([name]) => name.length)) + 1;
+  return fields.map(([name, value]) => `${`${name}:`.padEnd(width)} ${value}\n`).join("");
+}
+
+/** A gRPC target the CLI can use (HOST:PORT, [IPV6]:PORT, or a gRPC URI): a host without a port is refused rather
+ * than sent to port 443. */
+function checkTarget(target) {
+  if (/^(unix|unix-abstract|dns|ipv4|ipv6|vsock):/.test(target)) return target;
+  const colon = target.lastIndexOf(":");
+  const host = colon < 0 ? "" : target.slice(0, colon);
+  const port = colon < 0 ? "" : target.slice(colon + 1);
+  if (colon < 0 || !host || (host.includes(":") && !(host.startsWith("[") && host.endsWith("]")))) {
+    throw new UsageError(`--target '${target}' has no port: give HOST:PORT (a gateway listens on port 50051 unless told otherwise), or unix:PATH`);
+  }
+  if (!/^\d+$/.test(port) || Number(port) < 1 || Number(port) > 65535) {
+    throw new UsageError(`--target '${target}': the port must be a number from 1 to 65535`);
+  }
+  return target;
+}
+
+const CONNECT_FAILED = /failed to connect to all addresses|Connection refused|DNS resolution failed|Name or service not known|errors resolving|lookup error|No connection established/i;
 
 function fmtSeconds(value) {
   return String(Number(value.toPrecision(6))); // Python's {:g}, for the usual values
@@ -390,17 +492,17 @@ async function submit(client, out, o) {
       return ExitCode.OK;
     }
   }
-  out.emit(SubmitResponseSchema, await client.call("Submit", request));
+  out.show(SubmitResponseSchema, await client.call("Submit", request), format(o, false));
   return ExitCode.OK;
 }
 
 async function get(client, out, o, [jobId]) {
-  out.emit(GetResponseSchema, await client.call("Get", { jobId }));
+  out.show(GetResponseSchema, await client.call("Get", { jobId }), format(o, true));
   return ExitCode.OK;
 }
 
 async function cancel(client, out, o, [jobId]) {
-  out.emit(CancelResponseSchema, await client.call("Cancel", { jobId }));
+  out.show(CancelResponseSchema, await client.call("Cancel", { jobId }), format(o, false));
   return ExitCode.OK;
 }
 
@@ -410,7 +512,7 @@ function errorHead(code, reason) {
 }
 
 async function retry(client, out, o, [jobId]) {
-  out.emit(RetryResponseSchema, await client.call("Retry", { jobId }));
+  out.show(RetryResponseSchema, await client.call("Retry", { jobId }), format(o, false));
   return ExitCode.OK;
 }
 
@@ -466,9 +568,10 @@ async function list(client, out, o) {
     pageSize: o["page-size"] === undefined ? 0 : count("page-size", o["page-size"]), pageToken: o["page-token"] ?? "",
     states: states(o.state), route: o.route ?? "", labels: labels(o.label),
   };
+  const fmt = format(o, true);
   for (let n = 1; ; n++) {
     const response = await client.call("List", request);
-    out.emit(ListResponseSchema, response);
+    out.show(ListResponseSchema, response, fmt, n === 1);
     if (!response.nextPageToken || n === pages) return ExitCode.OK;
     request.pageToken = response.nextPageToken;
   }
@@ -500,6 +603,7 @@ const RUN = { submit, get, watch, fetch, cancel, retry, delete: del, list, "watc
 export async function main(argv, { env = process.env, stdout = process.stdout, stderr = process.stderr } = {}) {
   const out = new Output(stdout, stderr);
   let client = null;
+  let target = "";
   try {
     const args = parseArgs(argv);
     if (args.help) {
@@ -509,7 +613,8 @@ export async function main(argv, { env = process.env, stdout = process.stdout, s
     const { global } = args;
     const rpcTimeout = global["rpc-timeout"] === undefined ? DEFAULT_RPC_TIMEOUT : seconds("rpc-timeout", global["rpc-timeout"]);
     const token = resolveToken(global, env);
-    client = new GatewayClient(global.target ?? (env.GATEWAY_TARGET || DEFAULT_TARGET), {
+    target = checkTarget(global.target ?? (env.GATEWAY_TARGET || DEFAULT_TARGET));
+    client = new GatewayClient(target, {
       token, credentials: credentials(global), timeout: rpcTimeout, retry: { maxAttempts: 1 },
     });
     return await RUN[args.command](client, out, args.options, args.positionals);
@@ -519,6 +624,14 @@ export async function main(argv, { env = process.env, stdout = process.stdout, s
       return ExitCode.USAGE;
     }
     if (err instanceof GatewayError) {
+      if (err.code === grpc.status.UNAVAILABLE && CONNECT_FAILED.test(err.details ?? err.message ?? "")) {
+        const text = (err.details ?? err.message ?? "").toLowerCase();
+        const why = text.includes("refused") ? "connection refused"
+          : text.includes("resolv") || text.includes("lookup") ? "its name does not resolve" : "no connection";
+        stderr.write(`UNAVAILABLE: cannot connect to ${target} (${why}): is a gateway running there? Start one with `
+          + "`gateway serve` (`make run` in a checkout), or point --target or $GATEWAY_TARGET at one.\n");
+        return ExitCode.RPC_ERROR;
+      }
       out.error(err);
       return ExitCode.RPC_ERROR;
     }

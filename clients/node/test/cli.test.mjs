@@ -156,6 +156,28 @@ describe("gateway-client-node", () => {
     await same(["retry", ids.done], { exitCode: 1 }); // SUCCEEDED: FAILED_PRECONDITION JOB_NOT_RETRYABLE
   });
 
+  test("-q and -o id print the ids alone, -o table the table, as the Python CLI does", async () => {
+    const raw = (args) => Promise.all([nodeCli(gateway.target, args), pythonCli(gateway.target, args)]);
+    for (const args of [["list", "--label", "golden=cli", "-q"], ["get", ids.failed, "-o", "id"],
+      ["get", ids.failed, "-o", "table"]]) {
+      const [node, python] = await raw(args);
+      assert.equal(node.code, 0, node.stderr);
+      assert.equal(node.stdout, python.stdout, args.join(" "));
+    }
+    const [node] = await raw(["list", "--label", "golden=cli", "-o", "table"]);
+    const [head, ...rows] = node.stdout.trimEnd().split("\n");
+    assert.deepEqual(head.split(/\s+/), ["ID", "ROUTE", "STATE", "PROGRESS", "AGE", "ERROR"]);
+    const listed = new Set(rows.map((r) => r.split(/\s+/)[0]));
+    for (const id of [ids.done, ids.failed, ids.third]) assert.ok(listed.has(id), id); // (and a retry of one)
+    assert.ok(rows.some((r) => r.includes("ECHO_FAILURE: the model fell over")));
+    const submitted = await nodeCli(gateway.target, ["submit", "--route", "echo", "--inputs", "{}", "-q"]);
+    assert.match(submitted.stdout, /^[0-9a-f]{32}\n$/);
+    const [badNode, badPython] = await raw(["--target", "localhost", "get", ids.done]);
+    assert.equal(badNode.code, 2);
+    assert.equal(badPython.code, 2);
+    assert.match(badNode.stderr, /--target 'localhost' has no port/);
+  });
+
   test("RPC errors print CODE REASON: message, the metadata, the field violations; exit 1", async () => {
     await same(["get", "0".repeat(32)], { exitCode: 1 });
     await same(["submit", "--route", "echo", "--inputs", '{"delay_ms": -1, "steps": "x"}'], { exitCode: 1 });
