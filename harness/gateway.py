@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -115,3 +116,15 @@ def cli(target: str, *args: str, token: str | None = None, timeout: float = 120.
     if token:
         cmd += ["--token", token]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, input=input_text)
+
+
+def redis_replicas(make_server: Callable[..., ServerProcess], redis_url: str, config: str, ready_route: str, apis: int = 2,
+                   workers: int = 2, lease_seconds: float = 2.0) -> list[ServerProcess]:
+    """A scaled deployment on one Redis: ``apis`` API replicas that run no jobs, and ``workers`` worker
+    processes, each serving ``ready_route`` before this returns; answers the API replicas (``make_server``:
+    the tests' factory, which stops them all)."""
+    shared = f'store = "{redis_url}"\nshutdown_grace_seconds = 0\nlease_seconds = {lease_seconds:g}\n' + config
+    replicas = [make_server(shared, args=("--workers", "0")) for _ in range(apis)]
+    for _ in range(workers):
+        make_server(shared, command="worker").wait_serving(f"route/{ready_route}")
+    return replicas

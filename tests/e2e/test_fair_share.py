@@ -17,6 +17,7 @@ import pytest
 
 from gateway_client import NO_RETRY, Client, Job, JobState, ResourceExhaustedError
 from harness import ServerProcess, cli, wait_until
+from harness.gateway import redis_replicas
 from harness.redis import RedisProcess
 
 TOKENS = {"heavy": "heavy-token", "light": "light-token", "boss": "boss-token", "capped": "capped-token",
@@ -43,10 +44,7 @@ def deployment(request: pytest.FixtureRequest, make_server: Callable[..., Server
         return
     redis: RedisProcess = request.getfixturevalue("redis_process")
     redis.flush()
-    config = f'store = "{redis.url}"\nshutdown_grace_seconds = 0\nlease_seconds = 2\n' + CONFIG
-    apis = [make_server(config, args=("--workers", "0")) for _ in range(2)]
-    for _ in range(2):
-        make_server(config, command="worker").wait_serving("route/echo")
+    apis = redis_replicas(make_server, redis.url, CONFIG, "echo")
     yield Deployment(apis, 2)
 
 

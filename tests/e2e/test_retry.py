@@ -14,6 +14,7 @@ import pytest
 
 from gateway_client import Client, FailedPreconditionError, JobState, NotFoundError
 from harness import ServerProcess, cli, wait_until
+from harness.gateway import redis_replicas
 from harness.metrics import scrape, value
 from harness.redis import RedisProcess
 
@@ -40,10 +41,7 @@ def deployment(request: pytest.FixtureRequest, make_server: Callable[..., Server
         return
     redis: RedisProcess = request.getfixturevalue("redis_process")
     redis.flush()
-    config = f'store = "{redis.url}"\nshutdown_grace_seconds = 0\nlease_seconds = 2\n' + CONFIG
-    apis = [make_server(config, args=("--workers", "0")) for _ in range(2)]
-    for _ in range(2):
-        make_server(config, command="worker").wait_serving("route/flaky")
+    apis = redis_replicas(make_server, redis.url, CONFIG, "flaky")
     yield Deployment(apis)
 
 

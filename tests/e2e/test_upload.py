@@ -46,6 +46,11 @@ def _chunks(data: bytes, size: int = MiB) -> Iterator[pb.UploadRequest]:
         yield pb.UploadRequest(audio_chunk=data[start:start + size])
 
 
+def _redis_config(redis: RedisProcess) -> str:
+    return (f'store = "{redis.url}"\nshutdown_grace_seconds = 0\n' + SMALL_RECEIVE + WHISPER_CONFIG
+            + f"max_audio_bytes = {8 * MiB}\n")
+
+
 def _header(route: str = "whisper", **transcription: object) -> pb.UploadRequest:
     return pb.UploadRequest(submit=pb.SubmitRequest(route=route, transcription=pb.TranscriptionRequest(**transcription)))
 
@@ -201,8 +206,7 @@ def test_with_redis_the_worker_of_another_process_gets_the_upload(
     make_server: Callable[..., ServerProcess], redis_process: RedisProcess, big_wav: Path,
 ) -> None:
     redis_process.flush()
-    config = (f'store = "{redis_process.url}"\nshutdown_grace_seconds = 0\n' + SMALL_RECEIVE + WHISPER_CONFIG
-              + f"max_audio_bytes = {8 * MiB}\n")
+    config = _redis_config(redis_process)
     api = make_server(config, args=("--workers", "0"))
     with Client(api.target) as client:
         job, _ = client.submit_job("whisper", audio=big_wav, request_id="redis-upload")
@@ -301,8 +305,7 @@ def test_with_redis_a_cancelled_upload_is_retried_on_another_process(
     make_server: Callable[..., ServerProcess], redis_process: RedisProcess, big_wav: Path,
 ) -> None:
     redis_process.flush()
-    config = (f'store = "{redis_process.url}"\nshutdown_grace_seconds = 0\n' + SMALL_RECEIVE + WHISPER_CONFIG
-              + f"max_audio_bytes = {8 * MiB}\n")
+    config = _redis_config(redis_process)
     api = make_server(config, args=("--workers", "0"))
     other = make_server(config, args=("--workers", "0"))
     with Client(api.target) as client, Client(other.target) as second:
