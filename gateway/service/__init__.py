@@ -123,7 +123,9 @@ class JobService:
         job, existing = await self.admission.submit(tenant, route, job_input, labels, request_id, webhook, deadlines,
                                                     priority)
         if not self.store.shared and job.state is JobState.QUEUED:
-            job = await self._placed(job)
+            placed = await self._placed(job)
+            # 0: a worker took it already (it was next); the answer keeps the place it had, 1.
+            job = placed if placed.queue_position else placed.evolve(queue_position=job.queue_position or 1)
         return job, existing
 
     async def retry(self, tenant: str, job_id: str, spool_dir: Path | None = None) -> tuple[Job, bool]:

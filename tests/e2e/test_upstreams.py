@@ -137,7 +137,7 @@ def test_jobs_end_with_the_upstreams_outcome_under_faults(gateway, fake: FakePro
 def test_ten_watchers_cost_no_more_upstream_requests_than_one(gateway, fake: FakeProcess) -> None:  # type: ignore[no-untyped-def]
     server = gateway()
 
-    def requests_for(watchers: int) -> int:
+    def requests_for(watchers: int) -> dict[str, int]:
         fake.control(reset_stats=True)
         with Client(server.target) as client:
             job, _ = client.submit_job("up", {"steps": 3, "delay": 0.3})
@@ -146,10 +146,13 @@ def test_ten_watchers_cost_no_more_upstream_requests_than_one(gateway, fake: Fak
                 t.start()
             for t in threads:
                 t.join(60)
-        return sum(fake.stats()["requests"].values())
+        return dict(fake.stats()["requests"])
 
     one, ten = requests_for(1), requests_for(10)
-    assert ten <= one + 2, (one, ten)
+    # A request per watcher would add nine or more; a stream that ends early and a fallback poll (timing, on a
+    # loaded machine) add a few whatever the watchers.
+    assert sum(ten.values()) <= sum(one.values()) + 3, (one, ten)
+    assert creates(fake) == 1
 
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
