@@ -285,7 +285,7 @@ class RedisQueue:
         self._local_run_time = local  # published with the next count
         return self._run_time if self._run_time is not None else local
 
-    async def consumers(self) -> list[tuple[str, int, float]]:
+    async def consumers(self) -> list[tuple[str, int, float, bool]]:
         """XINFO CONSUMERS of the route's stream: every worker process that ever read it (a gone one stays
         listed, ever longer silent, until its name is reused or the group is reset)."""
         try:
@@ -296,7 +296,8 @@ class RedisQueue:
         for raw in found:
             info = {_text(k): v for k, v in raw.items()}
             silent = info.get("idle", 0)  # since it last looked (its reclaim loop does, every second)
-            consumers.append((_text(info["name"]), int(info["pending"]), max(0, int(silent)) / 1000))
+            silent_ms = max(0, int(silent))
+            consumers.append((_text(info["name"]), int(info["pending"]), silent_ms / 1000, silent_ms < self.lease_ms))
         return consumers
 
     async def live_position(self, job_id: str, tenant: str) -> int:

@@ -366,6 +366,7 @@ class RedisStore:
                 self.keys.queue(job.route), self.keys.webhook(job.id), self.keys.webhooks_due]
         segments = [dumps(s.to_dict()) for s in new_segments]
         marked = job.webhook is not None and webhook_wanted(job)
+        fixed = fixed_length(job) if terminal else 0  # (before job_json, which forgets an ended job's fixed part)
         args: list[Any] = [
             job.id, job.revision - 1, -1 if attempt is None else attempt, 1 if count_attempt else 0, job.revision,
             job_json(job), len(job.segments), 1 if terminal else 0,
@@ -373,7 +374,7 @@ class RedisStore:
             *segments, repr(expires), repr(expires + (expires - now)), self.keys.events,
             repr(time.time()) if marked else "", job.webhook.url if marked and job.webhook else "",
             "1" if terminal and keeps_inputs(job, self.keep_failed_inputs) else "",
-            fixed_length(job) if terminal else 0,
+            fixed,
         ]
 
         def decode(answer: Any) -> int:

@@ -76,9 +76,10 @@ class WorkQueue(Protocol):
         here yet): a shared queue's is every worker's, as last read."""
         ...
 
-    async def consumers(self) -> list[tuple[str, int, float]]:
+    async def consumers(self) -> list[tuple[str, int, float, bool]]:
         """The worker processes of a shared queue: (name, jobs it holds, seconds since it was last
-        heard from); a queue of this process alone: [] (its runner knows its own)."""
+        heard from, whether that is within its lease); a queue of this process alone: [] (its runner
+        knows its own)."""
         ...
 
     def remove(self, job_id: str) -> bool:
@@ -381,7 +382,7 @@ class MemoryQueue:
     def run_time(self, local: float | None) -> float | None:
         return local
 
-    async def consumers(self) -> list[tuple[str, int, float]]:
+    async def consumers(self) -> list[tuple[str, int, float, bool]]:
         return []
 
     def on_lost(self, callback: Callable[[str], None]) -> None:

@@ -250,10 +250,9 @@ class RouteRunner:
         if self.workers:
             workers.append({"name": "this process", "workers": self.workers, "jobs": sorted(self._running),
                             "healthy": ready, "silentSeconds": 0.0})
-        lease = getattr(self.queue, "lease_ms", 10_000) / 1000
-        for name, held, silent in await self.queue.consumers():
+        for name, held, silent, healthy in await self.queue.consumers():
             if silent < 3600:  # one gone for an hour is history, not a worker
-                workers.append({"name": name, "workers": None, "jobs": held, "healthy": silent < lease,
+                workers.append({"name": name, "workers": None, "jobs": held, "healthy": healthy,
                                 "silentSeconds": round(silent, 1)})
         return {"name": self.name, "backend": self.settings.backend, "up": ready, "startError": self.start_error,
                 "waiting": self.queued(), "running": sum(r for _w, r in snapshot.tenants.values()),

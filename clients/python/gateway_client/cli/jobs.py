@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from google.protobuf import json_format
 from inferencegateway.gateway.v1 import gateway_pb2 as pb
@@ -129,12 +130,18 @@ def add_submit(command: AddCommand) -> None:
     submit.set_defaults(run=_submit)
 
 
+def _job_command(command: AddCommand, name: str, summary: str, description: str, run: Any,
+                 table_on_a_terminal: bool = False) -> None:
+    """A command of one call on one job (JOB_ID), printing its response as -o says."""
+    parser = command(name, summary, description, EXITS_OF_A_CALL)
+    parser.add_argument("job_id", metavar="JOB_ID")
+    add_output(parser, table_on_a_terminal=table_on_a_terminal)
+    parser.set_defaults(run=run)
+
+
 def add_get(command: AddCommand) -> None:
-    get = command("get", "print a job (GetResponse)", "Prints the job now (GetResponse), every segment included.",
-                  EXITS_OF_A_CALL)
-    get.add_argument("job_id", metavar="JOB_ID")
-    add_output(get, table_on_a_terminal=True)
-    get.set_defaults(run=_get)
+    _job_command(command, "get", "print a job (GetResponse)", "Prints the job now (GetResponse), every segment "
+                 "included.", _get, table_on_a_terminal=True)
 
 
 def add_fetch(command: AddCommand) -> None:
@@ -150,22 +157,16 @@ def add_fetch(command: AddCommand) -> None:
 
 
 def add_cancel(command: AddCommand) -> None:
-    cancel = command("cancel", "cancel a job (CancelResponse)",
-                     "Asks the job to stop; prints the CancelResponse at once (a queued job is CANCELLED already, a "
-                     "running one ends CANCELLED soon: watch it).", EXITS_OF_A_CALL)
-    cancel.add_argument("job_id", metavar="JOB_ID")
-    add_output(cancel, table_on_a_terminal=False)
-    cancel.set_defaults(run=_cancel)
+    _job_command(command, "cancel", "cancel a job (CancelResponse)",
+                 "Asks the job to stop; prints the CancelResponse at once (a queued job is CANCELLED already, a "
+                 "running one ends CANCELLED soon: watch it).", _cancel)
 
 
 def add_retry(command: AddCommand) -> None:
-    retry = command("retry", "run a failed or cancelled job again (RetryResponse)",
-                    "Runs a FAILED or CANCELLED job again as a new job (the same inputs, route, labels, priority, "
-                    "deadlines and webhook; its retryOf names the old job) and prints the RetryResponse. A job is "
-                    "retried once: retrying it again prints the same new job (existing true).", EXITS_OF_A_CALL)
-    retry.add_argument("job_id", metavar="JOB_ID")
-    add_output(retry, table_on_a_terminal=False)
-    retry.set_defaults(run=_retry)
+    _job_command(command, "retry", "run a failed or cancelled job again (RetryResponse)",
+                 "Runs a FAILED or CANCELLED job again as a new job (the same inputs, route, labels, priority, "
+                 "deadlines and webhook; its retryOf names the old job) and prints the RetryResponse. A job is "
+                 "retried once: retrying it again prints the same new job (existing true).", _retry)
 
 
 def add_delete(command: AddCommand) -> None:
