@@ -7,6 +7,7 @@ import {
   GatewayClient, DEFAULT_TARGET, jobStateName, parseJobState, registry, duration, webhookEvent, uploadSeconds,
 } from "./client.js";
 import { GatewayError, codeName, statusDetails } from "./errors.js";
+import { SHELLS, completionScript } from "./completion.js";
 import {
   CancelResponseSchema, DeleteResponseSchema, FetchResponseSchema, GetResponseSchema, JobSchema, JobState,
   RetryResponseSchema,
@@ -40,6 +41,7 @@ Synopsis:
           [--page-size N] [--page-token TOKEN] [--pages N] [-o {json,table,id} | -q]
   ${PROG} watch-jobs [--state STATE]... [--route NAME] [--label KEY=VALUE]...
           [--resume-token TOKEN] [--timeout SECONDS] [--limit N]
+  ${PROG} completion {bash,zsh}
 
 Output:
   stdout carries only response messages of the API, one per line, in the canonical protobuf JSON
@@ -71,6 +73,10 @@ Credentials:
 TLS:
   --tls connects with TLS (the system's roots), or with --ca-file PATH (implies --tls);
   --cert-file PATH and --key-file PATH present a client certificate (mTLS; both, imply --tls).
+
+Completion:
+  completion bash|zsh prints a shell completion script of these commands and options (no connection is made):
+  eval "$(${PROG} completion bash)" in ~/.bashrc, or "completion zsh" in ~/.zshrc.
 `;
 
 export const ExitCode = Object.freeze({
@@ -82,38 +88,71 @@ class TimedOut extends Error {}
 
 // -- arguments ----------------------------------------------------------------------------------
 
+// The one table of commands and options: parseArgs reads it, and so does `completion` (src/completion.js), so the
+// completion script never drifts from the parser. An option is { kind, short?, store?, choices?, complete? }:
+// kind "value" takes one value, "flag" none, "multi" a value each time it is given; store: [DEST, VALUE] sets DEST
+// rather than the option itself (argparse's store_const); choices: the values allowed (checked here, offered by
+// completion); complete: what completion offers for a value it does not check ("files", or a list of words).
 const V = "value";
 const F = "flag";
 const M = "multi";
+const value = (more = {}) => ({ kind: V, ...more });
+const flag = (more = {}) => ({ kind: F, ...more });
+const multi = (more = {}) => ({ kind: M, ...more });
+const FILE = { complete: "files" };
+
+const FORMATS = ["json", "table", "id"];
+const TASKS = { transcribe: TranscriptionTask.TRANSCRIBE, translate: TranscriptionTask.TRANSLATE };
+const STATES = Object.keys(JobState).filter((k) => Number.isNaN(Number(k)) && k !== "UNSPECIFIED").map((k) => k.toLowerCase());
+
+const HELP = { help: flag({ short: "-h" }) };
+const OUTPUT = { output: value({ short: "-o", choices: FORMATS }), quiet: flag({ short: "-q", store: ["output", "id"] }) };
 const GLOBAL = {
-  target: V, token: V, "token-file": V, "rpc-timeout": V, tls: F, "ca-file": V, "cert-file": V, "key-file": V, help: F,
+  target: value(), token: value(), "token-file": value(FILE), "rpc-timeout": value(), tls: flag(),
+  "ca-file": value(FILE), "cert-file": value(FILE), "key-file": value(FILE), ...HELP,
 };
-const FILTERS = { state: M, route: V, label: M };
+const FILTERS = { state: multi({ complete: STATES }), route: value(), label: multi() };
 const COMMANDS = {
   submit: {
     options: {
-      route: V, inputs: V, "inputs-file": V, audio: V, language: V, "language-code": V, task: V, "beam-size": V,
-      "word-timestamps": F, "vad-filter": F, "no-vad-filter": F, label: M, "request-id": V, webhook: V,
-      "webhook-events": V, "queue-timeout": V, "run-timeout": V, priority: V, output: V, quiet: F, help: F,
+      route: value(), inputs: value(), "inputs-file": value(FILE), audio: value(FILE), language: value(),
+      "language-code": value(), task: value({ choices: Object.keys(TASKS) }), "beam-size": value(),
+      "word-timestamps": flag(), "vad-filter": flag(), "no-vad-filter": flag(), label: multi(), "request-id": value(),
+      webhook: value(), "webhook-events": value(), "queue-timeout": value(), "run-timeout": value(),
+      priority: value({ complete: ["1", "2", "3", "4", "5"] }),
+      ...OUTPUT, ...HELP,
     },
     positionals: [],
   },
-  get: { options: { output: V, quiet: F, help: F }, positionals: ["JOB_ID"] },
-  watch: { options: { "after-revision": V, timeout: V, help: F }, positionals: ["JOB_ID"] },
-  fetch: { options: { timeout: V, wait: F, help: F }, positionals: ["JOB_ID"] },
-  cancel: { options: { output: V, quiet: F, help: F }, positionals: ["JOB_ID"] },
-  retry: { options: { output: V, quiet: F, help: F }, positionals: ["JOB_ID"] },
-  delete: { options: { force: F, help: F }, positionals: ["JOB_ID"] },
-  list: { options: { ...FILTERS, "page-size": V, "page-token": V, pages: V, output: V, quiet: F, help: F }, positionals: [] },
-  "watch-jobs": { options: { ...FILTERS, "resume-token": V, timeout: V, limit: V, help: F }, positionals: [] },
+  get: { options: { ...OUTPUT, ...HELP }, positionals: ["JOB_ID"] },
+  watch: { options: { "after-revision": value(), timeout: value(), ...HELP }, positionals: ["JOB_ID"] },
+  fetch: { options: { timeout: value(), wait: flag(), ...HELP }, positionals: ["JOB_ID"] },
+  cancel: { options: { ...OUTPUT, ...HELP }, positionals: ["JOB_ID"] },
+  retry: { options: { ...OUTPUT, ...HELP }, positionals: ["JOB_ID"] },
+  delete: { options: { force: flag(), ...HELP }, positionals: ["JOB_ID"] },
+  list: { options: { ...FILTERS, "page-size": value(), "page-token": value(), pages: value(), ...OUTPUT, ...HELP }, positionals: [] },
+  "watch-jobs": { options: { ...FILTERS, "resume-token": value(), timeout: value(), limit: value(), ...HELP }, positionals: [] },
+  // choices: the values each positional allows, by its name.
+  completion: { options: { ...HELP }, positionals: ["SHELL"], choices: { SHELL: SHELLS } },
 };
 
+/** The table of commands and options (for completion and the tests): { global, commands }. */
+export const COMMAND_TABLE = Object.freeze({ global: GLOBAL, commands: COMMANDS });
+
+const has = (table, name) => Object.hasOwn(table, name);
+const choose = (choices) => choices.map((c) => `'${c}'`).join(", ");
+
 function lookup(table, name) {
-  if (name in table) return name;
+  if (has(table, name)) return name;
   const matches = Object.keys(table).filter((k) => k.startsWith(name)); // argparse's unique prefixes
   if (matches.length === 1) return matches[0];
   if (matches.length > 1) throw new UsageError(`ambiguous option: --${name} could match ${matches.map((m) => `--${m}`).join(", ")}`);
   return null;
+}
+
+/** The short options of a table: { "-o": "output", ... }. */
+function shortsOf(table) {
+  return Object.fromEntries(Object.entries(table).filter(([, spec]) => spec.short).map(([name, spec]) => [spec.short, name]));
 }
 
 /** Parses argv into { global, command, options, positionals } (UsageError on bad arguments). */
@@ -123,16 +162,31 @@ export function parseArgs(argv) {
   const positionals = [];
   let command = null;
   let table = GLOBAL;
+  let shorts = shortsOf(table);
   let target = global;
   let onlyPositionals = false;
+  const shown = (name) => (table[name].short ? `${table[name].short}/--${name}` : `--${name}`); // as argparse names it
+  const set = (name, text) => {
+    const spec = table[name];
+    if (spec.kind === F) {
+      if (spec.store) target[spec.store[0]] = spec.store[1];
+      else target[name] = true;
+      return;
+    }
+    if (spec.choices && !spec.choices.includes(text)) {
+      throw new UsageError(`argument ${shown(name)}: invalid choice: '${text}' (choose from ${choose(spec.choices)})`);
+    }
+    if (spec.kind === M) (target[name] ??= []).push(text);
+    else target[name] = text;
+  };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (!onlyPositionals && arg === "--") { onlyPositionals = true; continue; }
-    if (!onlyPositionals && (arg === "-h")) { target.help = true; continue; }
-    if (!onlyPositionals && (arg === "-q" || arg === "-o") && table.output !== undefined) { // -q: -o id
-      if (arg === "-q") target.output = "id";
-      else if (i + 1 < argv.length) target.output = argv[++i];
-      else throw new UsageError("argument -o/--output: expected one argument");
+    if (!onlyPositionals && has(shorts, arg)) { // -h, -o VALUE, -q
+      const name = shorts[arg];
+      if (table[name].kind === F) set(name);
+      else if (i + 1 < argv.length) set(name, argv[++i]);
+      else throw new UsageError(`argument ${shown(name)}: expected one argument`);
       continue;
     }
     if (!onlyPositionals && arg.startsWith("--") && arg.length > 2) {
@@ -140,26 +194,21 @@ export function parseArgs(argv) {
       const given = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
       const name = lookup(table, given);
       if (name === null) throw new UsageError(`unrecognized arguments: ${arg}`);
-      const kind = table[name];
-      if (kind === F) {
-        if (eq >= 0) throw new UsageError(`argument --${name}: ignored explicit argument '${arg.slice(eq + 1)}'`);
-        target[name] = true;
-        continue;
-      }
-      let value;
-      if (eq >= 0) value = arg.slice(eq + 1);
-      else if (i + 1 < argv.length && !(argv[i + 1].startsWith("--") && argv[i + 1].length > 2)) value = argv[++i];
-      else throw new UsageError(`argument --${name}: expected one argument`);
-      if (kind === M) (target[name] ??= []).push(value);
-      else target[name] = value;
+      if (table[name].kind === F) {
+        if (eq >= 0) throw new UsageError(`argument ${shown(name)}: ignored explicit argument '${arg.slice(eq + 1)}'`);
+        set(name);
+      } else if (eq >= 0) set(name, arg.slice(eq + 1));
+      else if (i + 1 < argv.length && !(argv[i + 1].startsWith("--") && argv[i + 1].length > 2)) set(name, argv[++i]);
+      else throw new UsageError(`argument ${shown(name)}: expected one argument`);
       continue;
     }
     if (command === null) {
-      if (!(arg in COMMANDS)) {
-        throw new UsageError(`argument COMMAND: invalid choice: '${arg}' (choose from ${Object.keys(COMMANDS).map((c) => `'${c}'`).join(", ")})`);
+      if (!has(COMMANDS, arg)) {
+        throw new UsageError(`argument COMMAND: invalid choice: '${arg}' (choose from ${choose(Object.keys(COMMANDS))})`);
       }
       command = arg;
       table = COMMANDS[arg].options;
+      shorts = shortsOf(table);
       target = options;
       continue;
     }
@@ -172,6 +221,12 @@ export function parseArgs(argv) {
     throw new UsageError(`the following arguments are required: ${wanted.slice(positionals.length).join(", ")}`);
   }
   if (positionals.length > wanted.length) throw new UsageError(`unrecognized arguments: ${positionals.slice(wanted.length).join(" ")}`);
+  wanted.forEach((name, i) => {
+    const allowed = COMMANDS[command].choices?.[name];
+    if (allowed && !allowed.includes(positionals[i])) {
+      throw new UsageError(`argument ${name}: invalid choice: '${positionals[i]}' (choose from ${choose(allowed)})`);
+    }
+  });
   if (global.token !== undefined && global["token-file"] !== undefined) {
     throw new UsageError("argument --token: not allowed with argument --token-file");
   }
@@ -309,12 +364,7 @@ class Output {
 
 // -- the formats for people (the Python CLI's gateway_client/cli/table.py, line for line) ----------
 
-const FORMATS = ["json", "table", "id"];
-
-function format(o, tableOnATerminal) {
-  if (o.output !== undefined && !FORMATS.includes(o.output)) {
-    throw new UsageError(`argument -o/--output: invalid choice: '${o.output}' (choose from ${FORMATS.map((f) => `'${f}'`).join(", ")})`);
-  }
+function format(o, tableOnATerminal) { // (-o's choices are checked by parseArgs)
   if (o.output) return o.output;
   return tableOnATerminal && process.stdout.isTTY ? "table" : "json";
 }
@@ -427,8 +477,6 @@ function deadline(timeout) {
 
 // -- the commands -------------------------------------------------------------------------------
 
-const TASKS = { transcribe: TranscriptionTask.TRANSCRIBE, translate: TranscriptionTask.TRANSLATE };
-
 async function submit(client, out, o) {
   const sources = ["inputs", "inputs-file", "audio"].filter((k) => o[k] !== undefined);
   if (o.route === undefined) throw new UsageError("the following arguments are required: --route");
@@ -437,9 +485,6 @@ async function submit(client, out, o) {
   if (o["vad-filter"] && o["no-vad-filter"]) throw new UsageError("argument --no-vad-filter: not allowed with argument --vad-filter");
   const language = o.language ?? o["language-code"];
   const vad = o["vad-filter"] ? true : o["no-vad-filter"] ? false : undefined;
-  if (o.task !== undefined && !(o.task in TASKS)) {
-    throw new UsageError(`argument --task: invalid choice: '${o.task}' (choose from 'transcribe', 'translate')`);
-  }
   const beam = o["beam-size"] === undefined ? undefined : count("beam-size", o["beam-size"]);
   const request = { route: o.route, labels: labels(o.label), requestId: o["request-id"] ?? "" };
   if (o["webhook-events"] !== undefined && o.webhook === undefined) throw new UsageError("--webhook-events needs --webhook");
@@ -608,6 +653,10 @@ export async function main(argv, { env = process.env, stdout = process.stdout, s
     const args = parseArgs(argv);
     if (args.help) {
       stdout.write(MANUAL);
+      return ExitCode.OK;
+    }
+    if (args.command === "completion") {
+      stdout.write(completionScript(COMMAND_TABLE, PROG, args.positionals[0]));
       return ExitCode.OK;
     }
     const { global } = args;
