@@ -12,6 +12,7 @@ OctoAI facade and the dashboard alike, answers :func:`http_status`).
     ├── NotFound               NOT_FOUND          unknown, expired or foreign job; unknown route
     ├── AlreadyExists          ALREADY_EXISTS     request_id reused with a different request
     ├── FailedPrecondition     FAILED_PRECONDITION  e.g. Fetch before the job is done
+    ├── PermissionDenied       PERMISSION_DENIED  authenticated, but not allowed (another tenant's dashboard)
     ├── ResourceExhausted      RESOURCE_EXHAUSTED queue full (with retry_after), payload too large
     ├── Unauthenticated        UNAUTHENTICATED    missing or unknown bearer token
     ├── Unavailable            UNAVAILABLE        shutting down, backend not ready: a retry can fix it
@@ -36,6 +37,7 @@ __all__ = [
     "InvalidArgument",
     "JobError",
     "NotFound",
+    "PermissionDenied",
     "ResourceExhausted",
     "StartupError",
     "Unauthenticated",
@@ -180,6 +182,10 @@ class AlreadyExists(_kind(Code.ALREADY_EXISTS, "REQUEST_ID_CONFLICT")):  # type:
 
 class FailedPrecondition(_kind(Code.FAILED_PRECONDITION, "FAILED_PRECONDITION")):  # type: ignore[misc]
     pass
+
+
+class PermissionDenied(_kind(Code.PERMISSION_DENIED, "PERMISSION_DENIED")):  # type: ignore[misc]
+    """The caller is known, and not allowed this (HTTP 403)."""
 
 
 class ResourceExhausted(_kind(Code.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED")):  # type: ignore[misc]

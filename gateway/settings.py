@@ -26,6 +26,7 @@ __all__ = [
     "AuthSettings",
     "EchoRoute",
     "OctoAIRoute",
+    "OperatorSettings",
     "RetryPolicy",
     "RouteSettings",
     "Settings",
@@ -404,6 +405,22 @@ PLACEHOLDER_TOKENS = frozenset({
 })
 
 
+class OperatorSettings(BaseModel):
+    """A tenant that may look at other tenants' jobs on the dashboard ([auth.operators.<tenant>])."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenants: list[str] = Field(
+        default_factory=list,
+        description="The tenants whose jobs this tenant may view on the dashboard (its own always): names that a "
+                    "token maps to, or \"*\": every tenant a token maps to and every [tenants.<tenant>] table's.",
+    )
+    actions: bool = Field(
+        False, description="It may also cancel, retry, delete and bulk-cancel those tenants' jobs from the dashboard "
+                           "(each such action logged at INFO); false: it views them only.",
+    )
+
+
 class AuthSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -412,6 +429,11 @@ class AuthSettings(BaseModel):
     tokens_file: Path | None = Field(
         None, description="A JSON object, bearer token -> tenant, read at start and added to tokens (a mounted "
                           "Secret: tokens never pass through the environment or the config file).",
+    )
+    operators: dict[str, OperatorSettings] = Field(
+        default_factory=dict,
+        description="Tenants that may view (and, with actions, act on) other tenants' jobs on the dashboard "
+                    "([auth.operators.<tenant>]); every other tenant sees only its own.",
     )
 
     @model_validator(mode="after")
@@ -425,6 +447,20 @@ class AuthSettings(BaseModel):
         if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()):
             raise ValueError(f"auth.tokens_file {self.tokens_file}: expected a JSON object of token -> tenant strings")
         self.tokens = {**self.tokens, **loaded}
+        return self
+
+    @model_validator(mode="after")
+    def _check_operators(self) -> AuthSettings:
+        """Every operator, and every tenant it names but "*", is a tenant some token maps to (after tokens_file)."""
+        known = set(self.tokens.values())
+        for operator, allowed in self.operators.items():
+            if operator not in known:
+                raise ValueError(f"auth.operators.{operator}: no token (auth.tokens, auth.tokens_file) maps to the "
+                                 f"tenant {operator!r}")
+            for tenant in allowed.tenants:
+                if tenant != "*" and tenant not in known:
+                    raise ValueError(f"auth.operators.{operator}.tenants: no token (auth.tokens, auth.tokens_file) "
+                                     f"maps to the tenant {tenant!r}; name tenants that tokens map to, or \"*\"")
         return self
 
     @model_validator(mode="after")
@@ -747,6 +783,22 @@ class Settings(BaseSettings):
         """A tenant's settings: its own table, else [tenants.default], else the defaults."""
         found = self.tenants.get(name) or self.tenants.get("default")
         return found if found is not None else TenantSettings()
+
+    def known_tenants(self) -> set[str]:
+        """The tenants the settings name: those the tokens map to, and those with a [tenants.<tenant>] table
+        ([tenants.default] is the table of every tenant not named, not a tenant of its own)."""
+        return set(self.auth.tokens.values()) | {name for name in self.tenants if name != "default"}
+
+    def viewable_tenants(self, tenant: str) -> list[str]:
+        """The other tenants whose jobs ``tenant`` may view on the dashboard, sorted ([auth.operators.<tenant>],
+        "*" being every one of :meth:`known_tenants`); none with auth off, where there is one tenant."""
+        operator = self.auth.operators.get(tenant)
+        if not self.auth.enabled or operator is None:
+            return []
+        names = set(operator.tenants)
+        if "*" in names:
+            names = (names - {"*"}) | self.known_tenants()
+        return sorted(names - {tenant})
 
     @field_validator("routes")
     @classmethod

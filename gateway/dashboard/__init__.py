@@ -1,7 +1,8 @@
 """The live dashboard: one page at ``/`` on the HTTP listener, and the JSON and SSE endpoints it reads.
 
     GET  /                                    the page (index.html; app.js and style.css under /dashboard/)
-    GET  /api/dashboard/config                auth on?, the tenant of this browser (if signed in), the routes
+    GET  /api/dashboard/config                auth on?, the tenant of this browser (if signed in), the routes,
+                                              and "tenants": [{"name", "actions"}] it may view (its own first)
     POST /api/dashboard/session               {"token": ...} -> an HttpOnly, SameSite=Strict cookie
     DELETE /api/dashboard/session             signs out
     GET  /api/dashboard/jobs                  List: ?state=RUNNING&state=...&route=&label=k=v&page_token=&page_size=
@@ -19,6 +20,17 @@
                                               (?route=&label=k=v), ``id:`` = the WatchJobs resume token,
                                               so ``Last-Event-ID`` (or ?resume=) resumes without gaps
 
+Every route above that reads or changes jobs (jobs, jobs/{id} and its cancel, retry and delete,
+cancel-matching, find, events) also takes ``?tenant=NAME``: the tenant whose jobs it is about; absent
+or empty, the caller's own. An operator (``[auth.operators.<tenant>]``) may name the tenants its
+``tenants`` list gives (``"*"``: every tenant of the settings), and change their jobs only with
+``actions = true``; anyone else only its own. Refusals are 403 PERMISSION_DENIED, reason
+``TENANT_NOT_ALLOWED`` (a tenant the caller may not view, whether it exists or not) or
+``ACTION_NOT_ALLOWED`` (a change to another tenant's job without ``actions``); a tenant that is no
+tenant name (over 256 characters, control characters, given twice) is 400 INVALID_ARGUMENT. With auth
+off the one tenant is ``default``. An operator's change to another tenant's job is logged (INFO) with
+both tenants and the job id.
+
 The page lists first (each List answer carries ``resumeToken``, the change position read before the
 list), then opens the stream resumed from that token: the stream brings every job changed since the
 list, and a cut at any point resumes from the last id (the token itself until the first event).
@@ -35,7 +47,8 @@ Authentication: EventSource cannot send headers, so with auth on the page posts 
 gets it back as an HttpOnly, SameSite=Strict cookie scoped to /api/dashboard (a session cookie: gone
 when the browser closes). The token never appears in a URL, and page scripts cannot read it. API
 calls may send ``Authorization: Bearer`` instead. State-changing calls also need the header
-``X-Dashboard: 1`` (a cross-site form cannot send it). Every answer is scoped to the tenant.
+``X-Dashboard: 1`` (a cross-site form cannot send it). Every answer is scoped to the tenant (the
+caller's, or the one ``?tenant=`` names).
 
 This is one sub-app of the HTTP face (``gateway.http``), which authenticates every route as its
 :class:`~gateway.http.face.Access` says (the cookie, the X-Dashboard header) and answers every error
@@ -59,7 +72,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.auth import DEFAULT_TENANT, Authenticator
-from gateway.errors import FieldViolation, GatewayError, InvalidArgument, NotFound, Unauthenticated
+from gateway.errors import FieldViolation, GatewayError, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from gateway.http.face import ANYONE, Access, Route, current_tenant, optional_tenant
 from gateway.hub import HubClosed, JobEvent
 from gateway.jobs import Job, JobState, Segment
@@ -91,7 +104,9 @@ _ANYONE = Access(authenticate=False, write_header="X-Dashboard")
 
 
 MAX_BULK = 10_000  # jobs one cancel-matching cancels at most
+MAX_TENANT = 256  # characters of ?tenant= at most
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class Throughput:
@@ -204,6 +219,39 @@ class Dashboard:
         self._files: dict[str, bytes] = {}
         self.throughput = Throughput()
         service.bus.subscribe(self.throughput.on_event)
+        # tenant -> the other tenants it may view (fixed at start: the settings do not change)
+        self._views = {operator: frozenset(settings.viewable_tenants(operator)) for operator in settings.auth.operators}
+
+    # -- which tenant a call is about --------------------------------------------------------------
+
+    def _tenant(self, request: web.Request, change: bool = False) -> str:
+        """The tenant whose jobs this call reads (or, ``change``, changes): ?tenant=, else the caller's own.
+        Raises PermissionDenied where the caller may not."""
+        own = current_tenant()
+        given = request.query.getall("tenant", [])
+        if len(given) > 1:
+            raise InvalidArgument.fields(FieldViolation("tenant", "give one tenant, or none for your own"))
+        wanted = given[0] if given else ""
+        if len(wanted) > MAX_TENANT or _CONTROL.search(wanted):
+            raise InvalidArgument.fields(FieldViolation(
+                "tenant", f"a tenant name: at most {MAX_TENANT} characters, no control characters"))
+        if not wanted or wanted == own:
+            return own
+        if wanted not in self._views.get(own, ()):
+            # The same answer whether the tenant exists or not: nothing to learn about other tenants' names.
+            raise PermissionDenied(f"the tenant {wanted!r} is not one whose jobs you may view "
+                                   "([auth.operators] of the gateway's settings)", reason="TENANT_NOT_ALLOWED")
+        if change and not self.settings.auth.operators[own].actions:
+            raise PermissionDenied(f"you may view the jobs of the tenant {wanted!r}, not change them "
+                                   "([auth.operators] actions)", reason="ACTION_NOT_ALLOWED")
+        return wanted
+
+    def _audit(self, what: str, tenant: str, job_id: str, note: str = "") -> None:
+        """An operator's change to another tenant's job, logged: who, what, which job, whose."""
+        own = current_tenant()
+        if tenant != own:
+            log.info("dashboard: operator %r %s job %s of tenant %r%s", own, what, job_id, tenant,
+                     f" ({note})" if note else "", extra={"job_id": job_id, "tenant": tenant})
 
     def routes(self) -> Iterable[Route]:
         return [
@@ -252,7 +300,13 @@ class Dashboard:
     async def config(self, request: web.Request) -> web.Response:
         tenant = optional_tenant()
         routes = [{"name": name, "backend": route.backend} for name, route in sorted(self.settings.routes.items())]
-        return web.json_response({"auth": self.auth.enabled, "tenant": tenant, "routes": routes,
+        tenants: list[dict[str, Any]] = []
+        if self.auth.enabled and tenant:
+            operator = self.settings.auth.operators.get(tenant)
+            actions = operator is not None and operator.actions
+            tenants = [{"name": tenant, "actions": True},
+                       *({"name": other, "actions": actions} for other in sorted(self._views.get(tenant, ())))]
+        return web.json_response({"auth": self.auth.enabled, "tenant": tenant, "routes": routes, "tenants": tenants,
                                   "heartbeatSeconds": self.settings.heartbeat_seconds},
                                  headers={"Cache-Control": "no-store"})
 
@@ -280,7 +334,7 @@ class Dashboard:
         return response
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        tenant = current_tenant()
+        tenant = self._tenant(request)
         flt = _filter(request.query, request.query, with_states=True)
         try:
             page_size = int(request.query.get("page_size", "50") or 50)
@@ -301,7 +355,7 @@ class Dashboard:
                                  headers={"Cache-Control": "no-store"}, dumps=_dumps)
 
     async def job(self, request: web.Request) -> web.Response:
-        tenant = current_tenant()
+        tenant = self._tenant(request)
         job_id = request.match_info["job_id"]
         job = await self.service.get(tenant, job_id)  # NotFound for another tenant's job
         try:
@@ -319,23 +373,30 @@ class Dashboard:
                                  headers={"Cache-Control": "no-store"}, dumps=_dumps)
 
     async def cancel(self, request: web.Request) -> web.Response:
-        job = await self.service.cancel(current_tenant(), request.match_info["job_id"])
+        tenant = self._tenant(request, change=True)
+        job = await self.service.cancel(tenant, request.match_info["job_id"])
+        self._audit("cancelled", tenant, job.id, f"now {job.state.name}")
         return web.json_response({"job": job_json(job)}, headers={"Cache-Control": "no-store"}, dumps=_dumps)
 
     async def retry(self, request: web.Request) -> web.Response:
-        job, existing = await self.service.retry(current_tenant(), request.match_info["job_id"],
-                                                 self.settings.data_dir / "uploads" / "incoming")
+        tenant = self._tenant(request, change=True)
+        job_id = request.match_info["job_id"]
+        job, existing = await self.service.retry(tenant, job_id, self.settings.data_dir / "uploads" / "incoming")
+        self._audit("retried", tenant, job_id, f"the new job: {job.id}" + (", made before" if existing else ""))
         return web.json_response({"job": job_json(job), "existing": existing}, headers={"Cache-Control": "no-store"},
                                  dumps=_dumps)
 
     async def delete(self, request: web.Request) -> web.Response:
-        await self.service.delete(current_tenant(), request.match_info["job_id"])
+        tenant = self._tenant(request, change=True)
+        job_id = request.match_info["job_id"]
+        await self.service.delete(tenant, job_id)
+        self._audit("deleted", tenant, job_id)
         return web.json_response({}, headers={"Cache-Control": "no-store"})
 
     async def cancel_matching(self, request: web.Request) -> web.Response:
         """Cancels the tenant's queued and running jobs that match the filter (at most MAX_BULK), as they
         are listed now: a job submitted meanwhile is not one of them."""
-        tenant = current_tenant()
+        tenant = self._tenant(request, change=True)
         flt = _filter(request.query, request.query, with_states=True)
         active = frozenset({JobState.QUEUED, JobState.RUNNING})
         flt = JobFilter(flt.states & active if flt.states else active, flt.route, flt.labels)
@@ -355,10 +416,14 @@ class Dashboard:
             except GatewayError:  # gone meanwhile (deleted, expired)
                 continue
             cancelled += job.state is JobState.CANCELLED or not job.terminal
+            self._audit("cancelled", tenant, job_id, f"cancel-matching, now {job.state.name}")
+        if tenant != current_tenant():
+            log.info("dashboard: operator %r cancel-matching on tenant %r (route %r, labels %r): asked %d, cancelled %d",
+                     current_tenant(), tenant, flt.route, dict(flt.labels), len(ids), cancelled, extra={"tenant": tenant})
         return web.json_response({"asked": len(ids), "cancelled": cancelled}, headers={"Cache-Control": "no-store"})
 
     async def find(self, request: web.Request) -> web.Response:
-        tenant = current_tenant()
+        tenant = self._tenant(request)
         wanted = request.query.get("q", "").strip()
         if not wanted or len(wanted) > 256:
             raise InvalidArgument.fields(FieldViolation("q", "a job id or a request id"))
@@ -383,7 +448,7 @@ class Dashboard:
     # -- the push stream -------------------------------------------------------------------------
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        tenant = current_tenant()
+        tenant = self._tenant(request)
         flt = _filter(request.query, request.query, with_states=False)  # states change: the page filters them
         resume = request.headers.get("Last-Event-ID") or request.query.get("resume", "")
         response = web.StreamResponse(headers={

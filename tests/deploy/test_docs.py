@@ -27,7 +27,7 @@ README_MAX_LINES = 220
 # The root section's heading; nested models are found by the TOML table in their heading's code spans.
 ROOT_HEADING = "Top-level settings"
 # How a dict field's key is written in its table's name: [routes.<name>], [webhooks.tenants.<tenant>].
-KEY_NAMES = {"routes": "name", "tenants": "tenant"}
+KEY_NAMES = {"routes": "name", "tenants": "tenant", "operators": "tenant"}
 
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*$")
 CODE_SPAN = re.compile(r"`([^`]+)`")
@@ -186,7 +186,7 @@ def test_every_setting_is_documented_with_its_default(table: str, model: type[Ba
 
 def test_the_settings_walk_reaches_every_nested_model() -> None:
     tables = {table for _model, table, _spans in _sections()}
-    assert {"", "auth", "tls", "webhooks", "webhooks.tenants.<tenant>", "routes.<name>"} <= tables
+    assert {"", "auth", "auth.operators.<tenant>", "tls", "webhooks", "webhooks.tenants.<tenant>", "routes.<name>"} <= tables
 
 
 def test_configuration_documents_no_setting_that_does_not_exist() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -262,3 +263,54 @@ secret = ["{SECRET_A}", "{SECRET_B}"]
 def test_unusable_webhook_settings_are_refused(tmp_path: Path, table: str, complaint: str) -> None:
     with pytest.raises(ValidationError, match=complaint.replace("(", r"\(").replace(")", r"\)")):
         load_settings(write(tmp_path, "[webhooks]\n" + table + "\n"))
+
+
+OPERATORS = """
+[auth]
+enabled = true
+[auth.tokens]
+"tok-ops-5d0e" = "ops"
+"tok-bob-91c2" = "bob"
+"tok-eve-0b7a" = "eve"
+[tenants.carol]
+weight = 2
+[tenants.default]
+weight = 1
+"""
+
+
+def test_operators_view_the_tenants_they_list_and_star_is_every_named_tenant(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, OPERATORS + '[auth.operators.ops]\ntenants = ["*"]\nactions = true\n'
+                                              '[auth.operators.eve]\ntenants = ["bob", "eve"]\n'))
+    assert settings.auth.operators["ops"].actions is True and settings.auth.operators["eve"].actions is False
+    assert settings.viewable_tenants("ops") == ["bob", "carol", "eve"]  # tokens' and [tenants.*]'s, not default
+    assert settings.viewable_tenants("eve") == ["bob"]  # its own is not "another"
+    assert settings.viewable_tenants("bob") == []
+    off = settings.model_copy(update={"auth": settings.auth.model_copy(update={"enabled": False})})
+    assert off.viewable_tenants("ops") == []  # auth off: one tenant
+
+
+def test_operators_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GATEWAY_AUTH__OPERATORS", '{"ops": {"tenants": ["bob"], "actions": true}}')
+    settings = load_settings(write(tmp_path, OPERATORS))
+    assert settings.viewable_tenants("ops") == ["bob"] and settings.auth.operators["ops"].actions
+
+
+def test_an_operators_tenants_may_come_from_the_tokens_file(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text('{"tok-dan-44e1": "dan"}')
+    config = OPERATORS.replace("[auth.tokens]", f'tokens_file = "{tokens}"\n[auth.tokens]')
+    settings = load_settings(write(tmp_path, config + '[auth.operators.dan]\ntenants = ["ops"]\n'))
+    assert settings.viewable_tenants("dan") == ["ops"]
+
+
+@pytest.mark.parametrize(("operators", "message"), [
+    ('[auth.operators.ops]\ntenants = ["mallory"]\n', "auth.operators.ops.tenants: no token"),
+    ('[auth.operators.mallory]\ntenants = ["*"]\n', "auth.operators.mallory: no token"),
+    ('[auth.operators.carol]\ntenants = ["*"]\n', "auth.operators.carol: no token"),  # a [tenants] table is no token
+    ('[auth.operators.ops]\ntenants = ["carol"]\n', "auth.operators.ops.tenants: no token"),
+    ('[auth.operators.ops]\ntenants = ["*"]\nwrite = true\n', "Extra inputs"),
+])
+def test_an_operator_naming_a_tenant_no_token_maps_to_is_refused(tmp_path: Path, operators: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        load_settings(write(tmp_path, OPERATORS + operators))
