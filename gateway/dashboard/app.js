@@ -15,7 +15,7 @@
   const $ = (id) => document.getElementById(id);
 
   let config = { auth: false, tenant: null, routes: [], heartbeatSeconds: 10 };
-  let filter = { states: [], route: '', labels: [], since: '' };
+  let filter = { states: [], route: '', labels: [], since: '', tenant: '' }; // tenant: '' = the signed-in one
   const SINCE = { '15m': 900, '1h': 3600, '24h': 86400, '7d': 604800 };
   const whisperRoutes = new Set();
 
@@ -77,7 +77,7 @@
       if (at > 0) labels.push([raw.slice(0, at), raw.slice(at + 1)]);
     }
     const since = SINCE[q.get('since') || ''] ? q.get('since') : '';
-    return { states, route: q.get('route') || '', labels, since };
+    return { states, route: q.get('route') || '', labels, since, tenant: q.get('tenant') || '' };
   }
 
   function query(f, withStates) {
@@ -86,7 +86,21 @@
     if (f.route) q.set('route', f.route);
     for (const [k, v] of f.labels) q.append('label', `${k}=${v}`);
     if (f.since) q.set('since', f.since);
+    if (f.tenant) q.set('tenant', f.tenant);
     return q;
+  }
+
+  // A job's path, for the tenant viewed (an operator's view of another tenant: ?tenant=).
+  function scoped(path) {
+    return filter.tenant ? `${path}${path.includes('?') ? '&' : '?'}tenant=${encodeURIComponent(filter.tenant)}` : path;
+  }
+
+  // Whether this browser may cancel, retry and delete the jobs it views (its own: always; another
+  // tenant's: when the gateway's [auth.operators] gives it actions).
+  function canAct() {
+    if (!filter.tenant) return true;
+    const viewed = (config.tenants || []).find((t) => t.name === filter.tenant);
+    return Boolean(viewed && viewed.actions);
   }
 
   function pageUrl(f, jobId) {
@@ -115,6 +129,7 @@
     }
     $('labels').value = filter.labels.map(([k, v]) => `${k}=${v}`).join(', ');
     $('since').value = filter.since;
+    $('tenant-select').value = filter.tenant;
   }
 
   function filterFromForm() {
@@ -126,7 +141,7 @@
       const at = text.indexOf('=');
       if (at > 0) labels.push([text.slice(0, at).trim(), text.slice(at + 1).trim()]);
     }
-    return { states, route: $('route').value, labels, since: $('since').value };
+    return { states, route: $('route').value, labels, since: $('since').value, tenant: $('tenant-select').value };
   }
 
   // -- formatting ------------------------------------------------------------------------------
@@ -177,9 +192,50 @@
     return lo;
   }
 
+  // Rows are built only for the jobs that can be seen. Up to VIRTUAL_AT jobs every job has its row,
+  // in order (a change costs its row alone). Past that the list is windowed: rows of one fixed height
+  // (tbody.virtual), built for the jobs in view and OVERSCAN around them, two spacer rows standing in
+  // for the rest, so 10,000 jobs cost the DOM of some fifty; a job out of view is kept as data (its
+  // entry) and drawn when scrolled to. Back under UNVIRTUAL_AT every row is built again.
+  const VIRTUAL_AT = 1000;
+  const UNVIRTUAL_AT = 800;
+  const OVERSCAN = 20;
+  let virtual = false;
+  let rowHeight = 0; // measured once per switch to the window
+  let windowFrame = 0;
+  let windowIds = []; // the ids whose rows are in the table, in order (virtual)
+  const padTop = el('tr', 'pad');
+  const padBottom = el('tr', 'pad');
+  for (const pad of [padTop, padBottom]) {
+    const td = el('td');
+    td.colSpan = 9;
+    pad.append(td);
+  }
+
   function addRow(job) {
+    const entry = {
+      job, row: null, segments: [], loading: false, reload: false, loadedRev: 0, shown: {},
+    };
+    const index = insertAt(job.id);
+    ids.splice(index, 0, job.id);
+    jobs.set(job.id, entry);
+    if (!virtual && ids.length > VIRTUAL_AT) {
+      setVirtual(true);
+    } else if (virtual) {
+      scheduleWindow();
+    } else {
+      build(entry);
+      const before = index + 1 < ids.length ? jobs.get(ids[index + 1]).row : null;
+      $('rows').insertBefore(entry.row, before); // (apply renders it)
+    }
+    return entry;
+  }
+
+  // The row's DOM, empty: render fills it once it is in the table (so that what observes the table
+  // sees the row show its revision).
+  function build(entry) {
     const row = el('tr');
-    row.dataset.id = job.id;
+    row.dataset.id = entry.job.id;
     const cell = (label, className) => {
       const td = el('td', className);
       td.dataset.label = label;
@@ -187,13 +243,13 @@
       return td;
     };
     const idCell = cell('Job', 'id');
-    const open = el('button', 'link mono', job.id.slice(-12));
+    const open = el('button', 'link mono', entry.job.id.slice(-12));
     open.type = 'button';
-    open.title = `${job.id} — details`;
+    open.title = `${entry.job.id} — details`;
     open.dataset.action = 'open';
     idCell.append(open);
     const routeCell = cell('Route', 'route');
-    routeCell.textContent = job.route;
+    routeCell.textContent = entry.job.route;
     // What changes while a job runs sits in a box of fixed size (see .slot), so a change is laid out
     // inside its box alone, not across the whole table.
     const slot = (td, kind) => td.appendChild(el('span', `slot ${kind}`));
@@ -212,32 +268,103 @@
     cancel.type = 'button';
     cancel.dataset.action = 'cancel';
     actionsCell.append(cancel);
+    Object.assign(entry, { row, badge, bar, pct, ageCell, queueCell, labelsCell, infoCell, cancel, shown: {} });
+  }
 
-    const entry = {
-      job, row, badge, bar, pct, ageCell, queueCell, labelsCell, infoCell, cancel,
-      segments: [], loading: false, reload: false, loadedRev: 0, shown: {},
-    };
-    const index = insertAt(job.id);
-    const before = index < ids.length ? jobs.get(ids[index]).row : null;
-    $('rows').insertBefore(row, before);
-    ids.splice(index, 0, job.id);
-    jobs.set(job.id, entry);
-    return entry;
+  function drop(entry) {
+    if (!entry.row) return;
+    entry.row.remove();
+    Object.assign(entry, {
+      row: null, badge: null, bar: null, pct: null, ageCell: null, queueCell: null, labelsCell: null, infoCell: null, cancel: null,
+    });
   }
 
   function removeRow(entry) {
     const index = insertAt(entry.job.id);
     if (ids[index] === entry.job.id) ids.splice(index, 1);
     jobs.delete(entry.job.id);
-    entry.row.remove();
+    drop(entry);
+    if (virtual && ids.length < UNVIRTUAL_AT) setVirtual(false);
+    else if (virtual) scheduleWindow();
+  }
+
+  function setVirtual(on) {
+    virtual = on;
+    rowHeight = 0;
+    windowIds = on ? ids.filter((id) => jobs.get(id).row) : []; // (the window drops those out of view)
+    const body = $('rows');
+    body.classList.toggle('virtual', on);
+    $('jobs').classList.toggle('virtual', on);
+    if (on) {
+      layoutWindow();
+      return;
+    }
+    const rows = [];
+    const built = [];
+    for (const id of ids) {
+      const entry = jobs.get(id);
+      if (!entry.row) {
+        build(entry);
+        built.push(entry);
+      }
+      rows.push(entry.row);
+    }
+    body.replaceChildren(...rows);
+    for (const entry of built) render(entry);
+  }
+
+  function scheduleWindow() {
+    if (virtual && !windowFrame) windowFrame = requestAnimationFrame(layoutWindow);
+  }
+
+  // Builds the rows in view (and OVERSCAN either side), drops the others, sizes the spacers.
+  function layoutWindow() {
+    windowFrame = 0;
+    if (!virtual) return;
+    const body = $('rows');
+    if (!rowHeight) { // one row, drawn to be measured: every row of the window has its height
+      const first = ids.length ? jobs.get(ids[0]) : null;
+      if (first && !first.row) build(first);
+      if (first) {
+        body.replaceChildren(first.row);
+        render(first);
+        rowHeight = first.row.getBoundingClientRect().height || 40;
+      }
+    }
+    const height = rowHeight || 40;
+    const top = body.getBoundingClientRect().top; // the table's top against the viewport (spacer included)
+    const from = Math.max(0, Math.floor(-top / height) - OVERSCAN);
+    const to = Math.min(ids.length, Math.ceil((window.innerHeight - top) / height) + OVERSCAN);
+    const wanted = ids.slice(from, Math.max(from, to));
+    const keep = new Set(wanted);
+    for (const id of windowIds) {
+      const entry = jobs.get(id);
+      if (entry && !keep.has(id)) drop(entry);
+    }
+    const built = [];
+    const rows = wanted.map((id) => {
+      const entry = jobs.get(id);
+      if (!entry.row) {
+        build(entry);
+        built.push(entry);
+      }
+      return entry.row;
+    });
+    padTop.style.height = `${from * height}px`;
+    padBottom.style.height = `${Math.max(0, ids.length - from - wanted.length) * height}px`;
+    const same = wanted.length === windowIds.length && wanted.every((id, i) => id === windowIds[i]) && padTop.parentNode === body;
+    if (!same) body.replaceChildren(padTop, ...rows, padBottom);
+    for (const entry of built) render(entry);
+    windowIds = wanted;
   }
 
   function render(entry) {
+    if (!entry.row) return; // out of view: drawn when it comes into view
     const { job, shown } = entry;
     if (shown.state !== job.state) {
       entry.badge.textContent = job.state.toLowerCase();
       entry.badge.className = `badge s-${job.state.toLowerCase()}`;
-      entry.cancel.hidden = job.done;
+      entry.cancel.hidden = job.done || !canAct();
       shown.state = job.state;
     }
     if (shown.progress !== job.progress) {
@@ -325,7 +452,7 @@
     entry.loading = true;
     const gen = generation;
     try {
-      const data = await call('GET', `${API}/jobs/${encodeURIComponent(entry.job.id)}`);
+      const data = await call('GET', scoped(`${API}/jobs/${encodeURIComponent(entry.job.id)}`));
       if (gen !== generation) return;
       entry.loadedRev = data.job.revision;
       apply(data.job, 0, data.job.segments);
@@ -356,7 +483,7 @@
 
   function tickAges() {
     const now = Date.now() / 1000;
-    for (const entry of jobs.values()) setText(entry.ageCell, age(now - entry.job.createTime));
+    for (const entry of jobs.values()) if (entry.row) setText(entry.ageCell, age(now - entry.job.createTime));
     if (detail) renderDetailAge();
   }
 
@@ -575,7 +702,7 @@
     $('detail-fields').textContent = '';
     $('detail-transcript').textContent = '';
     try {
-      const data = await call('GET', `${API}/jobs/${encodeURIComponent(id)}`);
+      const data = await call('GET', scoped(`${API}/jobs/${encodeURIComponent(id)}`));
       if (!detail || detail.id !== id) return;
       detail.job = data.job;
       detail.segments = data.job.segments;
@@ -628,7 +755,7 @@
     const { id } = detail;
     detail.filling = true;
     try {
-      const data = await call('GET', `${API}/jobs/${encodeURIComponent(id)}?after=${detail.lastRev}`);
+      const data = await call('GET', scoped(`${API}/jobs/${encodeURIComponent(id)}?after=${detail.lastRev}`));
       if (!detail || detail.id !== id) return;
       for (const revision of data.revisions) addRevision(revision, new Date().toLocaleTimeString());
       detail.job = data.job;
@@ -672,9 +799,10 @@
     }
     const segments = entry ? entry.segments : detail.segments || [];
     $('detail-transcript').textContent = transcriptOf(segments) || '—';
-    $('detail-cancel').hidden = job.done;
-    $('detail-retry').hidden = !(job.state === 'FAILED' || job.state === 'CANCELLED');
-    $('detail-delete').hidden = !job.done;
+    const acting = canAct();
+    $('detail-cancel').hidden = job.done || !acting;
+    $('detail-retry').hidden = !acting || !(job.state === 'FAILED' || job.state === 'CANCELLED');
+    $('detail-delete').hidden = !job.done || !acting;
     $('detail').dataset.state = job.state;
   }
 
@@ -703,7 +831,7 @@
     if (!(await confirmAction(`Run job ${id.slice(-12)} again, as a new job?`))) return;
     if (button) button.disabled = true;
     try {
-      const data = await call('POST', `${API}/jobs/${encodeURIComponent(id)}/retry`);
+      const data = await call('POST', scoped(`${API}/jobs/${encodeURIComponent(id)}/retry`));
       apply(data.job, undefined, []);
       openDetail(data.job.id, true);
     } catch (error) {
@@ -717,7 +845,7 @@
     if (!(await confirmAction(`Delete job ${id.slice(-12)} and its result now? This cannot be undone.`))) return;
     if (button) button.disabled = true;
     try {
-      await call('DELETE', `${API}/jobs/${encodeURIComponent(id)}`);
+      await call('DELETE', scoped(`${API}/jobs/${encodeURIComponent(id)}`));
       const entry = jobs.get(id);
       if (entry) removeRow(entry);
       closeDetail(true);
@@ -746,7 +874,7 @@
     $('find-error').textContent = '';
     if (!wanted) return;
     try {
-      const data = await call('GET', `${API}/find?q=${encodeURIComponent(wanted)}`);
+      const data = await call('GET', scoped(`${API}/find?q=${encodeURIComponent(wanted)}`));
       apply(data.job, undefined, []);
       openDetail(data.job.id, true);
     } catch (error) {
@@ -758,7 +886,7 @@
     if (!(await confirmAction(`Cancel job ${id.slice(-12)}?`))) return;
     if (button) button.disabled = true;
     try {
-      const data = await call('POST', `${API}/jobs/${encodeURIComponent(id)}/cancel`);
+      const data = await call('POST', scoped(`${API}/jobs/${encodeURIComponent(id)}/cancel`));
       apply(data.job, undefined, []);
     } catch (error) {
       $('summary').textContent = `Could not cancel ${id}: ${error.message}`;
@@ -778,6 +906,10 @@
     jobs.clear();
     seen.clear();
     ids = [];
+    windowIds = [];
+    virtual = false;
+    $('rows').classList.remove('virtual');
+    $('jobs').classList.remove('virtual');
     $('rows').textContent = '';
     lastEventId = '';
     nextPageToken = '';
@@ -799,6 +931,7 @@
   function applyAddress() {
     filter = readFilter();
     showFilterForm();
+    showTenant();
     reset();
     const id = new URLSearchParams(location.search).get('job');
     if (id) openDetail(id, false);
@@ -825,8 +958,8 @@
     loadOverview();
     $('login').hidden = true;
     $('main').hidden = false;
-    $('tenant').textContent = config.auth && config.tenant ? `tenant ${config.tenant}` : '';
     $('signout').hidden = !config.auth;
+    buildTenants();
     applyAddress();
   }
 
@@ -838,6 +971,11 @@
       const data = await call('POST', `${API}/session`, { token: input.value });
       input.value = '';
       config.tenant = data.tenant;
+      try { // the tenants this one may view
+        config = await call('GET', `${API}/config`);
+      } catch (_) {
+        config.tenants = [];
+      }
       showMain();
     } catch (error) {
       $('login-error').textContent = error.status === 401 ? 'That token is not valid here.' : error.message;
@@ -850,6 +988,30 @@
     } finally {
       config.tenant = null;
       showLogin();
+    }
+  }
+
+  // -- tenants (an operator's view) ------------------------------------------------------------
+
+  // The tenant filter: shown when this browser's tenant may view others ([auth.operators]).
+  function buildTenants() {
+    const select = $('tenant-select');
+    select.textContent = '';
+    const tenants = config.tenants || [];
+    for (const [i, t] of tenants.entries()) {
+      const option = el('option', '', i === 0 ? `${t.name} (you)` : `${t.name}${t.actions ? '' : ' (view only)'}`);
+      option.value = i === 0 ? '' : t.name;
+      select.append(option);
+    }
+    $('tenant-filter').hidden = tenants.length < 2;
+  }
+
+  function showTenant() {
+    const own = config.auth && config.tenant ? `tenant ${config.tenant}` : '';
+    $('tenant').textContent = filter.tenant ? `${own} · viewing ${filter.tenant}${canAct() ? '' : ' (view only)'}` : own;
+    $('cancel-matching').hidden = !canAct();
+    if (filter.tenant && $('tenant-select').value !== filter.tenant) { // not one this tenant may view: say so
+      $('notice').textContent = `Tenant ${filter.tenant} is not one you may view.`;
     }
   }
 
@@ -881,12 +1043,14 @@
       event.preventDefault();
       filter = filterFromForm();
       history.pushState(null, '', pageUrl(filter, detail ? detail.id : ''));
+      showTenant();
       reset();
     });
     $('clear').addEventListener('click', () => {
-      filter = { states: [], route: '', labels: [], since: '' };
+      filter = { states: [], route: '', labels: [], since: '', tenant: '' };
       showFilterForm();
       history.pushState(null, '', pageUrl(filter, detail ? detail.id : ''));
+      showTenant();
       reset();
     });
     $('more').addEventListener('click', () => loadPage(nextPageToken));
@@ -918,6 +1082,8 @@
     window.addEventListener('popstate', () => {
       if (!$('main').hidden) applyAddress();
     });
+    window.addEventListener('scroll', scheduleWindow, { passive: true });
+    window.addEventListener('resize', () => { rowHeight = 0; scheduleWindow(); });
     setInterval(tickAges, 1000);
     setInterval(watchdog, 5000);
     setInterval(loadOverview, 2000);

@@ -424,3 +424,138 @@ def test_the_console_counts_searches_retries_deletes_and_cancels_in_bulk(
         assert client.get(other.id).state.name in ("QUEUED", "RUNNING")
         client.cancel(other.id)
     _no_page_errors(browser, page, api.http_url)
+
+
+MANY_JOBS = 10_000
+
+
+def _dom_rows(browser: Browser, page: str) -> int:
+    return int(browser.eval(page, "() => document.querySelectorAll('#rows > tr[data-id]').length"))
+
+
+def test_a_list_of_10000_jobs_builds_rows_only_for_those_in_view(make_server: Any, browser: Browser) -> None:
+    """10,000 jobs reach the page through its stream: it counts them all, holds rows only for the jobs
+    in view (the list is windowed past 1,000 jobs), and draws the oldest when scrolled to the end, a
+    middle one when scrolled there, and a new job at the top, live."""
+    server: ServerProcess = make_server()
+    open_page(browser, "many", server.http_url + "/?label=many%3Dyes")
+    wait_live(browser, "many")
+
+    async def submit_all() -> list[str]:
+        gate = asyncio.Semaphore(200)
+        async with AsyncClient(server.target) as client:
+            async def one(n: int) -> str:
+                async with gate:
+                    return (await client.submit_job("echo", {}, labels={"many": "yes"})).job.id
+            return await asyncio.gather(*(one(n) for n in range(MANY_JOBS)))
+
+    ids = sorted(asyncio.run(submit_all()), reverse=True)  # the page's order: newest (highest id) first
+    browser.wait_for("many", "(n) => document.getElementById('summary').textContent.startsWith(`${n} jobs · ${n} succeeded`)",
+                     MANY_JOBS, timeout=120, what="10,000 jobs counted")
+    assert _dom_rows(browser, "many") < 200
+    assert browser.rows("many")[0]["id"] == ids[0]
+
+    scroll = "(where) => { window.scrollTo(0, where * document.documentElement.scrollHeight); return true; }"
+    browser.eval("many", scroll, 1)
+    browser.wait_row("many", ids[-1], "SUCCEEDED")  # the oldest, at the end of the list
+    assert _dom_rows(browser, "many") < 200
+    browser.eval("many", scroll, 0.5)
+    middle = browser.wait_for("many", """() => {
+        const shown = [...document.querySelectorAll('#rows > tr[data-id]')]
+            .filter((tr) => { const r = tr.getBoundingClientRect(); return r.bottom > 0 && r.top < innerHeight; });
+        return shown.length ? shown.map((tr) => tr.dataset.id) : null;
+    }""", what="rows in the middle")
+    position = ids.index(middle[0])
+    assert MANY_JOBS * 0.3 < position < MANY_JOBS * 0.7, position  # the rows drawn are those scrolled to
+    assert middle == ids[position:position + len(middle)]  # in order, none missing
+
+    browser.eval("many", scroll, 0)
+    with Client(server.target) as client:
+        late = client.submit_job("echo", {"delay_ms": 300}, labels={"many": "yes"}).job.id
+    browser.wait_row("many", late, "SUCCEEDED")
+    assert browser.rows("many")[0]["id"] == late
+    _no_page_errors(browser, "many", server.http_url)
+
+
+OPERATOR_CONFIG = """
+shutdown_grace_seconds = 0
+
+[routes.echo]
+backend = "echo"
+workers = 1
+
+[auth]
+enabled = true
+
+[auth.tokens]
+"tok-alice-4a1" = "alice"
+"tok-bob-77c" = "bob"
+"tok-ops-e02" = "ops"
+"tok-viewer-9b3" = "viewer"
+
+[auth.operators.ops]
+tenants = ["*"]
+actions = true
+
+[auth.operators.viewer]
+tenants = ["bob"]
+"""
+
+
+def _sign_in(browser: Browser, page: str, url: str, token: str) -> None:
+    open_page(browser, page, url)
+    browser.wait_for(page, "() => !document.getElementById('login').hidden", what="the sign-in form")
+    browser.call("fill", page=page, selector="#token", value=token)
+    browser.call("click", page=page, selector='#login-form button[type="submit"]')
+    wait_live(browser, page)
+
+
+def _view_tenant(browser: Browser, page: str, tenant: str) -> None:
+    """Picks `tenant` in the page's tenant filter and applies it, as an operator would."""
+    options = browser.eval(page, "() => [...document.querySelectorAll('#tenant-select option')].map((o) => o.value)")
+    assert tenant in options, options
+    browser.eval(page, "(t) => { document.getElementById('tenant-select').value = t; return true; }", tenant)
+    browser.call("click", page=page, selector='#filters button[type="submit"]')
+    wait_live(browser, page)
+
+
+def test_an_operator_views_and_cancels_another_tenants_jobs_a_viewer_only_views(
+        make_server: Any, browser: Browser) -> None:
+    """[auth.operators]: the tenant filter lists the tenants a browser may view; an operator with
+    actions sees bob's jobs live and cancels one (bob sees it cancelled); a viewer sees them with no
+    action offered; a plain tenant has no tenant filter, and a ?tenant= of another is refused."""
+    server: ServerProcess = make_server(OPERATOR_CONFIG)
+    url = server.http_url + "/"
+    _sign_in(browser, "ops", url, "tok-ops-e02")
+    _sign_in(browser, "viewer", url, "tok-viewer-9b3")
+    _sign_in(browser, "alice", url, "tok-alice-4a1")
+    assert browser.eval("alice", "() => document.getElementById('tenant-filter').hidden")
+    _view_tenant(browser, "ops", "bob")
+    _view_tenant(browser, "viewer", "bob")
+    assert browser.eval("viewer", "() => document.getElementById('cancel-matching').hidden")
+    assert "viewing bob" in browser.eval("ops", "() => document.getElementById('tenant').textContent")
+
+    with Client(server.target, token="tok-bob-77c") as bob, Client(server.target, token="tok-alice-4a1") as alice:
+        running = bob.submit_job("echo", {"delay_ms": 60_000, "steps": 60}).job
+        queued = bob.submit_job("echo", {"delay_ms": 10}).job
+        theirs = alice.submit_job("echo", {"delay_ms": 10}).job
+        for page in ("ops", "viewer"):
+            browser.wait_row(page, running.id, "RUNNING")
+            browser.wait_row(page, queued.id, "QUEUED")
+        assert browser.eval("viewer", "(id) => document.querySelector(`#rows > tr[data-id=\"${id}\"] button[data-action=cancel]`)"
+                                      ".hidden", running.id)
+        browser.call("click", page="ops", selector=f'#rows > tr[data-id="{running.id}"] button[data-action="cancel"]')
+        browser.call("click", page="ops", selector="#confirm-yes")
+        browser.wait_row("ops", running.id, "CANCELLED")
+        browser.wait_row("viewer", running.id, "CANCELLED")
+        assert bob.get(running.id).state.name.endswith("CANCELLED")
+        browser.wait_row("ops", queued.id, "SUCCEEDED")
+        assert theirs.id not in {r["id"] for r in browser.rows("ops")}  # bob's jobs only
+
+    # Alice names bob in the address: refused, nothing listed.
+    browser.call("goto", page="alice", url=url + "?tenant=bob")
+    browser.wait_for("alice", "() => document.getElementById('summary').textContent.includes('not one whose jobs you may view')",
+                     what="the refusal")
+    assert browser.rows("alice") == []
+    for page in ("ops", "viewer"):
+        _no_page_errors(browser, page, server.http_url)
