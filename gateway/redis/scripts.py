@@ -13,8 +13,8 @@ may send a batch twice. The consumer group is named ``'workers'`` inside them: `
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "HOLD", "POSITION", "SAVE", "SPARE", "STATS", "STORE", "TAKE",
-           "TAKE_OVER"]
+__all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "HOLD", "LOAD", "POSITION", "SAVE", "SPARE", "STATS",
+           "STORE", "TAKE", "TAKE_OVER"]
 
 # KEYS: job, revs, req (or req-none), jobs index, changes, position, active, queue, queue bytes
 # ARGV: id, job JSON, request hash, payload, has a request id (1/0), job key prefix, created, tenant,
@@ -319,6 +319,14 @@ local segs = redis.call('LRANGE', KEYS[2], 0, tonumber(head[2]) - 1)
 return {head[1], att, head[3] or '', segs}
 """
 
+# KEYS: job, segs; ARGV: other fields of the job's hash. A read of the job whole at one moment, in one
+# command: {{job JSON, segment count, the fields...}, its first <segment count> segments} (nils for a job gone).
+LOAD = """
+local head = redis.call('HMGET', KEYS[1], 'job', 'seg', unpack(ARGV))
+if not head[1] or tonumber(head[2]) == 0 then return {head, {}} end
+return {head, redis.call('LRANGE', KEYS[2], 0, tonumber(head[2]) - 1)}
+"""
+
 # KEYS: store_id, position; ARGV: the store id this process knows, a new one, the highest change position
 # it has seen committed. The store id names the data (resume tokens carry it): Redis restarted empty or
 # flushed has none, and a failover to a replica that was behind has a position lower than one already
@@ -472,4 +480,4 @@ return position
 
 # The store's scripts by the name it calls them (loaded with SCRIPT LOAD, run with EVALSHA).
 STORE = {"create": CREATE, "save": SAVE, "delete": DELETE, "spare": SPARE, "take_over": TAKE_OVER, "epoch": EPOCH,
-         "claim_webhook": CLAIM_WEBHOOK, "finish_webhook": FINISH_WEBHOOK}
+         "claim_webhook": CLAIM_WEBHOOK, "finish_webhook": FINISH_WEBHOOK, "load": LOAD}

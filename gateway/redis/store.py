@@ -427,15 +427,12 @@ class RedisStore:
     # -- reads -----------------------------------------------------------------------------------
 
     async def _load(self, job_id: str, *fields: str) -> tuple[Job, list[Any]] | None:
-        """The job whole (its head and segments, read at one moment, in one round trip) and these
-        other fields of its hash; None if it is gone."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(self.keys.job(job_id), "job", "seg", *fields)
-            pipe.lrange(self.keys.segs(job_id), 0, -1)
-            head, raw_segments = await pipe.execute()
+        """The job whole (its head and segments, read at one moment, in one command: scripts.LOAD) and
+        these other fields of its hash; None if it is gone."""
+        head, raw_segments = await self._run_script("load", [self.keys.job(job_id), self.keys.segs(job_id)], fields)
         if head[0] is None:
             return None
-        return job_from_json(head[0], decode_segments(raw_segments[: int(head[1])])), head[2:]
+        return job_from_json(head[0], decode_segments(raw_segments)), head[2:]
 
     async def get_job(self, job_id: str) -> Job | None:
         loaded = await self._load(job_id)
