@@ -291,8 +291,8 @@ def test_events_of_another_tenant_bring_its_jobs_only(server: ServerProcess) -> 
         assert {j["id"] for j in seen} == {theirs.id}
         assert [j["state"] for j in seen][-1] == "SUCCEEDED" and len(seen) >= 2
         assert ids  # resumable
-        bob.fetch(theirs.id, timeout=30)
-        alice.fetch(mine.id, timeout=30)
+        bob.fetch(theirs.id, wait=30, timeout=40)
+        alice.fetch(mine.id, wait=30, timeout=40)
     _healthy(server)
 
 
