@@ -17,8 +17,8 @@ from typing import Any
 from gateway.hub import JobEvent
 from gateway.jobs import Job, JobFailure, JobState, Segment, WebhookSpec
 
-__all__ = ["RemoteEvent", "decode_event", "decode_segments", "dumps", "fixed_length", "job_from_dict", "job_from_json",
-           "job_json"]
+__all__ = ["RemoteEvent", "decode_event", "decode_segments", "dumps", "fixed_length", "job_delta", "job_from_delta",
+           "job_from_dict", "job_from_json", "job_json"]
 
 
 def dumps(value: Any) -> str:
@@ -46,6 +46,29 @@ def job_json(job: Job) -> str:
             f'"error":{error},"queue_position":{job.queue_position}'
             + (f',"attempt":{job.attempt}' if job.attempt != 1 else '')
             + (f',"logs":{dumps(job.logs)}}}' if job.logs else '}'))
+
+
+# What changes from one revision of a job to the next, in this order: a revision's entry in the job's
+# revisions (scripts.SAVE) holds these values alone, a JSON array, the fixed fields being the job's own.
+DELTA = ("state", "revision", "progress", "started", "finished", "expires", "error", "queue_position", "attempt", "logs")
+
+
+def job_delta(job: Job) -> str:
+    """The revision's changing fields as a JSON array (DELTA's order; attempt and logs left off at their defaults)."""
+    values: list[Any] = [int(job.state), job.revision, job.progress, job.started, job.finished, job.expires,
+                         None if job.error is None else job.error.to_dict(), job.queue_position]
+    if job.attempt != 1 or job.logs:
+        values.append(job.attempt)
+    if job.logs:
+        values.append(job.logs)
+    return dumps(values)
+
+
+def job_from_delta(fixed: Mapping[str, Any], delta: str | bytes, segments: tuple[Segment, ...] = ()) -> Job:
+    """A revision from its delta (job_delta) and any revision's decoded JSON (for the fixed fields)."""
+    data = {**fixed, "attempt": 1, "logs": ""}
+    data.update(zip(DELTA, json.loads(delta), strict=False))
+    return job_from_dict(data, segments)
 
 
 def fixed_length(job: Job) -> int:

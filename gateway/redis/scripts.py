@@ -22,7 +22,7 @@ __all__ = ["CLAIM_WEBHOOK", "CREATE", "DELETE", "EPOCH", "FINISH_WEBHOOK", "HOLD
 #       max_queued_bytes (0: none), uploaded audio bytes (0: none), the uploaded audio's key ('' none),
 #       the queue deadline (ms; 0: none), the queue deadlines key, the route's scheduler prefix
 #       (keys.sched), the job's priority (1-5), its tenant's weight, max_queued (0: none), submit_rate
-#       (0: none), submit burst, rate bucket key, max_running (0: none)
+#       (0: none), submit burst, rate bucket key, max_running (0: none), the revision's delta (codec.job_delta)
 # Answers {created (1 new or this very create again, 0 the request's existing job, 2 queue full,
 # 3 queue bytes full, 4 the tenant's rate passed, 5 the tenant's queue full), job id, request hash,
 # position (2, 3, 5: what is held; 4: the wait for the next token, ms)}. The rate is a token bucket
@@ -85,7 +85,7 @@ redis.call('INCRBY', KEYS[9], size)
 local pos = redis.call('INCR', KEYS[6])
 redis.call('HSET', KEYS[1], 'job', ARGV[2], 'created_as', ARGV[2], 'rev', 1, 'att', 0, 'seg', 0, 'pos', pos, 'tenant', ARGV[8],
            'request_id', ARGV[9], 'req_hash', ARGV[3], 'payload', ARGV[4], 'expires', '', 'qb', size, 'qk', KEYS[9])
-redis.call('XADD', KEYS[2], '0-1', 'job', ARGV[2], 'seg', 0)
+redis.call('XADD', KEYS[2], '0-1', 'd', ARGV[27], 'seg', 0)
 if tonumber(ARGV[17] or '0') > 0 then redis.call('ZADD', ARGV[18], ARGV[17], ARGV[1]) end  -- swept when due
 if ARGV[16] and ARGV[16] ~= '' then  -- the upload stays as long as the job's inputs (not its put's expiry)
   redis.call('PERSIST', ARGV[16])
@@ -155,7 +155,7 @@ local pos = redis.call('INCR', KEYS[5])
 local count = tonumber(ARGV[7])
 local n = tonumber(ARGV[13])
 redis.call('HSET', KEYS[1], 'job', ARGV[6], 'rev', ARGV[5], 'att', att, 'seg', count, 'pos', pos)
-redis.call('XADD', KEYS[2], '0-' .. ARGV[5], 'job', ARGV[6], 'seg', count)
+redis.call('XADD', KEYS[2], '0-' .. ARGV[5], 'd', ARGV[21 + n], 'seg', count)
 if n > 0 then
   redis.call('LTRIM', KEYS[3], 0, count - n - 1)
   redis.call('RPUSH', KEYS[3], unpack(ARGV, 14, 13 + n))
@@ -191,21 +191,24 @@ if ARGV[8] == '1' then
     redis.call('XDEL', KEYS[10], entry)
   end
   -- Compacted: the revisions stream goes (a stream costs some 4 KB even for three entries); its entries go into
-  -- one field of the job, 'hist', a line each: "revision|segment count|+" and the JSON after the fixed fields
-  -- (the same in every revision, kept once in 'job'; 'hn' their length), "=" and the whole JSON, or "^" for
-  -- the end itself (the JSON in 'job').
+  -- one field of the job, 'hist', a line each: "revision|segment count|~" and the revision's delta (the fields
+  -- that change, codec.job_delta; the fixed ones are the job's), or "^" for the end itself (the JSON in 'job').
+  -- (Entries written before deltas hold the whole JSON: "+" and the JSON after the fixed fields, 'hn' their
+  -- length, or "=" and the whole JSON.)
   local n_fixed = tonumber(ARGV[20 + n]) or 0
   local fixed = string.sub(ARGV[6], 1, n_fixed)
   local lines = {}
   for i, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
-    local json, seg = entry[2][2], entry[2][4]
+    local kind, value, seg = entry[2][1], entry[2][2], entry[2][4]
     local rev = string.sub(entry[1], 3)
-    if json == ARGV[6] then  -- the end itself: kept whole in 'job' already
+    if rev == ARGV[5] or value == ARGV[6] then  -- the end itself: kept whole in 'job' already
       lines[i] = rev .. '|' .. seg .. '|^'
-    elseif n_fixed > 0 and string.sub(json, 1, n_fixed) == fixed then
-      lines[i] = rev .. '|' .. seg .. '|+' .. string.sub(json, n_fixed + 1)
+    elseif kind == 'd' then
+      lines[i] = rev .. '|' .. seg .. '|~' .. value
+    elseif n_fixed > 0 and string.sub(value, 1, n_fixed) == fixed then
+      lines[i] = rev .. '|' .. seg .. '|+' .. string.sub(value, n_fixed + 1)
     else
-      lines[i] = rev .. '|' .. seg .. '|=' .. json
+      lines[i] = rev .. '|' .. seg .. '|=' .. value
     end
   end
   redis.call('HSET', KEYS[1], 'hist', table.concat(lines, '\\n'), 'hn', n_fixed)

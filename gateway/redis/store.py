@@ -42,7 +42,7 @@ from gateway import metrics
 from gateway.errors import Unavailable
 from gateway.jobs import Clock, Job, Result, Segment, SystemClock, decode_result, encode_result, webhook_wanted
 from gateway.redis import scripts
-from gateway.redis.codec import decode_segments, dumps, fixed_length, job_from_json, job_json
+from gateway.redis.codec import decode_segments, dumps, fixed_length, job_delta, job_from_delta, job_from_json, job_json
 from gateway.redis.conn import RespConnection, pool
 from gateway.redis.keys import Keys
 from gateway.settings import TenantSettings
@@ -312,7 +312,7 @@ class RedisStore:
                  self.keys.queue_deadlines, self.keys.sched(job.route), job.priority]
         policy = self.tenants(job.tenant)
         args += [repr(float(policy.weight)), policy.max_queued, repr(float(policy.submit_rate)), policy.burst,
-                 self.keys.rate(job.tenant), policy.max_running]
+                 self.keys.rate(job.tenant), policy.max_running, job_delta(job)]
 
         async def existing(job_id: str, stored_hash: str) -> CreateOutcome:
             found = await self.get_job(job_id)
@@ -374,7 +374,7 @@ class RedisStore:
             *segments, repr(expires), repr(expires + (expires - now)), self.keys.events,
             repr(time.time()) if marked else "", job.webhook.url if marked and job.webhook else "",
             "1" if terminal and keeps_inputs(job, self.keep_failed_inputs) else "",
-            fixed,
+            fixed, job_delta(job),
         ]
 
         def decode(answer: Any) -> int:
@@ -460,6 +460,7 @@ class RedisStore:
             return []
         counts = [int(fields[b"seg"]) for _, fields in entries]
         segments = decode_segments(raw_segments[: max(counts)])
+        base: dict[str, Any] | None = None
         out = []
         offset = 0
         for (entry_id, fields), count in zip(entries, counts, strict=True):
@@ -467,7 +468,13 @@ class RedisStore:
             if revision == after:
                 offset = count
                 continue
-            out.append((job_from_json(fields[b"job"], segments[:count] if whole else segments[offset:count]), offset))
+            shown = segments[:count] if whole else segments[offset:count]
+            if b"d" in fields:  # a delta (codec.job_delta); the fixed fields are the job's, the same in every revision
+                if base is None:
+                    base = json.loads(final) if final is not None else {}
+                out.append((job_from_delta(base, fields[b"d"], shown), offset))
+            else:  # written before deltas: the whole JSON
+                out.append((job_from_json(fields[b"job"], shown), offset))
             offset = count
         return out
 
@@ -673,6 +680,9 @@ def _history(hist: bytes, final: bytes, fixed_length: int, after: int) -> list[t
         if int(revision) < after:
             continue
         kind = rest[:1]
+        if kind == b"~":
+            entries.append((b"0-" + revision, {b"d": rest[1:], b"seg": count}))
+            continue
         json_text = final if kind == b"^" else fixed + rest[1:] if kind == b"+" else rest[1:]
         entries.append((b"0-" + revision, {b"job": json_text, b"seg": count}))
     return entries
