@@ -40,10 +40,12 @@ def map_large_allocations(threshold: int = 1 << 20, trim_threshold: int | None =
     they go back to the system at once). Setting it fixes glibc's trim threshold too, which would then
     hand the heap's top back after every large free and take it again at the next allocation. Both cost
     inference: CTranslate2 allocates many buffers of 1-4 MiB, and a transcription was 33% slower with a
-    1 MiB threshold, 13% with the trim churn alone. So a process that runs whisper jobs maps from 4 MiB
-    and sets ``trim_threshold`` high (gateway.cli), and an API replica maps from 1 MiB and keeps glibc's
-    eager trimming, which is what returns its memory after a burst of uploads (with a high trim
-    threshold, the burst's heap stayed: 2x idle, not 1.1x)."""
+    1 MiB threshold (13% was ascribed to trim churn alone: not reproduced on a shared 2-core machine,
+    issue 27). So a process that runs whisper jobs maps from 4 MiB, and an API replica from 1 MiB; both
+    keep glibc's eager trimming, which is what returns their memory after a burst of uploads. A high
+    ``trim_threshold`` keeps it: most of a burst's transient memory is in the per-thread arenas, whose
+    heaps (64 MiB at most) shrink only when a free leaves ``trim_threshold`` at their top, and which
+    malloc_trim() never shrinks (glibc trims only the main arena's top)."""
     libc = _glibc()
     if libc is not None and hasattr(libc, "mallopt"):
         if trim_threshold is not None:

@@ -150,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     # each on its own made a transcription a third slower (gateway.allocator).
     runs_whisper = settings.workers != 0 and any(r.backend == "whisper" for r in settings.routes.values())
     if runs_whisper:
-        map_large_allocations(4 << 20, trim_threshold=256 << 20)
+        # (No raised trim threshold: the per-thread arenas, where gRPC's receive slices and the jobs'
+        # decoding live, shrink only when a free leaves trim_threshold at a heap's top, and malloc_trim
+        # never shrinks them; at 256 MiB a whisper process kept 20-30 MiB per arena after each burst
+        # of uploads, more arenas with each burst: issue 27.)
+        map_large_allocations(4 << 20)
     else:
         map_large_allocations(1 << 20)
     try:

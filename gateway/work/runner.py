@@ -277,6 +277,8 @@ class RouteRunner:
                 log.exception("route %s: job %s could not be run", self.name, job_id)
             finally:
                 del self._running[job_id]
+                running.ctx = None  # its input (MiBs of audio): nothing of the job is kept while the
+                del running  # worker waits for the next one, which may be a long while (issue 27)
             self.queue.task_done(job_id)
 
     async def _execute(self, running: _Running) -> None:
