@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +58,7 @@ def _monitor(redis: RedisProcess, out: Path) -> Iterator[dict[str, Any]]:
             while out.stat().st_size == 0:  # its "OK": watching
                 if proc.poll() is not None:
                     raise RuntimeError("redis-cli MONITOR exited")
+                time.sleep(0.01)
             yield counted
         finally:
             proc.terminate()
