@@ -9,11 +9,12 @@ implementation; a shared queue (Redis Streams) implements the same :class:`WorkQ
 from __future__ import annotations
 
 import asyncio
-import heapq
 import math
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from typing import Protocol
 
 from gateway.jobs import DEFAULT_PRIORITY
@@ -127,18 +128,60 @@ class QueueClosed(Exception):
 PRIORITY_SPAN = 1 << 40  # a job's rank within its tenant: priority * PRIORITY_SPAN + arrival (the Redis scripts too)
 
 
+class _Lane:
+    """One tenant's waiting jobs of one priority, in arrival order (sequence numbers ascending): taking the
+    first, counting those before a job and removing one cost a bisection, not a pass over the lane, so a
+    Submit's position stays cheap behind a backlog of a hundred thousand jobs."""
+
+    __slots__ = ("head", "items")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, str]] = []  # (sequence, job id); those before ``head`` are taken
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.items) - self.head
+
+    def append(self, seq: int, job_id: str) -> None:
+        self.items.append((seq, job_id))
+
+    def popleft(self) -> str:
+        job_id = self.items[self.head][1]
+        self.head += 1
+        if self.head >= 64 and 2 * self.head >= len(self.items):  # amortised: the taken ones go in one cut
+            del self.items[:self.head]
+            self.head = 0
+        return job_id
+
+    def before(self, seq: int) -> int:
+        return bisect_left(self.items, (seq,), self.head) - self.head
+
+    def remove(self, seq: int) -> None:
+        del self.items[bisect_left(self.items, (seq,), self.head)]
+
+    def __iter__(self) -> Iterator[str]:
+        return (job_id for _seq, job_id in islice(self.items, self.head, None))
+
+    def first(self) -> str:
+        return self.items[self.head][1]
+
+
 class FairOrder:
     """The order a route's waiting jobs are taken in: the tenants with jobs waiting in weighted round robin
     (stride scheduling: each tenant has a pass, the next job is the lowest pass's, whose pass then grows by
     1/weight; a tenant that starts waiting joins at the pass of the last job taken, so it neither waits
     behind a backlog nor saves up a share while it had nothing waiting), and within a tenant its most
-    urgent job, first come first among equals. The Redis queue's take script is the same algorithm."""
+    urgent job, first come first among equals. The Redis queue's take script is the same algorithm.
+
+    Each operation costs at most a bisection of one lane (a tenant's jobs of one priority) plus a look at
+    each tenant waiting: none is a pass over the jobs."""
 
     def __init__(self, weight: Callable[[str], float] | None = None) -> None:
         self.weight = weight or (lambda tenant: 1.0)
-        self._jobs: dict[str, list[tuple[int, str]]] = {}  # tenant -> heap of (rank, job id)
+        self._lanes: dict[str, dict[int, _Lane]] = {}  # tenant -> priority -> its waiting jobs (no empty lane)
+        self._waiting: dict[str, int] = {}  # tenant -> its jobs waiting
         self._pass: dict[str, float] = {}  # tenants with jobs waiting
-        self._where: dict[str, tuple[str, int]] = {}  # job id -> (tenant, rank)
+        self._where: dict[str, tuple[str, int, int]] = {}  # job id -> (tenant, priority, sequence)
         self.created: dict[str, float] = {}  # job id -> when it was created (metrics: the oldest's age)
         self._seq = 0
         self.vtime = 0.0
@@ -148,67 +191,90 @@ class FairOrder:
         return len(self._where)
 
     def waiting_of(self, tenant: str) -> int:
-        return len(self._jobs.get(tenant, ()))
+        return self._waiting.get(tenant, 0)
 
     def by_priority(self) -> dict[int, int]:
         counts: dict[int, int] = {}
-        for _tenant, rank in self._where.values():
-            priority = rank // PRIORITY_SPAN
-            counts[priority] = counts.get(priority, 0) + 1
+        for lanes in self._lanes.values():
+            for priority, lane in lanes.items():
+                counts[priority] = counts.get(priority, 0) + len(lane)
         return counts
 
+    def oldest_created(self) -> float | None:
+        """When the oldest waiting job was created (of each lane's first: a lane is in arrival order)."""
+        return min((self.created.get(lane.first(), 0.0) for lanes in self._lanes.values() for lane in lanes.values()),
+                   default=None)
+
     def tenants(self) -> dict[str, int]:
-        return {tenant: len(heap) for tenant, heap in self._jobs.items()}
+        return dict(self._waiting)
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._where
 
     def add(self, job_id: str, tenant: str, priority: int, created: float = 0.0) -> None:
         self._seq += 1
-        rank = priority * PRIORITY_SPAN + self._seq
-        if tenant not in self._pass:
+        lanes = self._lanes.get(tenant)
+        if lanes is None:
             self._pass[tenant] = self.vtime
-            self._jobs[tenant] = []
-        heapq.heappush(self._jobs[tenant], (rank, job_id))
-        self._where[job_id] = (tenant, rank)
+            lanes = self._lanes[tenant] = {}
+            self._waiting[tenant] = 0
+        lane = lanes.get(priority)
+        if lane is None:
+            lane = lanes[priority] = _Lane()
+        lane.append(self._seq, job_id)
+        self._waiting[tenant] += 1
+        self._where[job_id] = (tenant, priority, self._seq)
         self.created[job_id] = created
 
     @staticmethod
     def _next_tenant(passes: dict[str, float]) -> str:
+        if len(passes) == 1:
+            return next(iter(passes))
         return min(passes, key=lambda t: (passes[t], t))
 
     def pop(self, blocked: Callable[[str], bool] | None = None) -> str | None:
         """The next job, of the lowest pass's tenant among those not ``blocked`` (at their max_running);
         None when every tenant with jobs waiting is."""
-        if blocked is None:
-            tenant = self._next_tenant(self._pass)
-        else:
+        tenant = self._next_tenant(self._pass)
+        if blocked is not None and blocked(tenant):
             open_ = {t: p for t, p in self._pass.items() if not blocked(t)}
             if not open_:
                 return None
             tenant = self._next_tenant(open_)
-        _rank, job_id = heapq.heappop(self._jobs[tenant])
+        lanes = self._lanes[tenant]
+        priority = min(lanes)
+        lane = lanes[priority]
+        job_id = lane.popleft()
+        if not lane:
+            del lanes[priority]
         del self._where[job_id]
         self.created.pop(job_id, None)
         self.last_tenant = tenant
         self.vtime = self._pass[tenant]
-        if self._jobs[tenant]:
+        self._taken_from(tenant)
+        if tenant in self._pass:
             self._pass[tenant] += 1.0 / self.weight(tenant)
-        else:
-            del self._jobs[tenant], self._pass[tenant]
         return job_id
+
+    def _taken_from(self, tenant: str) -> None:
+        left = self._waiting[tenant] - 1
+        if left:
+            self._waiting[tenant] = left
+        else:
+            del self._lanes[tenant], self._waiting[tenant], self._pass[tenant]
 
     def remove(self, job_id: str) -> bool:
         found = self._where.pop(job_id, None)
         if found is None:
             return False
         self.created.pop(job_id, None)
-        tenant, rank = found
-        heap = self._jobs[tenant]
-        heap.remove((rank, job_id))
-        heapq.heapify(heap)
-        if not heap:
-            del self._jobs[tenant], self._pass[tenant]
+        tenant, priority, seq = found
+        lanes = self._lanes[tenant]
+        lane = lanes[priority]
+        lane.remove(seq)
+        if not lane:
+            del lanes[priority]
+        self._taken_from(tenant)
         return True
 
     def position(self, job_id: str) -> int:
@@ -219,8 +285,9 @@ class FairOrder:
         found = self._where.get(job_id)
         if found is None:
             return 0
-        mine, rank = found
-        ahead = sum(1 for r, _j in self._jobs[mine] if r < rank)
+        mine, priority, seq = found
+        lanes = self._lanes[mine]
+        ahead = lanes[priority].before(seq) + sum(len(lane) for p, lane in lanes.items() if p < priority)
         at = self._pass[mine] + ahead / self.weight(mine)
         position = ahead + 1
         for tenant, start in self._pass.items():
@@ -230,20 +297,22 @@ class FairOrder:
             tie = math.floor(x + 0.5)
             before = tie + (tenant < mine) if abs(x - tie) < 1e-9 * max(1.0, abs(x)) else math.floor(x) + 1
             if before > 0:
-                position += min(before, len(self._jobs[tenant]))
+                position += min(before, self._waiting[tenant])
         return position
 
     def __iter__(self) -> Iterator[str]:
-        """The waiting jobs in the order they would be taken (lazily: positions read the first few)."""
+        """The waiting jobs in the order they would be taken (lazily: positions read the first few; read it
+        through before the queue changes)."""
         passes = dict(self._pass)
-        heaps = {tenant: list(heap) for tenant, heap in self._jobs.items()}
+        jobs = {tenant: chain.from_iterable([lanes[p] for p in sorted(lanes)]) for tenant, lanes in self._lanes.items()}
         while passes:
             tenant = self._next_tenant(passes)
-            yield heapq.heappop(heaps[tenant])[1]
-            if heaps[tenant]:
-                passes[tenant] += 1.0 / self.weight(tenant)
-            else:
+            job_id = next(jobs[tenant], None)
+            if job_id is None:
                 del passes[tenant]
+                continue
+            yield job_id
+            passes[tenant] += 1.0 / self.weight(tenant)
 
 
 class MemoryQueue:
@@ -286,7 +355,7 @@ class MemoryQueue:
         names = set(waiting) | set(self._running)
         return QueueSnapshot(
             by_priority=self._order.by_priority(),
-            oldest_created=min(self._order.created.values(), default=None),
+            oldest_created=self._order.oldest_created(),
             tenants={t: (waiting.get(t, 0), self._running.get(t, 0)) for t in names},
         )
 

@@ -4,6 +4,7 @@ order in both (hypothesis), and the worked example of docs/architecture.md holds
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 import pytest
@@ -155,3 +156,27 @@ async def test_tenants_at_their_max_running_do_not_hide_the_others_however_many(
         got = await taken(200)
         # One of each capped tenant's (then all at their max_running, ahead of z in the round), and all of z's.
         assert len(got) == 75 and set(got) >= {j.id for j in free}
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), takes=st.integers(0, 400), cancels=st.integers(0, 50))
+def test_positions_follow_the_order_behind_a_long_backlog(seed: int, takes: int, cancels: int) -> None:
+    """Positions are counted by bisection within a tenant's jobs of one priority (whose taken ones are
+    cut off in blocks): after many takes and cancels, each job's position is still its place in the
+    order, and the jobs are taken in that order."""
+    rng = random.Random(seed)
+    order = FairOrder(lambda tenant: WEIGHTS[tenant])
+    ids = []
+    for i in range(500):
+        ids.append(f"j{i}")
+        order.add(ids[-1], rng.choice(sorted(WEIGHTS)), rng.randint(1, 5))
+    for _ in range(takes):
+        order.pop()
+    for job_id in rng.sample(ids, cancels):
+        order.remove(job_id)
+    listed = list(order)
+    assert len(listed) == len(order)
+    assert [order.position(job_id) for job_id in listed] == list(range(1, len(listed) + 1))
+    assert sum(order.tenants().values()) == sum(order.by_priority().values()) == len(order)
+    assert [order.pop() for _ in range(len(listed))] == listed
+    assert len(order) == 0 and order.oldest_created() is None
