@@ -36,7 +36,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from pydantic import ValidationError
 
-from gateway import __version__
+from gateway import __version__, collector
 from gateway.allocator import map_large_allocations
 from gateway.errors import StartupError
 from gateway.http import parse_address
@@ -88,6 +88,7 @@ async def _serve(settings: Settings, api: bool = True) -> None:
             http_host, _ = parse_address(settings.http_listen)
             line["http"] = f"{http_host}:{gateway.http_port}"
         print(json.dumps(line), flush=True)
+        collector.settle_after_startup()
         await gateway.wait_for_stop()
 
 

@@ -560,6 +560,9 @@ class TenantSettings(BaseModel):
         return self.submit_burst or max(1, math.ceil(self.submit_rate))
 
 
+_NO_TENANT_TABLE = TenantSettings()  # (read per Submit and per job taken: made once, not each time)
+
+
 class WebhookTenant(BaseModel):
     """A tenant's own webhook keys (under [webhooks.tenants.<tenant>]); a key left out is the [webhooks] one."""
 
@@ -782,7 +785,7 @@ class Settings(BaseSettings):
     def tenant(self, name: str) -> TenantSettings:
         """A tenant's settings: its own table, else [tenants.default], else the defaults."""
         found = self.tenants.get(name) or self.tenants.get("default")
-        return found if found is not None else TenantSettings()
+        return found if found is not None else _NO_TENANT_TABLE
 
     def known_tenants(self) -> set[str]:
         """The tenants the settings name: those the tokens map to, and those with a [tenants.<tenant>] table

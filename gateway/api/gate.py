@@ -40,7 +40,6 @@ import asyncio
 import itertools
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -122,22 +121,39 @@ class Slots:
                 self._grant(tenant)
                 future.set_result(None)
 
-    @asynccontextmanager
-    async def hold(self, tenant: str) -> AsyncIterator[Callable[[], None]]:
-        """A slot for the block; yields a function that gives it back early (once, whatever calls it)."""
-        await self.take(tenant)
-        held = True
+    def hold(self, tenant: str) -> _Held:
+        """A slot for the block (``async with``); entering answers a function that gives it back early
+        (once, whatever calls it)."""
+        return _Held(self, tenant)
 
-        def release() -> None:
-            nonlocal held
-            if held:
-                held = False
-                self.give_back(tenant)
 
-        try:
-            yield release
-        finally:
-            release()
+class _Held:
+    """A slot of :meth:`Slots.hold`, held from ``__aenter__`` to ``__aexit__`` or ``release``, whichever is first
+    (a class, not a generator: it is entered once per Submit)."""
+
+    __slots__ = ("held", "slots", "tenant")
+
+    def __init__(self, slots: Slots, tenant: str) -> None:
+        self.slots = slots
+        self.tenant = tenant
+        self.held = False
+
+    async def __aenter__(self) -> Callable[[], None]:
+        slots = self.slots
+        if slots.free and not slots._waiting:  # (take's own first step, without a coroutine)
+            slots._grant(self.tenant)
+        else:
+            await slots.take(self.tenant)
+        self.held = True
+        return self.release
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.slots.give_back(self.tenant)
 
 
 async def _read_one(context: grpc.aio.ServicerContext) -> Any:

@@ -15,14 +15,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.hub import JobEvent
-from gateway.jobs import Job, JobFailure, JobState, Segment, WebhookSpec
+from gateway.jobs import Job, JobFailure, JobState, Segment, WebhookSpec, compact_json
 
 __all__ = ["RemoteEvent", "decode_event", "decode_segments", "dumps", "fixed_length", "job_delta", "job_from_delta",
            "job_from_dict", "job_from_json", "job_json"]
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return compact_json(value)
 
 
 # job id -> (the fixed fields, the labels mapping, their JSON): revisions of one job share the labels

@@ -15,6 +15,7 @@ lets go of every job it lost or holds older.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -105,12 +106,15 @@ class Running:
     ) -> Awaitable[bool]:
         """Hands the revision to the store now (so revisions reach it in order); the awaitable ends
         once it is committed. The store checks it follows the stored revision, of this attempt."""
+        return self._settle(job.id, self._store(job, new_segments, result, count_attempt))
+
+    def _store(self, job: Job, new_segments: Sequence[Segment] = (), result: Result | None = None,
+               count_attempt: bool = False) -> Awaitable[None]:
         on_commit = self.committed_callback(job, len(job.segments) - len(new_segments))
         attempt = self.active.attempt(job.id)
         if job.terminal:
             self.active.drop_attempt(job.id)
-        stored = self.store.save_revision(job, new_segments, result, on_commit, count_attempt, attempt)
-        return self._settle(job.id, stored)
+        return self.store.save_revision(job, new_segments, result, on_commit, count_attempt, attempt)
 
     async def _settle(self, job_id: str, stored: Awaitable[None]) -> bool:
         """Whether the revision was stored; False when another process had moved the job on."""
@@ -123,7 +127,19 @@ class Running:
         return True
 
     def _save_later(self, job: Job, count_attempt: bool = False) -> None:
-        asyncio.ensure_future(self._save(job, count_attempt=count_attempt)).add_done_callback(_log_failure)
+        """Hands the revision to the store, not waiting for its commit (a callback settles it: no task)."""
+        stored = asyncio.ensure_future(self._store(job, count_attempt=count_attempt))
+        stored.add_done_callback(functools.partial(self._stored_later, job.id))
+
+    def _stored_later(self, job_id: str, stored: asyncio.Future[None]) -> None:
+        if stored.cancelled():
+            return
+        exc = stored.exception()
+        if isinstance(exc, RevisionConflict):  # as _settle does
+            log.warning("job %s was changed elsewhere; letting it go: %s", job_id, exc)
+            self._let_go(job_id)
+        elif exc is not None:
+            log.error("storing a revision failed", exc_info=exc)
 
     def _let_go(self, job_id: str) -> None:
         """A job this process ran is no longer its own (ended or taken over elsewhere, or the store holds

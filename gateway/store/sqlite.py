@@ -37,6 +37,7 @@ from gateway.jobs import (
     Result,
     Segment,
     WebhookSpec,
+    compact_json,
     decode_result,
     encode_result,
     webhook_wanted,
@@ -173,7 +174,7 @@ INLINE_PAYLOAD_BYTES = 64 * 1024
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return compact_json(value)
 
 
 def _error_json(error: JobFailure | None) -> str | None:
