@@ -43,7 +43,12 @@ if has_request then
   local existing = redis.call('GET', KEYS[3])
   if existing then
     local key = ARGV[6] .. existing
-    local expires = redis.call('HGET', key, 'expires')
+    local held = redis.call('HMGET', key, 'expires', 'job')
+    local expires = held[1]
+    if not expires and held[2] then  -- an ended job keeps its expiry in its JSON alone (SAVE)
+      expires = cjson.decode(held[2]).expires
+      if type(expires) ~= 'number' then expires = '' end
+    end
     if expires and (expires == '' or tonumber(expires) > tonumber(ARGV[7])) then
       return {0, existing, redis.call('HGET', key, 'req_hash'), 0}
     end
@@ -183,7 +188,6 @@ if ARGV[8] == '1' then
     if ak then redis.call('DEL', ak) end  -- its uploaded audio
     redis.call('HDEL', KEYS[1], 'payload', 'ckpt', 'qb', 'qk', 'ak', 'sq', 'ss')
   end
-  redis.call('HSET', KEYS[1], 'expires', ARGV[14 + n])
   redis.call('SREM', KEYS[6], ARGV[1])
   local entry = redis.call('HGET', KEYS[1], 'entry')
   if entry then  -- an ended job leaves its route's queue, and its worker's pending list (group: work.redis.GROUP)
@@ -197,7 +201,7 @@ if ARGV[8] == '1' then
   -- length, or "=" and the whole JSON.)
   local n_fixed = tonumber(ARGV[20 + n]) or 0
   local fixed = string.sub(ARGV[6], 1, n_fixed)
-  local lines = {}
+  local lines, whole = {}, false
   for i, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
     local kind, value, seg = entry[2][1], entry[2][2], entry[2][4]
     local rev = string.sub(entry[1], 3)
@@ -207,14 +211,17 @@ if ARGV[8] == '1' then
       lines[i] = rev .. '|' .. seg .. '|~' .. value
     elseif n_fixed > 0 and string.sub(value, 1, n_fixed) == fixed then
       lines[i] = rev .. '|' .. seg .. '|+' .. string.sub(value, n_fixed + 1)
+      whole = true
     else
       lines[i] = rev .. '|' .. seg .. '|=' .. value
     end
   end
-  redis.call('HSET', KEYS[1], 'hist', table.concat(lines, '\\n'), 'hn', n_fixed)
+  redis.call('HSET', KEYS[1], 'hist', table.concat(lines, '\\n'))
+  if whole then redis.call('HSET', KEYS[1], 'hn', n_fixed) end  -- (read only for "+" lines)
   redis.call('DEL', KEYS[2])
-  -- What only a job still going needs: its create's own JSON (a create sent again, CREATE), its queue entry.
-  redis.call('HDEL', KEYS[1], 'created_as', 'entry')
+  -- What only a job still going needs: its create's own JSON (a create sent again, CREATE), its queue entry;
+  -- and what the job's JSON holds too (its tenant, request id and expiry: DELETE and CREATE read them there).
+  redis.call('HDEL', KEYS[1], 'created_as', 'entry', 'tenant', 'request_id', 'expires')
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
   if redis.call('EXISTS', KEYS[9]) == 1 then redis.call('PEXPIRE', KEYS[9], ttl) end
   if redis.call('EXISTS', KEYS[11]) == 1 then redis.call('PEXPIRE', KEYS[11], ttl) end
@@ -231,7 +238,13 @@ return pos
 # KEYS: job, revs, segs, tomb, jobs index prefix, changes prefix, active, expiring, webhook, webhooks due
 # ARGV: id, tombstone ttl ms (0: none), req prefix, tombstone end
 DELETE = _UNQUEUE + """
-local tenant = redis.call('HGET', KEYS[1], 'tenant')
+local head = redis.call('HMGET', KEYS[1], 'tenant', 'request_id', 'job')
+local tenant, request_id = head[1], head[2]
+if head[3] and not tenant then  -- ended: its tenant and request id are in its JSON alone (SAVE)
+  local job = cjson.decode(head[3])
+  tenant, request_id = job.tenant, job.request_id
+  if type(request_id) ~= 'string' then request_id = '' end
+end
 if not tenant then
   -- Expired by Redis before a sweep came (the usual case: both happen at the job's expiry): what still
   -- names the job goes, or the sweep would find it again forever. The tenant is the tombstone's.
@@ -248,7 +261,6 @@ if not tenant then
   redis.call('ZREM', KEYS[10], ARGV[1])
   return 0
 end
-local request_id = redis.call('HGET', KEYS[1], 'request_id')
 local qb = redis.call('HMGET', KEYS[1], 'qb', 'qk')
 if qb[1] then redis.call('DECRBY', qb[2], qb[1]) end  -- a job deleted before it ended
 local ak = redis.call('HGET', KEYS[1], 'ak')

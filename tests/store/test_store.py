@@ -275,6 +275,24 @@ async def test_delete_with_and_without_tombstone(store: Store) -> None:
     assert await store.tombstone(a.id, T0) == "t" and await store.tombstone(b.id, T0) is None
 
 
+async def test_deleting_an_ended_job_frees_its_request_id_and_leaves_its_tenants_tombstone(store: Store) -> None:
+    """An ended job is compacted (with Redis its hash keeps its tenant and request id in its JSON alone): a
+    delete still finds them, so its request id makes a new job, and its tombstone names its tenant."""
+    job = make_job(tenant="acme", request_id="order-9")
+    await store.create_job(job, "h", PAYLOAD)
+    running = step(job, state=JobState.RUNNING, started=T0)
+    await store.save_revision(running)
+    await store.save_revision(finish(running, JobState.SUCCEEDED, T0 + 1), result=JobOutput(1))
+    again = await store.create_job(make_job(tenant="acme", request_id="order-9", created=T0 + 2), "h", PAYLOAD)
+    assert not again.created and again.job.id == job.id  # retained: the request id answers the ended job
+    await store.delete(job.id, tombstone_until=T0 + 100)
+    assert await store.get_job(job.id) is None and await store.tombstone(job.id, T0) == "acme"
+    assert await store.find_request("acme", "order-9", T0 + 3) is None
+    fresh = make_job(tenant="acme", request_id="order-9", created=T0 + 3)
+    assert (await store.create_job(fresh, "h", PAYLOAD)).created
+    assert [j.id for j in await store.list_jobs("acme", JobFilter(), None, 10, T0 + 3)] == [fresh.id]
+
+
 async def test_500_concurrent_creates_share_commits(store: Store) -> None:
     jobs = [make_job(request_id=f"req-{i}", labels={"i": str(i)}) for i in range(500)]
     outcomes = await asyncio.gather(*(store.create_job(j, f"h{i}", PAYLOAD) for i, j in enumerate(jobs)))
