@@ -1,6 +1,6 @@
 """The bare baseline: a plain grpc.aio server with the gateway's method names and nothing behind them.
 
-    python -m bench.bare [--listen 127.0.0.1:0]
+    python -m bench.bare [--listen 127.0.0.1:0] [--uvloop]
 
 Prints ``{"event": "serving", "grpc": "127.0.0.1:PORT"}`` once serving, like ``gateway serve``.
 
@@ -139,8 +139,15 @@ async def serve(listen: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bare")
     parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--uvloop", action="store_true", help="serve on uvloop (the gateway's default loop)")
     args = parser.parse_args()
-    asyncio.run(serve(args.listen))
+    if args.uvloop:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(args.listen))
+    else:
+        asyncio.run(serve(args.listen))
 
 
 if __name__ == "__main__":

@@ -163,8 +163,12 @@ class BareServer(Server):
 
     label = "bare"
 
+    def __init__(self, uvloop: bool = False) -> None:
+        super().__init__()
+        self.uvloop = uvloop
+
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "bench.bare", "--listen", "127.0.0.1:0"]
+        return [sys.executable, "-m", "bench.bare", "--listen", "127.0.0.1:0", *(["--uvloop"] if self.uvloop else [])]
 
 
 # -- load generators -----------------------------------------------------------------------------

@@ -64,14 +64,16 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 # -- 1. submit throughput ------------------------------------------------------------------------
 
-SUBMIT_VARIANTS = ("gateway", "bare", "gateway_request_id")
+# The gateway serves on uvloop (event_loop = "auto"); the baseline is the bare server on asyncio's own loop,
+# as the goal was set, and the bare server on uvloop is measured too, to show what the loop alone gives.
+SUBMIT_VARIANTS = ("gateway", "bare", "gateway_request_id", "bare_uvloop")
 
 
 def _submit_round(server: Server, variant: str, cfg: Config, label: str) -> dict[str, Any]:
     spec = {
         "mode": "submit", "target": server.target, "label": label, "channels": cfg.channels,
         "concurrency": cfg.concurrency, "warmup_s": cfg.warmup_s, "duration_s": cfg.duration_s,
-        "request_ids": variant == "gateway_request_id", "verify": variant != "bare", "drain_timeout_s": 60,
+        "request_ids": variant == "gateway_request_id", "verify": not variant.startswith("bare"), "drain_timeout_s": 60,
     }
     with LoadProcess(spec) as load:
         load.expect("window_start", timeout=cfg.warmup_s + 60)
@@ -88,11 +90,11 @@ def _submit_round(server: Server, variant: str, cfg: Config, label: str) -> dict
 
 def bench_submit(cfg: Config) -> list[Row]:
     rounds: dict[str, list[dict[str, Any]]] = {v: [] for v in SUBMIT_VARIANTS}
-    with started(GatewayServer(), BareServer()) as (gateway, bare):
+    with started(GatewayServer(), BareServer(), BareServer(uvloop=True)) as (gateway, bare, bare_uvloop):
         stored = 0  # jobs in the gateway's store so far
         for r in range(cfg.rounds):
             for variant in abba(SUBMIT_VARIANTS, r):
-                server = bare if variant == "bare" else gateway
+                server = {"bare": bare, "bare_uvloop": bare_uvloop}.get(variant, gateway)
                 result = _submit_round(server, variant, cfg, f"submit-{variant}-{r}")
                 if server is gateway:
                     result["stored_before"] = stored
@@ -140,6 +142,15 @@ def bench_submit(cfg: Config) -> list[Row]:
             row.goal = f">= {SUBMIT_GOAL:.2f}x bare"
             row.met = ok and row.ratio is not None and row.ratio >= SUBMIT_GOAL
         rows.append(row)
+    uv_tp = throughput("bare_uvloop")
+    paired = [g["throughput"] / b["throughput"] for g, b in zip(rounds["gateway"], rounds["bare_uvloop"], strict=True)]
+    rows.append(Row(
+        "Submit throughput, against bare on uvloop", "jobs/s", throughput("gateway"), uv_tp,
+        note="the gateway serves on uvloop (event_loop = auto); the same bare server on uvloop: what the loop alone "
+             f"gives ({_fmt(uv_tp)} against {_fmt(bare_tp)}/s on asyncio's loop); per-round ratios "
+             + ", ".join(f"{p:.2f}" for p in paired),
+        raw={"bare_uvloop_rounds": rounds["bare_uvloop"]},
+    ))
     rows.append(Row(
         "Submit: server CPU per request", "us",
         median([x.get("server_cpu_us_per_submit") for x in rounds["gateway"]]),

@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Before numpy loads: each whisper job computes its features on its own thread, and OpenBLAS's threads
@@ -79,6 +80,7 @@ async def _serve(settings: Settings, api: bool = True) -> None:
     import signal
 
     loop = asyncio.get_running_loop()
+    logging.getLogger("gateway").info("event loop: %s", type(loop).__module__.split(".")[0])
     async with Gateway(settings, api=api) as gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, gateway.request_stop)
@@ -90,6 +92,19 @@ async def _serve(settings: Settings, api: bool = True) -> None:
         print(json.dumps(line), flush=True)
         collector.settle_after_startup()
         await gateway.wait_for_stop()
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop's maker (None: asyncio's own); ImportError when uvloop is asked for and missing."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
 
 
 def _configuration_error(exc: Exception) -> str:
@@ -159,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         map_large_allocations(1 << 20)
     try:
-        asyncio.run(_serve(settings, api=not is_worker))
+        loop_factory = _loop_factory(settings.event_loop)
+    except ImportError:
+        print("gateway: invalid configuration: event_loop: uvloop is not installed (pip install uvloop)", file=sys.stderr)
+        return 2
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(_serve(settings, api=not is_worker))
     except StartupError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -771,6 +771,10 @@ class Settings(BaseSettings):
         False, description="OpenTelemetry traces of the gRPC server (the [tracing] extra), exported with OTLP to "
                             "OTEL_EXPORTER_OTLP_ENDPOINT (the OTEL_* variables configure it), or to stderr without one.",
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="The event loop: uvloop where installed (auto), or asyncio's own. uvloop runs the loop's "
+                            "bookkeeping in C: Submit 10-20% faster (docs/benchmarks.md).",
+    )
     log_level: str = "INFO"
     log_json: bool = Field(False, description="Log JSON lines (with job_id, route and tenant where a job is concerned).")
     auth: AuthSettings = Field(default_factory=AuthSettings)

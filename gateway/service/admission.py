@@ -295,7 +295,7 @@ class Admission:
         finally:
             active.take_submitting(job.id)
         if outcome.created:
-            metrics.JOBS_SUBMITTED.labels(route).inc()
+            metrics.child(metrics.JOBS_SUBMITTED, route).inc()
             return job, False
         runner.release()
         await self._drop_upload(job.id, upload)  # the request's job exists already, with its own

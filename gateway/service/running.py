@@ -69,7 +69,7 @@ class Running:
         check_transition(head.state, changes.get("state", head.state))
         job = head.evolve(revision=head.revision + 1, **changes)
         if head.state is JobState.QUEUED and job.state is JobState.RUNNING:
-            metrics.QUEUE_WAIT.labels(job.route).observe(max(0.0, (job.started or job.created) - job.created))
+            metrics.child(metrics.QUEUE_WAIT, job.route).observe(max(0.0, (job.started or job.created) - job.created))
         if job.terminal:
             self.active.ended(job_id)
         else:

@@ -104,3 +104,17 @@ def test_a_documented_placeholder_token_stops_the_start(tmp_path: Path) -> None:
     assert done.returncode == 2
     line = _one_line(done)
     assert "placeholder" in line and "team-a" in line and "replace-this-token" in line
+
+
+@pytest.mark.parametrize(("choice", "expected"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+def test_the_event_loop_setting_picks_the_loop_the_gateway_serves_on(
+        make_server: Callable[..., ServerProcess], choice: str, expected: str) -> None:
+    """uvloop is a dependency where it builds: `auto` serves on it; `asyncio` on asyncio's own loop. Either
+    way jobs run and stream to the end."""
+    from gateway_client import Client, Output
+
+    server = make_server(ECHO_CONFIG, env={"GATEWAY_EVENT_LOOP": choice})
+    with Client(server.target) as client:
+        future = client.submit("echo", {"steps": 2, "delay_ms": 20, "note": choice})
+        assert future.result(timeout=30) == Output({"steps": 2, "delay_ms": 20, "note": choice})
+    assert f"event loop: {expected}" in server.log()
