@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ __all__ = [
     "rss_mib",
     "spawn",
     "stop_process",
+    "wait_route_serving",
 ]
 
 ECHO_CONFIG = '[routes.echo]\nbackend = "echo"\n'
@@ -233,3 +235,17 @@ def started(*servers: Server) -> Iterator[tuple[Server, ...]]:
                 server.stop()
             except Exception as exc:
                 print(f"stopping {server.label} failed: {exc}", file=sys.stderr)
+
+
+def wait_route_serving(target: str, route: str, timeout: float = 120.0) -> None:
+    """Waits until the gateway's health service says ``route/<route>`` is SERVING (a model loaded)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while stub.Check(health_pb2.HealthCheckRequest(service=f"route/{route}"), timeout=5).status != 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the {route} route never became SERVING")
+            time.sleep(0.1)

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from bench.common import ROOT, GatewayServer, Row, abba, median
+from bench.common import ROOT, GatewayServer, Row, abba, median, wait_route_serving
 
 NAME = "whisper"
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -270,14 +270,5 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 
 def _wait_serving(target: str, timeout: float = 120.0) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while stub.Check(health_pb2.HealthCheckRequest(service="route/whisper"), timeout=5).status != 1:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the whisper route never became SERVING")
-            time.sleep(0.1)
+    wait_route_serving(target, "whisper", timeout)
 
