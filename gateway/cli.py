@@ -91,7 +91,10 @@ async def _serve(settings: Settings, api: bool = True) -> None:
             line["http"] = f"{http_host}:{gateway.http_port}"
         print(json.dumps(line), flush=True)
         collector.settle_after_startup()
-        await gateway.wait_for_stop()
+        try:
+            await gateway.wait_for_stop()
+        finally:
+            collector.before_shutdown()
 
 
 def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gc
 
-__all__ = ["YOUNG_THRESHOLD", "settle_after_startup"]
+__all__ = ["YOUNG_THRESHOLD", "before_shutdown", "settle_after_startup"]
 
 YOUNG_THRESHOLD = 20_000
 
@@ -28,3 +28,9 @@ def settle_after_startup() -> None:
     gc.freeze()
     _young, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+
+
+def before_shutdown() -> None:
+    """Called once the process stops serving: what startup made is the collector's again, so that the
+    objects of it in reference cycles are finalized at exit as they would be without the freeze."""
+    gc.unfreeze()

@@ -335,6 +335,10 @@ class SqliteStore:
         self._writer: ThreadWriter[_Write] | None = None  # its thread holds the write connection
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
+        # Every reader thread's connection, closed by close(): the last connection to close checkpoints the WAL
+        # and removes it and the shared-memory file (left to the collector, they may outlive the process).
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._large_payloads: set[str] = set()  # jobs whose inputs are in the payloads table
         self._uploads = UploadFiles(path.parent / "uploads")  # the audio of Uploads, a file per job
@@ -454,6 +458,10 @@ class SqliteStore:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        with self._readers_lock:
+            readers, self._reader_conns = self._reader_conns, []
+        for conn in readers:  # (made with check_same_thread=False: closed here, their threads gone)
+            conn.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the lock
             self._lock_fd = None
@@ -553,6 +561,8 @@ class SqliteStore:
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
+            with self._readers_lock:
+                self._reader_conns.append(conn)
         return conn
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -118,3 +118,18 @@ def test_the_event_loop_setting_picks_the_loop_the_gateway_serves_on(
         future = client.submit("echo", {"steps": 2, "delay_ms": 20, "note": choice})
         assert future.result(timeout=30) == Output({"steps": 2, "delay_ms": 20, "note": choice})
     assert f"event loop: {expected}" in server.log()
+
+
+def test_a_stopped_gateway_leaves_its_store_checkpointed(make_server: Callable[..., ServerProcess]) -> None:
+    """SIGTERM after serving (and reading: Get, List): the SQLite store's every connection is closed, so
+    the last one checkpoints the WAL and removes it and the shared-memory file. Left behind, they let a
+    start on a disk that has filled meanwhile open a store it cannot write (test_disk_full)."""
+    from gateway_client import Client, Output
+
+    server = make_server(ECHO_CONFIG)
+    with Client(server.target) as client:
+        future = client.submit("echo", {"n": 1})
+        assert future.result(timeout=30) == Output({"n": 1})
+        assert client.get(future.job_id).done and client.list().jobs
+    assert server.stop() == 0
+    assert sorted(p.name for p in server.data_dir.iterdir()) == ["gateway.lock", "gateway.sqlite3"]
