@@ -229,7 +229,8 @@ class Gateway:
         # only authenticated callers take them (the gate asks the servicer before reading anything). With
         # auth on, every other RPC of the service is authenticated before its message is read, too.
         gate = ReceiveGate(f"/{SERVICE_NAME}/Submit", settings.max_inflight_submit_bytes // settings.max_receive_bytes,
-                           servicer.authenticate, service=f"/{SERVICE_NAME}/" if auth.enabled else None)
+                           servicer.authenticate, servicer.received_size,
+                           service=f"/{SERVICE_NAME}/" if auth.enabled else None)
         server, self.grpc_port = create_server(settings, credentials=self.tls.grpc_credentials() if self.tls else None,
                                                interceptors=[*([gate] if self.api else []), metrics.RpcMetrics()])
         self.grpc_server = server

@@ -173,11 +173,14 @@ class ReceiveGate(grpc.aio.ServerInterceptor):
     as every other."""
 
     def __init__(self, method: str, slots: int, authenticate: Callable[[Metadata], str],
-                 service: str | None = None) -> None:
+                 size_of: Callable[[Any], int], service: str | None = None) -> None:
+        """``size_of(request)``: the received size of ``method``'s message, told by what its deserializer made
+        of it (so one handler serves every call: none is made per call)."""
         self.method = method
         self.slots = Slots(slots)
         self.authenticate = authenticate
         self.service = service
+        self.size_of = size_of
         # The other methods' handlers hold nothing of a call, so each is made once (per handler of the
         # metrics interceptor's, which it makes once per method), not at every call.
         self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -191,7 +194,12 @@ class ReceiveGate(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         if method == self.method:
-            return self._gated(handler) if handler.unary_unary is not None else handler
+            if handler.unary_unary is None:
+                return handler
+            gated = self._wrapped.get(id(handler))
+            if gated is None or gated[0] is not handler:
+                gated = self._wrapped[id(handler)] = (handler, self._gated(handler, self.size_of))
+            return gated[1]
         if self.service is None or not method.startswith(self.service):
             return handler
         cached = self._wrapped.get(id(handler))
@@ -237,16 +245,9 @@ class ReceiveGate(grpc.aio.ServerInterceptor):
                                                          response_serializer=handler.response_serializer)
         return handler
 
-    def _gated(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """A handler for one call: the size of its message is this call's own."""
-        deserialize = handler.request_deserializer
+    def _gated(self, handler: grpc.RpcMethodHandler, size_of: Callable[[Any], int]) -> grpc.RpcMethodHandler:
+        """The handler of every call of the gated method: each call's size is its request's own."""
         behavior = handler.unary_unary
-        size = 0
-
-        def received(data: bytes) -> Any:
-            nonlocal size
-            size = len(data)
-            return deserialize(data) if deserialize is not None else data
 
         async def gated(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
@@ -255,9 +256,9 @@ class ReceiveGate(grpc.aio.ServerInterceptor):
                 return await behavior(Rejected(exc), context)  # read nothing, took nothing
             async with self.slots.hold(tenant) as release:
                 request = await _read_one(context)
-                if size < LARGE_BYTES:
+                if size_of(request) < LARGE_BYTES:
                     release()  # a small message is in (or none): it costs nothing worth waiting for
                 return await behavior(request, context)  # a large one holds its slot until it is stored
 
         return grpc.stream_unary_rpc_method_handler(gated, response_serializer=handler.response_serializer,
-                                                    request_deserializer=received)
+                                                    request_deserializer=handler.request_deserializer)

@@ -171,6 +171,11 @@ class GatewayServicer:
         any call's message)."""
         return self.auth.tenant_from_metadata(metadata) if self.auth.enabled else DEFAULT_TENANT
 
+    @staticmethod
+    def received_size(request: Any) -> int:
+        """The received bytes of a Submit's message, as its deserializer left it (the receive gate asks)."""
+        return request.size if isinstance(request, _Admitted) else 0
+
     def _tenant(self, request: Any, context: grpc.aio.ServicerContext) -> str:
         if isinstance(request, _Rejected):
             raise request.error
