@@ -5,7 +5,7 @@ the hash's own tenant, request id and expiry fields, which an ended job no longe
 
 from __future__ import annotations
 
-from gateway.jobs import JobOutput, JobState
+from gateway.jobs import Job, JobOutput, JobState
 from gateway.redis.codec import fixed_length, job_json
 from gateway.redis.store import RedisStore
 from harness.redis import RedisProcess
@@ -16,13 +16,19 @@ def _seen(replay: list) -> list[tuple[int, JobState, float]]:
     return [(job.revision, job.state, job.progress) for job, _offset in replay]
 
 
+async def _started(store: RedisStore, request_id: str) -> tuple[Job, Job]:
+    """A job of tenant acme, created and then RUNNING (as this gateway writes them): (created, running)."""
+    job = make_job(tenant="acme", request_id=request_id)
+    await store.create_job(job, "h", PAYLOAD)
+    running = step(job, state=JobState.RUNNING, started=T0)
+    await store.save_revision(running)
+    return job, running
+
+
 async def test_a_running_jobs_revisions_written_whole_are_replayed_and_it_ends(redis_process: RedisProcess) -> None:
     redis_process.flush()
     async with RedisStore(redis_process.url, clock=FakeClock(T0)) as store:
-        job = make_job(tenant="acme", request_id="order-1")
-        await store.create_job(job, "h", PAYLOAD)
-        running = step(job, state=JobState.RUNNING, started=T0)
-        await store.save_revision(running)
+        job, running = await _started(store, "order-1")
         halfway = step(running, progress=0.5)
         raw = store._redis  # as the older gateway wrote revision 3: the whole JSON in the entry, and the hash
         await raw.xadd(store.keys.revs(job.id), {"job": job_json(halfway), "seg": 0}, id="0-3")
@@ -40,10 +46,7 @@ async def test_a_running_jobs_revisions_written_whole_are_replayed_and_it_ends(r
 async def test_an_ended_job_compacted_the_older_way_is_read_found_and_deleted(redis_process: RedisProcess) -> None:
     redis_process.flush()
     async with RedisStore(redis_process.url, clock=FakeClock(T0)) as store:
-        job = make_job(tenant="acme", request_id="order-2")
-        await store.create_job(job, "h", PAYLOAD)
-        running = step(job, state=JobState.RUNNING, started=T0)
-        await store.save_revision(running)
+        job, running = await _started(store, "order-2")
         done = finish(running, JobState.SUCCEEDED, T0 + 1, progress=1.0)
         await store.save_revision(done, result=JobOutput("ok"))
         final = job_json(done)
