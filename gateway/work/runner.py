@@ -42,6 +42,29 @@ def health_name(route: str) -> str:
     return f"route/{route}"
 
 
+class _Deadline:
+    """Calls ``due`` once the wall clock reaches ``at`` (a time.time() value), never before: a loop's timer
+    may fire a little early (uvloop counts whole milliseconds from the time its turn began), so an early
+    call waits again for what is left."""
+
+    __slots__ = ("_at", "_due", "_handle")
+
+    def __init__(self, at: float, due: Callable[[], None]) -> None:
+        self._at = at
+        self._due = due
+        self._handle = asyncio.get_running_loop().call_later(max(0.0, at - time.time()), self._fire)
+
+    def _fire(self) -> None:
+        left = self._at - time.time()
+        if left > 0:
+            self._handle = asyncio.get_running_loop().call_later(left + 0.001, self._fire)
+            return
+        self._due()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 @dataclass(eq=False)
 class _Running:
     job_id: str
@@ -301,14 +324,12 @@ class RouteRunner:
                 timer.cancel()
             logcontext.unbind(bound)
 
-    def _run_timer(self, running: _Running, job: Job) -> asyncio.TimerHandle | None:
+    def _run_timer(self, running: _Running, job: Job) -> _Deadline | None:
         """At the job's run deadline (from its start, as stored: a resumed job keeps its deadline), the job
         ends FAILED RUN_TIMEOUT at once, and its backend is stopped as a cancel stops it."""
         if not job.run_timeout:
             return None
-        loop = asyncio.get_running_loop()
         started = job.started if job.started is not None else time.time()
-        remaining = max(0.0, started + job.run_timeout - time.time())
         failure = JobFailure(Code.DEADLINE_EXCEEDED, "RUN_TIMEOUT",
                              f"the job ran longer than its run_timeout ({job.run_timeout:g} s)",
                              {"runTimeoutSeconds": f"{job.run_timeout:g}"})
@@ -321,7 +342,7 @@ class RouteRunner:
             task.add_done_callback(self._timeouts.discard)
             self.cancel(running.job_id, failure)
 
-        return loop.call_later(remaining, due)
+        return _Deadline(started + job.run_timeout, due)
 
     async def _run_backend(self, running: _Running, ctx: JobContext) -> None:
         """Runs the job on the backend, and again (after the policy's backoff, the job still RUNNING and
