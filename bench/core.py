@@ -125,13 +125,16 @@ def bench_submit(cfg: Config) -> list[Row]:
             note += f"; errors {errors}"
         return ok, note
 
+    def per_round(variant: str, baseline: str) -> str:
+        """Each round's ratio to the baseline's round run beside it: robust to slow drifts of the machine."""
+        pairs = zip(rounds[variant], rounds[baseline], strict=True)
+        return ", ".join(f"{g['throughput'] / b['throughput']:.2f}" for g, b in pairs)
+
     bare_tp = throughput("bare")
     rows = []
     for variant, name in (("gateway", "Submit throughput"), ("gateway_request_id", "Submit throughput, request_id")):
         ok, note = verified(variant)
-        # Each round's ratio to the bare round run right after it: robust to slow drifts of the machine.
-        paired = [g["throughput"] / b["throughput"] for g, b in zip(rounds[variant], rounds["bare"], strict=True)]
-        note = f"per-round ratios {', '.join(f'{p:.2f}' for p in paired)}; " + note
+        note = f"per-round ratios {per_round(variant, 'bare')}; " + note
         if variant == "gateway_request_id":
             note += "; jobs/s by round " + ", ".join(
                 f"{x['throughput']:,.0f} (~{x['stored_before']:,} jobs stored)" for x in rounds[variant]
@@ -143,12 +146,11 @@ def bench_submit(cfg: Config) -> list[Row]:
             row.met = ok and row.ratio is not None and row.ratio >= SUBMIT_GOAL
         rows.append(row)
     uv_tp = throughput("bare_uvloop")
-    paired = [g["throughput"] / b["throughput"] for g, b in zip(rounds["gateway"], rounds["bare_uvloop"], strict=True)]
     rows.append(Row(
         "Submit throughput, against bare on uvloop", "jobs/s", throughput("gateway"), uv_tp,
         note="the gateway serves on uvloop (event_loop = auto); the same bare server on uvloop: what the loop alone "
              f"gives ({_fmt(uv_tp)} against {_fmt(bare_tp)}/s on asyncio's loop); per-round ratios "
-             + ", ".join(f"{p:.2f}" for p in paired),
+             + per_round("gateway", "bare_uvloop"),
         raw={"bare_uvloop_rounds": rounds["bare_uvloop"]},
     ))
     rows.append(Row(

@@ -230,16 +230,12 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
 
     def __init__(self) -> None:
         self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-        self._counters: dict[tuple[str, str], Any] = {}
 
     def _done(self, method: str, seconds: Any, context: grpc.aio.ServicerContext, failed: str | None,
               started: float) -> None:
         """Counts a finished call by its status code (``failed``: the default when it raised), and times it."""
         code = _code(context, failed or "OK")
-        counter = self._counters.get((method, code))
-        if counter is None:
-            counter = self._counters[(method, code)] = RPCS.labels(method, code)
-        counter.inc()
+        child(RPCS, method, code).inc()
         seconds.observe(time.perf_counter() - started)
 
     async def intercept_service(

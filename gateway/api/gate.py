@@ -72,9 +72,15 @@ class Slots:
         self._waiting: dict[str, deque[tuple[int, asyncio.Future[None]]]] = {}
         self._order = itertools.count()  # arrival order, across tenants
 
-    async def take(self, tenant: str) -> None:
+    def try_take(self, tenant: str) -> bool:
+        """Takes a slot at once if one is free and nobody waits for one; False otherwise."""
         if self.free and not self._waiting:
             self._grant(tenant)
+            return True
+        return False
+
+    async def take(self, tenant: str) -> None:
+        if self.try_take(tenant):
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue = self._waiting.setdefault(tenant, deque())
@@ -139,11 +145,8 @@ class _Held:
         self.held = False
 
     async def __aenter__(self) -> Callable[[], None]:
-        slots = self.slots
-        if slots.free and not slots._waiting:  # (take's own first step, without a coroutine)
-            slots._grant(self.tenant)
-        else:
-            await slots.take(self.tenant)
+        if not self.slots.try_take(self.tenant):  # (the usual case without a coroutine)
+            await self.slots.take(self.tenant)
         self.held = True
         return self.release
 

@@ -21,8 +21,7 @@ __all__ = ["RemoteEvent", "decode_event", "decode_segments", "dumps", "fixed_len
            "job_from_dict", "job_from_json", "job_json"]
 
 
-def dumps(value: Any) -> str:
-    return compact_json(value)
+dumps = compact_json
 
 
 # job id -> (the fixed fields, the labels mapping, their JSON): revisions of one job share the labels

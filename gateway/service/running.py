@@ -121,10 +121,13 @@ class Running:
         try:
             await stored
         except RevisionConflict as exc:  # the job is no longer ours
-            log.warning("job %s was changed elsewhere; letting it go: %s", job_id, exc)
-            self._let_go(job_id)
+            self._changed_elsewhere(job_id, exc)
             return False
         return True
+
+    def _changed_elsewhere(self, job_id: str, conflict: RevisionConflict) -> None:
+        log.warning("job %s was changed elsewhere; letting it go: %s", job_id, conflict)
+        self._let_go(job_id)
 
     def _save_later(self, job: Job, count_attempt: bool = False) -> None:
         """Hands the revision to the store, not waiting for its commit (a callback settles it: no task)."""
@@ -135,9 +138,8 @@ class Running:
         if stored.cancelled():
             return
         exc = stored.exception()
-        if isinstance(exc, RevisionConflict):  # as _settle does
-            log.warning("job %s was changed elsewhere; letting it go: %s", job_id, exc)
-            self._let_go(job_id)
+        if isinstance(exc, RevisionConflict):
+            self._changed_elsewhere(job_id, exc)
         elif exc is not None:
             log.error("storing a revision failed", exc_info=exc)
 

@@ -173,8 +173,7 @@ _MAX_BATCH = 1024
 INLINE_PAYLOAD_BYTES = 64 * 1024
 
 
-def _dumps(value: Any) -> str:
-    return compact_json(value)
+_dumps = compact_json
 
 
 def _error_json(error: JobFailure | None) -> str | None:
