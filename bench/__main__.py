@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("sections", nargs="*", metavar="SECTION", help=f"default: all ({', '.join(SECTIONS)})")
     parser.add_argument("--quick", action="store_true", help="scaled down: a smoke test, under a minute")
+    parser.add_argument("--against", default="HEAD~1", metavar="REV",
+                        help="the commit whose gateway core's Submit is measured beside this one, in the same rounds "
+                             "(default: HEAD~1, the previous commit; '' for none)")
     args = parser.parse_args(argv)
     names = args.sections or list(SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]

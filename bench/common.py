@@ -34,6 +34,7 @@ __all__ = [
     "kill_all",
     "median",
     "rss_mib",
+    "source_tree",
     "spawn",
     "stop_process",
     "wait_route_serving",
@@ -143,21 +144,48 @@ class Server:
 
 
 class GatewayServer(Server):
-    """``gateway serve`` on a free port, a temp data dir and an echo-only config."""
+    """``gateway serve`` on a free port, a temp data dir and an echo-only config; with ``tree`` (a
+    :func:`source_tree` of another commit), that commit's gateway, on this checkout's environment."""
 
     label = "gateway"
 
-    def __init__(self, config: str = ECHO_CONFIG, extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, config: str = ECHO_CONFIG, extra_args: Sequence[str] = (), tree: Path | None = None) -> None:
         super().__init__()
         self.config_path = self.workdir / "gateway.toml"
         self.config_path.write_text(config)
         self.extra_args = list(extra_args)
+        self.tree = tree
 
     def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "gateway.cli", "serve", "--listen", "127.0.0.1:0", "--http-listen", "",
-            "--data-dir", str(self.workdir / "data"), "--config", str(self.config_path), *self.extra_args,
-        ]
+        args = ["serve", "--listen", "127.0.0.1:0", "--http-listen", "", "--data-dir", str(self.workdir / "data"),
+                "--config", str(self.config_path), *self.extra_args]
+        if self.tree is None:
+            return [sys.executable, "-m", "gateway.cli", *args]
+        # The other tree goes first on sys.path, ahead of this checkout (which spawn puts on PYTHONPATH):
+        # PYTHONPATH alone would import this checkout's gateway, and the comparison would be with itself.
+        first = [str(self.tree), str(self.tree / "protos" / "python")]
+        code = (f"import runpy, sys; sys.path[:0] = {first!r}; sys.argv[0] = 'gateway'; "
+                "runpy.run_module('gateway.cli', run_name='__main__', alter_sys=True)")
+        return [sys.executable, "-c", code, *args]
+
+
+def source_tree(rev: str, into: Path) -> tuple[Path, str]:
+    """The files of commit ``rev`` of this repository, written under ``into`` (``git archive``: no
+    worktree, nothing of the checkout touched); (the tree's path, the commit's short id and subject).
+    Raises RuntimeError when git cannot give it (no git, not a clone, an unknown revision)."""
+    try:
+        described = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s", rev, "--"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+        tree = into / "tree"
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        detail = detail.decode(errors="replace") if isinstance(detail, bytes) else detail
+        raise RuntimeError(f"cannot check out {rev!r}: {detail.strip() or exc}") from exc
+    return tree, described
 
 
 class BareServer(Server):

@@ -4,7 +4,8 @@
    server of bench/bare.py answering a fixed SubmitResponse. Rounds alternate gateway / bare /
    gateway with request_id. After each gateway round, the load process checks with List that its
    jobs really ran (backlog at the end of the window, time to drain, count SUCCEEDED).
-   Goal: gateway >= 0.5x bare.
+   Goal: gateway >= 0.5x bare. With ``--against REV`` (default HEAD~1, the previous commit), that
+   commit's gateway runs in the same rounds too: the row "against REV" is this checkout over it.
 2. Push latency: W watchers of one job; latency = receipt of the terminal revision - the job's
    finish_time. The gateway's job is an echo job with ``delay_ms`` long enough for every watcher to
    attach; the bare server fans one message out when fired. Rounds alternate; the table holds the
@@ -17,11 +18,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from bench.common import BareServer, GatewayServer, LoadProcess, Row, Server, abba, cpu_seconds, median, rss_mib, started
+from bench.common import (
+    BareServer,
+    GatewayServer,
+    LoadProcess,
+    Row,
+    Server,
+    abba,
+    cpu_seconds,
+    median,
+    rss_mib,
+    source_tree,
+    started,
+)
 
 NAME = "core"
 
@@ -88,24 +103,74 @@ def _submit_round(server: Server, variant: str, cfg: Config, label: str) -> dict
     return result
 
 
-def bench_submit(cfg: Config) -> list[Row]:
-    rounds: dict[str, list[dict[str, Any]]] = {v: [] for v in SUBMIT_VARIANTS}
-    with started(GatewayServer(), BareServer(), BareServer(uvloop=True)) as (gateway, bare, bare_uvloop):
-        stored = 0  # jobs in the gateway's store so far
-        for r in range(cfg.rounds):
-            for variant in abba(SUBMIT_VARIANTS, r):
-                server = {"bare": bare, "bare_uvloop": bare_uvloop}.get(variant, gateway)
-                result = _submit_round(server, variant, cfg, f"submit-{variant}-{r}")
-                if server is gateway:
-                    result["stored_before"] = stored
-                    stored += result["submitted_ok"]
-                rounds[variant].append(result)
-                extra = ""
-                if "backlog_at_end" in result:
-                    extra = (f", backlog at end {result['backlog_at_end']}, drained in {result['drain_s']:.2f} s, "
-                             f"{result['succeeded']}/{result['submitted_ok']} SUCCEEDED")
-                _log(f"submit round {r + 1}/{cfg.rounds} {variant}: {result['throughput']:,.0f}/s{extra}")
+def _before(against: str, into: Path) -> tuple[GatewayServer | None, str]:
+    """The gateway of commit ``against``, started (None, and why, if it cannot be): the previous-commit baseline."""
+    if not against:
+        return None, ""
+    try:
+        tree, described = source_tree(against, into)
+        server = GatewayServer(tree=tree)
+        server.label = "gateway-before"
+        server.start()
+        return server, described
+    except RuntimeError as exc:
+        _log(f"no previous-commit baseline: {exc}")
+        return None, str(exc).splitlines()[0]
 
+
+def bench_submit(cfg: Config, against: str = "") -> list[Row]:
+    variants = list(SUBMIT_VARIANTS)
+    rounds: dict[str, list[dict[str, Any]]] = {v: [] for v in [*variants, "gateway_before"]}
+    with tempfile.TemporaryDirectory(prefix="bench-before-") as scratch, \
+            started(GatewayServer(), BareServer(), BareServer(uvloop=True)) as (gateway, bare, bare_uvloop):
+        before, described = _before(against, Path(scratch))
+        if before is not None:
+            variants.insert(1, "gateway_before")
+        try:
+            _submit_rounds(cfg, variants, rounds, {"bare": bare, "bare_uvloop": bare_uvloop, "gateway_before": before},
+                           gateway)
+        finally:
+            if before is not None:
+                before.stop()
+    rows = _submit_rows(cfg, rounds)
+    if against:
+        rows.insert(1, _before_row(against, described, rounds))
+    return rows
+
+
+def _submit_rounds(cfg: Config, variants: list[str], rounds: dict[str, list[dict[str, Any]]],
+                   others: dict[str, Server | None], gateway: Server) -> None:
+    stored = 0  # jobs in the gateway's store so far
+    for r in range(cfg.rounds):
+        for variant in abba(variants, r):
+            server = others.get(variant) or gateway
+            result = _submit_round(server, variant, cfg, f"submit-{variant}-{r}")
+            if server is gateway:
+                result["stored_before"] = stored
+                stored += result["submitted_ok"]
+            rounds[variant].append(result)
+            extra = ""
+            if "backlog_at_end" in result:
+                extra = (f", backlog at end {result['backlog_at_end']}, drained in {result['drain_s']:.2f} s, "
+                         f"{result['succeeded']}/{result['submitted_ok']} SUCCEEDED")
+            _log(f"submit round {r + 1}/{cfg.rounds} {variant}: {result['throughput']:,.0f}/s{extra}")
+
+
+def _before_row(against: str, described: str, rounds: dict[str, list[dict[str, Any]]]) -> Row:
+    """This checkout's Submit over commit ``against``'s, both run in the same rounds."""
+    now, then = rounds["gateway"], rounds["gateway_before"]
+    if not then:
+        return Row(f"Submit throughput, against {against}", "jobs/s", median([x["throughput"] for x in now]), None,
+                   note=f"not measured: {described}")
+    ratios = ", ".join(f"{a['throughput'] / b['throughput']:.2f}" for a, b in zip(now, then, strict=True))
+    cpu = median([x.get("server_cpu_us_per_submit") for x in then])
+    return Row(f"Submit throughput, against {against}", "jobs/s", median([x["throughput"] for x in now]),
+               median([x["throughput"] for x in then]),
+               note=f"{against} is {described}; per-round ratios {ratios}; its server CPU {_fmt(cpu)} us per Submit",
+               raw={"before_rounds": then})
+
+
+def _submit_rows(cfg: Config, rounds: dict[str, list[dict[str, Any]]]) -> list[Row]:
     def throughput(variant: str) -> float | None:
         return median([x["throughput"] for x in rounds[variant]])
 
@@ -311,4 +376,4 @@ def bench_push(cfg: Config) -> list[Row]:
 
 def run(args: argparse.Namespace) -> list[Row]:
     cfg = QUICK if args.quick else FULL
-    return bench_submit(cfg) + bench_push(cfg)
+    return bench_submit(cfg, getattr(args, "against", "")) + bench_push(cfg)
