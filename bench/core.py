@@ -166,7 +166,7 @@ def _before_row(against: str, described: str, rounds: dict[str, list[dict[str, A
     cpu = median([x.get("server_cpu_us_per_submit") for x in then])
     return Row(f"Submit throughput, against {against}", "jobs/s", median([x["throughput"] for x in now]),
                median([x["throughput"] for x in then]),
-               note=f"{against} is {described}; per-round ratios {ratios}; its server CPU {_fmt(cpu)} us per Submit",
+               note=f"{described}; per-round ratios {ratios}; its server CPU {_fmt(cpu)} us per Submit",
                raw={"before_rounds": then})
 
 
