@@ -1,4 +1,7 @@
-"""Benchmarks: ``python -m bench [SECTION ...] [--quick]`` (``make bench ARGS='core --quick'``).
+"""Benchmarks: ``python -m bench [SECTION ...] [--quick] [--against REV]`` (``make bench ARGS='core --quick'``).
+
+``--against REV`` (default ``HEAD~1``): section core also runs that commit's gateway in its Submit rounds, the
+previous-commit baseline (``''``: none).
 
 Runs the named sections (default: every registered one), prints one table per section with the
 gateway's figure, the baseline's, their ratio and the goal, and writes the raw figures to
