@@ -11,7 +11,7 @@ import json
 import random
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -210,7 +210,12 @@ class Job:
         return self.state in TERMINAL_STATES
 
     def evolve(self, **changes: Any) -> Job:
-        """A copy with these fields changed: dataclasses.replace, at half the cost (on every change)."""
+        """A copy with these fields changed: ``dataclasses.replace`` without running ``__init__`` (it is on
+        every change of every job). What it does; :func:`_straight_evolve` makes the same as straight-line
+        code, which replaces this one below."""
+        unknown = changes.keys() - _JOB_FIELDS
+        if unknown:
+            raise TypeError(f"Job has no field {sorted(unknown)[0]!r}")
         new = object.__new__(Job)
         for name in _JOB_FIELDS:
             object.__setattr__(new, name, changes[name] if name in changes else getattr(self, name))
@@ -218,6 +223,32 @@ class Job:
 
 
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
+
+
+def _straight_evolve() -> Callable[..., Job]:
+    """``Job.evolve`` as straight-line code: each field copied through its slot's own setter, then the
+    changed ones set over. It was a tenth of the event loop's time in one process (four per echo job);
+    a loop over the fields with ``object.__setattr__`` costs twice as much, ``dataclasses.replace`` (which
+    runs ``__init__``) five times. An unknown field is a TypeError, as ``replace`` says."""
+    setters = {name: getattr(Job, name).__set__ for name in _JOB_FIELDS}
+    lines = ["def evolve(self, **changes):", "    new = _new(Job)"]
+    lines += [f"    _set_{name}(new, self.{name})" for name in _JOB_FIELDS]
+    lines += ["    for name, value in changes.items():",
+              "        setter = _setters.get(name)",
+              "        if setter is None:",
+              "            raise TypeError(f'Job has no field {name!r}')",
+              "        setter(new, value)",
+              "    return new"]
+    scope: dict[str, Any] = {"_new": object.__new__, "Job": Job, "_setters": setters,
+                             **{f"_set_{name}": setter for name, setter in setters.items()}}
+    exec("\n".join(lines), scope)  # (the source is made of the field names above, nothing from outside)
+    evolve: Callable[..., Job] = scope["evolve"]
+    evolve.__doc__ = Job.evolve.__doc__
+    evolve.__qualname__ = "Job.evolve"
+    return evolve
+
+
+Job.evolve = _straight_evolve()  # type: ignore[method-assign]
 
 
 def webhook_wanted(job: Job) -> bool:

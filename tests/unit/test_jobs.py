@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -11,6 +12,7 @@ from gateway.jobs import (
     ACTIVE_STATES,
     TERMINAL_STATES,
     IllegalTransition,
+    Job,
     JobFailure,
     JobInput,
     JobOutput,
@@ -140,3 +142,46 @@ def test_new_job_id_sorts_by_time() -> None:
     # float rounding of t * 1000 cannot merge two of them).
     later = [new_job_id(1_700_000_000.0 + i / 100) for i in range(200)]
     assert later == sorted(later)
+
+
+def _a_job() -> Job:
+    return Job(id="0" * 32, tenant="t", route="echo", state=JobState.QUEUED, revision=1, created=1.5,
+               labels={"a": "b"}, request_id="r")
+
+
+def _another_value(field: dataclasses.Field[object], value: object) -> object:
+    if field.name == "state":
+        return JobState.RUNNING
+    if field.name == "error":
+        return JobFailure(Code.INTERNAL, "X", "x")
+    if field.name == "segments":
+        return (Segment(0.0, 1.0, "hi"),)
+    if field.name == "labels":
+        return {"c": "d"}
+    if field.name == "webhook":
+        return None
+    if isinstance(value, bool) or value is None:
+        return 7.25
+    if isinstance(value, (int, float)):
+        return value + 3
+    return f"{value}-changed"
+
+
+@pytest.mark.parametrize("field", dataclasses.fields(Job), ids=lambda f: f.name)
+def test_evolve_is_dataclasses_replace_for_every_field(field: dataclasses.Field[object]) -> None:
+    """Job.evolve is straight-line code made from the fields: changing any one of them (or two) gives what
+    dataclasses.replace gives, and leaves the original as it was."""
+    job = _a_job()
+    value = _another_value(field, getattr(job, field.name))
+    changes = {field.name: value, "revision": 9} if field.name != "revision" else {"revision": 9}
+    evolved = job.evolve(**changes)
+    assert evolved == dataclasses.replace(job, **changes)
+    assert getattr(evolved, field.name) == changes.get(field.name, value) and job == _a_job()
+    assert job.evolve() == job and job.evolve() is not job
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        evolved.revision = 10  # type: ignore[misc]
+
+
+def test_evolve_refuses_a_field_a_job_does_not_have() -> None:
+    with pytest.raises(TypeError, match="no field 'revison'"):
+        _a_job().evolve(revison=2)
