@@ -56,6 +56,14 @@ def _timestamp(value: float) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=round((value - seconds) * 1e9) % 1_000_000_000)
 
 
+def _set_time(field: timestamp_pb2.Timestamp, value: float) -> None:
+    """``field`` (a message's Timestamp field) set to ``value`` in place: as ``_timestamp`` makes it,
+    without a Timestamp made and copied in (every job sent has two to four)."""
+    seconds = int(value)
+    field.seconds = seconds
+    field.nanos = round((value - seconds) * 1e9) % 1_000_000_000
+
+
 def _segment(segment: Segment) -> pb.Segment:
     return pb.Segment(
         start_seconds=segment.start,
@@ -79,21 +87,23 @@ def job_to_proto(job: Job, with_segments: bool = True) -> pb.Job:
         done=job.terminal,
         revision=job.revision,
         progress=job.progress,
-        create_time=_timestamp(job.created),
         queue_position=job.queue_position,
         request_id=job.request_id,
         logs=job.logs,
+        priority=job.priority,
+        attempt=job.attempt,
     )
+    _set_time(message.create_time, job.created)
     if job.labels:
         message.labels.update(job.labels)
     if job.started is not None:
-        message.start_time.CopyFrom(_timestamp(job.started))
+        _set_time(message.start_time, job.started)
     if job.estimated_start is not None:
-        message.estimated_start_time.CopyFrom(_timestamp(job.estimated_start))
+        _set_time(message.estimated_start_time, job.estimated_start)
     if job.finished is not None:
-        message.finish_time.CopyFrom(_timestamp(job.finished))
+        _set_time(message.finish_time, job.finished)
     if job.expires is not None:
-        message.expire_time.CopyFrom(_timestamp(job.expires))
+        _set_time(message.expire_time, job.expires)
     if job.error is not None:
         message.error.CopyFrom(failure_to_status(job.error))
     if with_segments and job.segments:
@@ -102,8 +112,6 @@ def job_to_proto(job: Job, with_segments: bool = True) -> pb.Job:
         message.queue_timeout.FromNanoseconds(round(job.queue_timeout * 1e9))
     if job.run_timeout:
         message.run_timeout.FromNanoseconds(round(job.run_timeout * 1e9))
-    message.priority = job.priority
-    message.attempt = job.attempt
     if job.retry_of:
         message.retry_of = job.retry_of
     if job.retried_by:
