@@ -41,10 +41,33 @@ __all__ = [
     "webhook_wanted",
 ]
 
-# Compact JSON, by encoders made once: json.dumps with any argument makes an encoder at every call, which
-# costs more than encoding a job's small dicts (several per Submit).
-compact_json = json.JSONEncoder(separators=(",", ":")).encode
-_sorted_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+def _json_encoder(sort_keys: bool) -> Callable[[Any], str]:
+    """Compact JSON (as ``json.dumps(obj, separators=(",", ":"), sort_keys=...)`` writes it) by an encoder
+    made once. ``JSONEncoder.encode`` makes CPython's C encoder anew at every call, which costs more than
+    encoding a job's small dicts (three per echo job: 8% of the loop's thread in one process); this makes
+    it once. No check for circular structures (a cycle is a RecursionError, not a ValueError): what is
+    encoded here is the gateway's own dicts and JSON it parsed. Without the C encoder (another Python):
+    ``JSONEncoder.encode``."""
+    fallback = json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":")).encode
+    make: Any = getattr(json.encoder, "c_make_encoder", None)
+    try:
+        encode = make(None, json.JSONEncoder().default, json.encoder.encode_basestring_ascii, None, ":", ",",
+                      sort_keys, False, True)  # (markers, default, encoder, indent, separators, sort, skip, nan)
+        if "".join(encode({"b": [1.5, None], "a": "\u00e9"}, 0)) != fallback({"b": [1.5, None], "a": "\u00e9"}):
+            return fallback
+    except Exception:  # (no C encoder, or one that takes other arguments)
+        return fallback
+    join = "".join
+
+    def dumps(obj: Any) -> str:
+        return join(encode(obj, 0))
+
+    return dumps
+
+
+compact_json = _json_encoder(sort_keys=False)
+_sorted_json = _json_encoder(sort_keys=True)
 
 
 class JobState(enum.IntEnum):

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.errors import Code
 from gateway.jobs import (
@@ -21,7 +25,9 @@ from gateway.jobs import (
     Transcript,
     TranscriptionInput,
     Word,
+    _sorted_json,
     check_transition,
+    compact_json,
     decode_result,
     encode_result,
     new_job_id,
@@ -185,3 +191,24 @@ def test_evolve_is_dataclasses_replace_for_every_field(field: dataclasses.Field[
 def test_evolve_refuses_a_field_a_job_does_not_have() -> None:
     with pytest.raises(TypeError, match="no field 'revison'"):
         _a_job().evolve(revison=2)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_JSON)
+def test_the_json_encoders_write_what_json_dumps_writes(value: Any) -> None:
+    """compact_json and the sorted one (request hashes, stored inputs) use CPython's C encoder made once:
+    the text is json.dumps's, to the byte (a changed byte would change every request hash)."""
+    assert compact_json(value) == json.dumps(value, separators=(",", ":"))
+    assert _sorted_json(value) == json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def test_the_json_encoders_refuse_what_json_refuses() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        compact_json({"a": object()})
