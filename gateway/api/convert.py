@@ -51,17 +51,18 @@ _TASKS = {
 }
 
 
-def _timestamp(value: float) -> timestamp_pb2.Timestamp:
-    seconds = int(value)
-    return timestamp_pb2.Timestamp(seconds=seconds, nanos=round((value - seconds) * 1e9) % 1_000_000_000)
-
-
 def _set_time(field: timestamp_pb2.Timestamp, value: float) -> None:
-    """``field`` (a message's Timestamp field) set to ``value`` in place: as ``_timestamp`` makes it,
-    without a Timestamp made and copied in (every job sent has two to four)."""
+    """``field`` (a message's Timestamp field, or a new Timestamp) set to ``value`` (seconds) in place: no
+    Timestamp made and copied in (every job sent has two to four)."""
     seconds = int(value)
     field.seconds = seconds
     field.nanos = round((value - seconds) * 1e9) % 1_000_000_000
+
+
+def _timestamp(value: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    _set_time(stamp, value)
+    return stamp
 
 
 def _segment(segment: Segment) -> pb.Segment:
@@ -141,9 +142,9 @@ def delivery_to_proto(state: Mapping[str, Any]) -> pb.WebhookDelivery:
     if state.get("last_event"):
         message.event = WEBHOOK_EVENTS.index(state["last_event"]) + 1  # type: ignore[assignment]
     if state.get("last_attempt") is not None:
-        message.last_attempt_time.CopyFrom(_timestamp(state["last_attempt"]))
+        _set_time(message.last_attempt_time, state["last_attempt"])
     if state.get("next_attempt") is not None:
-        message.next_attempt_time.CopyFrom(_timestamp(state["next_attempt"]))
+        _set_time(message.next_attempt_time, state["next_attempt"])
     return message
 
 
