@@ -156,13 +156,18 @@ def _submit_rounds(cfg: Config, variants: list[str], rounds: dict[str, list[dict
             _log(f"submit round {r + 1}/{cfg.rounds} {variant}: {result['throughput']:,.0f}/s{extra}")
 
 
+def _per_round(results: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
+    """Each round's ratio to the baseline's round run beside it: robust to slow drifts of the machine."""
+    return ", ".join(f"{a['throughput'] / b['throughput']:.2f}" for a, b in zip(results, baseline, strict=True))
+
+
 def _before_row(against: str, described: str, rounds: dict[str, list[dict[str, Any]]]) -> Row:
     """This checkout's Submit over commit ``against``'s, both run in the same rounds."""
     now, then = rounds["gateway"], rounds["gateway_before"]
     if not then:
         return Row(f"Submit throughput, against {against}", "jobs/s", median([x["throughput"] for x in now]), None,
                    note=f"not measured: {described}")
-    ratios = ", ".join(f"{a['throughput'] / b['throughput']:.2f}" for a, b in zip(now, then, strict=True))
+    ratios = _per_round(now, then)
     cpu = median([x.get("server_cpu_us_per_submit") for x in then])
     return Row(f"Submit throughput, against {against}", "jobs/s", median([x["throughput"] for x in now]),
                median([x["throughput"] for x in then]),
@@ -191,9 +196,7 @@ def _submit_rows(cfg: Config, rounds: dict[str, list[dict[str, Any]]]) -> list[R
         return ok, note
 
     def per_round(variant: str, baseline: str) -> str:
-        """Each round's ratio to the baseline's round run beside it: robust to slow drifts of the machine."""
-        pairs = zip(rounds[variant], rounds[baseline], strict=True)
-        return ", ".join(f"{g['throughput'] / b['throughput']:.2f}" for g, b in pairs)
+        return _per_round(rounds[variant], rounds[baseline])
 
     bare_tp = throughput("bare")
     rows = []
